@@ -1,0 +1,3 @@
+"""xpumesh's shared kit: settings, bus, events, database, embedded runtime, schemas."""
+
+__version__ = "0.1.0"

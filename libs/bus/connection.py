@@ -1,0 +1,173 @@
+"""The NATS connection every process shares: publish, request, JetStream streams."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.api import StorageType, StreamConfig
+from nats.js.errors import BadRequestError
+from pydantic import BaseModel, TypeAdapter
+
+from libs.bus import subjects
+from libs.bus.errors import BusTimeout, ErrorBody, Unavailable, error_from_body
+from libs.config import BusSettings
+from libs.events import CloudEvent
+from libs.tracing import inject_headers
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+ERROR_HEADER = "Xpumesh-Error"
+MSG_ID_HEADER = "Nats-Msg-Id"
+
+STREAM_EVENTS = "XPUMESH_EVENTS"
+STREAM_HOSTS = "XPUMESH_HOSTS"
+STREAM_TELEMETRY = "XPUMESH_TELEMETRY"
+STREAM_COMMANDS = "XPUMESH_COMMANDS"
+
+
+def stream_configs(settings: BusSettings) -> list[StreamConfig]:
+    """The JetStream streams the mesh needs; created idempotently at start."""
+    dup = float(settings.duplicate_window_s)
+    return [
+        StreamConfig(name=STREAM_EVENTS, subjects=[subjects.EVENTS_ALL], storage=StorageType.FILE,
+                     max_age=float(settings.events_max_age_s), duplicate_window=dup,
+                     description="Durable mesh events (CloudEvents): workloads, hosts, devices, alerts."),
+        StreamConfig(name=STREAM_HOSTS, subjects=[subjects.HOST_CAPABILITY_ALL, subjects.HOST_STATE_ALL],
+                     storage=StorageType.FILE, max_age=float(settings.hosts_max_age_s), duplicate_window=dup,
+                     max_msgs_per_subject=16, description="Agents' capability and actual-state reports."),
+        StreamConfig(name=STREAM_TELEMETRY, subjects=[subjects.HOST_TELEMETRY_ALL], storage=StorageType.FILE,
+                     max_age=float(settings.telemetry_max_age_s), duplicate_window=min(dup, 30.0),
+                     max_bytes=2 * 1024**3, description="High-volume telemetry, one message per host per interval."),
+        StreamConfig(name=STREAM_COMMANDS, subjects=[subjects.AGENT_COMMAND_ALL], storage=StorageType.FILE,
+                     max_age=float(settings.hosts_max_age_s), duplicate_window=dup,
+                     description="Launch/stop commands to agents (the scheduler reconciles; commands may be lost)."),
+    ]
+
+
+class Bus:
+    """One NATS connection with JetStream, shared by everything in a process."""
+
+    def __init__(self, settings: BusSettings, *, name: str) -> None:
+        self.settings = settings
+        self.name = name
+        self.nc: NATS = NATS()
+        self._js: JetStreamContext | None = None
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            raise RuntimeError("bus is not connected")
+        return self._js
+
+    @property
+    def connected(self) -> bool:
+        return self.nc.is_connected
+
+    async def connect(self, url: str) -> None:
+        async def on_error(exc: Exception) -> None:
+            log.warning("nats error: %s", type(exc).__name__)
+
+        async def on_disconnect() -> None:
+            log.warning("nats disconnected; reconnecting")
+
+        async def on_reconnect() -> None:
+            log.info("nats reconnected")
+
+        self.nc = await nats.connect(
+            servers=[u.strip() for u in url.split(",") if u.strip()],
+            name=self.name,
+            connect_timeout=self.settings.connect_timeout_s,
+            max_reconnect_attempts=self.settings.max_reconnect_attempts,
+            reconnect_time_wait=0.5,
+            allow_reconnect=True,
+            error_cb=on_error,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
+            pending_size=64 * 1024 * 1024,
+        )
+        self._js = self.nc.jetstream(timeout=self.settings.connect_timeout_s)
+
+    async def ensure_streams(self) -> None:
+        """Create or update the mesh's streams; safe to run from every process at once."""
+        for cfg in stream_configs(self.settings):
+            try:
+                await self.js.add_stream(cfg)
+            except BadRequestError:
+                await self.js.update_stream(cfg)
+
+    async def close(self) -> None:
+        if self.nc.is_closed:
+            return
+        try:
+            await asyncio.wait_for(self.nc.drain(), timeout=self.settings.drain_timeout_s)
+        except (TimeoutError, Exception):  # drain may fail if the server is already gone
+            await self.nc.close()
+
+    # --- publishing -----------------------------------------------------------------
+    async def publish_event(self, event: CloudEvent, *, site: str | None = None, subject: str | None = None) -> int:
+        """Publish a durable event to JetStream; the event id is the Nats-Msg-Id. Returns the stream sequence."""
+        headers = inject_headers({MSG_ID_HEADER: event.id})
+        ack = await self.js.publish(subject or subjects.event_subject(event.type, site), event.to_bytes(), headers=headers)
+        return ack.seq
+
+    async def publish(self, subject: str, payload: bytes, *, msg_id: str | None = None) -> None:
+        """Fire-and-forget publish (core NATS; JetStream still captures stream subjects)."""
+        headers = inject_headers({MSG_ID_HEADER: msg_id} if msg_id else None)
+        await self.nc.publish(subject, payload, headers=headers)
+
+    # --- request/reply --------------------------------------------------------------
+    async def request(self, subject: str, payload: BaseModel | dict[str, Any] | None, response: type[T] | Any,
+                      *, timeout: float | None = None) -> T:
+        """Call a service endpoint; raise the typed BusError the handler raised, BusTimeout, or Unavailable."""
+        if isinstance(payload, BaseModel):
+            body = payload.model_dump_json().encode()
+        else:
+            body = json.dumps(payload or {}).encode()
+        try:
+            msg = await self.nc.request(subject, body, timeout=timeout or self.settings.request_timeout_s,
+                                        headers=inject_headers())
+        except NoRespondersError:
+            raise Unavailable(f"no instance answers {subject}") from None
+        except NatsTimeout:
+            raise BusTimeout(f"{subject} did not answer in time") from None
+        return decode_reply(msg, response)
+
+    async def scatter(self, subject: str, payload: bytes = b"{}", *, window_s: float = 0.5,
+                      max_replies: int = 1000) -> list[Msg]:
+        """Ask every instance listening on ``subject`` (no queue group) and gather replies for a window."""
+        inbox = self.nc.new_inbox()
+        replies: list[Msg] = []
+        sub = await self.nc.subscribe(inbox, max_msgs=max_replies)
+        try:
+            await self.nc.publish(subject, payload, reply=inbox, headers=inject_headers())
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + window_s
+            while len(replies) < max_replies and (left := deadline - loop.time()) > 0:
+                try:
+                    replies.append(await sub.next_msg(timeout=left))
+                except NatsTimeout:
+                    break
+        finally:
+            await sub.unsubscribe()
+        return replies
+
+
+def decode_reply(msg: Msg, response: type[T] | Any) -> T:
+    if msg.headers and msg.headers.get(ERROR_HEADER):
+        raise error_from_body(ErrorBody.model_validate_json(msg.data))
+    result: T = TypeAdapter(response).validate_json(msg.data)
+    return result
+
+
+Handler = Callable[[Msg], Awaitable[None]]

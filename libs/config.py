@@ -1,0 +1,118 @@
+"""Settings for every xpumesh process.
+
+One ``Settings`` object, read from ``XPUMESH_*`` environment variables (nested groups use
+``__``, e.g. ``XPUMESH_EMBEDDED__NATS_PORT``). The prefix is ``XPUMESH_`` and never
+``XPU_``: Kunlunxin runtimes read ``XPU_*`` variables such as ``XPU_VISIBLE_DEVICES``.
+
+Every field has a default and a description; the README's configuration table is
+generated from this module (``xpumesh config --markdown``).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+class EmbeddedSettings(BaseModel):
+    """The embedded runtime started when no external URL is configured."""
+
+    nats_port: int = Field(default=4222, ge=0, le=65535, description="Port of the embedded nats-server (0 picks a free one).")
+    nats_monitor_port: int = Field(default=0, ge=0, le=65535, description="HTTP monitoring port of the embedded nats-server (0 disables).")
+    postgres_port: int = Field(default=55432, ge=0, le=65535, description="Port of the embedded PostgreSQL (0 picks a free one).")
+    start_timeout_s: float = Field(default=30.0, gt=0, description="How long to wait for an embedded server to accept connections.")
+
+
+class BusSettings(BaseModel):
+    """NATS and JetStream behaviour."""
+
+    request_timeout_s: float = Field(default=5.0, gt=0, description="Default timeout of a request/reply call between services.")
+    connect_timeout_s: float = Field(default=5.0, gt=0, description="Timeout of one NATS connection attempt.")
+    max_reconnect_attempts: int = Field(default=-1, description="Reconnect attempts after a lost connection (-1: forever).")
+    events_max_age_s: int = Field(default=7 * 24 * 3600, gt=0, description="Retention of the durable event stream.")
+    telemetry_max_age_s: int = Field(default=15 * 60, gt=0, description="Retention of the telemetry stream.")
+    hosts_max_age_s: int = Field(default=24 * 3600, gt=0, description="Retention of the host capability/state stream.")
+    duplicate_window_s: int = Field(default=120, gt=0, description="JetStream de-duplication window for Nats-Msg-Id.")
+    drain_timeout_s: float = Field(default=3.0, gt=0, description="How long shutdown waits for in-flight messages.")
+    max_pending_messages: int = Field(default=65536, gt=0, description="Bound of each subscription's pending-message buffer.")
+
+
+class DatabaseSettings(BaseModel):
+    """PostgreSQL pool behaviour."""
+
+    pool_size: int = Field(default=5, gt=0, description="Connections kept per process.")
+    max_overflow: int = Field(default=5, ge=0, description="Extra connections allowed under burst.")
+    connect_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one connection attempt.")
+    wait_timeout_s: float = Field(default=60.0, gt=0, description="How long prestart waits for the database to accept connections.")
+
+
+class RegistrySettings(BaseModel):
+    """Membership and liveness."""
+
+    missed_heartbeats: int = Field(default=3, ge=1, description="Heartbeats a member may miss before it is marked down.")
+    sweep_interval_s: float = Field(default=0.5, gt=0, description="How often the registry checks for silent members.")
+    flush_interval_s: float = Field(default=2.0, gt=0, description="How often last-seen times are written to PostgreSQL.")
+
+
+class Settings(BaseSettings):
+    """Settings of every xpumesh process."""
+
+    model_config = SettingsConfigDict(env_prefix="XPUMESH_", env_nested_delimiter="__", extra="ignore")
+
+    nats_url: str | None = Field(default=None, description="NATS server URL(s), comma-separated. Unset: start an embedded nats-server.")
+    database_url: SecretStr | None = Field(default=None, description="PostgreSQL URL (postgresql://user:pass@host:port/db). Unset: start an embedded PostgreSQL.")
+    data_dir: Path = Field(default=Path(".xpumesh"), description="Where the embedded NATS and PostgreSQL keep their data.")
+    gateway_host: str = Field(default="127.0.0.1", description="Interface the gateway's HTTP server binds.")
+    gateway_port: int = Field(default=8080, ge=0, le=65535, description="Port of the REST API and dashboard.")
+    metrics_port: int = Field(default=9464, ge=0, le=65535, description="Port of the metrics service's Prometheus /metrics endpoint.")
+    heartbeat_interval_s: float = Field(default=5.0, gt=0, description="How often agents and services heartbeat to the registry.")
+    telemetry_interval_s: float = Field(default=5.0, gt=0, description="How often agents publish telemetry.")
+    log_level: LogLevel = Field(default="INFO", description="Log level of every process.")
+    log_json: bool = Field(default=False, description="Write logs as JSON lines instead of text.")
+    otlp_endpoint: str | None = Field(default=None, description="OTLP/HTTP endpoint for traces (e.g. http://otel:4318). Unset: traces are not exported.")
+    consul_url: str | None = Field(default=None, description="Consul HTTP API URL. Set: services and agents are mirrored into Consul with TTL checks.")
+    consul_token: SecretStr | None = Field(default=None, description="Consul ACL token.")
+    site: str = Field(default="local", description="Site (city) of this host, for agents.")
+    instance_id: str | None = Field(default=None, description="Instance id of this process (default: hostname-pid).")
+    shutdown_timeout_s: float = Field(default=4.0, gt=0, description="How long a process may take to stop after SIGTERM.")
+    bootstrap_admin_key: SecretStr | None = Field(default=None, description="The first admin API key. Unset: `xpumesh up` creates one and prints it once.")
+
+    embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings, description="The embedded runtime.")
+    bus: BusSettings = Field(default_factory=BusSettings, description="NATS and JetStream.")
+    db: DatabaseSettings = Field(default_factory=DatabaseSettings, description="PostgreSQL pools.")
+    registry: RegistrySettings = Field(default_factory=RegistrySettings, description="Membership and liveness.")
+
+    def database_dsn(self) -> str:
+        """The configured database URL as plain text (only for connecting)."""
+        if self.database_url is None:
+            raise RuntimeError("XPUMESH_DATABASE_URL is not set and no embedded PostgreSQL was started")
+        return self.database_url.get_secret_value()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def settings_table_markdown() -> str:
+    """The README's configuration table, generated from the models above."""
+    rows = ["| variable | default | description |", "|---|---|---|"]
+
+    def walk(model: type[BaseModel], prefix: str, nested: str) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, prefix, f"{nested}{name.upper()}__")
+                continue
+            default = field.get_default(call_default_factory=True)
+            shown = "" if default is None else f"`{default}`"
+            rows.append(f"| `{prefix}{nested}{name.upper()}` | {shown} | {field.description or ''} |")
+
+    walk(Settings, "XPUMESH_", "")
+    return "\n".join(rows)

@@ -1,0 +1,29 @@
+"""The platform's own Prometheus metrics, shared by every process.
+
+Each process keeps these in the default registry; the gateway and the metrics service
+expose them over HTTP, and every service answers ``xpumesh.ctl.metrics`` with its text
+exposition so the metrics service can publish all of them in one scrape.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, generate_latest
+
+BUS_MESSAGES = Counter(
+    "xpumesh_bus_messages_total", "Messages handled, by service, handler and outcome.",
+    ["service", "handler", "outcome"],
+)
+BUS_REJECTED = Counter(
+    "xpumesh_bus_rejected_total", "Messages rejected as malformed or invalid, by service, handler and reason.",
+    ["service", "handler", "reason"],
+)
+HANDLER_SECONDS = Histogram(
+    "xpumesh_handler_seconds", "Time spent in a bus handler.", ["service", "handler"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+SERVICE_UP = Gauge("xpumesh_service_up", "1 while this service instance runs.", ["service", "instance"])
+OUTBOX_PENDING = Gauge("xpumesh_outbox_pending", "Outbox rows not yet relayed to JetStream.", ["service"])
+
+
+def exposition() -> bytes:
+    return generate_latest(REGISTRY)

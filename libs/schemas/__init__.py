@@ -1,0 +1,1 @@
+"""Shared pydantic models that cross service boundaries."""

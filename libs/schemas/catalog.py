@@ -1,0 +1,65 @@
+"""The device-model catalog and the compatibility rules, as the inventory serves them.
+
+The catalog turns any device into a vendor-neutral amount of compute
+(``compute_units``); the rules say which framework versions run on which hardware,
+with which runtime, and which drivers carry that runtime.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from libs.schemas.devices import HardwareType
+
+# One compute unit is defined as 1 TFLOPS of dense FP16 (tensor/matrix) throughput.
+# FP16 is the one figure every vendor publishes for training/inference parts; where a
+# part publishes only INT8 (inference cards), the catalog entry says so and derives CU
+# from INT8 / 2 (see the seed file's notes).
+COMPUTE_UNIT_DEFINITION = "1 CU = 1 TFLOPS dense FP16"
+
+
+class DeviceModel(BaseModel):
+    """One entry of the catalog: a vendor's model and its published figures."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vendor: str = Field(description="Lower-case vendor key, as in Device.vendor.")
+    model: str = Field(description="Canonical model name, as in Device.model.")
+    aliases: list[str] = Field(default_factory=list, description="Other names tools print for this model (globs allowed).")
+    hardware_type: HardwareType
+    memory_gib: float = Field(ge=0)
+    fp16_tflops: float | None = Field(default=None, ge=0, description="Dense FP16 tensor TFLOPS.")
+    bf16_tflops: float | None = Field(default=None, ge=0)
+    fp32_tflops: float | None = Field(default=None, ge=0)
+    int8_tops: float | None = Field(default=None, ge=0)
+    interconnect: str | None = Field(default=None, description="e.g. 'NVLink 600 GB/s', 'HCCS', 'PCIe 4.0'.")
+    compute_units: float = Field(ge=0, description=COMPUTE_UNIT_DEFINITION)
+    source: str = Field(description="Where the figures come from (URL or document name).")
+
+
+class CompatRule(BaseModel):
+    """A framework version range runs on a hardware type/vendor with a runtime range."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(description="Stable rule id, e.g. 'pytorch-2.4-cuda'.")
+    framework: str = Field(description="Lower-case framework key: pytorch, mindspore, paddlepaddle, tensorflow, onnxruntime, vllm…")
+    framework_versions: str = Field(description="Version specifier, e.g. '>=2.4,<2.5'.")
+    hardware_type: HardwareType
+    vendor: str
+    runtime: str = Field(description="Runtime key matched against Device.runtimes: cuda, cann, rocm, dtk, neuware, xre…")
+    runtime_versions: str = Field(description="Runtime versions this framework build supports, e.g. '>=11.8,<12.5'.")
+    source: str
+
+
+class RuntimeDriverRule(BaseModel):
+    """A runtime version needs at least this driver (e.g. CUDA's minimum driver table)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    vendor: str
+    runtime: str
+    runtime_versions: str = Field(description="Specifier over runtime versions this row covers, e.g. '>=12.4,<12.5'.")
+    min_driver_version: str
+    source: str
