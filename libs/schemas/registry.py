@@ -71,3 +71,9 @@ class ServiceHealth(BaseModel):
     status: str
     checks: dict[str, bool]
     uptime_s: float
+
+
+class MemberRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=160)

@@ -1,0 +1,327 @@
+"""The workload spec: what a user asks to run, on what, and where.
+
+One model is shared by the gateway (validates the request body), the scheduler (places
+it) and the agent (runs the chosen variant). Every field is validated here so the three
+agree; errors name the field and the reason.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from libs.schemas.devices import HardwareType
+from libs.versions import Requirement, SpecifierSet, Version
+
+__all__ = [
+    "HardwareRequest",
+    "PlacementSpec",
+    "RuntimeSpec",
+    "Variant",
+    "WorkloadSpec",
+    "framework_specifier",
+]
+
+_KEY = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,126}$")
+
+
+class HardwareRequest(BaseModel):
+    """What each replica needs: whole devices, a fraction of one, or an amount of compute."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"type": "gpu", "vendor": "nvidia", "model": "A100*", "count": 8},
+                {"type": "npu", "count": 2, "memory_gib": 32},
+                {"type": "gpu", "share": 0.5, "memory_gib": 20},
+                {"type": "any", "compute_units": 600},
+            ]
+        },
+    )
+
+    type: HardwareType | Literal["any"] = Field(
+        description="Hardware type, or 'any' to let the scheduler pick (then give compute_units or count).",
+        examples=["gpu", "npu", "any"],
+    )
+    vendor: str | None = Field(
+        default=None,
+        description="Lower-case vendor key (nvidia, huawei, amd, hygon, cambricon…). Unset: any vendor.",
+        examples=["nvidia", "huawei"],
+    )
+    model: str | None = Field(
+        default=None,
+        description="Model name glob, matched case-insensitively against the catalog model name.",
+        examples=["A100*", "Ascend910B*"],
+    )
+    count: int = Field(default=1, ge=1, le=64, description="Devices per replica, all on one host.", examples=[1, 8])
+    memory_gib: float | None = Field(
+        default=None,
+        gt=0,
+        description="Minimum memory per device (GiB). With share, the memory reserved on the shared device.",
+        examples=[40, 16.5],
+    )
+    share: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Fraction of one device in (0, 1], for sharing a device. A share below 1 implies count 1.",
+        examples=[0.25, 0.5],
+    )
+    compute_units: float | None = Field(
+        default=None,
+        gt=0,
+        description="Vendor-neutral amount of compute per replica (1 CU = 1 dense FP16 TFLOPS). Only with "
+        "type 'any': the scheduler picks devices of one kind on one host whose compute units add up to it.",
+        examples=[300, 1000],
+    )
+
+    @field_validator("vendor")
+    @classmethod
+    def _vendor_key(cls, v: str | None) -> str | None:
+        if v is not None and not _KEY.match(v):
+            raise ValueError(f"vendor must be a lower-case key like 'nvidia' or 'huawei', got {v!r}")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _model_glob(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("model must not be empty; leave it unset to accept any model")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.share is not None and self.share < 1 and self.count != 1:
+            raise ValueError(f"share {self.share} < 1 shares one device, so count must be 1 (got count={self.count})")
+        if self.compute_units is not None:
+            if self.type != "any":
+                raise ValueError(f"compute_units is only allowed with type 'any' (got type {self.type!r}); "
+                                 "ask for count devices of a given type instead")
+            if self.share is not None:
+                raise ValueError("compute_units and share cannot be combined")
+            if self.count != 1:
+                raise ValueError("compute_units and count cannot be combined: the scheduler chooses the device count")
+        return self
+
+    @property
+    def is_shared(self) -> bool:
+        """True when a replica takes a fraction of one device rather than whole devices."""
+        return self.share is not None and self.share < 1
+
+
+class RuntimeSpec(BaseModel):
+    """Software the workload needs on the device: a framework version and/or explicit runtimes."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"framework": "pytorch", "framework_version": "2.4", "requires": ["cuda>=12.1"]}]},
+    )
+
+    framework: str | None = Field(
+        default=None,
+        description="Lower-case framework key (pytorch, mindspore, paddlepaddle, tensorflow, vllm…); "
+        "resolved to runtimes per device through the compatibility rules.",
+        examples=["pytorch"],
+    )
+    framework_version: str | None = Field(
+        default=None,
+        description="A version ('2.4' means any 2.4.x) or a specifier ('>=2.3,<2.5'). Needs framework.",
+        examples=["2.4", ">=2.3,<2.5"],
+    )
+    requires: list[str] = Field(
+        default_factory=list,
+        description="Runtime requirements checked against each device's runtimes and driver, e.g. 'cuda>=12.1'.",
+        examples=[["cuda>=12.1"], ["cann>=8.0.RC1"]],
+    )
+
+    @field_validator("framework")
+    @classmethod
+    def _framework_key(cls, v: str | None) -> str | None:
+        if v is not None and not _KEY.match(v):
+            raise ValueError(f"framework must be a lower-case key like 'pytorch', got {v!r}")
+        return v
+
+    @field_validator("framework_version")
+    @classmethod
+    def _framework_version(cls, v: str | None) -> str | None:
+        if v is not None:
+            framework_specifier(v)  # raises ValueError with the reason
+        return v
+
+    @field_validator("requires")
+    @classmethod
+    def _requires(cls, v: list[str]) -> list[str]:
+        names: set[str] = set()
+        for i, text in enumerate(v):
+            try:
+                req = Requirement.parse(text)
+            except ValueError as exc:
+                raise ValueError(f"requires[{i}]: {exc}") from None
+            if req.name in names:
+                raise ValueError(f"requires[{i}]: runtime {req.name!r} listed twice; join the clauses with ','")
+            names.add(req.name)
+        return v
+
+    @model_validator(mode="after")
+    def _version_needs_framework(self) -> Self:
+        if self.framework_version is not None and self.framework is None:
+            raise ValueError("framework_version is set but framework is not")
+        return self
+
+    def requirements(self) -> list[Requirement]:
+        return [Requirement.parse(r) for r in self.requires]
+
+
+def framework_specifier(text: str) -> SpecifierSet:
+    """``'2.4'`` → ``==2.4.*``; ``'>=2.3,<2.5'`` stays as is. Raises ValueError with the reason."""
+    stripped = text.strip()
+    if not stripped:
+        raise ValueError("framework_version must not be empty")
+    if stripped[0] in "<>=!~":
+        return SpecifierSet.parse(stripped)
+    version = Version.parse(stripped)
+    if version.pre is None and version.dev is None and version.post is None and not version.local:
+        return SpecifierSet.parse("==" + ".".join(str(n) for n in version.release) + ".*")
+    return SpecifierSet.parse("==" + stripped)
+
+
+class Variant(BaseModel):
+    """How to run the workload on one vendor or hardware type."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"image": "pytorch/pytorch:2.4.0-cuda12.1-cudnn9-runtime",
+                                         "command": ["python", "train.py"], "env": {"NCCL_DEBUG": "WARN"}}]},
+    )
+
+    command: list[str] | None = Field(default=None, description="Command and arguments; unset keeps the image's.")
+    image: str | None = Field(default=None, description="Container image reference.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
+
+
+class PlacementSpec(BaseModel):
+    """Where replicas may go and how they relate to each other."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"sites": ["beijing", "shanghai"], "spread": "host",
+                                         "data_site": "beijing", "data_gib": 500}]},
+    )
+
+    sites: list[str] = Field(default_factory=list, description="Allowed sites; empty means any site.")
+    avoid_sites: list[str] = Field(default_factory=list, description="Sites never to use.")
+    spread: Literal["none", "host", "site"] = Field(
+        default="none",
+        description="'host': no two replicas on one host. 'site': replicas spread evenly over the eligible "
+        "sites (at most ceil(replicas / sites) per site).",
+    )
+    data_site: str | None = Field(default=None, description="Site holding the input data.")
+    data_gib: float = Field(default=0, ge=0, description="Input data size; moving it to another site costs time.")
+    topology: Literal["any", "same_host", "same_link_group"] = Field(
+        default="any",
+        description="'same_link_group': each replica's devices share one link group (NVLink/HCCS island). "
+        "'same_host': all replicas on one host. A replica's devices are always on one host.",
+    )
+    host_labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Labels a host must carry (node selector); 'arch' matches the host architecture.",
+        examples=[{"arch": "aarch64"}],
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        both = sorted(set(self.sites) & set(self.avoid_sites))
+        if both:
+            raise ValueError(f"sites and avoid_sites both list {both}")
+        if self.data_gib > 0 and self.data_site is None:
+            raise ValueError("data_gib > 0 needs data_site")
+        return self
+
+
+class WorkloadSpec(BaseModel):
+    """A request to run replicas of one program on accelerators."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "llama-finetune",
+                    "hardware": {"type": "gpu", "count": 8, "memory_gib": 80},
+                    "runtime": {"framework": "pytorch", "framework_version": "2.4"},
+                    "variants": {"nvidia": {"image": "pytorch/pytorch:2.4.0-cuda12.4-cudnn9-runtime",
+                                            "command": ["torchrun", "train.py"]}},
+                    "replicas": 4,
+                    "gang": True,
+                    "priority": 500,
+                }
+            ]
+        },
+    )
+
+    name: str = Field(description="Human-readable name (letters, digits, '.', '_', '-').", examples=["llama-finetune"])
+    hardware: HardwareRequest
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    variants: dict[str, Variant] = Field(
+        default_factory=dict,
+        description="Per vendor ('nvidia', 'huawei'), per hardware type ('npu') or 'default'. When set, only "
+        "devices with a matching variant are used; lookup order is vendor, hardware type, default.",
+    )
+    placement: PlacementSpec = Field(default_factory=PlacementSpec)
+    replicas: int = Field(default=1, ge=1, le=4096, description="Number of replicas.")
+    gang: bool = Field(default=False, description="Place all replicas or none.")
+    priority: int = Field(default=100, ge=0, le=1000, description="Higher goes first and may preempt.")
+    preemptible: bool = Field(default=False, description="May be stopped for higher-priority work.")
+    restart_policy: Literal["never", "on_failure", "always"] = "on_failure"
+    max_restarts: int = Field(default=3, ge=0, description="Restarts allowed by the restart policy.")
+    tenant: str | None = Field(
+        default=None,
+        description="Owning tenant. Set by the gateway from the API key; a value in the request body is not trusted.",
+    )
+    labels: dict[str, str] = Field(default_factory=dict, description="Free-form labels on the workload.")
+    duration_s: float | None = Field(
+        default=None, gt=0, description="Expected run time; simulated hosts finish the workload after it."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(f"name must be 1-127 letters, digits, '.', '_' or '-' starting with a letter or digit, got {v!r}")
+        return v
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_keys(cls, v: dict[str, Variant]) -> dict[str, Variant]:
+        for key in v:
+            if not _KEY.match(key):
+                raise ValueError(f"variant key {key!r} must be a lower-case vendor, hardware type or 'default'")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.placement.topology == "same_host" and self.placement.spread != "none" and self.replicas > 1:
+            raise ValueError(f"placement.topology 'same_host' contradicts placement.spread {self.placement.spread!r}")
+        hw = self.hardware
+        if self.variants and hw.type != "any" and hw.vendor is not None:
+            if not ({hw.vendor, str(hw.type), "default"} & set(self.variants)):
+                raise ValueError(
+                    f"variants has no entry for vendor {hw.vendor!r}, type {str(hw.type)!r} or 'default'"
+                )
+        return self
+
+    def variant_for(self, vendor: str, hardware_type: HardwareType | str) -> Variant | None:
+        """The variant that runs on this vendor/type: vendor first, then hardware type, then default.
+
+        With no variants at all, an empty Variant (run as is) is returned.
+        """
+        if not self.variants:
+            return Variant()
+        for key in (vendor, str(hardware_type), "default"):
+            if key in self.variants:
+                return self.variants[key]
+        return None

@@ -1,0 +1,39 @@
+"""The gateway service: the HTTP server runs as one of the service's tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import uvicorn
+
+from libs.service import Context, ServiceApp
+from services.gateway.http import create_app
+
+log = logging.getLogger(__name__)
+app = ServiceApp("gateway", uses_db=False)
+
+
+@app.task
+async def http_server(ctx: Context) -> None:
+    config = uvicorn.Config(create_app(ctx), host=ctx.settings.gateway_host, port=ctx.settings.gateway_port,
+                            log_level="warning", access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    ctx.state["http"] = server
+    try:
+        await server.serve()
+    except asyncio.CancelledError:
+        server.should_exit = True
+        raise
+
+
+@app.on_shutdown
+async def stop_http(ctx: Context) -> None:
+    server: uvicorn.Server | None = ctx.state.get("http")
+    if server is not None:
+        server.should_exit = True
+        for _ in range(50):
+            if not server.started:
+                break
+            await asyncio.sleep(0.05)

@@ -1,0 +1,80 @@
+"""Health, readiness, and the service catalog."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from libs.schemas.registry import MemberKind, MemberPage, MemberQuery, MemberStatus, ServiceHealth
+from services.gateway.deps import Ctx, call
+
+router = APIRouter()
+MESH_SERVICES = ("gateway", "registry", "inventory", "scheduler", "metrics")
+
+
+@router.get("/healthz", tags=["system"], summary="Liveness: the process runs")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["system"], summary="Readiness: connected to NATS and the registry answers",
+            responses={503: {"description": "Not ready"}})
+async def readyz(ctx: Ctx) -> JSONResponse:
+    checks = {"nats": ctx.bus.connected}
+    if checks["nats"]:
+        try:
+            await call(ctx, "registry", "health", None, ServiceHealth, timeout=2.0)
+            checks["registry"] = True
+        except Exception:
+            checks["registry"] = False
+    ok = all(checks.values())
+    return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
+
+
+class ServiceInstance(BaseModel):
+    id: str
+    version: str
+    status: MemberStatus
+    last_seen: datetime
+
+
+class ServiceEntry(BaseModel):
+    name: str
+    status: MemberStatus
+    instances: list[ServiceInstance]
+
+
+class ServiceList(BaseModel):
+    items: list[ServiceEntry]
+
+
+async def list_service_members(ctx: Ctx) -> MemberPage:
+    return await call(ctx, "registry", "members.list", MemberQuery(kind=MemberKind.SERVICE, limit=5000), MemberPage)
+
+
+@router.get("/v1/services", tags=["system"], summary="The mesh's services and their instances",
+            response_model=ServiceList)
+async def list_services(ctx: Ctx) -> ServiceList:
+    page = await list_service_members(ctx)
+    by_name: dict[str, list[ServiceInstance]] = {}
+    for m in page.items:
+        by_name.setdefault(m.name, []).append(
+            ServiceInstance(id=m.id, version=m.version, status=m.status, last_seen=m.last_seen))
+    items = [ServiceEntry(name=name, instances=insts,
+                          status=MemberStatus.UP if any(i.status == MemberStatus.UP for i in insts) else MemberStatus.DOWN)
+             for name, insts in sorted(by_name.items())]
+    return ServiceList(items=items)
+
+
+async def gather_health(ctx: Ctx) -> list[ServiceHealth]:
+    replies = await ctx.bus.scatter("xpumesh.ctl.health", window_s=0.3)
+    out = []
+    for r in replies:
+        try:
+            out.append(ServiceHealth.model_validate_json(r.data))
+        except ValueError:
+            continue
+    return out

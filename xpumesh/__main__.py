@@ -1,0 +1,3 @@
+from xpumesh.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,208 @@
+"""``xpumesh up``: the whole mesh on one machine, each service in its own process.
+
+Starts the embedded NATS and PostgreSQL when no URLs are configured, runs prestart,
+spawns every service (and, with ``--demo``, the fleet simulator), restarts a child that
+dies, and on SIGINT/SIGTERM stops everything within the shutdown budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from libs.config import Settings
+from libs.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres, ensure_port_free
+
+log = logging.getLogger(__name__)
+SERVICES = ("registry", "inventory", "scheduler", "metrics", "gateway")
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    log_path: Path | None = None
+    log_file: object = field(default=None, repr=False)
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, *, demo: bool = False, demo_hosts: int | None = None,
+                 services: tuple[str, ...] = SERVICES, quiet: bool = False) -> None:
+        self.settings = settings
+        self.demo = demo
+        self.demo_hosts = demo_hosts
+        self.services = services
+        self.quiet = quiet
+        self.nats: EmbeddedNats | None = None
+        self.postgres: EmbeddedPostgres | None = None
+        self.children: list[Child] = []
+        self.env: dict[str, str] = dict(os.environ)
+        self._stopping = False
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            print(text, flush=True)
+
+    # --- start ------------------------------------------------------------------------
+    def start_infrastructure(self) -> None:
+        data = self.settings.data_dir.resolve()
+        data.mkdir(parents=True, exist_ok=True)
+        emb = self.settings.embedded
+        if not self.settings.nats_url:
+            self.nats = EmbeddedNats(data, emb.nats_port, monitor_port=emb.nats_monitor_port,
+                                     start_timeout_s=emb.start_timeout_s).start()
+            self.settings.nats_url = self.nats.url
+            self.say(f"  nats        {self.nats.url} (embedded, data in {self.nats.data_dir})")
+        if self.settings.database_url is None:
+            self.postgres = EmbeddedPostgres(data, emb.postgres_port, start_timeout_s=emb.start_timeout_s).start()
+            self.settings.database_url = SecretStr(self.postgres.dsn)
+            self.say(f"  postgresql  127.0.0.1:{self.postgres.port} (embedded, data in {self.postgres.pgdata})")
+        self.env["XPUMESH_NATS_URL"] = self.settings.nats_url or ""
+        self.env["XPUMESH_DATABASE_URL"] = self.settings.database_dsn()
+
+    def ensure_admin_key(self) -> str | None:
+        """The first admin key: from settings, or created now and shown once."""
+        if self.settings.bootstrap_admin_key is not None:
+            return None
+        marker = self.settings.data_dir / "bootstrap-admin-key.created"
+        if marker.exists():
+            return None
+        key = "xpm_" + secrets.token_urlsafe(32)
+        self.env["XPUMESH_BOOTSTRAP_ADMIN_KEY"] = key
+        self.settings.bootstrap_admin_key = SecretStr(key)
+        return key
+
+    def spawn(self, child: Child) -> None:
+        logs = self.settings.data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        child.log_path = logs / f"{child.name}.log"
+        child.log_file = open(child.log_path, "ab")  # noqa: SIM115 - kept open for the child's life
+        child.proc = subprocess.Popen(child.argv, env=self.env, stdin=subprocess.DEVNULL,
+                                      stdout=child.log_file, stderr=subprocess.STDOUT)  # type: ignore[arg-type]
+        child.started_at = time.monotonic()
+
+    def start_children(self) -> None:
+        if "gateway" in self.services:
+            ensure_port_free(self.settings.gateway_port, "gateway HTTP server", self.settings.gateway_host)
+        for name in self.services:
+            self.children.append(Child(name, [sys.executable, "-m", "xpumesh", "run", name]))
+        if self.demo:
+            argv = [sys.executable, "-m", "xpumesh", "sim"]
+            if self.demo_hosts:
+                argv += ["--hosts", str(self.demo_hosts)]
+            self.children.append(Child("sim", argv))
+        for child in self.children:
+            self.spawn(child)
+
+    def wait_ready(self, timeout_s: float = 60.0) -> bool:
+        if "gateway" not in self.services:
+            return True
+        url = f"http://{self.settings.gateway_host}:{self.settings.gateway_port}/readyz"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not self._stopping:
+            try:
+                with urllib.request.urlopen(url, timeout=1.0) as r:
+                    if r.status == 200:
+                        return True
+            except OSError:
+                pass
+            self.check_children()
+            time.sleep(0.2)
+        return False
+
+    # --- run --------------------------------------------------------------------------
+    def check_children(self) -> None:
+        """Restart a child that died (with backoff), unless we are stopping."""
+        for child in self.children:
+            if self._stopping or child.proc is None or child.proc.poll() is None:
+                continue
+            code = child.proc.returncode
+            if time.monotonic() - child.started_at < 2.0 * (child.restarts + 1) and child.restarts > 0:
+                continue
+            child.restarts += 1
+            self.say(f"  ! {child.name} exited with code {code}; restarting (see {child.log_path})")
+            self.spawn(child)
+
+    def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        budget = self.settings.shutdown_timeout_s
+        deadline = time.monotonic() + budget * 0.7
+        for child in self.children:
+            if child.proc and child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+        for child in self.children:
+            if child.proc is None:
+                continue
+            try:
+                child.proc.wait(timeout=max(0.05, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.proc.kill()
+                child.proc.wait(timeout=2)
+        if self.postgres:
+            self.postgres.stop(timeout_s=budget * 0.25)
+        if self.nats:
+            self.nats.stop(timeout_s=budget * 0.1)
+
+
+def run_up(settings: Settings, *, demo: bool, demo_hosts: int | None = None) -> int:
+    import asyncio
+
+    from xpumesh.prestart import prestart
+
+    sup = Supervisor(settings, demo=demo, demo_hosts=demo_hosts)
+    stop_requested = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    print("xpumesh is starting…", flush=True)
+    try:
+        sup.start_infrastructure()
+        admin_key = sup.ensure_admin_key()
+        asyncio.run(prestart(settings))
+        sup.start_children()
+    except EmbeddedError as exc:
+        print(f"xpumesh: {exc}", file=sys.stderr)
+        sup.stop()
+        return 2
+    except Exception as exc:
+        print(f"xpumesh: could not start: {exc}", file=sys.stderr)
+        sup.stop()
+        return 1
+    base = f"http://{'localhost' if settings.gateway_host in ('127.0.0.1', '0.0.0.0') else settings.gateway_host}:{settings.gateway_port}"
+    if sup.wait_ready():
+        print(f"\n  API         {base}/v1   (OpenAPI: {base}/docs)\n  dashboard   {base}/\n"
+              f"  metrics     http://127.0.0.1:{settings.metrics_port}/metrics\n"
+              f"  logs        {settings.data_dir.resolve() / 'logs'}", flush=True)
+        if admin_key:
+            print(f"\n  admin API key (shown once; keep it): {admin_key}", flush=True)
+            (settings.data_dir / "bootstrap-admin-key.created").write_text("an admin key was created and shown once\n")
+        print("\nxpumesh is up. Ctrl-C stops everything.", flush=True)
+    elif not stop_requested:
+        print("xpumesh: the gateway did not become ready in 60 s; see the logs", file=sys.stderr)
+    try:
+        while not stop_requested:
+            sup.check_children()
+            time.sleep(0.2)
+    finally:
+        print("\nxpumesh is stopping…", flush=True)
+        sup.stop()
+    return 0
