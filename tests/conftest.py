@@ -35,6 +35,8 @@ from libs.service import ServiceApp, serve
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[1]
 _db_counter = itertools.count()
+# The admin key every test database is seeded with (prestart creates it from XPUMESH_BOOTSTRAP_ADMIN_KEY).
+TEST_ADMIN_KEY = "xpm_test_admin_0123456789abcdefghijklmnopqrstuvwxyz"
 
 
 async def assert_eventually(check: Callable[[], Awaitable[T] | T], *, timeout: float = 10.0,
@@ -106,7 +108,7 @@ async def template_db(pg_server: tuple[str, EmbeddedPostgres | None]) -> str:
     await _admin(dsn, f'CREATE DATABASE "{name}"')
     url = _with_db(dsn, name)
     await migrate_all(url)
-    await seed_all(Settings(database_url=SecretStr(url)))
+    await seed_all(Settings(database_url=SecretStr(url), bootstrap_admin_key=SecretStr(TEST_ADMIN_KEY)))
     return name
 
 
@@ -139,6 +141,7 @@ def settings(nats_url: str, database_url: str, tmp_path: Path) -> Settings:
     from libs.embedded import free_port
 
     return Settings(nats_url=nats_url, database_url=SecretStr(database_url), data_dir=tmp_path,
+                    bootstrap_admin_key=SecretStr(TEST_ADMIN_KEY),
                     heartbeat_interval_s=0.5, telemetry_interval_s=0.5, gateway_port=free_port(),
                     metrics_port=free_port(), registry={"sweep_interval_s": 0.1, "flush_interval_s": 0.3},
                     bus={"request_timeout_s": 3.0, "drain_timeout_s": 1.0})
@@ -184,6 +187,7 @@ def service_env(settings: Settings, **extra: str) -> dict[str, str]:
         "XPUMESH_NATS_URL": settings.nats_url or "",
         "XPUMESH_DATABASE_URL": settings.database_dsn(),
         "XPUMESH_DATA_DIR": str(settings.data_dir),
+        "XPUMESH_BOOTSTRAP_ADMIN_KEY": TEST_ADMIN_KEY,
         "XPUMESH_HEARTBEAT_INTERVAL_S": str(settings.heartbeat_interval_s),
         "XPUMESH_TELEMETRY_INTERVAL_S": str(settings.telemetry_interval_s),
         "XPUMESH_GATEWAY_PORT": str(settings.gateway_port),
