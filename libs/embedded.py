@@ -209,14 +209,14 @@ class EmbeddedPostgres:
         base = [psql, "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres", "-tAc"]
         deadline = time.monotonic() + self.start_timeout_s
         while True:
-            res = subprocess.run(base + [f"SELECT 1 FROM pg_database WHERE datname = '{name}'"], capture_output=True)
+            res = subprocess.run([*base, f"SELECT 1 FROM pg_database WHERE datname = '{name}'"], capture_output=True)
             if res.returncode == 0:
                 break
             if time.monotonic() > deadline:
                 raise EmbeddedError("embedded PostgreSQL accepts connections but does not answer queries")
             time.sleep(0.1)
         if res.stdout.strip() != b"1":
-            subprocess.run(base + [f'CREATE DATABASE "{name}"'], check=True, capture_output=True)
+            subprocess.run([*base, f'CREATE DATABASE "{name}"'], check=True, capture_output=True)
 
     def create_database(self, name: str) -> str:
         """Create (if missing) another database on this cluster; return its DSN (tests use one per worker)."""

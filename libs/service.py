@@ -26,7 +26,7 @@ import signal
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
@@ -34,7 +34,7 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from libs import __version__
@@ -132,7 +132,7 @@ class ServiceApp:
         self.endpoints: dict[str, _Endpoint] = {}
         self.consumers: list[_Consumer] = []
         self.subscriptions: list[_Subscription] = []
-        self.tasks: list[Callable[[Context], Awaitable[None]]] = []
+        self.tasks: list[Callable[[Context], Coroutine[Any, Any, None]]] = []
         self.startup: list[Callable[[Context], Awaitable[None]]] = []
         self.shutdown: list[Callable[[Context], Awaitable[None]]] = []
         self.health_checks: dict[str, Callable[[Context], Awaitable[bool]]] = {}
@@ -161,7 +161,7 @@ class ServiceApp:
             return fn
         return deco
 
-    def task(self, fn: Callable[[Context], Awaitable[None]]) -> Callable[[Context], Awaitable[None]]:
+    def task(self, fn: Callable[[Context], Coroutine[Any, Any, None]]) -> Callable[[Context], Coroutine[Any, Any, None]]:
         self.tasks.append(fn)
         return fn
 

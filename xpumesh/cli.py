@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import logging
 import sys
 from collections.abc import Callable
 
@@ -117,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database maintenance")
     dbs = db.add_subparsers(dest="db_cmd", required=True)
     upg = dbs.add_parser("upgrade", help="apply migrations (all services, or those named)")
-    upg.add_argument("service", nargs="*", choices=sorted(s for s in SERVICE_APPS) + [], default=[])
+    upg.add_argument("service", nargs="*", choices=sorted(SERVICE_APPS), default=[])
     upg.set_defaults(fn=cmd_db)
 
     cfg = sub.add_parser("config", help="show the effective settings")

@@ -17,6 +17,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from pydantic import SecretStr
 
@@ -35,7 +36,7 @@ class Child:
     restarts: int = 0
     started_at: float = 0.0
     log_path: Path | None = None
-    log_file: object = field(default=None, repr=False)
+    log_file: IO[bytes] | None = field(default=None, repr=False)
 
 
 class Supervisor:
@@ -89,9 +90,9 @@ class Supervisor:
         logs = self.settings.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         child.log_path = logs / f"{child.name}.log"
-        child.log_file = open(child.log_path, "ab")  # noqa: SIM115 - kept open for the child's life
+        child.log_file = open(child.log_path, "ab")
         child.proc = subprocess.Popen(child.argv, env=self.env, stdin=subprocess.DEVNULL,
-                                      stdout=child.log_file, stderr=subprocess.STDOUT)  # type: ignore[arg-type]
+                                      stdout=child.log_file, stderr=subprocess.STDOUT)
         child.started_at = time.monotonic()
 
     def start_children(self) -> None:

@@ -127,7 +127,7 @@ class Bus:
         await self.nc.publish(subject, payload, headers=headers)
 
     # --- request/reply --------------------------------------------------------------
-    async def request(self, subject: str, payload: BaseModel | dict[str, Any] | None, response: type[T] | Any,
+    async def request(self, subject: str, payload: BaseModel | dict[str, Any] | None, response: type[T],
                       *, timeout: float | None = None) -> T:
         """Call a service endpoint; raise the typed BusError the handler raised, BusTimeout, or Unavailable."""
         if isinstance(payload, BaseModel):

@@ -304,8 +304,13 @@ class WorkloadSpec(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        if self.placement.topology == "same_host" and self.placement.spread != "none" and self.replicas > 1:
-            raise ValueError(f"placement.topology 'same_host' contradicts placement.spread {self.placement.spread!r}")
+        if self.placement.topology == "same_host" and self.replicas > 1:
+            if self.placement.spread != "none":
+                raise ValueError(
+                    f"placement.topology 'same_host' contradicts placement.spread {self.placement.spread!r}")
+            if self.hardware.is_shared:
+                raise ValueError("placement.topology 'same_host' with hardware.share < 1 is not supported; "
+                                 "ask for count devices instead")
         hw = self.hardware
         if self.variants and hw.type != "any" and hw.vendor is not None:
             if not ({hw.vendor, str(hw.type), "default"} & set(self.variants)):

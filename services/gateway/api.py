@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -14,12 +16,19 @@ log = logging.getLogger(__name__)
 app = ServiceApp("gateway", uses_db=False)
 
 
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the service's lifecycle owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 @app.task
 async def http_server(ctx: Context) -> None:
     config = uvicorn.Config(create_app(ctx), host=ctx.settings.gateway_host, port=ctx.settings.gateway_port,
                             log_level="warning", access_log=False, lifespan="off")
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    server = _Server(config)
     ctx.state["http"] = server
     try:
         await server.serve()

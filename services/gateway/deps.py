@@ -22,7 +22,7 @@ Ctx = Annotated[Context, Depends(get_ctx)]
 
 
 async def call(ctx: Context, service: str, endpoint: str, payload: BaseModel | dict[str, Any] | None,
-               response: type[T] | Any, *, timeout: float | None = None) -> T:
+               response: type[T], *, timeout: float | None = None) -> T:
     """Ask a service over the bus; its typed errors become problem+json via the exception handlers."""
     result: T = await ctx.bus.request(subjects.rpc_subject(service, endpoint), payload, response, timeout=timeout)
     return result
