@@ -379,6 +379,7 @@ async def serve(app: ServiceApp, settings: Settings, *, ready: asyncio.Event | N
         except (NotImplementedError, RuntimeError):
             pass
     tasks = await app.start(ctx)
+    await bus.nc.flush()  # the server has every subscription before we call ourselves ready
     log.info("%s %s ready", app.name, instance)
     if ready is not None:
         ready.set()
