@@ -234,22 +234,21 @@ class ServiceApp:
                 BUS_MESSAGES.labels(self.name, handler, outcome).inc()
             return outcome
 
-    async def _subscription_loop(self, sub: _Subscription, ctx: Context) -> None:
+    async def _subscription_loop(self, sub: _Subscription, psub: Any, ctx: Context) -> None:
         handler = sub.fn.__name__
-        psub = await ctx.bus.nc.subscribe(sub.subject, queue=sub.queue or "",
-                                          pending_msgs_limit=ctx.settings.bus.max_pending_messages)
-        ctx.state.setdefault("_subs", []).append(psub)
         async for msg in psub.messages:
             event = self._parse_event(handler, msg.data)
             if event is not None:
                 await self._run_event(handler, sub.fn, event, ctx, dict(msg.headers or {}))
 
-    async def _consumer_loop(self, c: _Consumer, ctx: Context) -> None:
-        handler = c.fn.__name__
+    async def _pull_subscribe(self, c: _Consumer, ctx: Context) -> Any:
         config = ConsumerConfig(durable_name=c.durable, ack_policy=AckPolicy.EXPLICIT, max_deliver=c.max_deliver,
                                 ack_wait=30.0, max_ack_pending=max(c.batch_size * 4, 1024), filter_subject=c.subject,
                                 deliver_policy=DeliverPolicy.NEW if c.deliver_new else DeliverPolicy.ALL)
-        psub = await ctx.bus.js.pull_subscribe(c.subject, durable=c.durable, stream=c.stream, config=config)
+        return await ctx.bus.js.pull_subscribe(c.subject, durable=c.durable, stream=c.stream, config=config)
+
+    async def _consumer_loop(self, c: _Consumer, psub: Any, ctx: Context) -> None:
+        handler = c.fn.__name__
         seen = SeenIds()
         while True:
             try:
@@ -330,8 +329,13 @@ class ServiceApp:
         await nc.subscribe(CTL_METRICS, cb=metrics_cb)
         for hook in self.startup:
             await hook(ctx)
-        tasks = [asyncio.create_task(self._subscription_loop(s, ctx), name=f"sub:{s.subject}") for s in self.subscriptions]
-        tasks += [asyncio.create_task(self._consumer_loop(c, ctx), name=f"consumer:{c.durable}") for c in self.consumers]
+        tasks = []
+        for s in self.subscriptions:
+            psub = await nc.subscribe(s.subject, queue=s.queue or "", pending_msgs_limit=ctx.settings.bus.max_pending_messages)
+            tasks.append(asyncio.create_task(self._subscription_loop(s, psub, ctx), name=f"sub:{s.subject}"))
+        for c in self.consumers:
+            psub = await self._pull_subscribe(c, ctx)
+            tasks.append(asyncio.create_task(self._consumer_loop(c, psub, ctx), name=f"consumer:{c.durable}"))
         tasks += [asyncio.create_task(t(ctx), name=f"task:{t.__name__}") for t in self.tasks]
         tasks.append(asyncio.create_task(self._heartbeat_loop(ctx), name="heartbeat"))
         SERVICE_UP.labels(self.name, ctx.instance).set(1)
