@@ -42,7 +42,7 @@ class AmdProbe(ToolProbe):
             hint = rocm_smi.vendor_hint(collector.outputs, capture)
             rocm_smi.parse_rocm(capture, collector, rocm_smi.AMD, hint)
         elif capture.tool == READ_FILE and any("/rocm" in a for a in capture.args):
-            collector.set_common(runtimes={"rocm": rocm_smi.version_file(capture.text) or ""})
+            rocm_smi.read_version_file(capture, collector, "rocm")
 
 
 def parse_amd_smi(capture: Capture, col: Collector) -> None:
@@ -84,11 +84,13 @@ def _json_gpus(capture: Capture, col: Collector) -> list[tuple[int, dict[str, st
         return []
     entries = data if isinstance(data, list) else data.get("gpu_data", [data]) if isinstance(data, dict) else []
     gpus = []
-    for position, entry in enumerate(entries):
-        if isinstance(entry, dict) and "gpu" in entry:
-            flat: dict[str, str] = {}
-            _flatten(entry, "", flat)
-            gpus.append((to_int(str(entry["gpu"])) or position, flat))
+    for entry in entries if isinstance(entries, list) else []:
+        index = entry.get("gpu") if isinstance(entry, dict) else None
+        if not isinstance(index, int) or index < 0:
+            continue
+        flat: dict[str, str] = {}
+        _flatten(entry, "", flat)
+        gpus.append((index, flat))
     return gpus
 
 

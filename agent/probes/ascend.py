@@ -209,9 +209,10 @@ def _topo(capture: Capture, col: Collector) -> None:
 
 
 def _npu_chip(capture: Capture, values: dict[str, str]) -> tuple[int | None, int]:
-    npu = to_int(values.get("NPU ID")) if values.get("NPU ID") else to_int(capture.option("-i"))
+    """NPU and chip ids of an 'npu-smi info -t … -i N' output; no NPU when it has no 'NPU ID' line."""
+    npu = to_int(values.get("NPU ID"))
     chip = to_int(values.get("Chip ID")) if values.get("Chip ID") else to_int(capture.option("-c"))
-    return npu, chip or 0
+    return (npu if npu is not None and npu >= 0 else None), chip or 0
 
 
 def _board(capture: Capture, col: Collector) -> None:
@@ -240,6 +241,9 @@ def _usages(capture: Capture, col: Collector) -> None:
     if npu is None:
         col.warn(f"{capture.label}: no 'NPU ID' in the usages output")
         return
+    if "HBM Capacity(MB)" not in values and "DDR Capacity(MB)" not in values:
+        col.warn(f"{capture.label}: no HBM or DDR capacity in the usages output")
+        return
     hbm, ddr = mib(values.get("HBM Capacity(MB)")) or 0, mib(values.get("DDR Capacity(MB)")) or 0
     total = hbm or ddr or None
     rate = num(values.get("HBM Usage Rate(%)") if hbm else values.get("DDR Usage Rate(%)"))
@@ -256,6 +260,9 @@ def _common(capture: Capture, col: Collector) -> None:
     npu, _ = _npu_chip(capture, {"NPU ID": top.get("NPU ID", "")})
     if npu is None:
         col.warn(f"{capture.label}: no 'NPU ID' in this output")
+        return
+    if not any(key in top for key in ("Chip ID", "Health Status", "Temperature(C)", "Aicore Usage Rate(%)")):
+        col.warn(f"{capture.label}: no chip facts (Chip ID, Health Status, Temperature) in this output")
         return
     sections: list[dict[str, str]] = []
     for key, value in pairs:

@@ -18,6 +18,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,14 +257,15 @@ class CommandRunner:
         env = dict(os.environ, LC_ALL="C", LANG="C")
         try:
             process = await asyncio.create_subprocess_exec(
-                executable, *argv[1:], stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+                executable, *argv[1:], stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True)
         except OSError as exc:
             log.debug("%s could not start: %s", argv[0], exc)
             return None, f"{' '.join(argv)}: could not start ({exc.strerror or exc})"
         try:
             stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=self.timeout_s)
         except TimeoutError:
-            process.kill()
+            _kill_group(process.pid)
             await process.wait()
             return None, f"{' '.join(argv)}: timed out after {self.timeout_s:g}s"
         text = stdout.decode("utf-8", errors="replace")
@@ -272,6 +274,14 @@ class CommandRunner:
             detail = stderr.decode("utf-8", errors="replace").strip().splitlines() or text.strip().splitlines()
             warning = f"{' '.join(argv)}: exited with {process.returncode}" + (f" ({detail[0][:200]})" if detail else "")
         return Capture(argv=argv, text=text, returncode=process.returncode or 0), warning
+
+
+def _kill_group(pid: int) -> None:
+    """Kill a timed-out tool and whatever it started (they share its new session)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _read_files(argv: tuple[str, ...]) -> Capture | None:

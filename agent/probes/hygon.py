@@ -30,7 +30,7 @@ class HygonProbe(ToolProbe):
 
     def parse_capture(self, capture: Capture, collector: Collector) -> None:
         if capture.tool == READ_FILE:
-            collector.set_common(runtimes={"dtk": rocm_smi.version_file(capture.text) or ""})
+            rocm_smi.read_version_file(capture, collector, "dtk")
             return
         hint = rocm_smi.HYGON if capture.tool == "hy-smi" else rocm_smi.vendor_hint(collector.outputs, capture)
         rocm_smi.parse_rocm(capture, collector, rocm_smi.HYGON, hint)

@@ -46,9 +46,9 @@ def kind(capture: Capture) -> str:
         return "apps"
     if capture.has("--query-gpu"):
         return "csv"
-    if text.startswith("<?xml") or "<nvidia_smi_log" in text[:500]:
+    if capture.has("-x", "--xml-format") or text.startswith("<?xml") or "<nvidia_smi_log" in text[:500]:
         return "xml"
-    if "NVSMI LOG" in text[:300]:
+    if capture.has("-q", "--query") or "NVSMI LOG" in text[:300]:
         return "q"
     if capture.has("-L", "--list-gpus") or re.match(r"GPU \d+: .*\(UUID:", text):
         return "list"
@@ -66,6 +66,8 @@ def parse_table(capture: Capture, col: Collector) -> None:
     col.set_common(driver_version=table.header.get("driver"), runtimes=_cuda(table.header.get("cuda")))
     if table.elided:
         col.warn(f"{capture.label}: rows elided with '...'; only {len(table.rows)} GPU(s) could be read")
+    if not table.rows:
+        col.warn(f"{capture.label}: the device table has no GPU rows")
     for row in table.rows:
         record = col.add(index=row.index, model=nvidia_model(row.name), pci_bus_id=row.bus_id,
                          memory_mib=row.memory_total_mib, temperature_c=row.temperature_c, power_w=row.power_w,
@@ -176,22 +178,26 @@ def parse_xml(capture: Capture, col: Collector) -> None:
 # ---------------------------------------------------------------- CSV queries
 
 
-def _csv_rows(capture: Capture, query_option: str) -> list[dict[str, str]]:
+def _csv_rows(capture: Capture, query_option: str, col: Collector) -> list[dict[str, str]]:
     body = [line for line in capture.text.splitlines() if line.strip()]
     rows = list(csv.reader(body, skipinitialspace=True))
-    if not rows:
-        return []
     queried = [f.strip() for f in (capture.option(query_option) or "").split(",") if f.strip()]
-    first = [re.sub(r"\s*\[.*\]$", "", f.strip()) for f in rows[0]]
-    has_header = (capture.option("--format") or "").find("noheader") < 0 and (
-        not queried or first == queried[: len(first)] or any(not re.search(r"\d", f) for f in first[:3]))
-    names = first if has_header else queried
-    data = rows[1:] if has_header else rows
-    return [dict(zip(names, (value.strip() for value in row), strict=False)) for row in data]
+    if "noheader" in (capture.option("--format") or ""):
+        if not queried:
+            col.warn(f"{capture.label}: CSV without header and no {query_option} field list")
+            return []
+        names, data = queried, rows
+    else:
+        names = [re.sub(r"\s*\[.*\]$", "", f.strip()) for f in rows[0]] if rows else []
+        if not names or (queried and names != queried) or not all(re.fullmatch(r"[\w.]+", n) for n in names):
+            col.warn(f"{capture.label}: no CSV header line naming the queried fields")
+            return []
+        data = rows[1:]
+    return [dict(zip(names, (value.strip() for value in row), strict=False)) for row in data if len(row) == len(names)]
 
 
 def parse_csv(capture: Capture, col: Collector) -> None:
-    rows = _csv_rows(capture, "--query-gpu")
+    rows = _csv_rows(capture, "--query-gpu", col)
     if not rows:
         col.warn(f"{capture.label}: no GPU rows in the CSV")
         return
@@ -211,7 +217,7 @@ def parse_csv(capture: Capture, col: Collector) -> None:
 
 
 def parse_apps(capture: Capture, col: Collector) -> None:
-    rows = _csv_rows(capture, "--query-compute-apps")
+    rows = _csv_rows(capture, "--query-compute-apps", col)
     seen: list[str] = []
     for row in rows:
         key = clean(row.get("gpu_uuid")) or pci(row.get("gpu_bus_id")) or ""
@@ -221,8 +227,11 @@ def parse_apps(capture: Capture, col: Collector) -> None:
         col.add(model=nvidia_model(row["gpu_name"]) if clean(row.get("gpu_name")) else None,
                 uuid=clean(row.get("gpu_uuid")), pci_bus_id=pci(row.get("gpu_bus_id")),
                 extra={"serial": clean(row.get("gpu_serial"))})
-    col.warn(f"{capture.label}: a per-process list; only GPUs running compute processes appear "
-             f"({len(seen)} found), idle GPUs and memory sizes are not shown")
+    if rows:
+        col.warn(f"{capture.label}: a per-process list; only GPUs running compute processes appear "
+                 f"({len(seen)} found), idle GPUs and memory sizes are not shown")
+    elif not col.warnings:
+        col.warn(f"{capture.label}: no compute process listed, so no GPU can be read from it")
 
 
 # ---------------------------------------------------------------- -L and topo -m

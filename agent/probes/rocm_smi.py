@@ -108,7 +108,8 @@ def _json(capture: Capture, col: Collector, keep: str, hint: str | None) -> bool
         return False
     cards = {int(m.group(1)): {str(k).strip().lower(): str(v) for k, v in value.items()}
              for key, value in data.items() if (m := re.fullmatch(r"card(\d+)", key)) and isinstance(value, dict)}
-    system = {str(k).lower(): str(v) for k, v in (data.get("system") or {}).items()}
+    raw_system = data.get("system")
+    system = {str(k).lower(): str(v) for k, v in raw_system.items()} if isinstance(raw_system, dict) else {}
     if system.get("driver version"):
         col.set_common(driver_version=system["driver version"])
     vendors = {index: _vendor_of(card, hint) for index, card in cards.items()}
@@ -253,6 +254,14 @@ def _concise_row(col: Collector, row: dict[str, str], vendor: str) -> None:
 
 
 def version_file(text: str) -> str | None:
-    """'6.0.2-115' (from /opt/rocm/.info/version) → '6.0.2'."""
-    match = re.search(r"(\d+\.\d+(?:\.\d+)?)", text)
+    """'6.0.2-115' (from /opt/rocm/.info/version) → '6.0.2'; None unless the file holds just a version."""
+    match = re.fullmatch(r"\s*(?:\w+-)?(\d+\.\d+(?:\.\d+)?)[\w.\-+]*\s*", text)
     return match.group(1) if match else None
+
+
+def read_version_file(capture: Capture, col: Collector, runtime: str) -> None:
+    found = version_file(capture.text)
+    if found:
+        col.set_common(runtimes={runtime: found})
+    else:
+        col.warn(f"{capture.label}: not a version file ({capture.text.strip()[:40]!r})")
