@@ -1,0 +1,127 @@
+"""discover() on this host, host facts from fake trees, labels, and the CLI entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import socket
+from pathlib import Path
+
+import psutil
+import pytest
+
+from agent.discover import default_probes, derive_labels, discover, discover_main, label_value
+from agent.facts import collect_host_facts
+from libs.schemas.devices import Device, HardwareType, HostFacts
+
+MIB = 1024 * 1024
+
+
+def _has_accelerator_tools() -> bool:
+    return any(shutil.which(tool) for probe in default_probes() for tool in probe.tools if tool != "lspci")
+
+
+def _cpuinfo_model() -> str | None:
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+                None)
+
+
+def _numa_nodes() -> int:
+    return max(1, len(list(Path("/sys/devices/system/node").glob("node[0-9]*"))))
+
+
+async def test_discover_this_host_reports_real_cpu_and_memory() -> None:
+    result = await discover()
+    host = result.host
+    assert host.hostname == socket.gethostname()
+    assert host.arch == platform.machine()
+    assert host.kernel == platform.release()
+    assert host.cpu_threads == psutil.cpu_count(logical=True) == os.cpu_count()
+    assert host.cpu_cores == (psutil.cpu_count(logical=False) or host.cpu_threads)
+    assert host.memory_mib == psutil.virtual_memory().total // MIB
+    assert host.cpu_sockets >= 1
+    assert host.numa_nodes == _numa_nodes()
+    model = _cpuinfo_model()
+    if model:
+        assert host.cpu_model == " ".join(model.split())
+    assert result.labels["xpumesh.io/arch"] == platform.machine()
+    if not _has_accelerator_tools():
+        assert result.devices == []
+        assert {r.probe for r in result.probes} >= {"nvidia", "amd", "huawei", "fpga"}
+
+
+def test_facts_never_crash_on_missing_files(tmp_path: Path) -> None:
+    facts = collect_host_facts(proc_root=tmp_path / "proc", sys_root=tmp_path / "sys", etc_root=tmp_path / "etc")
+    assert facts.numa_nodes == 1
+    assert facts.cpu_sockets == 1
+    assert facts.cpu_threads >= 1
+    assert facts.memory_mib > 0
+    assert facts.os  # falls back to the kernel's system name
+
+
+def test_facts_read_arm64_cpuinfo_os_release_and_numa(tmp_path: Path) -> None:
+    proc, sys_root, etc = tmp_path / "proc", tmp_path / "sys", tmp_path / "etc"
+    proc.mkdir()
+    blocks = [f"processor\t: {n}\nBogoMIPS\t: 200.00\nCPU implementer\t: 0x48\nCPU part\t: 0xd01\n" for n in range(4)]
+    (proc / "cpuinfo").write_text("\n".join(blocks))
+    for cpu, package in enumerate([0, 0, 1, 1]):
+        topology = sys_root / "devices" / "system" / "cpu" / f"cpu{cpu}" / "topology"
+        topology.mkdir(parents=True)
+        (topology / "physical_package_id").write_text(f"{package}\n")
+    for node in range(4):
+        (sys_root / "devices" / "system" / "node" / f"node{node}").mkdir(parents=True)
+    etc.mkdir()
+    (etc / "os-release").write_text('NAME="openEuler"\nVERSION="22.03 (LTS-SP3)"\nID="openEuler"\n'
+                                    'PRETTY_NAME="openEuler 22.03 (LTS-SP3)"\n')
+    facts = collect_host_facts(proc_root=proc, sys_root=sys_root, etc_root=etc)
+    assert facts.cpu_model == "HiSilicon Kunpeng-920"
+    assert facts.cpu_sockets == 2
+    assert facts.numa_nodes == 4
+    assert facts.os == "openEuler 22.03 (LTS-SP3)"
+
+
+def _host() -> HostFacts:
+    return HostFacts(hostname="h", arch="aarch64", os="x", kernel="k", cpu_model="c", cpu_sockets=1, cpu_cores=1,
+                     cpu_threads=1, memory_mib=1, numa_nodes=2)
+
+
+def test_labels_are_valid_kubernetes_values() -> None:
+    devices = [
+        Device(index=0, hardware_type=HardwareType.GPU, vendor="amd", model="MI300A", memory_mib=64289,
+               driver_version="6.9.0-rc5+", runtimes={"rocm": "6.2.0"}),
+        Device(index=1, hardware_type=HardwareType.GPU, vendor="amd", model="MI300X", memory_mib=196592,
+               driver_version="6.9.0-rc5+"),
+    ]
+    labels = derive_labels(_host(), devices, {"rdma": True, "infiniband": True, "roce": False})
+    assert labels == {
+        "xpumesh.io/arch": "aarch64", "xpumesh.io/numa-nodes": "2", "xpumesh.io/amd.driver": "6.9.0-rc5",
+        "xpumesh.io/rocm": "6.2.0", "xpumesh.io/gpu.count": "2", "xpumesh.io/gpu.vendor": "amd",
+        "xpumesh.io/gpu.model": "MI300A", "xpumesh.io/gpu.memory-mib": "64289", "xpumesh.io/gpu.mixed": "true",
+        "xpumesh.io/network.rdma": "true", "xpumesh.io/network.infiniband": "true",
+    }
+    assert label_value("  K100_AI / 64G ") == "K100_AI-64G"
+    assert label_value("x" * 80) == "x" * 63
+    assert label_value("+++") is None
+
+
+def test_discover_main_prints_json(fixtures_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert discover_main(str(fixtures_dir / "ascend-910b"), as_json=True) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["devices"]) == 8
+    assert data["devices"][0]["model"] == "Ascend910B3"
+    assert data["labels"]["xpumesh.io/cann"] == "8.0.RC1"
+    assert data["host"]["hostname"] == socket.gethostname()
+
+
+def test_discover_main_prints_a_table(fixtures_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert discover_main(str(fixtures_dir / "mixed"), as_json=False) == 0
+    out = capsys.readouterr().out
+    assert "L40S" in out and "Alveo-U250" in out and "xpumesh.io/network.roce=true" in out
+
+
+def test_discover_main_rejects_a_missing_probe_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert discover_main(str(tmp_path / "absent"), as_json=True) == 2
+    assert "probe dir not found" in capsys.readouterr().err
