@@ -70,10 +70,12 @@ class AscendProbe(ToolProbe):
                 [READ_FILE, *TOOLKIT_INFO], [READ_FILE, DRIVER_INFO]]
 
     def followup_commands(self, captures: Sequence[Capture]) -> list[list[str]]:
-        ids: set[int] = set()
+        """Board facts (serial, firmware) of every NPU the device table shows."""
+        table = Collector(self.name, self.vendor, self.hardware_type)
         for capture in captures:
             if capture.tool == "npu-smi" and kind(capture) == "table":
-                ids |= {int(m.group(1)) for m in re.finditer(r"^\|\s*(\d+)\s+\S+\s+\|\s*\w+", capture.text, re.M)}
+                _table(capture, table)
+        ids = {int(r["extra"]["npu_id"]) for r in table.records if "npu_id" in r.get("extra", {})}
         return [["npu-smi", "info", "-t", "board", "-i", str(npu)] for npu in sorted(ids)]
 
     def accepts(self, capture: Capture) -> bool:

@@ -167,11 +167,15 @@ _HEADER_RE = re.compile(r"^#\s*(source|command)\s*:\s*(.*)$", re.IGNORECASE)
 
 
 def split_command(command: str) -> tuple[str, ...]:
-    command = re.sub(r"\s{2,}\(.*\)\s*$", "", command.strip())  # trailing '(note)'
+    """argv of a '# command:' header, without a trailing '(note)' or a leading 'sudo'/'env A=B'."""
+    command = re.sub(r"\s{2,}\(.*\)\s*$", "", command.strip())
     try:
-        return tuple(shlex.split(command))
+        argv = shlex.split(command)
     except ValueError:
-        return tuple(command.split())
+        argv = command.split()
+    while argv and (argv[0] in ("sudo", "env") or re.fullmatch(r"[A-Za-z_]\w*=\S*", argv[0])):
+        argv.pop(0)
+    return tuple(argv)
 
 
 def parse_capture_text(text: str, *, origin: str, fallback_tool: str | None = None) -> Capture | None:

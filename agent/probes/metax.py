@@ -60,7 +60,8 @@ class MetaxProbe(ToolProbe):
                           power_w=float(power.group(1)) if power else None,
                           utilization_pct=num(row[2]) if len(row) > 2 else None,
                           extra={"state": state})
-        attached = to_int((re.search(r"Attached GPUs\s*:\s*(\d+)", text) or [None, None])[1])
+        attached_line = re.search(r"Attached GPUs\s*:\s*(\d+)", text)
+        attached = to_int(attached_line.group(1)) if attached_line else None
         if elided or (attached is not None and attached != found):
             collector.warn(f"{capture.label}: {attached if attached is not None else '?'} GPUs attached, "
                            f"{found} could be read (rows elided or output trimmed?)")

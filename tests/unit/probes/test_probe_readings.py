@@ -12,7 +12,7 @@ from agent.probes.nvidia import NvidiaProbe
 from libs.schemas.devices import Health
 
 
-def test_readings_nvidia_table(fixtures_dir: Path) -> None:
+def test_readings_nvidia_table_gives_temperature_power_and_memory(fixtures_dir: Path) -> None:
     capture = load_capture(fixtures_dir / "nvidia-a100x8" / "nvidia-smi.txt")
     assert capture is not None
     readings = NvidiaProbe(use_nvml=False).parse_readings([capture])
@@ -31,7 +31,7 @@ def test_readings_ascend_table_carry_health(fixtures_dir: Path) -> None:
     assert readings[0].power_w == 95.1 and readings[0].temperature_c == 42.0
 
 
-def test_readings_amd_concise_table(fixtures_dir: Path) -> None:
+def test_readings_amd_concise_table_gives_temperature_and_power(fixtures_dir: Path) -> None:
     capture = load_capture(fixtures_dir / "amd-mi300x" / "rocm-smi.txt")
     assert capture is not None
     readings = AmdProbe().parse_readings([capture])

@@ -10,7 +10,16 @@ import pytest
 
 from agent.discover import discover, run_probes
 from agent.probes.amd import AmdProbe
-from agent.probes.base import READ_FILE, Capture, CommandRunner, load_capture, load_captures, run_probe_live
+from agent.probes.ascend import AscendProbe
+from agent.probes.base import (
+    READ_FILE,
+    Capture,
+    CommandRunner,
+    load_capture,
+    load_captures,
+    run_probe_live,
+    split_command,
+)
 from agent.probes.cambricon import CambriconProbe
 from agent.probes.hygon import HygonProbe
 from agent.probes.metax import MetaxProbe
@@ -142,3 +151,44 @@ def test_capture_option_reads_both_spellings() -> None:
     assert capture.option("--format") == "csv"
     assert capture.option("-i") == "3"
     assert capture.option("-c") is None
+
+
+def test_capture_command_header_drops_sudo_env_and_notes() -> None:
+    assert split_command("sudo env LC_ALL=C npu-smi info -t board -i 0") == (
+        "npu-smi", "info", "-t", "board", "-i", "0")
+    assert split_command("/usr/local/corex/bin/ixsmi -l   (run by the device plugin)") == (
+        "/usr/local/corex/bin/ixsmi", "-l")
+
+
+def test_ascend_followup_asks_board_facts_of_each_npu(fixtures_dir: Path) -> None:
+    table = load_capture(fixtures_dir / "ascend-910b" / "npu-smi-info.txt")
+    assert table is not None
+    commands = AscendProbe().followup_commands([table])
+    assert commands == [["npu-smi", "info", "-t", "board", "-i", str(n)] for n in range(8)]
+    multi_chip = Capture(argv=("npu-smi", "info"), text=(
+        "| NPU     Name                  | Health          | Power(W)     Temp(C)           Hugepages-Usage(page) |\n"
+        "| Chip    Device                | Bus-Id          | AICore(%)    Memory-Usage(MB)                        |\n"
+        "+===============================+=================+======================================================+\n"
+        "| 6       310                   | OK              | 12.8         73                0     / 970           |\n"
+        "| 0       3                     | 0000:89:00.0    | 0            2703 / 8192                             |\n"
+        "+-------------------------------+-----------------+------------------------------------------------------+\n"
+        "| 6       310                   | OK              | 12.8         74                0     / 970           |\n"
+        "| 1       4                     | 0000:8A:00.0    | 0            2867 / 8192                             |\n"
+        "+===============================+=================+======================================================+\n"))
+    assert AscendProbe().followup_commands([multi_chip]) == [["npu-smi", "info", "-t", "board", "-i", "6"]]
+
+
+async def test_runner_asks_npu_smi_for_board_facts_after_the_table(bin_dir: Path, fixtures_dir: Path) -> None:
+    captured = fixtures_dir / "ascend-910b"
+    _tool(bin_dir, "npu-smi", f"""
+        case "$*" in
+          "info") tail -n +3 {captured / "npu-smi-info.txt"} ;;
+          "info -t board -i "*) tail -n +3 {captured}/npu-smi-info-t-board-i$5.txt ;;
+          *) echo "Error: unsupported" >&2; exit 1 ;;
+        esac
+        """)
+    run = await run_probe_live(AscendProbe(), CommandRunner(timeout_s=5))
+    devices = run.report.devices
+    assert [(d.model, d.driver_version, d.uuid) for d in devices][:2] == [
+        ("Ascend910B3", "23.0.6", "1024863A7C10"), ("Ascend910B3", "23.0.6", "1024863A7C11")]
+    assert len(devices) == 8 and all(d.firmware_version == "7.1.0.5.220" for d in devices)

@@ -217,7 +217,7 @@ def test_shared_corpus_file_parses_to_expected_devices(name: str, parse_capture_
     assert mismatches(devices, warnings, EXPECTED[name]) == []
 
 
-def test_shared_corpus_score(capsys: pytest.CaptureFixture[str], parse_capture_file: ParseFile) -> None:
+def test_shared_corpus_scores_every_file_right(capsys: pytest.CaptureFixture[str], parse_capture_file: ParseFile) -> None:
     right = [name for name in CORPUS_FILES
              if name in EXPECTED and not mismatches(*parse_capture_file(CORPUS / name), EXPECTED[name])]
     with capsys.disabled():
