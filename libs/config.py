@@ -60,6 +60,40 @@ class RegistrySettings(BaseModel):
     flush_interval_s: float = Field(default=2.0, gt=0, description="How often last-seen times are written to PostgreSQL.")
 
 
+class AlertSettings(BaseModel):
+    """Alert rules evaluated by the metrics service; each fires and resolves as an event."""
+
+    enabled: bool = Field(default=True, description="Evaluate alert rules at all.")
+    eval_interval_s: float = Field(default=1.0, gt=0, description="How often the rules are evaluated.")
+    temperature_c: float = Field(default=85.0, description="A device hotter than this fires device_hot.")
+    temperature_clear_c: float = Field(default=80.0, description="device_hot resolves when the device is at or below this.")
+    site_utilization_pct: float = Field(default=90.0, ge=0, le=100, description="A site's mean device utilisation above this…")
+    site_utilization_for_s: float = Field(default=300.0, ge=0, description="…for this long fires site_utilization_high.")
+    telemetry_missing_intervals: float = Field(default=3.0, gt=0, description="A host silent for this many telemetry intervals fires telemetry_missing.")
+
+
+class MetricsSettings(BaseModel):
+    """Telemetry storage, rollups, city summaries, alerts and the Prometheus endpoint."""
+
+    raw_partition_hours: int = Field(default=1, ge=1, le=24 * 7, description="Width of one raw-sample partition.")
+    raw_retention_hours: int = Field(default=24, ge=1, description="Raw samples older than this are dropped (whole partitions).")
+    rollup_1m_retention_days: int = Field(default=7, ge=1, description="Retention of the 1-minute rollups (daily partitions).")
+    rollup_1h_retention_days: int = Field(default=400, ge=1, description="Retention of the 1-hour rollups (30-day partitions).")
+    partitions_ahead: int = Field(default=3, ge=1, le=48, description="Partitions created ahead of time, per table.")
+    maintenance_interval_s: float = Field(default=300.0, gt=0, description="How often partitions are created ahead and dropped past retention.")
+    max_sample_age_s: float = Field(default=3600.0, gt=0, description="Samples older than this on arrival are dropped (and counted).")
+    max_clock_skew_s: float = Field(default=300.0, gt=0, description="Samples further than this in the future are dropped (and counted).")
+    rollup_grace_s: float = Field(default=10.0, ge=0, description="A minute's rollup is written this long after the minute ends.")
+    rollup_flush_interval_s: float = Field(default=2.0, gt=0, description="How often closed rollup buckets are written.")
+    raw_series_max_s: float = Field(default=3600.0, gt=0, description="Longest window a device series may read from raw samples (steps under a minute).")
+    series_max_points: int = Field(default=2000, ge=10, description="Most points one series query may return.")
+    summary_cache_s: float = Field(default=1.0, ge=0, description="How long a computed city summary is reused.")
+    scrape_window_s: float = Field(default=0.5, gt=0, description="How long /metrics waits for every service's own metrics.")
+    scrape_cache_s: float = Field(default=2.0, ge=0, description="How long the per-device part of /metrics is reused.")
+    max_workloads: int = Field(default=200_000, ge=1, description="Bound of the workloads tracked for allocation counts.")
+    alerts: AlertSettings = Field(default_factory=AlertSettings, description="Alert rules.")
+
+
 class Settings(BaseSettings):
     """Settings of every xpumesh process."""
 
@@ -87,6 +121,7 @@ class Settings(BaseSettings):
     bus: BusSettings = Field(default_factory=BusSettings, description="NATS and JetStream.")
     db: DatabaseSettings = Field(default_factory=DatabaseSettings, description="PostgreSQL pools.")
     registry: RegistrySettings = Field(default_factory=RegistrySettings, description="Membership and liveness.")
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Telemetry, rollups, alerts.")
 
     def database_dsn(self) -> str:
         """The configured database URL as plain text (only for connecting)."""
