@@ -79,6 +79,14 @@ class HardwareRequest(BaseModel):
         examples=[300, 1000],
     )
 
+    @field_validator("type", mode="before")
+    @classmethod
+    def _type_known(cls, v: object) -> object:
+        allowed = [t.value for t in HardwareType] + ["any"]
+        if not isinstance(v, str) or v not in allowed:
+            raise ValueError(f"type must be one of {', '.join(allowed)}; got {v!r}")
+        return v
+
     @field_validator("vendor")
     @classmethod
     def _vendor_key(cls, v: str | None) -> str | None:

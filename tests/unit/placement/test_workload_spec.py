@@ -1,0 +1,84 @@
+"""The workload spec validates every field and says which one is wrong and why."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from libs.schemas.devices import HardwareType
+from libs.schemas.workload import WorkloadSpec, framework_specifier
+
+
+def spec(**kw: Any) -> WorkloadSpec:
+    kw.setdefault("name", "job")
+    kw.setdefault("hardware", {"type": "gpu"})
+    return WorkloadSpec.model_validate(kw)
+
+
+def error_of(**kw: Any) -> tuple[str, str]:
+    with pytest.raises(ValidationError) as exc:
+        spec(**kw)
+    err = exc.value.errors()[0]
+    return ".".join(str(p) for p in err["loc"]), err["msg"]
+
+
+def test_workload_spec_defaults_and_examples_validate():
+    s = spec()
+    assert s.replicas == 1 and s.priority == 100 and not s.gang and s.restart_policy == "on_failure"
+    assert s.hardware.count == 1 and s.placement.spread == "none"
+    for example in WorkloadSpec.model_json_schema()["examples"]:
+        WorkloadSpec.model_validate(example)
+
+
+@pytest.mark.parametrize(("kw", "loc", "reason"), [
+    ({"hardware": {"type": "gpu", "count": 0}}, "hardware.count", "greater than or equal to 1"),
+    ({"hardware": {"type": "gpu", "share": 0}}, "hardware.share", "greater than 0"),
+    ({"hardware": {"type": "gpu", "share": 1.5}}, "hardware.share", "less than or equal to 1"),
+    ({"hardware": {"type": "gpu", "share": 0.5, "count": 2}}, "hardware", "count must be 1"),
+    ({"hardware": {"type": "gpu", "compute_units": 100}}, "hardware", "only allowed with type 'any'"),
+    ({"hardware": {"type": "any", "compute_units": 100, "count": 2}}, "hardware", "cannot be combined"),
+    ({"hardware": {"type": "tpu"}}, "hardware.type", "type must be one of cpu, gpu, npu"),
+    ({"hardware": {"type": "gpu", "vendor": "NVIDIA"}}, "hardware.vendor", "lower-case key"),
+    ({"runtime": {"requires": ["cuda>=12.1", "cuda<13"]}}, "runtime.requires", "listed twice"),
+    ({"runtime": {"requires": [">=12.1"]}}, "runtime.requires", "requires[0]: invalid requirement"),
+    ({"runtime": {"framework_version": "2.4"}}, "runtime", "framework is not"),
+    ({"runtime": {"framework": "pytorch", "framework_version": ">=x"}}, "runtime.framework_version", "invalid"),
+    ({"replicas": 0}, "replicas", "greater than or equal to 1"),
+    ({"priority": 1001}, "priority", "less than or equal to 1000"),
+    ({"restart_policy": "sometimes"}, "restart_policy", "Input should be"),
+    ({"placement": {"spread": "rack"}}, "placement.spread", "Input should be"),
+    ({"placement": {"sites": ["bj"], "avoid_sites": ["bj"]}}, "placement", "both list ['bj']"),
+    ({"placement": {"data_gib": 10}}, "placement", "needs data_site"),
+    ({"replicas": 2, "placement": {"topology": "same_host", "spread": "host"}}, "", "contradicts"),
+    ({"variants": {"huawei": {}}, "hardware": {"type": "gpu", "vendor": "nvidia"}}, "", "no entry for vendor"),
+    ({"variants": {"Bad Key": {}}}, "variants", "must be a lower-case"),
+    ({"unknown": 1}, "unknown", "Extra inputs are not permitted"),
+    ({"name": "has space"}, "name", "letters, digits"),
+    ({"duration_s": 0}, "duration_s", "greater than 0"),
+])
+def test_workload_spec_errors_name_field_and_reason(kw, loc, reason):
+    got_loc, msg = error_of(**kw)
+    assert got_loc == loc
+    assert reason in msg
+
+
+def test_workload_spec_framework_version_becomes_prefix():
+    assert str(framework_specifier("2.4")) == "==2.4.*"
+    assert str(framework_specifier(">=2.3,<2.5")) == ">=2.3,<2.5"
+    assert str(framework_specifier("8.0.RC1")) == "==8.0.RC1"
+
+
+def test_workload_spec_variant_lookup_order():
+    s = spec(variants={"npu": {"image": "npu"}, "huawei": {"image": "hw"}, "default": {"image": "any"}})
+    assert s.variant_for("huawei", HardwareType.NPU).image == "hw"
+    assert s.variant_for("cambricon", HardwareType.NPU).image == "npu"
+    assert s.variant_for("nvidia", HardwareType.GPU).image == "any"
+    assert spec(variants={"huawei": {}}).variant_for("nvidia", "gpu") is None
+    assert spec().variant_for("nvidia", "gpu") is not None
+
+
+def test_workload_spec_tenant_can_be_overridden_by_the_gateway():
+    s = spec(tenant="claimed")
+    assert s.model_copy(update={"tenant": "from-key"}).tenant == "from-key"
