@@ -1,0 +1,220 @@
+"""Tentative capacity, option costs, and the final choice of concrete devices.
+
+A *choice* says "item i takes n whole devices of pool q" or "item i takes a share of
+device d". Stages above work with counts per pool; ``select_devices`` turns the final
+choices into device ids (best-fit link group first, so multi-device replicas stay on one
+NVLink/HCCS island when they can).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from services.scheduler.placement.snapshot import EPS, FleetSnapshot, FloatArray
+from services.scheduler.placement.workloads import SHARE_SCALE, UNITS_PER_DEVICE, Item, Kind
+
+
+@dataclass(frozen=True, slots=True)
+class Weights:
+    """Objective weights (integers; rewards dwarf costs so placing always beats not placing).
+
+    reward(item) = reward_unit * (priority + 1) * units, units = devices * 100; the smallest
+    reward (a 0.25 share at priority 0) is 2,500, above any sum of costs for one placement.
+    """
+
+    reward_unit: int = 100
+    frag: int = 100  # per pool left partly used: charged when a fresh pool is opened and not
+    #                  filled, refunded (a bonus) when a placement fills a pool completely
+    waste: int = 2  # per free device of a pool the placement touches (best-fit tie-break)
+    fresh_share: int = 30  # opening an untouched device for a fractional share
+    share_waste: int = 40  # per whole device of share left on a shared device
+    data_per_10s: int = 1  # per 10 s of moving the input data to the host's site
+    data_cap: int = 200
+    balance: int = 20  # * the site's utilisation (0..1)
+    gap: int = 100  # the solver stops when it cannot gain more than this (one fragment)
+
+
+DEFAULT_WEIGHTS = Weights()
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    item: int
+    pool: int
+    device: int  # SHARE: the device; otherwise -1
+    n: int  # whole devices taken (SHARE: 0)
+    share: int  # SHARE: share units taken on ``device``
+    mem: int  # SHARE: MiB taken on ``device``
+    fresh: bool = False  # SHARE: ``device`` was untouched before this choice
+
+
+def pool_cost(w: Weights, free: int, size: int, used: int) -> int:
+    """Fragmentation cost of taking ``used`` of a pool's ``free`` devices (``size`` usable)."""
+    cost = w.waste * free
+    if used >= free:
+        return cost - (0 if free >= size else w.frag)  # filled: a fresh pool costs nothing, a partial one gains
+    return cost + (w.frag if free >= size else 0)  # a fresh pool left partly used
+
+
+def share_mem(item: Item, dev_mem: int) -> int:
+    return item.mem_mib if item.mem_mib else math.ceil(item.share * dev_mem / SHARE_SCALE)
+
+
+def cu_need(item: Item, cu: FloatArray) -> np.ndarray:
+    """Devices of each pool's profile needed to reach the item's compute units (0 = impossible)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        need = np.where(cu > 0, np.ceil(item.cu / np.maximum(cu, EPS) - 1e-9), 0)
+    return need.astype(np.int64)
+
+
+def quota_units(item: Item, choice_n: int) -> int:
+    if item.kind == Kind.SHARE:
+        return max(1, item.share * UNITS_PER_DEVICE // SHARE_SCALE)
+    return choice_n * UNITS_PER_DEVICE
+
+
+class SiteCosts:
+    """Per-site cost terms: data transfer (per data site/size) and utilisation balance."""
+
+    def __init__(self, snap: FleetSnapshot, weights: Weights) -> None:
+        self.snap = snap
+        self.weights = weights
+        total = np.bincount(snap.dev_host[snap.dev_usable], minlength=snap.n_hosts)
+        site_total = np.bincount(snap.host_site, weights=total, minlength=len(snap.sites))
+        site_free = np.bincount(snap.host_site, weights=snap.host_free, minlength=len(snap.sites))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            util = np.where(site_total > 0, 1.0 - site_free / np.maximum(site_total, 1), 1.0)
+        self.balance = np.round(util * weights.balance).astype(np.int64)
+        self._data: dict[tuple[str | None, float], np.ndarray] = {}
+
+    def site_cost(self, item: Item) -> np.ndarray:
+        """Integer cost per site for this item (data transfer + balance)."""
+        key = (item.data_site, item.data_gib)
+        hit = self._data.get(key)
+        if hit is None:
+            secs = self.snap.transfer_seconds(item.data_site, item.data_gib)
+            data = np.minimum(np.ceil(secs / 10.0) * self.weights.data_per_10s, self.weights.data_cap)
+            hit = self._data[key] = data.astype(np.int64) + self.balance
+        return hit
+
+
+class Capacity:
+    """Mutable free capacity used while choosing; starts as a copy of the snapshot's."""
+
+    def __init__(self, snap: FleetSnapshot, quotas_left: dict[tuple[str, str], int]) -> None:
+        self.snap = snap
+        self.pool_free = snap.pool_free.copy()
+        self.free_share = snap.dev_free_share.copy()
+        self.free_mem = snap.dev_free_mem.copy()
+        self.quota_left = dict(quotas_left)
+        self.fresh_taken: dict[int, int] = {}  # pool → whole devices turned into shared ones
+        self._whole: dict[int, list[int]] = {}
+        self.new_partial: list[int] = []
+
+    def whole_devices(self, pool: int) -> list[int]:
+        """Devices of the pool that were whole and free in the snapshot (shares take from the front)."""
+        hit = self._whole.get(pool)
+        if hit is None:
+            snap = self.snap
+            hit = [d for d in snap.pool_devices(pool) if snap.dev_usable[d]
+                   and snap.dev_free_share[d] >= 1 - EPS and snap.dev_free_mem[d] >= snap.dev_mem[d]]
+            self._whole[pool] = hit
+        return hit
+
+    def fresh_device(self, pool: int) -> int:
+        whole = self.whole_devices(pool)
+        k = self.fresh_taken.get(pool, 0)
+        return whole[k] if k < len(whole) and self.pool_free[pool] > 0 else -1
+
+    def link_fits(self, pool: int, n: int) -> bool:
+        """Whether ``n`` whole free devices of the pool share one link group (approximate while
+        choosing: shares taken from the pool are assumed to come from its first devices)."""
+        whole = self.whole_devices(pool)[self.fresh_taken.get(pool, 0):]
+        links = self.snap.dev_link[whole]
+        if len(links) < n:
+            return False
+        if np.any(links < 0):
+            return False
+        return int(np.bincount(links).max()) >= n
+
+    def apply(self, item: Item, c: Choice, hw: str, sign: int = 1) -> None:
+        """Take (sign=1) or give back (sign=-1) the capacity of a choice."""
+        if item.kind == Kind.SHARE:
+            if c.fresh:  # an untouched device becomes a shared one (or back)
+                self.pool_free[c.pool] -= sign
+                self.fresh_taken[c.pool] = self.fresh_taken.get(c.pool, 0) + sign
+                if sign > 0:
+                    self.new_partial.append(c.device)
+            self.free_share[c.device] -= sign * c.share / SHARE_SCALE
+            self.free_mem[c.device] -= sign * c.mem
+        else:
+            self.pool_free[c.pool] -= sign * c.n
+        if item.tenant is not None and (item.tenant, hw) in self.quota_left:
+            self.quota_left[(item.tenant, hw)] -= sign * quota_units(item, c.n)
+
+
+@dataclass(slots=True)
+class Selected:
+    item: int
+    host: int
+    devices: list[int]
+    shares: list[float]
+    mems: list[int]
+
+
+def select_devices(
+    snap: FleetSnapshot, items: Sequence[Item], choices: Sequence[Choice]
+) -> tuple[list[Selected], list[int]]:
+    """Concrete devices for each choice; returns (selected, items that could not be fitted)."""
+    free_share: dict[int, float] = {}
+    free_mem: dict[int, int] = {}
+    taken: set[int] = set()
+    out: list[Selected] = []
+    failed: list[int] = []
+    # Shares name their device; whole requests then pick from what is left, link-bound first.
+    order = sorted(choices, key=lambda c: (items[c.item].kind != Kind.SHARE, not items[c.item].link, -c.n))
+    for c in order:
+        item = items[c.item]
+        host = int(snap.pool_host[c.pool])
+        if item.kind == Kind.SHARE:
+            d = c.device
+            fs = free_share.get(d, float(snap.dev_free_share[d]))
+            fm = free_mem.get(d, int(snap.dev_free_mem[d]))
+            if not snap.dev_usable[d] or fs + EPS < c.share / SHARE_SCALE or fm < c.mem:
+                failed.append(c.item)
+                continue
+            free_share[d] = fs - c.share / SHARE_SCALE
+            free_mem[d] = fm - c.mem
+            taken.add(d)
+            out.append(Selected(c.item, host, [d], [c.share / SHARE_SCALE], [c.mem]))
+            continue
+        avail = [d for d in snap.pool_devices(c.pool) if d not in taken and snap.dev_usable[d]
+                 and snap.dev_free_share[d] >= 1 - EPS and snap.dev_free_mem[d] >= snap.dev_mem[d]]
+        devs = _pick(snap, avail, c.n, item.link)
+        if devs is None:
+            failed.append(c.item)
+            continue
+        taken.update(devs)
+        out.append(Selected(c.item, host, devs, [1.0] * len(devs), [int(snap.dev_mem[d]) for d in devs]))
+    return out, failed
+
+
+def _pick(snap: FleetSnapshot, avail: list[int], n: int, link: bool) -> list[int] | None:
+    if len(avail) < n:
+        return None
+    groups: dict[int, list[int]] = {}
+    for d in avail:
+        groups.setdefault(int(snap.dev_link[d]), []).append(d)
+    # best fit: the smallest known link group that holds all n devices
+    fitting = sorted((len(g), k) for k, g in groups.items() if k >= 0 and len(g) >= n)
+    if fitting:
+        return groups[fitting[0][1]][:n]
+    if link:
+        return None
+    # otherwise fill from the largest groups so the replica spans as few groups as possible
+    ordered = sorted(groups.values(), key=len, reverse=True)
+    return [d for g in ordered for d in g][:n]

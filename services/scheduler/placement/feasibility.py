@@ -1,0 +1,146 @@
+"""Filters: which pools (host * device profile) a workload may use at all.
+
+Work is done at the coarsest level that decides it: model/runtime/framework checks once
+per *profile* (a few hundred in a large fleet), site/label/up checks once per *host*,
+capacity per *pool*. Results are cached per ``Signature``, so a batch of a thousand
+workloads with a few dozen distinct shapes costs a few dozen filter passes.
+
+Each stage keeps why it excluded what it excluded; ``explain.py`` turns that into
+"12 hosts: driver too old for cuda>=12.4; 40 hosts: no free npu".
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+import numpy as np
+
+from libs.schemas.devices import HardwareType
+from services.scheduler.placement.rules import PlacementRules
+from services.scheduler.placement.snapshot import EPS, BoolArray, FleetSnapshot, IntArray, Profile
+from services.scheduler.placement.workloads import Signature
+
+# Stage indices, in the order filters run. A host is counted under the first stage that
+# removes all of its devices.
+HOST_DOWN, SITE, HOST_LABELS, NO_DEVICES = 0, 1, 2, 3
+HW_TYPE, VENDOR, MODEL, VARIANT, MEMORY, COMPUTE_UNITS, RUNTIME, FRAMEWORK = 4, 5, 6, 7, 8, 9, 10, 11
+UNHEALTHY, CAPACITY, PASSED = 12, 13, 14
+STAGE_NAMES = {
+    HOST_DOWN: "host down", SITE: "site not allowed", HOST_LABELS: "host labels do not match",
+    NO_DEVICES: "no devices", HW_TYPE: "hardware type", VENDOR: "vendor", MODEL: "model",
+    VARIANT: "no variant", MEMORY: "device memory too small", COMPUTE_UNITS: "no compute units in catalog",
+    RUNTIME: "runtime", FRAMEWORK: "framework", UNHEALTHY: "unhealthy devices", CAPACITY: "capacity",
+}
+
+
+@dataclass(slots=True)
+class Eligibility:
+    """Filter outcome for one signature."""
+
+    sig: Signature
+    profile_stage: IntArray  # per profile: first failing stage, or PASSED
+    profile_reason: list[str]  # per profile: text of the failing stage ('' when passed)
+    host_stage: IntArray  # per host: HOST_DOWN/SITE/HOST_LABELS, or PASSED
+    pool_ok: BoolArray  # profile and host passed, and the pool has a usable device
+    whole_pools: IntArray  # pool_ok pools with at least one whole free device
+    share_devs: IntArray  # usable partially-used devices in pool_ok pools
+
+
+class FeasibilityCache:
+    """Per-``place`` cache of filter results keyed by signature."""
+
+    def __init__(self, snap: FleetSnapshot, rules: PlacementRules) -> None:
+        self.snap = snap
+        self.rules = rules
+        self._profile: dict[tuple[object, ...], tuple[IntArray, list[str]]] = {}
+        self._host: dict[tuple[object, ...], IntArray] = {}
+        self._sig: dict[Signature, Eligibility] = {}
+        usable = snap.dev_usable
+        self.pool_usable = np.bincount(snap.dev_pool[usable], minlength=snap.n_pools)
+        partial = usable & (snap.dev_free_share > EPS) & (
+            (snap.dev_free_share < 1 - EPS) | (snap.dev_free_mem < snap.dev_mem))
+        self.partial_devs = np.flatnonzero(partial)
+
+    def get(self, sig: Signature) -> Eligibility:
+        hit = self._sig.get(sig)
+        if hit is None:
+            hit = self._sig[sig] = self._compute(sig)
+        return hit
+
+    # -- stages ------------------------------------------------------------------------------
+    def _compute(self, sig: Signature) -> Eligibility:
+        snap = self.snap
+        pstage, preason = self._profiles(sig)
+        hstage = self._hosts(sig)
+        pool_ok = (pstage[snap.pool_profile] == PASSED) & (hstage[snap.pool_host] == PASSED) & (self.pool_usable > 0)
+        whole_pools = np.flatnonzero(pool_ok & (snap.pool_free > 0))
+        share_devs = self.partial_devs[pool_ok[snap.dev_pool[self.partial_devs]]]
+        return Eligibility(sig, pstage, preason, hstage, pool_ok, whole_pools, share_devs)
+
+    def _profiles(self, sig: Signature) -> tuple[IntArray, list[str]]:
+        key = (sig.hw_type, sig.vendor, sig.model, sig.min_mem_mib, sig.requires, sig.framework,
+               sig.framework_spec, sig.variants, sig.needs_cu)
+        hit = self._profile.get(key)
+        if hit is None:
+            stages = np.full(len(self.snap.profiles), PASSED, dtype=np.int64)
+            reasons = [""] * len(self.snap.profiles)
+            for p, prof in enumerate(self.snap.profiles):
+                stage, reason = self._profile_check(sig, prof)
+                stages[p] = stage
+                reasons[p] = reason
+            hit = self._profile[key] = (stages, reasons)
+        return hit
+
+    def _profile_check(self, sig: Signature, prof: Profile) -> tuple[int, str]:
+        hw = str(prof.hardware_type)
+        if sig.hw_type == "any":
+            if prof.hardware_type == HardwareType.CPU:
+                return HW_TYPE, "no accelerator"
+        elif hw != sig.hw_type:
+            return HW_TYPE, f"no {sig.hw_type}"
+        if sig.vendor is not None and prof.vendor != sig.vendor:
+            return VENDOR, f"no {sig.vendor} device"
+        if sig.model is not None and not fnmatch.fnmatchcase(prof.model.lower(), sig.model.lower()):
+            return MODEL, f"model not {sig.model}"
+        if sig.variants and not ({prof.vendor, hw, "default"} & sig.variants):
+            return VARIANT, f"no variant for {prof.vendor} {hw}"
+        if prof.memory_mib < sig.min_mem_mib:
+            return MEMORY, f"device memory below {sig.min_mem_mib / 1024:g} GiB"
+        if sig.needs_cu and prof.compute_units <= 0:
+            return COMPUTE_UNITS, "model has no compute units in the catalog"
+        for req in sig.requires:
+            reason = self.rules.runtime_reason(prof, req.name, req.specifier)
+            if reason is not None:
+                return RUNTIME, reason
+        if sig.framework is not None and sig.framework_spec is not None:
+            reason = self.rules.framework_reason(prof, sig.framework, sig.framework_spec)
+            if reason is not None:
+                return FRAMEWORK, reason
+        return PASSED, ""
+
+    def _hosts(self, sig: Signature) -> IntArray:
+        key = (sig.sites, sig.avoid_sites, sig.host_labels)
+        hit = self._host.get(key)
+        if hit is not None:
+            return hit
+        snap = self.snap
+        stage = np.full(snap.n_hosts, PASSED, dtype=np.int64)
+        if sig.host_labels:
+            for h, host in enumerate(snap.hosts):
+                for k, v in sig.host_labels:
+                    if host.labels.get(k, host.arch if k == "arch" else None) != v:
+                        stage[h] = HOST_LABELS
+                        break
+        if sig.sites or sig.avoid_sites:
+            allowed = np.ones(len(snap.sites), dtype=np.bool_)
+            if sig.sites:
+                allowed[:] = False
+                allowed[[snap.site_index[s] for s in sig.sites if s in snap.site_index]] = True
+            for s in sig.avoid_sites:
+                if s in snap.site_index:
+                    allowed[snap.site_index[s]] = False
+            stage[~allowed[snap.host_site]] = SITE
+        stage[~snap.host_up] = HOST_DOWN
+        self._host[key] = stage
+        return stage

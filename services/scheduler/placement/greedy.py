@@ -1,0 +1,273 @@
+"""Greedy placement: first-fit and best-fit baselines, and the pass that seeds CP-SAT.
+
+Items are taken in queue order (priority, then arrival) and each goes to the first
+(first-fit, kube-scheduler/Volcano style without scoring plugins) or the tightest
+(best-fit, HAMi ``binpack`` style) pool that still fits it. Gangs that do not fit
+completely are rolled back.
+
+With ``record`` the same pass also keeps, for every item, its best ``max_candidates``
+options at the moment it was considered (some scored against the untouched snapshot,
+most against the capacity left by the items before it, so identical items are steered
+to different hosts). These bounded sets are what the CP-SAT model chooses among, and the
+greedy choice itself is always one of them, so the greedy result is a valid hint.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from services.scheduler.placement.capacity import (
+    Capacity,
+    Choice,
+    SiteCosts,
+    Weights,
+    cu_need,
+    quota_units,
+)
+from services.scheduler.placement.feasibility import Eligibility, FeasibilityCache
+from services.scheduler.placement.snapshot import EPS, FleetSnapshot, IntArray
+from services.scheduler.placement.workloads import SHARE_SCALE, Item, Kind
+
+Strategy = Literal["first_fit", "best_fit", "scored"]
+_BIG = 1 << 40
+
+
+@dataclass(slots=True)
+class GreedyResult:
+    choices: dict[int, Choice] = field(default_factory=dict)  # item → choice
+    candidates: dict[int, list[Choice]] = field(default_factory=dict)  # item → options, best first
+    failed: dict[int, str] = field(default_factory=dict)  # item → why the greedy pass left it
+    site_cap: dict[int, int] = field(default_factory=dict)  # workload → max replicas per site (spread=site)
+
+
+class _Ctx:
+    """Per-pass lookups shared by all items."""
+
+    def __init__(self, snap: FleetSnapshot, feas: FeasibilityCache, costs: SiteCosts, weights: Weights) -> None:
+        self.snap = snap
+        self.feas = feas
+        self.costs = costs
+        self.w = weights
+        self.prof_cu = np.array([p.compute_units for p in snap.profiles], dtype=np.float64)
+        self.prof_mem = np.array([p.memory_mib for p in snap.profiles], dtype=np.int64)
+        hw_names = sorted({str(p.hardware_type) for p in snap.profiles})
+        self.hw_names = hw_names
+        hw_idx = {h: i for i, h in enumerate(hw_names)}
+        self.prof_hw = np.array([hw_idx[str(p.hardware_type)] for p in snap.profiles], dtype=np.int64)
+        self.pool_site = snap.host_site[snap.pool_host]
+        self._sites: dict[int, int] = {}
+
+    def hw_of_pool(self, pool: int) -> str:
+        return self.hw_names[int(self.prof_hw[self.snap.pool_profile[pool]])]
+
+    def eligible_sites(self, elig: Eligibility) -> int:
+        key = id(elig)
+        hit = self._sites.get(key)
+        if hit is None:
+            hit = self._sites[key] = max(1, len(np.unique(self.pool_site[elig.pool_ok])))
+        return hit
+
+
+def _restrict(ctx: _Ctx, item: Item, pools: IntArray, need: IntArray, cap: Capacity,
+              used_hosts: dict[int, int], site_count: dict[int, int], site_cap: int) -> np.ndarray:
+    """Mask of pools allowed by spread and quota rules (capacity is checked by the caller)."""
+    snap = ctx.snap
+    ok = np.ones(len(pools), dtype=np.bool_)
+    if item.spread == "host" and used_hosts:
+        ok &= ~np.isin(snap.pool_host[pools], np.fromiter(used_hosts, dtype=np.int64))
+    if item.spread == "site" and site_count:
+        full = [s for s, c in site_count.items() if c >= site_cap]
+        if full:
+            ok &= ~np.isin(ctx.pool_site[pools], np.array(full, dtype=np.int64))
+    if item.tenant is not None and cap.quota_left:
+        hw = ctx.prof_hw[snap.pool_profile[pools]]
+        for i, name in enumerate(ctx.hw_names):
+            left = cap.quota_left.get((item.tenant, name))
+            if left is not None:
+                units = need * 100 if item.kind != Kind.SHARE else np.full(len(pools), quota_units(item, 0))
+                ok &= ~((hw == i) & (units > left))
+    return ok
+
+
+def _top(score: np.ndarray, limit: int) -> np.ndarray:
+    if len(score) > limit:
+        part = np.argpartition(score, limit - 1)[:limit]
+        return part[np.argsort(score[part], kind="stable")]
+    return np.argsort(score, kind="stable")
+
+
+def _whole_options(ctx: _Ctx, item: Item, elig: Eligibility, cap: Capacity, strategy: Strategy, limit: int,
+                   used_hosts: dict[int, int], site_count: dict[int, int], site_cap: int) -> list[Choice]:
+    snap = ctx.snap
+    pools = elig.whole_pools
+    if len(pools) == 0:
+        return []
+    pf = cap.pool_free[pools]
+    if item.kind == Kind.CU:
+        need = cu_need(item, ctx.prof_cu[snap.pool_profile[pools]])
+        ok = (need > 0) & (pf >= need)
+    else:
+        need = np.full(len(pools), item.n, dtype=np.int64)
+        ok = pf >= item.n
+    if not ok.any():
+        return []
+    ok &= _restrict(ctx, item, pools, need, cap, used_hosts, site_count, site_cap)
+    idx = np.flatnonzero(ok)
+    if len(idx) == 0:
+        return []
+    cand, needv = pools[idx], need[idx]
+    leftover = pf[idx] - needv
+    if strategy == "first_fit":
+        score = cand.astype(np.int64)
+    elif strategy == "best_fit":
+        score = leftover * _BIG + cand
+    else:
+        w = ctx.w
+        fresh = pf[idx] >= snap.pool_usable[cand]
+        frag = np.where(leftover == 0, np.where(fresh, 0, -w.frag), np.where(fresh, w.frag, 0))
+        score = (pf[idx] * w.waste + frag + ctx.costs.site_cost(item)[ctx.pool_site[cand]]) * _BIG // 1024 + cand
+    order = _top(score, limit) if not item.link else np.argsort(score, kind="stable")
+    out: list[Choice] = []
+    for j in order:
+        q, n = int(cand[j]), int(needv[j])
+        if item.link and not cap.link_fits(q, n):
+            continue
+        out.append(Choice(item.idx, q, -1, n, 0, 0))
+        if len(out) >= limit:
+            break
+    return out
+
+
+def _share_options(ctx: _Ctx, item: Item, elig: Eligibility, cap: Capacity, strategy: Strategy, limit: int,
+                   used_hosts: dict[int, int], site_count: dict[int, int], site_cap: int) -> list[Choice]:
+    snap, w = ctx.snap, ctx.w
+    s = item.share / SHARE_SCALE
+    scored: list[tuple[int, Choice]] = []
+    # 1. devices already shared
+    devs = elig.share_devs
+    if cap.new_partial:
+        extra = np.array(cap.new_partial, dtype=np.int64)
+        devs = np.concatenate([devs, extra[elig.pool_ok[snap.dev_pool[extra]]]])
+    if len(devs):
+        mem = np.full(len(devs), item.mem_mib) if item.mem_mib else np.ceil(item.share * snap.dev_mem[devs] / SHARE_SCALE)
+        ok = (cap.free_share[devs] + EPS >= s) & (cap.free_mem[devs] >= mem)
+        if ok.any():
+            pools = snap.dev_pool[devs].astype(np.int64)
+            ok &= _restrict(ctx, item, pools, np.ones(len(devs), dtype=np.int64), cap, used_hosts, site_count,
+                            site_cap)
+            idx = np.flatnonzero(ok)
+            left = cap.free_share[devs[idx]] - s
+            if strategy == "first_fit":
+                score = pools[idx] * 4
+            elif strategy == "best_fit":
+                score = np.round(left * SHARE_SCALE).astype(np.int64) * _BIG + devs[idx]
+            else:
+                score = (np.round(left * w.share_waste) + ctx.costs.site_cost(item)[ctx.pool_site[pools[idx]]]
+                         ).astype(np.int64) * _BIG // 1024 + devs[idx]
+            for j in _top(score, limit):
+                d = int(devs[idx[j]])
+                scored.append((int(score[j]), Choice(item.idx, int(snap.dev_pool[d]), d, 0, item.share,
+                                                      int(mem[idx[j]]))))
+    # 2. untouched devices, tightest pool first
+    pools = elig.whole_pools
+    if len(pools):
+        pf = cap.pool_free[pools]
+        mem_f = np.full(len(pools), item.mem_mib) if item.mem_mib else np.ceil(
+            item.share * ctx.prof_mem[snap.pool_profile[pools]] / SHARE_SCALE)
+        ok = (pf > 0) & (ctx.prof_mem[snap.pool_profile[pools]] >= mem_f)
+        if ok.any():
+            ok &= _restrict(ctx, item, pools, np.ones(len(pools), dtype=np.int64), cap, used_hosts, site_count,
+                            site_cap)
+            idx = np.flatnonzero(ok)
+            cand = pools[idx]
+            if strategy == "first_fit":
+                score = cand * 4 + 1
+            elif strategy == "best_fit":
+                score = (SHARE_SCALE + pf[idx]) * _BIG + cand  # after every shared device
+            else:
+                fresh = pf[idx] >= snap.pool_usable[cand]
+                frag = np.where(pf[idx] == 1, np.where(fresh, 0, -w.frag), np.where(fresh, w.frag, 0))
+                score = (w.fresh_share + np.round((1 - s) * w.share_waste) + pf[idx] * w.waste + frag
+                         + ctx.costs.site_cost(item)[ctx.pool_site[cand]]).astype(np.int64) * _BIG // 1024 + cand
+            for j in _top(score, limit):
+                q = int(cand[j])
+                d = cap.fresh_device(q)
+                if d >= 0:
+                    scored.append((int(score[j]), Choice(item.idx, q, d, 0, item.share, int(mem_f[idx[j]]), True)))
+    scored.sort(key=lambda t: t[0])
+    return [c for _, c in scored[:limit]]
+
+
+def greedy_pass(
+    items: Sequence[Item],
+    snap: FleetSnapshot,
+    feas: FeasibilityCache,
+    costs: SiteCosts,
+    weights: Weights,
+    quotas_left: dict[tuple[str, str], int],
+    *,
+    strategy: Strategy,
+    max_candidates: int = 1,
+    snapshot_candidates: int = 0,
+) -> GreedyResult:
+    """Place items one by one; with ``max_candidates`` > 1 also record each item's options."""
+    ctx = _Ctx(snap, feas, costs, weights)
+    cap = Capacity(snap, quotas_left)
+    base = Capacity(snap, quotas_left) if snapshot_candidates else None
+    res = GreedyResult()
+    i = 0
+    while i < len(items):
+        w = items[i].workload
+        j = i
+        while j < len(items) and items[j].workload == w:
+            j += 1
+        group = items[i:j]
+        used_hosts: dict[int, int] = {}
+        site_count: dict[int, int] = {}
+        taken: list[Choice] = []
+        failed = False
+        for item in group:
+            elig = feas.get(item.sig)
+            site_cap = 0
+            if item.spread == "site":
+                site_cap = res.site_cap.setdefault(w, math.ceil(len(group) / ctx.eligible_sites(elig)))
+            fn = _share_options if item.kind == Kind.SHARE else _whole_options
+            opts = fn(ctx, item, elig, cap, strategy, max_candidates, used_hosts, site_count, site_cap)
+            if base is not None:
+                seen = {(c.pool, c.device) for c in opts}
+                more = fn(ctx, item, elig, base, strategy, snapshot_candidates, {}, {}, site_cap)
+                opts = opts + [c for c in more if (c.pool, c.device) not in seen and c.device < 0]
+            if max_candidates > 1:
+                res.candidates[item.idx] = opts
+            if not opts or (base is not None and not _fits_now(cap, item, opts[0])):
+                res.failed[item.idx] = "no room"
+                failed = True
+                continue
+            c = opts[0]
+            cap.apply(item, c, ctx.hw_of_pool(c.pool))
+            taken.append(c)
+            host = int(snap.pool_host[c.pool])
+            used_hosts[host] = used_hosts.get(host, 0) + 1
+            site = int(ctx.pool_site[c.pool])
+            site_count[site] = site_count.get(site, 0) + 1
+        if failed and items[i].gang:
+            for c in reversed(taken):
+                cap.apply(items[c.item], c, ctx.hw_of_pool(c.pool), sign=-1)
+            for item in group:
+                res.failed.setdefault(item.idx, "gang")
+        else:
+            for c in taken:
+                res.choices[c.item] = c
+        i = j
+    return res
+
+
+def _fits_now(cap: Capacity, item: Item, c: Choice) -> bool:
+    if item.kind == Kind.SHARE:
+        return bool(cap.free_share[c.device] + EPS >= item.share / SHARE_SCALE and cap.free_mem[c.device] >= c.mem)
+    return bool(cap.pool_free[c.pool] >= c.n)

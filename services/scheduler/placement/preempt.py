@@ -1,0 +1,162 @@
+"""Preemption: make room for high-priority work by stopping lower-priority preemptible work.
+
+Runs after the main placement, one pending workload at a time, highest priority first.
+For a workload of priority P, a device can be reclaimed when every allocation on it is
+preemptible with priority < P (and the device is not taken by this batch). A small CP-SAT
+model over the best ``max_candidates`` pools chooses where its replicas go and which
+allocations to stop, minimising disruption: per stopped allocation
+``1000 + (priority + 1) * devices it holds``, so fewer, lower-priority, smaller victims win.
+Gangs get all replicas or nothing. Fractional-share requests do not preempt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from ortools.sat.python import cp_model
+
+from services.scheduler.placement.capacity import Choice, cu_need
+from services.scheduler.placement.feasibility import FeasibilityCache
+from services.scheduler.placement.snapshot import FleetSnapshot
+from services.scheduler.placement.workloads import Item, Kind
+
+_NEVER = 1 << 30
+
+
+@dataclass(slots=True)
+class PreemptResult:
+    chosen: list[tuple[Choice, list[int]]]  # choice and its concrete devices
+    evicted: dict[int, int]  # allocation index → workload index it made room for
+
+
+class Preemptor:
+    def __init__(self, snap: FleetSnapshot, feas: FeasibilityCache, taken: set[int]) -> None:
+        self.snap = snap
+        self.feas = feas
+        n = snap.n_devices
+        # block[d]: the lowest priority that may NOT reclaim d (max priority of its allocations,
+        # _NEVER if one is not preemptible); -1 for devices already whole and free.
+        block = np.full(n, -1, dtype=np.int64)
+        for d, ais in snap.dev_allocs.items():
+            for ai in ais:
+                a = snap.allocations[ai]
+                block[d] = max(block[d], a.priority if a.preemptible else _NEVER)
+        whole = snap.whole_free_mask()
+        block[~whole & (block < 0)] = _NEVER  # used but not by a known allocation
+        block[~snap.dev_usable] = _NEVER
+        if taken:
+            block[np.fromiter(taken, dtype=np.int64)] = _NEVER
+        self.block = block
+        self.taken = set(taken)
+        self.evicted: set[int] = set()
+        self.prof_cu = np.array([p.compute_units for p in snap.profiles], dtype=np.float64)
+        self.min_preemptible = min((a.priority for a in snap.allocations if a.preemptible), default=None)
+
+    def worthwhile(self, priority: int) -> bool:
+        return self.min_preemptible is not None and priority > self.min_preemptible
+
+    def try_place(self, items: Sequence[Item], gang: bool, max_candidates: int, time_limit_s: float
+                  ) -> PreemptResult | None:
+        snap = self.snap
+        item0 = items[0]
+        if item0.kind == Kind.SHARE:
+            return None
+        elig = self.feas.get(item0.sig)
+        prio = item0.priority
+        reclaim = (self.block < prio) & elig.pool_ok[snap.dev_pool]
+        cnt = np.bincount(snap.dev_pool[reclaim], minlength=snap.n_pools)
+        busy = np.bincount(snap.dev_pool[reclaim & (self.block >= 0)], minlength=snap.n_pools)
+        if item0.kind == Kind.CU:
+            need = cu_need(item0, self.prof_cu[snap.pool_profile])
+            ok = (need > 0) & (cnt >= need)
+        else:
+            need = np.full(snap.n_pools, item0.n, dtype=np.int64)
+            ok = cnt >= need
+        pools = np.flatnonzero(ok)
+        if len(pools) == 0:
+            return None
+        # cheapest first: fewest busy devices to reclaim, then lowest blocking priority
+        pblock = np.zeros(snap.n_pools, dtype=np.int64)
+        np.maximum.at(pblock, snap.dev_pool[reclaim], self.block[reclaim])
+        score = busy[pools] * 4096 + pblock[pools]
+        limit = max(max_candidates, len(items))
+        if len(pools) > limit:
+            pools = pools[np.argpartition(score, limit - 1)[:limit]]
+        return self._solve(items, gang, pools.tolist(), need, reclaim, time_limit_s)
+
+    def _solve(self, items: Sequence[Item], gang: bool, pools: list[int], need: np.ndarray,
+               reclaim: np.ndarray, time_limit_s: float) -> PreemptResult | None:
+        snap = self.snap
+        model = cp_model.CpModel()
+        x = {(r, q): model.new_bool_var("") for r in range(len(items)) for q in pools}
+        for r in range(len(items)):
+            row = [x[r, q] for q in pools]
+            if gang:
+                model.add_exactly_one(row)
+            else:
+                model.add_at_most_one(row)
+        if items[0].spread == "host":
+            by_host: dict[int, list[cp_model.IntVar]] = {}
+            for (_r, q), v in x.items():
+                by_host.setdefault(int(snap.pool_host[q]), []).append(v)
+            for vs in by_host.values():
+                if len(vs) > 1:
+                    model.add_at_most_one(vs)
+        evict: dict[int, cp_model.IntVar] = {}
+        freed: dict[int, cp_model.IntVar] = {}
+        for q in pools:
+            devs = [d for d in snap.pool_devices(q) if reclaim[d]]
+            free_now = sum(1 for d in devs if self.block[d] < 0)
+            terms = []
+            for d in devs:
+                if self.block[d] < 0:
+                    continue
+                f = freed[d] = model.new_bool_var("")
+                for ai in snap.dev_allocs.get(d, []):
+                    e = evict.get(ai)
+                    if e is None:
+                        e = evict[ai] = model.new_bool_var("")
+                    model.add_implication(f, e)
+                terms.append(f)
+            model.add(sum(int(need[q]) * x[r, q] for r in range(len(items))) <= free_now + sum(terms))
+        placed = sum(x.values())
+        disruption = sum((1000 + (snap.allocations[ai].priority + 1) * len(snap.allocations[ai].devices)) * e
+                         for ai, e in evict.items())
+        model.minimize(disruption - (1 << 30) * placed)
+        solver = cp_model.CpSolver()
+        solver.parameters.max_time_in_seconds = max(0.01, time_limit_s)
+        solver.parameters.num_workers = 1
+        status = solver.solve(model)
+        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            return None
+        chosen: list[tuple[Choice, list[int]]] = []
+        for (r, q), v in x.items():
+            if not solver.value(v):
+                continue
+            devs = [d for d in snap.pool_devices(q) if reclaim[d] and (
+                self.block[d] < 0 or (d in freed and solver.value(freed[d])))]
+            n = int(need[q])
+            pick = [d for d in devs if self.block[d] < 0][:n]
+            pick += [d for d in devs if self.block[d] >= 0][: n - len(pick)]
+            if len(pick) < n:
+                return None
+            for d in pick:
+                self.block[d] = _NEVER
+                reclaim[d] = False
+                self.taken.add(d)
+            chosen.append((Choice(items[r].idx, q, -1, n, 0, 0), pick))
+        if not chosen or (gang and len(chosen) < len(items)):
+            return None
+        evicted = {ai: items[0].workload for ai, e in evict.items() if solver.value(e)}
+        self.evicted.update(evicted)
+        # devices the stopped work held elsewhere become free for later preemptors
+        for ai in evicted:
+            for ad in snap.allocations[ai].devices:
+                held = snap.dev_index.get(ad.device_id)
+                if held is None or held in self.taken or not snap.dev_usable[held] or self.block[held] == -1:
+                    continue
+                if all(a in self.evicted for a in snap.dev_allocs.get(held, [])):
+                    self.block[held] = -1
+        return PreemptResult(chosen, evicted)

@@ -1,0 +1,364 @@
+"""An in-memory model of the fleet, built once per batch and read by every stage.
+
+Inputs are small frozen dataclasses (``HostInfo``, ``DeviceInfo``, ``Allocation``,
+``SiteLink``) that the scheduler service fills from its own tables. ``build_snapshot``
+turns them into column arrays:
+
+* devices are grouped into *pools*: the devices of one host that share one *profile*
+  (hardware type, vendor, model, memory, compute units, driver, runtimes). Feasibility
+  of runtime/framework/model filters is decided once per profile, capacity once per pool,
+  so the hot paths never touch per-device Python objects;
+* free capacity per device is a share fraction (1.0 = untouched) and free memory (MiB);
+  ``pool_free`` counts whole free, healthy devices per pool;
+* allocations (running work) are kept with their priority, preemptibility and tenant so
+  preemption and quotas can be decided; ``tenant_usage`` sums devices per tenant and type;
+* site-to-site bandwidth/latency form dense matrices for data-locality costs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from libs.schemas.devices import HardwareType, Health
+
+if TYPE_CHECKING:
+    from services.scheduler.placement.result import PlacementDecision
+    from services.scheduler.placement.workloads import PendingWorkload
+
+IntArray = npt.NDArray[np.int64]
+I32Array = npt.NDArray[np.int32]
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+EPS = 1e-9
+#: Bandwidth assumed between two sites with no SiteLink row (Gbit/s).
+DEFAULT_BANDWIDTH_GBPS = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class HostInfo:
+    id: str
+    site: str
+    up: bool = True
+    labels: Mapping[str, str] = field(default_factory=dict)
+    arch: str = "x86_64"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    """One device as the scheduler sees it. ``compute_units`` comes from the catalog."""
+
+    id: str
+    host_id: str
+    hardware_type: HardwareType
+    vendor: str
+    model: str
+    memory_mib: int = 0
+    compute_units: float = 0.0
+    driver_version: str | None = None
+    runtimes: Mapping[str, str] = field(default_factory=dict)
+    health: Health = Health.HEALTHY
+    link_group: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        """Unhealthy devices are never placed on; ``unknown`` (probe could not tell) is usable."""
+        return self.health != Health.UNHEALTHY
+
+
+class AllocatedDevice(NamedTuple):
+    device_id: str
+    share: float = 1.0
+    memory_mib: int | None = None  # None: share * device memory
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """Running (or already placed) work holding devices."""
+
+    workload_id: str
+    priority: int
+    preemptible: bool
+    tenant: str | None
+    devices: tuple[AllocatedDevice, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SiteLink:
+    """Measured network between two sites (symmetric)."""
+
+    a: str
+    b: str
+    bandwidth_gbps: float
+    latency_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """Everything feasibility needs to know about a device that is not per-device state."""
+
+    hardware_type: HardwareType
+    vendor: str
+    model: str
+    memory_mib: int
+    compute_units: float
+    driver_version: str | None
+    runtimes: tuple[tuple[str, str], ...]
+
+    @property
+    def runtime_map(self) -> dict[str, str]:
+        return dict(self.runtimes)
+
+
+@dataclass(eq=False)
+class FleetSnapshot:
+    """Column arrays over hosts, pools and devices. Treat as read-only; see ``with_decision``."""
+
+    hosts: list[HostInfo]
+    host_index: dict[str, int]
+    sites: list[str]
+    site_index: dict[str, int]
+    host_site: I32Array
+    host_up: BoolArray
+    profiles: list[Profile]
+    pool_host: I32Array
+    pool_profile: I32Array
+    pool_start: IntArray  # CSR: devices of pool q are dev_order[pool_start[q]:pool_start[q+1]]
+    dev_ids: list[str]
+    dev_index: dict[str, int]
+    dev_host: I32Array
+    dev_profile: I32Array
+    dev_pool: I32Array
+    dev_link: I32Array  # global link-group id, -1 when unknown
+    dev_usable: BoolArray
+    dev_mem: IntArray
+    dev_cu: FloatArray
+    dev_free_share: FloatArray
+    dev_free_mem: IntArray
+    allocations: list[Allocation]
+    dev_allocs: dict[int, list[int]]  # device → indices into allocations
+    bandwidth_gbps: FloatArray  # [site, site]; inf on the diagonal
+    latency_ms: FloatArray
+    pool_free: IntArray = field(init=False)
+    pool_usable: IntArray = field(init=False)
+    host_free: IntArray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.refresh_free()
+
+    # -- derived state -------------------------------------------------------------------------
+    def refresh_free(self) -> None:
+        """Recompute whole-free counts per pool/host from the device arrays."""
+        whole = self.whole_free_mask()
+        self.pool_free = np.bincount(self.dev_pool[whole], minlength=len(self.pool_host)).astype(np.int64)
+        self.pool_usable = np.bincount(self.dev_pool[self.dev_usable], minlength=len(self.pool_host)).astype(np.int64)
+        self.host_free = np.bincount(self.dev_host[whole], minlength=len(self.hosts)).astype(np.int64)
+
+    def whole_free_mask(self) -> BoolArray:
+        return self.dev_usable & (self.dev_free_share >= 1 - EPS) & (self.dev_free_mem >= self.dev_mem)
+
+    @property
+    def n_hosts(self) -> int:
+        return len(self.hosts)
+
+    @property
+    def n_pools(self) -> int:
+        return len(self.pool_host)
+
+    @property
+    def n_devices(self) -> int:
+        return len(self.dev_ids)
+
+    def pool_devices(self, pool: int) -> range:
+        """Device indices of a pool (devices are stored pool-major)."""
+        return range(int(self.pool_start[pool]), int(self.pool_start[pool + 1]))
+
+    def transfer_seconds(self, data_site: str | None, data_gib: float) -> FloatArray:
+        """Seconds to move ``data_gib`` from ``data_site`` to each site (0 at the data site)."""
+        if not data_site or data_gib <= 0:
+            return np.zeros(len(self.sites))
+        src = self.site_index.get(data_site)
+        if src is None:
+            return np.full(len(self.sites), data_gib * 8.0 * 1.073741824 / DEFAULT_BANDWIDTH_GBPS)
+        secs = data_gib * 8.0 * 1.073741824 / self.bandwidth_gbps[src]
+        return np.asarray(secs + self.latency_ms[src] / 1000.0 * (secs > 0), dtype=np.float64)
+
+    def tenant_usage(self) -> dict[tuple[str, str], float]:
+        """Devices (shares count as fractions) held per (tenant, hardware type)."""
+        cached = self.__dict__.get("_tenant_usage")
+        if cached is None:
+            cached = {}
+            for alloc in self.allocations:
+                if alloc.tenant is None:
+                    continue
+                for dev in alloc.devices:
+                    d = self.dev_index.get(dev.device_id)
+                    if d is None:
+                        continue
+                    key = (alloc.tenant, str(self.profiles[self.dev_profile[d]].hardware_type))
+                    cached[key] = cached.get(key, 0.0) + dev.share
+            self.__dict__["_tenant_usage"] = cached
+        return dict(cached)
+
+    def host_id(self, host: int) -> str:
+        return self.hosts[host].id
+
+    # -- evolution -----------------------------------------------------------------------------
+    def with_decision(
+        self, decision: PlacementDecision, batch: Sequence[PendingWorkload]
+    ) -> FleetSnapshot:
+        """A new snapshot with the decision's assignments allocated and its preemptions released."""
+        specs = {w.id: w.spec for w in batch}
+        free_share = self.dev_free_share.copy()
+        free_mem = self.dev_free_mem.copy()
+        evicted = {p.workload_id for p in decision.preemptions}
+        allocations = [a for a in self.allocations if a.workload_id not in evicted]
+        for alloc in self.allocations:
+            if alloc.workload_id in evicted:
+                for dev in alloc.devices:
+                    d = self.dev_index.get(dev.device_id)
+                    if d is not None:
+                        free_share[d] = min(1.0, free_share[d] + dev.share)
+                        free_mem[d] = min(int(self.dev_mem[d]), int(free_mem[d]) + self._alloc_mem(d, dev))
+        dev_allocs = _index_allocs(allocations, self.dev_index) if evicted else {
+            d: list(a) for d, a in self.dev_allocs.items()}
+        by_workload: dict[str, list[AllocatedDevice]] = {}
+        for a in decision.assignments:
+            for dev_id, share, mem in zip(a.device_ids, a.shares, a.memory_mib, strict=True):
+                d = self.dev_index[dev_id]
+                free_share[d] = max(0.0, free_share[d] - share)
+                free_mem[d] = max(0, int(free_mem[d]) - mem)
+                by_workload.setdefault(a.workload_id, []).append(AllocatedDevice(dev_id, share, mem))
+        for wid, devs in by_workload.items():
+            spec = specs[wid]
+            allocations.append(Allocation(wid, spec.priority, spec.preemptible, spec.tenant, tuple(devs)))
+            for dev in devs:
+                dev_allocs.setdefault(self.dev_index[dev.device_id], []).append(len(allocations) - 1)
+        return FleetSnapshot(
+            hosts=self.hosts, host_index=self.host_index, sites=self.sites, site_index=self.site_index,
+            host_site=self.host_site, host_up=self.host_up, profiles=self.profiles, pool_host=self.pool_host,
+            pool_profile=self.pool_profile, pool_start=self.pool_start, dev_ids=self.dev_ids,
+            dev_index=self.dev_index, dev_host=self.dev_host, dev_profile=self.dev_profile,
+            dev_pool=self.dev_pool, dev_link=self.dev_link, dev_usable=self.dev_usable, dev_mem=self.dev_mem,
+            dev_cu=self.dev_cu, dev_free_share=free_share, dev_free_mem=free_mem, allocations=allocations,
+            dev_allocs=dev_allocs, bandwidth_gbps=self.bandwidth_gbps, latency_ms=self.latency_ms,
+        )
+
+    def _alloc_mem(self, d: int, dev: AllocatedDevice) -> int:
+        if dev.memory_mib is not None:
+            return dev.memory_mib
+        return round(dev.share * int(self.dev_mem[d]))
+
+
+def _index_allocs(allocations: Sequence[Allocation], dev_index: Mapping[str, int]) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for ai, alloc in enumerate(allocations):
+        for dev in alloc.devices:
+            d = dev_index.get(dev.device_id)
+            if d is not None:
+                out.setdefault(d, []).append(ai)
+    return out
+
+
+def build_snapshot(
+    hosts: Iterable[HostInfo],
+    devices: Iterable[DeviceInfo],
+    allocations: Iterable[Allocation] = (),
+    links: Iterable[SiteLink] = (),
+) -> FleetSnapshot:
+    """Build the column model. Devices on unknown hosts are dropped; allocations on unknown
+    devices are ignored (the device left the fleet). Cost: one pass over the devices."""
+    host_list = list(hosts)
+    host_index = {h.id: i for i, h in enumerate(host_list)}
+    if len(host_index) != len(host_list):
+        raise ValueError("duplicate host ids in snapshot input")
+    sites = sorted({h.site for h in host_list} | {x for ln in links for x in (ln.a, ln.b)})
+    site_index = {s: i for i, s in enumerate(sites)}
+    host_site = np.fromiter((site_index[h.site] for h in host_list), dtype=np.int32, count=len(host_list))
+    host_up = np.fromiter((h.up for h in host_list), dtype=np.bool_, count=len(host_list))
+
+    profile_ids: dict[Profile, int] = {}
+    profiles: list[Profile] = []
+    link_ids: dict[tuple[int, str], int] = {}
+    rows: list[tuple[int, int, int, DeviceInfo]] = []  # (pool key host, profile, link, dev)
+    for dev in devices:
+        h = host_index.get(dev.host_id)
+        if h is None:
+            continue
+        prof = Profile(dev.hardware_type, dev.vendor, dev.model, int(dev.memory_mib), float(dev.compute_units),
+                       dev.driver_version, tuple(sorted(dev.runtimes.items())))
+        p = profile_ids.get(prof)
+        if p is None:
+            p = profile_ids[prof] = len(profiles)
+            profiles.append(prof)
+        link = -1
+        if dev.link_group is not None:
+            link = link_ids.setdefault((h, dev.link_group), len(link_ids))
+        rows.append((h, p, link, dev))
+    rows.sort(key=lambda r: (r[0], r[1]))  # pool-major: host, then profile
+    n = len(rows)
+    dev_host = np.fromiter((r[0] for r in rows), dtype=np.int32, count=n)
+    dev_profile = np.fromiter((r[1] for r in rows), dtype=np.int32, count=n)
+    dev_link = np.fromiter((r[2] for r in rows), dtype=np.int32, count=n)
+    dev_ids = [r[3].id for r in rows]
+    dev_index = {d: i for i, d in enumerate(dev_ids)}
+    if len(dev_index) != n:
+        raise ValueError("duplicate device ids in snapshot input")
+    dev_usable = np.fromiter((r[3].usable for r in rows), dtype=np.bool_, count=n)
+    prof_mem = np.array([p.memory_mib for p in profiles], dtype=np.int64)
+    prof_cu = np.array([p.compute_units for p in profiles], dtype=np.float64)
+    dev_mem = prof_mem[dev_profile] if n else np.zeros(0, dtype=np.int64)
+    dev_cu = prof_cu[dev_profile] if n else np.zeros(0, dtype=np.float64)
+
+    # Pools: consecutive runs of (host, profile).
+    if n:
+        pool_key = dev_host.astype(np.int64) * max(1, len(profiles)) + dev_profile
+        starts = np.flatnonzero(np.r_[True, pool_key[1:] != pool_key[:-1]])
+        pool_start = np.r_[starts, n].astype(np.int64)
+        dev_pool = (np.cumsum(np.r_[False, pool_key[1:] != pool_key[:-1]])).astype(np.int32)
+        pool_host = dev_host[starts].astype(np.int32)
+        pool_profile = dev_profile[starts].astype(np.int32)
+    else:
+        pool_start = np.zeros(1, dtype=np.int64)
+        dev_pool = np.zeros(0, dtype=np.int32)
+        pool_host = np.zeros(0, dtype=np.int32)
+        pool_profile = np.zeros(0, dtype=np.int32)
+
+    alloc_list = list(allocations)
+    free_share = np.ones(n, dtype=np.float64)
+    free_mem = dev_mem.copy()
+    dev_allocs = _index_allocs(alloc_list, dev_index)
+    for d, ais in dev_allocs.items():
+        for ai in ais:
+            for ad in alloc_list[ai].devices:
+                if ad.device_id == dev_ids[d]:
+                    free_share[d] -= ad.share
+                    free_mem[d] -= ad.memory_mib if ad.memory_mib is not None else round(ad.share * dev_mem[d])
+    np.clip(free_share, 0.0, 1.0, out=free_share)
+    np.clip(free_mem, 0, None, out=free_mem)
+
+    s = len(sites)
+    bandwidth = np.full((s, s), DEFAULT_BANDWIDTH_GBPS, dtype=np.float64)
+    latency = np.zeros((s, s), dtype=np.float64)
+    for ln in links:
+        i, j = site_index[ln.a], site_index[ln.b]
+        if ln.bandwidth_gbps <= 0:
+            raise ValueError(f"site link {ln.a}-{ln.b}: bandwidth_gbps must be > 0")
+        bandwidth[i, j] = bandwidth[j, i] = ln.bandwidth_gbps
+        latency[i, j] = latency[j, i] = ln.latency_ms
+    np.fill_diagonal(bandwidth, np.inf)
+    np.fill_diagonal(latency, 0.0)
+
+    return FleetSnapshot(
+        hosts=host_list, host_index=host_index, sites=sites, site_index=site_index, host_site=host_site,
+        host_up=host_up, profiles=profiles, pool_host=pool_host, pool_profile=pool_profile, pool_start=pool_start,
+        dev_ids=dev_ids, dev_index=dev_index, dev_host=dev_host, dev_profile=dev_profile, dev_pool=dev_pool,
+        dev_link=dev_link, dev_usable=dev_usable, dev_mem=dev_mem, dev_cu=dev_cu, dev_free_share=free_share,
+        dev_free_mem=free_mem, allocations=alloc_list, dev_allocs=dev_allocs, bandwidth_gbps=bandwidth,
+        latency_ms=latency,
+    )

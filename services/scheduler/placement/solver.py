@@ -1,0 +1,235 @@
+"""The CP-SAT model over the bounded candidate options of a sub-problem.
+
+Variables (all Boolean):
+
+* ``x[o]``   option ``o`` is used (item i on pool q with n devices, or a share of device d);
+* ``t[q]``   pool ``q`` is touched (``x -> t`` for its options); its capacity is
+  ``sum n*x + sum u <= free[q]*t[q]``. Touching costs ``pool_cost(free, size, 0)``: the
+  best-fit tie-break, plus ``frag`` when the pool was untouched (a new fragment);
+* ``f[q]``   pool ``q`` ends completely used (``sum n*x + sum u >= free[q]*f[q]``): the
+  fragment is closed again (fresh pool) or removed (partly used pool);
+* ``u[d]``   an untouched device is opened for fractional shares:
+  ``sum share*x <= 1000*u[d]`` and ``sum mem*x <= mem[d]*u[d]`` (already-shared devices get
+  their free share/memory as constants);
+* ``g[w]``   gang ``w`` placed: every replica item has ``sum x = g[w]`` (all-or-none).
+
+Other constraints: one option per item, spread (at most 1 replica per host, at most
+ceil(R/sites) per site), binding tenant quotas, and "place at least as many items as the
+greedy hint". The objective maximises sum reward*x - costs (see ``capacity.Weights``); the
+search stops once the remaining gap is below ``Weights.gap`` (one fragment).
+
+The model is written straight into the CP-SAT protobuf (no Python expression objects),
+which keeps building at a few microseconds per option.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ortools.sat.python import cp_model
+
+from services.scheduler.placement.capacity import Choice, Weights, pool_cost, quota_units
+from services.scheduler.placement.result import SubproblemStats
+from services.scheduler.placement.snapshot import EPS, FleetSnapshot
+from services.scheduler.placement.workloads import SHARE_SCALE, Item, Kind
+
+_NEG = -(1 << 60)
+
+
+@dataclass(slots=True)
+class ModelInput:
+    items: Sequence[Item]  # all items of the batch (indexed by Item.idx)
+    member: list[int]  # item indices in this sub-problem
+    options: dict[int, list[Choice]]  # item → options
+    hint: dict[int, Choice]  # greedy choices of these items
+    site_cost: dict[int, list[int]]  # item → integer cost per site
+    pool_hw: dict[int, str]  # pool → hardware type name
+    quotas_left: dict[tuple[str, str], int]  # only the binding ones
+    site_cap: dict[int, int]  # workload → max replicas per site (spread=site)
+
+
+class _Proto:
+    def __init__(self) -> None:
+        self.model = cp_model.CpModel()
+        self.p = self.model.proto
+        self.n = 0
+        self.obj_vars: list[int] = []
+        self.obj_coeffs: list[int] = []
+
+    def bool(self) -> int:
+        v = self.p.variables.add()
+        v.domain.extend((0, 1))
+        self.n += 1
+        return self.n - 1
+
+    def linear(self, vs: Sequence[int], cs: Sequence[int], lo: int, hi: int) -> None:
+        ct = self.p.constraints.add().linear
+        ct.vars.extend(vs)
+        ct.coeffs.extend(cs)
+        ct.domain.extend((lo, hi))
+
+    def at_most_one(self, vs: Sequence[int]) -> None:
+        self.p.constraints.add().at_most_one.literals.extend(vs)
+
+    def implies(self, a: int, b: int) -> None:
+        ct = self.p.constraints.add()
+        ct.enforcement_literal.append(a)
+        ct.bool_and.literals.append(b)
+
+    def cost(self, v: int, c: int) -> None:  # minimised
+        if c:
+            self.obj_vars.append(v)
+            self.obj_coeffs.append(c)
+
+
+def solve(snap: FleetSnapshot, mi: ModelInput, weights: Weights, time_limit_s: float, workers: int,
+          name: str) -> tuple[dict[int, Choice] | None, SubproblemStats]:
+    """Solve one sub-problem. Returns (item → choice, stats); choices None when no solution came back."""
+    t0 = time.perf_counter()
+    m = _Proto()
+    items = mi.items
+    x_of: list[tuple[int, Choice]] = []
+    pool_terms: dict[int, tuple[list[int], list[int]]] = {}
+    dev_terms: dict[int, tuple[list[int], list[int], list[int]]] = {}
+    host_terms: dict[tuple[int, int], list[int]] = {}
+    site_terms: dict[tuple[int, int], list[int]] = {}
+    quota_terms: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
+    gang: dict[int, int] = {}
+    hint_vars: list[int] = []
+    count_vars: list[int] = []
+    w = weights
+    for i in mi.member:
+        item = items[i]
+        reward = w.reward_unit * (item.priority + 1) * item.units
+        opts = mi.options.get(i, [])
+        if not opts:
+            continue
+        site_cost = mi.site_cost[i]
+        xs: list[int] = []
+        hinted = mi.hint.get(i)
+        for c in opts:
+            x = m.bool()
+            xs.append(x)
+            x_of.append((x, c))
+            if hinted is not None and hinted == c:
+                hint_vars.append(x)
+            host = int(snap.pool_host[c.pool])
+            cost = site_cost[int(snap.host_site[host])]
+            if item.kind == Kind.SHARE:
+                d = c.device
+                fresh = snap.dev_free_share[d] >= 1 - EPS and snap.dev_free_mem[d] >= snap.dev_mem[d]
+                left = (1.0 if fresh else float(snap.dev_free_share[d])) - c.share / SHARE_SCALE
+                cost += round(left * w.share_waste)
+                vs_s, cs_s, cs_m = dev_terms.setdefault(d, ([], [], []))
+                vs_s.append(x)
+                cs_s.append(c.share)
+                cs_m.append(c.mem)
+            else:
+                vs, cs = pool_terms.setdefault(c.pool, ([], []))
+                vs.append(x)
+                cs.append(c.n)
+            m.cost(x, cost - reward)
+            if item.spread == "host":
+                host_terms.setdefault((item.workload, host), []).append(x)
+            elif item.spread == "site":
+                site_terms.setdefault((item.workload, int(snap.host_site[host])), []).append(x)
+            if item.tenant is not None:
+                key = (item.tenant, mi.pool_hw[c.pool])
+                if key in mi.quotas_left:
+                    qv, qc = quota_terms.setdefault(key, ([], []))
+                    qv.append(x)
+                    qc.append(quota_units(item, c.n))
+        count_vars.extend(xs)
+        if item.gang:
+            g = gang.get(item.workload)
+            if g is None:
+                g = gang[item.workload] = m.bool()
+            m.linear([*xs, g], [1] * len(xs) + [-1], 0, 0)
+        elif len(xs) > 1:
+            m.at_most_one(xs)
+
+    hint_touched: set[int] = set()
+    hint_fresh: set[int] = set()
+    hint_used: dict[int, int] = {}
+    for c in mi.hint.values():
+        if items[c.item].kind == Kind.SHARE:
+            if snap.dev_free_share[c.device] >= 1 - EPS and snap.dev_free_mem[c.device] >= snap.dev_mem[c.device]:
+                hint_fresh.add(c.device)
+        else:
+            hint_touched.add(c.pool)
+            hint_used[c.pool] = hint_used.get(c.pool, 0) + c.n
+    for d in hint_fresh:
+        q = int(snap.dev_pool[d])
+        hint_touched.add(q)
+        hint_used[q] = hint_used.get(q, 0) + 1
+
+    # shared devices: fresh ones need u[d], which then counts against the pool
+    fresh_in_pool: dict[int, list[int]] = {}
+    for d, (vs, cs, ms) in dev_terms.items():
+        fresh = snap.dev_free_share[d] >= 1 - EPS and snap.dev_free_mem[d] >= snap.dev_mem[d]
+        if fresh:
+            u = m.bool()
+            m.cost(u, w.fresh_share)
+            if d in hint_fresh:
+                hint_vars.append(u)
+            m.linear([*vs, u], [*cs, -SHARE_SCALE], _NEG, 0)
+            m.linear([*vs, u], [*ms, -int(snap.dev_mem[d])], _NEG, 0)
+            fresh_in_pool.setdefault(int(snap.dev_pool[d]), []).append(u)
+        elif len(vs) > 1:
+            m.linear(vs, cs, _NEG, int(snap.dev_free_share[d] * SHARE_SCALE + 1e-6))
+            m.linear(vs, ms, _NEG, int(snap.dev_free_mem[d]))
+    for q in set(pool_terms) | set(fresh_in_pool):
+        vs, cs = pool_terms.get(q, ([], []))
+        us = fresh_in_pool.get(q, [])
+        free, size = int(snap.pool_free[q]), int(snap.pool_usable[q])
+        t = m.bool()
+        m.cost(t, pool_cost(w, free, size, 0))
+        if q in hint_touched:
+            hint_vars.append(t)
+        for v in (*vs, *us):
+            m.implies(v, t)
+        m.linear([*vs, *us, t], [*cs, *([1] * len(us)), -free], _NEG, 0)
+        if sum(cs) + len(us) >= free:
+            f = m.bool()
+            m.cost(f, pool_cost(w, free, size, free) - pool_cost(w, free, size, 0))
+            if hint_used.get(q, 0) == free:
+                hint_vars.append(f)
+            m.linear([*vs, *us, f], [*cs, *([1] * len(us)), -free], 0, 1 << 40)
+    for xs in host_terms.values():
+        if len(xs) > 1:
+            m.at_most_one(xs)
+    for (wl, _site), xs in site_terms.items():
+        if len(xs) > mi.site_cap.get(wl, len(xs)):
+            m.linear(xs, [1] * len(xs), 0, mi.site_cap[wl])
+    for key, (qv, qc) in quota_terms.items():
+        m.linear(qv, qc, _NEG, mi.quotas_left[key])
+    for wl, g in gang.items():
+        if any(items[i].workload == wl for i in mi.hint):
+            hint_vars.append(g)
+    if count_vars:
+        m.linear(count_vars, [1] * len(count_vars), len(mi.hint), len(count_vars))
+    m.p.objective.vars.extend(m.obj_vars)
+    m.p.objective.coeffs.extend(m.obj_coeffs)
+    hint_set = set(hint_vars)
+    m.p.solution_hint.vars.extend(range(m.n))
+    m.p.solution_hint.values.extend(1 if v in hint_set else 0 for v in range(m.n))
+    build_s = time.perf_counter() - t0
+
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = max(1e-3, time_limit_s - build_s)
+    solver.parameters.num_workers = workers
+    solver.parameters.log_search_progress = False
+    solver.parameters.linearization_level = 2
+    solver.parameters.absolute_gap_limit = float(weights.gap)
+    status = solver.solve(m.model)
+    wall = time.perf_counter() - t0
+    status_name = solver.status_name(status)
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return None, SubproblemStats(name, len(mi.member), len(x_of), status_name, 0.0, 0.0, wall)
+    sol = solver.response_proto.solution
+    chosen = {c.item: c for x, c in x_of if sol[x]}
+    stats = SubproblemStats(name, len(mi.member), len(x_of), status_name, -solver.objective_value,
+                            -solver.best_objective_bound, wall)
+    return chosen, stats

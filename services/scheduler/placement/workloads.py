@@ -1,0 +1,125 @@
+"""Batch input: pending workloads and the demand shapes derived from their specs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+
+from libs.schemas.workload import WorkloadSpec, framework_specifier
+from libs.versions import Requirement, SpecifierSet
+
+SHARE_SCALE = 1000  # share fractions become integers in 1/1000 of a device
+UNITS_PER_DEVICE = 100  # reward and quota units: one whole device
+CU_PER_DEVICE_WEIGHT = 300.0  # weighs a compute-unit request against whole-device ones in the objective
+
+
+@dataclass(frozen=True, slots=True)
+class PendingWorkload:
+    """A workload waiting for placement; ``id`` is the scheduler's workload id."""
+
+    id: str
+    spec: WorkloadSpec
+
+
+class Kind(IntEnum):
+    WHOLE = 0  # n whole devices from one pool
+    SHARE = 1  # a fraction of one device
+    CU = 2  # enough devices of one pool to reach compute_units
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """The feasibility-relevant part of a spec; workloads with equal signatures share filter work."""
+
+    hw_type: str  # a HardwareType value or 'any'
+    vendor: str | None
+    model: str | None
+    min_mem_mib: int  # whole devices: device memory must be at least this
+    requires: tuple[Requirement, ...]
+    framework: str | None
+    framework_spec: SpecifierSet | None
+    variants: frozenset[str]
+    sites: frozenset[str]
+    avoid_sites: frozenset[str]
+    host_labels: tuple[tuple[str, str], ...]
+    needs_cu: bool
+
+
+@dataclass(slots=True)
+class Item:
+    """One unit the placer decides on: a replica, or all replicas of a 'same_host' workload."""
+
+    idx: int
+    workload: int  # index into the batch
+    replicas: tuple[int, ...]
+    kind: Kind
+    n: int  # devices for WHOLE (n per replica * replicas for same_host); 1 for SHARE
+    share: int  # SHARE: share * SHARE_SCALE
+    mem_mib: int  # SHARE: reserved memory; 0 = share * device memory
+    cu: float
+    link: bool  # devices must share a link group
+    priority: int
+    tenant: str | None
+    gang: bool
+    spread: str
+    sig: Signature
+    data_site: str | None
+    data_gib: float
+    units: int  # reward size: devices * UNITS_PER_DEVICE (share: fraction thereof)
+
+
+def signature_of(spec: WorkloadSpec) -> Signature:
+    hw, rt, pl = spec.hardware, spec.runtime, spec.placement
+    return Signature(
+        hw_type=str(hw.type),
+        vendor=hw.vendor,
+        model=hw.model,
+        min_mem_mib=math.ceil(hw.memory_gib * 1024) if hw.memory_gib and not hw.is_shared else 0,
+        requires=tuple(rt.requirements()),
+        framework=rt.framework,
+        framework_spec=framework_specifier(rt.framework_version) if rt.framework_version else (
+            SpecifierSet() if rt.framework else None),
+        variants=frozenset(spec.variants),
+        sites=frozenset(pl.sites),
+        avoid_sites=frozenset(pl.avoid_sites),
+        host_labels=tuple(sorted(pl.host_labels.items())),
+        needs_cu=hw.compute_units is not None,
+    )
+
+
+def expand(batch: Sequence[PendingWorkload]) -> list[Item]:
+    """Items in queue order: priority (high first), then batch order; replicas consecutive."""
+    order = sorted(range(len(batch)), key=lambda w: -batch[w].spec.priority)
+    sigs: dict[Signature, Signature] = {}
+    items: list[Item] = []
+    for w in order:
+        spec = batch[w].spec
+        hw, pl = spec.hardware, spec.placement
+        sig = signature_of(spec)
+        sig = sigs.setdefault(sig, sig)
+        if hw.compute_units is not None:
+            # Reward weight only: one device is taken as ~CU_PER_DEVICE_WEIGHT compute units.
+            kind, n, share = Kind.CU, 0, 0
+            units = UNITS_PER_DEVICE * max(1, math.ceil(hw.compute_units / CU_PER_DEVICE_WEIGHT))
+        elif hw.is_shared:
+            kind, n = Kind.SHARE, 1
+            share = max(1, round((hw.share or 1.0) * SHARE_SCALE))
+            units = max(1, share * UNITS_PER_DEVICE // SHARE_SCALE)
+        else:
+            kind, n, share, units = Kind.WHOLE, hw.count, 0, hw.count * UNITS_PER_DEVICE
+        mem = math.ceil(hw.memory_gib * 1024) if hw.memory_gib and kind == Kind.SHARE else 0
+        groups: list[tuple[int, ...]]
+        if pl.topology == "same_host" and spec.replicas > 1 and kind != Kind.SHARE:
+            groups = [tuple(range(spec.replicas))]
+        else:
+            groups = [(r,) for r in range(spec.replicas)]
+        for reps in groups:
+            items.append(Item(
+                idx=len(items), workload=w, replicas=reps, kind=kind, n=n * len(reps), share=share, mem_mib=mem,
+                cu=float(hw.compute_units or 0.0) * len(reps), link=pl.topology == "same_link_group", priority=spec.priority,
+                tenant=spec.tenant, gang=spec.gang and spec.replicas > 1, spread=pl.spread, sig=sig,
+                data_site=pl.data_site, data_gib=pl.data_gib, units=units * len(reps),
+            ))
+    return items
