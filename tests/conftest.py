@@ -205,7 +205,7 @@ def spawn_service(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., 
     procs: list[subprocess.Popen[bytes]] = []
 
     def spawn(service: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
-        log = open(tmp_path / f"{service}-{len(procs)}.log", "wb")  # noqa: SIM115
+        log = open(tmp_path / f"{service}-{len(procs)}.log", "wb")
         argv = [sys.executable, "-m", "xpumesh", "run", service, *args] if service != "sim" else \
             [sys.executable, "-m", "xpumesh", "sim", *args]
         p = subprocess.Popen(argv, env=service_env(settings, **env), stdout=log, stderr=subprocess.STDOUT, cwd=REPO)

@@ -47,7 +47,7 @@ async def test_registry_host_down_within_three_intervals_and_up_on_return(settin
     await assert_eventually(lambda: _host_status(bus, "h-001", MemberStatus.DOWN), timeout=limit,
                             message="host marked down")
     events = await assert_eventually(lambda: _has(bus, "io.xpumesh.host.down"), timeout=3.0)
-    down_at = [t for (typ, _, t) in events if typ == "io.xpumesh.host.down"][0]
+    down_at = next(t for (typ, _, t) in events if typ == "io.xpumesh.host.down")
     assert down_at - silent_since <= limit
 
     await pub.heartbeat()

@@ -38,7 +38,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 @pytest.mark.slow
 async def test_up_starts_all_five_services_and_stops_cleanly_on_sigint(tmp_path: Path) -> None:
     env = _env(tmp_path)
-    log = open(tmp_path / "up.log", "wb")  # noqa: SIM115
+    log = open(tmp_path / "up.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "xpumesh", "up", "--demo", "--hosts", "6"], env=env,
                             stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     try:
@@ -62,7 +62,7 @@ async def test_up_starts_all_five_services_and_stops_cleanly_on_sigint(tmp_path:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=10)
         assert time.monotonic() - started < 5.0
-        gone, alive = psutil.wait_procs(tree, timeout=1)
+        _gone, alive = psutil.wait_procs(tree, timeout=1)
         assert not alive, f"left running: {[p.pid for p in alive]}"
         output = (tmp_path / "up.log").read_text()
         assert "API" in output and "dashboard" in output
