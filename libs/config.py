@@ -94,6 +94,22 @@ class MetricsSettings(BaseModel):
     alerts: AlertSettings = Field(default_factory=AlertSettings, description="Alert rules.")
 
 
+class InventorySettings(BaseModel):
+    """The inventory service, the host agent and the fleet simulator."""
+
+    sites_file: Path | None = Field(default=None, description="YAML of sites and site links seeded at prestart (unset: the built-in Zhejiang demo, 11 cities).")
+    catalog_refresh_s: float = Field(default=30.0, gt=0, description="How often each inventory instance reloads the catalog from PostgreSQL.")
+    telemetry_max_age_s: float = Field(default=300.0, gt=0, description="Telemetry older than this on arrival is dropped (and counted).")
+    rediscover_interval_s: float = Field(default=60.0, gt=0, description="How often the agent re-runs discovery to notice hardware, driver or health changes.")
+    probe_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one vendor tool run during discovery.")
+    sim_device_fault_per_hour: float = Field(default=0.01, ge=0, description="Simulator: chance per device per hour of turning unhealthy.")
+    sim_device_repair_s: float = Field(default=300.0, gt=0, description="Simulator: how long a random device fault lasts.")
+    sim_host_loss_per_hour: float = Field(default=0.005, ge=0, description="Simulator: chance per host per hour of going silent.")
+    sim_host_return_s: float = Field(default=120.0, gt=0, description="Simulator: how long a randomly lost host stays silent.")
+    sim_day_s: float = Field(default=86400.0, gt=0, description="Simulator: length of one simulated day of diurnal load (shorter: faster cycles).")
+    sim_publish_timeout_s: float = Field(default=5.0, gt=0, description="Simulator: how long one batch of capability publishes may wait for JetStream.")
+
+
 class Settings(BaseSettings):
     """Settings of every xpumesh process."""
 
@@ -122,6 +138,7 @@ class Settings(BaseSettings):
     db: DatabaseSettings = Field(default_factory=DatabaseSettings, description="PostgreSQL pools.")
     registry: RegistrySettings = Field(default_factory=RegistrySettings, description="Membership and liveness.")
     metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Telemetry, rollups, alerts.")
+    inventory: InventorySettings = Field(default_factory=InventorySettings, description="Inventory, agent and simulator.")
 
     def database_dsn(self) -> str:
         """The configured database URL as plain text (only for connecting)."""
