@@ -110,6 +110,29 @@ class InventorySettings(BaseModel):
     sim_publish_timeout_s: float = Field(default=5.0, gt=0, description="Simulator: how long one batch of capability publishes may wait for JetStream.")
 
 
+class GatewaySettings(BaseModel):
+    """The REST API: keys, rate limits, idempotency, webhooks and event streaming."""
+
+    key_cache_s: float = Field(default=5.0, ge=0, description="How long a verified API key is trusted before it is looked up again (a revocation elsewhere takes effect within this).")
+    rate_per_s: float = Field(default=50.0, gt=0, description="Requests per second each API key may make on average (token bucket refill rate).")
+    rate_burst: int = Field(default=200, ge=1, description="Requests each API key may make at once (token bucket size).")
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, description="Largest request body accepted, chunked or not.")
+    idempotency_ttl_s: float = Field(default=24 * 3600.0, gt=0, description="How long a stored Idempotency-Key response is replayed.")
+    read_cache_s: float = Field(default=1.0, ge=0, description="How long hot list reads (devices, hosts) are served from the gateway's cache (0 disables).")
+    read_cache_entries: int = Field(default=1024, ge=1, description="Most distinct reads kept in that cache.")
+    webhook_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one webhook delivery attempt.")
+    webhook_retry_schedule_s: list[float] = Field(default=[5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800, 43200], description="Delays before each retry of a failed webhook delivery (about 27.7 h in all; +/- 20 % jitter); after the last the delivery is dead-lettered.")
+    webhook_concurrency: int = Field(default=32, ge=1, description="Webhook deliveries in flight at once per gateway instance.")
+    webhook_poll_s: float = Field(default=0.5, gt=0, description="How often due webhook retries are looked for.")
+    webhook_allow_hosts: list[str] = Field(default_factory=list, description="Host patterns (fnmatch, e.g. 127.0.0.1 or *.internal) that webhook targets may use even when they resolve to loopback, link-local or private addresses.")
+    webhook_keep_days: float = Field(default=7.0, gt=0, description="Finished deliveries older than this are pruned.")
+    max_subscriptions_per_tenant: int = Field(default=100, ge=1, description="Most event subscriptions one tenant may hold.")
+    sync_interval_s: float = Field(default=5.0, gt=0, description="How often each gateway instance reconciles its subscription consumers with the database.")
+    sse_heartbeat_s: float = Field(default=15.0, gt=0, description="Interval of SSE keep-alive comments.")
+    sse_buffer: int = Field(default=256, ge=1, description="Events buffered per SSE client; a slower client is paused, never fed unbounded memory.")
+    sse_max_clients: int = Field(default=1000, ge=1, description="Concurrent SSE clients per gateway instance.")
+
+
 class Settings(BaseSettings):
     """Settings of every xpumesh process."""
 
@@ -132,6 +155,8 @@ class Settings(BaseSettings):
     instance_id: str | None = Field(default=None, description="Instance id of this process (default: hostname-pid).")
     shutdown_timeout_s: float = Field(default=4.0, gt=0, description="How long a process may take to stop after SIGTERM.")
     bootstrap_admin_key: SecretStr | None = Field(default=None, description="The first admin API key. Unset: `xpumesh up` creates one and prints it once.")
+    api_url: str = Field(default="http://127.0.0.1:8080", description="Gateway URL the API-client commands (submit, workloads, devices, events, keys) talk to.")
+    api_key: SecretStr | None = Field(default=None, description="API key the API-client commands send.")
 
     embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings, description="The embedded runtime.")
     bus: BusSettings = Field(default_factory=BusSettings, description="NATS and JetStream.")
@@ -139,6 +164,7 @@ class Settings(BaseSettings):
     registry: RegistrySettings = Field(default_factory=RegistrySettings, description="Membership and liveness.")
     metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Telemetry, rollups, alerts.")
     inventory: InventorySettings = Field(default_factory=InventorySettings, description="Inventory, agent and simulator.")
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings, description="REST API, keys, webhooks, SSE.")
 
     def database_dsn(self) -> str:
         """The configured database URL as plain text (only for connecting)."""
