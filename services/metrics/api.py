@@ -1,7 +1,223 @@
-"""The metrics service."""
+"""The metrics service: telemetry in, rollups, city summaries, alerts, and the Prometheus endpoint.
+
+Consumes ``XPUMESH_TELEMETRY`` (big batches, COPY), capability reports (device metadata),
+registry host up/down events and workload events; answers ``xpumesh.rpc.metrics.*``;
+serves ``/metrics`` on ``metrics_port``; fires and resolves alerts through the outbox.
+"""
 
 from __future__ import annotations
 
-from libs.service import ServiceApp
+import asyncio
+import logging
 
-app = ServiceApp("metrics", uses_db=False)
+from libs.bus import subjects
+from libs.bus.connection import STREAM_EVENTS, STREAM_HOSTS, STREAM_TELEMETRY
+from libs.bus.errors import InvalidRequest, NotFound
+from libs.db import session_scope
+from libs.events import CloudEvent, EventTypes
+from libs.schemas.hostevents import CapabilityReport
+from libs.schemas.metrics import (
+    AlertList,
+    AlertQuery,
+    AlertSeverity,
+    AlertState,
+    DeviceDetail,
+    DeviceRef,
+    FleetSummary,
+    HostPage,
+    HostsQuery,
+    IngestStats,
+    Series,
+    SeriesQuery,
+    SummaryQuery,
+    WorkloadPage,
+    WorkloadQuery,
+)
+from libs.service import Context, ServiceApp
+from services.metrics import models, runtime, series
+from services.metrics.exposition import DeviceText, render_all, serve_http
+from services.metrics.runtime import Runtime
+from services.metrics.state import STATUS_DOWN, STATUS_UP, DeviceMeta
+from services.metrics.views import device_now, host_now
+from services.metrics.workloads import parse_event
+
+log = logging.getLogger(__name__)
+app = ServiceApp("metrics")
+TELEMETRY_BATCH = 4096
+
+
+def rt(ctx: Context) -> Runtime:
+    r: Runtime = ctx.state["rt"]
+    return r
+
+
+@app.on_startup
+async def start(ctx: Context) -> None:
+    ctx.state["rt"] = await runtime.start(ctx)
+
+
+@app.on_shutdown
+async def stop(ctx: Context) -> None:
+    r: Runtime | None = ctx.state.get("rt")
+    if r is not None:
+        try:
+            await runtime.flush_rollups(r, now=float("inf"))  # write every open minute; the checkpoint covers all
+        except Exception:
+            log.warning("final rollup write failed; the next start rebuilds the open minutes")
+        await r.pool.close()
+
+
+# --- consumers ------------------------------------------------------------------------
+@app.consumer(STREAM_TELEMETRY, durable="metrics-telemetry", subject=subjects.HOST_TELEMETRY_ALL, batch=True,
+              batch_size=TELEMETRY_BATCH)
+async def on_telemetry(events: list[CloudEvent], ctx: Context) -> None:
+    await rt(ctx).ingest.handle(events)
+
+
+@app.consumer(STREAM_HOSTS, durable="metrics-capability", subject=subjects.HOST_CAPABILITY_ALL)
+async def on_capability(event: CloudEvent, ctx: Context) -> None:
+    report = CapabilityReport.model_validate(event.data)
+    r = rt(ctx)
+    known = r.fleet.hosts.get(report.host_id)
+    if known is not None and report.generation < known.generation:
+        return  # an older report arriving late
+    async with session_scope(ctx.db) as session:
+        metas, gone = await models.save_capability(session, report)
+    h = r.fleet.host(report.host_id, report.site)
+    h.hostname, h.generation, h.labels = report.facts.hostname, report.generation, dict(report.labels)
+    for dev_id in gone:
+        r.fleet.remove_device(dev_id)
+    for m in metas:
+        r.fleet.put_device(m)
+    r.summaries.clear()
+
+
+@app.consumer(STREAM_EVENTS, durable="metrics-host-events", subject="xpumesh.events.host.>")
+async def on_host_event(event: CloudEvent, ctx: Context) -> None:
+    if event.type not in (EventTypes.HOST_UP, EventTypes.HOST_DOWN):
+        return
+    host_id, site = event.data.get("id"), event.data.get("site")
+    if not isinstance(host_id, str) or not isinstance(site, str):
+        raise InvalidRequest("host event without id or site")
+    subjects.check_token(host_id, "host id")
+    subjects.check_token(site, "site")
+    up = event.type == EventTypes.HOST_UP
+    async with session_scope(ctx.db) as session:
+        await models.save_host_status(session, host_id, site, "up" if up else "down")
+    rt(ctx).fleet.set_status(host_id, site, STATUS_UP if up else STATUS_DOWN)
+    rt(ctx).summaries.clear()
+
+
+@app.consumer(STREAM_EVENTS, durable="metrics-workload-events", subject="xpumesh.events.workload.>")
+async def on_workload_event(event: CloudEvent, ctx: Context) -> None:
+    view = parse_event(event)
+    r = rt(ctx)
+    stored, evicted = r.workloads.apply(view)
+    if stored is None:
+        return
+    async with session_scope(ctx.db) as session:
+        await models.save_workload(session, stored)
+        await models.delete_workloads(session, evicted)
+    r.summaries.clear()
+
+
+# --- background loops -----------------------------------------------------------------
+@app.task
+async def rollup_writer(ctx: Context) -> None:
+    await runtime.flusher(rt(ctx))
+
+
+@app.task
+async def partition_maintenance(ctx: Context) -> None:
+    await runtime.maintenance(rt(ctx))
+
+
+@app.task
+async def alert_rules(ctx: Context) -> None:
+    await runtime.evaluate_alerts(rt(ctx))
+
+
+@app.task
+async def relay(ctx: Context) -> None:
+    await rt(ctx).relay.run()
+
+
+@app.task
+async def prometheus_endpoint(ctx: Context) -> None:
+    r = rt(ctx)
+    m = ctx.settings.metrics
+
+    def firing_text() -> str:
+        lines = ["# HELP xpumesh_alerts_firing Firing alerts by site and severity.", "# TYPE xpumesh_alerts_firing gauge"]
+        for site, counts in sorted(r.alerts.counts_by_site().items()):
+            lines += [f'xpumesh_alerts_firing{{site="{site}",severity="{sev}"}} {n}' for sev, n in counts.items()]
+        return "\n".join(lines) + "\n"
+
+    devices = DeviceText(r.fleet, r.fresh, firing_text, m.scrape_cache_s)
+    started = asyncio.Event()
+    ctx.state["http_started"] = started
+    await serve_http(lambda: render_all(ctx.bus, devices, m.scrape_window_s), ctx.settings.gateway_host,
+                     ctx.settings.metrics_port, started)
+
+
+# --- endpoints ------------------------------------------------------------------------
+@app.endpoint("summary")
+async def summary(req: SummaryQuery, ctx: Context) -> FleetSummary:
+    return rt(ctx).summary(req.sites)
+
+
+@app.endpoint("series")
+async def get_series(req: SeriesQuery, ctx: Context) -> Series:
+    r = rt(ctx)
+    return await series.query(req, r.fleet, r.rollups, r.pool, ctx.settings.metrics, r.lock)
+
+
+@app.endpoint("alerts.list")
+async def list_alerts(req: AlertQuery, ctx: Context) -> AlertList:
+    if req.state == AlertState.FIRING:
+        items = sorted((a for a in rt(ctx).alerts.firing.values()
+                        if (req.sites is None or a.site in req.sites)
+                        and (req.severity is None or a.severity == req.severity)),
+                       key=lambda a: (a.severity != AlertSeverity.CRITICAL, -a.started_at.timestamp()))
+        return AlertList(items=items[: req.limit], total=len(items))
+    async with session_scope(ctx.db) as session:
+        found, total = await models.recent_alerts(session, req.state, req.sites,
+                                                  req.severity.value if req.severity else None, req.limit)
+    return AlertList(items=found, total=total)
+
+
+@app.endpoint("hosts.list")
+async def list_hosts(req: HostsQuery, ctx: Context) -> HostPage:
+    r = rt(ctx)
+    fresh, allocated = r.fresh(), r.workloads.allocated(r.fleet)
+    ids = sorted(h.host_id for h in r.fleet.host_list if h.site == req.site and (req.after is None or h.host_id > req.after))
+    page = ids[: req.limit]
+    items = [host_now(r.fleet, r.fleet.hosts[h], fresh, allocated) for h in page]
+    return HostPage(items=items, next_cursor=page[-1] if len(ids) > req.limit else None)
+
+
+@app.endpoint("device.get")
+async def get_device(req: DeviceRef, ctx: Context) -> DeviceDetail:
+    r = rt(ctx)
+    m: DeviceMeta | None = r.fleet.device_by_key(f"{req.host_id}/{req.slot}")
+    if m is None or not r.fleet.present[m.id]:
+        raise NotFound(f"no device {req.host_id}/{req.slot}")
+    h = r.fleet.hosts[m.host_id]
+    alerts = [a for a in r.alerts.firing.values() if a.device == m.key or (a.device is None and a.host_id == m.host_id)]
+    return DeviceDetail(site=m.site, host_id=m.host_id, hostname=h.hostname,
+                        device=device_now(r.fleet, m, r.fresh(), r.workloads.allocated(r.fleet)),
+                        driver_version=m.driver_version, runtimes=m.runtimes, firmware_version=m.firmware_version,
+                        uuid=m.uuid, workloads=r.workloads.on_device(m.key, r.fleet), alerts=alerts)
+
+
+@app.endpoint("workloads.list")
+async def list_workloads(req: WorkloadQuery, ctx: Context) -> WorkloadPage:
+    r = rt(ctx)
+    items, cursor = r.workloads.page(sites=set(req.sites) if req.sites is not None else None, tenant=req.tenant,
+                                     state=req.state, after=req.after, limit=req.limit, fleet=r.fleet)
+    return WorkloadPage(items=items, next_cursor=cursor)
+
+
+@app.endpoint("ingest.stats")
+async def ingest_stats(req: SummaryQuery, ctx: Context) -> IngestStats:
+    return rt(ctx).ingest.stats()

@@ -1,0 +1,237 @@
+"""The metrics service's database functions: metadata, rollup writes, recovery, alerts, workloads.
+
+Functions take a session (or an asyncpg connection inside the caller's transaction) and
+never commit: the caller owns the transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from libs.db.outbox import enqueue
+from libs.events import CloudEvent, EventTypes
+from libs.schemas.hostevents import CapabilityReport
+from libs.schemas.metrics import Alert, AlertState, Placement, WorkloadNow
+from services.metrics.orm import alerts, devices, hosts, outbox, workloads
+from services.metrics.rollups import RollupRow
+from services.metrics.state import DeviceMeta, Fleet, slots_for
+
+STATUS_CODES = {"up": 1, "down": 2}
+
+
+# --- fleet metadata ----------------------------------------------------------------------
+async def load_fleet(session: AsyncSession) -> Fleet:
+    fleet = Fleet()
+    for row in (await session.execute(select(hosts))).mappings():
+        h = fleet.host(row["host_id"], row["site"])
+        h.hostname, h.generation, h.labels = row["hostname"], row["generation"], dict(row["labels"] or {})
+        h.status = STATUS_CODES.get(row["status"], 0)
+    for row in (await session.execute(select(devices).where(devices.c.present))).mappings():
+        fleet.put_device(_meta(row))
+    return fleet
+
+
+def _meta(row: Any) -> DeviceMeta:
+    return DeviceMeta(id=row["id"], host_id=row["host_id"], slot=row["slot"], site=row["site"],
+                      hardware_type=row["hardware_type"], vendor=row["vendor"], model=row["model"],
+                      memory_mib=row["memory_mib"], driver_version=row["driver_version"],
+                      runtimes=dict(row["runtimes"] or {}), firmware_version=row["firmware_version"],
+                      uuid=row["uuid"], health=row["health"])
+
+
+async def save_capability(session: AsyncSession, report: CapabilityReport) -> tuple[list[DeviceMeta], list[int]]:
+    """Upsert the host and its devices; mark devices it no longer reports absent. Returns (present, removed ids)."""
+    now = datetime.now(UTC)
+    stmt = insert(hosts).values(host_id=report.host_id, site=report.site, hostname=report.facts.hostname,
+                                generation=report.generation, labels=report.labels, updated_at=now)
+    await session.execute(stmt.on_conflict_do_update(index_elements=[hosts.c.host_id], set_={
+        "site": stmt.excluded.site, "hostname": stmt.excluded.hostname, "generation": stmt.excluded.generation,
+        "labels": stmt.excluded.labels, "updated_at": now}))
+    metas: list[DeviceMeta] = []
+    if report.devices:
+        values = [dict(host_id=report.host_id, slot=slot, site=report.site, hardware_type=d.hardware_type.value,
+                       vendor=d.vendor[:32], model=d.model[:128], memory_mib=d.memory_mib,
+                       driver_version=(d.driver_version or None) and d.driver_version[:64], runtimes=d.runtimes,
+                       firmware_version=(d.firmware_version or None) and d.firmware_version[:64],
+                       uuid=(d.uuid or None) and d.uuid[:128], health=d.health.value, present=True, updated_at=now)
+                  for d, slot in zip(report.devices, slots_for(report.devices), strict=True)]
+        ins = insert(devices).values(values)
+        ins = ins.on_conflict_do_update(constraint="uq_devices_host_slot", set_={
+            c: ins.excluded[c] for c in ("site", "hardware_type", "vendor", "model", "memory_mib", "driver_version",
+                                         "runtimes", "firmware_version", "uuid", "health", "present", "updated_at")})
+        rows = (await session.execute(ins.returning(*devices.c))).mappings().all()
+        metas = [_meta(r) for r in rows]
+    keep = [m.id for m in metas]
+    gone = (await session.execute(
+        update(devices).where(devices.c.host_id == report.host_id, devices.c.present, devices.c.id.not_in(keep))
+        .values(present=False, updated_at=now).returning(devices.c.id))).scalars().all()
+    return metas, list(gone)
+
+
+async def save_host_status(session: AsyncSession, host_id: str, site: str, status: str) -> None:
+    now = datetime.now(UTC)
+    stmt = insert(hosts).values(host_id=host_id, site=site, status=status, updated_at=now)
+    await session.execute(stmt.on_conflict_do_update(index_elements=[hosts.c.host_id],
+                                                     set_={"status": status, "updated_at": now}))
+
+
+async def create_devices(conn: asyncpg.Connection, pairs: Sequence[tuple[str, int, str]]) -> list[DeviceMeta]:
+    """Ids for devices seen in telemetry before any capability report: (host, slot, site) → bare rows."""
+    await conn.execute(
+        "INSERT INTO metrics.hosts (host_id, site, updated_at) SELECT DISTINCT h, s, now() "
+        "FROM unnest($1::text[], $2::text[]) AS t(h, s) ON CONFLICT (host_id) DO NOTHING",
+        [p[0] for p in pairs], [p[2] for p in pairs])
+    rows = await conn.fetch(
+        "INSERT INTO metrics.devices (host_id, slot, site, updated_at) "
+        "SELECT h, sl, s, now() FROM unnest($1::text[], $2::int[], $3::text[]) AS t(h, sl, s) "
+        "ON CONFLICT (host_id, slot) DO UPDATE SET present = true RETURNING *",
+        [p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs])
+    return [_meta({**dict(r), "runtimes": json.loads(r["runtimes"]) if isinstance(r["runtimes"], str) else r["runtimes"]})
+            for r in rows]
+
+
+# --- rollups ------------------------------------------------------------------------------
+_MERGE = ("n = t.n + EXCLUDED.n, util_sum = t.util_sum + EXCLUDED.util_sum, "
+          "util_max = GREATEST(t.util_max, EXCLUDED.util_max), mem_sum = t.mem_sum + EXCLUDED.mem_sum, "
+          "temp_sum = t.temp_sum + EXCLUDED.temp_sum, temp_max = GREATEST(t.temp_max, EXCLUDED.temp_max), "
+          "power_sum = t.power_sum + EXCLUDED.power_sum, unhealthy = t.unhealthy + EXCLUDED.unhealthy")
+ROLLUP_COLS = ("scope", "key", "bucket", "n", "util_sum", "util_max", "mem_sum", "temp_sum", "temp_max", "power_sum",
+               "unhealthy")
+
+
+async def write_rollups(conn: asyncpg.Connection, rows: list[RollupRow], batch: int, open_from: datetime | None) -> None:
+    """Merge closed minutes into rollup_1m and rollup_1h and move the checkpoint (caller's transaction)."""
+    if rows:
+        await conn.execute("CREATE TEMP TABLE IF NOT EXISTS rollup_stage (LIKE metrics.rollup_1m) ON COMMIT DELETE ROWS")
+        await conn.copy_records_to_table("rollup_stage", records=rows, columns=ROLLUP_COLS)
+        await conn.execute(f"INSERT INTO metrics.rollup_1m AS t SELECT * FROM rollup_stage "
+                           f"ON CONFLICT (scope, key, bucket) DO UPDATE SET {_MERGE}")
+        await conn.execute(
+            "INSERT INTO metrics.rollup_1h AS t SELECT scope, key, date_trunc('hour', bucket), sum(n), sum(util_sum), "
+            "max(util_max), sum(mem_sum), sum(temp_sum), max(temp_max), sum(power_sum), sum(unhealthy) "
+            f"FROM rollup_stage GROUP BY 1, 2, 3 ON CONFLICT (scope, key, bucket) DO UPDATE SET {_MERGE}")
+    await conn.execute(
+        "INSERT INTO metrics.checkpoint (id, batch, open_from, updated_at) VALUES (1, $1, $2, now()) "
+        "ON CONFLICT (id) DO UPDATE SET batch = EXCLUDED.batch, open_from = EXCLUDED.open_from, updated_at = now()",
+        batch, open_from)
+
+
+async def read_checkpoint(conn: asyncpg.Connection) -> tuple[int, datetime | None] | None:
+    row = await conn.fetchrow("SELECT batch, open_from FROM metrics.checkpoint WHERE id = 1")
+    return (int(row["batch"]), row["open_from"]) if row else None
+
+
+async def replay_minutes(conn: asyncpg.Connection, after_batch: int, since: datetime) -> list[asyncpg.Record]:
+    """Per device and minute, the sums of samples written after the checkpoint (recovery after a crash)."""
+    return await conn.fetch(
+        "SELECT device_id, (floor(extract(epoch FROM ts) / 60) * 60)::bigint AS bucket, count(*) AS n, "
+        "sum(util) AS util_sum, max(util) AS util_max, sum(mem_mib) AS mem_sum, sum(temp) AS temp_sum, "
+        "max(temp) AS temp_max, sum(power) AS power_sum, count(*) FILTER (WHERE NOT healthy) AS unhealthy, "
+        "min(batch) AS first_batch, max(batch) AS last_batch "
+        "FROM metrics.samples WHERE batch > $1 AND ts >= $2 GROUP BY 1, 2", after_batch, since)
+
+
+async def latest_samples(conn: asyncpg.Connection, since: datetime) -> list[asyncpg.Record]:
+    """Each device's newest sample since ``since`` (the current state after a restart)."""
+    return await conn.fetch(
+        "SELECT DISTINCT ON (device_id) device_id, extract(epoch FROM ts)::float8 AS ts, util, mem_mib, temp, power, "
+        "healthy FROM metrics.samples WHERE ts >= $1 ORDER BY device_id, ts DESC", since)
+
+
+async def max_batch(conn: asyncpg.Connection, since: datetime) -> int:
+    return int(await conn.fetchval("SELECT coalesce(max(batch), 0) FROM metrics.samples WHERE ts >= $1", since))
+
+
+async def series_rows(conn: asyncpg.Connection, table: str, scope: int, key: str, start: datetime, end: datetime,
+                      step_s: int) -> list[asyncpg.Record]:
+    """Rollup rows of one scope/key in [start, end), summed per step (steps start at ``start``)."""
+    assert table in ("rollup_1m", "rollup_1h")
+    return await conn.fetch(
+        "SELECT extract(epoch FROM date_bin(make_interval(secs => $5), bucket, $3))::float8 AS t, sum(n)::bigint AS n, "
+        "sum(util_sum) AS util_sum, max(util_max) AS util_max, sum(mem_sum) AS mem_sum, sum(temp_sum) AS temp_sum, "
+        "max(temp_max) AS temp_max, sum(power_sum) AS power_sum, sum(unhealthy)::bigint AS unhealthy "
+        f"FROM metrics.{table} WHERE scope = $1 AND key = $2 AND bucket >= $3 AND bucket < $4 GROUP BY 1 ORDER BY 1",
+        scope, key, start, end, float(step_s))
+
+
+async def raw_series_rows(conn: asyncpg.Connection, device_id: int, start: datetime, end: datetime,
+                          step_s: int) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT extract(epoch FROM date_bin(make_interval(secs => $4), ts, $2))::float8 AS t, count(*) AS n, "
+        "sum(util) AS util_sum, max(util) AS util_max, sum(mem_mib) AS mem_sum, sum(temp) AS temp_sum, "
+        "max(temp) AS temp_max, sum(power) AS power_sum, count(*) FILTER (WHERE NOT healthy) AS unhealthy "
+        "FROM metrics.samples WHERE device_id = $1 AND ts >= $2 AND ts < $3 GROUP BY 1 ORDER BY 1",
+        device_id, start, end, float(step_s))
+
+
+# --- alerts ---------------------------------------------------------------------------------
+async def load_firing(session: AsyncSession) -> list[Alert]:
+    rows = (await session.execute(select(alerts).where(alerts.c.state == AlertState.FIRING.value))).mappings()
+    return [Alert.model_validate(dict(r)) for r in rows]
+
+
+def alert_event(alert: Alert) -> CloudEvent:
+    """The event for one alert transition; its id is fixed by the alert and the episode, so a retry dedupes."""
+    digest = hashlib.sha1(alert.id.encode()).hexdigest()[:20]
+    episode = int(alert.started_at.timestamp() * 1000)
+    etype = EventTypes.ALERT_FIRING if alert.state == AlertState.FIRING else EventTypes.ALERT_RESOLVED
+    return CloudEvent.new(etype, "/metrics/alerts", alert, subject=alert.id,
+                          id=f"alert-{digest}-{episode}-{alert.state.value}")
+
+
+async def save_alerts(session: AsyncSession, changed: list[Alert]) -> None:
+    """Upsert alert rows and enqueue their firing/resolved events in the caller's transaction."""
+    if not changed:
+        return
+    values = [a.model_dump(mode="python") for a in changed]
+    for v in values:
+        v["severity"], v["state"] = str(v["severity"]), str(v["state"])
+    stmt = insert(alerts).values(values)
+    await session.execute(stmt.on_conflict_do_update(index_elements=[alerts.c.id], set_={
+        c: stmt.excluded[c] for c in ("rule", "severity", "state", "site", "host_id", "device", "summary", "value",
+                                      "started_at", "resolved_at")}))
+    for a in changed:
+        await enqueue(session, outbox, alert_event(a), site=a.site)
+
+
+async def recent_alerts(session: AsyncSession, state: AlertState, sites: list[str] | None, severity: str | None,
+                        limit: int) -> tuple[list[Alert], int]:
+    """Alerts in a state from PostgreSQL (resolved ones are not kept in memory), newest first."""
+    cond = [alerts.c.state == state.value]
+    if sites is not None:
+        cond.append(alerts.c.site.in_(sites))
+    if severity is not None:
+        cond.append(alerts.c.severity == severity)
+    total = int(await session.scalar(select(func.count()).select_from(alerts).where(*cond)) or 0)
+    rows = (await session.execute(select(alerts).where(*cond).order_by(
+        alerts.c.resolved_at.desc().nulls_last(), alerts.c.started_at.desc()).limit(limit))).mappings()
+    return [Alert.model_validate(dict(r)) for r in rows], total
+
+
+# --- workloads ------------------------------------------------------------------------------
+async def load_workloads(session: AsyncSession, limit: int) -> list[WorkloadNow]:
+    rows = (await session.execute(select(workloads).order_by(workloads.c.updated_at.desc()).limit(limit))).mappings()
+    return [WorkloadNow(id=r["id"], name=r["name"], tenant=r["tenant"], state=r["state"], updated_at=r["updated_at"],
+                        placements=[Placement.model_validate(p) for p in r["placements"]]) for r in rows]
+
+
+async def save_workload(session: AsyncSession, w: WorkloadNow) -> None:
+    values = dict(id=w.id, name=w.name, tenant=w.tenant, state=w.state, updated_at=w.updated_at,
+                  placements=[p.model_dump(mode="json") for p in w.placements])
+    stmt = insert(workloads).values(values)
+    await session.execute(stmt.on_conflict_do_update(index_elements=[workloads.c.id], set_={
+        c: stmt.excluded[c] for c in ("name", "tenant", "state", "placements", "updated_at")}))
+
+
+async def delete_workloads(session: AsyncSession, ids: list[str]) -> None:
+    if ids:
+        await session.execute(workloads.delete().where(workloads.c.id.in_(ids)))

@@ -1,0 +1,192 @@
+"""The metrics service's process state: what it loads at start, and its background loops.
+
+One active instance: the fleet, open rollup minutes and alert state live in this process
+(as the registry's liveness table does in the registry). A restart loses nothing it
+acknowledged: samples are in PostgreSQL before their messages are acked, and the open
+minutes are rebuilt from the samples written after the last rollup checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import numpy as np
+
+from libs.db import session_scope
+from libs.db.outbox import OutboxRelay
+from libs.schemas.metrics import FleetSummary
+from libs.service import Context
+from services.metrics import models, partitions
+from services.metrics.alerts import AlertEngine
+from services.metrics.ingest import Ingest
+from services.metrics.orm import outbox
+from services.metrics.rollups import Rollups, acc_rows
+from services.metrics.state import Fleet
+from services.metrics.views import summarize
+from services.metrics.workloads import Workloads
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    ctx: Context
+    pool: asyncpg.Pool
+    fleet: Fleet
+    rollups: Rollups
+    ingest: Ingest
+    alerts: AlertEngine
+    workloads: Workloads
+    relay: OutboxRelay
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # rollup writes vs. series reads
+    summaries: dict[frozenset[str] | None, tuple[float, FleetSummary]] = field(default_factory=dict)
+    last_ckpt: int | None = None
+
+    @property
+    def stale_s(self) -> float:
+        return self.alerts.stale_s
+
+    def fresh(self) -> np.ndarray:
+        return self.fleet.fresh_mask(self.stale_s)
+
+    def summary(self, sites: list[str] | None) -> FleetSummary:
+        key = frozenset(sites) if sites is not None else None
+        now = time.monotonic()
+        hit = self.summaries.get(key)
+        if hit and now - hit[0] < self.ctx.settings.metrics.summary_cache_s:
+            return hit[1]
+        result = summarize(self.fleet, self.fresh(), self.workloads.allocated(self.fleet),
+                           self.workloads.running_by_site(self.fleet), self.alerts.counts_by_site(),
+                           set(sites) if sites is not None else None)
+        if len(self.summaries) >= 64:
+            self.summaries.clear()
+        self.summaries[key] = (now, result)
+        return result
+
+
+async def start(ctx: Context) -> Runtime:
+    settings = ctx.settings
+    pool = await asyncpg.create_pool(settings.database_dsn(), min_size=2, max_size=4,
+                                     server_settings={"application_name": "xpumesh-metrics-ingest"})
+    assert pool is not None
+    assert ctx.engine is not None
+    async with ctx.engine.begin() as conn:
+        coverage = await partitions.maintain(conn, settings.metrics)
+    async with session_scope(ctx.db) as session:
+        fleet = await models.load_fleet(session)
+        firing = await models.load_firing(session)
+        loaded = await models.load_workloads(session, settings.metrics.max_workloads)
+    rollups = Rollups(settings.metrics.rollup_grace_s)
+    ingest = Ingest(fleet, rollups, settings, pool)
+    ingest.coverage = coverage
+    engine = AlertEngine(settings, time.monotonic())
+    engine.load(firing)
+    workloads = Workloads(settings.metrics.max_workloads)
+    workloads.load(loaded)
+    rt = Runtime(ctx, pool, fleet, rollups, ingest, engine, workloads, OutboxRelay("metrics", ctx.db, outbox, ctx.bus))
+    await recover(rt)
+    return rt
+
+
+async def recover(rt: Runtime) -> None:
+    """Rebuild the open minutes and each device's latest values from the samples PostgreSQL already has."""
+    settings = rt.ctx.settings.metrics
+    now = datetime.now(UTC)
+    async with rt.pool.acquire() as conn:
+        ckpt = await models.read_checkpoint(conn)
+        after, open_from = ckpt if ckpt else (0, None)
+        since = open_from or (now - timedelta(seconds=settings.rollup_grace_s + 120))
+        rows = await models.replay_minutes(conn, after, since)
+        latest = await models.latest_samples(conn, now - timedelta(seconds=rt.stale_s))
+        rt.ingest.last_batch = max(after, await models.max_batch(conn, now - timedelta(seconds=settings.max_sample_age_s)))
+    fleet, rollups = rt.fleet, rt.rollups
+    for r in rows:
+        dev = int(r["device_id"])
+        if dev not in fleet.devices:
+            continue
+        fleet.ensure(dev)
+        acc = rollups._acc(int(r["bucket"]), int(r["first_batch"]), fleet.cap)
+        acc.first_batch = min(acc.first_batch, int(r["first_batch"]))
+        acc.n[dev] += int(r["n"])
+        acc.sums[dev] += (float(r["util_sum"]), float(r["mem_sum"]), float(r["temp_sum"]), float(r["power_sum"]))
+        acc.maxs[dev] = np.maximum(acc.maxs[dev], (float(r["util_max"]), float(r["temp_max"])))
+        acc.unhealthy[dev] += int(r["unhealthy"])
+    rollups.last_batch = rt.ingest.last_batch
+    if latest:
+        ids = np.array([int(r["device_id"]) for r in latest if int(r["device_id"]) in fleet.devices], dtype=np.int64)
+        recs = [r for r in latest if int(r["device_id"]) in fleet.devices]
+        if recs:
+            ts = np.array([float(r["ts"]) for r in recs])
+            vals = np.array([(r["util"], r["mem_mib"], r["temp"], r["power"], 1 if r["healthy"] else 0) for r in recs],
+                            dtype=np.float64)
+            fleet.apply_samples(ids, ts, vals)
+    if rows:
+        log.info("rebuilt %d open rollup rows from samples after batch %d", len(rows), after)
+
+
+async def flush_rollups(rt: Runtime, now: float | None = None) -> int:
+    """Write the minutes that have closed; returns the rows written. On failure the minutes go back."""
+    closed, ckpt, open_from = rt.rollups.take_closed(time.time() if now is None else now)
+    if not closed and ckpt == rt.last_ckpt:
+        rt.rollups.written()
+        return 0
+    rows = [row for acc in closed for row in acc_rows(acc, rt.fleet)]
+    try:
+        async with rt.lock, rt.pool.acquire() as conn, conn.transaction():
+            await models.write_rollups(conn, rows, ckpt, open_from)
+    except BaseException:
+        rt.rollups.give_back(closed)
+        raise
+    rt.rollups.written()
+    rt.last_ckpt = ckpt
+    return len(rows)
+
+
+async def flusher(rt: Runtime) -> None:
+    interval = rt.ctx.settings.metrics.rollup_flush_interval_s
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await flush_rollups(rt)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("rollup write failed; will retry")
+
+
+async def maintenance(rt: Runtime) -> None:
+    ctx = rt.ctx
+    while True:
+        await asyncio.sleep(ctx.settings.metrics.maintenance_interval_s)
+        try:
+            assert ctx.engine is not None
+            async with ctx.engine.begin() as conn:
+                rt.ingest.coverage = await partitions.maintain(conn, ctx.settings.metrics)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("partition maintenance failed; will retry")
+
+
+async def evaluate_alerts(rt: Runtime) -> None:
+    cfg = rt.ctx.settings.metrics.alerts
+    while cfg.enabled:
+        await asyncio.sleep(cfg.eval_interval_s)
+        try:
+            changes = rt.alerts.evaluate(rt.fleet, datetime.now(UTC), time.monotonic())
+            if changes:
+                async with session_scope(rt.ctx.db) as session:
+                    await models.save_alerts(session, changes)
+                rt.alerts.apply(changes)
+                rt.summaries.clear()
+                rt.relay.poke()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("alert evaluation failed; will retry")
+
