@@ -1,0 +1,211 @@
+"""The NATS permission model of deploy/nats/nats.conf, on the real nats-server.
+
+The server runs the committed config with the passwords compose gives it; every client
+connects with the credentials from docker-compose.yml, so the config, the compose users and
+the agents' host ids (their hostnames) are checked against each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from libs.bus import subjects
+from libs.bus.connection import Bus
+from libs.config import BusSettings
+from libs.embedded import EmbeddedNats, free_port, wait_for_port
+from libs.schemas.hostevents import host_id_for
+from tests.conftest import assert_eventually
+from tests.unit.test_deploy import NATS_CONF, compose, container_env, mesh_containers, nats_conf_env
+
+
+@dataclass
+class Agent:
+    name: str
+    site: str
+    host: str
+    url: str
+
+
+@dataclass
+class Conn:
+    nc: Client
+    errors: list[str] = field(default_factory=list)
+
+
+def _agents() -> list[Agent]:
+    out = []
+    for name, svc in mesh_containers().items():
+        if svc["command"][:1] == ["agent"]:
+            env = container_env(svc)
+            out.append(Agent(name, env["XPUMESH_SITE"], host_id_for(svc["hostname"]), env["XPUMESH_NATS_URL"]))
+    return out
+
+
+def _violations(conn: Conn, n: int) -> Callable[[], bool]:
+    """At least ``n`` errors arrived, and every one is a permissions violation."""
+    def check() -> bool:
+        return len(conn.errors) >= n and all("permissions violation" in e.lower() for e in conn.errors)
+    return check
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[int]:
+    """nats-server on the committed config; only the ports and the store folder are moved for the test."""
+    port = free_port()
+    log = tmp_path / "nats.log"
+    argv = [EmbeddedNats.binary(), "-c", str(NATS_CONF), "-a", "127.0.0.1", "-p", str(port), "-m", str(free_port()),
+            "-sd", str(tmp_path / "js"), "-l", str(log)]
+    proc = subprocess.Popen(argv, env={**os.environ, **nats_conf_env()}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, proc, "NATS server", 15.0, log)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _local(url: str, port: int) -> str:
+    """A compose URL (host ``nats``) pointed at the test server, credentials kept."""
+    parts = urlsplit(url)
+    return f"nats://{parts.username}:{parts.password}@127.0.0.1:{port}"
+
+
+async def _connect(url: str) -> Conn:
+    client = Conn(nc=Client())
+
+    async def on_error(exc: Exception) -> None:
+        client.errors.append(str(exc))
+
+    client.nc = await nats.connect(url, error_cb=on_error, allow_reconnect=False, connect_timeout=5)
+    return client
+
+
+@pytest.fixture
+async def clients(server: int) -> AsyncIterator[dict[str, Conn]]:
+    """The service user and every compose agent, connected with their compose credentials."""
+    out = {"service": await _connect(_local(container_env(compose()["services"]["registry"])["XPUMESH_NATS_URL"], server))}
+    for a in _agents():
+        out[a.name] = await _connect(_local(a.url, server))
+    yield out
+    for c in out.values():
+        await c.nc.close()
+
+
+async def test_nats_agents_publish_only_under_their_own_host(clients: dict[str, Conn]) -> None:
+    agents = _agents()
+    assert len(agents) == 3
+    got: list[str] = []
+
+    async def collect(msg: Msg) -> None:
+        got.append(msg.subject)
+
+    service = clients["service"].nc
+    await service.subscribe(">", cb=collect)
+    await service.flush()
+    for a in agents:
+        nc = clients[a.name].nc
+        own = subjects.host_subject(a.site, a.host, "heartbeat")
+        other = next(b for b in agents if b.name != a.name)
+        forbidden = [subjects.host_subject(other.site, other.host, "heartbeat"),  # another host
+                     subjects.host_subject(a.site, "someone-else", "capability"),  # another host in its city
+                     subjects.rpc_subject("registry", "members.list"),  # a service endpoint
+                     subjects.event_subject("io.xpumesh.host.down", a.site),  # a mesh event
+                     subjects.agent_command_subject(other.site, other.host)]  # commanding another agent
+        for subject in [own, *forbidden]:
+            await nc.publish(subject, b"{}")
+        await nc.flush()
+        await assert_eventually(_violations(clients[a.name], len(forbidden)), timeout=5.0,
+                                message=f"{a.name}: a permissions violation for each forbidden publish")
+        clients[a.name].errors.clear()
+    await service.flush()
+    await asyncio.sleep(0.1)  # the server forwards what it accepted before answering our flush; let callbacks run
+    assert sorted(got) == sorted(subjects.host_subject(a.site, a.host, "heartbeat") for a in agents)
+
+
+async def test_nats_agents_hear_only_their_own_commands_and_may_answer(clients: dict[str, Conn]) -> None:
+    agents = _agents()
+    for a in agents:
+        nc = clients[a.name].nc
+
+        async def answer(msg: Msg) -> None:
+            await msg.respond(b"ok")
+
+        await nc.subscribe(subjects.agent_command_subject(a.site, a.host), cb=answer)
+        other = next(b for b in agents if b.name != a.name)
+        await nc.subscribe(subjects.agent_command_subject(other.site, other.host))
+        await nc.subscribe(subjects.HOST_TELEMETRY_ALL)
+        await nc.subscribe(subjects.EVENTS_ALL)
+        await nc.flush()
+        await assert_eventually(_violations(clients[a.name], 3), timeout=5.0,
+                                message=f"{a.name}: a permissions violation for each forbidden subscription")
+
+    service = clients["service"].nc
+    for a in agents:
+        reply = await service.request(subjects.agent_command_subject(a.site, a.host), b"{}", timeout=3)
+        assert reply.data == b"ok"
+    # another agent's subscription to a command subject was refused, so only the owner answers: one reply
+    inbox = service.new_inbox()
+    sub = await service.subscribe(inbox)
+    await service.publish(subjects.agent_command_subject(agents[0].site, agents[0].host), b"{}", reply=inbox)
+    assert (await sub.next_msg(timeout=3)).data == b"ok"
+    with pytest.raises(NatsTimeout):
+        await sub.next_msg(timeout=0.3)
+
+
+async def test_nats_agent_capability_is_acknowledged_by_jetstream(server: int) -> None:
+    """A durable publish needs the reply inbox the agent is allowed; the service user creates the streams."""
+    service_url = _local(container_env(compose()["services"]["registry"])["XPUMESH_NATS_URL"], server)
+    service = Bus(BusSettings(), name="service")
+    await service.connect(service_url)
+    await service.ensure_streams()
+    a = _agents()[0]
+    agent = Bus(BusSettings(max_reconnect_attempts=0), name="agent")
+    await agent.connect(_local(a.url, server))
+    try:
+        ack = await agent.js.publish(subjects.host_subject(a.site, a.host, "capability"), b"{}")
+        assert ack.seq >= 1
+        with pytest.raises((NoRespondersError, NatsTimeout, nats.errors.Error)):
+            await agent.js.publish(subjects.host_subject(a.site, "not-me", "capability"), b"{}", timeout=1.0)
+    finally:
+        await agent.close()
+        await service.close()
+
+
+async def test_nats_rejects_wrong_and_missing_credentials(server: int) -> None:
+    a = _agents()[0]
+    parts = urlsplit(a.url)
+    for url in (f"nats://{parts.username}:wrong@127.0.0.1:{server}", f"nats://127.0.0.1:{server}"):
+        with pytest.raises(Exception) as exc:
+            await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=3)
+        assert "authorization" in str(exc.value).lower() or isinstance(exc.value, nats.errors.NoServersError)
+
+
+async def test_nats_sim_user_publishes_for_any_host_but_hears_no_commands(server: int) -> None:
+    sim = mesh_containers()["sim"]
+    client = await _connect(_local(container_env(sim)["XPUMESH_NATS_URL"], server))
+    service = await _connect(_local(container_env(compose()["services"]["registry"])["XPUMESH_NATS_URL"], server))
+    try:
+        sub = await service.nc.subscribe(subjects.HOST_HEARTBEAT_ALL)
+        await service.nc.flush()
+        await client.nc.publish(subjects.host_subject("ningbo", "sim-00001", "heartbeat"), b"{}")
+        await client.nc.subscribe(subjects.AGENT_COMMAND_ALL)
+        await client.nc.flush()
+        assert (await sub.next_msg(timeout=3)).subject == "xpumesh.host.ningbo.sim-00001.heartbeat"
+        await assert_eventually(_violations(client, 1), timeout=5.0, message="sim: refused the command subscription")
+    finally:
+        await client.nc.close()
+        await service.nc.close()
