@@ -1,0 +1,403 @@
+"""What the inventory answers over the bus: sites, hosts, devices, catalog, rules, summaries.
+
+Also the simulator's control messages (``xpumesh.sim.ctl``), which dashboards and tests
+use to inject faults on demand.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from libs.schemas.catalog import CompatRule, DeviceModel, RuntimeDriverRule
+from libs.schemas.devices import HardwareType, Health, HostFacts, Link
+
+TOKEN = r"^[A-Za-z0-9_-]{1,64}$"
+LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,252}$")
+LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$")
+SIM_CTL_SUBJECT = "xpumesh.sim.ctl"
+MAX_LIST = 5000
+
+
+def hardware_type_or_error(value: str) -> HardwareType:
+    """Parse a hardware type; the error names every valid one."""
+    try:
+        return HardwareType(value.strip().lower())
+    except ValueError:
+        valid = ", ".join(t.value for t in HardwareType)
+        raise ValueError(f"hardware_type {value[:40]!r} is not one of: {valid}") from None
+
+
+def _check_labels(labels: dict[str, str]) -> dict[str, str]:
+    if len(labels) > 64:
+        raise ValueError("at most 64 labels")
+    for key, value in labels.items():
+        if not LABEL_KEY.match(key):
+            raise ValueError(f"label key {key[:80]!r} must be letters, digits, '.', '_', '-', '/' (at most 253)")
+        if not LABEL_VALUE.match(value):
+            raise ValueError(f"label value {value[:80]!r} of {key[:80]!r} must be at most 63 letters, digits, "
+                             "'.', '_', '-', starting and ending alphanumeric")
+    return labels
+
+
+# ------------------------------------------------------------------ sites
+
+
+class Site(BaseModel):
+    """A city (or data centre) the fleet spans."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"id": "hangzhou", "city": "Hangzhou", "region": "zhejiang", "lat": 30.2741, "lon": 120.1551}]})
+
+    id: str = Field(pattern=TOKEN, description="Site token, as agents report it.")
+    city: str = Field(min_length=1, max_length=128)
+    region: str = Field(default="", max_length=128)
+    lat: float | None = Field(default=None, ge=-90, le=90)
+    lon: float | None = Field(default=None, ge=-180, le=180)
+
+
+class SiteLink(BaseModel):
+    """The network between two sites (symmetric; ``a`` < ``b``)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"a": "hangzhou", "b": "ningbo", "bandwidth_gbps": 400.0, "latency_ms": 2.6}]})
+
+    a: str = Field(pattern=TOKEN)
+    b: str = Field(pattern=TOKEN)
+    bandwidth_gbps: float = Field(gt=0)
+    latency_ms: float = Field(ge=0, description="Round-trip time.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SiteLink:
+        if self.a == self.b:
+            raise ValueError("a link joins two different sites")
+        if self.a > self.b:
+            a, b = self.b, self.a
+            object.__setattr__(self, "a", a)
+            object.__setattr__(self, "b", b)
+        return self
+
+
+class SiteList(BaseModel):
+    items: list[Site]
+
+
+class SiteLinkList(BaseModel):
+    items: list[SiteLink]
+
+
+class Empty(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DeviceCounts(BaseModel):
+    total: int = 0
+    healthy: int = 0
+    unhealthy: int = 0
+    unknown: int = 0
+    compute_units: float = Field(default=0.0, description="Sum of catalog compute units of the healthy-or-unknown devices.")
+
+
+class SiteSummary(BaseModel):
+    site: str
+    city: str
+    region: str
+    lat: float | None = None
+    lon: float | None = None
+    hosts: int = 0
+    hosts_up: int = 0
+    hosts_down: int = 0
+    devices: dict[str, DeviceCounts] = Field(default_factory=dict, description="By hardware type.")
+
+
+class SiteSummaryList(BaseModel):
+    items: list[SiteSummary]
+
+
+# ------------------------------------------------------------------ hosts and devices
+
+
+class HostStatus(StrEnum):
+    UP = "up"
+    DOWN = "down"
+    UNKNOWN = "unknown"
+
+
+class DeviceTelemetry(BaseModel):
+    utilization_pct: float
+    memory_used_mib: int
+    temperature_c: float
+    power_w: float
+    at: datetime
+
+
+class InventoryDevice(BaseModel):
+    """One device as the inventory knows it: reported facts, catalog match, health, last readings."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "hz-gpu-0001:nvidia:0", "host_id": "hz-gpu-0001", "site": "hangzhou", "slot": 0, "index": 0,
+        "hardware_type": "gpu", "vendor": "nvidia", "model": "H100-80GB-HBM3", "catalog_model": "H100-80GB-HBM3",
+        "compute_units": 989.4, "memory_mib": 81559, "memory_free_mib": 40000, "driver_version": "550.54.15",
+        "runtimes": {"cuda": "12.4"}, "health": "healthy", "host_status": "up"}]})
+
+    id: str = Field(description="'<host>:<vendor>:<index>', stable while the device stays.")
+    host_id: str
+    site: str
+    host_status: HostStatus
+    slot: int = Field(description="Position in the host's capability report; telemetry samples use it as their index.")
+    index: int
+    hardware_type: HardwareType
+    vendor: str
+    model: str
+    catalog_model: str | None = Field(default=None, description="Canonical catalog model, when the name matched one.")
+    compute_units: float | None = Field(default=None, description="From the catalog (1 CU = 1 TFLOPS dense FP16).")
+    memory_mib: int | None = None
+    memory_free_mib: int | None = Field(default=None, description="Total minus used at the last telemetry.")
+    driver_version: str | None = None
+    runtimes: dict[str, str] = Field(default_factory=dict)
+    firmware_version: str | None = None
+    uuid: str | None = None
+    pci_bus_id: str | None = None
+    numa_node: int | None = None
+    links: list[Link] = Field(default_factory=list)
+    health: Health
+    health_changed_at: datetime | None = None
+    telemetry: DeviceTelemetry | None = None
+
+
+class HostTelemetry(BaseModel):
+    cpu_pct: float
+    mem_used_mib: int
+    mem_total_mib: int
+    at: datetime
+
+
+class HostSummary(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "hz-gpu-0001", "site": "hangzhou", "hostname": "hz-gpu-0001", "status": "up", "generation": 3,
+        "arch": "x86_64", "device_count": 8, "hardware_types": {"gpu": 8},
+        "labels": {"xpumesh.io/gpu.model": "H100-80GB-HBM3", "team": "vision"}}]})
+
+    id: str
+    site: str
+    hostname: str
+    status: HostStatus
+    generation: int
+    arch: str
+    os: str
+    cpu_model: str
+    cpu_threads: int
+    memory_mib: int
+    agent_version: str = ""
+    device_count: int = 0
+    hardware_types: dict[str, int] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict, description="Discovered labels overlaid with operator labels.")
+    first_seen: datetime
+    updated_at: datetime
+    reported_at: datetime = Field(description="When the agent sent the capability report in force.")
+    status_changed_at: datetime | None = None
+
+
+class HostDetail(HostSummary):
+    facts: HostFacts
+    discovered_labels: dict[str, str] = Field(default_factory=dict)
+    operator_labels: dict[str, str] = Field(default_factory=dict)
+    devices: list[InventoryDevice] = Field(default_factory=list)
+    telemetry: HostTelemetry | None = None
+
+
+class _Query(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    site: str | None = Field(default=None, pattern=TOKEN)
+    labels: dict[str, str] = Field(default_factory=dict, description="Every one must match (discovered or operator).")
+    limit: int = Field(default=100, ge=1, le=MAX_LIST)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        return _check_labels(v)
+
+
+class HostQuery(_Query):
+    status: HostStatus | None = None
+    after: str | None = Field(default=None, max_length=64, description="Cursor: hosts with an id greater than this.")
+
+
+class HostRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=TOKEN)
+
+
+class HostPage(BaseModel):
+    items: list[HostSummary]
+    next_cursor: str | None = None
+
+
+class HostLabels(BaseModel):
+    """Set or remove operator labels; discovered labels are never touched."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=TOKEN)
+    set: dict[str, str] = Field(default_factory=dict)
+    remove: list[str] = Field(default_factory=list, max_length=64)
+
+    @field_validator("set")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        return _check_labels(v)
+
+
+class DeviceCursor(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host_id: str = Field(pattern=TOKEN)
+    slot: int = Field(ge=0)
+
+
+class DeviceQuery(_Query):
+    hardware_type: str | None = Field(default=None, max_length=40, description="cpu, gpu, npu, dcu, mlu, xpu, gcu, fpga.")
+    vendor: str | None = Field(default=None, max_length=40)
+    model: str | None = Field(default=None, max_length=128, description="Glob over the reported or catalog model: '*910B*'.")
+    host_id: str | None = Field(default=None, pattern=TOKEN)
+    healthy: bool | None = Field(default=None, description="true: healthy only; false: unhealthy only.")
+    min_free_memory_mib: int | None = Field(default=None, ge=0)
+    status: HostStatus | None = Field(default=None, description="Status of the device's host.")
+    after: DeviceCursor | None = None
+
+    @field_validator("hardware_type")
+    @classmethod
+    def _hardware_type(cls, v: str | None) -> str | None:
+        return None if v is None else hardware_type_or_error(v).value
+
+
+class DevicePage(BaseModel):
+    items: list[InventoryDevice]
+    next_cursor: DeviceCursor | None = None
+
+
+class DeviceEvent(BaseModel):
+    """Data of io.xpumesh.device.added/removed/unhealthy/healthy."""
+
+    id: str
+    host_id: str
+    site: str
+    slot: int
+    index: int
+    hardware_type: HardwareType
+    vendor: str
+    model: str
+    uuid: str | None = None
+    health: Health
+    reason: str = Field(description="capability | telemetry")
+
+
+# ------------------------------------------------------------------ catalog and rules
+
+
+class CatalogEntry(DeviceModel):
+    origin: Literal["seed", "operator"] = "seed"
+    updated_at: datetime | None = None
+
+
+class CatalogQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    vendor: str | None = Field(default=None, max_length=40)
+    hardware_type: str | None = Field(default=None, max_length=40)
+    after: str | None = Field(default=None, max_length=300, description="Cursor: '<vendor>/<model>' of the last entry.")
+    limit: int = Field(default=500, ge=1, le=MAX_LIST)
+
+    @field_validator("hardware_type")
+    @classmethod
+    def _hardware_type(cls, v: str | None) -> str | None:
+        return None if v is None else hardware_type_or_error(v).value
+
+
+class CatalogRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    vendor: str = Field(min_length=1, max_length=40)
+    model: str = Field(min_length=1, max_length=128)
+
+
+class CatalogPage(BaseModel):
+    items: list[CatalogEntry]
+    next_cursor: str | None = None
+
+
+class RuleKind(StrEnum):
+    COMPAT = "compat"
+    DRIVER = "driver"
+
+
+class RuleQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: RuleKind | None = None
+    vendor: str | None = Field(default=None, max_length=40)
+
+
+class RuleSet(BaseModel):
+    compat: list[CompatRule] = Field(default_factory=list)
+    driver: list[RuntimeDriverRule] = Field(default_factory=list)
+
+
+class RuleUpsert(BaseModel):
+    """Exactly one of ``compat`` or ``driver``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    compat: CompatRule | None = None
+    driver: RuntimeDriverRule | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> RuleUpsert:
+        if (self.compat is None) == (self.driver is None):
+            raise ValueError("give exactly one of 'compat' or 'driver'")
+        return self
+
+
+class Upserted(BaseModel):
+    created: bool
+
+
+# ------------------------------------------------------------------ simulator control
+
+
+class SimControl(BaseModel):
+    """A request on ``xpumesh.sim.ctl``: inject a fault or a host loss on demand."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["fault", "repair", "host_down", "host_up", "list"]
+    host_id: str | None = Field(default=None, pattern=TOKEN)
+    device_index: int | None = Field(default=None, ge=0, description="Slot of the device (fault/repair).")
+
+    @model_validator(mode="after")
+    def _needs(self) -> SimControl:
+        if self.action != "list" and self.host_id is None:
+            raise ValueError(f"action {self.action!r} needs host_id")
+        if self.action in ("fault", "repair") and self.device_index is None:
+            raise ValueError(f"action {self.action!r} needs device_index")
+        return self
+
+
+class SimHostInfo(BaseModel):
+    host_id: str
+    site: str
+    up: bool
+    devices: int
+    faulty: list[int] = Field(default_factory=list)
+
+
+class SimControlReply(BaseModel):
+    ok: bool
+    detail: str = ""
+    hosts: list[SimHostInfo] = Field(default_factory=list)

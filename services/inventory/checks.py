@@ -1,0 +1,51 @@
+"""Checks on agents' reports beyond their schema: what the inventory's columns can hold.
+
+A report that would make PostgreSQL fail (a string longer than its column, a NUL byte in
+JSON) is rejected on its own before it reaches a batch, so it cannot fail the batch.
+"""
+
+from __future__ import annotations
+
+from libs.schemas.hostevents import CapabilityReport
+from libs.versions import SpecifierSet
+
+LIMITS = {"vendor": 40, "model": 128, "driver_version": 64, "firmware_version": 64, "uuid": 128, "pci_bus_id": 64}
+
+
+def _no_nul(value: object, where: str) -> None:
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError(f"{where} contains a NUL character")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _no_nul(k, where)
+            _no_nul(v, f"{where}.{k}")
+    elif isinstance(value, list | tuple):
+        for v in value:
+            _no_nul(v, where)
+
+
+def check_capability(report: CapabilityReport, event_subject: str | None) -> None:
+    """Raise ValueError (safe to log) when the report cannot be stored as it is."""
+    if event_subject is not None and event_subject != report.host_id:
+        raise ValueError("event subject is not the report's host id")
+    if len(report.facts.hostname) > 256 or len(report.agent_version) > 64:
+        raise ValueError("hostname or agent_version too long")
+    for i, d in enumerate(report.devices):
+        for name, limit in LIMITS.items():
+            value = getattr(d, name)
+            if value is not None and len(value) > limit:
+                raise ValueError(f"devices[{i}].{name} is longer than {limit}")
+        if not d.vendor:
+            raise ValueError(f"devices[{i}].vendor is empty")
+        if d.vendor != d.vendor.lower():
+            raise ValueError(f"devices[{i}].vendor must be lower case")
+    keys = [(d.vendor, d.index) for d in report.devices]
+    if len(set(keys)) != len(keys):
+        raise ValueError("two devices share a vendor and index")
+    _no_nul(report.model_dump(mode="json"), "report")
+
+
+def check_specifiers(*specs: str) -> None:
+    for spec in specs:
+        SpecifierSet.parse(spec)

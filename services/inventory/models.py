@@ -1,0 +1,203 @@
+"""Inventory domain logic: capability reports applied to hosts and devices, host status, labels.
+
+Capability reports arrive in batches. One transaction applies a batch: hosts are locked,
+reports older than (or as old as) the host's generation are skipped, the rest replace
+the host's facts, discovered labels and devices in place. Device identity is
+(vendor, index, uuid); a device that appears, disappears or flips health emits an event
+through the outbox in the same transaction.
+"""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, case, func, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from libs.bus.subjects import event_subject
+from libs.events import CloudEvent, EventTypes
+from libs.schemas.devices import Device, Health
+from libs.schemas.hostevents import CapabilityReport
+from libs.schemas.inventory import DeviceEvent, HostLabels, HostStatus
+from services.inventory.catalog import Catalog
+from services.inventory.orm import devices, hosts, outbox, sites
+
+SOURCE = "/inventory"
+
+
+@dataclass(frozen=True)
+class Capability:
+    report: CapabilityReport
+    reported_at: datetime
+
+
+@dataclass
+class Applied:
+    """What a batch changed: counts, and each applied host's device health by slot (for caches)."""
+
+    applied: int = 0
+    stale: int = 0
+    events: int = 0
+    health: dict[str, list[Health]] = field(default_factory=dict)
+    sites: dict[str, str] = field(default_factory=dict)
+
+
+def device_id(host_id: str, vendor: str, index: int) -> str:
+    return f"{host_id}:{vendor}:{index}"
+
+
+def device_event(etype: str, row: dict[str, Any], reason: str) -> CloudEvent:
+    data = DeviceEvent(id=device_id(row["host_id"], row["vendor"], row["vendor_index"]), host_id=row["host_id"],
+                       site=row["site"], slot=row["slot"], index=row["vendor_index"],
+                       hardware_type=row["hardware_type"], vendor=row["vendor"], model=row["model"],
+                       uuid=row.get("uuid"), health=row["health"], reason=reason)
+    return CloudEvent.new(etype, SOURCE, data, subject=data.id, id=str(uuidlib.uuid4()))
+
+
+def outbox_row(event: CloudEvent, site: str) -> dict[str, Any]:
+    return {"event_id": event.id, "subject": event_subject(event.type, site), "payload": event.to_bytes()}
+
+
+def _device_row(report: CapabilityReport, slot: int, d: Device, cat: Catalog) -> dict[str, Any]:
+    match = cat.match(d.vendor, d.model)
+    return {
+        "host_id": report.host_id, "slot": slot, "site": report.site, "vendor": d.vendor, "vendor_index": d.index,
+        "hardware_type": d.hardware_type.value, "model": d.model,
+        "catalog_model": match.model if match else None, "compute_units": match.compute_units if match else None,
+        "memory_mib": d.memory_mib, "driver_version": d.driver_version, "runtimes": d.runtimes,
+        "firmware_version": d.firmware_version, "uuid": d.uuid, "pci_bus_id": d.pci_bus_id, "numa_node": d.numa_node,
+        "links": [lk.model_dump() for lk in d.links], "extra": d.extra, "health": d.health.value,
+        "health_changed_at": None,
+    }
+
+
+def _diff(report: CapabilityReport, old: Sequence[dict[str, Any]], cat: Catalog,
+          now: datetime) -> tuple[list[dict[str, Any]], list[CloudEvent]]:
+    """New device rows for the host and the events the change implies."""
+    old_by_key = {(r["vendor"], r["vendor_index"]): r for r in old}
+    rows, events = [], []
+    seen = set()
+    for slot, d in enumerate(report.devices):
+        row = _device_row(report, slot, d, cat)
+        key = (d.vendor, d.index)
+        seen.add(key)
+        prev = old_by_key.get(key)
+        if prev is None or (prev["uuid"] or "") != (d.uuid or ""):
+            if prev is not None:
+                events.append(device_event(EventTypes.DEVICE_REMOVED, prev, "capability"))
+            row["health_changed_at"] = now
+            events.append(device_event(EventTypes.DEVICE_ADDED, row, "capability"))
+        else:
+            row["health_changed_at"] = prev["health_changed_at"]
+            if d.health == Health.UNKNOWN:  # the probe could not tell: keep what telemetry said
+                row["health"] = prev["health"]
+            elif row["health"] != prev["health"]:
+                row["health_changed_at"] = now
+                etype = EventTypes.DEVICE_UNHEALTHY if d.health == Health.UNHEALTHY else EventTypes.DEVICE_HEALTHY
+                events.append(device_event(etype, row, "capability"))
+        rows.append(row)
+    for key, prev in old_by_key.items():
+        if key not in seen:
+            events.append(device_event(EventTypes.DEVICE_REMOVED, prev, "capability"))
+    return rows, events
+
+
+def latest_per_host(caps: Iterable[Capability]) -> list[Capability]:
+    best: dict[str, Capability] = {}
+    for c in caps:
+        cur = best.get(c.report.host_id)
+        if cur is None or c.report.generation > cur.report.generation:
+            best[c.report.host_id] = c
+    return list(best.values())
+
+
+async def apply_capabilities(session: AsyncSession, caps: Sequence[Capability], cat: Catalog) -> Applied:
+    """Apply a batch of capability reports in the caller's transaction."""
+    out = Applied()
+    latest = latest_per_host(caps)
+    out.stale = len(caps) - len(latest)
+    ids = [c.report.host_id for c in latest]
+    current = dict((await session.execute(
+        select(hosts.c.id, hosts.c.generation).where(hosts.c.id.in_(ids)).order_by(hosts.c.id).with_for_update())).all())
+    fresh = [c for c in latest if c.report.host_id not in current or c.report.generation > current[c.report.host_id]]
+    out.stale += len(latest) - len(fresh)
+    if not fresh:
+        return out
+    now = datetime.now(UTC)
+    site_ids = sorted({c.report.site for c in fresh})
+    await session.execute(insert(sites).values([{"id": s, "city": s, "origin": "auto"} for s in site_ids])
+                          .on_conflict_do_nothing())
+    old: dict[str, list[dict[str, Any]]] = {}
+    fresh_ids = [c.report.host_id for c in fresh]
+    for row in (await session.execute(select(devices).where(devices.c.host_id.in_(fresh_ids)))).mappings():
+        old.setdefault(row["host_id"], []).append(dict(row))
+    host_rows, device_rows, events = [], [], []
+    for c in fresh:
+        r = c.report
+        rows, evs = _diff(r, old.get(r.host_id, []), cat, now)
+        device_rows += rows
+        events += [(e, r.site) for e in evs]
+        host_rows.append({
+            "id": r.host_id, "site": r.site, "hostname": r.facts.hostname, "status": HostStatus.UP.value,
+            "generation": r.generation, "agent_version": r.agent_version, "facts": r.facts.model_dump(mode="json"),
+            "discovered_labels": r.labels, "device_count": len(r.devices),
+            "hardware_types": dict(Counter(d.hardware_type.value for d in r.devices)), "updated_at": now,
+            "reported_at": c.reported_at, "status_changed_at": c.reported_at})
+        out.health[r.host_id] = [Health(row["health"]) for row in rows]
+        out.sites[r.host_id] = r.site
+    stmt = insert(hosts)
+    ex = stmt.excluded
+    newer = or_(hosts.c.status_changed_at.is_(None), hosts.c.status_changed_at < ex.reported_at)
+    await session.execute(stmt.on_conflict_do_update(index_elements=[hosts.c.id], set_={
+        "site": ex.site, "hostname": ex.hostname, "generation": ex.generation, "agent_version": ex.agent_version,
+        "facts": ex.facts, "discovered_labels": ex.discovered_labels, "device_count": ex.device_count,
+        "hardware_types": ex.hardware_types, "updated_at": ex.updated_at, "reported_at": ex.reported_at,
+        # A report newer than the last status change is proof of life.
+        "status": case((newer, HostStatus.UP.value), else_=hosts.c.status),
+        "status_changed_at": case((and_(hosts.c.status != HostStatus.UP.value, newer), ex.reported_at),
+                                  else_=hosts.c.status_changed_at),
+    }), host_rows)
+    await session.execute(text(
+        "DELETE FROM inventory.devices d USING (SELECT unnest(CAST(:ids AS text[])) AS host_id, "
+        "unnest(CAST(:counts AS int[])) AS n) v WHERE d.host_id = v.host_id AND d.slot >= v.n"),
+        {"ids": fresh_ids, "counts": [len(c.report.devices) for c in fresh]})
+    if device_rows:
+        dstmt = insert(devices)
+        keep = {"host_id", "slot"}
+        await session.execute(dstmt.on_conflict_do_update(
+            index_elements=[devices.c.host_id, devices.c.slot],
+            set_={**{c.name: dstmt.excluded[c.name] for c in devices.columns if c.name not in keep},
+                  "updated_at": func.now()}), device_rows)
+    if events:
+        await session.execute(outbox.insert(), [outbox_row(e, site) for e, site in events])
+    out.applied, out.events = len(fresh), len(events)
+    return out
+
+
+async def set_host_status(session: AsyncSession, host_id: str, status: HostStatus, at: datetime) -> bool:
+    """Apply a registry up/down event unless a later change is already recorded."""
+    result = await session.execute(
+        update(hosts).where(hosts.c.id == host_id,
+                            (hosts.c.status_changed_at.is_(None)) | (hosts.c.status_changed_at <= at))
+        .values(status=status.value, status_changed_at=at))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def set_labels(session: AsyncSession, req: HostLabels) -> dict[str, str] | None:
+    """Operator labels: set and remove keys; None when the host is unknown."""
+    current = (await session.execute(select(hosts.c.operator_labels).where(hosts.c.id == req.id).with_for_update())
+               ).scalar_one_or_none()
+    if current is None:
+        return None
+    labels = {k: v for k, v in dict(current).items() if k not in set(req.remove)}
+    labels.update(req.set)
+    if len(labels) > 64:
+        raise ValueError("a host may carry at most 64 operator labels")
+    await session.execute(update(hosts).where(hosts.c.id == req.id).values(operator_labels=labels))
+    return labels
