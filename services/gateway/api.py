@@ -13,7 +13,7 @@ from libs.service import Context, ServiceApp
 from services.gateway.http import create_app
 
 log = logging.getLogger(__name__)
-app = ServiceApp("gateway", uses_db=False)
+app = ServiceApp("gateway")
 
 
 class _Server(uvicorn.Server):

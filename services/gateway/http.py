@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from opentelemetry import trace
 from starlette.middleware.base import BaseHTTPMiddleware
 
@@ -13,6 +13,7 @@ from libs import __version__
 from libs.service import Context
 from libs.tracing import tracer
 from services.gateway import problems
+from services.gateway.auth import gate
 from services.gateway.routes import hosts, system
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -42,6 +43,7 @@ def create_app(ctx: Context) -> FastAPI:
         description="One API for heterogeneous compute: ask for a kind and amount of hardware; "
                     "xpumesh finds it in any city and runs the work there.",
         openapi_url="/openapi.json",
+        dependencies=[Depends(gate)],
     )
     app.state.ctx = ctx
     app.add_middleware(RequestContext)

@@ -1,0 +1,177 @@
+"""The gateway's records: API keys (hashed at rest), tenant quotas, idempotency responses.
+
+Keys are ``xpm_`` + 32 random bytes (urlsafe base64). Only the sha256 of a key is stored,
+with its first characters as a non-secret lookup prefix; verification compares digests in
+constant time. Model functions take a session and only flush; the caller commits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from libs.schemas.tenancy import ApiKey, Quota, Role, TenantQuota
+from services.gateway.orm import api_keys, idempotency_keys, tenant_quotas
+
+KEY_PREFIX_LEN = 12
+MIN_KEY_LEN = 24
+KEY_SCHEME = "xpm_"
+
+
+def key_digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def key_prefix(key: str) -> str:
+    return key[:KEY_PREFIX_LEN]
+
+
+def new_key_secret() -> str:
+    return KEY_SCHEME + secrets.token_urlsafe(32)
+
+
+def _new_key_id() -> str:
+    return "key_" + secrets.token_hex(6)
+
+
+def _api_key(row: Any) -> ApiKey:
+    return ApiKey(id=row.id, prefix=row.prefix, tenant=row.tenant, role=Role(row.role), name=row.name,
+                  created_at=row.created_at, created_by=row.created_by, revoked_at=row.revoked_at)
+
+
+async def create_key(session: AsyncSession, *, tenant: str, role: Role, name: str = "",
+                     created_by: str | None = None, secret: str | None = None) -> tuple[ApiKey, str]:
+    """Store a new key; return it and its secret (the only time the secret exists outside the caller)."""
+    secret = secret or new_key_secret()
+    if len(secret) < MIN_KEY_LEN:
+        raise ValueError(f"an API key must be at least {MIN_KEY_LEN} characters")
+    row = (await session.execute(api_keys.insert().values(
+        id=_new_key_id(), prefix=key_prefix(secret), hash=key_digest(secret), tenant=tenant, role=str(role),
+        name=name, created_by=created_by).returning(*api_keys.c))).one()
+    return _api_key(row), secret
+
+
+async def verify_key(session: AsyncSession, secret: str) -> ApiKey | None:
+    """The live key whose secret this is, or None. Candidates by prefix; digests compared in constant time."""
+    if len(secret) < MIN_KEY_LEN or len(secret) > 256:
+        return None
+    digest = key_digest(secret)
+    rows = (await session.execute(
+        select(api_keys).where(api_keys.c.prefix == key_prefix(secret), api_keys.c.revoked_at.is_(None)))).all()
+    found = None
+    for row in rows:
+        if hmac.compare_digest(row.hash, digest):
+            found = row
+    return _api_key(found) if found is not None else None
+
+
+async def list_keys(session: AsyncSession, *, tenant: str | None, after: str | None, limit: int,
+                    include_revoked: bool = False) -> tuple[list[ApiKey], str | None]:
+    q = select(api_keys).order_by(api_keys.c.id).limit(limit + 1)
+    if tenant is not None:
+        q = q.where(api_keys.c.tenant == tenant)
+    if after is not None:
+        q = q.where(api_keys.c.id > after)
+    if not include_revoked:
+        q = q.where(api_keys.c.revoked_at.is_(None))
+    rows = (await session.execute(q)).all()
+    items = [_api_key(r) for r in rows[:limit]]
+    return items, (items[-1].id if len(rows) > limit else None)
+
+
+async def revoke_key(session: AsyncSession, key_id: str) -> ApiKey | None:
+    row = (await session.execute(
+        update(api_keys).where(api_keys.c.id == key_id)
+        .values(revoked_at=datetime.now(UTC)).returning(*api_keys.c))).one_or_none()
+    return _api_key(row) if row is not None else None
+
+
+async def any_admin_key(session: AsyncSession) -> bool:
+    row = (await session.execute(select(api_keys.c.id).where(
+        api_keys.c.role == str(Role.ADMIN), api_keys.c.revoked_at.is_(None)).limit(1))).first()
+    return row is not None
+
+
+async def key_exists(session: AsyncSession, secret: str) -> bool:
+    row = (await session.execute(select(api_keys.c.id).where(api_keys.c.hash == key_digest(secret)))).first()
+    return row is not None
+
+
+# --- quotas --------------------------------------------------------------------------------
+async def get_quota(session: AsyncSession, tenant: str) -> Quota:
+    row = (await session.execute(select(tenant_quotas).where(tenant_quotas.c.tenant == tenant))).one_or_none()
+    if row is None:
+        return Quota()
+    return Quota(devices=row.devices, compute_units=row.compute_units)
+
+
+async def put_quota(session: AsyncSession, tenant: str, quota: Quota) -> None:
+    values = {"devices": {str(k): v for k, v in quota.devices.items()}, "compute_units": quota.compute_units,
+              "updated_at": datetime.now(UTC)}
+    stmt = insert(tenant_quotas).values(tenant=tenant, **values)
+    await session.execute(stmt.on_conflict_do_update(index_elements=[tenant_quotas.c.tenant], set_=values))
+
+
+async def delete_quota(session: AsyncSession, tenant: str) -> None:
+    await session.execute(delete(tenant_quotas).where(tenant_quotas.c.tenant == tenant))
+
+
+async def all_quotas(session: AsyncSession) -> list[TenantQuota]:
+    rows = (await session.execute(select(tenant_quotas).order_by(tenant_quotas.c.tenant))).all()
+    return [TenantQuota(tenant=r.tenant, devices=r.devices, compute_units=r.compute_units) for r in rows]
+
+
+# --- idempotency ---------------------------------------------------------------------------
+@dataclass
+class StoredResponse:
+    request_hash: str
+    method: str
+    path: str
+    status_code: int | None  # None: the first request is still running
+    content_type: str | None
+    body: bytes | None
+
+
+async def claim_idempotency_key(session: AsyncSession, *, key_id: str, idem_key: str, method: str, path: str,
+                                request_hash: str, ttl: timedelta) -> StoredResponse | None:
+    """Claim the key for this request (None), or return what an earlier request with it stored."""
+    cutoff = datetime.now(UTC) - ttl
+    await session.execute(delete(idempotency_keys).where(
+        idempotency_keys.c.key_id == key_id, idempotency_keys.c.idem_key == idem_key,
+        idempotency_keys.c.created_at < cutoff))
+    inserted = (await session.execute(insert(idempotency_keys).values(
+        key_id=key_id, idem_key=idem_key, method=method, path=path, request_hash=request_hash)
+        .on_conflict_do_nothing().returning(idempotency_keys.c.key_id))).first()
+    if inserted is not None:
+        return None
+    row = (await session.execute(select(idempotency_keys).where(
+        idempotency_keys.c.key_id == key_id, idempotency_keys.c.idem_key == idem_key))).one()
+    return StoredResponse(row.request_hash, row.method, row.path, row.status_code, row.content_type, row.body)
+
+
+async def store_idempotent_response(session: AsyncSession, *, key_id: str, idem_key: str, status_code: int,
+                                    content_type: str | None, body: bytes) -> None:
+    await session.execute(update(idempotency_keys).where(
+        idempotency_keys.c.key_id == key_id, idempotency_keys.c.idem_key == idem_key).values(
+        status_code=status_code, content_type=content_type, body=body))
+
+
+async def release_idempotency_key(session: AsyncSession, *, key_id: str, idem_key: str) -> None:
+    """Forget a claim whose request failed on our side, so a retry runs again."""
+    await session.execute(delete(idempotency_keys).where(
+        idempotency_keys.c.key_id == key_id, idempotency_keys.c.idem_key == idem_key,
+        idempotency_keys.c.status_code.is_(None)))
+
+
+async def prune_idempotency(session: AsyncSession, ttl: timedelta) -> int:
+    result = await session.execute(delete(idempotency_keys).where(
+        idempotency_keys.c.created_at < datetime.now(UTC) - ttl))
+    return int(getattr(result, "rowcount", 0) or 0)
