@@ -43,25 +43,31 @@ def instance_matches(instance: str, *, configured: str | None, hostname: str) ->
     """Whether ``instance`` is the process of this container (see ``libs.service.default_instance_id``)."""
     if configured:
         return instance == configured
-    prefix = (hostname.split(".")[0].replace(".", "-") + "-")[:64]
-    return instance.startswith(prefix)
+    prefix = (hostname.split(".")[0] + "-")[:64]
+    rest = instance[len(prefix):]
+    return instance.startswith(prefix) and (rest.isdigit() or rest == "")  # "": the pid was cut at 64 characters
 
 
 async def ask_service(url: str, service: str, *, configured: str | None, hostname: str,
                       timeout_s: float) -> ServiceHealth | None:
     """The health this container's instance of ``service`` reports, or None when it does not answer in time."""
     servers = [u.strip() for u in url.split(",") if u.strip()]
+
+    async def quiet(exc: Exception) -> None:  # the outcome is reported once, below
+        pass
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s  # one budget for connecting and for the answer
     try:
-        nc = await nats.connect(servers=servers, name="healthcheck", connect_timeout=timeout_s,
-                                allow_reconnect=False, max_reconnect_attempts=0)
+        nc = await asyncio.wait_for(
+            nats.connect(servers=servers, name="healthcheck", connect_timeout=timeout_s, allow_reconnect=False,
+                         max_reconnect_attempts=1, error_cb=quiet), timeout=timeout_s)
     except Exception as exc:
         raise NatsUnreachable(type(exc).__name__) from None
     try:
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)
         await nc.publish(CTL_HEALTH, b"{}", reply=inbox)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
         while (left := deadline - loop.time()) > 0:
             try:
                 msg = await sub.next_msg(timeout=left)
