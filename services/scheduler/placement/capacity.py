@@ -9,12 +9,12 @@ NVLink/HCCS island when they can).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from services.scheduler.placement.snapshot import EPS, FleetSnapshot, FloatArray
+from services.scheduler.placement.snapshot import EPS, BoolArray, FleetSnapshot, FloatArray, IntArray
 from services.scheduler.placement.workloads import SHARE_SCALE, UNITS_PER_DEVICE, Item, Kind
 
 
@@ -35,6 +35,7 @@ class Weights:
     data_per_10s: int = 1  # per 10 s of moving the input data to the host's site
     data_cap: int = 200
     balance: int = 20  # * the site's utilisation (0..1)
+    pressure: int = 100  # flexible requests: * the class's relative pressure (see PlacementCosts)
     gap: int = 100  # the solver stops when it cannot gain more than this (one fragment)
 
 
@@ -50,6 +51,7 @@ class Choice:
     share: int  # SHARE: share units taken on ``device``
     mem: int  # SHARE: MiB taken on ``device``
     fresh: bool = False  # SHARE: ``device`` was untouched before this choice
+    cost: int = 0  # PlacementCosts.pool_costs (+ share waste) for this option
 
 
 def pool_cost(w: Weights, free: int, size: int, used: int) -> int:
@@ -77,8 +79,13 @@ def quota_units(item: Item, choice_n: int) -> int:
     return choice_n * UNITS_PER_DEVICE
 
 
-class SiteCosts:
-    """Per-site cost terms: data transfer (per data site/size) and utilisation balance."""
+class PlacementCosts:
+    """Per-option cost terms that do not depend on what else lands on the pool: data
+    transfer and utilisation balance per site, and for flexible requests (type 'any', or
+    no vendor) the pressure on the device class they would take: rigid requests of this
+    batch that can only use that class, divided by its free devices. Flexible work thus
+    leaves scarce classes to the work that has no alternative. Pressure is relative to the
+    fleet-wide ratio (1.0 = average), capped at 3."""
 
     def __init__(self, snap: FleetSnapshot, weights: Weights) -> None:
         self.snap = snap
@@ -89,9 +96,17 @@ class SiteCosts:
         with np.errstate(divide="ignore", invalid="ignore"):
             util = np.where(site_total > 0, 1.0 - site_free / np.maximum(site_total, 1), 1.0)
         self.balance = np.round(util * weights.balance).astype(np.int64)
-        self._data: dict[tuple[str | None, float], np.ndarray] = {}
+        self._data: dict[tuple[str | None, float], IntArray] = {}
+        classes: dict[tuple[str, str], int] = {}
+        prof_class = np.array([classes.setdefault((str(p.hardware_type), p.vendor), len(classes))
+                               for p in snap.profiles], dtype=np.int64)
+        self.pool_class = prof_class[snap.pool_profile] if len(prof_class) else np.zeros(0, dtype=np.int64)
+        self.pool_site = snap.host_site[snap.pool_host].astype(np.int64)
+        self.pressure = np.zeros(len(classes), dtype=np.int64)
+        self.prof_cu = np.array([p.compute_units for p in snap.profiles], dtype=np.float64)
+        self._flex: dict[int, bool] = {}
 
-    def site_cost(self, item: Item) -> np.ndarray:
+    def site_cost(self, item: Item) -> IntArray:
         """Integer cost per site for this item (data transfer + balance)."""
         key = (item.data_site, item.data_gib)
         hit = self._data.get(key)
@@ -100,6 +115,33 @@ class SiteCosts:
             data = np.minimum(np.ceil(secs / 10.0) * self.weights.data_per_10s, self.weights.data_cap)
             hit = self._data[key] = data.astype(np.int64) + self.balance
         return hit
+
+    def set_pressure(self, items: Sequence[Item], pool_ok: Callable[[Item], BoolArray]) -> None:
+        demand = np.zeros(len(self.pressure), dtype=np.float64)
+        seen: dict[int, IntArray] = {}
+        for it in items:
+            cls = seen.get(id(it.sig))
+            if cls is None:
+                cls = seen[id(it.sig)] = np.unique(self.pool_class[pool_ok(it)])
+                self._flex[id(it.sig)] = len(cls) > 1
+            if len(cls) == 1:
+                demand[cls[0]] += it.n if it.kind != Kind.SHARE else it.share / SHARE_SCALE
+        supply = np.bincount(self.pool_class, weights=self.snap.pool_free, minlength=len(self.pressure))
+        ratio = demand / np.maximum(supply, 1.0)
+        mean = demand.sum() / max(supply.sum(), 1.0)  # the fleet-wide ratio
+        rel = np.minimum(ratio / mean, 3.0) if mean > 0 else np.zeros_like(ratio)
+        self.pressure = np.round(rel * self.weights.pressure).astype(np.int64)
+
+    def pool_costs(self, item: Item, pools: IntArray, need: IntArray | None = None) -> IntArray:
+        """Cost of each pool for this item, before fragmentation (see ``pool_cost``)."""
+        cost = self.site_cost(item)[self.pool_site[pools]]
+        if self._flex.get(id(item.sig)):
+            cost = cost + self.pressure[self.pool_class[pools]]
+        if item.kind == Kind.CU and need is not None:
+            cu = self.prof_cu[self.snap.pool_profile[pools]]
+            over = (need * cu - item.cu) / np.maximum(cu, EPS)
+            cost = cost + np.round(np.clip(over, 0, 8) * self.weights.share_waste).astype(np.int64)
+        return cost
 
 
 class Capacity:
@@ -114,6 +156,7 @@ class Capacity:
         self.fresh_taken: dict[int, int] = {}  # pool → whole devices turned into shared ones
         self._whole: dict[int, list[int]] = {}
         self.new_partial: list[int] = []
+        self.touched: set[int] = set()  # pools whose free count differs from the snapshot
 
     def whole_devices(self, pool: int) -> list[int]:
         """Devices of the pool that were whole and free in the snapshot (shares take from the front)."""
@@ -135,17 +178,15 @@ class Capacity:
         choosing: shares taken from the pool are assumed to come from its first devices)."""
         whole = self.whole_devices(pool)[self.fresh_taken.get(pool, 0):]
         links = self.snap.dev_link[whole]
-        if len(links) < n:
-            return False
-        if np.any(links < 0):
-            return False
-        return int(np.bincount(links).max()) >= n
+        links = links[links >= 0]  # devices without a known link group never count
+        return len(links) >= n and int(np.bincount(links).max()) >= n
 
     def apply(self, item: Item, c: Choice, hw: str, sign: int = 1) -> None:
         """Take (sign=1) or give back (sign=-1) the capacity of a choice."""
         if item.kind == Kind.SHARE:
             if c.fresh:  # an untouched device becomes a shared one (or back)
                 self.pool_free[c.pool] -= sign
+                self.touched.add(c.pool)
                 self.fresh_taken[c.pool] = self.fresh_taken.get(c.pool, 0) + sign
                 if sign > 0:
                     self.new_partial.append(c.device)
@@ -153,6 +194,7 @@ class Capacity:
             self.free_mem[c.device] -= sign * c.mem
         else:
             self.pool_free[c.pool] -= sign * c.n
+            self.touched.add(c.pool)
         if item.tenant is not None and (item.tenant, hw) in self.quota_left:
             self.quota_left[(item.tenant, hw)] -= sign * quota_units(item, c.n)
 

@@ -11,8 +11,8 @@ from libs.schemas.devices import HardwareType
 from services.scheduler.placement.capacity import (
     DEFAULT_WEIGHTS,
     Choice,
+    PlacementCosts,
     Selected,
-    SiteCosts,
     Weights,
     pool_cost,
     select_devices,
@@ -91,10 +91,10 @@ def _split(items: Sequence[Item], g: GreedyResult, binding: set[tuple[str, str]]
     return sorted(groups.values(), key=len, reverse=True)
 
 
-def _solo_best(snap: FleetSnapshot, item: Item, opts: list[Choice], site_cost: list[int], w: Weights) -> Choice:
+def _solo_best(snap: FleetSnapshot, item: Item, opts: list[Choice], w: Weights) -> Choice:
     """Exact optimum for an item that competes with nothing: the cheapest option."""
     def cost(c: Choice) -> int:
-        base = site_cost[int(snap.host_site[snap.pool_host[c.pool]])]
+        base = c.cost
         free, size = int(snap.pool_free[c.pool]), int(snap.pool_usable[c.pool])
         if item.kind == Kind.SHARE:
             return base + (w.fresh_share + pool_cost(w, free, size, 1) if c.fresh else 0)
@@ -109,7 +109,7 @@ def place(
     rules: PlacementRules | None = None,
     quotas: Quotas | None = None,
     time_limit_s: float = 1.0,
-    max_candidates: int = 64,
+    max_candidates: int = 6,
     weights: Weights = DEFAULT_WEIGHTS,
     workers: int = 1,
 ) -> PlacementDecision:
@@ -140,13 +140,15 @@ def _run(batch: Sequence[PendingWorkload], snap: FleetSnapshot, rules: Placement
     feas = FeasibilityCache(snap, rules)
     for it in items:
         feas.get(it.sig)
-    costs = SiteCosts(snap, weights)
+    costs = PlacementCosts(snap, weights)
+    if optimise:
+        costs.set_pressure(items, lambda it: feas.get(it.sig).pool_ok)
     quotas_left = _quotas_left(snap, quotas)
     t1 = time.perf_counter()
     timings["feasibility"] = t1 - t0
     k = max(1, max_candidates)
     g = greedy_pass(items, snap, feas, costs, weights, quotas_left, strategy=strategy,
-                    max_candidates=k if optimise else 1, snapshot_candidates=k // 4 if optimise and k >= 4 else 0)
+                    max_candidates=k if optimise else 1)
     t2 = time.perf_counter()
     timings["greedy"] = t2 - t1
     choices: dict[int, Choice] = {}
@@ -172,7 +174,7 @@ def _run(batch: Sequence[PendingWorkload], snap: FleetSnapshot, rules: Placement
     timings["select"] = t4 - t3
     preemptions: list[Preemption] = []
     if optimise and time_limit_s > 0:
-        _preempt(items, snap, feas, by_item, preemptions, batch, max_candidates, t0 + time_limit_s)
+        _preempt(items, snap, feas, by_item, preemptions, batch, max_candidates, t0 + time_limit_s, quotas_left)
     t5 = time.perf_counter()
     timings["preempt"] = t5 - t4
     assignments, pending = _results(batch, items, snap, feas, by_item, g, quotas_left)
@@ -183,7 +185,7 @@ def _run(batch: Sequence[PendingWorkload], snap: FleetSnapshot, rules: Placement
                              placer="cpsat" if optimise else strategy)
 
 
-def _optimise(items: Sequence[Item], g: GreedyResult, snap: FleetSnapshot, costs: SiteCosts, weights: Weights,
+def _optimise(items: Sequence[Item], g: GreedyResult, snap: FleetSnapshot, costs: PlacementCosts, weights: Weights,
               quotas_left: dict[tuple[str, str], int], deadline: float, workers: int, choices: dict[int, Choice],
               stats: list[SubproblemStats]) -> str:
     pool_hw = {c.pool: str(snap.profiles[snap.pool_profile[c.pool]].hardware_type)
@@ -206,12 +208,16 @@ def _optimise(items: Sequence[Item], g: GreedyResult, snap: FleetSnapshot, costs
     if fixed:
         stats.append(SubproblemStats("greedy-exact-fills", len(fixed), len(fixed), "FIXED", 0.0, 0.0, 0.0))
     g = _without(g, fixed, full, snap)
+    for it in items:  # a gang with a replica that has nowhere to go cannot be placed at all
+        if it.gang and it.idx not in fixed and not g.candidates.get(it.idx):
+            for other in items:
+                if other.workload == it.workload:
+                    g.candidates[other.idx] = []
     groups = _split(items, g, binding, pool_hw)
-    site_cost = {it.idx: costs.site_cost(it).tolist() for it in items if g.candidates.get(it.idx)}
     hard = [grp for grp in groups if len(grp) > 1 or items[grp[0]].gang]
     solo = [grp[0] for grp in groups if len(grp) == 1 and not items[grp[0]].gang]
     for i in solo:
-        choices[i] = _solo_best(snap, items[i], g.candidates[i], site_cost[i], weights)
+        choices[i] = _solo_best(snap, items[i], g.candidates[i], weights)
     if solo:
         stats.append(SubproblemStats("independent", len(solo), sum(len(g.candidates[i]) for i in solo),
                                      "TRIVIAL", 0.0, 0.0, 0.0))
@@ -222,7 +228,7 @@ def _optimise(items: Sequence[Item], g: GreedyResult, snap: FleetSnapshot, costs
         budget = (deadline - time.perf_counter()) * opts / total_opts
         total_opts -= opts
         mi = ModelInput(items, grp, {i: g.candidates[i] for i in grp}, {i: g.choices[i] for i in grp if i in g.choices},
-                        site_cost, pool_hw, {k: quota_model[k] for k in binding}, g.site_cap)
+                        pool_hw, {k: quota_model[k] for k in binding}, g.site_cap)
         hw_names = sorted({pool_hw[c.pool] for i in grp for c in g.candidates[i]})
         name = f"{'+'.join(hw_names)}#{n}"
         if budget <= 1e-3:
@@ -292,36 +298,56 @@ def _without(g: GreedyResult, fixed: set[int], full: set[int], snap: FleetSnapsh
     return out
 
 
+def _quota_after(items: Sequence[Item], snap: FleetSnapshot, by_item: dict[int, Selected],
+                 quotas_left: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
+    left = dict(quotas_left)
+    if left:
+        for it in items:
+            s = by_item.get(it.idx)
+            if s is not None and it.tenant is not None:
+                key = (it.tenant, str(snap.profiles[snap.dev_profile[s.devices[0]]].hardware_type))
+                if key in left:
+                    left[key] -= round(sum(s.shares) * UNITS_PER_DEVICE)
+    return left
+
+
 def _preempt(items: Sequence[Item], snap: FleetSnapshot, feas: FeasibilityCache, by_item: dict[int, Selected],
              preemptions: list[Preemption], batch: Sequence[PendingWorkload], max_candidates: int,
-             deadline: float) -> None:
-    taken = {d for s in by_item.values() for d in s.devices}
-    pre: Preemptor | None = None
+             deadline: float, quotas_left: dict[tuple[str, str], int]) -> None:
+    floor = snap.min_preemptible_priority()
+    if floor is None:
+        return
     by_workload: dict[int, list[Item]] = {}
     for it in items:
         by_workload.setdefault(it.workload, []).append(it)
+    pre: Preemptor | None = None
+    quota = _quota_after(items, snap, by_item, quotas_left)
+    prof_hw = [str(p.hardware_type) for p in snap.profiles]
     for w, its in by_workload.items():  # items are in priority order, so workloads are too
         missing = [it for it in its if it.idx not in by_item]
-        if not missing:
-            continue
-        if pre is None:
-            pre = Preemptor(snap, feas, taken)
-        if not pre.worthwhile(its[0].priority):
+        if not missing or its[0].priority <= floor:
             continue
         left = deadline - time.perf_counter()
         if left <= 0.005:
             break
+        if pre is None:
+            pre = Preemptor(snap, feas, {d for s in by_item.values() for d in s.devices})
         gang = its[0].gang
         want = its if gang else missing
+        tenant = its[0].tenant
+        limits = {hw: v for (t, hw), v in quota.items() if t == tenant} if tenant is not None else {}
+        res = pre.try_place(want, gang, max_candidates, min(left, 1.0), limits)
+        if res is None:
+            continue
         if gang:
             for it in its:
                 by_item.pop(it.idx, None)
-        res = pre.try_place(want, gang, max_candidates, min(left, 1.0))
-        if res is None:
-            continue
         for c, devs in res.chosen:
             by_item[c.item] = Selected(c.item, int(snap.pool_host[c.pool]), devs, [1.0] * len(devs),
                                        [int(snap.dev_mem[d]) for d in devs])
+            key = (tenant or "", prof_hw[snap.pool_profile[c.pool]])
+            if key in quota:
+                quota[key] -= len(devs) * UNITS_PER_DEVICE
         for ai in res.evicted:
             a = snap.allocations[ai]
             preemptions.append(Preemption(a.workload_id, a.priority, tuple(d.device_id for d in a.devices),
@@ -345,13 +371,7 @@ def _results(batch: Sequence[PendingWorkload], items: Sequence[Item], snap: Flee
             sl = slice(k * per, (k + 1) * per)
             assignments.append(Assignment(wid, r, host, tuple(snap.dev_ids[d] for d in s.devices[sl]),
                                           tuple(s.shares[sl]), tuple(s.mems[sl])))
-    quota_after = dict(quotas_left)
-    for it in items:
-        s = by_item.get(it.idx)
-        if s is not None and it.tenant is not None:
-            hw = str(snap.profiles[snap.dev_profile[s.devices[0]]].hardware_type)
-            if (it.tenant, hw) in quota_after:
-                quota_after[(it.tenant, hw)] -= round(sum(s.shares) * UNITS_PER_DEVICE)
+    quota_after = _quota_after(items, snap, by_item, quotas_left)
     explainer = Explainer(feas)
     pending: list[Pending] = []
     for w, its in missing.items():

@@ -5,11 +5,15 @@ Items are taken in queue order (priority, then arrival) and each goes to the fir
 (best-fit, HAMi ``binpack`` style) pool that still fits it. Gangs that do not fit
 completely are rolled back.
 
-With ``record`` the same pass also keeps, for every item, its best ``max_candidates``
-options at the moment it was considered (some scored against the untouched snapshot,
-most against the capacity left by the items before it, so identical items are steered
-to different hosts). These bounded sets are what the CP-SAT model chooses among, and the
-greedy choice itself is always one of them, so the greedy result is a valid hint.
+With ``max_candidates`` > 1 the same pass also keeps, for every item, its best options at
+the moment it was considered, scored against the capacity left by the items before it (so
+identical items are steered to different hosts). These bounded sets are what the CP-SAT
+model chooses among; the greedy choice is always the first of them, so the greedy result
+is a valid hint.
+
+Ranking does not touch every eligible pool per item: pools are bucketed once per
+signature by what their score depends on (``_Groups``), buckets are scored and walked in
+order, and only pools already changed in this pass are re-scored individually.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import numpy as np
 from services.scheduler.placement.capacity import (
     Capacity,
     Choice,
-    SiteCosts,
+    PlacementCosts,
     Weights,
     cu_need,
     quota_units,
@@ -48,7 +52,7 @@ class GreedyResult:
 class _Ctx:
     """Per-pass lookups shared by all items."""
 
-    def __init__(self, snap: FleetSnapshot, feas: FeasibilityCache, costs: SiteCosts, weights: Weights) -> None:
+    def __init__(self, snap: FleetSnapshot, feas: FeasibilityCache, costs: PlacementCosts, weights: Weights) -> None:
         self.snap = snap
         self.feas = feas
         self.costs = costs
@@ -61,6 +65,13 @@ class _Ctx:
         self.prof_hw = np.array([hw_idx[str(p.hardware_type)] for p in snap.profiles], dtype=np.int64)
         self.pool_site = snap.host_site[snap.pool_host]
         self._sites: dict[int, int] = {}
+        self._groups: dict[int, _Groups] = {}
+
+    def groups(self, elig: Eligibility) -> _Groups:
+        hit = self._groups.get(id(elig))
+        if hit is None:
+            hit = self._groups[id(elig)] = _Groups(self.snap, elig.whole_pools)
+        return hit
 
     def hw_of_pool(self, pool: int) -> str:
         return self.hw_names[int(self.prof_hw[self.snap.pool_profile[pool]])]
@@ -101,46 +112,105 @@ def _top(score: np.ndarray, limit: int) -> np.ndarray:
     return np.argsort(score, kind="stable")
 
 
-def _whole_options(ctx: _Ctx, item: Item, elig: Eligibility, cap: Capacity, strategy: Strategy, limit: int,
-                   used_hosts: dict[int, int], site_count: dict[int, int], site_cap: int) -> list[Choice]:
+class _Groups:
+    """Eligible pools bucketed by everything their score depends on (profile, site, free and
+    usable devices at snapshot time), so ranking costs O(groups), not O(pools)."""
+
+    def __init__(self, snap: FleetSnapshot, pools: IntArray) -> None:
+        pf = snap.pool_free[pools]
+        key = ((snap.pool_profile[pools].astype(np.int64) * max(1, len(snap.sites))
+                + snap.host_site[snap.pool_host[pools]]) * 65 + pf) * 65 + snap.pool_usable[pools]
+        order = np.argsort(key, kind="stable")  # pools ascend within a group
+        skey = key[order]
+        starts = np.flatnonzero(np.r_[True, skey[1:] != skey[:-1]]) if len(skey) else np.zeros(0, dtype=np.int64)
+        members = pools[order]
+        self.rep = members[starts]
+        self.firsts = self.rep.astype(np.int64)
+        self.members = members.tolist()
+        self.starts = np.r_[starts, len(members)].tolist()
+
+
+def _scores(ctx: _Ctx, item: Item, pools: IntArray, pf: IntArray, strategy: Strategy
+            ) -> tuple[np.ndarray, IntArray, IntArray]:
+    """(score without the pool-index tie-break, devices needed, placement cost) per pool;
+    score is -1 where the pool cannot take the item."""
     snap = ctx.snap
-    pools = elig.whole_pools
-    if len(pools) == 0:
-        return []
-    pf = cap.pool_free[pools]
     if item.kind == Kind.CU:
         need = cu_need(item, ctx.prof_cu[snap.pool_profile[pools]])
         ok = (need > 0) & (pf >= need)
     else:
         need = np.full(len(pools), item.n, dtype=np.int64)
         ok = pf >= item.n
-    if not ok.any():
-        return []
-    ok &= _restrict(ctx, item, pools, need, cap, used_hosts, site_count, site_cap)
-    idx = np.flatnonzero(ok)
-    if len(idx) == 0:
-        return []
-    cand, needv = pools[idx], need[idx]
-    leftover = pf[idx] - needv
+    leftover = pf - need
+    base = np.zeros(len(pools), dtype=np.int64)
     if strategy == "first_fit":
-        score = cand.astype(np.int64)
+        score = np.zeros(len(pools), dtype=np.int64)
     elif strategy == "best_fit":
-        score = leftover * _BIG + cand
+        score = leftover * _BIG
     else:
         w = ctx.w
-        fresh = pf[idx] >= snap.pool_usable[cand]
+        fresh = pf >= snap.pool_usable[pools]
         frag = np.where(leftover == 0, np.where(fresh, 0, -w.frag), np.where(fresh, w.frag, 0))
-        score = (pf[idx] * w.waste + frag + ctx.costs.site_cost(item)[ctx.pool_site[cand]]) * _BIG // 1024 + cand
-    order = _top(score, limit) if not item.link else np.argsort(score, kind="stable")
-    out: list[Choice] = []
-    for j in order:
-        q, n = int(cand[j]), int(needv[j])
-        if item.link and not cap.link_fits(q, n):
-            continue
-        out.append(Choice(item.idx, q, -1, n, 0, 0))
-        if len(out) >= limit:
+        base = ctx.costs.pool_costs(item, pools, need)
+        score = (pf * w.waste + frag + base + 4096) * (_BIG // 1024)
+    return np.where(ok, score, -1), need, base
+
+
+def _whole_options(ctx: _Ctx, item: Item, elig: Eligibility, cap: Capacity, strategy: Strategy, limit: int,
+                   used_hosts: dict[int, int], site_count: dict[int, int], site_cap: int) -> list[Choice]:
+    snap = ctx.snap
+    if len(elig.whole_pools) == 0:
+        return []
+    groups = ctx.groups(elig)
+    score, need, base = _scores(ctx, item, groups.rep, snap.pool_free[groups.rep], strategy)
+    live = np.flatnonzero(score >= 0)
+    full_sites = {s for s, c in site_count.items() if c >= site_cap} if item.spread == "site" else set()
+    quota = [(i, cap.quota_left[(item.tenant, name)]) for i, name in enumerate(ctx.hw_names)
+             if item.tenant is not None and (item.tenant, name) in cap.quota_left]
+    host_of, site_of = snap.pool_host, ctx.pool_site
+
+    def allowed(q: int, n: int) -> bool:
+        if used_hosts and item.spread == "host" and int(host_of[q]) in used_hosts:
+            return False
+        if full_sites and int(site_of[q]) in full_sites:
+            return False
+        for hw, left in quota:
+            if ctx.prof_hw[snap.pool_profile[q]] == hw and quota_units(item, n) > left:
+                return False
+        return not (item.link and not cap.link_fits(q, n))
+
+    found: list[tuple[int, int, int, int]] = []  # (score, pool, need, cost)
+    touched = cap.touched
+    starts, members = groups.starts, groups.members
+    order = live[np.argsort(score[live] + groups.firsts[live], kind="stable")]
+    kth = None
+    for g in order.tolist():
+        sg = int(score[g])
+        if kth is not None and sg + members[starts[g]] > kth:
             break
-    return out
+        n, cost = int(need[g]), int(base[g])
+        taken = 0
+        for q in members[starts[g]:starts[g + 1]]:
+            if q in touched or not allowed(q, n):
+                continue
+            found.append((sg + q, q, n, cost))
+            taken += 1
+            if taken >= limit:
+                break
+        if len(found) >= limit:
+            found.sort()
+            del found[limit:]
+            kth = found[-1][0]
+    if touched:
+        tq = np.fromiter((q for q in touched if elig.pool_ok[q]), dtype=np.int64)
+        if len(tq):
+            t_score, t_need, t_base = _scores(ctx, item, tq, cap.pool_free[tq], strategy)
+            for j in np.flatnonzero(t_score >= 0).tolist():
+                q, n = int(tq[j]), int(t_need[j])
+                if allowed(q, n):
+                    found.append((int(t_score[j]) + q, q, n, int(t_base[j])))
+    found.sort()
+    return [Choice(item.idx, q, -1, n, 0, 0, cost=cost) for _, q, n, cost in found[:limit]]
 
 
 def _share_options(ctx: _Ctx, item: Item, elig: Eligibility, cap: Capacity, strategy: Strategy, limit: int,
@@ -162,17 +232,18 @@ def _share_options(ctx: _Ctx, item: Item, elig: Eligibility, cap: Capacity, stra
                             site_cap)
             idx = np.flatnonzero(ok)
             left = cap.free_share[devs[idx]] - s
+            base = np.zeros(len(idx), dtype=np.int64)
             if strategy == "first_fit":
                 score = pools[idx] * 4
             elif strategy == "best_fit":
                 score = np.round(left * SHARE_SCALE).astype(np.int64) * _BIG + devs[idx]
             else:
-                score = (np.round(left * w.share_waste) + ctx.costs.site_cost(item)[ctx.pool_site[pools[idx]]]
-                         ).astype(np.int64) * _BIG // 1024 + devs[idx]
+                base = ctx.costs.pool_costs(item, pools[idx])
+                score = (np.round(left * w.share_waste).astype(np.int64) + base) * _BIG // 1024 + devs[idx]
             for j in _top(score, limit):
                 d = int(devs[idx[j]])
                 scored.append((int(score[j]), Choice(item.idx, int(snap.dev_pool[d]), d, 0, item.share,
-                                                      int(mem[idx[j]]))))
+                                                      int(mem[idx[j]]), cost=int(base[j]))))
     # 2. untouched devices, tightest pool first
     pools = elig.whole_pools
     if len(pools):
@@ -185,6 +256,7 @@ def _share_options(ctx: _Ctx, item: Item, elig: Eligibility, cap: Capacity, stra
                             site_cap)
             idx = np.flatnonzero(ok)
             cand = pools[idx]
+            base = np.zeros(len(idx), dtype=np.int64)
             if strategy == "first_fit":
                 score = cand * 4 + 1
             elif strategy == "best_fit":
@@ -192,13 +264,15 @@ def _share_options(ctx: _Ctx, item: Item, elig: Eligibility, cap: Capacity, stra
             else:
                 fresh = pf[idx] >= snap.pool_usable[cand]
                 frag = np.where(pf[idx] == 1, np.where(fresh, 0, -w.frag), np.where(fresh, w.frag, 0))
-                score = (w.fresh_share + np.round((1 - s) * w.share_waste) + pf[idx] * w.waste + frag
-                         + ctx.costs.site_cost(item)[ctx.pool_site[cand]]).astype(np.int64) * _BIG // 1024 + cand
+                base = ctx.costs.pool_costs(item, cand)
+                score = (w.fresh_share + round((1 - s) * w.share_waste) + pf[idx] * w.waste + frag + base
+                         ) * _BIG // 1024 + cand
             for j in _top(score, limit):
                 q = int(cand[j])
                 d = cap.fresh_device(q)
                 if d >= 0:
-                    scored.append((int(score[j]), Choice(item.idx, q, d, 0, item.share, int(mem_f[idx[j]]), True)))
+                    scored.append((int(score[j]), Choice(item.idx, q, d, 0, item.share, int(mem_f[idx[j]]), True,
+                                                         cost=int(base[j]))))
     scored.sort(key=lambda t: t[0])
     return [c for _, c in scored[:limit]]
 
@@ -207,18 +281,16 @@ def greedy_pass(
     items: Sequence[Item],
     snap: FleetSnapshot,
     feas: FeasibilityCache,
-    costs: SiteCosts,
+    costs: PlacementCosts,
     weights: Weights,
     quotas_left: dict[tuple[str, str], int],
     *,
     strategy: Strategy,
     max_candidates: int = 1,
-    snapshot_candidates: int = 0,
 ) -> GreedyResult:
     """Place items one by one; with ``max_candidates`` > 1 also record each item's options."""
     ctx = _Ctx(snap, feas, costs, weights)
     cap = Capacity(snap, quotas_left)
-    base = Capacity(snap, quotas_left) if snapshot_candidates else None
     res = GreedyResult()
     i = 0
     while i < len(items):
@@ -238,13 +310,9 @@ def greedy_pass(
                 site_cap = res.site_cap.setdefault(w, math.ceil(len(group) / ctx.eligible_sites(elig)))
             fn = _share_options if item.kind == Kind.SHARE else _whole_options
             opts = fn(ctx, item, elig, cap, strategy, max_candidates, used_hosts, site_count, site_cap)
-            if base is not None:
-                seen = {(c.pool, c.device) for c in opts}
-                more = fn(ctx, item, elig, base, strategy, snapshot_candidates, {}, {}, site_cap)
-                opts = opts + [c for c in more if (c.pool, c.device) not in seen and c.device < 0]
             if max_candidates > 1:
                 res.candidates[item.idx] = opts
-            if not opts or (base is not None and not _fits_now(cap, item, opts[0])):
+            if not opts:
                 res.failed[item.idx] = "no room"
                 failed = True
                 continue
@@ -265,9 +333,3 @@ def greedy_pass(
                 res.choices[c.item] = c
         i = j
     return res
-
-
-def _fits_now(cap: Capacity, item: Item, c: Choice) -> bool:
-    if item.kind == Kind.SHARE:
-        return bool(cap.free_share[c.device] + EPS >= item.share / SHARE_SCALE and cap.free_mem[c.device] >= c.mem)
-    return bool(cap.pool_free[c.pool] >= c.n)

@@ -11,7 +11,7 @@ Gangs get all replicas or nothing. Fractional-share requests do not preempt.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,13 +52,12 @@ class Preemptor:
         self.taken = set(taken)
         self.evicted: set[int] = set()
         self.prof_cu = np.array([p.compute_units for p in snap.profiles], dtype=np.float64)
-        self.min_preemptible = min((a.priority for a in snap.allocations if a.preemptible), default=None)
+        self.prof_hw = np.array([str(p.hardware_type) for p in snap.profiles], dtype=object)
 
-    def worthwhile(self, priority: int) -> bool:
-        return self.min_preemptible is not None and priority > self.min_preemptible
-
-    def try_place(self, items: Sequence[Item], gang: bool, max_candidates: int, time_limit_s: float
-                  ) -> PreemptResult | None:
+    def try_place(self, items: Sequence[Item], gang: bool, max_candidates: int, time_limit_s: float,
+                  quota_units: Mapping[str, int] | None = None) -> PreemptResult | None:
+        """Place ``items`` (one workload) by stopping lower-priority work, within the tenant's
+        remaining quota per hardware type (units: devices x 100). None when it cannot be done."""
         snap = self.snap
         item0 = items[0]
         if item0.kind == Kind.SHARE:
@@ -74,6 +73,8 @@ class Preemptor:
         else:
             need = np.full(snap.n_pools, item0.n, dtype=np.int64)
             ok = cnt >= need
+        for hw, left in (quota_units or {}).items():
+            ok &= ~((self.prof_hw[snap.pool_profile] == hw) & (need * 100 * len(items) > left))
         pools = np.flatnonzero(ok)
         if len(pools) == 0:
             return None

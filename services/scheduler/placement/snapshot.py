@@ -205,6 +205,14 @@ class FleetSnapshot:
             self.__dict__["_tenant_usage"] = cached
         return dict(cached)
 
+    def min_preemptible_priority(self) -> int | None:
+        """The lowest priority of any preemptible allocation (None: nothing can be preempted)."""
+        if "_min_preemptible" not in self.__dict__:
+            self.__dict__["_min_preemptible"] = min(
+                (a.priority for a in self.allocations if a.preemptible), default=None)
+        value: int | None = self.__dict__["_min_preemptible"]
+        return value
+
     def host_id(self, host: int) -> str:
         return self.hosts[host].id
 

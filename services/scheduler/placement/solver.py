@@ -44,7 +44,6 @@ class ModelInput:
     member: list[int]  # item indices in this sub-problem
     options: dict[int, list[Choice]]  # item → options
     hint: dict[int, Choice]  # greedy choices of these items
-    site_cost: dict[int, list[int]]  # item → integer cost per site
     pool_hw: dict[int, str]  # pool → hardware type name
     quotas_left: dict[tuple[str, str], int]  # only the binding ones
     site_cap: dict[int, int]  # workload → max replicas per site (spread=site)
@@ -105,8 +104,12 @@ def solve(snap: FleetSnapshot, mi: ModelInput, weights: Weights, time_limit_s: f
         reward = w.reward_unit * (item.priority + 1) * item.units
         opts = mi.options.get(i, [])
         if not opts:
+            if item.gang:  # a replica with nowhere to go: the gang cannot be placed
+                g0 = gang.get(item.workload)
+                if g0 is None:
+                    g0 = gang[item.workload] = m.bool()
+                m.linear([g0], [1], 0, 0)
             continue
-        site_cost = mi.site_cost[i]
         xs: list[int] = []
         hinted = mi.hint.get(i)
         for c in opts:
@@ -116,7 +119,7 @@ def solve(snap: FleetSnapshot, mi: ModelInput, weights: Weights, time_limit_s: f
             if hinted is not None and hinted == c:
                 hint_vars.append(x)
             host = int(snap.pool_host[c.pool])
-            cost = site_cost[int(snap.host_site[host])]
+            cost = c.cost
             if item.kind == Kind.SHARE:
                 d = c.device
                 fresh = snap.dev_free_share[d] >= 1 - EPS and snap.dev_free_mem[d] >= snap.dev_mem[d]
