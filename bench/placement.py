@@ -1,0 +1,359 @@
+"""Placement benchmark: CP-SAT placer vs first-fit and best-fit on the same synthetic trace.
+
+    python bench/placement.py [--hosts 1000,10000] [--workloads 1000] [--seed N]
+                              [--batch 100] [--time-limit 1.0] [--candidates 6]
+
+Fleets: N hosts x 8 devices, mixed vendors and types over six sites, some hosts down,
+some devices unhealthy, some partially used by running (non-preemptible) work. Two
+scenarios per fleet size:
+
+* ``contended``: running work is added until the free devices are ``--contention`` (1.1) x
+  what the trace asks for: enough in total, but only with good packing (and the mix of
+  types asked for differs from the mix that is free);
+* ``open``: about half the fleet is busy, so nearly everything fits.
+
+The trace (same for every placer): mixed types, counts 1-8, fractional shares, compute-unit
+requests, gangs, spread, site constraints, data sites, runtime requirements, priorities.
+Workloads arrive in batches of ``--batch``; each batch is placed once (pending work is
+not retried) and its decision is applied before the next batch.
+
+Metrics per placer:
+* placements/s: workloads fully placed / total ``place`` wall time (decisions/s counts all);
+* solve p50/p99: wall time of one ``place`` call per batch;
+* placed, device-hours placed (devices x share x duration; compute-unit requests count the
+  devices they got, so CU-hours are reported too), preemptions;
+* stranded devices: after the last batch, free healthy devices on an up, partially used
+  pool (host x device model) whose free count is below the smallest whole-device request
+  still pending that could use that pool. Pools no pending request can use are idle, not
+  stranded.
+
+A human table is printed, then ONE JSON object on the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from libs.schemas.catalog import RuntimeDriverRule
+from libs.schemas.devices import HardwareType, Health
+from libs.schemas.workload import WorkloadSpec
+from services.scheduler.placement import (
+    AllocatedDevice,
+    Allocation,
+    DeviceInfo,
+    FleetSnapshot,
+    HostInfo,
+    PendingWorkload,
+    PlacementDecision,
+    PlacementRules,
+    SiteLink,
+    build_snapshot,
+    place,
+    place_greedy,
+)
+from services.scheduler.placement.feasibility import FeasibilityCache
+from services.scheduler.placement.workloads import Kind, expand
+
+SITES = ["bj", "sh", "gz", "sz", "hz", "cd"]
+# (weight, hardware type, vendor, model, memory MiB, CU, drivers, runtime name, runtime versions, link split)
+KINDS: list[tuple[float, HardwareType, str, str, int, float, list[str], str, list[str], int]] = [
+    (0.35, HardwareType.GPU, "nvidia", "A100-SXM4-80GB", 81920, 312, ["535.104.05", "550.54.14"], "cuda",
+     ["12.2", "12.4"], 8),
+    (0.15, HardwareType.GPU, "nvidia", "H100-SXM5-80GB", 81920, 989, ["550.54.14"], "cuda", ["12.4"], 8),
+    (0.25, HardwareType.NPU, "huawei", "Ascend910B3", 65536, 313, ["24.1.rc2"], "cann", ["8.0.RC1", "8.0.RC3"], 4),
+    (0.10, HardwareType.GPU, "amd", "MI300X", 196608, 1307, ["6.7.0"], "rocm", ["6.0.2"], 8),
+    (0.08, HardwareType.DCU, "hygon", "K100-AI", 65536, 196, ["6.3.8"], "dtk", ["24.04.1"], 8),
+    (0.07, HardwareType.MLU, "cambricon", "MLU370-X8", 49152, 96, ["5.10.22"], "neuware", ["3.8.4"], 4),
+]
+DRIVER_RULES = PlacementRules.of(runtime_driver=[
+    RuntimeDriverRule(id=f"cuda-{v}", vendor="nvidia", runtime="cuda", runtime_versions=f">={v},<{nxt}",
+                      min_driver_version=drv, source="CUDA toolkit release notes")
+    for v, nxt, drv in [("12.0", "12.1", "525.60.13"), ("12.1", "12.2", "530.30.02"), ("12.2", "12.3", "535.54.03"),
+                        ("12.3", "12.4", "545.23.06"), ("12.4", "12.5", "550.54.14")]
+])
+
+
+# -- fleet ---------------------------------------------------------------------------------------
+def make_fleet(n_hosts: int, rng: random.Random) -> tuple[list[HostInfo], list[DeviceInfo]]:
+    hosts: list[HostInfo] = []
+    devices: list[DeviceInfo] = []
+    weights = [k[0] for k in KINDS]
+    for h in range(n_hosts):
+        kind = rng.choices(KINDS, weights)[0]
+        _, hw, vendor, model, mem, cu, drivers, rt, rt_versions, split = kind
+        hid = f"h{h:05d}"
+        site = SITES[h % len(SITES)]
+        hosts.append(HostInfo(hid, site, up=rng.random() > 0.01, labels={"pool": "prod"},
+                              arch="aarch64" if vendor == "huawei" else "x86_64"))
+        di = rng.randrange(len(drivers))
+        for i in range(8):
+            devices.append(DeviceInfo(
+                f"{hid}-{i}", hid, hw, vendor, model, mem, cu, drivers[di], {rt: rt_versions[min(di, len(rt_versions) - 1)]},
+                Health.UNHEALTHY if rng.random() < 0.003 else Health.HEALTHY, f"l{i // split}"))
+    return hosts, devices
+
+
+def busy_allocations(hosts: list[HostInfo], devices: list[DeviceInfo], target_free: int,
+                     rng: random.Random) -> list[Allocation]:
+    """Running work leaving ~target_free devices free: about half of them on untouched hosts,
+    half on partly used hosts (1-7 devices used, sometimes a half-shared device); every other
+    host is fully used."""
+    by_host: dict[str, list[DeviceInfo]] = {}
+    for d in devices:
+        by_host.setdefault(d.host_id, []).append(d)
+    order = list(by_host)
+    rng.shuffle(order)
+    whole_budget = target_free // 2
+    part_budget = target_free - whole_budget
+    allocs: list[Allocation] = []
+    for k, hid in enumerate(order):
+        devs = by_host[hid]
+        prio = rng.choice([50, 100, 100, 300])
+        if whole_budget >= len(devs):
+            whole_budget -= len(devs)
+            continue
+        used = len(devs)
+        if part_budget > 0:
+            used = max(1, len(devs) - min(part_budget, rng.randint(1, 7)))
+            part_budget -= len(devs) - used
+        allocs.append(Allocation(f"run-{k}", prio, False, "t0", tuple(AllocatedDevice(d.id) for d in devs[:used])))
+        if used < len(devs) and rng.random() < 0.15:  # a shared device among the free ones
+            allocs.append(Allocation(f"share-{k}", prio, False, "t0", (AllocatedDevice(devs[used].id, 0.5),)))
+    return allocs
+
+
+# -- trace ---------------------------------------------------------------------------------------
+def make_trace(n: int, rng: random.Random) -> list[PendingWorkload]:
+    out: list[PendingWorkload] = []
+    for i in range(n):
+        r = rng.random()
+        spec: dict[str, Any] = {"name": f"w{i}", "priority": rng.choices([0, 100, 500, 900], [20, 55, 20, 5])[0],
+                                "duration_s": rng.choice([600, 1800, 3600, 4 * 3600, 12 * 3600])}
+        placement: dict[str, Any] = {}
+        count = rng.choices([1, 2, 3, 4, 8], [40, 20, 5, 20, 15])[0]
+        if r < 0.45:
+            hw: dict[str, Any] = {"type": "gpu", "count": count}
+            v = rng.random()
+            if v < 0.5:
+                hw["vendor"] = "nvidia"
+                if rng.random() < 0.3:
+                    spec["runtime"] = {"requires": [rng.choice(["cuda>=12.1", "cuda>=12.4"])]}
+            elif v < 0.6:
+                hw["vendor"] = "amd"
+        elif r < 0.53:
+            hw = {"type": "gpu", "share": rng.choice([0.25, 0.5]), "memory_gib": rng.choice([10, 20, 30])}
+        elif r < 0.78:
+            hw = {"type": "npu", "count": min(count, 4) if rng.random() < 0.5 else count}
+            if hw["count"] in (2, 4) and rng.random() < 0.5:
+                placement["topology"] = "same_link_group"
+        elif r < 0.85:
+            hw = {"type": rng.choice(["dcu", "mlu"]), "count": min(count, 4)}
+        else:
+            hw = {"type": "any", "compute_units": rng.choice([300, 600, 1000, 2000])}
+        spec["hardware"] = hw
+        if rng.random() < 0.08 and "share" not in hw:
+            spec["replicas"] = rng.choice([2, 3, 4])
+            spec["gang"] = rng.random() < 0.6
+            if rng.random() < 0.4:
+                placement["spread"] = rng.choice(["host", "site"])
+        s = rng.random()
+        if s < 0.15:
+            placement["sites"] = rng.sample(SITES, 3)
+        elif s < 0.25:
+            placement["avoid_sites"] = [rng.choice(SITES)]
+        if rng.random() < 0.15:
+            placement["data_site"] = rng.choice(SITES)
+            placement["data_gib"] = rng.choice([50, 200, 1000])
+        if placement:
+            spec["placement"] = placement
+        spec["tenant"] = rng.choice(["t1", "t2", "t3"])
+        out.append(PendingWorkload(f"w{i}", WorkloadSpec.model_validate(spec)))
+    return out
+
+
+def demand_devices(trace: Sequence[PendingWorkload]) -> float:
+    total = 0.0
+    for w in trace:
+        hw = w.spec.hardware
+        per = hw.share if hw.is_shared else (hw.compute_units / 400 if hw.compute_units else hw.count)
+        total += (per or 1) * w.spec.replicas
+    return total
+
+
+# -- metrics -------------------------------------------------------------------------------------
+def hours_placed(decision: PlacementDecision, specs: dict[str, WorkloadSpec], snap: FleetSnapshot
+                 ) -> tuple[float, float, float]:
+    """(device-hours, device-hours of requests that name a device count or share, CU-hours).
+
+    A compute-unit request counts the devices it was given, so it adds fewer device-hours on
+    big chips; CU-hours (device CU x share x hours) measure delivered compute instead."""
+    dev, fixed, cu = 0.0, 0.0, 0.0
+    for a in decision.assignments:
+        spec = specs[a.workload_id]
+        h = (spec.duration_s or 0) / 3600
+        dh = sum(a.shares) * h
+        dev += dh
+        if spec.hardware.compute_units is None:
+            fixed += dh
+        cu += sum(float(snap.dev_cu[snap.dev_index[d]]) * s for d, s in zip(a.device_ids, a.shares, strict=True)) * h
+    return dev, fixed, cu
+
+
+def stranded(snap: FleetSnapshot, pending: Sequence[PendingWorkload]) -> int:
+    if not pending:
+        return 0
+    feas = FeasibilityCache(snap, PlacementRules())
+    min_need = np.full(snap.n_pools, 1 << 30, dtype=np.int64)
+    cu = np.array([p.compute_units for p in snap.profiles])[snap.pool_profile]
+    for it in expand(pending):
+        if it.kind == Kind.SHARE:
+            continue  # shares can use any free device: they never strand whole ones
+        ok = feas.get(it.sig).pool_ok
+        if it.kind == Kind.CU:
+            need = np.where(cu > 0, np.ceil(it.cu / np.maximum(cu, 1e-9)), 1 << 30).astype(np.int64)
+        else:
+            need = np.full(snap.n_pools, it.n, dtype=np.int64)
+        np.minimum(min_need, np.where(ok, need, 1 << 30), out=min_need)
+    size = np.diff(snap.pool_start)
+    free = snap.pool_free
+    partial = (free > 0) & (free < size) & snap.host_up[snap.pool_host]
+    wanted = min_need < (1 << 30)  # pools no pending request can use are idle, not stranded
+    return int(free[partial & wanted & (free < min_need)].sum())
+
+
+Placer = Callable[[Sequence[PendingWorkload], FleetSnapshot], PlacementDecision]
+
+
+class Run:
+    """One placer's walk through the trace, batch by batch, on its own copy of the fleet."""
+
+    def __init__(self, name: str, placer: Placer, snap: FleetSnapshot, trace: Sequence[PendingWorkload]) -> None:
+        self.name, self.placer, self.snap = name, placer, snap
+        self.specs = {w.id: w.spec for w in trace}
+        self.n = len(trace)
+        self.walls: list[float] = []
+        self.placed = self.replicas = self.preemptions = 0
+        self.hours = [0.0, 0.0, 0.0]
+        self.pending: list[PendingWorkload] = []
+        self.statuses: dict[str, int] = {}
+        self.apply_s = 0.0
+
+    def step(self, chunk: Sequence[PendingWorkload]) -> None:
+        t = time.perf_counter()
+        d = self.placer(chunk, self.snap)
+        self.walls.append(time.perf_counter() - t)
+        self.statuses[d.solver_status] = self.statuses.get(d.solver_status, 0) + 1
+        self.placed += len(d.placed_workloads())
+        self.replicas += len(d.assignments)
+        self.hours = [x + y for x, y in zip(self.hours, hours_placed(d, self.specs, self.snap), strict=True)]
+        self.preemptions += len(d.preemptions)
+        left = {p.workload_id for p in d.pending}
+        self.pending.extend(w for w in chunk if w.id in left)
+        t = time.perf_counter()
+        self.snap = self.snap.with_decision(d, chunk)
+        self.apply_s += time.perf_counter() - t
+
+    def result(self) -> dict[str, Any]:
+        total = sum(self.walls)
+        ms = sorted(w * 1000 for w in self.walls)
+        return {
+            "placements_per_s": round(self.placed / total, 1) if total else None,
+            "decisions_per_s": round(self.n / total, 1) if total else None,
+            "solve_p50_ms": round(statistics.median(ms), 1),
+            "solve_p99_ms": round(float(np.percentile(ms, 99)), 1),
+            "total_s": round(total, 3),
+            "placed": self.placed,
+            "replicas_placed": self.replicas,
+            "device_hours": round(self.hours[0], 1),
+            "device_hours_count_or_share_requests": round(self.hours[1], 1),
+            "cu_hours": round(self.hours[2]),
+            "stranded_devices": stranded(self.snap, self.pending),
+            "free_devices_left": int(self.snap.pool_free.sum()),
+            "preemptions": self.preemptions,
+            "statuses": self.statuses,
+            "apply_s": round(self.apply_s, 3),
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--hosts", default="1000,10000")
+    ap.add_argument("--workloads", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--time-limit", type=float, default=1.0, help="CP-SAT placer budget per batch (s)")
+    ap.add_argument("--candidates", type=int, default=6, help="max_candidates per replica")
+    ap.add_argument("--scenarios", default="contended,open")
+    ap.add_argument("--contention", type=float, default=1.1,
+                    help="contended scenario: free devices at start = this x the devices the trace asks for")
+    args = ap.parse_args(argv)
+
+    placers: list[tuple[str, Placer]] = [
+        ("cpsat", lambda b, s: place(b, s, rules=DRIVER_RULES, time_limit_s=args.time_limit,
+                                     max_candidates=args.candidates)),
+        ("best_fit", lambda b, s: place_greedy(b, s, rules=DRIVER_RULES, strategy="best_fit")),
+        ("first_fit", lambda b, s: place_greedy(b, s, rules=DRIVER_RULES, strategy="first_fit")),
+    ]
+    results: dict[str, Any] = {"seed": args.seed, "workloads": args.workloads, "batch": args.batch,
+                               "time_limit_s": args.time_limit, "max_candidates": args.candidates, "runs": {}}
+    rows: list[str] = []
+    for n_hosts in (int(x) for x in args.hosts.split(",")):
+        for scenario in args.scenarios.split(","):
+            rng = random.Random(args.seed * 1_000_003 + n_hosts)
+            hosts, devices = make_fleet(n_hosts, rng)
+            trace = make_trace(args.workloads, random.Random(args.seed))
+            need = demand_devices(trace)
+            target_free = int(need * args.contention) if scenario == "contended" else len(devices) // 2
+            allocs = busy_allocations(hosts, devices, target_free, rng)
+            t = time.perf_counter()
+            snap = build_snapshot(hosts, devices, allocs, [
+                SiteLink(a, b, 10.0 if {a, b} <= {"bj", "sh", "hz"} else 2.0, 20.0)
+                for i, a in enumerate(SITES) for b in SITES[i + 1:]])
+            build_s = time.perf_counter() - t
+            key = f"{n_hosts}/{scenario}"
+            run: dict[str, Any] = {"hosts": n_hosts, "devices": len(devices), "demand_devices": round(need),
+                                   "free_devices_at_start": int(snap.pool_free.sum()),
+                                   "snapshot_build_s": round(build_s, 3), "placers": {}}
+            runs = [Run(name, placer, snap, trace) for name, placer in placers]
+            for start in range(0, len(trace), args.batch):  # interleaved, so machine noise hits all alike
+                for r in runs:
+                    r.step(trace[start:start + args.batch])
+            for r in runs:
+                run["placers"][r.name] = r.result()
+            bf = run["placers"]["best_fit"]
+            for name, r in run["placers"].items():
+                r["vs_best_fit"] = {
+                    "placed": round(r["placed"] / bf["placed"], 3) if bf["placed"] else None,
+                    "device_hours": round(r["device_hours"] / bf["device_hours"], 3) if bf["device_hours"] else None,
+                    "cu_hours": round(r["cu_hours"] / bf["cu_hours"], 3) if bf["cu_hours"] else None,
+                    "stranded": round(r["stranded_devices"] / bf["stranded_devices"], 3)
+                    if bf["stranded_devices"] else None,
+                    "placements_per_s": round(r["placements_per_s"] / bf["placements_per_s"], 3)
+                    if bf["placements_per_s"] else None,
+                }
+                rows.append(f"{key:<16} {name:<10} {r['placements_per_s']:>9} {r['solve_p50_ms']:>8} "
+                            f"{r['solve_p99_ms']:>8} {r['placed']:>6} {r['device_hours']:>9} {r['cu_hours']:>8} "
+                            f"{r['stranded_devices']:>8} {r['preemptions']:>5}  {r['statuses']}")
+            results["runs"][key] = run
+    print(f"{'fleet/scenario':<16} {'placer':<10} {'placed/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'placed':>6} "
+          f"{'dev-hours':>9} {'CU-hours':>8} {'stranded':>8} {'preempt':>5}  statuses")
+    for row in rows:
+        print(row)
+    print(json.dumps(results, separators=(",", ":")))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
