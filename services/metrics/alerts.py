@@ -87,7 +87,7 @@ class AlertEngine:
             m, t = fleet.devices[dev], float(temp[dev])
             if new(aid := f"{DEVICE_HOT}/{m.key}"):
                 add(aid, DEVICE_HOT, m.site, m.host_id, m.key,
-                    f"Device {m.key} at {m.site} is at {t:.0f} °C (threshold {cfg.temperature_c:.0f} °C)", t)
+                    f"Device {m.key} at {m.site} is at {t:.1f} °C (threshold {cfg.temperature_c:g} °C)", t)
         missing_s = self.stale_s
         for h in fleet.host_list:
             if h.status == STATUS_DOWN and new(aid := f"{HOST_DOWN}/{h.host_id}"):

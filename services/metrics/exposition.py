@@ -110,7 +110,7 @@ class DeviceText:
         for name, doc, attr, scale in DEVICE_GAUGES:
             values = (getattr(fleet, attr)[live].astype(float) * scale).tolist() if live else []
             parts.append(f"# HELP {name} {doc}\n# TYPE {name} gauge\n")
-            parts.append("".join(f"{name}{{{labels[d]}}} {v:g}\n" for d, v in zip(live, values, strict=True)))
+            parts.append("".join(f"{name}{{{labels[d]}}} {v!r}\n" for d, v in zip(live, values, strict=True)))
         health = fleet.effective_health()
         parts.append("# HELP xpumesh_device_healthy 1 when the device reports healthy, 0 when unhealthy.\n"
                      "# TYPE xpumesh_device_healthy gauge\n")

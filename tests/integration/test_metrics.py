@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from libs.bus import subjects
 from libs.bus.connection import Bus
@@ -25,6 +27,7 @@ from libs.schemas.metrics import (
     WorkloadQuery,
 )
 from services.metrics.api import app as metrics_app
+from services.registry.api import app as registry_app
 from tests.integration.test_metrics_kit import announce, devices, eventually, fast_settings, rpc, telemetry
 
 
@@ -213,3 +216,37 @@ async def test_metrics_restart_keeps_open_minutes_and_samples(settings, running_
     assert sum(p.samples for p in series.points) == 3 and series.points[0].util_max == 32
     summary = await _summary(bus)
     assert summary.totals.utilization_pct == 30.0  # the newest sample, not the last to arrive
+
+
+async def test_metrics_prometheus_endpoint_parses_with_device_labels_and_service_metrics(
+        settings, running_service, bus: Bus) -> None:
+    s = fast_settings(settings)
+    await running_service(registry_app)
+    await running_service(metrics_app, s)
+    pub = await announce(bus, "h-1", "hangzhou", devices("gpu", 2))
+    await pub.telemetry(telemetry("h-1", "hangzhou", [(0, 42.5, 1024, 61, 250, 1), (1, 7, 0, 35, 90, 0)]))
+    await eventually(lambda: _samples_at_least(bus, 2))
+
+    async def scrape() -> str | None:
+        try:
+            async with httpx.AsyncClient() as client:
+                r = await client.get(f"http://127.0.0.1:{s.metrics_port}/metrics", timeout=5)
+        except httpx.TransportError:
+            return None
+        return r.text if r.status_code == 200 and "xpumesh_service_up" in r.text else None
+
+    text = await eventually(scrape, message="/metrics answers")
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    util = {x.labels["device"]: x for x in families["xpumesh_device_utilization_percent"].samples}
+    assert util["0"].value == 42.5
+    assert {k: util["0"].labels[k] for k in ("site", "host", "hardware_type", "vendor", "model")} == {
+        "site": "hangzhou", "host": "h-1", "hardware_type": "gpu", "vendor": "nvidia", "model": "A100-SXM4-80GB"}
+    assert {x.labels["device"]: x.value for x in families["xpumesh_device_healthy"].samples} == {"0": 1, "1": 0}
+    assert [x.value for x in families["xpumesh_device_memory_used_bytes"].samples if x.labels["device"] == "0"] == [
+        1024 * 1024 * 1024]
+    up = {x.labels["service"] for x in families["xpumesh_service_up"].samples if x.value == 1}
+    assert {"metrics", "registry"} <= up
+    assert all("instance" in x.labels for x in families["xpumesh_bus_messages"].samples)
+    ingested = sum(x.value for x in families["xpumesh_metrics_samples"].samples if x.name.endswith("_total"))
+    assert ingested >= 2
+    assert families["xpumesh_alerts_firing"].type == "gauge"
