@@ -133,6 +133,28 @@ class GatewaySettings(BaseModel):
     sse_max_clients: int = Field(default=1000, ge=1, description="Concurrent SSE clients per gateway instance.")
 
 
+class SchedulerSettings(BaseModel):
+    """The scheduler (placement, lifecycle, reconciliation) and workload execution on agents."""
+
+    batch_debounce_s: float = Field(default=0.1, ge=0, description="How long placement waits after new work, freed capacity or a lost host before it places a batch.")
+    batch_max: int = Field(default=500, ge=1, description="Most pending workloads placed in one batch (oldest first by priority).")
+    retry_interval_s: float = Field(default=5.0, gt=0, description="How often still-pending work is placed again when nothing else wakes the scheduler.")
+    solver_time_limit_s: float = Field(default=1.0, ge=0, description="Wall-clock budget of one placement call (0: greedy only).")
+    max_candidates: int = Field(default=64, ge=1, description="Placement options kept per replica for the solver.")
+    resend_after_s: float = Field(default=5.0, gt=0, description="A launch the agent has not acknowledged in its state reports for this long is sent again.")
+    orphan_stop_interval_s: float = Field(default=5.0, gt=0, description="How often a stop is re-sent for work an agent runs but nobody wants.")
+    inventory_timeout_s: float = Field(default=2.0, gt=0, description="Timeout of the scheduler's catalog, rules, site-link and quota requests.")
+    reference_refresh_s: float = Field(default=60.0, gt=0, description="How often the catalog, rules, site links and quotas are asked for again.")
+    decision_keep_days: float = Field(default=7.0, gt=0, description="Placement decisions older than this are pruned.")
+    history_limit: int = Field(default=200, ge=1, description="Most history entries a workload's detail returns (newest).")
+    logs_timeout_s: float = Field(default=3.0, gt=0, description="How long a log request waits for the agent.")
+    state_interval_s: float = Field(default=10.0, gt=0, description="Agent: how often it reports what actually runs (it also reports on every change).")
+    command_ttl_s: float = Field(default=600.0, gt=0, description="Agent: a command older than this on arrival is dropped (the scheduler re-sends what is still wanted).")
+    stop_grace_s: float = Field(default=10.0, ge=0, description="Agent: how long a stopped process may take after SIGTERM before SIGKILL.")
+    log_max_bytes: int = Field(default=1024 * 1024, ge=1024, description="Agent: output kept per replica (older output is rotated away).")
+    finished_keep: int = Field(default=256, ge=1, description="Agent: finished replicas remembered (for logs and exit codes).")
+
+
 class Settings(BaseSettings):
     """Settings of every xpumesh process."""
 
@@ -165,6 +187,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Telemetry, rollups, alerts.")
     inventory: InventorySettings = Field(default_factory=InventorySettings, description="Inventory, agent and simulator.")
     gateway: GatewaySettings = Field(default_factory=GatewaySettings, description="REST API, keys, webhooks, SSE.")
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings, description="Scheduler and workload execution.")
 
     def database_dsn(self) -> str:
         """The configured database URL as plain text (only for connecting)."""
