@@ -42,6 +42,7 @@ async def load_fleet(session: AsyncSession) -> Fleet:
 
 def _meta(row: Any) -> DeviceMeta:
     return DeviceMeta(id=row["id"], host_id=row["host_id"], slot=row["slot"], site=row["site"],
+                      vendor_index=row["vendor_index"],
                       hardware_type=row["hardware_type"], vendor=row["vendor"], model=row["model"],
                       memory_mib=row["memory_mib"], driver_version=row["driver_version"],
                       runtimes=dict(row["runtimes"] or {}), firmware_version=row["firmware_version"],
@@ -58,7 +59,7 @@ async def save_capability(session: AsyncSession, report: CapabilityReport) -> tu
         "labels": stmt.excluded.labels, "updated_at": now}))
     metas: list[DeviceMeta] = []
     if report.devices:
-        values = [dict(host_id=report.host_id, slot=slot, site=report.site, hardware_type=d.hardware_type.value,
+        values = [dict(host_id=report.host_id, slot=slot, vendor_index=d.index, site=report.site, hardware_type=d.hardware_type.value,
                        vendor=d.vendor[:32], model=d.model[:128], memory_mib=d.memory_mib,
                        driver_version=(d.driver_version or None) and d.driver_version[:64], runtimes=d.runtimes,
                        firmware_version=(d.firmware_version or None) and d.firmware_version[:64],
@@ -66,7 +67,7 @@ async def save_capability(session: AsyncSession, report: CapabilityReport) -> tu
                   for d, slot in zip(report.devices, slots_for(report.devices), strict=True)]
         ins = insert(devices).values(values)
         ins = ins.on_conflict_do_update(constraint="uq_devices_host_slot", set_={
-            c: ins.excluded[c] for c in ("site", "hardware_type", "vendor", "model", "memory_mib", "driver_version",
+            c: ins.excluded[c] for c in ("vendor_index", "site", "hardware_type", "vendor", "model", "memory_mib", "driver_version",
                                          "runtimes", "firmware_version", "uuid", "health", "present", "updated_at")})
         rows = (await session.execute(ins.returning(*devices.c))).mappings().all()
         metas = [_meta(r) for r in rows]

@@ -46,6 +46,7 @@ devices = Table(
     Column("id", Integer, Identity(), primary_key=True),
     Column("host_id", String(64), nullable=False),
     Column("slot", Integer, nullable=False),
+    Column("vendor_index", Integer),
     Column("site", String(64), nullable=False),
     Column("hardware_type", String(16), nullable=False, server_default="unknown"),
     Column("vendor", String(32), nullable=False, server_default="unknown"),

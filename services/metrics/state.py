@@ -22,12 +22,12 @@ STATUS_NAMES = {STATUS_UNKNOWN: "unknown", STATUS_UP: "up", STATUS_DOWN: "down"}
 
 
 def slots_for(devices: list[Device]) -> list[int]:
-    """The slot of each device on its host: its index, unless two devices share one (mixed vendors): then its position.
+    """The slot of each device on its host: its position in the capability report.
 
-    Telemetry samples name a device by this slot.
+    Telemetry samples name a device by this slot (``libs.schemas.inventory``: one numbering
+    for every service, unambiguous on hosts that mix vendors).
     """
-    indexes = [d.index for d in devices]
-    return indexes if len(set(indexes)) == len(indexes) else list(range(len(devices)))
+    return list(range(len(devices)))
 
 
 @dataclass
@@ -45,10 +45,16 @@ class DeviceMeta:
     firmware_version: str | None = None
     uuid: str | None = None
     health: str = "unknown"
+    vendor_index: int | None = None
 
     @property
     def key(self) -> str:
         return f"{self.host_id}/{self.slot}"
+
+    @property
+    def inventory_id(self) -> str | None:
+        """The inventory's (and scheduler's) id of this device: '<host>:<vendor>:<index>'."""
+        return None if self.vendor_index is None else f"{self.host_id}:{self.vendor}:{self.vendor_index}"
 
 
 @dataclass
@@ -105,6 +111,7 @@ class Fleet:
     def __init__(self, capacity: int = 1024) -> None:
         self.devices: dict[int, DeviceMeta] = {}
         self.by_key: dict[str, int] = {}
+        self.aliases: dict[str, int] = {}  # inventory device id → device id
         self.hosts: dict[str, HostMeta] = {}
         self.host_list: list[HostMeta] = []
         self.sites = Interner()
@@ -159,10 +166,15 @@ class Fleet:
         self.ensure(meta.id)
         h = self.host(meta.host_id, meta.site)
         old = self.devices.get(meta.id)
-        if old is not None and old.key != meta.key:
-            self.by_key.pop(old.key, None)
+        if old is not None:
+            if old.key != meta.key:
+                self.by_key.pop(old.key, None)
+            if old.inventory_id:
+                self.aliases.pop(old.inventory_id, None)
         self.devices[meta.id] = meta
         self.by_key[meta.key] = meta.id
+        if meta.inventory_id:
+            self.aliases[meta.inventory_id] = meta.id
         h.slots[meta.slot] = meta.id
         self.present[meta.id] = True
         self.host_idx[meta.id] = h.idx

@@ -8,7 +8,6 @@ still being written; what cannot be understood is rejected and counted, never gu
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -24,7 +23,6 @@ HOLDING = frozenset({"placed", "scheduled", "starting", "launching", "launched",
 TERMINAL = frozenset({"succeeded", "completed", "failed", "stopped", "cancelled", "canceled", "preempted", "deleted",
                       "evicted", "lost", "rejected"})
 RUNNING = "running"
-_TRAILING_INT = re.compile(r"(\d+)$")
 
 
 def _first(d: dict[str, Any], *names: str) -> Any:
@@ -109,20 +107,20 @@ class Workloads:
 
     @staticmethod
     def device_keys(p: Placement, fleet: Fleet) -> list[tuple[str, float]]:
-        """Placement devices → device keys with their share (the scheduler's ids are matched by key, uuid or index)."""
+        """Placement devices → device keys with their share (matched as key, inventory id or uuid; else unresolved)."""
         out = []
         shares = p.shares if len(p.shares) == len(p.devices) else [1.0] * len(p.devices)
         host = fleet.hosts.get(p.host_id)
         for dev, share in zip(p.devices, shares, strict=True):
             key = dev if dev in fleet.by_key else None
+            if key is None and dev in fleet.aliases:
+                key = fleet.devices[fleet.aliases[dev]].key
             if key is None and host is not None:
                 for dev_id in host.slots.values():
                     m = fleet.devices[dev_id]
                     if m.uuid and m.uuid == dev:
                         key = m.key
                         break
-                if key is None and (match := _TRAILING_INT.search(dev)) and int(match.group(1)) in host.slots:
-                    key = f"{p.host_id}/{int(match.group(1))}"
             out.append((key or f"{p.host_id}/?{dev}", share))
         return out
 

@@ -171,7 +171,7 @@ async def test_metrics_workload_events_count_allocated_and_running(settings, run
         "placements": [{"replica": 0, "host_id": "h-1", "devices": ["h-1/0", "h-1/1"]}]}, subject="w-1")
     await bus.publish_event(placed, site="jiaxing")
     shared = CloudEvent.new(EventTypes.workload("running"), "/scheduler", {
-        "id": "w-2", "assignments": [{"host": "h-1", "device_ids": ["h-1/npu3"], "shares": [0.5]}]}, subject="w-2")
+        "id": "w-2", "assignments": [{"host": "h-1", "device_ids": ["h-1:huawei:3"], "shares": [0.5]}]}, subject="w-2")
     await bus.publish_event(shared, site="jiaxing")
     await bus.publish_event(CloudEvent.new(EventTypes.workload("running"), "/scheduler", {"nothing": 1}), site="jiaxing")
 

@@ -56,6 +56,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer, sa.Identity(), primary_key=True),
         sa.Column("host_id", sa.String(64), nullable=False),
         sa.Column("slot", sa.Integer, nullable=False),
+        sa.Column("vendor_index", sa.Integer),
         sa.Column("site", sa.String(64), nullable=False),
         sa.Column("hardware_type", sa.String(16), nullable=False, server_default="unknown"),
         sa.Column("vendor", sa.String(32), nullable=False, server_default="unknown"),
