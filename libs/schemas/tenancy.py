@@ -112,6 +112,12 @@ class TenantQuotas(BaseModel):
     items: list[TenantQuota]
 
 
+class QuotaQuery(BaseModel):
+    """Ask the gateway's ``quotas.list`` for every tenant's quota, or one tenant's."""
+
+    tenant: str | None = None
+
+
 class TenantRef(BaseModel):
     tenant: str
 

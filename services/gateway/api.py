@@ -9,8 +9,14 @@ from collections.abc import Iterator
 
 import uvicorn
 
+from libs.db import session_scope
+from libs.events import CloudEvent
+from libs.schemas.tenancy import QuotaQuery, TenantQuotas
 from libs.service import Context, ServiceApp
+from services.gateway import models
+from services.gateway.auth import auth_state
 from services.gateway.http import create_app
+from services.gateway.routes.keys import KEY_REVOKED_SUBJECT, KeyRevoked
 
 log = logging.getLogger(__name__)
 app = ServiceApp("gateway")
@@ -46,3 +52,19 @@ async def stop_http(ctx: Context) -> None:
             if not server.started:
                 break
             await asyncio.sleep(0.05)
+
+
+@app.endpoint("quotas.list")
+async def list_quotas(req: QuotaQuery, ctx: Context) -> TenantQuotas:
+    """Every tenant's quota (or one tenant's): the scheduler's input for placement."""
+    async with session_scope(ctx.db) as session:
+        items = await models.all_quotas(session)
+    if req.tenant is not None:
+        items = [q for q in items if q.tenant == req.tenant]
+    return TenantQuotas(items=items)
+
+
+@app.subscribe(KEY_REVOKED_SUBJECT)
+async def on_key_revoked(event: CloudEvent, ctx: Context) -> None:
+    """Another gateway instance revoked a key: stop trusting it here at once too."""
+    auth_state(ctx).forget_key(KeyRevoked.model_validate(event.data).key_id)

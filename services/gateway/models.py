@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -90,7 +90,7 @@ async def list_keys(session: AsyncSession, *, tenant: str | None, after: str | N
 async def revoke_key(session: AsyncSession, key_id: str) -> ApiKey | None:
     row = (await session.execute(
         update(api_keys).where(api_keys.c.id == key_id)
-        .values(revoked_at=datetime.now(UTC)).returning(*api_keys.c))).one_or_none()
+        .values(revoked_at=func.coalesce(api_keys.c.revoked_at, datetime.now(UTC))).returning(*api_keys.c))).one_or_none()
     return _api_key(row) if row is not None else None
 
 
@@ -141,12 +141,17 @@ class StoredResponse:
 
 
 async def claim_idempotency_key(session: AsyncSession, *, key_id: str, idem_key: str, method: str, path: str,
-                                request_hash: str, ttl: timedelta) -> StoredResponse | None:
-    """Claim the key for this request (None), or return what an earlier request with it stored."""
-    cutoff = datetime.now(UTC) - ttl
-    await session.execute(delete(idempotency_keys).where(
-        idempotency_keys.c.key_id == key_id, idempotency_keys.c.idem_key == idem_key,
-        idempotency_keys.c.created_at < cutoff))
+                                request_hash: str, ttl: timedelta,
+                                in_flight: timedelta = timedelta(minutes=2)) -> StoredResponse | None:
+    """Claim the key for this request (None), or return what an earlier request with it stored.
+
+    An expired record, or a claim still unanswered after ``in_flight`` (its request died), is dropped first.
+    """
+    now = datetime.now(UTC)
+    t = idempotency_keys
+    await session.execute(delete(t).where(
+        t.c.key_id == key_id, t.c.idem_key == idem_key,
+        or_(t.c.created_at < now - ttl, and_(t.c.status_code.is_(None), t.c.created_at < now - in_flight))))
     inserted = (await session.execute(insert(idempotency_keys).values(
         key_id=key_id, idem_key=idem_key, method=method, path=path, request_hash=request_hash)
         .on_conflict_do_nothing().returning(idempotency_keys.c.key_id))).first()

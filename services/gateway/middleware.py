@@ -1,0 +1,234 @@
+"""The gateway's ASGI middleware: request ids, body caps, content types, Idempotency-Key, spans.
+
+Pure ASGI (no per-request task or response buffering) so streaming responses (SSE) pass
+straight through and hot reads stay cheap.
+
+- ``X-Request-Id`` on every response (the caller's, or a new one).
+- Request bodies are read up front, up to ``gateway.max_body_bytes`` whether or not a
+  Content-Length was sent (chunked uploads are counted as they arrive): 413 past it.
+- A body on POST/PUT/PATCH must be JSON: 415 otherwise.
+- ``Idempotency-Key`` on POST: the first request with a key claims it (per API key) and its
+  answer is stored; a retry with the same body gets the stored answer with
+  ``Idempotent-Replayed: true``; the same key with a different body is a 422; a retry while
+  the first is still running is a 409. Answers of 5xx and 429 are not stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from datetime import timedelta
+
+from opentelemetry import trace
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from libs.db import session_scope
+from libs.metrics import BUS_REJECTED
+from libs.service import Context
+from libs.tracing import tracer
+from services.gateway import models
+from services.gateway.auth import principal_for_key
+from services.gateway.problems import ProblemError, problem_response
+
+log = logging.getLogger(__name__)
+_tracer = tracer("xpumesh.gateway.http")
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+JSON_METHODS = frozenset({"POST", "PUT", "PATCH"})
+MAX_IDEMPOTENT_BODY = 1024 * 1024
+IDEMPOTENCY_IN_FLIGHT = timedelta(minutes=2)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for k, v in scope.get("headers") or ():
+        if k == name:
+            return str(v.decode("latin-1"))
+    return None
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return True  # FastAPI reads a body without a content type as JSON
+    main = content_type.split(";", 1)[0].strip().lower()
+    return main == "application/json" or (main.startswith("application/") and main.endswith("+json"))
+
+
+class GatewayMiddleware:
+    def __init__(self, app: ASGIApp, ctx: Context) -> None:
+        self.app = app
+        self.ctx = ctx
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = (_header(scope, b"x-request-id") or uuid.uuid4().hex)[:128]
+        rid = request_id.encode("latin-1", "replace")
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]
+            await send(message)
+
+        method, path = scope["method"], scope["path"]
+        with _tracer.start_as_current_span(f"{method} {path}", kind=trace.SpanKind.SERVER):
+            try:
+                await self._handle(scope, receive, send_with_id)
+            except ProblemError as exc:
+                await problem_response(exc.status, exc.title, exc.detail, headers=exc.headers,
+                                       instance=path)(scope, receive, send_with_id)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = scope["method"]
+        if method not in BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        limit = self.ctx.settings.gateway.max_body_bytes
+        length = _header(scope, b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            self._reject("body_too_large")
+            raise ProblemError(413, "Request body too large", f"the limit is {limit} bytes")
+        try:
+            body = await _read_body(receive, limit)
+        except _TooLarge:
+            self._reject("body_too_large")
+            raise ProblemError(413, "Request body too large", f"the limit is {limit} bytes") from None
+        if body and method in JSON_METHODS and not _is_json(_header(scope, b"content-type")):
+            self._reject("unsupported_media_type")
+            raise ProblemError(415, "Unsupported media type", "send the body as application/json")
+        replay = _replayer(body, receive)
+        idem_key = _header(scope, b"idempotency-key") if method == "POST" else None
+        if idem_key is None:
+            await self.app(scope, replay, send)
+            return
+        await self._idempotent(scope, replay, send, idem_key, body)
+
+    def _reject(self, reason: str) -> None:
+        BUS_REJECTED.labels("gateway", "http", reason).inc()
+
+    async def _idempotent(self, scope: Scope, receive: Receive, send: Send, idem_key: str, body: bytes) -> None:
+        if not (1 <= len(idem_key) <= 255) or not idem_key.isprintable():
+            raise ProblemError(400, "Invalid Idempotency-Key", "use 1-255 printable characters, e.g. a UUID")
+        token = _bearer(scope)
+        principal = await principal_for_key(self.ctx, token) if token else None
+        if principal is None:  # the route's own auth answers 401
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"] + ("?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else "")
+        digest = hashlib.sha256(b"POST\n" + path.encode() + b"\n" + body).hexdigest()
+        ttl = timedelta(seconds=self.ctx.settings.gateway.idempotency_ttl_s)
+        try:
+            async with session_scope(self.ctx.db) as session:
+                stored = await models.claim_idempotency_key(session, key_id=principal.key_id, idem_key=idem_key,
+                                                            method="POST", path=path, request_hash=digest, ttl=ttl,
+                                                            in_flight=IDEMPOTENCY_IN_FLIGHT)
+        except Exception:
+            log.exception("idempotency store failed")
+            raise ProblemError(503, "Idempotency store unavailable", "retry shortly",
+                               headers={"Retry-After": "1"}) from None
+        if stored is not None:
+            await _answer_stored(stored, digest, path, scope, receive, send)
+            return
+        captured = _Capture(send)
+        ok = False
+        try:
+            await self.app(scope, receive, captured)
+            ok = True
+        finally:
+            await self._settle(principal.key_id, idem_key, captured if ok else None)
+
+    async def _settle(self, key_id: str, idem_key: str, captured: _Capture | None) -> None:
+        try:
+            async with session_scope(self.ctx.db) as session:
+                if captured is not None and captured.storable():
+                    await models.store_idempotent_response(
+                        session, key_id=key_id, idem_key=idem_key, status_code=captured.status,
+                        content_type=captured.content_type, body=b"".join(captured.chunks))
+                else:
+                    await models.release_idempotency_key(session, key_id=key_id, idem_key=idem_key)
+        except Exception:
+            log.exception("idempotency record not written")
+
+
+async def _answer_stored(stored: models.StoredResponse, digest: str, path: str, scope: Scope, receive: Receive,
+                         send: Send) -> None:
+    if stored.request_hash != digest or stored.path != path:
+        BUS_REJECTED.labels("gateway", "http", "idempotency_mismatch").inc()
+        raise ProblemError(422, "Idempotency-Key reused",
+                           "this key was used for a different request; use a new key for a new request")
+    if stored.status_code is None:
+        raise ProblemError(409, "Request in progress", "a request with this Idempotency-Key is still running; "
+                           "retry shortly", headers={"Retry-After": "1"})
+    headers = [(b"content-type", (stored.content_type or "application/json").encode("latin-1")),
+               (b"idempotent-replayed", b"true")]
+    await send({"type": "http.response.start", "status": stored.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": stored.body or b""})
+
+
+class _Capture:
+    """Passes a response through while keeping a copy for the idempotency record."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status = 0
+        self.content_type: str | None = None
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = int(message["status"])
+            for k, v in message.get("headers", []):
+                if k.lower() == b"content-type":
+                    self.content_type = v.decode("latin-1")
+        elif message["type"] == "http.response.body":
+            chunk = message.get("body", b"")
+            self.size += len(chunk)
+            if self.size <= MAX_IDEMPOTENT_BODY:
+                self.chunks.append(chunk)
+        await self.send(message)
+
+    def storable(self) -> bool:
+        return 200 <= self.status < 500 and self.status not in (408, 409, 429) and self.size <= MAX_IDEMPOTENT_BODY
+
+
+def _bearer(scope: Scope) -> str | None:
+    header = _header(scope, b"authorization")
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replayer(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

@@ -1,0 +1,78 @@
+"""API keys (admin): create, list, revoke; and ``/v1/me``, the caller's own identity."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, ConfigDict
+
+from libs.db import session_scope
+from libs.events import CloudEvent
+from libs.schemas.tenancy import ApiKey, CreatedKey, KeyCreate, Role
+from services.gateway import models
+from services.gateway.auth import CurrentPrincipal, Principal, auth_state, require_role
+from services.gateway.deps import Ctx
+from services.gateway.pagination import MAX_PAGE, Page, decode_cursor, encode_cursor
+from services.gateway.problems import ProblemError
+
+router = APIRouter(tags=["keys"])
+Admin = Annotated[Principal, Depends(require_role(Role.ADMIN))]
+KEY_REVOKED_SUBJECT = "xpumesh.gateway.ctl.key_revoked"
+KEY_REVOKED_TYPE = "io.xpumesh.gateway.key_revoked"
+
+
+class Me(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"key_id": "key_5f2c9a1b7d3e", "tenant": "acme",
+                                                               "role": "user"}]})
+
+    key_id: str
+    tenant: str
+    role: Role
+
+
+class KeyRevoked(BaseModel):
+    key_id: str
+
+
+@router.get("/v1/me", summary="The calling key: its id, tenant and role", response_model=Me)
+async def me(principal: CurrentPrincipal) -> Me:
+    return Me(key_id=principal.key_id, tenant=principal.tenant, role=principal.role)
+
+
+@router.post("/v1/keys", summary="Create an API key (admin); the secret is shown once", status_code=201,
+             response_model=CreatedKey)
+async def create_key(ctx: Ctx, principal: Admin, body: KeyCreate) -> CreatedKey:
+    async with session_scope(ctx.db) as session:
+        key, secret = await models.create_key(session, tenant=body.tenant, role=body.role, name=body.name,
+                                              created_by=principal.key_id)
+    return CreatedKey(**key.model_dump(), key=secret)
+
+
+@router.get("/v1/keys", summary="List API keys (admin)", response_model=Page[ApiKey])
+async def list_keys(ctx: Ctx, principal: Admin, tenant: str | None = None, include_revoked: bool = False,
+                    cursor: str | None = None,
+                    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100) -> Page[ApiKey]:
+    after = decode_cursor(cursor)
+    if after is not None and not isinstance(after, str):
+        raise ProblemError(400, "Invalid cursor", "the cursor is not one this API returned")
+    async with session_scope(ctx.db) as session:
+        items, last = await models.list_keys(session, tenant=tenant, after=after, limit=limit,
+                                             include_revoked=include_revoked)
+    return Page[ApiKey](items=items, next_cursor=encode_cursor(last) if last else None)
+
+
+@router.delete("/v1/keys/{key_id}", summary="Revoke an API key (admin); it stops working at once",
+               response_model=ApiKey, responses={404: {"description": "No such key"},
+                                                 409: {"description": "The last admin key"}})
+async def revoke_key(ctx: Ctx, principal: Admin, key_id: str) -> ApiKey:
+    async with session_scope(ctx.db) as session:
+        key = await models.revoke_key(session, key_id)
+        if key is None:
+            raise ProblemError(404, "Key not found", f"no key {key_id[:64]!r}")
+        if key.role == Role.ADMIN and not await models.any_admin_key(session):
+            raise ProblemError(409, "Last admin key", "create another admin key before revoking this one")
+    auth_state(ctx).forget_key(key_id)
+    event = CloudEvent.new(KEY_REVOKED_TYPE, f"/gateway/{ctx.instance}", KeyRevoked(key_id=key_id))
+    await ctx.bus.publish(KEY_REVOKED_SUBJECT, event.to_bytes())
+    return key
