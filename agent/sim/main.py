@@ -1,46 +1,323 @@
-"""``xpumesh sim``: many simulated hosts in one process, heartbeating like real agents."""
+"""``xpumesh sim``: a whole fleet of simulated hosts in one process.
+
+Every host publishes exactly what a real agent publishes, through the same
+``HostPublisher``. One scheduler loop ticks every ``TICK_S`` and serves the slice of hosts
+due in that tick, so heartbeats and telemetry are spread evenly over their intervals and
+10,000 hosts need no task per host. Capability reports (JetStream, acknowledged) go
+through one pump that publishes them concurrently in batches.
+
+Faults: random device faults and host losses at the configured rates, and on demand
+through ``xpumesh.sim.ctl`` (``SimControl``: fault, repair, host_down, host_up, list, stats).
+Commands to hosts (``xpumesh.agent.<site>.<host>.cmd``) reach ``SimHost.on_command`` or,
+for every host at once, ``Simulator.on_command``.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import heapq
 import logging
+import math
 import random
 import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
-from agent.publisher import HostPublisher
+from nats.aio.msg import Msg
+from pydantic import ValidationError
+
+from agent.sim.fleet import build_fleet
+from agent.sim.host import SimHost, diurnal
+from libs.bus import subjects
 from libs.bus.connection import Bus
 from libs.config import Settings
+from libs.events import CloudEvent, InvalidEnvelope
+from libs.schemas.inventory import SIM_CTL_SUBJECT, SimControl, SimControlReply, SimHostInfo
 
 log = logging.getLogger(__name__)
-DEFAULT_SITES = ("hangzhou", "ningbo", "wenzhou")
+TICK_S = 0.1
+CAPABILITY_BATCH = 256
+FleetCommandHook = Callable[[SimHost, CloudEvent], Awaitable[None]]
 
 
-async def simulate(settings: Settings, hosts: int, seed: int, stop: asyncio.Event) -> None:
-    rng = random.Random(seed)
-    bus = Bus(settings.bus, name="sim")
+@dataclass
+class SimStats:
+    heartbeats: int = 0
+    telemetry: int = 0
+    capabilities: int = 0
+    capability_failures: int = 0
+    faults: int = 0
+    losses: int = 0
+    ticks: int = 0
+    late_ticks: int = 0
+    max_lag_s: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+
+    def as_dict(self) -> dict[str, float]:
+        out = {k: float(v) for k, v in self.__dict__.items() if k != "started"}
+        out["uptime_s"] = round(time.monotonic() - self.started, 1)
+        return out
+
+
+def _poisson(rng: random.Random, lam: float) -> int:
+    if lam <= 0:
+        return 0
+    if lam > 30:  # normal approximation; exactness does not matter here
+        return max(0, round(rng.gauss(lam, math.sqrt(lam))))
+    k, p, limit = 0, 1.0, math.exp(-lam)
+    while True:
+        p *= rng.random()
+        if p <= limit:
+            return k
+        k += 1
+
+
+class Simulator:
+    def __init__(self, settings: Settings, bus: Bus, hosts: list[SimHost], *, seed: int = 7) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.hosts = hosts
+        self.by_id = {h.host_id: h for h in hosts}
+        self.rng = random.Random(seed)
+        self.stats = SimStats()
+        self.on_command: FleetCommandHook | None = None
+        self._pending: dict[str, None] = {}  # hosts whose capability must be (re)published, in order
+        self._wake = asyncio.Event()
+        self._timers: list[tuple[float, int, str, str, int]] = []  # (due, seq, action, host, slot)
+        self._seq = 0
+        self.device_count = sum(len(h.spec.devices) for h in hosts)
+
+    # -------------------------------------------------------------- capability pump
+    def want_capability(self, host: SimHost) -> None:
+        self._pending[host.host_id] = None
+        self._wake.set()
+
+    async def _publish_capability(self, host: SimHost) -> None:
+        await asyncio.wait_for(host.publisher.capability(host.capability_report()),
+                               timeout=self.settings.inventory.sim_publish_timeout_s)
+
+    async def capability_pump(self) -> None:
+        while True:
+            if not self._pending:
+                self._wake.clear()
+                await self._wake.wait()
+            batch = [self.by_id[h] for h in list(self._pending)[:CAPABILITY_BATCH]]
+            for h in batch:
+                self._pending.pop(h.host_id, None)
+            results = await asyncio.gather(*(self._publish_capability(h) for h in batch if h.up),
+                                           return_exceptions=True)
+            failed = [h for h, r in zip([h for h in batch if h.up], results, strict=True) if isinstance(r, BaseException)]
+            self.stats.capabilities += len(results) - len(failed)
+            if failed:
+                self.stats.capability_failures += len(failed)
+                for h in failed:
+                    self._pending.setdefault(h.host_id, None)
+                await asyncio.sleep(0.5)
+
+    # -------------------------------------------------------------- faults
+    def _timer(self, due: float, action: str, host: SimHost, slot: int = -1) -> None:
+        self._seq += 1
+        heapq.heappush(self._timers, (due, self._seq, action, host.host_id, slot))
+
+    async def fault(self, host: SimHost, slot: int, until: float | None) -> None:
+        if host.fault(slot, until):
+            self.stats.faults += 1
+            self.want_capability(host)
+            if host.up:  # telemetry says so at once, not at the host's next turn
+                await host.publisher.telemetry(host.telemetry_report(time.time(), self._load()))
+        if until is not None:
+            self._timer(until, "repair", host, slot)
+
+    async def repair(self, host: SimHost, slot: int) -> None:
+        if host.repair(slot):
+            self.want_capability(host)
+            if host.up:
+                await host.publisher.telemetry(host.telemetry_report(time.time(), self._load()))
+
+    def host_down(self, host: SimHost, until: float | None) -> None:
+        if host.up:
+            self.stats.losses += 1
+        host.go_down(until)
+        if until is not None:
+            self._timer(until, "host_up", host)
+
+    async def host_up(self, host: SimHost) -> None:
+        if not host.up:
+            host.come_up()
+            await host.publisher.heartbeat()
+            self.want_capability(host)  # a host that comes back re-registers, like a restarted agent
+
+    async def _random_events(self, now_mono: float) -> None:
+        inv = self.settings.inventory
+        for _ in range(_poisson(self.rng, self.device_count * inv.sim_device_fault_per_hour / 3600 * TICK_S)):
+            host = self.rng.choice(self.hosts)
+            if host.spec.devices:
+                await self.fault(host, self.rng.randrange(len(host.spec.devices)), now_mono + inv.sim_device_repair_s)
+        for _ in range(_poisson(self.rng, len(self.hosts) * inv.sim_host_loss_per_hour / 3600 * TICK_S)):
+            self.host_down(self.rng.choice(self.hosts), now_mono + inv.sim_host_return_s)
+        while self._timers and self._timers[0][0] <= now_mono:
+            _, _, action, host_id, slot = heapq.heappop(self._timers)
+            host = self.by_id[host_id]
+            if action == "repair" and host.faults.get(slot, -1.0) is not None:
+                await self.repair(host, slot)
+            elif action == "host_up" and host.down_until is not None:
+                await self.host_up(host)
+
+    def _load(self) -> float:
+        return diurnal(time.time(), self.settings.inventory.sim_day_s)
+
+    # -------------------------------------------------------------- the loop
+    async def run(self, stop: asyncio.Event) -> None:
+        for h in self.hosts:
+            self.want_capability(h)
+        pump = asyncio.create_task(self.capability_pump(), name="sim-capability")
+        hb_slices = max(1, round(self.settings.heartbeat_interval_s / TICK_S))
+        tm_slices = max(1, round(self.settings.telemetry_interval_s / TICK_S))
+        hb_groups = [self.hosts[i::hb_slices] for i in range(hb_slices)]
+        tm_groups = [self.hosts[i::tm_slices] for i in range(tm_slices)]
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        tick = 0
+        try:
+            while not stop.is_set():
+                now, now_mono = time.time(), time.monotonic()
+                load = self._load()
+                for h in hb_groups[tick % hb_slices]:
+                    if h.up:
+                        await h.publisher.heartbeat()
+                        self.stats.heartbeats += 1
+                for h in tm_groups[tick % tm_slices]:
+                    if h.up:
+                        await h.publisher.telemetry(h.telemetry_report(now, load))
+                        self.stats.telemetry += 1
+                await self._random_events(now_mono)
+                tick += 1
+                self.stats.ticks = tick
+                delay = start + tick * TICK_S - loop.time()
+                if delay < 0:
+                    self.stats.late_ticks += 1
+                    self.stats.max_lag_s = max(self.stats.max_lag_s, -delay)
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=max(0.0, delay))
+                except TimeoutError:
+                    pass
+        finally:
+            pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)
+
+    # -------------------------------------------------------------- control and commands
+    async def control(self, req: SimControl) -> SimControlReply:
+        if req.action == "stats":
+            return SimControlReply(ok=True, stats=self.stats.as_dict())
+        if req.action == "list":
+            return SimControlReply(ok=True, hosts=[self.info(h) for h in self.hosts])
+        host = self.by_id.get(req.host_id or "")
+        if host is None:
+            return SimControlReply(ok=False, detail=f"no simulated host {req.host_id!r}")
+        if req.action in ("fault", "repair"):
+            slot = req.device_index or 0
+            if slot >= len(host.spec.devices):
+                return SimControlReply(ok=False, detail=f"{host.host_id} has {len(host.spec.devices)} devices")
+            await (self.fault(host, slot, None) if req.action == "fault" else self.repair(host, slot))
+        elif req.action == "host_down":
+            self.host_down(host, None)
+        else:
+            await self.host_up(host)
+        return SimControlReply(ok=True, hosts=[self.info(host)])
+
+    @staticmethod
+    def info(h: SimHost) -> SimHostInfo:
+        return SimHostInfo(host_id=h.host_id, site=h.site, up=h.up, devices=len(h.spec.devices),
+                           faulty=sorted(h.faults))
+
+    async def _on_ctl(self, msg: Msg) -> None:
+        try:
+            reply = await self.control(SimControl.model_validate_json(msg.data))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            reply = SimControlReply(ok=False, detail=f"invalid request: {'.'.join(map(str, first['loc']))}: {first['msg']}")
+        if msg.reply:
+            await self.bus.nc.publish(msg.reply, reply.model_dump_json().encode())
+
+    async def _on_command(self, msg: Msg) -> None:
+        parts = msg.subject.split(".")
+        host = self.by_id.get(parts[3]) if len(parts) == 5 else None
+        if host is None:
+            return
+        hook = host.on_command
+        fleet_hook = self.on_command
+        if hook is None and fleet_hook is None:
+            return
+        try:
+            event = CloudEvent.from_bytes(msg.data)
+        except InvalidEnvelope as exc:
+            log.warning("dropped a malformed command for %s: %s", host.host_id, exc.reason)
+            return
+        try:
+            await (hook(event) if hook is not None else fleet_hook(host, event))  # type: ignore[misc]
+        except Exception:
+            log.exception("command handler failed for %s", host.host_id)
+
+    async def subscribe(self) -> None:
+        await self.bus.nc.subscribe(SIM_CTL_SUBJECT, cb=self._on_ctl)
+        await self.bus.nc.subscribe(subjects.AGENT_COMMAND_ALL, cb=self._on_command)
+        await self.bus.nc.flush()
+
+
+async def simulate(settings: Settings, hosts: int | None, seed: int, stop: asyncio.Event, *,
+                   devices_per_host: int | None = None, ready: asyncio.Event | None = None) -> Simulator:
     if not settings.nats_url:
         raise RuntimeError("XPUMESH_NATS_URL is not set")
+    specs = await asyncio.to_thread(build_fleet, hosts, seed, devices_per_host)
+    bus = Bus(settings.bus, name="sim")
     await bus.connect(settings.nats_url)
-    pubs = [HostPublisher(bus, f"sim-{DEFAULT_SITES[i % len(DEFAULT_SITES)]}-{i:05d}", DEFAULT_SITES[i % len(DEFAULT_SITES)],
-                          f"sim-{i:05d}", interval_s=settings.heartbeat_interval_s) for i in range(hosts)]
-    await asyncio.sleep(rng.random() * 0.1)
-    while not stop.is_set():
-        for p in pubs:
-            await p.heartbeat()
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=settings.heartbeat_interval_s)
-        except TimeoutError:
-            pass
-    await bus.close()
+    await bus.ensure_streams()
+    sim = Simulator(settings, bus, [SimHost(s, bus, interval_s=settings.heartbeat_interval_s) for s in specs],
+                    seed=seed)
+    await sim.subscribe()
+    log.info("simulating %d hosts with %d devices over %d sites", len(sim.hosts), sim.device_count,
+             len({h.site for h in sim.hosts}))
+    if ready is not None:
+        ready.set()
+    try:
+        await sim.run(stop)
+    finally:
+        await bus.close()
+    return sim
 
 
-def run_sim(settings: Settings, *, hosts: int | None, seed: int) -> int:
-    async def main() -> None:
+def run_sim(settings: Settings, *, hosts: int | None, seed: int, devices_per_host: int | None = None) -> int:
+    async def main() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await simulate(settings, hosts or 6, seed, stop)
+        try:
+            await simulate(settings, hosts, seed, stop, devices_per_host=devices_per_host)
+        except Exception as exc:  # one clear line for the supervisor's log
+            print(f"xpumesh sim: {type(exc).__name__}: {str(exc)[:200]}", file=sys.stderr)
+            return 1
+        return 0
 
-    asyncio.run(main())
-    return 0
+    return asyncio.run(main())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m agent.sim.main``: the simulator with options the CLI does not expose (benchmarks)."""
+    from libs.logging import setup_logging
+
+    p = argparse.ArgumentParser(prog="python -m agent.sim.main")
+    p.add_argument("--hosts", type=int, default=None)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--devices-per-host", type=int, default=None, help="give every host this many accelerators")
+    args = p.parse_args(argv)
+    settings = Settings()
+    setup_logging(settings.log_level, json_lines=settings.log_json)
+    return run_sim(settings, hosts=args.hosts, seed=args.seed, devices_per_host=args.devices_per_host)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

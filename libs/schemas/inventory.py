@@ -376,13 +376,13 @@ class SimControl(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    action: Literal["fault", "repair", "host_down", "host_up", "list"]
+    action: Literal["fault", "repair", "host_down", "host_up", "list", "stats"]
     host_id: str | None = Field(default=None, pattern=TOKEN)
     device_index: int | None = Field(default=None, ge=0, description="Slot of the device (fault/repair).")
 
     @model_validator(mode="after")
     def _needs(self) -> SimControl:
-        if self.action != "list" and self.host_id is None:
+        if self.action not in ("list", "stats") and self.host_id is None:
             raise ValueError(f"action {self.action!r} needs host_id")
         if self.action in ("fault", "repair") and self.device_index is None:
             raise ValueError(f"action {self.action!r} needs device_index")
@@ -401,3 +401,4 @@ class SimControlReply(BaseModel):
     ok: bool
     detail: str = ""
     hosts: list[SimHostInfo] = Field(default_factory=list)
+    stats: dict[str, float] = Field(default_factory=dict)

@@ -1,0 +1,234 @@
+"""``xpumesh agent``: the host agent. Discovers, reports, heartbeats, sends telemetry, drains.
+
+One ``Agent`` is one host. It publishes a capability report at start and whenever what it
+reports changes (a device appears or disappears, health flips, a driver is upgraded, a
+label changes); discovery is re-run every ``inventory.rediscover_interval_s``. It heartbeats
+every ``heartbeat_interval_s`` and sends one telemetry message per ``telemetry_interval_s``
+with every device's readings and the host's CPU and memory (psutil).
+
+The seam for running work: ``Agent.on_command`` (and ``SimHost.on_command`` in the
+simulator) is an optional ``CommandHook`` called with every command event sent to this
+host on ``xpumesh.agent.<site>.<host>.cmd``; whatever the hook launches it records in
+``running`` (work id → facts), and ``report_state()`` publishes that as
+``io.xpumesh.host.state``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+from nats.aio.msg import Msg
+
+from agent.discover import collect_readings, discover
+from agent.probes.readings import DeviceReading
+from agent.publisher import HostPublisher
+from libs import __version__
+from libs.bus import subjects
+from libs.bus.connection import Bus
+from libs.config import Settings
+from libs.events import CloudEvent, EventTypes, InvalidEnvelope
+from libs.schemas.devices import Device, Discovery, Health
+from libs.schemas.hostevents import CapabilityReport, DeviceSample, TelemetryReport, host_id_for
+
+log = logging.getLogger(__name__)
+MIB = 1024 * 1024
+
+CommandHook = Callable[[CloudEvent], Awaitable[None]]
+"""Called with each command event addressed to the host; the scheduler's launch/stop handler plugs in here."""
+
+
+def next_generation(previous: int) -> int:
+    """Capability generations: milliseconds since the epoch, strictly increasing, so a restart never goes back."""
+    return max(previous + 1, time.time_ns() // 1_000_000)
+
+
+def fingerprint(d: Discovery) -> str:
+    """What, if changed, needs a new capability report (not volatile facts such as CPU MHz)."""
+    facts = d.host.model_dump(exclude={"cpu_mhz"})
+    return json.dumps([facts, [x.model_dump(mode="json") for x in d.devices], d.labels], sort_keys=True)
+
+
+def samples_for(devices: list[Device], readings: list[DeviceReading]) -> list[DeviceSample]:
+    """One sample per device, by slot (its position in the capability report)."""
+    by_key = {(r.vendor, r.index): r for r in readings}
+    out: list[DeviceSample] = []
+    for slot, d in enumerate(devices):
+        r = by_key.get((d.vendor, d.index))
+        health = r.health if r is not None and r.health != Health.UNKNOWN else d.health
+        out.append((slot, float(r.utilization_pct or 0.0) if r else 0.0, int(r.memory_used_mib or 0) if r else 0,
+                    float(r.temperature_c or 0.0) if r else 0.0, float(r.power_w or 0.0) if r else 0.0,
+                    0 if health == Health.UNHEALTHY else 1))
+    return out
+
+
+async def publish_state(publisher: HostPublisher, running: dict[str, dict[str, Any]]) -> None:
+    """Report the work running on a host (durable, on ``xpumesh.host.<site>.<host>.state``)."""
+    event = CloudEvent.new(EventTypes.HOST_STATE, publisher.source, {
+        "host_id": publisher.host_id, "site": publisher.site, "ts": datetime.now(UTC).isoformat(),
+        "running": [{"id": k, **v} for k, v in sorted(running.items())]}, subject=publisher.host_id)
+    await publisher.bus.publish_event(event, subject=subjects.host_subject(publisher.site, publisher.host_id, "state"))
+
+
+class Agent:
+    """The agent of this host."""
+
+    def __init__(self, settings: Settings, bus: Bus, *, probe_dir: Path | None = None) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.probe_dir = probe_dir
+        self.discovery: Discovery | None = None
+        self.publisher: HostPublisher | None = None
+        self.generation = 0
+        self.on_command: CommandHook | None = None
+        self.running: dict[str, dict[str, Any]] = {}
+        self._published: str | None = None  # fingerprint of the last report JetStream acknowledged
+
+    @property
+    def host_id(self) -> str:
+        return self._pub().host_id
+
+    def _pub(self) -> HostPublisher:
+        if self.publisher is None:
+            raise RuntimeError("the agent has not discovered its host yet")
+        return self.publisher
+
+    async def discover(self) -> Discovery:
+        d = await discover(self.probe_dir, timeout_s=self.settings.inventory.probe_timeout_s)
+        if self.publisher is None:
+            self.publisher = HostPublisher(self.bus, host_id_for(d.host.hostname), self.settings.site, d.host.hostname,
+                                           interval_s=self.settings.heartbeat_interval_s)
+        self.discovery = d
+        return d
+
+    async def publish_capability_if_changed(self) -> bool:
+        """Publish when what would be reported differs from what JetStream last acknowledged."""
+        d = self.discovery
+        if d is None:
+            return False
+        fp = fingerprint(d)
+        if fp == self._published:
+            return False
+        self.generation = next_generation(self.generation)
+        report = CapabilityReport(host_id=self.host_id, site=self._pub().site, generation=self.generation,
+                                  agent_version=__version__, facts=d.host, devices=d.devices, labels=d.labels)
+        await self._pub().capability(report)
+        self._published = fp
+        log.info("capability generation %d published (%d devices)", self.generation, len(d.devices))
+        return True
+
+    async def telemetry_once(self) -> None:
+        d = self.discovery
+        if d is None:
+            return
+        readings = await collect_readings(self.probe_dir, timeout_s=self.settings.inventory.probe_timeout_s)
+        samples = samples_for(d.devices, readings)
+        flipped = [dev.model_copy(update={"health": Health.UNHEALTHY if s[5] == 0 else Health.HEALTHY})
+                   if (s[5] == 0) != (dev.health == Health.UNHEALTHY) else dev
+                   for dev, s in zip(d.devices, samples, strict=True)]
+        if flipped != d.devices:  # health flipped: the capability report follows
+            self.discovery = d.model_copy(update={"devices": flipped})
+        mem = psutil.virtual_memory()
+        report = TelemetryReport(host_id=self.host_id, site=self._pub().site, ts=datetime.now(UTC),
+                                 cpu_pct=min(100.0, max(0.0, psutil.cpu_percent(interval=None))),
+                                 mem_used_mib=int((mem.total - mem.available) // MIB), mem_total_mib=int(mem.total // MIB),
+                                 devices=samples)
+        await self._pub().telemetry(report)
+
+    async def report_state(self) -> None:
+        await publish_state(self._pub(), self.running)
+
+    async def handle_command(self, msg: Msg) -> None:
+        try:
+            event = CloudEvent.from_bytes(msg.data)
+        except InvalidEnvelope as exc:
+            log.warning("dropped a malformed command: %s", exc.reason)
+            return
+        if self.on_command is None:
+            log.info("command %s received but no handler is installed", event.type)
+            return
+        try:
+            await self.on_command(event)
+        except Exception:
+            log.exception("command handler failed on %s", event.id)
+
+    # ------------------------------------------------------------------ loops
+    async def _every(self, interval: float, what: str, fn: Callable[[], Awaitable[Any]]) -> None:
+        while True:
+            try:
+                await fn()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("%s failed (%s); retrying in %.1fs", what, type(exc).__name__, interval)
+            await asyncio.sleep(interval)
+
+    async def _rediscover(self) -> None:
+        await self.discover()
+        await self.publish_capability_if_changed()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.discover()
+        pub = self._pub()
+        sub = await self.bus.nc.subscribe(subjects.agent_command_subject(pub.site, pub.host_id), cb=self.handle_command)
+        s = self.settings
+        tasks = [
+            asyncio.create_task(self._every(s.heartbeat_interval_s, "heartbeat", pub.heartbeat), name="heartbeat"),
+            asyncio.create_task(self._every(s.inventory.rediscover_interval_s, "discovery", self._rediscover),
+                                name="discovery"),
+            asyncio.create_task(self._every(s.telemetry_interval_s, "telemetry", self._telemetry), name="telemetry"),
+        ]
+        log.info("agent for %s at %s running", pub.host_id, pub.site)
+        await stop.wait()
+        log.info("agent stopping")
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await sub.unsubscribe()
+
+    async def _telemetry(self) -> None:
+        await self.telemetry_once()
+        await self.publish_capability_if_changed()
+
+
+def run_agent(settings: Settings, *, probe_dir: str | Path | None) -> int:
+    """Run the agent until SIGTERM/SIGINT; 2 for bad arguments, 1 when the bus is unreachable."""
+    directory = Path(probe_dir) if probe_dir else None
+    if directory is not None and not directory.is_dir():
+        print(f"xpumesh agent: probe dir not found: {probe_dir}")
+        return 2
+    if not settings.nats_url:
+        print("xpumesh agent: XPUMESH_NATS_URL is not set")
+        return 2
+    try:
+        subjects.check_token(settings.site, "site")
+    except ValueError as exc:
+        print(f"xpumesh agent: XPUMESH_SITE: {exc}")
+        return 2
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        bus = Bus(settings.bus, name=f"agent.{settings.site}")
+        try:
+            await bus.connect(settings.nats_url or "")
+        except Exception as exc:  # nats raises its own errors for unreachable servers
+            print(f"xpumesh agent: cannot connect to NATS ({type(exc).__name__})")
+            return 1
+        try:
+            await Agent(settings, bus, probe_dir=directory).run(stop)
+        finally:
+            await bus.close()  # drains: what was published is flushed before exit
+        return 0
+
+    return asyncio.run(main())
