@@ -1,0 +1,140 @@
+"""Fleet metrics for people and dashboards: city summaries, time series, alerts, drill-down.
+
+Aggregates only — the browser never receives raw samples. Every call is answered by the
+metrics service over the bus. Fleet-wide views (summaries, series, alerts, hosts, devices)
+are readable by every role; workloads are confined to the caller's tenant unless the key
+is an admin or operator key. ``GET /metrics`` is the gateway process's own Prometheus
+exposition and, like health, needs no key.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from libs.metrics import exposition
+from libs.schemas.metrics import (
+    AlertList,
+    AlertQuery,
+    AlertSeverity,
+    AlertState,
+    DeviceDetail,
+    DeviceRef,
+    FleetSummary,
+    HostNow,
+    HostPage,
+    HostsQuery,
+    Scope,
+    Series,
+    SeriesQuery,
+    SummaryQuery,
+    WorkloadNow,
+    WorkloadPage,
+    WorkloadQuery,
+)
+from services.gateway.auth import CurrentPrincipal, tenant_filter
+from services.gateway.deps import Ctx, call
+from services.gateway.pagination import MAX_PAGE, Page, decode_cursor, encode_cursor
+from services.gateway.problems import ProblemError
+
+router = APIRouter(tags=["metrics"])
+SiteFilter = Annotated[list[str] | None, Query(description="Only these sites (repeat the parameter).", max_length=1000)]
+TOKEN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+def _invalid(exc: ValidationError) -> ProblemError:
+    errors = [{"loc": ".".join(str(p) for p in e["loc"]) or "query", "msg": e["msg"]} for e in exc.errors()[:20]]
+    return ProblemError(422, "Invalid request", f"{errors[0]['loc']}: {errors[0]['msg']}", errors=errors)
+
+
+@router.get("/v1/metrics/summary", summary="Every city at once: devices by hardware type, health, utilisation, power",
+            response_model=FleetSummary)
+async def get_summary(ctx: Ctx, principal: CurrentPrincipal, site: SiteFilter = None) -> FleetSummary:
+    return await call(ctx, "metrics", "summary", SummaryQuery(sites=site), FleetSummary)
+
+
+@router.get("/v1/metrics/series", summary="A time series for a device, host, site or hardware type",
+            response_model=Series, responses={404: {"description": "Unknown device, host, site or hardware type"}})
+async def get_series(
+        ctx: Ctx, principal: CurrentPrincipal,
+        scope: Annotated[Scope, Query(description="device, host, site or hardware_type")],
+        key: Annotated[str, Query(max_length=140, description="'<host>/<slot>', host id, site or hardware type")],
+        site: Annotated[str | None, Query(pattern=TOKEN, description="With scope hardware_type: one site")] = None,
+        start: Annotated[datetime | None, Query(description="Default: end minus one hour")] = None,
+        end: Annotated[datetime | None, Query(description="Default: now")] = None,
+        step: Annotated[int | None, Query(ge=1, le=7 * 24 * 3600, description="Seconds per point; default: "
+                                          "about 120 points, whole minutes")] = None) -> Series:
+    end = _aware(end) if end else datetime.now(UTC)
+    start = _aware(start) if start else end - timedelta(hours=1)
+    if step is None:
+        window = max((end - start).total_seconds(), 1.0)
+        step = max(60, math.ceil(window / 120 / 60) * 60)
+    try:
+        query = SeriesQuery(scope=scope, key=key, site=site, start=start, end=end, step_s=step)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+    return await call(ctx, "metrics", "series", query, Series)
+
+
+def _aware(t: datetime) -> datetime:
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+@router.get("/v1/alerts", tags=["alerts"], summary="Alerts: firing now (default) or recently resolved",
+            response_model=AlertList)
+async def list_alerts(ctx: Ctx, principal: CurrentPrincipal, state: AlertState = AlertState.FIRING,
+                      site: SiteFilter = None, severity: AlertSeverity | None = None,
+                      limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 200) -> AlertList:
+    return await call(ctx, "metrics", "alerts.list",
+                      AlertQuery(state=state, sites=site, severity=severity, limit=limit), AlertList)
+
+
+@router.get("/v1/metrics/sites/{site}/hosts", summary="One city's hosts with their devices' latest values",
+            response_model=Page[HostNow])
+async def list_site_hosts(ctx: Ctx, principal: CurrentPrincipal, site: Annotated[str, Path(pattern=TOKEN)],
+                          cursor: str | None = None,
+                          limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100) -> Page[HostNow]:
+    after = decode_cursor(cursor)
+    if after is not None and not isinstance(after, str):
+        raise ProblemError(400, "Invalid cursor", "the cursor is not one this API returned")
+    page = await call(ctx, "metrics", "hosts.list", HostsQuery(site=site, after=after, limit=limit), HostPage)
+    return Page[HostNow](items=page.items, next_cursor=encode_cursor(page.next_cursor) if page.next_cursor else None)
+
+
+@router.get("/v1/metrics/devices/{host_id}/{slot}", summary="One device: metadata, versions, latest values, workloads",
+            response_model=DeviceDetail, responses={404: {"description": "No such device"}})
+async def get_device(ctx: Ctx, principal: CurrentPrincipal, host_id: Annotated[str, Path(pattern=TOKEN)],
+                     slot: Annotated[int, Path(ge=0, le=100_000)]) -> DeviceDetail:
+    detail = await call(ctx, "metrics", "device.get", DeviceRef(host_id=host_id, slot=slot), DeviceDetail)
+    tenant = tenant_filter(principal)
+    if tenant is not None:
+        detail.workloads = [w for w in detail.workloads if w.tenant == tenant]
+    return detail
+
+
+@router.get("/v1/metrics/workloads", summary="Workloads with their state and placement, as the fleet sees them",
+            response_model=Page[WorkloadNow])
+async def list_workloads(ctx: Ctx, principal: CurrentPrincipal, site: SiteFilter = None,
+                         state: Annotated[str | None, Query(max_length=32)] = None, cursor: str | None = None,
+                         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100) -> Page[WorkloadNow]:
+    after = decode_cursor(cursor)
+    if after is not None and not isinstance(after, str):
+        raise ProblemError(400, "Invalid cursor", "the cursor is not one this API returned")
+    query = WorkloadQuery(sites=site, tenant=tenant_filter(principal), state=state, after=after, limit=limit)
+    page = await call(ctx, "metrics", "workloads.list", query, WorkloadPage)
+    return Page[WorkloadNow](items=page.items, next_cursor=encode_cursor(page.next_cursor) if page.next_cursor else None)
+
+
+async def gateway_metrics(request: Request) -> Response:
+    """The gateway process's own metrics (requests, rejections, bus calls) in Prometheus text format."""
+    return Response(exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+# A plain Starlette route: outside the API's key check, like /healthz (Prometheus scrapes it).
+router.add_route("/metrics", gateway_metrics, methods=["GET"], include_in_schema=False)
