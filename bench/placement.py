@@ -1,7 +1,7 @@
 """Placement benchmark: CP-SAT placer vs first-fit and best-fit on the same synthetic trace.
 
     python bench/placement.py [--hosts 1000,10000] [--workloads 1000] [--seed N]
-                              [--batch 100] [--time-limit 1.0] [--candidates 6]
+                              [--batch 100] [--time-limit 1.0] [--candidates 4]
 
 Fleets: N hosts x 8 devices, mixed vendors and types over six sites, some hosts down,
 some devices unhealthy, some partially used by running (non-preemptible) work. Two
@@ -19,7 +19,8 @@ not retried) and its decision is applied before the next batch.
 
 Metrics per placer:
 * placements/s: workloads fully placed / total ``place`` wall time (decisions/s counts all);
-* solve p50/p99: wall time of one ``place`` call per batch;
+* solve p50/p99: wall time of one ``place`` call per batch (fastest of ``--repeat`` identical
+  calls, to keep other processes on the machine out of the numbers);
 * placed, device-hours placed (devices x share x duration; compute-unit requests count the
   devices they got, so CU-hours are reported too), preemptions;
 * stranded devices: after the last batch, free healthy devices on an up, partially used
@@ -250,10 +251,13 @@ class Run:
         self.statuses: dict[str, int] = {}
         self.apply_s = 0.0
 
-    def step(self, chunk: Sequence[PendingWorkload]) -> None:
-        t = time.perf_counter()
-        d = self.placer(chunk, self.snap)
-        self.walls.append(time.perf_counter() - t)
+    def step(self, chunk: Sequence[PendingWorkload], repeat: int) -> None:
+        best = float("inf")
+        for _ in range(repeat):  # placers are pure and deterministic: keep the least disturbed run
+            t = time.perf_counter()
+            d = self.placer(chunk, self.snap)
+            best = min(best, time.perf_counter() - t)
+        self.walls.append(best)
         self.statuses[d.solver_status] = self.statuses.get(d.solver_status, 0) + 1
         self.placed += len(d.placed_workloads())
         self.replicas += len(d.assignments)
@@ -294,8 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--time-limit", type=float, default=1.0, help="CP-SAT placer budget per batch (s)")
-    ap.add_argument("--candidates", type=int, default=6, help="max_candidates per replica")
+    ap.add_argument("--candidates", type=int, default=4, help="max_candidates per replica")
     ap.add_argument("--scenarios", default="contended,open")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="time each batch this many times and keep the fastest (the machine is shared)")
     ap.add_argument("--contention", type=float, default=1.1,
                     help="contended scenario: free devices at start = this x the devices the trace asks for")
     args = ap.parse_args(argv)
@@ -307,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         ("first_fit", lambda b, s: place_greedy(b, s, rules=DRIVER_RULES, strategy="first_fit")),
     ]
     results: dict[str, Any] = {"seed": args.seed, "workloads": args.workloads, "batch": args.batch,
+                               "repeat": args.repeat,
                                "time_limit_s": args.time_limit, "max_candidates": args.candidates, "runs": {}}
     rows: list[str] = []
     for n_hosts in (int(x) for x in args.hosts.split(",")):
@@ -329,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
             runs = [Run(name, placer, snap, trace) for name, placer in placers]
             for start in range(0, len(trace), args.batch):  # interleaved, so machine noise hits all alike
                 for r in runs:
-                    r.step(trace[start:start + args.batch])
+                    r.step(trace[start:start + args.batch], args.repeat)
             for r in runs:
                 run["placers"][r.name] = r.result()
             bf = run["placers"]["best_fit"]

@@ -10,7 +10,7 @@ Entry point::
         quotas: Mapping[str, Mapping[HardwareType | str, float]] | None = None,
                                                  # tenant → hardware type → max devices (shares count as fractions)
         time_limit_s: float = 1.0,               # wall budget for the whole call; <= 0: greedy only
-        max_candidates: int = 6,                 # options (pools/devices) kept per replica for the solver
+        max_candidates: int = 4,                 # options (pools/devices) kept per replica for the solver
         weights: Weights = DEFAULT_WEIGHTS,      # objective weights
         workers: int = 1,                        # CP-SAT threads
     ) -> PlacementDecision

@@ -109,7 +109,7 @@ def place(
     rules: PlacementRules | None = None,
     quotas: Quotas | None = None,
     time_limit_s: float = 1.0,
-    max_candidates: int = 6,
+    max_candidates: int = 4,
     weights: Weights = DEFAULT_WEIGHTS,
     workers: int = 1,
 ) -> PlacementDecision:

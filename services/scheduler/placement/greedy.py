@@ -9,7 +9,8 @@ With ``max_candidates`` > 1 the same pass also keeps, for every item, its best o
 the moment it was considered, scored against the capacity left by the items before it (so
 identical items are steered to different hosts). These bounded sets are what the CP-SAT
 model chooses among; the greedy choice is always the first of them, so the greedy result
-is a valid hint.
+is a valid hint. A few pools that earlier items of the pass filled, but that fit the item at
+batch start, are added too, so the solver can trade places between items.
 
 Ranking does not touch every eligible pool per item: pools are bucketed once per
 signature by what their score depends on (``_Groups``), buckets are scored and walked in
@@ -157,7 +158,10 @@ def _scores(ctx: _Ctx, item: Item, pools: IntArray, pf: IntArray, strategy: Stra
 
 
 def _whole_options(ctx: _Ctx, item: Item, elig: Eligibility, cap: Capacity, strategy: Strategy, limit: int,
-                   used_hosts: dict[int, int], site_count: dict[int, int], site_cap: int) -> list[Choice]:
+                   used_hosts: dict[int, int], site_count: dict[int, int], site_cap: int,
+                   snapshot_extra: int = 0) -> list[Choice]:
+    """The ``limit`` best pools that fit the item now, best first, then up to ``snapshot_extra``
+    pools that earlier items of this pass filled but that fit it at batch start."""
     snap = ctx.snap
     if len(elig.whole_pools) == 0:
         return []
@@ -201,16 +205,24 @@ def _whole_options(ctx: _Ctx, item: Item, elig: Eligibility, cap: Capacity, stra
             found.sort()
             del found[limit:]
             kth = found[-1][0]
+    extra: list[tuple[int, int, int, int]] = []
     if touched:
         tq = np.fromiter((q for q in touched if elig.pool_ok[q]), dtype=np.int64)
         if len(tq):
             t_score, t_need, t_base = _scores(ctx, item, tq, cap.pool_free[tq], strategy)
-            for j in np.flatnonzero(t_score >= 0).tolist():
-                q, n = int(tq[j]), int(t_need[j])
-                if allowed(q, n):
-                    found.append((int(t_score[j]) + q, q, n, int(t_base[j])))
+            s_score, s_need, s_base = _scores(ctx, item, tq, snap.pool_free[tq], strategy)
+            for j in np.flatnonzero((t_score >= 0) | (s_score >= 0)).tolist():
+                q = int(tq[j])
+                if t_score[j] >= 0:
+                    if allowed(q, int(t_need[j])):
+                        found.append((int(t_score[j]) + q, q, int(t_need[j]), int(t_base[j])))
+                elif snapshot_extra and allowed(q, int(s_need[j])):
+                    # full now, but not at batch start: the solver may free it by moving earlier items
+                    extra.append((int(s_score[j]) + q, q, int(s_need[j]), int(s_base[j])))
     found.sort()
-    return [Choice(item.idx, q, -1, n, 0, 0, cost=cost) for _, q, n, cost in found[:limit]]
+    extra.sort()
+    chosen = found[:limit] + extra[:snapshot_extra]
+    return [Choice(item.idx, q, -1, n, 0, 0, cost=cost) for _, q, n, cost in chosen]
 
 
 def _share_options(ctx: _Ctx, item: Item, elig: Eligibility, cap: Capacity, strategy: Strategy, limit: int,
@@ -308,11 +320,15 @@ def greedy_pass(
             site_cap = 0
             if item.spread == "site":
                 site_cap = res.site_cap.setdefault(w, math.ceil(len(group) / ctx.eligible_sites(elig)))
-            fn = _share_options if item.kind == Kind.SHARE else _whole_options
-            opts = fn(ctx, item, elig, cap, strategy, max_candidates, used_hosts, site_count, site_cap)
+            if item.kind == Kind.SHARE:
+                opts = _share_options(ctx, item, elig, cap, strategy, max_candidates, used_hosts, site_count,
+                                      site_cap)
+            else:
+                opts = _whole_options(ctx, item, elig, cap, strategy, max_candidates, used_hosts, site_count,
+                                      site_cap, snapshot_extra=max(2, max_candidates // 2) if max_candidates > 1 else 0)
             if max_candidates > 1:
                 res.candidates[item.idx] = opts
-            if not opts:
+            if not opts or not _fits_now(cap, item, opts[0]):
                 res.failed[item.idx] = "no room"
                 failed = True
                 continue
@@ -333,3 +349,9 @@ def greedy_pass(
                 res.choices[c.item] = c
         i = j
     return res
+
+
+def _fits_now(cap: Capacity, item: Item, c: Choice) -> bool:
+    if item.kind == Kind.SHARE:
+        return bool(cap.free_share[c.device] + EPS >= item.share / SHARE_SCALE and cap.free_mem[c.device] >= c.mem)
+    return bool(cap.pool_free[c.pool] >= c.n)

@@ -233,8 +233,8 @@ class FleetSnapshot:
                     if d is not None:
                         free_share[d] = min(1.0, free_share[d] + dev.share)
                         free_mem[d] = min(int(self.dev_mem[d]), int(free_mem[d]) + self._alloc_mem(d, dev))
-        dev_allocs = _index_allocs(allocations, self.dev_index) if evicted else {
-            d: list(a) for d, a in self.dev_allocs.items()}
+        # copy-on-write: only the entries of devices that get a new allocation are new lists
+        dev_allocs = _index_allocs(allocations, self.dev_index) if evicted else dict(self.dev_allocs)
         by_workload: dict[str, list[AllocatedDevice]] = {}
         for a in decision.assignments:
             for dev_id, share, mem in zip(a.device_ids, a.shares, a.memory_mib, strict=True):
@@ -246,8 +246,9 @@ class FleetSnapshot:
             spec = specs[wid]
             allocations.append(Allocation(wid, spec.priority, spec.preemptible, spec.tenant, tuple(devs)))
             for dev in devs:
-                dev_allocs.setdefault(self.dev_index[dev.device_id], []).append(len(allocations) - 1)
-        return FleetSnapshot(
+                d = self.dev_index[dev.device_id]
+                dev_allocs[d] = [*dev_allocs.get(d, ()), len(allocations) - 1]
+        child = FleetSnapshot(
             hosts=self.hosts, host_index=self.host_index, sites=self.sites, site_index=self.site_index,
             host_site=self.host_site, host_up=self.host_up, profiles=self.profiles, pool_host=self.pool_host,
             pool_profile=self.pool_profile, pool_start=self.pool_start, dev_ids=self.dev_ids,
@@ -256,6 +257,22 @@ class FleetSnapshot:
             dev_cu=self.dev_cu, dev_free_share=free_share, dev_free_mem=free_mem, allocations=allocations,
             dev_allocs=dev_allocs, bandwidth_gbps=self.bandwidth_gbps, latency_ms=self.latency_ms,
         )
+        if not evicted:  # carry the cached aggregates forward instead of rescanning every allocation
+            added = allocations[len(self.allocations):]
+            usage = self.__dict__.get("_tenant_usage")
+            if usage is not None:
+                usage = dict(usage)
+                for alloc in added:
+                    for dev in alloc.devices if alloc.tenant is not None else ():
+                        key = (alloc.tenant, str(self.profiles[self.dev_profile[self.dev_index[dev.device_id]]]
+                                                 .hardware_type))
+                        usage[key] = usage.get(key, 0.0) + dev.share
+                child.__dict__["_tenant_usage"] = usage
+            if "_min_preemptible" in self.__dict__:
+                child.__dict__["_min_preemptible"] = min(
+                    (p for p in [self.__dict__["_min_preemptible"], *(a.priority for a in added if a.preemptible)]
+                     if p is not None), default=None)
+        return child
 
     def _alloc_mem(self, d: int, dev: AllocatedDevice) -> int:
         if dev.memory_mib is not None:

@@ -224,7 +224,12 @@ def solve(snap: FleetSnapshot, mi: ModelInput, weights: Weights, time_limit_s: f
     solver.parameters.max_time_in_seconds = max(1e-3, time_limit_s - build_s)
     solver.parameters.num_workers = workers
     solver.parameters.log_search_progress = False
+    # Small models: the LP with cuts (linearization 2) proves the fragmentation terms fast; probing
+    # and symmetry detection cost more than they save at this size.
     solver.parameters.linearization_level = 2
+    solver.parameters.cp_model_probing_level = 0
+    solver.parameters.symmetry_level = 0
+    solver.parameters.max_presolve_iterations = 1
     solver.parameters.absolute_gap_limit = float(weights.gap)
     status = solver.solve(m.model)
     wall = time.perf_counter() - t0
