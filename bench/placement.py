@@ -64,6 +64,7 @@ from services.scheduler.placement import (
     place,
     place_greedy,
 )
+from services.scheduler.placement.capacity import cu_need
 from services.scheduler.placement.feasibility import FeasibilityCache
 from services.scheduler.placement.workloads import Kind, expand
 
@@ -223,7 +224,8 @@ def stranded(snap: FleetSnapshot, pending: Sequence[PendingWorkload]) -> int:
             continue  # shares can use any free device: they never strand whole ones
         ok = feas.get(it.sig).pool_ok
         if it.kind == Kind.CU:
-            need = np.where(cu > 0, np.ceil(it.cu / np.maximum(cu, 1e-9)), 1 << 30).astype(np.int64)
+            need = cu_need(it, cu)
+            need[need == 0] = 1 << 30
         else:
             need = np.full(snap.n_pools, it.n, dtype=np.int64)
         np.minimum(min_need, np.where(ok, need, 1 << 30), out=min_need)

@@ -3,34 +3,46 @@
 Entry point::
 
     place(
-        batch: Sequence[PendingWorkload],        # id + WorkloadSpec, in arrival order
+        batch: Sequence[PendingWorkload],        # id + WorkloadSpec; queue order = priority, then this order
         snapshot: FleetSnapshot,                 # build_snapshot(hosts, devices, allocations, links)
         *,
         rules: PlacementRules | None = None,     # PlacementRules.of(compat=[CompatRule…], runtime_driver=[…])
         quotas: Mapping[str, Mapping[HardwareType | str, float]] | None = None,
                                                  # tenant → hardware type → max devices (shares count as fractions)
-        time_limit_s: float = 1.0,               # wall budget for the whole call; <= 0: greedy only
+        time_limit_s: float = 1.0,               # wall budget for the whole call; <= 0: greedy only, no preemption
         max_candidates: int = 4,                 # options (pools/devices) kept per replica for the solver
         weights: Weights = DEFAULT_WEIGHTS,      # objective weights
-        workers: int = 1,                        # CP-SAT threads
+        workers: int = 1,                        # CP-SAT threads (1 keeps results deterministic)
     ) -> PlacementDecision
 
-Stages: ``feasibility`` (filters per profile/host/pool, cached per workload shape) →
-``greedy`` (scored best-fit in queue order; records each replica's best options as it goes)
-→ ``solver`` (CP-SAT per independent sub-problem, greedy result as hint and as fallback;
-items that compete with nothing take their cheapest option directly) → device selection →
-``preempt`` (pending high-priority work may stop lower-priority preemptible work) →
-``explain`` (per-filter host counts for whatever is still pending).
+Stages, each a module:
 
-``PlacementDecision`` carries ``assignments`` (workload id, replica → host, devices, share
-and memory per device), ``preemptions``, ``pending`` (reason text + counts per filter),
-``solver_status`` (OPTIMAL | FEASIBLE | GREEDY_FALLBACK | TRIVIAL | EMPTY), ``objective``,
-``timings_s`` and per-sub-problem stats.
+1. ``feasibility`` - hardware type/vendor/model glob, variants, device memory, runtime and
+   framework requirements (``rules``: the driver decides which runtime versions a device can
+   run when driver rules exist), host up, sites, host labels, health. Decided per device
+   profile / host / pool and cached per workload shape.
+2. ``greedy`` - scored best-fit in queue order; records each replica's best ``max_candidates``
+   pools at that moment plus a couple it could have had at batch start.
+3. ``solver`` - placements that already fill their pool exactly are committed; the rest is
+   split into independent sub-problems (shared pools, gangs, binding quotas) and each is
+   solved by CP-SAT with the greedy result as hint and as fallback. Items that compete with
+   nothing take their cheapest option directly.
+4. ``capacity.select_devices`` - concrete devices (best-fit link group).
+5. ``preempt`` - still-pending work may stop lower-priority preemptible work (least disruption).
+6. ``explain`` - per-filter host counts for whatever is still pending.
+
+``PlacementDecision`` carries ``assignments`` (workload id, replica → host, devices, share and
+memory per device), ``preemptions``, ``pending`` (reason text + host counts per filter),
+``solver_status`` (OPTIMAL | FEASIBLE | GREEDY_FALLBACK | TRIVIAL | EMPTY; GREEDY for the
+baselines), ``objective``,
+``timings_s`` per stage and per-sub-problem stats.
 
 ``place_greedy(batch, snapshot, *, rules, quotas, strategy="best_fit"|"first_fit")`` is the
-baseline with the same input and output types. The caller applies a decision with
-``snapshot.with_decision(decision, batch)`` (or rebuilds the snapshot from its tables).
-Nothing here does I/O; everything is deterministic for a given input with ``workers=1``.
+baseline with the same input and output types. ``snapshot.with_decision(decision, batch)``
+applies a decision (assignments become allocations, preemptions free theirs);
+``adapters.snapshot_from_inventory`` builds a snapshot from inventory hosts and devices.
+Nothing here does I/O; with ``workers=1`` results are deterministic unless the time limit
+cuts a search short.
 """
 
 from services.scheduler.placement.capacity import DEFAULT_WEIGHTS, Weights

@@ -8,7 +8,6 @@ NVLink/HCCS island when they can).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -22,10 +21,12 @@ from services.scheduler.placement.workloads import SHARE_SCALE, UNITS_PER_DEVICE
 class Weights:
     """Objective weights (integers; rewards dwarf costs so placing always beats not placing).
 
-    reward(item) = reward_unit * (priority + 1) * units, units = devices * 100; the smallest
-    reward (a 0.25 share at priority 0) is 2,500, above any sum of costs for one placement.
+    reward(item) = place + reward_unit * (priority + 1) * units, units = devices * 100 (a
+    share counts its fraction). ``place`` alone exceeds the largest sum of costs one placement
+    can carry (about 1,000), so even a tiny low-priority share is worth placing.
     """
 
+    place: int = 2000
     reward_unit: int = 100
     frag: int = 100  # per pool left partly used: charged when a fresh pool is opened and not
     #                  filled, refunded (a bonus) when a placement fills a pool completely
@@ -62,14 +63,11 @@ def pool_cost(w: Weights, free: int, size: int, used: int) -> int:
     return cost + (w.frag if free >= size else 0)  # a fresh pool left partly used
 
 
-def share_mem(item: Item, dev_mem: int) -> int:
-    return item.mem_mib if item.mem_mib else math.ceil(item.share * dev_mem / SHARE_SCALE)
-
-
 def cu_need(item: Item, cu: FloatArray) -> np.ndarray:
-    """Devices of each pool's profile needed to reach the item's compute units (0 = impossible)."""
+    """Devices of each pool's profile needed to reach the item's compute units, for all its
+    replicas (0 = impossible)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        need = np.where(cu > 0, np.ceil(item.cu / np.maximum(cu, EPS) - 1e-9), 0)
+        need = np.where(cu > 0, np.ceil(item.cu / np.maximum(cu, EPS) - 1e-9), 0) * len(item.replicas)
     return need.astype(np.int64)
 
 
@@ -139,7 +137,7 @@ class PlacementCosts:
             cost = cost + self.pressure[self.pool_class[pools]]
         if item.kind == Kind.CU and need is not None:
             cu = self.prof_cu[self.snap.pool_profile[pools]]
-            over = (need * cu - item.cu) / np.maximum(cu, EPS)
+            over = (need * cu - item.cu * len(item.replicas)) / np.maximum(cu, EPS)
             cost = cost + np.round(np.clip(over, 0, 8) * self.weights.share_waste).astype(np.int64)
         return cost
 

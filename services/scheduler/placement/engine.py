@@ -208,11 +208,10 @@ def _optimise(items: Sequence[Item], g: GreedyResult, snap: FleetSnapshot, costs
     if fixed:
         stats.append(SubproblemStats("greedy-exact-fills", len(fixed), len(fixed), "FIXED", 0.0, 0.0, 0.0))
     g = _without(g, fixed, full, snap)
+    stuck = {it.workload for it in items if it.gang and it.idx not in fixed and not g.candidates.get(it.idx)}
     for it in items:  # a gang with a replica that has nowhere to go cannot be placed at all
-        if it.gang and it.idx not in fixed and not g.candidates.get(it.idx):
-            for other in items:
-                if other.workload == it.workload:
-                    g.candidates[other.idx] = []
+        if it.workload in stuck:
+            g.candidates[it.idx] = []
     groups = _split(items, g, binding, pool_hw)
     hard = [grp for grp in groups if len(grp) > 1 or items[grp[0]].gang]
     solo = [grp[0] for grp in groups if len(grp) == 1 and not items[grp[0]].gang]
@@ -389,8 +388,10 @@ def _results(batch: Sequence[PendingWorkload], items: Sequence[Item], snap: Flee
                 if tenant == it.tenant and left < UNITS_PER_DEVICE * max(1, it.n) and it.sig.hw_type in (hw, "any"):
                     extra.insert(0, f"tenant {tenant} quota for {hw}: {max(0, left) / UNITS_PER_DEVICE:g} "
                                     "devices left")
-        if any(g.failed.get(x.idx) == "spread" for x in its):
-            extra.append("spread")
+        if spec.placement.spread != "none" and spec.replicas > 1:
+            extra.append(f"spread {spec.placement.spread}: at most "
+                         + ("one replica per host" if spec.placement.spread == "host"
+                            else f"{g.site_cap.get(w, 1)} replicas per site"))
         reps = tuple(sorted(r for x in its for r in x.replicas))
         pending.append(Pending(batch[w].id, reps, format_reason(counts, extra), counts))
     return assignments, pending

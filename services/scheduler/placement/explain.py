@@ -43,7 +43,7 @@ class Explainer:
 
     def host_counts(self, item: Item) -> tuple[dict[str, int], int]:
         """(reason → hosts excluded, hosts that passed every filter with room at batch start)."""
-        key = (item.sig, item.kind, item.n, item.share, item.mem_mib, item.cu, item.link)
+        key = (item.sig, item.kind, item.n, item.share, item.mem_mib, item.cu, len(item.replicas), item.link)
         hit = self._cache.get(key)
         if hit is None:
             hit = self._cache[key] = self._counts(item, self.feas.get(item.sig))

@@ -119,8 +119,10 @@ class _Groups:
 
     def __init__(self, snap: FleetSnapshot, pools: IntArray) -> None:
         pf = snap.pool_free[pools]
+        usable = snap.pool_usable[pools]
+        m = int(usable.max()) + 1 if len(pools) else 1
         key = ((snap.pool_profile[pools].astype(np.int64) * max(1, len(snap.sites))
-                + snap.host_site[snap.pool_host[pools]]) * 65 + pf) * 65 + snap.pool_usable[pools]
+                + snap.host_site[snap.pool_host[pools]]) * m + pf) * m + usable
         order = np.argsort(key, kind="stable")  # pools ascend within a group
         skey = key[order]
         starts = np.flatnonzero(np.r_[True, skey[1:] != skey[:-1]]) if len(skey) else np.zeros(0, dtype=np.int64)

@@ -101,7 +101,7 @@ def solve(snap: FleetSnapshot, mi: ModelInput, weights: Weights, time_limit_s: f
     w = weights
     for i in mi.member:
         item = items[i]
-        reward = w.reward_unit * (item.priority + 1) * item.units
+        reward = w.place + w.reward_unit * (item.priority + 1) * item.units
         opts = mi.options.get(i, [])
         if not opts:
             if item.gang:  # a replica with nowhere to go: the gang cannot be placed

@@ -58,7 +58,7 @@ class Item:
     n: int  # devices for WHOLE (n per replica * replicas for same_host); 1 for SHARE
     share: int  # SHARE: share * SHARE_SCALE
     mem_mib: int  # SHARE: reserved memory; 0 = share * device memory
-    cu: float
+    cu: float  # CU: compute units per replica
     link: bool  # devices must share a link group
     priority: int
     tenant: str | None
@@ -118,7 +118,7 @@ def expand(batch: Sequence[PendingWorkload]) -> list[Item]:
         for reps in groups:
             items.append(Item(
                 idx=len(items), workload=w, replicas=reps, kind=kind, n=n * len(reps), share=share, mem_mib=mem,
-                cu=float(hw.compute_units or 0.0) * len(reps), link=pl.topology == "same_link_group", priority=spec.priority,
+                cu=float(hw.compute_units or 0.0), link=pl.topology == "same_link_group", priority=spec.priority,
                 tenant=spec.tenant, gang=spec.gang and spec.replicas > 1, spread=pl.spread, sig=sig,
                 data_site=pl.data_site, data_gib=pl.data_gib, units=units * len(reps),
             ))

@@ -263,6 +263,15 @@ def test_same_host_topology_puts_all_replicas_together():
     check_valid(d, snap, batch)
 
 
+def test_same_host_compute_units_give_each_replica_enough():
+    snap = fleet({"small": ("910b", 4), "big": ("910b", 8)})
+    batch = [wl("w", hardware={"type": "any", "compute_units": 400}, replicas=3, placement={"topology": "same_host"})]
+    d = place(batch, snap)
+    assert [a.host_id for a in d.assignments] == ["big"] * 3
+    assert all(len(a.device_ids) == 2 for a in d.assignments)  # 2 x 313 CU >= 400 per replica
+    check_valid(d, snap, batch)
+
+
 def test_greedy_fallback_when_the_time_limit_is_tiny():
     snap = fleet({f"h{i}": ("a100", 8) for i in range(4)})
     batch = [wl(f"w{i}", hardware={"type": "gpu", "count": 1 + i % 4}) for i in range(12)]
