@@ -9,7 +9,8 @@ from libs.service import Context
 from services.gateway import openapi, problems
 from services.gateway.auth import gate
 from services.gateway.middleware import GatewayMiddleware
-from services.gateway.routes import dashboard, hosts, keys, metrics, system, tenants
+from services.gateway.routes import dashboard, hosts, keys, metrics, subscriptions, system, tenants
+from services.gateway.routes import inventory as inventory_routes
 
 
 def create_app(ctx: Context) -> FastAPI:
@@ -27,8 +28,10 @@ def create_app(ctx: Context) -> FastAPI:
     openapi.install(app)
     app.include_router(system.router)
     app.include_router(hosts.router)
+    app.include_router(inventory_routes.router)
     app.include_router(keys.router)
     app.include_router(tenants.router)
+    app.include_router(subscriptions.router)
     app.include_router(metrics.router)
     app.include_router(dashboard.router)
     return app

@@ -1,36 +1,100 @@
-"""Hosts: membership and liveness from the registry."""
+"""Hosts: what each host has and whether it is up, from the inventory (which follows the registry).
+
+Readable by every role; operator labels can be changed by operators and admins.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Path, Query
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from libs.bus.errors import NotFound
-from libs.schemas.registry import Member, MemberKind, MemberPage, MemberQuery, MemberRef, MemberStatus
+from libs.schemas.inventory import TOKEN, HostDetail, HostLabels, HostPage, HostQuery, HostStatus, HostSummary
+from libs.schemas.tenancy import Role
+from services.gateway.auth import require_role
 from services.gateway.deps import Ctx, call
 from services.gateway.pagination import MAX_PAGE, Page, decode_cursor, encode_cursor
 from services.gateway.problems import ProblemError
 
 router = APIRouter(tags=["hosts"])
+LabelFilter = Annotated[list[str] | None, Query(
+    description="Only hosts carrying this label, as key=value (repeat for several; all must match).",
+    max_length=64, examples=["xpumesh.io/gpu.model=H100-80GB-HBM3"])]
+HostId = Annotated[str, Path(pattern=TOKEN, description="Host id (its hostname as one token).")]
 
 
-@router.get("/v1/hosts", summary="Hosts of the fleet, with liveness", response_model=Page[Member])
-async def list_hosts(ctx: Ctx, site: str | None = None, status: MemberStatus | None = None,
-                     cursor: str | None = None, limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100) -> Page[Member]:
+def label_filter(label: list[str] | None) -> dict[str, str]:
+    """``["k=v", …]`` → ``{k: v}``; a malformed entry is a 422 naming it."""
+    out: dict[str, str] = {}
+    for item in label or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ProblemError(422, "Invalid request", f"label {item[:80]!r} must be key=value",
+                               errors=[{"loc": "query.label", "msg": "must be key=value"}])
+        out[key] = value
+    return out
+
+
+def invalid(exc: ValidationError) -> ProblemError:
+    """A filter the inventory's query model refuses, as 422 naming the parameter."""
+    errors = [{"loc": "query." + ".".join(str(p) for p in e["loc"]), "msg": e["msg"]} for e in exc.errors()[:20]]
+    first = errors[0]
+    return ProblemError(422, "Invalid request", f"{first['loc']}: {first['msg']}", errors=errors)
+
+
+def string_cursor(cursor: str | None) -> str | None:
     after = decode_cursor(cursor)
-    page = await call(ctx, "registry", "members.list",
-                      MemberQuery(kind=MemberKind.HOST, site=site, status=status, after=after, limit=limit), MemberPage)
-    return Page[Member](items=page.items, next_cursor=encode_cursor(page.next_cursor) if page.next_cursor else None)
+    if after is not None and not isinstance(after, str):
+        raise ProblemError(400, "Invalid cursor", "the cursor is not one this API returned")
+    return after
 
 
-@router.get("/v1/hosts/{host_id}", summary="One host", response_model=Member,
-            responses={404: {"description": "No such host"}})
-async def get_host(ctx: Ctx, host_id: str) -> Member:
+@router.get("/v1/hosts", summary="Hosts of the fleet with their hardware summary and status",
+            response_model=Page[HostSummary])
+async def list_hosts(ctx: Ctx, site: Annotated[str | None, Query(pattern=TOKEN)] = None,
+                     status: HostStatus | None = None, label: LabelFilter = None, cursor: str | None = None,
+                     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100) -> Page[HostSummary]:
     try:
-        member = await call(ctx, "registry", "members.get", MemberRef(id=host_id), Member)
+        query = HostQuery(site=site, status=status, labels=label_filter(label), after=string_cursor(cursor),
+                          limit=limit)
+    except ValidationError as exc:
+        raise invalid(exc) from None
+    page = await call(ctx, "inventory", "hosts.list", query, HostPage)
+    return Page[HostSummary](items=page.items,
+                             next_cursor=encode_cursor(page.next_cursor) if page.next_cursor else None)
+
+
+@router.get("/v1/hosts/{host_id}", summary="One host: facts, labels, devices with health and last readings",
+            response_model=HostDetail, responses={404: {"description": "No such host"}})
+async def get_host(ctx: Ctx, host_id: HostId) -> HostDetail:
+    try:
+        return await call(ctx, "inventory", "hosts.get", {"id": host_id}, HostDetail)
     except NotFound:
         raise ProblemError(404, "Host not found", f"no host {host_id!r}") from None
-    if member.kind != MemberKind.HOST:
-        raise ProblemError(404, "Host not found", f"no host {host_id!r}")
-    return member
+
+
+class LabelChange(BaseModel):
+    """Operator labels to set and to remove; discovered labels are never changed."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"set": {"team": "vision", "pool": "training"}, "remove": ["deprecated"]}]})
+
+    set: dict[str, str] = Field(default_factory=dict)
+    remove: list[str] = Field(default_factory=list, max_length=64)
+
+
+@router.patch("/v1/hosts/{host_id}/labels", summary="Set or remove a host's operator labels (operator, admin)",
+              response_model=HostDetail, responses={404: {"description": "No such host"}},
+              dependencies=[Depends(require_role(Role.OPERATOR))])
+async def patch_labels(ctx: Ctx, host_id: HostId, body: LabelChange) -> HostDetail:
+    try:
+        req = HostLabels(id=host_id, set=body.set, remove=body.remove)
+    except ValidationError as exc:
+        errors = [{"loc": "body." + ".".join(str(p) for p in e["loc"]), "msg": e["msg"]} for e in exc.errors()[:20]]
+        raise ProblemError(422, "Invalid request", f"{errors[0]['loc']}: {errors[0]['msg']}", errors=errors) from None
+    try:
+        return await call(ctx, "inventory", "hosts.labels", req, HostDetail)
+    except NotFound:
+        raise ProblemError(404, "Host not found", f"no host {host_id!r}") from None

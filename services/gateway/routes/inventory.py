@@ -1,0 +1,190 @@
+"""Sites, devices, the device-model catalog and the compatibility rules, from the inventory.
+
+Reads are open to every role; writes (catalog entries, rules, sites) need an operator or
+admin key.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Response
+from pydantic import ValidationError
+
+from libs.bus.errors import NotFound
+from libs.schemas.catalog import DeviceModel
+from libs.schemas.devices import HardwareType
+from libs.schemas.inventory import (
+    TOKEN,
+    CatalogEntry,
+    CatalogPage,
+    CatalogQuery,
+    CatalogRef,
+    DeviceCursor,
+    DevicePage,
+    DeviceQuery,
+    HostStatus,
+    InventoryDevice,
+    RuleKind,
+    RuleQuery,
+    RuleSet,
+    RuleUpsert,
+    Site,
+    SiteLink,
+    SiteLinkList,
+    SiteSummary,
+    SiteSummaryList,
+    Upserted,
+    hardware_type_or_error,
+)
+from libs.schemas.tenancy import Role
+from services.gateway.auth import require_role
+from services.gateway.deps import Ctx, call
+from services.gateway.pagination import MAX_PAGE, Page, decode_cursor, encode_cursor
+from services.gateway.problems import ProblemError
+from services.gateway.routes.hosts import LabelFilter, invalid, label_filter, string_cursor
+
+router = APIRouter(tags=["inventory"])
+Operator = [Depends(require_role(Role.OPERATOR))]
+VALID_TYPES = ", ".join(t.value for t in HardwareType)
+
+
+def hardware_type(value: str | None) -> str | None:
+    """An unknown hardware type is a 422 that names the valid ones."""
+    if value is None:
+        return None
+    try:
+        return hardware_type_or_error(value).value
+    except ValueError as exc:
+        raise ProblemError(422, "Unknown hardware type", str(exc),
+                           errors=[{"loc": "query.hardware_type", "msg": f"must be one of: {VALID_TYPES}"}]) from None
+
+
+# ------------------------------------------------------------------ sites
+
+
+@router.get("/v1/sites", summary="Sites (cities) with their hosts and devices by hardware type and health",
+            response_model=Page[SiteSummary])
+async def list_sites(ctx: Ctx) -> Page[SiteSummary]:
+    summary = await call(ctx, "inventory", "sites.summary", {}, SiteSummaryList)
+    return Page[SiteSummary](items=summary.items)
+
+
+@router.get("/v1/sites/links", summary="Bandwidth and round-trip latency between every two sites",
+            response_model=Page[SiteLink])
+async def list_links(ctx: Ctx) -> Page[SiteLink]:
+    links = await call(ctx, "inventory", "sites.links", {}, SiteLinkList)
+    return Page[SiteLink](items=links.items)
+
+
+@router.put("/v1/sites/{site_id}", summary="Create or update a site (operator, admin)", response_model=Site,
+            dependencies=Operator, responses={201: {"description": "Created"}})
+async def put_site(ctx: Ctx, site_id: Annotated[str, Path(pattern=TOKEN)], body: Site, response: Response) -> Site:
+    if body.id != site_id:
+        raise ProblemError(422, "Invalid request", "the body's id must be the path's site id",
+                           errors=[{"loc": "body.id", "msg": "differs from the path"}])
+    result = await call(ctx, "inventory", "sites.upsert", body, Upserted)
+    response.status_code = 201 if result.created else 200
+    return body
+
+
+# ------------------------------------------------------------------ devices
+
+
+@router.get("/v1/devices", summary="Devices of the whole fleet, filtered; sorted by host and slot",
+            response_model=Page[InventoryDevice],
+            responses={422: {"description": "A filter is invalid, e.g. an unknown hardware_type (the valid ones "
+                                            "are named)"}})
+async def list_devices(
+        ctx: Ctx,
+        hardware_type_: Annotated[str | None, Query(alias="hardware_type", description=f"One of: {VALID_TYPES}.",
+                                                    examples=["npu"])] = None,
+        vendor: Annotated[str | None, Query(max_length=40, examples=["huawei"])] = None,
+        model: Annotated[str | None, Query(max_length=128, description="Glob over reported or catalog model.",
+                                           examples=["*910B*"])] = None,
+        site: Annotated[str | None, Query(pattern=TOKEN)] = None,
+        host_id: Annotated[str | None, Query(pattern=TOKEN)] = None,
+        healthy: Annotated[bool | None, Query(description="true: healthy only; false: unhealthy only.")] = None,
+        min_free_memory_mib: Annotated[int | None, Query(ge=0)] = None,
+        host_status: Annotated[HostStatus | None, Query(description="Status of the device's host.")] = None,
+        label: LabelFilter = None, cursor: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100) -> Page[InventoryDevice]:
+    after = decode_cursor(cursor)
+    try:
+        query = DeviceQuery(hardware_type=hardware_type(hardware_type_), vendor=vendor, model=model, site=site,
+                            host_id=host_id, healthy=healthy, min_free_memory_mib=min_free_memory_mib,
+                            status=host_status, labels=label_filter(label), limit=limit,
+                            after=DeviceCursor.model_validate(after) if after is not None else None)
+    except ValidationError as exc:
+        if after is not None and any(e["loc"] and e["loc"][0] in ("host_id", "slot") for e in exc.errors()):
+            raise ProblemError(400, "Invalid cursor", "the cursor is not one this API returned") from None
+        raise invalid(exc) from None
+    page = await call(ctx, "inventory", "devices.list", query, DevicePage)
+    nxt = encode_cursor(page.next_cursor.model_dump()) if page.next_cursor else None
+    return Page[InventoryDevice](items=page.items, next_cursor=nxt)
+
+
+# ------------------------------------------------------------------ catalog
+
+
+@router.get("/v1/catalog", summary="The device-model catalog (compute units: 1 CU = 1 TFLOPS dense FP16)",
+            response_model=Page[CatalogEntry])
+async def list_catalog(ctx: Ctx, vendor: Annotated[str | None, Query(max_length=40)] = None,
+                       hardware_type_: Annotated[str | None, Query(alias="hardware_type")] = None,
+                       cursor: str | None = None,
+                       limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100) -> Page[CatalogEntry]:
+    query = CatalogQuery(vendor=vendor, hardware_type=hardware_type(hardware_type_), after=string_cursor(cursor),
+                         limit=limit)
+    page = await call(ctx, "inventory", "catalog.list", query, CatalogPage)
+    return Page[CatalogEntry](items=page.items, next_cursor=encode_cursor(page.next_cursor) if page.next_cursor else None)
+
+
+@router.get("/v1/catalog/{vendor}/{model}", summary="One catalog entry", response_model=CatalogEntry,
+            responses={404: {"description": "No such entry"}})
+async def get_catalog(ctx: Ctx, vendor: Annotated[str, Path(max_length=40)],
+                      model: Annotated[str, Path(max_length=128)]) -> CatalogEntry:
+    try:
+        return await call(ctx, "inventory", "catalog.get", CatalogRef(vendor=vendor, model=model), CatalogEntry)
+    except NotFound:
+        raise ProblemError(404, "Catalog entry not found", f"no catalog entry {vendor}/{model}") from None
+
+
+@router.post("/v1/catalog", summary="Add a device model (operator, admin)", status_code=201,
+             response_model=DeviceModel, dependencies=Operator, responses={409: {"description": "Already exists"}})
+async def create_catalog(ctx: Ctx, body: DeviceModel) -> DeviceModel:
+    try:
+        await call(ctx, "inventory", "catalog.get", CatalogRef(vendor=body.vendor, model=body.model), CatalogEntry)
+    except NotFound:
+        await call(ctx, "inventory", "catalog.upsert", body, Upserted)
+        return body
+    raise ProblemError(409, "Catalog entry exists", f"{body.vendor}/{body.model} exists; PUT it to replace it")
+
+
+@router.put("/v1/catalog/{vendor}/{model}", summary="Create or replace a device model (operator, admin)",
+            response_model=DeviceModel, dependencies=Operator, responses={201: {"description": "Created"}})
+async def put_catalog(ctx: Ctx, vendor: Annotated[str, Path(max_length=40)], model: Annotated[str, Path(max_length=128)],
+                      body: DeviceModel, response: Response) -> DeviceModel:
+    if (body.vendor, body.model) != (vendor, model):
+        raise ProblemError(422, "Invalid request", "the body's vendor and model must be the path's",
+                           errors=[{"loc": "body.model", "msg": "differs from the path"}])
+    result = await call(ctx, "inventory", "catalog.upsert", body, Upserted)
+    response.status_code = 201 if result.created else 200
+    return body
+
+
+# ------------------------------------------------------------------ rules
+
+
+@router.get("/v1/compat-rules", summary="Framework/runtime compatibility rules and runtime→driver minimums",
+            response_model=RuleSet)
+async def list_rules(ctx: Ctx, kind: RuleKind | None = None,
+                     vendor: Annotated[str | None, Query(max_length=40)] = None) -> RuleSet:
+    return await call(ctx, "inventory", "rules.list", RuleQuery(kind=kind, vendor=vendor), RuleSet)
+
+
+@router.post("/v1/compat-rules", summary="Create or replace a rule (operator, admin): give 'compat' or 'driver'",
+             response_model=RuleUpsert, dependencies=Operator, responses={201: {"description": "Created"}})
+async def upsert_rule(ctx: Ctx, body: RuleUpsert, response: Response) -> RuleUpsert:
+    result = await call(ctx, "inventory", "rules.upsert", body, Upserted)
+    response.status_code = 201 if result.created else 200
+    return body
