@@ -1,0 +1,179 @@
+"""What the scheduler answers over the bus: workloads, their replicas, history and logs.
+
+The gateway's ``/v1/workloads`` routes are thin: they take the tenant from the caller's
+key and pass it here, so every query is confined to one tenant (``tenant=None`` only for
+roles that see every tenant).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from libs.schemas.commands import WORKLOAD_ID, ReplicaState
+from libs.schemas.workload import WorkloadSpec
+
+MAX_PAGE = 500
+
+
+class WorkloadState(StrEnum):
+    """pending → placed → starting → running → succeeded | failed | stopped.
+
+    ``preempted`` and ``rescheduled`` (after ``lost``) wait for placement like ``pending``;
+    ``lost`` is passed through on the way to ``rescheduled`` or ``failed``.
+    """
+
+    PENDING = "pending"
+    PLACED = "placed"
+    STARTING = "starting"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    PREEMPTED = "preempted"
+    LOST = "lost"
+    RESCHEDULED = "rescheduled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (WorkloadState.SUCCEEDED, WorkloadState.FAILED, WorkloadState.STOPPED)
+
+    @property
+    def queued(self) -> bool:
+        return self in (WorkloadState.PENDING, WorkloadState.PREEMPTED, WorkloadState.RESCHEDULED)
+
+
+class WorkloadSubmit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    spec: WorkloadSpec
+    tenant: str | None = Field(default=None, max_length=64, description="Owner, from the caller's key.")
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+
+
+class WorkloadRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=WORKLOAD_ID)
+    tenant: str | None = Field(default=None, max_length=64, description="Confine to this tenant; None: any.")
+
+
+class WorkloadQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: str | None = Field(default=None, max_length=64)
+    state: WorkloadState | None = None
+    hardware_type: str | None = Field(default=None, max_length=16)
+    site: str | None = Field(default=None, max_length=64, description="Workloads with a replica placed at this site.")
+    after: str | None = Field(default=None, max_length=64, description="Cursor: the last id of the previous page.")
+    limit: int = Field(default=100, ge=1, le=MAX_PAGE)
+
+
+class Explanation(BaseModel):
+    """Why (part of) a workload waits: one line, and hosts excluded per filter."""
+
+    reason: str
+    counts: dict[str, int] = Field(default_factory=dict)
+    replicas: list[int] = Field(default_factory=list, description="Replicas still waiting.")
+    at: datetime
+
+
+class ReplicaDevice(BaseModel):
+    id: str
+    index: int
+    vendor: str
+    hardware_type: str
+    share: float = 1.0
+    memory_mib: int | None = None
+    uuid: str | None = None
+
+
+class ReplicaView(BaseModel):
+    replica: int
+    attempt: int
+    state: str = Field(description="pending (not placed), placed, starting, running, succeeded, failed, stopped.")
+    host_id: str | None = None
+    site: str | None = None
+    devices: list[ReplicaDevice] = Field(default_factory=list)
+    exit_code: int | None = None
+    message: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class HistoryEntry(BaseModel):
+    at: datetime
+    from_state: str | None = None
+    to_state: str
+    replica: int | None = Field(default=None, description="Set when the entry is about one replica.")
+    reason: str = ""
+
+
+class WorkloadSummary(BaseModel):
+    id: str
+    name: str
+    tenant: str | None = None
+    state: WorkloadState
+    hardware_type: str
+    priority: int
+    replicas: int
+    sites: list[str] = Field(default_factory=list, description="Sites its replicas are placed at.")
+    restarts: int = 0
+    created_at: datetime
+    updated_at: datetime
+
+
+class WorkloadView(WorkloadSummary):
+    spec: WorkloadSpec
+    placement: list[ReplicaView] = Field(default_factory=list)
+    history: list[HistoryEntry] = Field(default_factory=list)
+    explanation: Explanation | None = None
+    message: str | None = Field(default=None, description="Why it failed or stopped.")
+    finished_at: datetime | None = None
+    created: bool = Field(default=True, description="False when an Idempotency-Key returned an earlier workload.")
+
+
+class WorkloadPage(BaseModel):
+    items: list[WorkloadSummary]
+    next_cursor: str | None = None
+
+
+class LogsQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=WORKLOAD_ID)
+    tenant: str | None = Field(default=None, max_length=64)
+    replica: int = Field(default=0, ge=0)
+    tail_bytes: int = Field(default=64 * 1024, ge=1, le=1024 * 1024)
+
+
+class LogsView(BaseModel):
+    workload_id: str
+    replica: int
+    attempt: int
+    host_id: str
+    state: ReplicaState
+    exit_code: int | None = None
+    text: str
+    truncated: bool
+
+
+def event_data(view: WorkloadView, **extra: Any) -> dict[str, Any]:
+    """The data of an ``io.xpumesh.workload.<state>`` event."""
+    data: dict[str, Any] = {
+        "workload_id": view.id, "name": view.name, "tenant": view.tenant, "state": view.state.value,
+        "hardware_type": view.hardware_type, "priority": view.priority, "restarts": view.restarts,
+        "placements": [{"replica": r.replica, "attempt": r.attempt, "host_id": r.host_id, "site": r.site,
+                        "devices": [d.id for d in r.devices], "shares": [d.share for d in r.devices],
+                        "state": r.state, "exit_code": r.exit_code}
+                       for r in view.placement if r.host_id is not None],
+    }
+    if view.explanation is not None:
+        data["explanation"] = view.explanation.model_dump(mode="json")
+    if view.message:
+        data["message"] = view.message
+    data.update(extra)
+    return data

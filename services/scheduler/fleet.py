@@ -1,0 +1,212 @@
+"""The scheduler's own view of the fleet, built from what agents and the registry say.
+
+* capability reports (agents, ``XPUMESH_HOSTS``) give each host's devices, labels and arch;
+* ``host.up``/``host.down`` (registry) give liveness;
+* ``device.unhealthy``/``device.healthy`` (inventory) and the health field of capability
+  reports give device health; whichever was said last wins;
+* the catalog gives each device model's compute units; rules and site links come along.
+
+Hosts are persisted (``scheduler.hosts``) so that a restarted scheduler can place at once.
+``snapshot(allocations)`` turns the view into the placement engine's column model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from libs.schemas.catalog import CompatRule, DeviceModel, RuntimeDriverRule
+from libs.schemas.devices import Device, Health
+from libs.schemas.hostevents import CapabilityReport
+from services.inventory.seed.loader import match_model
+from services.scheduler.placement import (
+    Allocation,
+    DeviceInfo,
+    FleetSnapshot,
+    HostInfo,
+    PlacementRules,
+    SiteLink,
+    build_snapshot,
+)
+
+# Link kinds that are the PCIe tree, not a device interconnect (nvidia-smi topo, rocm-smi).
+_PCIE_KINDS = frozenset({"X", "PIX", "PXB", "PHB", "NODE", "SYS", "PCIE", "SOC"})
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def device_id(host_id: str, vendor: str, index: int) -> str:
+    """The id the inventory gives a device: '<host>:<vendor>:<index>'."""
+    return f"{host_id}:{vendor}:{index}"
+
+
+def _link_groups(devices: Sequence[Device]) -> dict[int, str]:
+    """Position in ``devices`` → link-group name, from NVLink/HCCS/xGMI-style links (union-find)."""
+    by_key = {(d.vendor, d.index): i for i, d in enumerate(devices)}
+    parent = list(range(len(devices)))
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    linked: set[int] = set()
+    for i, d in enumerate(devices):
+        for link in d.links:
+            j = by_key.get((d.vendor, link.peer_index))
+            if j is None or j == i or link.kind.upper() in _PCIE_KINDS:
+                continue
+            linked.update((i, j))
+            ri, rj = find(i), find(j)
+            if ri != rj:
+                parent[max(ri, rj)] = min(ri, rj)
+    return {i: f"{devices[find(i)].vendor}-lg{devices[find(i)].index}" for i in linked}
+
+
+@dataclass
+class HostView:
+    id: str
+    site: str
+    generation: int
+    report: CapabilityReport
+    reported_at: datetime
+    up: bool = True
+    liveness_at: datetime = _EPOCH
+    health: dict[str, tuple[Health, datetime]] = field(default_factory=dict)  # device id → (health, when said)
+    devices: dict[str, Device] = field(default_factory=dict)
+    links: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.index_devices()
+
+    def index_devices(self) -> None:
+        devs = self.report.devices
+        groups = _link_groups(devs)
+        self.devices = {device_id(self.id, d.vendor, d.index): d for d in devs}
+        self.links = {device_id(self.id, d.vendor, d.index): groups[i] for i, d in enumerate(devs) if i in groups}
+
+    def device_health(self, dev_id: str) -> Health:
+        dev = self.devices.get(dev_id)
+        if dev is None:
+            return Health.UNHEALTHY
+        said = self.health.get(dev_id)
+        if said is not None and said[1] >= self.reported_at:
+            return said[0]
+        return dev.health
+
+    def to_row(self) -> dict[str, Any]:
+        return {"id": self.id, "site": self.site, "generation": self.generation,
+                "report": self.report.model_dump(mode="json"), "reported_at": self.reported_at, "up": self.up,
+                "liveness_at": self.liveness_at,
+                "device_health": {k: [h.value, t.isoformat()] for k, (h, t) in self.health.items()}}
+
+    @classmethod
+    def from_row(cls, row: Any) -> HostView:
+        health = {k: (Health(v[0]), datetime.fromisoformat(v[1])) for k, v in (row["device_health"] or {}).items()}
+        return cls(id=row["id"], site=row["site"], generation=row["generation"],
+                   report=CapabilityReport.model_validate(row["report"]), reported_at=row["reported_at"],
+                   up=row["up"], liveness_at=row["liveness_at"] or _EPOCH, health=health)
+
+
+class Fleet:
+    """Hosts by id plus the reference data placement needs. Not thread-safe: one event loop owns it."""
+
+    def __init__(self) -> None:
+        self.hosts: dict[str, HostView] = {}
+        self.catalog: list[DeviceModel] = []
+        self.compat: list[CompatRule] = []
+        self.driver_rules: list[RuntimeDriverRule] = []
+        self.rules = PlacementRules()
+        self.links: list[SiteLink] = []
+        self.reference_source = "none"
+        self._cu: dict[tuple[str, str], float] = {}
+        self.version = 0
+
+    # -- reference data --------------------------------------------------------------------
+    def set_reference(self, catalog: Sequence[DeviceModel], compat: Sequence[CompatRule],
+                      driver: Sequence[RuntimeDriverRule], links: Iterable[SiteLink], source: str) -> None:
+        self.catalog, self.compat, self.driver_rules = list(catalog), list(compat), list(driver)
+        self.rules = PlacementRules.of(compat, driver)
+        self.links = list(links)
+        self.reference_source = source
+        self._cu.clear()
+        self.version += 1
+
+    def compute_units(self, vendor: str, model: str) -> float:
+        key = (vendor, model)
+        cu = self._cu.get(key)
+        if cu is None:
+            entry = match_model(vendor, model, self.catalog)
+            cu = self._cu[key] = float(entry.compute_units) if entry is not None else 0.0
+        return cu
+
+    # -- changes -------------------------------------------------------------------------------
+    def apply_capability(self, report: CapabilityReport, at: datetime) -> HostView | None:
+        """Apply a report unless an equal or newer generation is known; returns the changed host."""
+        cur = self.hosts.get(report.host_id)
+        if cur is not None and (report.generation < cur.generation
+                                or (report.generation == cur.generation and at <= cur.reported_at)):
+            return None
+        if cur is None:
+            cur = self.hosts[report.host_id] = HostView(report.host_id, report.site, report.generation, report, at)
+        else:
+            cur.site, cur.generation, cur.report, cur.reported_at = report.site, report.generation, report, at
+            cur.index_devices()
+        if at > cur.liveness_at:  # a host that just reported is alive, unless the registry said otherwise since
+            cur.up = True
+        self.version += 1
+        return cur
+
+    def set_liveness(self, host_id: str, up: bool, at: datetime) -> HostView | None:
+        cur = self.hosts.get(host_id)
+        if cur is None or at < cur.liveness_at:
+            return None
+        cur.liveness_at = at
+        if cur.up == up:
+            return None
+        cur.up = up
+        self.version += 1
+        return cur
+
+    def set_device_health(self, host_id: str, dev_id: str, health: Health, at: datetime) -> HostView | None:
+        cur = self.hosts.get(host_id)
+        if cur is None:
+            return None
+        said = cur.health.get(dev_id)
+        if said is not None and said[1] > at:
+            return None
+        before = cur.device_health(dev_id)
+        cur.health[dev_id] = (health, at)
+        if cur.device_health(dev_id) == before:
+            return None
+        self.version += 1
+        return cur
+
+    # -- queries -------------------------------------------------------------------------------
+    def host_up(self, host_id: str) -> bool:
+        cur = self.hosts.get(host_id)
+        return cur is not None and cur.up
+
+    def device_usable(self, dev_id: str) -> bool:
+        host_id = dev_id.split(":", 1)[0]
+        cur = self.hosts.get(host_id)
+        return cur is not None and cur.up and cur.device_health(dev_id) != Health.UNHEALTHY
+
+    def device(self, dev_id: str) -> Device | None:
+        cur = self.hosts.get(dev_id.split(":", 1)[0])
+        return cur.devices.get(dev_id) if cur is not None else None
+
+    def snapshot(self, allocations: Iterable[Allocation]) -> FleetSnapshot:
+        hosts: list[HostInfo] = []
+        devices: list[DeviceInfo] = []
+        for h in self.hosts.values():
+            hosts.append(HostInfo(h.id, h.site, h.up, dict(h.report.labels), h.report.facts.arch))
+            for dev_id, d in h.devices.items():
+                devices.append(DeviceInfo(
+                    id=dev_id, host_id=h.id, hardware_type=d.hardware_type, vendor=d.vendor, model=d.model,
+                    memory_mib=d.memory_mib or 0, compute_units=self.compute_units(d.vendor, d.model),
+                    driver_version=d.driver_version, runtimes=dict(d.runtimes), health=h.device_health(dev_id),
+                    link_group=h.links.get(dev_id)))
+        return build_snapshot(hosts, devices, allocations, self.links)

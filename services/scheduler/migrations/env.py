@@ -1,0 +1,4 @@
+from libs.db.alembic_env import run
+from services.scheduler.orm import metadata
+
+run(metadata)

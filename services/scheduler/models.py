@@ -1,0 +1,279 @@
+"""The scheduler's records: load and save workloads (with history, events and commands),
+queries for the API, the placement queue, allocations, and the persisted fleet view.
+
+Model functions take the caller's session and only flush; the caller owns the transaction.
+Workload events and agent commands are written to the outbox in that same transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from libs.bus.errors import Conflict
+from libs.db.outbox import enqueue
+from libs.events import CloudEvent, EventTypes
+from libs.schemas.commands import LAUNCH_TYPE, STOP_TYPE, LaunchCommand, StopCommand
+from libs.schemas.scheduler import (
+    Explanation,
+    HistoryEntry,
+    WorkloadPage,
+    WorkloadQuery,
+    WorkloadState,
+    WorkloadSummary,
+    WorkloadView,
+    event_data,
+)
+from libs.schemas.workload import WorkloadSpec
+from services.scheduler.fleet import HostView
+from services.scheduler.lifecycle import ACTIVE, Replica, Workload, new_event_id
+from services.scheduler.orm import decisions, history, hosts, outbox, replicas, workloads
+
+SOURCE = "/scheduler"
+QUEUED = tuple(s.value for s in WorkloadState if s.queued)
+
+
+def new_workload_id() -> str:
+    """Sortable by creation time: 'wl_' + 16 hex digits of nanoseconds + 8 random hex digits."""
+    return f"wl_{time.time_ns():016x}{os.urandom(4).hex()}"
+
+
+def request_hash(spec: WorkloadSpec, tenant: str | None) -> str:
+    body = json.dumps({"spec": spec.model_dump(mode="json"), "tenant": tenant}, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+# -- loading and saving ----------------------------------------------------------------------------
+def _replica(row: Any) -> Replica:
+    return Replica(replica=row.replica, attempt=row.attempt, state=row.state, host_id=row.host_id, site=row.site,
+                   devices=list(row.devices or []), decision_id=row.decision_id, exit_code=row.exit_code,
+                   message=row.message, sends=row.sends, sent_at=row.sent_at, started_at=row.started_at,
+                   finished_at=row.finished_at, updated_at=row.updated_at)
+
+
+def _workload(row: Any, reps: list[Replica]) -> Workload:
+    return Workload(id=row.id, tenant=row.tenant, name=row.name, spec=WorkloadSpec.model_validate(row.spec),
+                    state=WorkloadState(row.state), created_at=row.created_at, updated_at=row.updated_at,
+                    replicas=sorted(reps, key=lambda r: r.replica), restarts=row.restarts,
+                    reschedules=row.reschedules,
+                    explanation=Explanation.model_validate(row.explanation) if row.explanation else None,
+                    message=row.message, finished_at=row.finished_at)
+
+
+async def load(session: AsyncSession, ids: Iterable[str], *, lock: bool = True) -> dict[str, Workload]:
+    """Workloads with their replicas; ``lock`` takes row locks (in id order, so concurrent callers never deadlock)."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    q = select(workloads).where(workloads.c.id.in_(wanted)).order_by(workloads.c.id)
+    rows = (await session.execute(q.with_for_update() if lock else q)).all()
+    reps: dict[str, list[Replica]] = {}
+    for r in (await session.execute(select(replicas).where(replicas.c.workload_id.in_(wanted)))).all():
+        reps.setdefault(r.workload_id, []).append(_replica(r))
+    return {row.id: _workload(row, reps.get(row.id, [])) for row in rows}
+
+
+def _event_site(wl: Workload) -> str | None:
+    sites = wl.sites or sorted({r.site for r in wl.replicas if r.site})
+    return sites[0] if sites else wl.spec.placement.data_site
+
+
+async def enqueue_command(session: AsyncSession, cmd: LaunchCommand | StopCommand) -> None:
+    from libs.bus.subjects import agent_command_subject
+
+    etype = LAUNCH_TYPE if isinstance(cmd, LaunchCommand) else STOP_TYPE
+    event = CloudEvent.new(etype, SOURCE, cmd, subject=f"{cmd.workload_id}/{cmd.replica}", id=cmd.command_id)
+    await session.execute(outbox.insert().values(event_id=event.id, subject=agent_command_subject(cmd.site, cmd.host_id),
+                                                 payload=event.to_bytes()))
+
+
+async def save(session: AsyncSession, wl: Workload, now: datetime) -> int:
+    """Write what changed: the row, replicas, history, events and commands. Returns outbox rows added."""
+    await session.execute(update(workloads).where(workloads.c.id == wl.id).values(
+        state=wl.state.value, restarts=wl.restarts, reschedules=wl.reschedules, sites=wl.sites,
+        explanation=wl.explanation.model_dump(mode="json") if wl.explanation else None, message=wl.message,
+        updated_at=wl.updated_at, finished_at=wl.finished_at))
+    for r in wl.replicas:
+        if r.dirty:
+            await session.execute(update(replicas).where(
+                (replicas.c.workload_id == wl.id) & (replicas.c.replica == r.replica)).values(
+                attempt=r.attempt, state=r.state, host_id=r.host_id, site=r.site, devices=r.devices,
+                decision_id=r.decision_id, exit_code=r.exit_code, message=r.message, sends=r.sends, sent_at=r.sent_at,
+                started_at=r.started_at, finished_at=r.finished_at, updated_at=r.updated_at or now))
+            r.dirty = False
+    if wl.history:
+        await session.execute(insert(history), [
+            {"workload_id": wl.id, "replica": rep, "from_state": frm, "to_state": to, "reason": reason[:2000], "at": now}
+            for rep, frm, to, reason in wl.history])
+    added = 0
+    if wl.events:
+        view = wl.view()
+        site = _event_site(wl)
+        for state, reason in wl.events:
+            data = event_data(view, state=state.value, reason=reason)
+            event = CloudEvent.new(EventTypes.workload(state.value), SOURCE, data, subject=wl.id, id=new_event_id())
+            await enqueue(session, outbox, event, site=site)
+            added += 1
+    for cmd in wl.commands:
+        await enqueue_command(session, cmd)
+        added += 1
+    wl.history, wl.events, wl.commands, wl.dirty = [], [], [], False
+    return added
+
+
+async def create(session: AsyncSession, spec: WorkloadSpec, tenant: str | None, idempotency_key: str | None,
+                 now: datetime) -> tuple[Workload, bool]:
+    """Insert a pending workload, or return the one an earlier submit with this key created."""
+    digest = request_hash(spec, tenant)
+    if idempotency_key is not None:
+        existing = await _by_key(session, tenant, idempotency_key, digest)
+        if existing is not None:
+            return existing, False
+    wl = Workload(id=new_workload_id(), tenant=tenant, name=spec.name, spec=spec, state=WorkloadState.PENDING,
+                  created_at=now, updated_at=now, replicas=[Replica(replica=i) for i in range(spec.replicas)])
+    try:
+        async with session.begin_nested():
+            await session.execute(insert(workloads).values(
+                id=wl.id, tenant=tenant, name=spec.name, spec=spec.model_dump(mode="json"), state=wl.state.value,
+                hardware_type=wl.hardware_type, priority=spec.priority, replicas=spec.replicas,
+                idempotency_key=idempotency_key, request_hash=digest, created_at=now, updated_at=now))
+    except IntegrityError:  # a concurrent submit with the same key won the race
+        existing = await _by_key(session, tenant, idempotency_key or "", digest)
+        if existing is None:
+            raise
+        return existing, False
+    await session.execute(insert(replicas), [{"workload_id": wl.id, "replica": r.replica, "state": "pending",
+                                              "updated_at": now} for r in wl.replicas])
+    wl.history.append((None, None, WorkloadState.PENDING.value, "submitted"))
+    wl.events.append((WorkloadState.PENDING, "submitted"))
+    await save(session, wl, now)
+    return wl, True
+
+
+async def _by_key(session: AsyncSession, tenant: str | None, key: str, digest: str) -> Workload | None:
+    tenant_match = workloads.c.tenant.is_(None) if tenant is None else workloads.c.tenant == tenant
+    row = (await session.execute(select(workloads.c.id, workloads.c.request_hash).where(
+        tenant_match & (workloads.c.idempotency_key == key)))).one_or_none()
+    if row is None:
+        return None
+    if row.request_hash != digest:
+        raise Conflict("this Idempotency-Key was used with a different workload", title="Idempotency-Key reused")
+    return (await load(session, [row.id], lock=False))[row.id]
+
+
+# -- API reads -------------------------------------------------------------------------------------
+def _visible(tenant: str | None) -> Any:
+    return workloads.c.tenant == tenant if tenant is not None else True
+
+
+async def get_view(session: AsyncSession, wid: str, tenant: str | None, history_limit: int) -> WorkloadView | None:
+    found = await load(session, [wid], lock=False)
+    wl = found.get(wid)
+    if wl is None or (tenant is not None and wl.tenant != tenant):
+        return None
+    view = wl.view()
+    rows = (await session.execute(select(history).where(history.c.workload_id == wid)
+                                  .order_by(history.c.id.desc()).limit(history_limit))).all()
+    view.history = [HistoryEntry(at=h.at, from_state=h.from_state, to_state=h.to_state, replica=h.replica,
+                                 reason=h.reason) for h in reversed(rows)]
+    return view
+
+
+async def list_page(session: AsyncSession, q: WorkloadQuery) -> WorkloadPage:
+    cond = _visible(q.tenant)
+    if q.state is not None:
+        cond = cond & (workloads.c.state == q.state.value)
+    if q.hardware_type is not None:
+        cond = cond & (workloads.c.hardware_type == q.hardware_type)
+    if q.site is not None:
+        cond = cond & workloads.c.sites.any(q.site)
+    if q.after is not None:
+        cond = cond & (workloads.c.id < q.after)
+    rows = (await session.execute(select(workloads).where(cond).order_by(workloads.c.id.desc())
+                                  .limit(q.limit + 1))).all()
+    items = [WorkloadSummary(id=r.id, name=r.name, tenant=r.tenant, state=WorkloadState(r.state),
+                             hardware_type=r.hardware_type, priority=r.priority, replicas=r.replicas,
+                             sites=list(r.sites or []), restarts=r.restarts, created_at=r.created_at,
+                             updated_at=r.updated_at) for r in rows[: q.limit]]
+    return WorkloadPage(items=items, next_cursor=items[-1].id if len(rows) > q.limit else None)
+
+
+async def replica_location(session: AsyncSession, wid: str, tenant: str | None, replica: int) -> Any:
+    return (await session.execute(
+        select(replicas.c.host_id, replicas.c.site, replicas.c.attempt, workloads.c.tenant)
+        .join(workloads, workloads.c.id == replicas.c.workload_id)
+        .where((replicas.c.workload_id == wid) & (replicas.c.replica == replica) & _visible(tenant)))).one_or_none()
+
+
+async def usage(session: AsyncSession, tenant: str) -> list[Any]:
+    return list((await session.execute(
+        select(replicas.c.devices).join(workloads, workloads.c.id == replicas.c.workload_id)
+        .where((workloads.c.tenant == tenant) & replicas.c.state.in_(ACTIVE)))).all())
+
+
+# -- scheduling reads ------------------------------------------------------------------------------
+async def queued_ids(session: AsyncSession, limit: int) -> list[str]:
+    """Workloads waiting for placement: highest priority first, then oldest."""
+    rows = (await session.execute(select(workloads.c.id).where(workloads.c.state.in_(QUEUED))
+                                  .order_by(workloads.c.priority.desc(), workloads.c.id).limit(limit))).all()
+    return [r.id for r in rows]
+
+
+async def active_replicas(session: AsyncSession, host_ids: Sequence[str] | None = None) -> list[Any]:
+    """Placed/starting/running replicas with what allocations need, optionally only on some hosts."""
+    cond: Any = replicas.c.state.in_(ACTIVE)
+    if host_ids is not None:
+        cond = cond & replicas.c.host_id.in_(list(host_ids))
+    return list((await session.execute(
+        select(replicas.c.workload_id, replicas.c.replica, replicas.c.attempt, replicas.c.state, replicas.c.host_id,
+               replicas.c.devices, replicas.c.sent_at, replicas.c.updated_at, workloads.c.priority,
+               workloads.c.tenant, workloads.c.spec["preemptible"].astext.label("preemptible"))
+        .join(workloads, workloads.c.id == replicas.c.workload_id).where(cond))).all())
+
+
+async def record_decision(session: AsyncSession, **values: Any) -> int:
+    return int((await session.execute(insert(decisions).values(**values).returning(decisions.c.id))).scalar_one())
+
+
+async def set_explanations(session: AsyncSession, explained: dict[str, Explanation]) -> None:
+    for wid, ex in explained.items():
+        await session.execute(update(workloads).where(workloads.c.id == wid).values(
+            explanation=ex.model_dump(mode="json")))
+
+
+async def prune_decisions(session: AsyncSession, older_than: datetime) -> None:
+    await session.execute(delete(decisions).where(decisions.c.created_at < older_than))
+
+
+# -- fleet view ------------------------------------------------------------------------------------
+async def save_hosts(session: AsyncSession, views: Iterable[HostView]) -> None:
+    rows = [v.to_row() for v in {v.id: v for v in views}.values()]
+    if not rows:
+        return
+    stmt = pg_insert(hosts).values(rows)
+    await session.execute(stmt.on_conflict_do_update(index_elements=[hosts.c.id], set_={
+        c: stmt.excluded[c] for c in ("site", "generation", "report", "reported_at", "up", "liveness_at",
+                                      "device_health")}))
+
+
+async def load_hosts(session: AsyncSession) -> list[HostView]:
+    return [HostView.from_row(r) for r in (await session.execute(select(hosts))).mappings()]
+
+
+async def count_queued(session: AsyncSession) -> int:
+    return int(await session.scalar(select(func.count()).select_from(workloads)
+                                    .where(workloads.c.state.in_(QUEUED))) or 0)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,209 @@
+"""Batch placement: take the queue, place it on a snapshot of the fleet, apply the decision.
+
+One batch: read the queued workloads (highest priority, then oldest) and what holds
+devices (desired replicas plus whatever agents report running that nobody wants); build
+the snapshot; run ``place`` in a worker thread (CP-SAT is CPU-bound); then, in one
+transaction, record the decision (status, objective, assignments, preemptions, pending),
+preempt, assign and explain. The fleet may have changed while the solver ran, so every
+assignment is checked again against the fleet and the rows (a gang is applied whole or
+not at all). Launch and stop commands leave through the outbox with the state changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from libs.config import SchedulerSettings
+from libs.db import session_scope
+from libs.schemas.scheduler import Explanation
+from services.scheduler import lifecycle, models
+from services.scheduler.fleet import Fleet
+from services.scheduler.lifecycle import Workload
+from services.scheduler.placement import (
+    AllocatedDevice,
+    Allocation,
+    Assignment,
+    PendingWorkload,
+    PlacementDecision,
+    Quotas,
+    place,
+)
+from services.scheduler.reconcile import Actual
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchResult:
+    decision_id: int | None = None
+    placed: int = 0
+    pending: int = 0
+    preempted: int = 0
+    status: str = "EMPTY"
+    batch: list[str] = field(default_factory=list)
+
+
+def _allocations(rows: list[Any], actual: Actual) -> list[Allocation]:
+    by_wl: dict[str, list[AllocatedDevice]] = {}
+    meta: dict[str, tuple[int, bool, str | None]] = {}
+    desired: set[tuple[str, int, int]] = set()
+    for r in rows:
+        desired.add((r.workload_id, r.replica, r.attempt))
+        meta[r.workload_id] = (r.priority, r.preemptible == "true", r.tenant)
+        for d in r.devices:
+            by_wl.setdefault(r.workload_id, []).append(
+                AllocatedDevice(d["id"], float(d.get("share", 1.0)), d.get("memory_mib")))
+    out = [Allocation(w, *meta[w], tuple(devs)) for w, devs in by_wl.items()]
+    for host_id, rep in actual.orphans(desired):  # running but unwanted: holds its devices until stopped
+        devs = tuple(AllocatedDevice(d, s) for d, s in zip(rep.device_ids, rep.shares or [1.0] * len(rep.device_ids),
+                                                            strict=False))
+        out.append(Allocation(f"orphan:{host_id}:{rep.workload_id}:{rep.replica}:{rep.attempt}", 1001, False, None,
+                              devs))
+    return out
+
+
+def _batch(wls: dict[str, Workload], order: list[str]) -> tuple[list[PendingWorkload], dict[str, list[int]]]:
+    """Pending workloads for the engine; a partly placed workload asks only for its unplaced replicas."""
+    batch: list[PendingWorkload] = []
+    missing: dict[str, list[int]] = {}
+    for wid in order:
+        wl = wls.get(wid)
+        if wl is None or not wl.state.queued:
+            continue
+        todo = [r.replica for r in wl.replicas if r.state == "pending"]
+        if not todo:
+            continue
+        spec = wl.spec.model_copy(update={"replicas": len(todo), "tenant": wl.tenant})
+        batch.append(PendingWorkload(wid, spec))
+        missing[wid] = todo
+    return batch, missing
+
+
+class Placer:
+    def __init__(self, fleet: Fleet, actual: Actual, sessions: Any, settings: SchedulerSettings,
+                 on_commit: Callable[[], None], quotas: Callable[[], Quotas | None]) -> None:
+        self.fleet, self.actual, self.sessions, self.settings = fleet, actual, sessions, settings
+        self.on_commit, self.quotas = on_commit, quotas
+        self.wake = asyncio.Event()
+        self.batches = 0
+        self.last: BatchResult | None = None
+
+    def poke(self) -> None:
+        self.wake.set()
+
+    async def run(self, is_ready: Callable[[], Awaitable[bool]] | None = None) -> None:
+        s = self.settings
+        while True:
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout=s.retry_interval_s)
+            except TimeoutError:
+                pass
+            await asyncio.sleep(s.batch_debounce_s)
+            self.wake.clear()
+            try:
+                result = await self.place_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("placement batch failed; retrying")
+                await asyncio.sleep(1.0)
+                continue
+            if result.placed or result.preempted:
+                self.wake.set()  # freed or taken capacity may let more of the queue through
+
+    async def place_once(self) -> BatchResult:
+        s = self.settings
+        async with session_scope(self.sessions) as session:
+            order = await models.queued_ids(session, s.batch_max)
+            if not order:
+                return BatchResult()
+            wls = await models.load(session, order, lock=False)
+            rows = await models.active_replicas(session)
+        batch, missing = _batch(wls, order)
+        if not batch:
+            return BatchResult()
+        snapshot = self.fleet.snapshot(_allocations(rows, self.actual))
+        decision = await asyncio.to_thread(place, batch, snapshot, rules=self.fleet.rules, quotas=self.quotas(),
+                                           time_limit_s=s.solver_time_limit_s, max_candidates=s.max_candidates)
+        result = await self.apply(decision, batch, missing)
+        self.batches += 1
+        self.last = result
+        log.info("placed batch of %d: %d replicas placed, %d workloads pending, %d preempted (%s, %.3fs)",
+                 len(batch), result.placed, result.pending, result.preempted, decision.solver_status,
+                 decision.timings_s.get("total", 0.0))
+        return result
+
+    def _valid(self, assignments: list[Assignment]) -> bool:
+        return all(self.fleet.host_up(a.host_id) and all(self.fleet.device_usable(d) for d in a.device_ids)
+                   for a in assignments)
+
+    def _devices(self, a: Assignment) -> list[dict[str, Any]]:
+        out = []
+        for dev_id, share, mem in zip(a.device_ids, a.shares, a.memory_mib, strict=True):
+            d = self.fleet.device(dev_id)
+            assert d is not None
+            out.append({"id": dev_id, "index": d.index, "vendor": d.vendor, "hardware_type": str(d.hardware_type),
+                        "share": share, "memory_mib": mem, "uuid": d.uuid})
+        return out
+
+    async def apply(self, decision: PlacementDecision, batch: list[PendingWorkload],
+                    missing: dict[str, list[int]]) -> BatchResult:
+        s = self.settings
+        ttl = s.command_ttl_s
+        now = models.utcnow()
+        result = BatchResult(status=decision.solver_status, batch=[w.id for w in batch])
+        victims = {p.workload_id for p in decision.preemptions}
+        async with session_scope(self.sessions) as session:
+            result.decision_id = decision_id = await models.record_decision(
+                session, placer=decision.placer, solver_status=decision.solver_status,
+                objective=float(decision.objective), batch=result.batch,
+                assignments=[{"workload_id": a.workload_id, "replica": missing[a.workload_id][a.replica],
+                              "host_id": a.host_id, "devices": list(a.device_ids), "shares": list(a.shares)}
+                             for a in decision.assignments],
+                preemptions=[{"workload_id": p.workload_id, "priority": p.priority, "devices": list(p.device_ids),
+                              "for_workload": p.for_workload} for p in decision.preemptions],
+                pending=[{"workload_id": p.workload_id, "replicas": list(p.replicas), "reason": p.reason,
+                          "counts": p.counts} for p in decision.pending],
+                timings={k: round(v, 6) for k, v in decision.timings_s.items()})
+            wls = await models.load(session, set(missing) | victims)
+            for victim in decision.preemptions:
+                wl = wls.get(victim.workload_id)
+                if wl is not None and any(r.active for r in wl.replicas):
+                    winner = wls.get(victim.for_workload)
+                    prio = f" (priority {winner.spec.priority} > {victim.priority})" if winner is not None else ""
+                    lifecycle.preempt(wl, f"preempted for {victim.for_workload}{prio}", now, ttl)
+                    result.preempted += 1
+            for wid, assigned in decision.by_workload().items():
+                wl = wls.get(wid)
+                todo = missing[wid]
+                if wl is None or not wl.state.queued or not self._valid(assigned):
+                    continue
+                reps = {r.replica: r for r in wl.replicas}
+                if any(reps[todo[a.replica]].state != "pending" for a in assigned):
+                    continue
+                for a in assigned:
+                    lifecycle.assign(wl, reps[todo[a.replica]], a.host_id, self.fleet.hosts[a.host_id].site,
+                                     self._devices(a), decision_id, now, ttl)
+                    result.placed += 1
+                lifecycle.settle(wl, f"placed by decision {decision_id} ({decision.solver_status})", now)
+            for p in decision.pending:
+                wl = wls.get(p.workload_id)
+                if wl is None or not wl.state.queued:
+                    continue
+                result.pending += 1
+                waiting = [missing[p.workload_id][i] for i in p.replicas]
+                if wl.explanation is None or wl.explanation.reason != p.reason or wl.explanation.replicas != waiting:
+                    wl.explanation = Explanation(reason=p.reason, counts=dict(p.counts), replicas=waiting, at=now)
+                    wl.events.append((wl.state, p.reason))  # the explanation changed: tell subscribers
+                    wl.dirty = True
+            added = 0
+            for wl in wls.values():
+                if wl.dirty or wl.history or wl.events or wl.commands:
+                    added += await models.save(session, wl, now)
+        if added:
+            self.on_commit()
+        return result

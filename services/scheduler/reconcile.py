@@ -1,0 +1,142 @@
+"""Desired (the replicas rows) against actual (agents' state reports), per host.
+
+For every replica the scheduler wants on a host:
+
+* the agent reports its attempt → its state follows the report (starting, running, exited);
+* the agent's report is newer than the last send and does not show it → the launch was lost
+  (or the agent restarted before running it): send it again once ``resend_after_s`` passed;
+* it was starting or running and a newer report does not show it → it is gone from the host:
+  lost, and rescheduled per the restart policy.
+
+Whatever an agent runs that nobody wants (an older attempt, a stopped or rescheduled
+workload, work adopted after a restart that moved elsewhere meanwhile) gets a stop,
+repeated every ``orphan_stop_interval_s`` while it runs; what still runs and is wanted is
+simply adopted. A report only testifies about changes that happened before it was made,
+so stale reports (after a restart, or delayed) never undo newer knowledge.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from libs.schemas.commands import ActualStateReport, ReplicaReport
+from services.scheduler import lifecycle, models
+from services.scheduler.lifecycle import Replica, Workload
+
+log = logging.getLogger(__name__)
+Key = tuple[str, int, int]  # workload, replica, attempt
+
+
+class Actual:
+    """The latest state report per host, and stop rate limits for unwanted work."""
+
+    def __init__(self, max_hosts: int = 1_000_000) -> None:
+        self.reports: dict[str, ActualStateReport] = {}
+        self.stops_sent: dict[tuple[str, str, int, int], float] = {}
+        self.max_hosts = max_hosts
+
+    def accept(self, report: ActualStateReport) -> bool:
+        """Keep a report unless a newer one from the host is known (every kept report is reconciled)."""
+        cur = self.reports.get(report.host_id)
+        if cur is not None:
+            newer = report.seq > cur.seq if report.boot_id == cur.boot_id else report.ts > cur.ts
+            if not newer:
+                return False
+        elif len(self.reports) >= self.max_hosts:
+            return False
+        self.reports[report.host_id] = report
+        return True
+
+    def orphans(self, desired: set[Key]) -> list[tuple[str, ReplicaReport]]:
+        out = []
+        for host_id, rep in self.reports.items():
+            for r in rep.replicas:
+                if r.state.live and (r.workload_id, r.replica, r.attempt) not in desired:
+                    out.append((host_id, r))
+        return out
+
+    def stop_due(self, host_id: str, r: ReplicaReport, interval_s: float) -> bool:
+        key = (host_id, r.workload_id, r.replica, r.attempt)
+        now = time.monotonic()
+        last = self.stops_sent.get(key)
+        if last is not None and now - last < interval_s:
+            return False
+        self.stops_sent[key] = now
+        if len(self.stops_sent) > 100_000:  # bounded: forget the oldest half
+            for k in list(self.stops_sent)[: len(self.stops_sent) // 2]:
+                del self.stops_sent[k]
+        return True
+
+
+def _report_index(report: ActualStateReport) -> dict[Key, ReplicaReport]:
+    return {(r.workload_id, r.replica, r.attempt): r for r in report.replicas}
+
+
+def _needs_look(row: Any, seen: ReplicaReport | None, report: ActualStateReport, now: datetime,
+                resend_after_s: float) -> bool:
+    if seen is not None:
+        return {"placed": "", "starting": "starting", "running": "running"}.get(row.state) != seen.state.value
+    if row.updated_at is not None and report.ts <= row.updated_at:
+        return False  # the report predates the last change: it cannot tell
+    if row.state == "placed":
+        sent = row.sent_at or row.updated_at
+        return sent is None or (report.ts > sent and (now - sent).total_seconds() >= resend_after_s)
+    return True
+
+
+def _apply(wl: Workload, r: Replica, report: ActualStateReport, now: datetime, resend_after_s: float,
+           ttl_s: float) -> None:
+    seen = _report_index(report).get((wl.id, r.replica, r.attempt))
+    if seen is not None:
+        lifecycle.observe(wl, r, seen, now, ttl_s)
+        return
+    if r.updated_at is not None and report.ts <= r.updated_at:
+        return
+    if r.state == "placed":
+        sent = r.sent_at or r.updated_at
+        if sent is None or (report.ts > sent and (now - sent).total_seconds() >= resend_after_s):
+            log.info("launch of %s/%d attempt %d not seen on %s; sending it again", wl.id, r.replica, r.attempt,
+                     r.host_id)
+            lifecycle.resend_launch(wl, r, now, ttl_s)
+        return
+    lifecycle.lose(wl, [r], f"host {r.host_id} no longer runs replica {r.replica}", now, ttl_s)
+
+
+async def reconcile_hosts(session: AsyncSession, actual: Actual, hosts: Iterable[str], *, resend_after_s: float,
+                          ttl_s: float) -> tuple[int, list[tuple[str, ReplicaReport]]]:
+    """Bring desired and actual together for these hosts. Returns (outbox rows added, unwanted live work)."""
+    host_ids = [h for h in hosts if h in actual.reports]
+    if not host_ids:
+        return 0, []
+    now = models.utcnow()
+    rows = await models.active_replicas(session, host_ids)
+    desired: dict[str, set[Key]] = {}
+    look: set[str] = set()
+    for row in rows:
+        report = actual.reports[row.host_id]
+        desired.setdefault(row.host_id, set()).add((row.workload_id, row.replica, row.attempt))
+        seen = _report_index(report).get((row.workload_id, row.replica, row.attempt))
+        if _needs_look(row, seen, report, now, resend_after_s):
+            look.add(row.workload_id)
+    added = 0
+    if look:
+        wls = await models.load(session, look)
+        for wl in wls.values():
+            for r in wl.replicas:
+                if r.active and r.host_id in actual.reports:
+                    _apply(wl, r, actual.reports[r.host_id], now, resend_after_s, ttl_s)
+            if wl.dirty or wl.history or wl.commands or wl.events:
+                added += await models.save(session, wl, now)
+    unwanted = []
+    for host_id in host_ids:
+        mine = desired.get(host_id, set())
+        for rep in actual.reports[host_id].replicas:
+            if rep.state.live and (rep.workload_id, rep.replica, rep.attempt) not in mine:
+                unwanted.append((host_id, rep))
+    return added, unwanted

@@ -1,0 +1,109 @@
+"""Checks of a submitted spec against the catalog and the compatibility rules.
+
+The spec's own model (``WorkloadSpec``) already rejects malformed values (count 0, share
+outside (0, 1], unknown hardware types…). Here we reject what is well-formed but can never
+run anywhere: a model glob that matches no catalog model, a vendor the catalog does not
+know, more memory than any matching model has, a runtime requirement no known runtime
+version satisfies, a framework (version) no rule supports. Each problem names the field
+(``body.<path>``, as the gateway reports body errors) and the reason.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any
+
+from libs.bus.errors import InvalidRequest
+from libs.schemas.catalog import DeviceModel
+from libs.schemas.workload import WorkloadSpec, framework_specifier
+from libs.versions import SpecifierSet
+from services.scheduler.fleet import Fleet
+
+
+def _names(m: DeviceModel) -> list[str]:
+    return [m.model.lower(), *(a.lower() for a in m.aliases)]
+
+
+def _hardware_errors(spec: WorkloadSpec, catalog: list[DeviceModel]) -> tuple[list[dict[str, Any]], list[DeviceModel]]:
+    hw = spec.hardware
+    errors: list[dict[str, Any]] = []
+    models = catalog
+    if hw.type != "any":
+        models = [m for m in models if str(m.hardware_type) == str(hw.type)]
+    if hw.vendor is not None:
+        if not any(m.vendor == hw.vendor for m in catalog):
+            errors.append({"loc": "body.hardware.vendor", "msg": f"no device model from vendor {hw.vendor!r} is in the catalog"})
+            return errors, []
+        of_vendor = [m for m in models if m.vendor == hw.vendor]
+        if not of_vendor and models:
+            errors.append({"loc": "body.hardware.vendor",
+                           "msg": f"vendor {hw.vendor!r} makes no {hw.type} in the catalog"})
+            return errors, []
+        models = of_vendor
+    if hw.model is not None:
+        glob = hw.model.lower()
+        matched = [m for m in models if any(fnmatch.fnmatchcase(n, glob) for n in _names(m))]
+        if not matched:
+            scope = " ".join(x for x in (hw.vendor, str(hw.type) if hw.type != "any" else None) if x)
+            errors.append({"loc": "body.hardware.model",
+                           "msg": f"{hw.model!r} matches no {scope + ' ' if scope else ''}model in the catalog"})
+            return errors, []
+        models = matched
+    if hw.memory_gib is not None and models and not hw.is_shared:
+        biggest = max(m.memory_gib for m in models)
+        if biggest + 1e-9 < hw.memory_gib:
+            errors.append({"loc": "body.hardware.memory_gib",
+                           "msg": f"{hw.memory_gib:g} GiB per device is more than any matching model has "
+                                  f"(largest: {biggest:g} GiB)"})
+    if hw.is_shared and hw.memory_gib is not None and models:
+        biggest = max(m.memory_gib for m in models)
+        if biggest + 1e-9 < hw.memory_gib:
+            errors.append({"loc": "body.hardware.memory_gib",
+                           "msg": f"{hw.memory_gib:g} GiB reserved on a shared device is more than any matching "
+                                  f"model has (largest: {biggest:g} GiB)"})
+    return errors, models
+
+
+def _runtime_errors(spec: WorkloadSpec, fleet: Fleet, models: list[DeviceModel]) -> list[dict[str, Any]]:
+    errors: list[dict[str, Any]] = []
+    hw, rt = spec.hardware, spec.runtime
+    for i, req in enumerate(rt.requirements()):
+        # The driver table lists concrete runtime releases; without one, the framework rules' ranges.
+        known = [SpecifierSet.parse(r.runtime_versions) for r in fleet.driver_rules if r.runtime == req.name] or [
+            SpecifierSet.parse(c.runtime_versions) for c in fleet.compat if c.runtime == req.name]
+        if known and not any(k.overlaps(req.specifier) for k in known):
+            errors.append({"loc": f"body.runtime.requires.{i}",
+                           "msg": f"no known {req.name} version satisfies {req.name}{req.specifier}"})
+    if rt.framework is None:
+        return errors
+    rows = [c for c in fleet.compat if c.framework == rt.framework]
+    if not rows:
+        errors.append({"loc": "body.runtime.framework", "msg": f"no compatibility rule knows framework {rt.framework!r}"})
+        return errors
+    if hw.type != "any":
+        rows = [c for c in rows if str(c.hardware_type) == str(hw.type)]
+    if hw.vendor is not None:
+        rows = [c for c in rows if c.vendor == hw.vendor]
+    if models and (hw.type != "any" or hw.vendor is not None):
+        pairs = {(str(m.hardware_type), m.vendor) for m in models}
+        rows = [c for c in rows if (str(c.hardware_type), c.vendor) in pairs]
+    if not rows:
+        target = " ".join(x for x in (hw.vendor, str(hw.type) if hw.type != "any" else None) if x) or "this hardware"
+        errors.append({"loc": "body.runtime.framework", "msg": f"no compatibility rule runs {rt.framework} on {target}"})
+        return errors
+    if rt.framework_version is not None:
+        wanted = framework_specifier(rt.framework_version)
+        if not any(SpecifierSet.parse(c.framework_versions).overlaps(wanted) for c in rows):
+            errors.append({"loc": "body.runtime.framework_version",
+                           "msg": f"no compatibility rule supports {rt.framework} {rt.framework_version} on the "
+                                  "requested hardware"})
+    return errors
+
+
+def check_spec(spec: WorkloadSpec, fleet: Fleet) -> None:
+    """Raise InvalidRequest naming every field that can never be satisfied."""
+    errors, models = _hardware_errors(spec, fleet.catalog)
+    errors += _runtime_errors(spec, fleet, models)
+    if errors:
+        first = errors[0]
+        raise InvalidRequest(f"{first['loc']}: {first['msg']}", title="Workload cannot run anywhere", errors=errors)
