@@ -123,6 +123,7 @@ class GatewaySettings(BaseModel):
     webhook_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one webhook delivery attempt.")
     webhook_retry_schedule_s: list[float] = Field(default=[5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800, 43200], description="Delays before each retry of a failed webhook delivery (about 27.7 h in all; +/- 20 % jitter); after the last the delivery is dead-lettered.")
     webhook_concurrency: int = Field(default=32, ge=1, description="Webhook deliveries in flight at once per gateway instance.")
+    webhook_ack_wait_s: float = Field(default=10.0, gt=0, description="How long an event taken from a subscription's JetStream consumer may stay unrecorded before JetStream hands it out again (after a crash).")
     webhook_poll_s: float = Field(default=0.5, gt=0, description="How often due webhook retries are looked for.")
     webhook_allow_hosts: list[str] = Field(default_factory=list, description="Host patterns (fnmatch, e.g. 127.0.0.1 or *.internal) that webhook targets may use even when they resolve to loopback, link-local or private addresses.")
     webhook_keep_days: float = Field(default=7.0, gt=0, description="Finished deliveries older than this are pruned.")

@@ -68,6 +68,8 @@ subscriptions = Table(
     Column("url", String(2048), nullable=False),
     Column("types", JSONB, nullable=False),
     Column("filters", JSONB, nullable=False, server_default="{}"),
+    Column("scope_tenant", String(64)),
+    Column("description", String(256), nullable=False, server_default=""),
     Column("secret", String(128), nullable=False),
     Column("status", String(16), nullable=False, server_default="active"),
     Column("disabled_reason", String(256)),

@@ -81,6 +81,8 @@ def upgrade() -> None:
         sa.Column("url", sa.String(2048), nullable=False),
         sa.Column("types", JSONB, nullable=False),
         sa.Column("filters", JSONB, nullable=False, server_default="{}"),
+        sa.Column("scope_tenant", sa.String(64)),
+        sa.Column("description", sa.String(256), nullable=False, server_default=""),
         sa.Column("secret", sa.String(128), nullable=False),
         sa.Column("status", sa.String(16), nullable=False, server_default="active"),
         sa.Column("disabled_reason", sa.String(256)),

@@ -1,0 +1,1 @@
+"""Webhook subscriptions: durable per-subscription consumers, signed deliveries with retries."""

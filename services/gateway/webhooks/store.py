@@ -1,0 +1,215 @@
+"""Subscriptions and deliveries in PostgreSQL. Functions take a session and only flush.
+
+A delivery is pending until it succeeds, fails for good (a 410 or a ping), is dead-lettered
+after the retry schedule, or is cancelled with its subscription. Within one subscription,
+deliveries of the same CloudEvent subject go out in stream order: a delivery is due only
+when no earlier pending delivery of its subject remains.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from libs.schemas.subscriptions import (
+    Delivery,
+    DeliveryStatus,
+    Subscription,
+    SubscriptionCreate,
+    SubscriptionFilters,
+    SubscriptionStatus,
+)
+from services.gateway.orm import deliveries, subscriptions
+from services.gateway.webhooks.signing import new_secret
+
+
+@dataclass(frozen=True)
+class SubscriptionRow:
+    """A subscription as the delivery engine needs it (with its secret)."""
+
+    id: str
+    tenant: str
+    scope_tenant: str | None  # the tenant its events are confined to (None: every tenant)
+    url: str
+    types: tuple[str, ...]
+    filters: SubscriptionFilters
+    secret: str
+    status: SubscriptionStatus
+
+
+@dataclass(frozen=True)
+class DueDelivery:
+    id: int
+    subscription_id: str
+    event_id: str
+    payload: bytes
+    attempts: int
+    url: str
+    secret: str
+
+
+def consumer_name(subscription_id: str) -> str:
+    return f"gw_{subscription_id}"
+
+
+def _public(row: Any) -> Subscription:
+    return Subscription(id=row.id, tenant=row.tenant, url=row.url, types=list(row.types),
+                        filters=SubscriptionFilters.model_validate(row.filters), description=row.description,
+                        status=SubscriptionStatus(row.status), disabled_reason=row.disabled_reason,
+                        created_at=row.created_at)
+
+
+def _internal(row: Any) -> SubscriptionRow:
+    return SubscriptionRow(id=row.id, tenant=row.tenant, scope_tenant=row.scope_tenant, url=row.url,
+                           types=tuple(row.types), filters=SubscriptionFilters.model_validate(row.filters),
+                           secret=row.secret,
+                           status=SubscriptionStatus(row.status))
+
+
+async def count_for_tenant(session: AsyncSession, tenant: str) -> int:
+    return int(await session.scalar(select(func.count()).select_from(subscriptions)
+                                    .where(subscriptions.c.tenant == tenant)) or 0)
+
+
+async def create(session: AsyncSession, *, tenant: str, created_by: str, body: SubscriptionCreate,
+                 scope_tenant: str | None) -> tuple[Subscription, str]:
+    sid = "sub_" + secrets.token_hex(8)
+    secret = new_secret()
+    row = (await session.execute(subscriptions.insert().values(
+        id=sid, tenant=tenant, created_by=created_by, url=body.url, types=body.types,
+        filters=body.filters.model_dump(mode="json", exclude_none=True), scope_tenant=scope_tenant,
+        description=body.description, secret=secret).returning(*subscriptions.c))).one()
+    return _public(row), secret
+
+
+async def get(session: AsyncSession, sid: str) -> Subscription | None:
+    row = (await session.execute(select(subscriptions).where(subscriptions.c.id == sid))).one_or_none()
+    return _public(row) if row is not None else None
+
+
+async def get_internal(session: AsyncSession, sid: str) -> SubscriptionRow | None:
+    row = (await session.execute(select(subscriptions).where(subscriptions.c.id == sid))).one_or_none()
+    return _internal(row) if row is not None else None
+
+
+async def list_page(session: AsyncSession, *, tenant: str | None, after: str | None,
+                    limit: int) -> tuple[list[Subscription], str | None]:
+    q = select(subscriptions).order_by(subscriptions.c.id).limit(limit + 1)
+    if tenant is not None:
+        q = q.where(subscriptions.c.tenant == tenant)
+    if after is not None:
+        q = q.where(subscriptions.c.id > after)
+    rows = (await session.execute(q)).all()
+    items = [_public(r) for r in rows[:limit]]
+    return items, (items[-1].id if len(rows) > limit else None)
+
+
+async def active(session: AsyncSession) -> list[SubscriptionRow]:
+    rows = (await session.execute(select(subscriptions).where(
+        subscriptions.c.status == str(SubscriptionStatus.ACTIVE)))).all()
+    return [_internal(r) for r in rows]
+
+
+async def remove(session: AsyncSession, sid: str) -> bool:
+    await session.execute(delete(deliveries).where(deliveries.c.subscription_id == sid))
+    result = await session.execute(delete(subscriptions).where(subscriptions.c.id == sid))
+    return bool(getattr(result, "rowcount", 0))
+
+
+async def disable(session: AsyncSession, sid: str, reason: str) -> None:
+    now = datetime.now(UTC)
+    await session.execute(update(subscriptions).where(subscriptions.c.id == sid).values(
+        status=str(SubscriptionStatus.DISABLED), disabled_reason=reason[:256], updated_at=now))
+    await session.execute(update(deliveries).where(
+        deliveries.c.subscription_id == sid, deliveries.c.status == str(DeliveryStatus.PENDING)).values(
+        status=str(DeliveryStatus.CANCELLED), updated_at=now, leased_until=None))
+
+
+async def add_deliveries(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """Record accepted events (subscription_id, event_id, event_type, event_subject, stream_seq, payload); a
+    redelivered event id is ignored."""
+    if rows:
+        await session.execute(insert(deliveries).values(rows).on_conflict_do_nothing(
+            constraint="uq_deliveries_subscription_event"))
+
+
+_LEASE_DUE = text("""
+WITH due AS (
+  SELECT d.id FROM gateway.deliveries d
+  JOIN gateway.subscriptions s ON s.id = d.subscription_id AND s.status = 'active'
+  WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+    AND (d.leased_until IS NULL OR d.leased_until < now())
+    AND NOT EXISTS (SELECT 1 FROM gateway.deliveries e
+                    WHERE e.subscription_id = d.subscription_id AND e.event_subject = d.event_subject
+                      AND e.status = 'pending' AND e.stream_seq < d.stream_seq)
+  ORDER BY d.next_attempt_at, d.stream_seq
+  LIMIT :n
+  FOR UPDATE OF d SKIP LOCKED
+)
+UPDATE gateway.deliveries AS t SET leased_until = now() + make_interval(secs => :lease)
+FROM due, gateway.subscriptions s
+WHERE t.id = due.id AND s.id = t.subscription_id
+RETURNING t.id, t.subscription_id, t.event_id, t.payload, t.attempts, s.url, s.secret
+""")
+
+
+async def lease_due(session: AsyncSession, *, limit: int, lease_s: float) -> list[DueDelivery]:
+    """Take up to ``limit`` due deliveries for ``lease_s`` seconds (other instances skip them meanwhile)."""
+    rows = (await session.execute(_LEASE_DUE, {"n": limit, "lease": lease_s})).all()
+    return [DueDelivery(r.id, r.subscription_id, r.event_id, r.payload, r.attempts, r.url, r.secret) for r in rows]
+
+
+async def finish(session: AsyncSession, delivery_id: int, *, status: DeliveryStatus, attempts: int,
+                 code: int | None, error: str | None, next_attempt_at: datetime | None = None) -> None:
+    values: dict[str, Any] = {"status": str(status), "attempts": attempts, "last_status_code": code,
+                              "last_error": (error or None) and error[:256], "leased_until": None,
+                              "updated_at": datetime.now(UTC)}
+    if next_attempt_at is not None:
+        values["next_attempt_at"] = next_attempt_at
+    await session.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(**values))
+
+
+async def add_ping(session: AsyncSession, *, subscription_id: str, event_id: str, event_type: str,
+                   payload: bytes) -> int:
+    row = (await session.execute(insert(deliveries).values(
+        subscription_id=subscription_id, event_id=event_id, event_type=event_type, event_subject="", stream_seq=0,
+        payload=payload, status=str(DeliveryStatus.PENDING),
+        leased_until=datetime.now(UTC) + timedelta(minutes=5)).returning(deliveries.c.id))).one()
+    return int(row.id)
+
+
+def _delivery(row: Any) -> Delivery:
+    return Delivery(id=row.id, event_id=row.event_id, event_type=row.event_type, status=DeliveryStatus(row.status),
+                    attempts=row.attempts,
+                    next_attempt_at=row.next_attempt_at if row.status == str(DeliveryStatus.PENDING) else None,
+                    last_status_code=row.last_status_code, last_error=row.last_error, created_at=row.created_at,
+                    updated_at=row.updated_at)
+
+
+async def get_delivery(session: AsyncSession, delivery_id: int) -> Delivery:
+    row = (await session.execute(select(deliveries).where(deliveries.c.id == delivery_id))).one()
+    return _delivery(row)
+
+
+async def list_deliveries(session: AsyncSession, sid: str, *, status: DeliveryStatus | None, before: int | None,
+                          limit: int) -> tuple[list[Delivery], int | None]:
+    """Newest first."""
+    q = select(deliveries).where(deliveries.c.subscription_id == sid).order_by(deliveries.c.id.desc()).limit(limit + 1)
+    if status is not None:
+        q = q.where(deliveries.c.status == str(status))
+    if before is not None:
+        q = q.where(deliveries.c.id < before)
+    rows = (await session.execute(q)).all()
+    items = [_delivery(r) for r in rows[:limit]]
+    return items, (items[-1].id if len(rows) > limit else None)
+
+
+async def prune(session: AsyncSession, keep: timedelta) -> None:
+    await session.execute(delete(deliveries).where(
+        deliveries.c.status != str(DeliveryStatus.PENDING), deliveries.c.updated_at < datetime.now(UTC) - keep))
