@@ -8,9 +8,9 @@ with every device's readings and the host's CPU and memory (psutil).
 
 The seam for running work: ``Agent.on_command`` (and ``SimHost.on_command`` in the
 simulator) is an optional ``CommandHook`` called with every command event sent to this
-host on ``xpumesh.agent.<site>.<host>.cmd``; whatever the hook launches it records in
-``running`` (work id → facts), and ``report_state()`` publishes that as
-``io.xpumesh.host.state``.
+host on ``xpumesh.agent.<site>.<host>.cmd``; whatever the hook launches it may keep in
+``running`` (work id → its own record), and ``report_state(ActualStateReport)`` publishes
+what runs as ``io.xpumesh.host.state``.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from libs.bus import subjects
 from libs.bus.connection import Bus
 from libs.config import Settings
 from libs.events import CloudEvent, EventTypes, InvalidEnvelope
+from libs.schemas.commands import ActualStateReport
 from libs.schemas.devices import Device, Discovery, Health
 from libs.schemas.hostevents import CapabilityReport, DeviceSample, TelemetryReport, host_id_for
 
@@ -70,11 +71,10 @@ def samples_for(devices: list[Device], readings: list[DeviceReading]) -> list[De
     return out
 
 
-async def publish_state(publisher: HostPublisher, running: dict[str, dict[str, Any]]) -> None:
+async def publish_state(publisher: HostPublisher, report: ActualStateReport) -> None:
     """Report the work running on a host (durable, on ``xpumesh.host.<site>.<host>.state``)."""
-    event = CloudEvent.new(EventTypes.HOST_STATE, publisher.source, {
-        "host_id": publisher.host_id, "site": publisher.site, "ts": datetime.now(UTC).isoformat(),
-        "running": [{"id": k, **v} for k, v in sorted(running.items())]}, subject=publisher.host_id)
+    event = CloudEvent.new(EventTypes.HOST_STATE, publisher.source, report, subject=publisher.host_id,
+                           id=f"state-{publisher.host_id}-{report.boot_id}-{report.seq}")
     await publisher.bus.publish_event(event, subject=subjects.host_subject(publisher.site, publisher.host_id, "state"))
 
 
@@ -89,7 +89,7 @@ class Agent:
         self.publisher: HostPublisher | None = None
         self.generation = 0
         self.on_command: CommandHook | None = None
-        self.running: dict[str, dict[str, Any]] = {}
+        self.running: dict[str, Any] = {}
         self._published: str | None = None  # fingerprint of the last report JetStream acknowledged
 
     @property
@@ -143,8 +143,8 @@ class Agent:
                                  devices=samples)
         await self._pub().telemetry(report)
 
-    async def report_state(self) -> None:
-        await publish_state(self._pub(), self.running)
+    async def report_state(self, report: ActualStateReport) -> None:
+        await publish_state(self._pub(), report)
 
     async def handle_command(self, msg: Msg) -> None:
         try:

@@ -12,11 +12,12 @@ import random
 from datetime import UTC, datetime
 from typing import Any
 
-from agent.main import CommandHook, next_generation
+from agent.main import CommandHook, next_generation, publish_state
 from agent.publisher import HostPublisher
 from agent.sim.fleet import HostSpec
 from libs import __version__
 from libs.bus.connection import Bus
+from libs.schemas.commands import ActualStateReport
 from libs.schemas.devices import Device, Health
 from libs.schemas.hostevents import CapabilityReport, DeviceSample, TelemetryReport
 
@@ -42,7 +43,7 @@ class SimHost:
         self.down_until: float | None = None  # monotonic; None with up=False: down until told otherwise
         self.faults: dict[int, float | None] = {}  # slot -> monotonic repair time (None: until repaired)
         self.on_command: CommandHook | None = None
-        self.running: dict[str, dict[str, Any]] = {}  # work id -> what the launch handler records
+        self.running: dict[str, Any] = {}  # work id -> whatever the launch handler keeps
         self._rng = random.Random(hash(spec.host_id) & 0xFFFFFFFF)
 
     # -------------------------------------------------------------- reports
@@ -78,6 +79,9 @@ class SimHost:
             schema_version=1, host_id=self.host_id, site=self.site, ts=datetime.fromtimestamp(now, UTC),
             cpu_pct=round(min(100.0, 5 + base * 60 + rng.uniform(0, 5)), 1),
             mem_used_mib=int(mem_total * (0.1 + base * 0.5)), mem_total_mib=mem_total, devices=samples)
+
+    async def report_state(self, report: ActualStateReport) -> None:
+        await publish_state(self.publisher, report)
 
     # -------------------------------------------------------------- faults and losses
     def fault(self, slot: int, until: float | None) -> bool:
