@@ -1,0 +1,163 @@
+"""The dashboard in a real headless Chromium (Debian's), driven by Playwright, against a real mesh.
+
+Every test runs registry, inventory, metrics and gateway as processes plus the simulated
+fleet over the demo cities, signs in with an API key and checks the page against the API.
+Screenshots go to ``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from libs.bus.connection import Bus
+from libs.schemas.inventory import SIM_CTL_SUBJECT, SimControl, SimControlReply
+from libs.sites import DEMO_SITES
+from tests.conftest import REPO, TEST_ADMIN_KEY, assert_eventually
+
+pytestmark = pytest.mark.browser
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+ARTIFACTS = REPO / "test-artifacts"
+HOSTS = 2 * len(DEMO_SITES)
+
+eventually = cast(Callable[..., Any], assert_eventually)
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+@pytest.fixture
+async def mesh(settings, spawn_service) -> AsyncIterator[str]:
+    """The mesh with a simulated fleet; yields the gateway's base URL once every city reports."""
+    for service in ("registry", "inventory", "metrics", "gateway"):
+        spawn_service(service)
+    spawn_service("sim", "--hosts", str(HOSTS))
+    base = f"http://127.0.0.1:{settings.gateway_port}"
+    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {TEST_ADMIN_KEY}"}) as api:
+        async def reporting() -> bool:
+            try:
+                r = await api.get("/v1/metrics/summary")
+            except httpx.TransportError:
+                return False
+            body = r.json() if r.status_code == 200 else {}
+            sites = body.get("sites", [])
+            return len(sites) == len(DEMO_SITES) and all(s["utilization_pct"] is not None for s in sites if s["devices"])
+
+        await eventually(reporting, timeout=60, interval=0.5, message="every demo city reports")
+    yield base
+
+
+async def _api(base: str, path: str, **params: Any) -> Any:
+    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {TEST_ADMIN_KEY}"}) as api:
+        r = await api.get(path, params=params)
+        r.raise_for_status()
+        return r.json()
+
+
+async def _open(browser: Browser, base: str) -> Page:
+    page = await browser.new_page(viewport={"width": 1600, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" and "/v1/sites" not in msg.text
+            and "/v1/events" not in msg.text else None)
+    await page.goto(base + "/")
+    await expect(page.locator("#signin")).to_be_visible()
+    await page.fill("#key", TEST_ADMIN_KEY)
+    await page.click("#signin-submit")
+    await expect(page.locator("#signin")).to_be_hidden()
+    page.errors = errors  # type: ignore[attr-defined]
+    return page
+
+
+async def _shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / f"dashboard-{name}.png"), full_page=True)
+
+
+async def test_dashboard_overview_shows_every_city_with_totals_matching_the_api(mesh: str, browser: Browser) -> None:
+    page = await _open(browser, mesh)
+    await expect(page.locator("svg.map g.city")).to_have_count(len(DEMO_SITES), timeout=15_000)
+    await expect(page.locator(".cards .card")).to_have_count(len(DEMO_SITES))
+    summary = await _api(mesh, "/v1/metrics/summary")
+    shown = set(await page.locator(".cards .card").evaluate_all("els => els.map(e => e.dataset.site)"))
+    assert shown == {s["site"] for s in summary["sites"]} == {s.id for s in DEMO_SITES}
+    for site in summary["sites"]:
+        card = page.locator(f'.card[data-site="{site["site"]}"]')
+        await expect(card).to_contain_text(f'{site["hosts"]} hosts · {site["devices"]:,} devices')
+        for t in site["by_type"]:
+            await expect(card.locator(f'tr[data-type="{t["hardware_type"]}"] td').nth(1)).to_have_text(f'{t["total"]:,}')
+    totals = page.locator("#totals")
+    await expect(totals).to_contain_text(f'{summary["totals"]["devices"]:,}devices')
+    await expect(totals).to_contain_text(f'{len(DEMO_SITES)}cities')
+    await expect(page.locator("#fleet-chart svg.chart")).to_be_visible()
+    await _shot(page, "overview")
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+async def test_dashboard_device_fault_appears_as_alert_without_reload(mesh: str, browser: Browser, settings) -> None:
+    page = await _open(browser, mesh)
+    await expect(page.locator(".cards .card")).to_have_count(len(DEMO_SITES), timeout=15_000)
+    await page.evaluate("window.__same_page = 42")
+    bus = Bus(settings.bus, name="test-browser")
+    await bus.connect(settings.nats_url)
+    try:
+        hosts = await bus.request(SIM_CTL_SUBJECT, SimControl(action="list"), SimControlReply)
+        target = next(h for h in hosts.hosts if h.devices and not h.faulty and h.up)
+        reply = await bus.request(SIM_CTL_SUBJECT, SimControl(action="fault", host_id=target.host_id, device_index=0),
+                                  SimControlReply)
+        assert reply.ok
+    finally:
+        await bus.close()
+    alert = page.locator(f'.alert[data-alert="device_unhealthy/{target.host_id}/0"]')
+    await expect(alert).to_be_visible(timeout=10_000)
+    await expect(alert).to_contain_text("unhealthy")
+    assert await page.evaluate("window.__same_page") == 42  # no reload
+    await expect(page.locator(f'.city[data-site="{target.site}"] .badge')).to_be_visible()
+    await _shot(page, "alert")
+    await alert.locator("a").click()
+    await expect(page.locator(".device .facts")).to_contain_text("unhealthy" if False else "driver")
+    await expect(page.locator(".device .stats")).to_contain_text("unhealthy")
+
+
+async def test_dashboard_drill_down_city_host_device(mesh: str, browser: Browser) -> None:
+    page = await _open(browser, mesh)
+    await page.locator('.card[data-site="hangzhou"]').click()
+    await expect(page).to_have_url(f"{mesh}/#/site/hangzhou")
+    await expect(page.locator(".host-table tbody tr").first).to_be_visible(timeout=10_000)
+    hosts = await _api(mesh, "/v1/metrics/sites/hangzhou/hosts")
+    await expect(page.locator(".host-table tbody tr")).to_have_count(len(hosts["items"]))
+    await _shot(page, "city")
+    host = next(h for h in hosts["items"] if h["devices"])
+    chip = page.locator(f'.chip[data-device="{host["host_id"]}/0"]')
+    await chip.click()
+    await expect(page).to_have_url(f'{mesh}/#/device/{host["host_id"]}/0')
+    detail = await _api(mesh, f'/v1/metrics/devices/{host["host_id"]}/0')
+    facts = page.locator(".device .facts")
+    await expect(facts).to_contain_text(detail["device"]["model"])
+    if detail["driver_version"]:
+        await expect(facts).to_contain_text(detail["driver_version"])
+    for name, version in detail["runtimes"].items():
+        await expect(facts).to_contain_text(f"{name} {version}")
+    await expect(page.locator(".device svg.chart").first).to_be_visible()
+    await page.locator(".ranges button", has_text="15m").click()
+    await expect(page.locator(".device svg.chart path.line").first).to_be_visible(timeout=10_000)
+    await _shot(page, "device")
+    await page.locator(".tabs a", has_text="Workloads").click()
+    await expect(page.locator(".workloads h2")).to_contain_text("every tenant")
+    await _shot(page, "workloads")
