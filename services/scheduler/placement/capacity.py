@@ -120,7 +120,8 @@ class PlacementCosts:
         for it in items:
             cls = seen.get(id(it.sig))
             if cls is None:
-                cls = seen[id(it.sig)] = np.unique(self.pool_class[pool_ok(it)])
+                present = np.bincount(self.pool_class, weights=pool_ok(it), minlength=len(demand)) > 0
+                cls = seen[id(it.sig)] = np.flatnonzero(present)
                 self._flex[id(it.sig)] = len(cls) > 1
             if len(cls) == 1:
                 demand[cls[0]] += it.n if it.kind != Kind.SHARE else it.share / SHARE_SCALE
