@@ -9,7 +9,7 @@ from libs.service import Context
 from services.gateway import openapi, problems
 from services.gateway.auth import gate
 from services.gateway.middleware import GatewayMiddleware
-from services.gateway.routes import dashboard, hosts, keys, metrics, subscriptions, system, tenants
+from services.gateway.routes import dashboard, events, hosts, keys, metrics, subscriptions, system, tenants
 from services.gateway.routes import inventory as inventory_routes
 
 
@@ -32,6 +32,7 @@ def create_app(ctx: Context) -> FastAPI:
     app.include_router(keys.router)
     app.include_router(tenants.router)
     app.include_router(subscriptions.router)
+    app.include_router(events.router)
     app.include_router(metrics.router)
     app.include_router(dashboard.router)
     return app

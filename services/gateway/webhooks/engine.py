@@ -27,7 +27,6 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from prometheus_client import Counter
@@ -133,7 +132,7 @@ class WebhookEngine:
                     psub = await self.ctx.bus.js.pull_subscribe_bind(durable=store.consumer_name(sub.id),
                                                                      stream=STREAM_EVENTS)
                 msgs = await psub.fetch(FETCH_BATCH, timeout=1.0)
-            except NatsTimeout:
+            except TimeoutError:  # nats raises both its own and asyncio's
                 continue
             except asyncio.CancelledError:
                 if psub is not None:
