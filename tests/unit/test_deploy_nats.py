@@ -8,7 +8,10 @@ the agents' host ids (their hostnames) are checked against each other.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
+import socket
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,17 +25,19 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
+from agent.main import Agent as HostAgent
 from libs.bus import subjects
-from libs.bus.connection import Bus
-from libs.config import BusSettings
+from libs.bus.connection import STREAM_HOSTS, Bus
+from libs.config import BusSettings, Settings
 from libs.embedded import EmbeddedNats, free_port, wait_for_port
 from libs.schemas.hostevents import host_id_for
+from libs.schemas.inventory import SIM_CTL_SUBJECT
 from tests.conftest import assert_eventually
-from tests.unit.test_deploy import NATS_CONF, compose, container_env, mesh_containers, nats_conf_env
+from tests.unit.test_deploy import NATS_CONF, REPO, compose, container_env, mesh_containers, nats_conf_env
 
 
 @dataclass
-class Agent:
+class ComposeAgent:
     name: str
     site: str
     host: str
@@ -45,12 +50,12 @@ class Conn:
     errors: list[str] = field(default_factory=list)
 
 
-def _agents() -> list[Agent]:
+def _agents() -> list[ComposeAgent]:
     out = []
     for name, svc in mesh_containers().items():
         if svc["command"][:1] == ["agent"]:
             env = container_env(svc)
-            out.append(Agent(name, env["XPUMESH_SITE"], host_id_for(svc["hostname"]), env["XPUMESH_NATS_URL"]))
+            out.append(ComposeAgent(name, env["XPUMESH_SITE"], host_id_for(svc["hostname"]), env["XPUMESH_NATS_URL"]))
     return out
 
 
@@ -131,9 +136,12 @@ async def test_nats_agents_publish_only_under_their_own_host(clients: dict[str, 
         await assert_eventually(_violations(clients[a.name], len(forbidden)), timeout=5.0,
                                 message=f"{a.name}: a permissions violation for each forbidden publish")
         clients[a.name].errors.clear()
+    allowed = sorted(subjects.host_subject(a.site, a.host, "heartbeat") for a in agents)
+    await assert_eventually(lambda: sorted(got) == allowed, timeout=5.0, message="each agent's own heartbeat arrived")
+    # a forbidden publish let through would have reached us before the server's error reached its sender
     await service.flush()
-    await asyncio.sleep(0.1)  # the server forwards what it accepted before answering our flush; let callbacks run
-    assert sorted(got) == sorted(subjects.host_subject(a.site, a.host, "heartbeat") for a in agents)
+    await asyncio.sleep(0.2)
+    assert sorted(got) == allowed
 
 
 async def test_nats_agents_hear_only_their_own_commands_and_may_answer(clients: dict[str, Conn]) -> None:
@@ -194,18 +202,72 @@ async def test_nats_rejects_wrong_and_missing_credentials(server: int) -> None:
         assert "authorization" in str(exc.value).lower() or isinstance(exc.value, nats.errors.NoServersError)
 
 
-async def test_nats_sim_user_publishes_for_any_host_but_hears_no_commands(server: int) -> None:
+async def test_nats_sim_user_speaks_for_simulated_hosts_and_nothing_else(server: int) -> None:
     sim = mesh_containers()["sim"]
     client = await _connect(_local(container_env(sim)["XPUMESH_NATS_URL"], server))
     service = await _connect(_local(container_env(compose()["services"]["registry"])["XPUMESH_NATS_URL"], server))
     try:
-        sub = await service.nc.subscribe(subjects.HOST_HEARTBEAT_ALL)
+        got = await service.nc.subscribe(">")
         await service.nc.flush()
-        await client.nc.publish(subjects.host_subject("ningbo", "sim-00001", "heartbeat"), b"{}")
-        await client.nc.subscribe(subjects.AGENT_COMMAND_ALL)
+
+        async def answer(msg: Msg) -> None:
+            await msg.respond(b"ok")
+
+        await client.nc.subscribe(subjects.AGENT_COMMAND_ALL, cb=answer)
+        await client.nc.subscribe(SIM_CTL_SUBJECT, cb=answer)
         await client.nc.flush()
-        assert (await sub.next_msg(timeout=3)).subject == "xpumesh.host.ningbo.sim-00001.heartbeat"
-        await assert_eventually(_violations(client, 1), timeout=5.0, message="sim: refused the command subscription")
+        for subject in (subjects.agent_command_subject("ningbo", "sim-00001"), SIM_CTL_SUBJECT):
+            assert (await service.nc.request(subject, b"{}", timeout=3)).data == b"ok"
+        await client.nc.publish(subjects.host_subject("ningbo", "sim-00001", "heartbeat"), b"{}")
+        await client.nc.publish(subjects.rpc_subject("registry", "members.list"), b"{}")
+        await client.nc.subscribe(subjects.EVENTS_ALL)
+        await client.nc.flush()
+        await assert_eventually(_violations(client, 2), timeout=5.0, message="sim: refused the rpc publish and events")
+        seen = []
+        with contextlib.suppress(NatsTimeout):
+            while True:
+                seen.append((await got.next_msg(timeout=0.3)).subject)
+        assert "xpumesh.host.ningbo.sim-00001.heartbeat" in seen
+        assert subjects.rpc_subject("registry", "members.list") not in seen
     finally:
         await client.nc.close()
         await service.nc.close()
+
+
+async def test_nats_real_agent_runs_within_its_permissions(server: int, monkeypatch: pytest.MonkeyPatch,
+                                                           tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The real agent loop, as compose's hangzhou agent (its hostname, site, credentials and fixture set)."""
+    name, svc = next((n, s) for n, s in mesh_containers().items() if s["command"][:1] == ["agent"])
+    env = container_env(svc)
+    probes = REPO / next(v for v in svc["volumes"] if v.endswith(":/probes:ro")).split(":", 1)[0]
+    monkeypatch.setattr(socket, "gethostname", lambda: svc["hostname"])
+    host = host_id_for(svc["hostname"])
+    service = Bus(BusSettings(), name="service")
+    await service.connect(_local(container_env(compose()["services"]["registry"])["XPUMESH_NATS_URL"], server))
+    await service.ensure_streams()
+    seen: set[str] = set()
+
+    async def collect(msg: Msg) -> None:
+        seen.add(msg.subject.rsplit(".", 1)[1] if msg.subject.startswith(f"xpumesh.host.{env['XPUMESH_SITE']}.{host}.")
+                 else msg.subject)
+
+    await service.nc.subscribe("xpumesh.host.>", cb=collect)
+    settings = Settings(nats_url=_local(env["XPUMESH_NATS_URL"], server), site=env["XPUMESH_SITE"], data_dir=tmp_path,
+                        heartbeat_interval_s=0.3, telemetry_interval_s=0.3)
+    bus = Bus(settings.bus, name=f"agent.{settings.site}")
+    await bus.connect(settings.nats_url or "")
+    stop = asyncio.Event()
+    caplog.set_level(logging.WARNING, logger="libs.bus.connection")
+    task = asyncio.create_task(HostAgent(settings, bus, probe_dir=probes).run(stop))
+    try:
+        await assert_eventually(lambda: {"heartbeat", "telemetry", "capability"} <= seen, timeout=15.0,
+                                message=f"{name}: heartbeat, telemetry and capability on its own subjects")
+        info = await service.js.stream_info(STREAM_HOSTS)
+        assert info.state.messages >= 1, "the capability report reached JetStream"
+        assert seen == {"heartbeat", "telemetry", "capability"}, f"{name} published elsewhere: {seen}"
+        assert not [r for r in caplog.records if "nats error" in r.getMessage()], "a permissions violation"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+        await bus.close()
+        await service.close()
