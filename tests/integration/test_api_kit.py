@@ -73,6 +73,8 @@ class Receiver:
         chunks = []
         while True:
             msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return  # the sender died mid-request (e.g. SIGKILL): nothing was delivered
             chunks.append(msg.get("body", b""))
             if not msg.get("more_body"):
                 break
