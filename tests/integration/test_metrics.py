@@ -166,9 +166,12 @@ async def test_metrics_workload_events_count_allocated_and_running(settings, run
     pub = await announce(bus, "h-1", "jiaxing", devices("npu", 4))
     await eventually(lambda: _device_count(bus, 4))
     await pub.telemetry(telemetry("h-1", "jiaxing", [(i, 10, 10, 40, 100, 1) for i in range(4)]))
-    placed = CloudEvent.new(EventTypes.workload("placed"), "/scheduler", {
-        "workload_id": "w-1", "name": "train", "tenant": "acme",
-        "placements": [{"replica": 0, "host_id": "h-1", "devices": ["h-1/0", "h-1/1"]}]}, subject="w-1")
+    placed = CloudEvent.new(EventTypes.workload("placed"), "/scheduler", {  # the scheduler's event_data shape
+        "workload_id": "w-1", "name": "train", "tenant": "acme", "state": "placed", "hardware_type": "npu",
+        "priority": 100, "restarts": 0,
+        "placements": [{"replica": 0, "attempt": 1, "host_id": "h-1", "site": "jiaxing",
+                        "devices": ["h-1:huawei:0", "h-1:huawei:1"], "shares": [1.0, 1.0], "state": "placed",
+                        "exit_code": None}]}, subject="w-1")
     await bus.publish_event(placed, site="jiaxing")
     shared = CloudEvent.new(EventTypes.workload("running"), "/scheduler", {
         "id": "w-2", "assignments": [{"host": "h-1", "device_ids": ["h-1:huawei:3"], "shares": [0.5]}]}, subject="w-2")

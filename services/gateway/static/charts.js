@@ -63,9 +63,10 @@ export function fmtMiB(mib) {
   const gib = mib / 1024;
   return gib >= 1024 ? `${(gib / 1024).toFixed(1)} TiB` : `${gib.toFixed(gib < 10 ? 1 : 0)} GiB`;
 }
-export function fmtTime(t) {
+export function fmtTime(t, seconds = false) {
   const d = new Date(t);
-  return `${String(d.getHours()).padStart(2, "0")}:${String(d.getMinutes()).padStart(2, "0")}`;
+  const p = (n) => String(n).padStart(2, "0");
+  return `${p(d.getHours())}:${p(d.getMinutes())}${seconds ? `:${p(d.getSeconds())}` : ""}`;
 }
 export function fmtAgo(t) {
   const s = Math.max(0, (Date.now() - new Date(t).getTime()) / 1000);
@@ -97,7 +98,7 @@ export function lineChart(lines, { yMax = null, unit = "", width = 640, height =
   for (let i = 0; i <= 4; i++) {
     const t = t0 + ((t1 - t0) * i) / 4;
     root.append(s("text", { x: x(t), y: H - 6, class: "axis", "text-anchor": i === 0 ? "start" : i === 4 ? "end" : "middle" },
-      fmtTime(t)));
+      fmtTime(t, t1 - t0 < 600_000)));
   }
   for (const l of lines) {
     if (!l.points.length) continue;

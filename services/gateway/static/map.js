@@ -88,7 +88,7 @@ function cityNode({ site, sum, cx, cy, r }, placed, onSelect) {
   const alerts = (sum?.alerts?.critical || 0) + (sum?.alerts?.warning || 0);
   const types = (sum?.by_type || []).slice().sort((a, b) => b.total - a.total);
   const typeLine = types.length ? types.slice(0, 3).map((t) => `${t.hardware_type} ${fmtNum(t.total)}`).join(" · ")
-    : sum ? `${fmtNum(sum.hosts)} hosts, no accelerators` : "no telemetry yet";
+    : sum ? `${fmtNum(sum.hosts)} host${sum.hosts === 1 ? "" : "s"}, no accelerators` : "no telemetry yet";
   const health = sum?.unhealthy ? `${sum.unhealthy} unhealthy` : "all healthy";
   const lines = [site.city || site.id, typeLine, sum?.devices ? `${fmtPct(util)} used · ${health}` : sum ? "CPU only" : "—"];
   const w = Math.max(...lines.map((l, i) => l.length * (i ? 6.3 : 7.6))) + 12, hgt = 46;

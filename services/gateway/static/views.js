@@ -4,6 +4,10 @@
 import { bar, fmtAgo, fmtMiB, fmtNum, fmtPct, fmtPower, h, legend, lineChart, PALETTE, utilColor } from "./charts.js";
 import { cityMap } from "./map.js";
 
+export function plural(n, word) {
+  return `${fmtNum(n)} ${word}${n === 1 ? "" : "s"}`;
+}
+
 export function state(text, kind = "empty") {
   return h("p", { class: `state state-${kind}` }, text);
 }
@@ -65,8 +69,8 @@ export function alertsPanel(alerts, go) {
     return h("li", { class: `alert sev-${a.severity}`, "data-alert": a.id },
       h("a", { href: target },
         h("span", { class: "sev" }, a.severity),
-        h("span", { class: "what" }, a.summary),
-        h("span", { class: "when" }, `${a.site} · ${fmtAgo(a.started_at)}`)));
+        h("span", { class: "when" }, `${a.site} · ${fmtAgo(a.started_at)}`),
+        h("span", { class: "what" }, a.summary)));
   })));
   if (alerts.items.length > 60) panel.append(h("p", { class: "more" }, `and ${alerts.items.length - 60} more`));
   return panel;
@@ -87,7 +91,7 @@ function cityCard(site, sum, go) {
     h("header", {}, h("span", { class: "swatch", style: `background:${utilColor(sum?.utilization_pct)}` }),
       h("b", {}, site.city || site.id),
       alerts ? h("span", { class: `pill ${sum.alerts.critical ? "bad" : "warn"}` }, `${alerts} alert${alerts > 1 ? "s" : ""}`) : ""),
-    sum ? h("p", { class: "card-sum" }, `${fmtNum(sum.hosts)} hosts · ${fmtNum(sum.devices)} devices · ${fmtPct(sum.utilization_pct)} used · ${fmtPower(sum.power_w)}`)
+    sum ? h("p", { class: "card-sum" }, `${plural(sum.hosts, "host")} · ${plural(sum.devices, "device")} · ${fmtPct(sum.utilization_pct)} used · ${fmtPower(sum.power_w)}`)
       : h("p", { class: "card-sum" }, "no telemetry yet"));
   if (sum?.by_type.length) card.append(typeTable(sum.by_type));
   else if (sum) card.append(h("p", { class: "card-note" }, "CPU-only hosts: no accelerators reported."));
@@ -100,7 +104,7 @@ function typeTable(byType) {
     h("thead", {}, h("tr", {}, ["type", "devices", "healthy", "allocated", "used"].map((c) => h("th", {}, c)))),
     h("tbody", {}, byType.map((t) => h("tr", { "data-type": t.hardware_type },
       h("td", {}, t.hardware_type), h("td", {}, fmtNum(t.total)),
-      h("td", { class: t.unhealthy ? "bad" : "" }, `${fmtNum(t.healthy)}${t.unhealthy ? ` (${t.unhealthy} ✕)` : ""}`),
+      h("td", { class: t.unhealthy ? "bad nowrap" : "nowrap" }, fmtNum(t.healthy), t.unhealthy ? h("small", { class: "bad" }, ` +${t.unhealthy} ✕`) : ""),
       h("td", {}, fmtNum(t.allocated)), h("td", {}, h("span", { class: "used" }, bar(t.utilization_pct), fmtPct(t.utilization_pct)))))));
 }
 
