@@ -130,6 +130,9 @@ class TenantRef(BaseModel):
 class TenantUsage(BaseModel):
     """What a tenant holds now: the reply of the scheduler's ``workloads.usage`` endpoint."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"tenant": "acme", "devices": {"gpu": 12, "npu": 0.5}, "compute_units": 3744.0}]})
+
     tenant: str
     devices: dict[str, float] = Field(default_factory=dict, description="Hardware type → devices held (shares as fractions).")
     compute_units: float = Field(default=0.0, ge=0, description="Compute units held.")
