@@ -37,7 +37,7 @@ class Weights:
     data_cap: int = 200
     balance: int = 20  # * the site's utilisation (0..1)
     pressure: int = 100  # flexible requests: * the class's relative pressure (see PlacementCosts)
-    gap: int = 100  # the solver stops when it cannot gain more than this (one fragment)
+    gap: int = 200  # the solver stops when it cannot gain more than this (two fragments)
 
 
 DEFAULT_WEIGHTS = Weights()

@@ -16,7 +16,7 @@ Variables (all Boolean):
 Other constraints: one option per item, spread (at most 1 replica per host, at most
 ceil(R/sites) per site), binding tenant quotas, and "place at least as many items as the
 greedy hint". The objective maximises sum reward*x - costs (see ``capacity.Weights``); the
-search stops once the remaining gap is below ``Weights.gap`` (one fragment).
+search stops once the remaining gap is below ``Weights.gap`` (two fragments).
 
 The model is written straight into the CP-SAT protobuf (no Python expression objects),
 which keeps building at a few microseconds per option.
