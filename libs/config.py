@@ -91,6 +91,7 @@ class MetricsSettings(BaseModel):
     scrape_window_s: float = Field(default=0.5, gt=0, description="How long /metrics waits for every service's own metrics.")
     scrape_cache_s: float = Field(default=2.0, ge=0, description="How long the per-device part of /metrics is reused.")
     max_workloads: int = Field(default=200_000, ge=1, description="Bound of the workloads tracked for allocation counts.")
+    ingest_linger_s: float = Field(default=0.1, ge=0, le=5, description="Least time between two telemetry commits: batches grow under load instead of commits multiplying.")
     alerts: AlertSettings = Field(default_factory=AlertSettings, description="Alert rules.")
 
 
