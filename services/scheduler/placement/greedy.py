@@ -40,6 +40,7 @@ from services.scheduler.placement.workloads import SHARE_SCALE, Item, Kind
 
 Strategy = Literal["first_fit", "best_fit", "scored"]
 _BIG = 1 << 40
+_EMPTY = np.zeros(0, dtype=np.int64)
 
 
 @dataclass(slots=True)
@@ -168,7 +169,17 @@ def _whole_options(ctx: _Ctx, item: Item, elig: Eligibility, cap: Capacity, stra
     if len(elig.whole_pools) == 0:
         return []
     groups = ctx.groups(elig)
-    score, need, base = _scores(ctx, item, groups.rep, snap.pool_free[groups.rep], strategy)
+    n_rep = len(groups.rep)
+    # One scoring call for the group representatives (snapshot state) and the pools this pass
+    # already changed, scored both as they are now and as they were at batch start.
+    touched = cap.touched
+    tq = np.fromiter((q for q in touched if elig.pool_ok[q]), dtype=np.int64) if touched else _EMPTY
+    pools = np.concatenate([groups.rep, tq, tq]) if len(tq) else groups.rep
+    pf = snap.pool_free[pools]
+    if len(tq):
+        pf[n_rep:n_rep + len(tq)] = cap.pool_free[tq]
+    all_score, all_need, all_base = _scores(ctx, item, pools, pf, strategy)
+    score, need, base = all_score[:n_rep], all_need[:n_rep], all_base[:n_rep]
     live = np.flatnonzero(score >= 0)
     full_sites = {s for s, c in site_count.items() if c >= site_cap} if item.spread == "site" else set()
     quota = [(i, cap.quota_left[(item.tenant, name)]) for i, name in enumerate(ctx.hw_names)
@@ -185,8 +196,8 @@ def _whole_options(ctx: _Ctx, item: Item, elig: Eligibility, cap: Capacity, stra
                 return False
         return not (item.link and not cap.link_fits(q, n))
 
+    restricted = bool((used_hosts and item.spread == "host") or full_sites or quota or item.link)
     found: list[tuple[int, int, int, int]] = []  # (score, pool, need, cost)
-    touched = cap.touched
     starts, members = groups.starts, groups.members
     order = live[np.argsort(score[live] + groups.firsts[live], kind="stable")]
     kth = None
@@ -197,7 +208,7 @@ def _whole_options(ctx: _Ctx, item: Item, elig: Eligibility, cap: Capacity, stra
         n, cost = int(need[g]), int(base[g])
         taken = 0
         for q in members[starts[g]:starts[g + 1]]:
-            if q in touched or not allowed(q, n):
+            if q in touched or (restricted and not allowed(q, n)):
                 continue
             found.append((sg + q, q, n, cost))
             taken += 1
@@ -208,19 +219,18 @@ def _whole_options(ctx: _Ctx, item: Item, elig: Eligibility, cap: Capacity, stra
             del found[limit:]
             kth = found[-1][0]
     extra: list[tuple[int, int, int, int]] = []
-    if touched:
-        tq = np.fromiter((q for q in touched if elig.pool_ok[q]), dtype=np.int64)
-        if len(tq):
-            t_score, t_need, t_base = _scores(ctx, item, tq, cap.pool_free[tq], strategy)
-            s_score, s_need, s_base = _scores(ctx, item, tq, snap.pool_free[tq], strategy)
-            for j in np.flatnonzero((t_score >= 0) | (s_score >= 0)).tolist():
-                q = int(tq[j])
-                if t_score[j] >= 0:
-                    if allowed(q, int(t_need[j])):
-                        found.append((int(t_score[j]) + q, q, int(t_need[j]), int(t_base[j])))
-                elif snapshot_extra and allowed(q, int(s_need[j])):
-                    # full now, but not at batch start: the solver may free it by moving earlier items
-                    extra.append((int(s_score[j]) + q, q, int(s_need[j]), int(s_base[j])))
+    if len(tq):
+        now, start = slice(n_rep, n_rep + len(tq)), slice(n_rep + len(tq), None)
+        t_score, t_need, t_base = all_score[now], all_need[now], all_base[now]
+        s_score, s_need, s_base = all_score[start], all_need[start], all_base[start]
+        for j in np.flatnonzero((t_score >= 0) | (s_score >= 0)).tolist():
+            q = int(tq[j])
+            if t_score[j] >= 0:
+                if allowed(q, int(t_need[j])):
+                    found.append((int(t_score[j]) + q, q, int(t_need[j]), int(t_base[j])))
+            elif snapshot_extra and allowed(q, int(s_need[j])):
+                # full now, but not at batch start: the solver may free it by moving earlier items
+                extra.append((int(s_score[j]) + q, q, int(s_need[j]), int(s_base[j])))
     found.sort()
     extra.sort()
     chosen = found[:limit] + extra[:snapshot_extra]
