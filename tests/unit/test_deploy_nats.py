@@ -13,9 +13,10 @@ import logging
 import os
 import socket
 import subprocess
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import nats
@@ -64,6 +65,31 @@ def _violations(conn: Conn, n: int) -> Callable[[], bool]:
     def check() -> bool:
         return len(conn.errors) >= n and all("permissions violation" in e.lower() for e in conn.errors)
     return check
+
+
+async def _settled(nc: Client) -> None:
+    """Every command this connection sent so far has reached the server.
+
+    nats-py's ``flush()`` writes its PING ahead of commands still queued for the socket, so a
+    subscription may still be unknown to the server after it; a message to ourselves cannot
+    overtake them (the connection needs permission to use an inbox: services only).
+    """
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    await nc.publish(inbox, b"")
+    await sub.next_msg(timeout=5)
+    await sub.unsubscribe()
+
+
+def _answered(nc: Client, subject: str) -> Callable[[], Awaitable[Any]]:
+    """Whether a request on ``subject`` gets b"ok" (retried by assert_eventually while the responder's
+    subscription is still on its way to the server)."""
+    async def ask() -> bool:
+        try:
+            return (await nc.request(subject, b"{}", timeout=1)).data == b"ok"
+        except (NoRespondersError, NatsTimeout):
+            return False
+    return ask
 
 
 @pytest.fixture
@@ -116,11 +142,12 @@ async def test_nats_agents_publish_only_under_their_own_host(clients: dict[str, 
     got: list[str] = []
 
     async def collect(msg: Msg) -> None:
-        got.append(msg.subject)
+        if not msg.subject.startswith("_INBOX."):  # not the barrier's own message
+            got.append(msg.subject)
 
     service = clients["service"].nc
     await service.subscribe(">", cb=collect)
-    await service.flush()
+    await _settled(service)
     for a in agents:
         nc = clients[a.name].nc
         own = subjects.host_subject(a.site, a.host, "heartbeat")
@@ -163,8 +190,8 @@ async def test_nats_agents_hear_only_their_own_commands_and_may_answer(clients: 
 
     service = clients["service"].nc
     for a in agents:
-        reply = await service.request(subjects.agent_command_subject(a.site, a.host), b"{}", timeout=3)
-        assert reply.data == b"ok"
+        await assert_eventually(_answered(service, subjects.agent_command_subject(a.site, a.host)), timeout=5.0,
+                                message=f"{a.name} answers its own command")
     # another agent's subscription to a command subject was refused, so only the owner answers: one reply
     inbox = service.new_inbox()
     sub = await service.subscribe(inbox)
@@ -208,7 +235,7 @@ async def test_nats_sim_user_speaks_for_simulated_hosts_and_nothing_else(server:
     service = await _connect(_local(container_env(compose()["services"]["registry"])["XPUMESH_NATS_URL"], server))
     try:
         got = await service.nc.subscribe(">")
-        await service.nc.flush()
+        await _settled(service.nc)
 
         async def answer(msg: Msg) -> None:
             await msg.respond(b"ok")
@@ -217,7 +244,7 @@ async def test_nats_sim_user_speaks_for_simulated_hosts_and_nothing_else(server:
         await client.nc.subscribe(SIM_CTL_SUBJECT, cb=answer)
         await client.nc.flush()
         for subject in (subjects.agent_command_subject("ningbo", "sim-00001"), SIM_CTL_SUBJECT):
-            assert (await service.nc.request(subject, b"{}", timeout=3)).data == b"ok"
+            await assert_eventually(_answered(service.nc, subject), timeout=5.0, message=f"sim answers {subject}")
         await client.nc.publish(subjects.host_subject("ningbo", "sim-00001", "heartbeat"), b"{}")
         await client.nc.publish(subjects.rpc_subject("registry", "members.list"), b"{}")
         await client.nc.subscribe(subjects.EVENTS_ALL)
@@ -253,6 +280,7 @@ async def test_nats_real_agent_runs_within_its_permissions(server: int, monkeypa
         seen.add(msg.subject.removeprefix(own))
 
     await service.nc.subscribe("xpumesh.host.>", cb=collect)
+    await _settled(service.nc)
     settings = Settings(nats_url=_local(env["XPUMESH_NATS_URL"], server), site=env["XPUMESH_SITE"], data_dir=tmp_path,
                         heartbeat_interval_s=0.3, telemetry_interval_s=0.3)
     bus = Bus(settings.bus, name=f"agent.{settings.site}")
