@@ -171,6 +171,13 @@ async def authenticate(request: Request) -> Principal:
     if principal is None:
         BUS_REJECTED.labels("gateway", "auth", "invalid_key").inc()
         raise _unauthorized("Invalid API key", "the key is unknown or revoked")
+    charge(ctx, principal)
+    request.state.principal = principal
+    return principal
+
+
+def charge(ctx: Context, principal: Principal) -> None:
+    """Take one request from the key's token bucket; 429 with Retry-After when it is empty."""
     wait = auth_state(ctx).take(principal.key_id)
     if wait > 0:
         BUS_REJECTED.labels("gateway", "auth", "rate_limited").inc()
@@ -178,8 +185,6 @@ async def authenticate(request: Request) -> Principal:
                            f"this key may make {ctx.settings.gateway.rate_per_s:g} requests per second "
                            f"(bursts of {ctx.settings.gateway.rate_burst})",
                            headers={"Retry-After": str(max(1, math.ceil(wait)))})
-    request.state.principal = principal
-    return principal
 
 
 def is_public(request: Request) -> bool:

@@ -11,6 +11,7 @@ straight through and hot reads stay cheap.
   answer is stored; a retry with the same body gets the stored answer with
   ``Idempotent-Replayed: true``; the same key with a different body is a 422; a retry while
   the first is still running is a 409. Answers of 5xx and 429 are not stored.
+- Hot fleet reads are answered from a short-TTL cache (``cache.py``) after the key check.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from libs.metrics import BUS_REJECTED
 from libs.service import Context
 from libs.tracing import tracer
 from services.gateway import models
-from services.gateway.auth import principal_for_key
+from services.gateway.auth import charge, principal_for_key
+from services.gateway.cache import CACHEABLE_PATHS, ReadCache
 from services.gateway.problems import ProblemError, problem_response
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,8 @@ class GatewayMiddleware:
     def __init__(self, app: ASGIApp, ctx: Context) -> None:
         self.app = app
         self.ctx = ctx
+        settings = ctx.settings.gateway if ctx is not None else None
+        self.cache = ReadCache(settings.read_cache_s if settings else 0.0, settings.read_cache_entries if settings else 1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -85,7 +89,10 @@ class GatewayMiddleware:
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"]
         if method not in BODY_METHODS:
-            await self.app(scope, receive, send)
+            if method == "GET" and scope["path"] in CACHEABLE_PATHS and self.cache.enabled:
+                await self._cached_read(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
         limit = self.ctx.settings.gateway.max_body_bytes
         length = _header(scope, b"content-length")
@@ -106,6 +113,38 @@ class GatewayMiddleware:
             await self.app(scope, replay, send)
             return
         await self._idempotent(scope, replay, send, idem_key, body)
+
+    async def _cached_read(self, scope: Scope, receive: Receive, send: Send) -> None:
+        token = _bearer(scope)
+        principal = await principal_for_key(self.ctx, token) if token else None
+        if principal is None:  # the route's own auth answers 401
+            await self.app(scope, receive, send)
+            return
+        charge(self.ctx, principal)
+        scope.setdefault("state", {})["principal"] = principal  # authenticated and charged once
+        key = (principal.tenant, str(principal.role), scope["path"], scope.get("query_string", b""))
+        item = self.cache.get(key)
+        if item is None:
+            waiting = self.cache.flight(key)
+            if waiting is not None:
+                item = await waiting
+            else:
+                captured = _Capture(send)
+                try:
+                    await self.app(scope, receive, captured)
+                finally:
+                    if captured.status == 200 and captured.size <= MAX_IDEMPOTENT_BODY:
+                        self.cache.land(key, self.cache.put(key, (captured.content_type or "application/json")
+                                                            .encode("latin-1"), b"".join(captured.chunks)))
+                    else:
+                        self.cache.land(key, None)
+                return
+        if item is None:  # the request we waited on failed: ask for ourselves
+            await self.app(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", item.content_type), (b"x-cache", b"hit")]})
+        await send({"type": "http.response.body", "body": item.body})
 
     def _reject(self, reason: str) -> None:
         BUS_REJECTED.labels("gateway", "http", reason).inc()
@@ -133,13 +172,14 @@ class GatewayMiddleware:
         if stored is not None:
             await _answer_stored(stored, digest, path, scope, receive, send)
             return
-        captured = _Capture(send)
+        captured = _Capture(send, passthrough=False)  # stored before the client sees it: a fast retry replays it
         ok = False
         try:
             await self.app(scope, receive, captured)
             ok = True
         finally:
             await self._settle(principal.key_id, idem_key, captured if ok else None)
+        await captured.flush()
 
     async def _settle(self, key_id: str, idem_key: str, captured: _Capture | None) -> None:
         try:
@@ -172,8 +212,10 @@ async def _answer_stored(stored: models.StoredResponse, digest: str, path: str, 
 class _Capture:
     """Passes a response through while keeping a copy for the idempotency record."""
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, *, passthrough: bool = True) -> None:
         self.send = send
+        self.passthrough = passthrough
+        self.held: list[Message] = []
         self.status = 0
         self.content_type: str | None = None
         self.chunks: list[bytes] = []
@@ -190,7 +232,15 @@ class _Capture:
             self.size += len(chunk)
             if self.size <= MAX_IDEMPOTENT_BODY:
                 self.chunks.append(chunk)
-        await self.send(message)
+        if self.passthrough:
+            await self.send(message)
+        else:
+            self.held.append(message)
+
+    async def flush(self) -> None:
+        for message in self.held:
+            await self.send(message)
+        self.held.clear()
 
     def storable(self) -> bool:
         return 200 <= self.status < 500 and self.status not in (408, 409, 429) and self.size <= MAX_IDEMPOTENT_BODY

@@ -157,3 +157,25 @@ def _has_example(op: dict[str, object], schemas: dict[str, dict[str, object]]) -
                 if "example" in media or "examples" in media or schema_has(media.get("schema")):
                     return True
     return False
+
+
+async def test_api_hot_reads_come_from_a_short_ttl_cache_after_the_key_check(settings, running_service) -> None:
+    from services.inventory.api import app as inventory_app
+
+    await running_service(inventory_app)
+    url = await start_gateway(running_service, gateway_settings(settings, read_cache_s=0.5))
+    async with httpx.AsyncClient(base_url=url, timeout=10) as c:
+        other = {"Authorization": "Bearer " + (await c.post("/v1/keys", json={"tenant": "acme", "role": "viewer"},
+                                                             headers=ADMIN)).json()["key"]}
+        first = await c.get("/v1/devices", params={"hardware_type": "gpu"}, headers=ADMIN)
+        assert first.status_code == 200 and "x-cache" not in first.headers
+        again = await c.get("/v1/devices", params={"hardware_type": "gpu"}, headers=ADMIN)
+        assert again.headers.get("x-cache") == "hit" and again.json() == first.json()
+        assert again.headers["x-request-id"] != first.headers["x-request-id"]
+        assert "x-cache" not in (await c.get("/v1/devices", params={"hardware_type": "gpu"},
+                                             headers=other)).headers, "no answer shared across tenants or roles"
+        assert_problem(await c.get("/v1/devices", params={"hardware_type": "gpu"}), 401)
+        assert "x-cache" not in (await c.get("/v1/devices", params={"hardware_type": "npu"}, headers=ADMIN)).headers
+        await asyncio.sleep(0.6)
+        assert "x-cache" not in (await c.get("/v1/devices", params={"hardware_type": "gpu"},
+                                             headers=ADMIN)).headers, "entries expire"
