@@ -7,8 +7,11 @@ A ``SimHost`` is the simulator's counterpart of ``agent.main.Agent``: it builds 
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import uuid
+import zlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +20,8 @@ from agent.publisher import HostPublisher
 from agent.sim.fleet import HostSpec
 from libs import __version__
 from libs.bus.connection import Bus
+from libs.bus.subjects import host_subject
+from libs.events import CloudEvent, EventTypes
 from libs.schemas.commands import ActualStateReport
 from libs.schemas.devices import Device, Health
 from libs.schemas.hostevents import CapabilityReport, DeviceSample, TelemetryReport
@@ -28,6 +33,31 @@ def diurnal(now: float, day_s: float) -> float:
     """Fleet-wide load factor in [0.15, 0.95]: low at 04:00, high mid-afternoon (China time)."""
     phase = ((now + CHINA_UTC_OFFSET_S * day_s / 86400.0) % day_s) / day_s
     return 0.55 + 0.4 * math.sin(2 * math.pi * (phase - 0.375))
+
+
+_ID = "__xpumesh_id__"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_DATA = {"__xpumesh_data__": 0}
+
+
+class _Template:
+    """An event serialized once, split where its id, time and (optionally) data go."""
+
+    def __init__(self, event: CloudEvent) -> None:
+        raw = event.model_copy(update={"id": _ID, "time": _EPOCH}).to_bytes()
+        time_json = json.dumps(_EPOCH.isoformat().replace("+00:00", "Z")).encode()
+        self.parts = raw.replace(b'"' + _ID.encode() + b'"', b"\x00").replace(time_json, b"\x01").replace(
+            json.dumps(_DATA, separators=(",", ":")).encode(), b"\x02")
+        if self.parts.count(b"\x00") != 1 or self.parts.count(b"\x01") != 1:
+            raise ValueError("event template: id or time not found once")
+
+    def fill(self, data: bytes | None) -> tuple[bytes, str]:
+        event_id = str(uuid.uuid4())
+        out = self.parts.replace(b"\x00", b'"' + event_id.encode() + b'"', 1).replace(
+            b"\x01", b'"' + datetime.now(UTC).isoformat().encode() + b'"', 1)
+        if data is not None:
+            out = out.replace(b"\x02", data, 1)
+        return out, event_id
 
 
 class SimHost:
@@ -44,7 +74,11 @@ class SimHost:
         self.faults: dict[int, float | None] = {}  # slot -> monotonic repair time (None: until repaired)
         self.on_command: CommandHook | None = None
         self.running: dict[str, Any] = {}  # work id -> whatever the launch handler keeps
-        self._rng = random.Random(hash(spec.host_id) & 0xFFFFFFFF)
+        self._rng = random.Random(zlib.crc32(spec.host_id.encode()))
+        self._subjects = (host_subject(self.site, self.host_id, "heartbeat"),
+                          host_subject(self.site, self.host_id, "telemetry"))
+        self._heartbeat: _Template | None = None
+        self._telemetry: _Template | None = None
 
     # -------------------------------------------------------------- reports
     def devices(self) -> list[Device]:
@@ -59,7 +93,8 @@ class SimHost:
                                 agent_version=f"{__version__}-sim", facts=self.spec.facts, devices=self.devices(),
                                 labels=self.spec.labels)
 
-    def telemetry_report(self, now: float, load: float) -> TelemetryReport:
+    def telemetry_data(self, now: float, load: float) -> dict[str, Any]:
+        """This interval's ``TelemetryReport`` as plain data: diurnal load, host bias, noise, faults."""
         rng = self._rng
         p = self.spec.profile
         base = min(1.0, load * self.spec.load_bias)
@@ -75,10 +110,30 @@ class SimHost:
             power = round(p.tdp_w * (0.15 + 0.85 * busy), 1)
             samples.append((slot, util, used, temp, power, 1))
         mem_total = self.spec.facts.memory_mib
-        return TelemetryReport.model_construct(
-            schema_version=1, host_id=self.host_id, site=self.site, ts=datetime.fromtimestamp(now, UTC),
-            cpu_pct=round(min(100.0, 5 + base * 60 + rng.uniform(0, 5)), 1),
-            mem_used_mib=int(mem_total * (0.1 + base * 0.5)), mem_total_mib=mem_total, devices=samples)
+        return {"schema_version": 1, "host_id": self.host_id, "site": self.site,
+                "ts": datetime.fromtimestamp(now, UTC).isoformat(),
+                "cpu_pct": round(min(100.0, 5 + base * 60 + rng.uniform(0, 5)), 1),
+                "mem_used_mib": int(mem_total * (0.1 + base * 0.5)), "mem_total_mib": mem_total, "devices": samples}
+
+    def telemetry_report(self, now: float, load: float) -> TelemetryReport:
+        return TelemetryReport.model_validate(self.telemetry_data(now, load))
+
+    # -------------------------------------------------------------- the hot path
+    async def send_heartbeat(self) -> None:
+        """What ``HostPublisher.heartbeat`` sends, from a template: only the id and time change."""
+        if self._heartbeat is None:
+            self._heartbeat = _Template(self.publisher.heartbeat_event())
+        payload, _ = self._heartbeat.fill(None)
+        await self.publisher.bus.publish(self._subjects[0], payload)
+
+    async def send_telemetry(self, now: float, load: float) -> None:
+        """What ``HostPublisher.telemetry`` sends, without building pydantic models per interval."""
+        if self._telemetry is None:
+            self._telemetry = _Template(CloudEvent(id=_ID, source=self.publisher.source, type=EventTypes.HOST_TELEMETRY,
+                                                   time=_EPOCH, subject=self.host_id, data=_DATA))
+        data = json.dumps(self.telemetry_data(now, load), separators=(",", ":")).encode()
+        payload, event_id = self._telemetry.fill(data)
+        await self.publisher.bus.publish(self._subjects[1], payload, msg_id=event_id)
 
     async def report_state(self, report: ActualStateReport) -> None:
         await publish_state(self.publisher, report)

@@ -127,7 +127,7 @@ class Simulator:
             self.stats.faults += 1
             self.want_capability(host)
             if host.up:  # telemetry says so at once, not at the host's next turn
-                await host.publisher.telemetry(host.telemetry_report(time.time(), self._load()))
+                await host.send_telemetry(time.time(), self._load())
         if until is not None:
             self._timer(until, "repair", host, slot)
 
@@ -135,7 +135,7 @@ class Simulator:
         if host.repair(slot):
             self.want_capability(host)
             if host.up:
-                await host.publisher.telemetry(host.telemetry_report(time.time(), self._load()))
+                await host.send_telemetry(time.time(), self._load())
 
     def host_down(self, host: SimHost, until: float | None) -> None:
         if host.up:
@@ -147,7 +147,7 @@ class Simulator:
     async def host_up(self, host: SimHost) -> None:
         if not host.up:
             host.come_up()
-            await host.publisher.heartbeat()
+            await host.send_heartbeat()
             self.want_capability(host)  # a host that comes back re-registers, like a restarted agent
 
     async def _random_events(self, now_mono: float) -> None:
@@ -187,11 +187,11 @@ class Simulator:
                 load = self._load()
                 for h in hb_groups[tick % hb_slices]:
                     if h.up:
-                        await h.publisher.heartbeat()
+                        await h.send_heartbeat()
                         self.stats.heartbeats += 1
                 for h in tm_groups[tick % tm_slices]:
                     if h.up:
-                        await h.publisher.telemetry(h.telemetry_report(now, load))
+                        await h.send_telemetry(now, load)
                         self.stats.telemetry += 1
                 await self._random_events(now_mono)
                 tick += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -139,6 +140,7 @@ async def on_capability(events: list[CloudEvent], ctx: Context) -> None:
     async def apply(session: Any, batch: Sequence[models.Capability]) -> models.Applied:
         return await models.apply_capabilities(session, batch, cat)
 
+    started = time.perf_counter()
     try:
         async with session_scope(ctx.db) as session:
             results = [await apply(session, caps)]
@@ -154,6 +156,8 @@ async def on_capability(events: list[CloudEvent], ctx: Context) -> None:
         events_out += applied.events
     if events_out:
         ctx.state["relay"].poke()
+    log.debug("capability batch: %d reports, %d events, %.1f ms", len(caps), events_out,
+              (time.perf_counter() - started) * 1000)
 
 
 def _finite(report: TelemetryReport) -> bool:

@@ -12,19 +12,6 @@ from libs.versions import SpecifierSet
 LIMITS = {"vendor": 40, "model": 128, "driver_version": 64, "firmware_version": 64, "uuid": 128, "pci_bus_id": 64}
 
 
-def _no_nul(value: object, where: str) -> None:
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise ValueError(f"{where} contains a NUL character")
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            _no_nul(k, where)
-            _no_nul(v, f"{where}.{k}")
-    elif isinstance(value, list | tuple):
-        for v in value:
-            _no_nul(v, where)
-
-
 def check_capability(report: CapabilityReport, event_subject: str | None) -> None:
     """Raise ValueError (safe to log) when the report cannot be stored as it is."""
     if event_subject is not None and event_subject != report.host_id:
@@ -43,7 +30,8 @@ def check_capability(report: CapabilityReport, event_subject: str | None) -> Non
     keys = [(d.vendor, d.index) for d in report.devices]
     if len(set(keys)) != len(keys):
         raise ValueError("two devices share a vendor and index")
-    _no_nul(report.model_dump(mode="json"), "report")
+    if "\\u0000" in report.model_dump_json():  # PostgreSQL cannot store NUL in text or JSON
+        raise ValueError("the report contains a NUL character")
 
 
 def check_specifiers(*specs: str) -> None:

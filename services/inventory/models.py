@@ -9,6 +9,7 @@ through the outbox in the same transaction.
 
 from __future__ import annotations
 
+import json
 import uuid as uuidlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -21,10 +22,10 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.bus.subjects import event_subject
-from libs.events import CloudEvent, EventTypes
+from libs.events import EventTypes
 from libs.schemas.devices import Device, Health
 from libs.schemas.hostevents import CapabilityReport
-from libs.schemas.inventory import DeviceEvent, HostLabels, HostStatus
+from libs.schemas.inventory import HostLabels, HostStatus
 from services.inventory.catalog import Catalog
 from services.inventory.orm import devices, hosts, outbox, sites
 
@@ -52,16 +53,22 @@ def device_id(host_id: str, vendor: str, index: int) -> str:
     return f"{host_id}:{vendor}:{index}"
 
 
-def device_event(etype: str, row: dict[str, Any], reason: str) -> CloudEvent:
-    data = DeviceEvent(id=device_id(row["host_id"], row["vendor"], row["vendor_index"]), host_id=row["host_id"],
-                       site=row["site"], slot=row["slot"], index=row["vendor_index"],
-                       hardware_type=row["hardware_type"], vendor=row["vendor"], model=row["model"],
-                       uuid=row.get("uuid"), health=row["health"], reason=reason)
-    return CloudEvent.new(etype, SOURCE, data, subject=data.id, id=str(uuidlib.uuid4()))
+def device_event(etype: str, row: dict[str, Any], reason: str) -> dict[str, Any]:
+    """An outbox row carrying a device event (a CloudEvent whose data is a ``DeviceEvent``).
 
-
-def outbox_row(event: CloudEvent, site: str) -> dict[str, Any]:
-    return {"event_id": event.id, "subject": event_subject(event.type, site), "payload": event.to_bytes()}
+    Built as JSON directly: a fleet registering emits one event per device, and these are
+    made from rows this service wrote itself, so pydantic validation would only cost time.
+    """
+    did = device_id(row["host_id"], row["vendor"], row["vendor_index"])
+    event_id = str(uuidlib.uuid4())
+    data = {"id": did, "host_id": row["host_id"], "site": row["site"], "slot": row["slot"],
+            "index": row["vendor_index"], "hardware_type": row["hardware_type"], "vendor": row["vendor"],
+            "model": row["model"], "uuid": row.get("uuid"), "health": row["health"], "reason": reason}
+    envelope = {"specversion": "1.0", "id": event_id, "source": SOURCE, "type": etype,
+                "time": datetime.now(UTC).isoformat(), "subject": did, "datacontenttype": "application/json",
+                "data": data}
+    return {"event_id": event_id, "subject": event_subject(etype, row["site"]),
+            "payload": json.dumps(envelope, separators=(",", ":")).encode()}
 
 
 def _device_row(report: CapabilityReport, slot: int, d: Device, cat: Catalog) -> dict[str, Any]:
@@ -78,7 +85,7 @@ def _device_row(report: CapabilityReport, slot: int, d: Device, cat: Catalog) ->
 
 
 def _diff(report: CapabilityReport, old: Sequence[dict[str, Any]], cat: Catalog,
-          now: datetime) -> tuple[list[dict[str, Any]], list[CloudEvent]]:
+          now: datetime) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """New device rows for the host and the events the change implies."""
     old_by_key = {(r["vendor"], r["vendor_index"]): r for r in old}
     rows, events = [], []
@@ -142,7 +149,7 @@ async def apply_capabilities(session: AsyncSession, caps: Sequence[Capability], 
         r = c.report
         rows, evs = _diff(r, old.get(r.host_id, []), cat, now)
         device_rows += rows
-        events += [(e, r.site) for e in evs]
+        events += evs
         host_rows.append({
             "id": r.host_id, "site": r.site, "hostname": r.facts.hostname, "status": HostStatus.UP.value,
             "generation": r.generation, "agent_version": r.agent_version, "facts": r.facts.model_dump(mode="json"),
@@ -175,7 +182,7 @@ async def apply_capabilities(session: AsyncSession, caps: Sequence[Capability], 
             set_={**{c.name: dstmt.excluded[c.name] for c in devices.columns if c.name not in keep},
                   "updated_at": func.now()}), device_rows)
     if events:
-        await session.execute(outbox.insert(), [outbox_row(e, site) for e, site in events])
+        await session.execute(outbox.insert(), events)
     out.applied, out.events = len(fresh), len(events)
     return out
 

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from libs.events import EventTypes
 from libs.schemas.devices import Health
 from libs.schemas.hostevents import TelemetryReport
-from services.inventory.models import device_event, outbox_row
+from services.inventory.models import device_event
 from services.inventory.orm import devices, outbox
 
 UPSERT_TELEMETRY = text("""
@@ -144,7 +144,7 @@ async def apply_telemetry(session: AsyncSession, reports: Sequence[TelemetryRepo
         events = []
         for row in rows:
             etype = EventTypes.DEVICE_UNHEALTHY if row["health"] == Health.UNHEALTHY.value else EventTypes.DEVICE_HEALTHY
-            events.append(outbox_row(device_event(etype, dict(row), "telemetry"), row["site"]))
+            events.append(device_event(etype, dict(row), "telemetry"))
         if events:
             await session.execute(outbox.insert(), events)
         out.flips = len(events)

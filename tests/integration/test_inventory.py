@@ -17,6 +17,7 @@ from libs.metrics import BUS_MESSAGES, BUS_REJECTED
 from libs.schemas.devices import Device, HardwareType, Health, HostFacts
 from libs.schemas.hostevents import CapabilityReport, TelemetryReport
 from libs.schemas.inventory import (
+    DeviceEvent,
     DevicePage,
     DeviceQuery,
     HostDetail,
@@ -115,6 +116,7 @@ async def test_inventory_capability_registers_host_with_catalog_match(settings, 
     added = await assert_eventually(
         lambda: _of_type(bus, EventTypes.DEVICE_ADDED, 2), message="two device.added events")
     assert {subj for subj, _ in added} == {"xpumesh.events.device.added.hangzhou"}
+    assert {DeviceEvent.model_validate(e.data).id for _, e in added} == {"hz-gpu-0001:nvidia:0", "hz-gpu-0001:nvidia:1"}
 
 
 async def _of_type(bus: Bus, etype: str, n: int) -> list[tuple[str, CloudEvent]]:
