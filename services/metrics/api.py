@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from pydantic import ValidationError
+
 from libs.bus import subjects
 from libs.bus.connection import STREAM_EVENTS, STREAM_HOSTS, STREAM_TELEMETRY
 from libs.bus.errors import InvalidRequest, NotFound
 from libs.db import session_scope
 from libs.events import CloudEvent, EventTypes
+from libs.metrics import BUS_REJECTED
 from libs.schemas.hostevents import CapabilityReport
 from libs.schemas.metrics import (
     AlertList,
@@ -74,17 +77,31 @@ async def on_telemetry(events: list[CloudEvent], ctx: Context) -> None:
     await rt(ctx).ingest.handle(events)
 
 
-@app.consumer(STREAM_HOSTS, durable="metrics-capability", subject=subjects.HOST_CAPABILITY_ALL)
-async def on_capability(event: CloudEvent, ctx: Context) -> None:
-    report = CapabilityReport.model_validate(event.data)
+@app.consumer(STREAM_HOSTS, durable="metrics-capability", subject=subjects.HOST_CAPABILITY_ALL, batch=True,
+              batch_size=1024)
+async def on_capability(events: list[CloudEvent], ctx: Context) -> None:
     r = rt(ctx)
-    known = r.fleet.hosts.get(report.host_id)
-    if known is not None and report.generation < known.generation:
-        return  # an older report arriving late
-    async with session_scope(ctx.db) as session:
-        metas, gone = await models.save_capability(session, report)
-    h = r.fleet.host(report.host_id, report.site)
-    h.hostname, h.generation, h.labels = report.facts.hostname, report.generation, dict(report.labels)
+    newest: dict[str, CapabilityReport] = {}
+    for event in events:
+        try:
+            report = CapabilityReport.model_validate(event.data)
+        except ValidationError as exc:
+            BUS_REJECTED.labels("metrics", "on_capability", "invalid_data").inc()
+            log.warning("on_capability: dropped an invalid report (%d validation errors)", exc.error_count())
+            continue
+        known = r.fleet.hosts.get(report.host_id)
+        if known is not None and report.generation <= known.generation:
+            continue  # already applied, or an older report arriving late
+        if report.host_id not in newest or newest[report.host_id].generation < report.generation:
+            newest[report.host_id] = report
+    if not newest:
+        return
+    reports = list(newest.values())
+    async with r.pool.acquire() as conn, conn.transaction():
+        metas, gone = await models.save_capabilities(conn, reports)
+    for report in reports:
+        h = r.fleet.host(report.host_id, report.site)
+        h.hostname, h.generation, h.labels = report.facts.hostname, report.generation, dict(report.labels)
     for dev_id in gone:
         r.fleet.remove_device(dev_id)
     for m in metas:

@@ -9,6 +9,7 @@ does not.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -25,7 +26,7 @@ from libs.events import CloudEvent, EventTypes
 from libs.metrics import BUS_REJECTED
 from libs.schemas.hostevents import TelemetryReport
 from libs.schemas.metrics import IngestStats
-from services.metrics import models
+from services.metrics import models, pgcopy
 from services.metrics.partitions import Coverage
 from services.metrics.rollups import Rollups
 from services.metrics.state import Fleet
@@ -39,12 +40,6 @@ REPORTS = Counter("xpumesh_metrics_reports_total", "Telemetry reports written.")
 LAG = Gauge("xpumesh_metrics_ingest_lag_seconds", "Sample time to commit over the recent window.", ["quantile"])
 
 _REPORTS = TypeAdapter(list[TelemetryReport])
-_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
-_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
-_COPY_TRAILER = b"\xff\xff"
-_ROW = np.dtype([("nf", ">i2"), ("l0", ">i4"), ("ts", ">i8"), ("l1", ">i4"), ("dev", ">i4"), ("l2", ">i4"), ("util", ">f4"),
-                 ("l3", ">i4"), ("mem", ">i4"), ("l4", ">i4"), ("temp", ">f4"), ("l5", ">i4"), ("power", ">f4"),
-                 ("l6", ">i4"), ("healthy", "u1"), ("l7", ">i4"), ("batch", ">i8")])
 _US = timedelta(microseconds=1)
 _UNIX = datetime(1970, 1, 1, tzinfo=UTC)
 COPY_COLUMNS = ("ts", "device_id", "util", "mem_mib", "temp", "power", "healthy", "batch")
@@ -52,19 +47,9 @@ COPY_COLUMNS = ("ts", "device_id", "util", "mem_mib", "temp", "power", "healthy"
 
 def encode_copy(ts_us: np.ndarray, ids: np.ndarray, vals: np.ndarray, batch: int) -> bytes:
     """PostgreSQL binary COPY of samples; ``vals`` columns: util, mem, temp, power, healthy."""
-    a = np.empty(len(ids), _ROW)
-    a["nf"] = 8
-    for name, size in (("l0", 8), ("l1", 4), ("l2", 4), ("l3", 4), ("l4", 4), ("l5", 4), ("l6", 1), ("l7", 8)):
-        a[name] = size
-    a["ts"] = ts_us - _PG_EPOCH_US
-    a["dev"] = ids
-    a["util"] = vals[:, 0]
-    a["mem"] = vals[:, 1]
-    a["temp"] = vals[:, 2]
-    a["power"] = vals[:, 3]
-    a["healthy"] = vals[:, 4] != 0
-    a["batch"] = batch
-    return _COPY_HEADER + a.tobytes() + _COPY_TRAILER
+    return pgcopy.encode([("ts", pgcopy.pg_timestamps(ts_us), ">i8"), ("device_id", ids, ">i4"), ("util", vals[:, 0], ">f4"),
+                          ("mem_mib", vals[:, 1], ">i4"), ("temp", vals[:, 2], ">f4"), ("power", vals[:, 3], ">f4"),
+                          ("healthy", vals[:, 4] != 0, "u1"), ("batch", batch, ">i8")])
 
 
 def _aware(t: datetime) -> datetime:
@@ -151,6 +136,15 @@ class Ingest:
         return out
 
     async def handle(self, events: list[CloudEvent]) -> None:
+        """Write a batch, then hold the consumer for the rest of ``ingest_linger_s``: under load the next
+        fetch then takes everything that arrived meanwhile, so commits stay few and batches grow."""
+        started = time.monotonic()
+        await self._handle(events)
+        rest = self.settings.metrics.ingest_linger_s - (time.monotonic() - started)
+        if rest > 0:
+            await asyncio.sleep(rest)
+
+    async def _handle(self, events: list[CloudEvent]) -> None:
         reports = self.validate(events)
         if not reports:
             return

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,7 +22,7 @@ from libs.events import CloudEvent, EventTypes
 from libs.schemas.hostevents import CapabilityReport
 from libs.schemas.metrics import Alert, AlertState, Placement, WorkloadNow
 from services.metrics.orm import alerts, devices, hosts, outbox, workloads
-from services.metrics.rollups import RollupRow
+from services.metrics.rollups import DEVICE_STAGE_COLUMNS
 from services.metrics.state import DeviceMeta, Fleet, slots_for
 
 STATUS_CODES = {"up": 1, "down": 2}
@@ -49,33 +49,46 @@ def _meta(row: Any) -> DeviceMeta:
                       uuid=row["uuid"], health=row["health"])
 
 
-async def save_capability(session: AsyncSession, report: CapabilityReport) -> tuple[list[DeviceMeta], list[int]]:
-    """Upsert the host and its devices; mark devices it no longer reports absent. Returns (present, removed ids)."""
-    now = datetime.now(UTC)
-    stmt = insert(hosts).values(host_id=report.host_id, site=report.site, hostname=report.facts.hostname,
-                                generation=report.generation, labels=report.labels, updated_at=now)
-    await session.execute(stmt.on_conflict_do_update(index_elements=[hosts.c.host_id], set_={
-        "site": stmt.excluded.site, "hostname": stmt.excluded.hostname, "generation": stmt.excluded.generation,
-        "labels": stmt.excluded.labels, "updated_at": now}))
-    metas: list[DeviceMeta] = []
-    if report.devices:
-        values = [dict(host_id=report.host_id, slot=slot, vendor_index=d.index, site=report.site, hardware_type=d.hardware_type.value,
-                       vendor=d.vendor[:32], model=d.model[:128], memory_mib=d.memory_mib,
-                       driver_version=(d.driver_version or None) and d.driver_version[:64], runtimes=d.runtimes,
-                       firmware_version=(d.firmware_version or None) and d.firmware_version[:64],
-                       uuid=(d.uuid or None) and d.uuid[:128], health=d.health.value, present=True, updated_at=now)
-                  for d, slot in zip(report.devices, slots_for(report.devices), strict=True)]
-        ins = insert(devices).values(values)
-        ins = ins.on_conflict_do_update(constraint="uq_devices_host_slot", set_={
-            c: ins.excluded[c] for c in ("vendor_index", "site", "hardware_type", "vendor", "model", "memory_mib", "driver_version",
-                                         "runtimes", "firmware_version", "uuid", "health", "present", "updated_at")})
-        rows = (await session.execute(ins.returning(*devices.c))).mappings().all()
-        metas = [_meta(r) for r in rows]
-    keep = [m.id for m in metas]
-    gone = (await session.execute(
-        update(devices).where(devices.c.host_id == report.host_id, devices.c.present, devices.c.id.not_in(keep))
-        .values(present=False, updated_at=now).returning(devices.c.id))).scalars().all()
-    return metas, list(gone)
+async def save_capabilities(conn: asyncpg.Connection, reports: Sequence[CapabilityReport]) -> tuple[list[DeviceMeta], list[int]]:
+    """Upsert hosts and their devices (one statement each, arrays through unnest); devices a host no longer
+    reports are marked absent. Returns (present devices, removed device ids). Caller's transaction."""
+    await conn.execute(
+        "INSERT INTO metrics.hosts AS t (host_id, site, hostname, generation, labels, updated_at) "
+        "SELECT h, s, n, g, CAST(l AS jsonb), now() FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], "
+        "$5::text[]) AS v(h, s, n, g, l) ON CONFLICT (host_id) DO UPDATE SET site = EXCLUDED.site, "
+        "hostname = EXCLUDED.hostname, generation = EXCLUDED.generation, labels = EXCLUDED.labels, updated_at = now()",
+        [r.host_id for r in reports], [r.site for r in reports], [r.facts.hostname[:256] for r in reports],
+        [r.generation for r in reports], [json.dumps(r.labels) for r in reports])
+    cols: dict[str, list[Any]] = {k: [] for k in ("h", "sl", "vi", "s", "hw", "ve", "mo", "mem", "dr", "rt", "fw", "uu", "he")}
+    for r in reports:
+        for slot, d in zip(slots_for(r.devices), r.devices, strict=True):
+            for k, v in (("h", r.host_id), ("sl", slot), ("vi", d.index), ("s", r.site), ("hw", d.hardware_type.value),
+                         ("ve", d.vendor[:32]), ("mo", d.model[:128]), ("mem", d.memory_mib),
+                         ("dr", (d.driver_version or None) and d.driver_version[:64]), ("rt", json.dumps(d.runtimes)),
+                         ("fw", (d.firmware_version or None) and d.firmware_version[:64]),
+                         ("uu", (d.uuid or None) and d.uuid[:128]), ("he", d.health.value)):
+                cols[k].append(v)
+    rows = await conn.fetch(
+        "INSERT INTO metrics.devices AS t (host_id, slot, vendor_index, site, hardware_type, vendor, model, memory_mib, "
+        "driver_version, runtimes, firmware_version, uuid, health, present, updated_at) "
+        "SELECT h, sl, vi, s, hw, ve, mo, mem, dr, CAST(rt AS jsonb), fw, uu, he, true, now() FROM unnest("
+        "$1::text[], $2::int[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[], $9::text[], "
+        "$10::text[], $11::text[], $12::text[], $13::text[]) AS v(h, sl, vi, s, hw, ve, mo, mem, dr, rt, fw, uu, he) "
+        "ON CONFLICT (host_id, slot) DO UPDATE SET vendor_index = EXCLUDED.vendor_index, site = EXCLUDED.site, "
+        "hardware_type = EXCLUDED.hardware_type, vendor = EXCLUDED.vendor, model = EXCLUDED.model, "
+        "memory_mib = EXCLUDED.memory_mib, driver_version = EXCLUDED.driver_version, runtimes = EXCLUDED.runtimes, "
+        "firmware_version = EXCLUDED.firmware_version, uuid = EXCLUDED.uuid, health = EXCLUDED.health, present = true, "
+        "updated_at = now() RETURNING *", *cols.values())
+    gone = await conn.fetch(
+        "UPDATE metrics.devices AS d SET present = false, updated_at = now() FROM unnest($1::text[], $2::int[]) AS v(h, n) "
+        "WHERE d.host_id = v.h AND d.slot >= v.n AND d.present RETURNING d.id",
+        [r.host_id for r in reports], [len(r.devices) for r in reports])
+    return [_record_meta(r) for r in rows], [int(g["id"]) for g in gone]
+
+
+def _record_meta(r: asyncpg.Record) -> DeviceMeta:
+    rt = r["runtimes"]
+    return _meta({**dict(r), "runtimes": json.loads(rt) if isinstance(rt, str) else rt})
 
 
 async def save_host_status(session: AsyncSession, host_id: str, site: str, status: str) -> None:
@@ -96,8 +109,7 @@ async def create_devices(conn: asyncpg.Connection, pairs: Sequence[tuple[str, in
         "SELECT h, sl, s, now() FROM unnest($1::text[], $2::int[], $3::text[]) AS t(h, sl, s) "
         "ON CONFLICT (host_id, slot) DO UPDATE SET present = true RETURNING *",
         [p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs])
-    return [_meta({**dict(r), "runtimes": json.loads(r["runtimes"]) if isinstance(r["runtimes"], str) else r["runtimes"]})
-            for r in rows]
+    return [_record_meta(r) for r in rows]
 
 
 # --- rollups ------------------------------------------------------------------------------
@@ -105,15 +117,30 @@ _MERGE = ("n = t.n + EXCLUDED.n, util_sum = t.util_sum + EXCLUDED.util_sum, "
           "util_max = GREATEST(t.util_max, EXCLUDED.util_max), mem_sum = t.mem_sum + EXCLUDED.mem_sum, "
           "temp_sum = t.temp_sum + EXCLUDED.temp_sum, temp_max = GREATEST(t.temp_max, EXCLUDED.temp_max), "
           "power_sum = t.power_sum + EXCLUDED.power_sum, unhealthy = t.unhealthy + EXCLUDED.unhealthy")
-ROLLUP_COLS = ("scope", "key", "bucket", "n", "util_sum", "util_max", "mem_sum", "temp_sum", "temp_max", "power_sum",
-               "unhealthy")
 
 
-async def write_rollups(conn: asyncpg.Connection, rows: list[RollupRow], batch: int, open_from: datetime | None) -> None:
-    """Merge closed minutes into rollup_1m and rollup_1h and move the checkpoint (caller's transaction)."""
-    if rows:
-        await conn.execute("CREATE TEMP TABLE IF NOT EXISTS rollup_stage (LIKE metrics.rollup_1m) ON COMMIT DELETE ROWS")
-        await conn.copy_records_to_table("rollup_stage", records=rows, columns=ROLLUP_COLS)
+_SUMS = ("sum(s.n), sum(s.util_sum), max(s.util_max), sum(s.mem_sum), sum(s.temp_sum), max(s.temp_max), "
+         "sum(s.power_sum), sum(s.unhealthy)")
+_GROUPED = " UNION ALL ".join(
+    f"SELECT {scope}::smallint, {key}, s.bucket, {_SUMS} FROM rollup_dev_stage s "
+    f"JOIN metrics.devices d ON d.id = s.device_id GROUP BY {key}, s.bucket"
+    for scope, key in ((1, "d.host_id"), (2, "d.site"), (3, "d.hardware_type"), (4, "d.site || '/' || d.hardware_type")))
+
+
+async def write_rollups(conn: asyncpg.Connection, device_rows: bytes, batch: int, open_from: datetime | None) -> None:
+    """Merge closed minutes (binary COPY of device rows) into rollup_1m and rollup_1h per device, host, site,
+    hardware type and site/hardware type, and move the checkpoint. Caller's transaction."""
+    if device_rows:
+        await conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS rollup_dev_stage (device_id integer, bucket timestamptz, n integer, "
+            "util_sum double precision, util_max real, mem_sum double precision, temp_sum double precision, "
+            "temp_max real, power_sum double precision, unhealthy integer) ON COMMIT DELETE ROWS; "
+            "CREATE TEMP TABLE IF NOT EXISTS rollup_stage (LIKE metrics.rollup_1m) ON COMMIT DELETE ROWS")
+        await conn.copy_to_table("rollup_dev_stage", source=memoryview(device_rows), columns=DEVICE_STAGE_COLUMNS,
+                                 format="binary")
+        await conn.execute(
+            "INSERT INTO rollup_stage SELECT 0, s.device_id::text, s.bucket, s.n, s.util_sum, s.util_max, s.mem_sum, "
+            f"s.temp_sum, s.temp_max, s.power_sum, s.unhealthy FROM rollup_dev_stage s UNION ALL {_GROUPED}")
         await conn.execute(f"INSERT INTO metrics.rollup_1m AS t SELECT * FROM rollup_stage "
                            f"ON CONFLICT (scope, key, bucket) DO UPDATE SET {_MERGE}")
         await conn.execute(

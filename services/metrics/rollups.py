@@ -1,10 +1,10 @@
 """Rollups kept incrementally: 1-minute buckets per device in memory, written when they close.
 
 Every committed ingest batch is added to the open minute's per-device sums (vectorised).
-When a minute closes (its end plus ``rollup_grace_s`` has passed) the writer groups its
-device rows into host, site, hardware-type and site-by-hardware-type rows and merges them
-all into ``rollup_1m`` and, summed per hour, into ``rollup_1h`` — one transaction that
-also moves the checkpoint. Raw samples are never rescanned, except after a crash: then
+When a minute closes (its end plus ``rollup_grace_s`` has passed) its device rows go to
+PostgreSQL in one binary COPY; SQL groups them into host, site, hardware-type and
+site-by-hardware-type rows and merges everything into ``rollup_1m`` and, summed per hour,
+into ``rollup_1h`` — one transaction that also moves the checkpoint. Raw samples are never rescanned, except after a crash: then
 the samples written after the checkpoint rebuild the open minutes.
 
 Rows hold sums (not averages) so that a late sample merges exactly with ``ON CONFLICT``.
@@ -18,14 +18,13 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from services.metrics.state import Fleet
+from services.metrics import pgcopy
 
 SCOPE_DEVICE, SCOPE_HOST, SCOPE_SITE, SCOPE_HW, SCOPE_SITE_HW = 0, 1, 2, 3, 4
 BUCKET_S = 60
 # column order of Acc.sums / Acc.maxs
 SUM_COLS = ("util", "mem", "temp", "power")
 MAX_COLS = ("util", "temp")
-RollupRow = tuple[int, str, datetime, int, float, float, float, float, float, float, int]
 
 
 @dataclass
@@ -95,44 +94,31 @@ class Agg:
         self.unhealthy += o.unhealthy
 
 
-def _group(acc: Acc, ids: np.ndarray, groups: np.ndarray, ngroups: int) -> tuple[np.ndarray, ...]:
-    """Sum device rows ``ids`` into ``groups`` (one group index per id)."""
-    n = np.bincount(groups, weights=acc.n[ids], minlength=ngroups)
-    sums = np.stack([np.bincount(groups, weights=acc.sums[ids, c], minlength=ngroups) for c in range(len(SUM_COLS))], 1)
-    maxs = np.full((ngroups, len(MAX_COLS)), -np.inf, np.float32)
-    np.maximum.at(maxs, groups, acc.maxs[ids])
-    unhealthy = np.bincount(groups, weights=acc.unhealthy[ids], minlength=ngroups)
-    return n, sums, maxs, unhealthy
+def encode_device_rows(accs: list[Acc], max_id: int) -> tuple[bytes, int]:
+    """Binary COPY of every device row of closed minutes (``DEVICE_STAGE_COLUMNS``); returns (payload, rows).
+
+    Only device rows leave Python: PostgreSQL groups them into host, site and hardware-type
+    rows by joining ``metrics.devices``.
+    """
+    parts: list[tuple[np.ndarray, ...]] = []
+    for acc in accs:
+        ids = np.flatnonzero(acc.n[: min(acc.cap, max_id + 1)] > 0)
+        if ids.size:
+            parts.append((ids, np.full(ids.size, acc.bucket * 1_000_000, np.int64), acc.n[ids], acc.sums[ids],
+                          acc.maxs[ids], acc.unhealthy[ids]))
+    if not parts:
+        return b"", 0
+    ids, buckets, n, sums, maxs, unhealthy = (np.concatenate(c) for c in zip(*parts, strict=True))
+    payload = pgcopy.encode([
+        ("device_id", ids, ">i4"), ("bucket", pgcopy.pg_timestamps(buckets), ">i8"), ("n", n, ">i4"),
+        ("util_sum", sums[:, 0], ">f8"), ("util_max", maxs[:, 0], ">f4"), ("mem_sum", sums[:, 1], ">f8"),
+        ("temp_sum", sums[:, 2], ">f8"), ("temp_max", maxs[:, 1], ">f4"), ("power_sum", sums[:, 3], ">f8"),
+        ("unhealthy", unhealthy, ">i4")])
+    return payload, int(ids.size)
 
 
-def _rows(scope: int, keys: list[str], bucket: datetime, n: np.ndarray, sums: np.ndarray, maxs: np.ndarray,
-          unhealthy: np.ndarray) -> list[RollupRow]:
-    out: list[RollupRow] = []
-    for i in np.flatnonzero(n > 0).tolist():
-        out.append((scope, keys[i], bucket, int(n[i]), float(sums[i, 0]), float(maxs[i, 0]), float(sums[i, 1]),
-                    float(sums[i, 2]), float(maxs[i, 1]), float(sums[i, 3]), int(unhealthy[i])))
-    return out
-
-
-def acc_rows(acc: Acc, fleet: Fleet) -> list[RollupRow]:
-    """Every rollup row of one closed minute: per device, host, site, hardware type, site by hardware type."""
-    bucket = datetime.fromtimestamp(acc.bucket, UTC)
-    k = min(acc.cap, fleet.cap)
-    ids = np.flatnonzero(acc.n[:k] > 0)
-    ids = ids[fleet.host_idx[ids] >= 0]
-    if ids.size == 0:
-        return []
-    rows = _rows(SCOPE_DEVICE, [str(i) for i in ids.tolist()], bucket, acc.n[ids], acc.sums[ids], acc.maxs[ids],
-                 acc.unhealthy[ids])
-    nh, ns, nw = len(fleet.host_list), len(fleet.sites), len(fleet.hw)
-    site_idx, hw_idx = fleet.site_idx[ids], fleet.hw_idx[ids]
-    host_keys = [h.host_id for h in fleet.host_list]
-    rows += _rows(SCOPE_HOST, host_keys, bucket, *_group(acc, ids, fleet.host_idx[ids], nh))
-    rows += _rows(SCOPE_SITE, fleet.sites.names, bucket, *_group(acc, ids, site_idx, ns))
-    rows += _rows(SCOPE_HW, fleet.hw.names, bucket, *_group(acc, ids, hw_idx, nw))
-    combo_keys = [f"{s}/{h}" for s in fleet.sites.names for h in fleet.hw.names]
-    rows += _rows(SCOPE_SITE_HW, combo_keys, bucket, *_group(acc, ids, site_idx * nw + hw_idx, ns * nw))
-    return rows
+DEVICE_STAGE_COLUMNS = ("device_id", "bucket", "n", "util_sum", "util_max", "mem_sum", "temp_sum", "temp_max",
+                        "power_sum", "unhealthy")
 
 
 class Rollups:

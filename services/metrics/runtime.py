@@ -25,7 +25,7 @@ from services.metrics import models, partitions
 from services.metrics.alerts import AlertEngine
 from services.metrics.ingest import Ingest
 from services.metrics.orm import outbox
-from services.metrics.rollups import Rollups, acc_rows
+from services.metrics.rollups import Rollups, encode_device_rows
 from services.metrics.state import Fleet
 from services.metrics.views import summarize
 from services.metrics.workloads import Workloads
@@ -130,21 +130,21 @@ async def recover(rt: Runtime) -> None:
 
 
 async def flush_rollups(rt: Runtime, now: float | None = None) -> int:
-    """Write the minutes that have closed; returns the rows written. On failure the minutes go back."""
+    """Write the minutes that have closed; returns the device rows written. On failure the minutes go back."""
     closed, ckpt, open_from = rt.rollups.take_closed(time.time() if now is None else now)
     if not closed and ckpt == rt.last_ckpt:
         rt.rollups.written()
         return 0
-    rows = [row for acc in closed for row in acc_rows(acc, rt.fleet)]
+    payload, rows = encode_device_rows(closed, max(rt.fleet.devices, default=0))
     try:
         async with rt.lock, rt.pool.acquire() as conn, conn.transaction():
-            await models.write_rollups(conn, rows, ckpt, open_from)
+            await models.write_rollups(conn, payload, ckpt, open_from)
     except BaseException:
         rt.rollups.give_back(closed)
         raise
     rt.rollups.written()
     rt.last_ckpt = ckpt
-    return len(rows)
+    return rows
 
 
 async def flusher(rt: Runtime) -> None:

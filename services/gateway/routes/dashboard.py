@@ -1,7 +1,8 @@
 """The multi-city dashboard: ``/`` and its static files (no build step, nothing from a CDN).
 
 The page and its files load without a key (plain Starlette routes, outside the API's key
-check); the page then asks for an API key and sends it with every API call. Files are
+check); the page then asks for an API key, checks it with ``GET /v1/me`` and sends it with
+every API call. Files are
 served from ``services/gateway/static`` only — a path that resolves outside it is a 404.
 """
 
@@ -10,12 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter
-from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
-from libs.schemas.tenancy import Role
-from services.gateway.auth import CurrentPrincipal
 
 router = APIRouter(tags=["dashboard"])
 STATIC = (Path(__file__).resolve().parent.parent / "static").resolve()
@@ -50,18 +48,3 @@ async def static_file(request: Request) -> Response:
 router.add_route("/", index, methods=["GET", "HEAD"], include_in_schema=False)
 router.add_route("/static/{path:path}", static_file, methods=["GET", "HEAD"], include_in_schema=False)
 
-
-class DashboardSession(BaseModel):
-    """Who the dashboard is signed in as, and what that key may see."""
-
-    key_id: str
-    tenant: str
-    role: Role
-    sees_all_tenants: bool
-
-
-@router.get("/v1/dashboard/session", summary="The signed-in key's tenant and role (for the dashboard)",
-            response_model=DashboardSession)
-async def session(principal: CurrentPrincipal) -> DashboardSession:
-    return DashboardSession(key_id=principal.key_id, tenant=principal.tenant, role=principal.role,
-                            sees_all_tenants=principal.sees_all_tenants)

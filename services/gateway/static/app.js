@@ -29,10 +29,15 @@ function askForKey(message) {
   $("key").focus();
 }
 
+async function whoAmI() {
+  const me = await get("/v1/me");
+  return { ...me, sees_all_tenants: me.role === "admin" || me.role === "operator" };
+}
+
 async function signIn(key) {
   session.key = key;
   try {
-    data.me = await get("/v1/dashboard/session");
+    data.me = await whoAmI();
   } catch (err) {
     session.key = null;
     throw err;
@@ -287,7 +292,7 @@ document.addEventListener("visibilitychange", () => { if (!document.hidden && se
 (async function boot() {
   if (!session.key) { askForKey(); return; }
   try {
-    data.me = await get("/v1/dashboard/session");
+    data.me = await whoAmI();
     start();
   } catch (err) {
     if (err instanceof ApiError && err.status === 401) signOut("Your key is no longer accepted; sign in again.");
