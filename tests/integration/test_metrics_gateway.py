@@ -72,11 +72,12 @@ async def test_metrics_gateway_routes_answer_and_turn_bad_input_into_problems(se
         device = (await client.get("/v1/metrics/devices/h-1/1", headers=ADMIN)).json()
         assert device["device"]["util"] == 60 and device["driver_version"] == "550.54.14"
 
-        for params, status in (({"scope": "rack", "key": "x"}, 422), ({"scope": "site"}, 422),
-                               ({"scope": "site", "key": "ningbo", "start": "2026-01-02T00:00:00Z",
-                                 "end": "2026-01-01T00:00:00Z"}, 422),
-                               ({"scope": "site", "key": "ningbo", "step": 1}, 422),
-                               ({"scope": "device", "key": "h-1/9"}, 404), ({"scope": "site", "key": "mars"}, 404)):
+        bad: list[tuple[dict[str, str | int], int]] = [
+            ({"scope": "rack", "key": "x"}, 422), ({"scope": "site"}, 422),
+            ({"scope": "site", "key": "ningbo", "start": "2026-01-02T00:00:00Z", "end": "2026-01-01T00:00:00Z"}, 422),
+            ({"scope": "site", "key": "ningbo", "step": 1}, 422),
+            ({"scope": "device", "key": "h-1/9"}, 404), ({"scope": "site", "key": "mars"}, 404)]
+        for params, status in bad:
             r = await client.get("/v1/metrics/series", headers=ADMIN, params=params)
             assert r.status_code == status, (params, r.text)
             assert r.headers["content-type"] == "application/problem+json" and r.json()["title"]
