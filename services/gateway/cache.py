@@ -4,7 +4,9 @@ Fleet views change by the second at most and are asked for by every dashboard an
 script, so the gateway answers a repeated read from memory for ``gateway.read_cache_s``.
 The key is (tenant, role, path, query): a cached answer is never shared with a principal
 that might see something else. Concurrent misses for one key make one backend call
-(single flight). Only 200 answers are kept; at most ``gateway.read_cache_entries``.
+(single flight), and while one request refreshes an expired entry the others are answered
+from it for up to one more TTL (stale while revalidate), so an expiry is no latency spike.
+Only 200 answers are kept; at most ``gateway.read_cache_entries``.
 Authentication and the rate limit still apply to every hit (the middleware checks them
 before asking the cache).
 """
@@ -42,12 +44,17 @@ class ReadCache:
         return self.ttl_s > 0
 
     def get(self, key: CacheKey) -> Cached | None:
+        """A fresh entry; or a stale one (up to a TTL past expiry) while another request is refreshing it."""
         item = self._items.get(key)
         if item is None:
             return None
-        if item.expires < time.monotonic():
-            del self._items[key]
-            return None
+        now = time.monotonic()
+        if item.expires < now:
+            if item.expires + self.ttl_s < now:
+                del self._items[key]
+                return None
+            if key not in self._flights:
+                return None  # the caller refreshes it
         self.hits += 1
         return item
 

@@ -143,7 +143,8 @@ class GatewayMiddleware:
             await self.app(scope, receive, send)
             return
         await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", item.content_type), (b"x-cache", b"hit")]})
+                    "headers": [(b"content-type", item.content_type), (b"content-length", str(len(item.body)).encode()),
+                                (b"x-cache", b"hit")]})
         await send({"type": "http.response.body", "body": item.body})
 
     def _reject(self, reason: str) -> None:
@@ -204,7 +205,7 @@ async def _answer_stored(stored: models.StoredResponse, digest: str, path: str, 
         raise ProblemError(409, "Request in progress", "a request with this Idempotency-Key is still running; "
                            "retry shortly", headers={"Retry-After": "1"})
     headers = [(b"content-type", (stored.content_type or "application/json").encode("latin-1")),
-               (b"idempotent-replayed", b"true")]
+               (b"content-length", str(len(stored.body or b"")).encode()), (b"idempotent-replayed", b"true")]
     await send({"type": "http.response.start", "status": stored.status_code, "headers": headers})
     await send({"type": "http.response.body", "body": stored.body or b""})
 

@@ -1,0 +1,289 @@
+"""API benchmark: requests/s and latency of the gateway against a 10,000-host fleet.
+
+A fresh embedded NATS and PostgreSQL, ``prestart``, then the registry, inventory,
+scheduler and gateway as real processes (``xpumesh run``) and the fleet simulator as a real
+process (``--hosts`` hosts with ``--devices`` accelerators each; heartbeats and telemetry
+slowed to ``--interval`` so the fleet idles during the measurement). Once the inventory
+holds every host, ``--concurrency`` async httpx clients on loopback each send requests
+back to back for ``--duration`` seconds, per endpoint:
+
+* ``GET /v1/devices?hardware_type=gpu`` (one page of 100);
+* ``POST /v1/workloads`` (a one-GPU workload, a fresh ``Idempotency-Key`` each), when the
+  gateway has that route.
+
+The load generator shares the machine with everything it measures. By default it is a bare
+asyncio HTTP/1.1 keep-alive client (one connection per simulated client): a pooled
+``httpx.AsyncClient`` (``--client httpx``) spends its time in its own pool bookkeeping above
+a few dozen concurrent requests and measures itself rather than the gateway. Prints a
+table, then ONE JSON object on its last line.
+
+    python bench/api.py                                   # 10,000 hosts, 50 and 200 clients, 10 s each
+    python bench/api.py --hosts 1000 --duration 5 --concurrency 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+from pydantic import SecretStr
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from libs.bus import subjects  # noqa: E402
+from libs.bus.connection import Bus  # noqa: E402
+from libs.config import Settings  # noqa: E402
+from libs.embedded import EmbeddedNats, EmbeddedPostgres, free_port  # noqa: E402
+from xpumesh.prestart import prestart  # noqa: E402
+
+ADMIN_KEY = "xpm_bench_" + uuid.uuid4().hex
+SERVICES = ("registry", "inventory", "scheduler", "gateway")
+
+
+@dataclass
+class Result:
+    endpoint: str
+    concurrency: int
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    gateway_cpu_pct: float = 0.0
+
+    def quantile(self, q: float) -> float | None:
+        if not self.latencies_ms:
+            return None
+        ordered = sorted(self.latencies_ms)
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+    def summary(self) -> dict[str, Any]:
+        ok = len(self.latencies_ms)
+        return {"endpoint": self.endpoint, "concurrency": self.concurrency, "requests": ok + sum(self.errors.values()),
+                "ok": ok, "errors": self.errors, "rps": round(ok / self.elapsed_s, 1) if self.elapsed_s else 0.0,
+                "p50_ms": self.quantile(0.50), "p99_ms": self.quantile(0.99),
+                "gateway_cpu_pct": round(self.gateway_cpu_pct, 1)}
+
+
+def spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(argv, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO)
+
+
+async def until(check: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(Exception):
+            value = await check()
+            if value:
+                return value
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: not within {timeout:.0f}s (see the logs in the work folder)")
+        await asyncio.sleep(0.5)
+
+
+async def fleet_size(api: httpx.AsyncClient) -> int:
+    r = await api.get("/v1/sites", params={"limit": 500})
+    r.raise_for_status()
+    return sum(int(s.get("hosts", 0)) for s in r.json()["items"])
+
+
+def workload_body(i: int) -> dict[str, Any]:
+    return {"name": f"bench-{i}", "hardware": {"type": "gpu", "count": 1}, "duration_s": 30.0}
+
+
+class RawClient:
+    """A bare HTTP/1.1 keep-alive client on asyncio streams: one connection, one request at a time."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> int:
+        if self.writer is None or self.reader is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n" + "".join(
+            f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+        self.writer.write(head.encode() + body)
+        try:
+            status_line = await self.reader.readuntil(b"\r\n")
+            raw = await self.reader.readuntil(b"\r\n\r\n")
+            fields = dict(line.split(b":", 1) for line in raw.split(b"\r\n") if b":" in line)
+            lowered = {k.strip().lower(): v.strip() for k, v in fields.items()}
+            if b"content-length" in lowered:
+                await self.reader.readexactly(int(lowered[b"content-length"]))
+            else:  # chunked
+                while True:
+                    size = int((await self.reader.readuntil(b"\r\n")).strip(), 16)
+                    await self.reader.readexactly(size + 2)
+                    if size == 0:
+                        break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self.writer = None
+            raise
+        return int(status_line.split()[1])
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def load(base: str, endpoint: str, concurrency: int, duration: float, gateway: psutil.Process,
+               client_kind: str) -> Result:
+    result = Result(endpoint, concurrency)
+    method, path = endpoint.split(" ", 1)
+    counter = iter(range(10**9))
+    auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    port = int(base.rsplit(":", 1)[1])
+    pooled = httpx.AsyncClient(base_url=base, timeout=30.0, headers=auth, limits=httpx.Limits(
+        max_connections=concurrency, max_keepalive_connections=concurrency)) if client_kind == "httpx" else None
+    stop_at = 0.0
+
+    async def send(raw: RawClient, i: int) -> int:
+        body = json.dumps(workload_body(i)).encode() if method == "POST" else b""
+        headers = {**auth, "Content-Type": "application/json", "Idempotency-Key": uuid.uuid4().hex} \
+            if method == "POST" else auth
+        if pooled is not None:
+            r = await pooled.request(method, path, content=body or None, headers=headers)
+            return r.status_code
+        return await raw.request(method, path, headers, body)
+
+    async def worker() -> None:
+        raw = RawClient(port)
+        try:
+            while time.monotonic() < stop_at:
+                i = next(counter)
+                started = time.perf_counter()
+                try:
+                    status = await send(raw, i)
+                except (httpx.HTTPError, OSError, asyncio.IncompleteReadError) as exc:
+                    result.errors[type(exc).__name__] = result.errors.get(type(exc).__name__, 0) + 1
+                    continue
+                if status < 300:
+                    result.latencies_ms.append((time.perf_counter() - started) * 1000)
+                else:
+                    result.errors[str(status)] = result.errors.get(str(status), 0) + 1
+        finally:
+            await raw.close()
+
+    try:
+        stop_at = time.monotonic() + min(2.0, duration / 4)
+        await asyncio.gather(*(worker() for _ in range(concurrency)))  # warm-up: connections, caches
+        result.latencies_ms.clear()
+        result.errors.clear()
+        gateway.cpu_percent()
+        started = time.monotonic()
+        stop_at = started + duration
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        result.elapsed_s = time.monotonic() - started
+        result.gateway_cpu_pct = gateway.cpu_percent()
+    finally:
+        if pooled is not None:
+            await pooled.aclose()
+    return result
+
+
+async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    nats = EmbeddedNats(workdir).start()
+    pg = EmbeddedPostgres(workdir).start()
+    procs: list[subprocess.Popen[bytes]] = []
+    port = free_port()
+    settings = Settings(nats_url=nats.url, database_url=SecretStr(pg.dsn), data_dir=workdir,
+                        bootstrap_admin_key=SecretStr(ADMIN_KEY))
+    env = dict(os.environ, XPUMESH_NATS_URL=nats.url, XPUMESH_DATABASE_URL=pg.dsn, XPUMESH_DATA_DIR=str(workdir),
+               XPUMESH_BOOTSTRAP_ADMIN_KEY=ADMIN_KEY, XPUMESH_GATEWAY_PORT=str(port), XPUMESH_LOG_LEVEL="WARNING",
+               XPUMESH_HEARTBEAT_INTERVAL_S=str(args.interval), XPUMESH_TELEMETRY_INTERVAL_S=str(args.interval),
+               XPUMESH_GATEWAY__RATE_PER_S="1000000", XPUMESH_GATEWAY__RATE_BURST="1000000",
+               XPUMESH_INVENTORY__SIM_DEVICE_FAULT_PER_HOUR="0", XPUMESH_INVENTORY__SIM_HOST_LOSS_PER_HOUR="0")
+    base = f"http://127.0.0.1:{port}"
+    out: dict[str, Any] = {"hosts": args.hosts, "devices_per_host": args.devices, "duration_s": args.duration,
+                           "client": args.client,
+                           "cpus": os.cpu_count(), "results": [], "missing": []}
+    try:
+        await prestart(settings)
+        bus = Bus(settings.bus, name="bench")
+        await bus.connect(nats.url)
+        await bus.ensure_streams()
+        for service in SERVICES:
+            procs.append(spawn([sys.executable, "-m", "xpumesh", "run", service], env, workdir / f"{service}.log"))
+            await until(lambda s=service: bus.nc.request(subjects.rpc_subject(s, "health"), b"{}", timeout=1), 60,
+                        f"{service} up")
+        gateway = psutil.Process(procs[-1].pid)
+        t0 = time.monotonic()
+        procs.append(spawn([sys.executable, "-m", "agent.sim.main", "--hosts", str(args.hosts), "--devices-per-host",
+                            str(args.devices)], env, workdir / "sim.log"))
+        async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as api:
+            await until(lambda: _at_least(api, args.hosts), args.register_timeout, f"{args.hosts} hosts in the inventory")
+            out["populate_s"] = round(time.monotonic() - t0, 1)
+            paths = (await api.get("/openapi.json")).json()["paths"]
+        await bus.close()
+        endpoints = ["GET /v1/devices?hardware_type=gpu"]
+        if "post" in paths.get("/v1/workloads", {}):
+            endpoints.append("POST /v1/workloads")
+        else:
+            out["missing"].append("POST /v1/workloads (the gateway has no such route yet)")
+        for endpoint in endpoints:
+            for c in args.concurrency:
+                res = await load(base, endpoint, c, args.duration, gateway, args.client)
+                out["results"].append(res.summary())
+                print(f"  {endpoint:38} c={c:<4} {res.summary()['rps']:>8} req/s", file=sys.stderr, flush=True)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        pg.stop()
+        nats.stop()
+    return out
+
+
+async def _at_least(api: httpx.AsyncClient, hosts: int) -> bool:
+    return await fleet_size(api) >= hosts
+
+
+def table(out: dict[str, Any]) -> str:
+    lines = [f"fleet: {out['hosts']} hosts x {out['devices_per_host']} devices (populated in {out.get('populate_s')} s); "
+             f"{out['cpus']} CPUs shared by the {out['client']} load generator and the mesh",
+             f"{'endpoint':38} {'clients':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'gw cpu%':>8}"]
+    for r in out["results"]:
+        lines.append(f"{r['endpoint']:38} {r['concurrency']:>7} {r['rps']:>9} {r['p50_ms']!s:>8} {r['p99_ms']!s:>8} "
+                     f"{sum(r['errors'].values()):>7} {r['gateway_cpu_pct']:>8}")
+    lines += [f"missing: {m}" for m in out["missing"]]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--hosts", type=int, default=10_000)
+    p.add_argument("--devices", type=int, default=8, help="accelerators per host")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[50, 200])
+    p.add_argument("--duration", type=float, default=10.0, help="seconds measured per endpoint and concurrency")
+    p.add_argument("--interval", type=float, default=60.0, help="heartbeat/telemetry interval of the idle fleet")
+    p.add_argument("--register-timeout", type=float, default=600.0)
+    p.add_argument("--client", choices=["raw", "httpx"], default="raw",
+                   help="load generator: a bare asyncio HTTP/1.1 client (default) or one pooled httpx.AsyncClient")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="xpumesh-bench-api-") as d:
+        out = asyncio.run(run(args, Path(d)))
+    print(table(out))
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
