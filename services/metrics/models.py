@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from libs.db.outbox import enqueue
+from libs.bus.subjects import event_subject
 from libs.events import CloudEvent, EventTypes
 from libs.schemas.hostevents import CapabilityReport
 from libs.schemas.metrics import Alert, AlertState, Placement, WorkloadNow
@@ -217,18 +217,23 @@ def alert_event(alert: Alert) -> CloudEvent:
 
 
 async def save_alerts(session: AsyncSession, changed: list[Alert]) -> None:
-    """Upsert alert rows and enqueue their firing/resolved events in the caller's transaction."""
+    """Upsert alert rows and add their firing/resolved events to the outbox, in the caller's transaction.
+
+    Both as one multi-row statement each (executemany), so a storm of thousands of transitions stays cheap.
+    """
     if not changed:
         return
     values = [a.model_dump(mode="python") for a in changed]
     for v in values:
         v["severity"], v["state"] = str(v["severity"]), str(v["state"])
-    stmt = insert(alerts).values(values)
-    await session.execute(stmt.on_conflict_do_update(index_elements=[alerts.c.id], set_={
+    stmt = insert(alerts)
+    stmt = stmt.on_conflict_do_update(index_elements=[alerts.c.id], set_={
         c: stmt.excluded[c] for c in ("rule", "severity", "state", "site", "host_id", "device", "summary", "value",
-                                      "started_at", "resolved_at")}))
-    for a in changed:
-        await enqueue(session, outbox, alert_event(a), site=a.site)
+                                      "started_at", "resolved_at")})
+    await session.execute(stmt, values)
+    events = [(alert_event(a), a.site) for a in changed]
+    await session.execute(outbox.insert(), [
+        {"event_id": e.id, "subject": event_subject(e.type, site), "payload": e.to_bytes()} for e, site in events])
 
 
 async def recent_alerts(session: AsyncSession, state: AlertState, sites: list[str] | None, severity: str | None,
