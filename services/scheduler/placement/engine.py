@@ -34,6 +34,7 @@ from services.scheduler.placement.solver import ModelInput, solve
 from services.scheduler.placement.workloads import UNITS_PER_DEVICE, Item, Kind, PendingWorkload, expand
 
 Quotas = Mapping[str, Mapping[HardwareType | str, float]]
+_NO_RULES = PlacementRules()
 
 
 def _quotas_left(snap: FleetSnapshot, quotas: Quotas | None) -> dict[tuple[str, str], int]:
@@ -114,7 +115,7 @@ def place(
     workers: int = 1,
 ) -> PlacementDecision:
     """Place a batch with CP-SAT over bounded candidates (see the package docstring)."""
-    return _run(batch, snapshot, rules or PlacementRules(), quotas, time_limit_s, max_candidates, weights,
+    return _run(batch, snapshot, rules or _NO_RULES, quotas, time_limit_s, max_candidates, weights,
                 workers, strategy="scored", optimise=True)
 
 
@@ -127,7 +128,7 @@ def place_greedy(
     strategy: Strategy = "best_fit",
 ) -> PlacementDecision:
     """Baseline: first-fit or best-fit in queue order, no optimisation and no preemption."""
-    return _run(batch, snapshot, rules or PlacementRules(), quotas, 0.0, 1, DEFAULT_WEIGHTS, 1,
+    return _run(batch, snapshot, rules or _NO_RULES, quotas, 0.0, 1, DEFAULT_WEIGHTS, 1,
                 strategy=strategy, optimise=False)
 
 

@@ -50,11 +50,21 @@ class Eligibility:
 class FeasibilityCache:
     """Per-``place`` cache of filter results keyed by signature."""
 
+    _profile: dict[tuple[object, ...], tuple[IntArray, list[str]]]
+    _host: dict[tuple[object, ...], IntArray]
+
     def __init__(self, snap: FleetSnapshot, rules: PlacementRules) -> None:
         self.snap = snap
         self.rules = rules
-        self._profile: dict[tuple[object, ...], tuple[IntArray, list[str]]] = {}
-        self._host: dict[tuple[object, ...], IntArray] = {}
+        # Profile and host verdicts depend only on parts a snapshot shares with the snapshots
+        # derived from it (with_decision), so they are kept there, per rules object.
+        entry = snap.shared.get(("feasibility", id(rules)))
+        if isinstance(entry, tuple) and entry[0] is rules:
+            self._profile, self._host = entry[1], entry[2]
+        else:
+            self._profile = {}
+            self._host = {}
+            snap.shared[("feasibility", id(rules))] = (rules, self._profile, self._host)
         self._sig: dict[Signature, Eligibility] = {}
         usable = snap.dev_usable
         self.pool_usable = np.bincount(snap.dev_pool[usable], minlength=snap.n_pools)

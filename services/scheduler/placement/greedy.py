@@ -68,11 +68,14 @@ class _Ctx:
         self.pool_site = snap.host_site[snap.pool_host]
         self._sites: dict[int, int] = {}
         self._groups: dict[int, _Groups] = {}
+        self._all: _AllGroups | None = None
 
     def groups(self, elig: Eligibility) -> _Groups:
         hit = self._groups.get(id(elig))
         if hit is None:
-            hit = self._groups[id(elig)] = _Groups(self.snap, elig.whole_pools)
+            if self._all is None:
+                self._all = _AllGroups(self.snap)
+            hit = self._groups[id(elig)] = _Groups(self._all, elig)
         return hit
 
     def hw_of_pool(self, pool: int) -> str:
@@ -114,24 +117,51 @@ def _top(score: np.ndarray, limit: int) -> np.ndarray:
     return np.argsort(score, kind="stable")
 
 
-class _Groups:
-    """Eligible pools bucketed by everything their score depends on (profile, site, free and
-    usable devices at snapshot time), so ranking costs O(groups), not O(pools)."""
+class _AllGroups:
+    """Pools with a whole free device, bucketed once per pass by everything filters and scores
+    read: profile, host class (site, up, labels, arch), free and usable devices. Ranking then
+    costs O(groups) per replica, not O(pools)."""
 
-    def __init__(self, snap: FleetSnapshot, pools: IntArray) -> None:
+    def __init__(self, snap: FleetSnapshot) -> None:
+        pools = np.flatnonzero(snap.pool_free > 0)
+        host_class = _host_classes(snap)
         pf = snap.pool_free[pools]
         usable = snap.pool_usable[pools]
         m = int(usable.max()) + 1 if len(pools) else 1
-        key = ((snap.pool_profile[pools].astype(np.int64) * max(1, len(snap.sites))
-                + snap.host_site[snap.pool_host[pools]]) * m + pf) * m + usable
+        key = ((snap.pool_profile[pools].astype(np.int64) * (int(host_class.max()) + 1 if len(host_class) else 1)
+                + host_class[snap.pool_host[pools]]) * m + pf) * m + usable
         order = np.argsort(key, kind="stable")  # pools ascend within a group
         skey = key[order]
         starts = np.flatnonzero(np.r_[True, skey[1:] != skey[:-1]]) if len(skey) else np.zeros(0, dtype=np.int64)
         members = pools[order]
         self.rep = members[starts]
-        self.firsts = self.rep.astype(np.int64)
         self.members = members.tolist()
         self.starts = np.r_[starts, len(members)].tolist()
+
+
+def _host_classes(snap: FleetSnapshot) -> IntArray:
+    """Hosts that every filter treats alike share a class; cached with the fleet's hosts."""
+    key = ("host_classes", id(snap.hosts), id(snap.host_up))
+    cached = snap.shared.get(key)
+    if isinstance(cached, np.ndarray):
+        return cached
+    ids: dict[tuple[object, ...], int] = {}
+    hit = np.fromiter((ids.setdefault((int(snap.host_site[h]), bool(snap.host_up[h]), host.arch,
+                                       frozenset(host.labels.items())), len(ids))
+                       for h, host in enumerate(snap.hosts)), dtype=np.int64, count=snap.n_hosts)
+    snap.shared[key] = hit
+    return hit
+
+
+class _Groups:
+    """The groups one signature may use (its pools pass every filter, group by group)."""
+
+    def __init__(self, all_groups: _AllGroups, elig: Eligibility) -> None:
+        self.gid = np.flatnonzero(elig.pool_ok[all_groups.rep]) if len(all_groups.rep) else _EMPTY
+        self.rep = all_groups.rep[self.gid]
+        self.firsts = self.rep.astype(np.int64)
+        self.members = all_groups.members
+        self.starts = all_groups.starts
 
 
 def _scores(ctx: _Ctx, item: Item, pools: IntArray, pf: IntArray, strategy: Strategy
@@ -201,13 +231,15 @@ def _whole_options(ctx: _Ctx, item: Item, elig: Eligibility, cap: Capacity, stra
     starts, members = groups.starts, groups.members
     order = live[np.argsort(score[live] + groups.firsts[live], kind="stable")]
     kth = None
+    gids = groups.gid
     for g in order.tolist():
         sg = int(score[g])
-        if kth is not None and sg + members[starts[g]] > kth:
+        if kth is not None and sg + int(groups.firsts[g]) > kth:
             break
         n, cost = int(need[g]), int(base[g])
         taken = 0
-        for q in members[starts[g]:starts[g + 1]]:
+        gg = int(gids[g])
+        for q in members[starts[gg]:starts[gg + 1]]:
             if q in touched or (restricted and not allowed(q, n)):
                 continue
             found.append((sg + q, q, n, cost))

@@ -144,6 +144,7 @@ class FleetSnapshot:
     dev_allocs: dict[int, list[int]]  # device → indices into allocations
     bandwidth_gbps: FloatArray  # [site, site]; inf on the diagonal
     latency_ms: FloatArray
+    shared: dict[object, object] = field(default_factory=dict)  # caches over the immutable parts, kept by children
     pool_free: IntArray = field(init=False)
     pool_usable: IntArray = field(init=False)
     host_free: IntArray = field(init=False)
@@ -256,6 +257,7 @@ class FleetSnapshot:
             dev_pool=self.dev_pool, dev_link=self.dev_link, dev_usable=self.dev_usable, dev_mem=self.dev_mem,
             dev_cu=self.dev_cu, dev_free_share=free_share, dev_free_mem=free_mem, allocations=allocations,
             dev_allocs=dev_allocs, bandwidth_gbps=self.bandwidth_gbps, latency_ms=self.latency_ms,
+            shared=self.shared,
         )
         if not evicted:  # carry the cached aggregates forward instead of rescanning every allocation
             added = allocations[len(self.allocations):]
