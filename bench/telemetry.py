@@ -17,7 +17,8 @@ Per phase:
   of the windowed p99s sampled every 2 s; p50: their median);
 * backlog: telemetry messages in the durable consumer not yet acknowledged (max, and at end);
 * CPU (% of one core) and RSS of the metrics service, and CPU of PostgreSQL and NATS;
-* city summary query latency p50/p99 (``xpumesh.rpc.metrics.summary``, 5 requests/s).
+* city summary query latency p50/p99 (``xpumesh.rpc.metrics.summary``, 5 requests/s);
+* the machine's 1-minute load average at the end (anything else running competes for the cores).
 
 A human table is printed, then ONE JSON object on the last line.
 """
@@ -230,6 +231,7 @@ async def phase(bus: Bus, args: argparse.Namespace, interval: float, nats_url: s
         "nats_cpu_pct": round(100 * (cpu1["nats"] - cpu0["nats"]) / elapsed, 1),
         "generator_cpu_pct": round(100 * (cpu1["generator"] - cpu0["generator"]) / elapsed, 1),
         "rejected_samples": s1.rejected_samples_total - s0.rejected_samples_total,
+        "load_avg_1m_end": round(os.getloadavg()[0], 2),  # other work on the machine competes for the same cores
     }
 
 
@@ -309,7 +311,8 @@ def main() -> int:
             ("lag_p50_s", "lag p50 s"), ("lag_p99_s", "lag p99 s"), ("backlog_max", "backlog max"),
             ("backlog_end", "backlog end"), ("summary_p50_ms", "summary p50 ms"), ("summary_p99_ms", "summary p99 ms"),
             ("metrics_cpu_pct", "metrics CPU %"), ("metrics_rss_mib_max", "metrics RSS MiB"),
-            ("postgres_cpu_pct", "postgres CPU %"), ("nats_cpu_pct", "nats CPU %"), ("generator_cpu_pct", "generator CPU %")]
+            ("postgres_cpu_pct", "postgres CPU %"), ("nats_cpu_pct", "nats CPU %"), ("generator_cpu_pct", "generator CPU %"),
+            ("load_avg_1m_end", "load avg (1 min)")]
     print(f"telemetry ingest, {result['cpus']} CPUs, {args.hosts} hosts x {args.devices} devices")
     for key, label in cols:
         print(f"  {label:<18}" + "".join(f"{ph[key]!s:>14}" for ph in result["phases"]))
