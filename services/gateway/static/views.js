@@ -104,7 +104,7 @@ function typeTable(byType) {
     h("thead", {}, h("tr", {}, ["type", "devices", "healthy", "allocated", "used"].map((c) => h("th", {}, c)))),
     h("tbody", {}, byType.map((t) => h("tr", { "data-type": t.hardware_type },
       h("td", {}, t.hardware_type), h("td", {}, fmtNum(t.total)),
-      h("td", { class: t.unhealthy ? "bad nowrap" : "nowrap" }, fmtNum(t.healthy), t.unhealthy ? h("small", { class: "bad" }, ` +${t.unhealthy} ✕`) : ""),
+      h("td", { class: t.unhealthy ? "bad nowrap" : "nowrap" }, fmtNum(t.healthy), t.unhealthy ? h("small", { class: "bad" }, ` · ${t.unhealthy} unhealthy`) : ""),
       h("td", {}, fmtNum(t.allocated)), h("td", {}, h("span", { class: "used" }, bar(t.utilization_pct), fmtPct(t.utilization_pct)))))));
 }
 
@@ -155,7 +155,7 @@ function stat(label, value, cls) {
 function deviceChip(host, d) {
   const cls = ["chip", d.healthy === false ? "chip-unhealthy" : "", d.fresh ? "" : "chip-stale"].join(" ");
   return h("a", { class: cls, href: `#/device/${encodeURIComponent(host.host_id)}/${d.slot}`, "data-device": d.key,
-    style: `background:${d.fresh ? utilColor(d.util) : "#3a4557"}`,
+    style: `background:${d.healthy === false ? "#5a2128" : d.fresh ? utilColor(d.util) : "#3a4557"}`,
     title: `${d.key} ${d.vendor} ${d.model}: ${d.fresh ? `${fmtPct(d.util)}, ${d.temp_c} °C` : "no fresh sample"}${d.healthy === false ? ", UNHEALTHY" : ""}` },
   d.hardware_type.slice(0, 1));
 }
