@@ -73,8 +73,12 @@ class GatewayMiddleware:
         request_id = (_header(scope, b"x-request-id") or uuid.uuid4().hex)[:128]
         rid = request_id.encode("latin-1", "replace")
 
+        started = False
+
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]
             await send(message)
 
@@ -85,6 +89,11 @@ class GatewayMiddleware:
             except ProblemError as exc:
                 await problem_response(exc.status, exc.title, exc.detail, headers=exc.headers,
                                        instance=path)(scope, receive, send_with_id)
+            except Exception:
+                log.exception("unhandled error on %s %s (request %s)", method, path, request_id)
+                if started:
+                    raise
+                await problem_response(500, "Internal server error", instance=path)(scope, receive, send_with_id)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"]
