@@ -41,6 +41,7 @@ LAG = Gauge("xpumesh_metrics_ingest_lag_seconds", "Sample time to commit over th
 
 _REPORTS = TypeAdapter(list[TelemetryReport])
 _US = timedelta(microseconds=1)
+_CHUNK = 512
 _UNIX = datetime(1970, 1, 1, tzinfo=UTC)
 COPY_COLUMNS = ("ts", "device_id", "util", "mem_mib", "temp", "power", "healthy", "batch")
 
@@ -145,7 +146,10 @@ class Ingest:
             await asyncio.sleep(rest)
 
     async def _handle(self, events: list[CloudEvent]) -> None:
-        reports = self.validate(events)
+        reports: list[TelemetryReport] = []
+        for k in range(0, len(events), _CHUNK):  # let requests in between chunks of a big batch
+            reports += self.validate(events[k:k + _CHUNK])
+            await asyncio.sleep(0)
         if not reports:
             return
         fleet = self.fleet
