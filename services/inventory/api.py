@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -160,8 +159,6 @@ async def on_capability(events: list[CloudEvent], ctx: Context) -> None:
               (time.perf_counter() - started) * 1000)
 
 
-def _finite(report: TelemetryReport) -> bool:
-    return all(math.isfinite(v) for sample in report.devices for v in sample[1:5]) and math.isfinite(report.cpu_pct)
 
 
 @app.consumer(STREAM_TELEMETRY, durable="inventory-telemetry", subject=subjects.HOST_TELEMETRY_ALL, batch=True,
@@ -179,7 +176,8 @@ async def on_telemetry(events: list[CloudEvent], ctx: Context) -> None:
         except ValidationError:
             _reject("on_telemetry", "invalid_data")
             continue
-        if not _finite(report) or report.ts > latest_ok or any(s[0] < 0 for s in report.devices):
+        # Non-finite readings are refused where the samples are serialized (telemetry.apply_telemetry).
+        if report.ts > latest_ok or any(s[0] < 0 for s in report.devices):
             _reject("on_telemetry", "invalid_data")
             continue
         reports.append(report)
@@ -204,6 +202,8 @@ async def on_telemetry(events: list[CloudEvent], ctx: Context) -> None:
             BUS_MESSAGES.labels(SERVICE, "on_telemetry", "unknown_host").inc(out.unknown_host)
         if out.too_old:
             BUS_MESSAGES.labels(SERVICE, "on_telemetry", "too_old").inc(out.too_old)
+        if out.invalid:
+            _reject("on_telemetry", "invalid_data", out.invalid)
     if flips:
         ctx.state["relay"].poke()
 
@@ -239,9 +239,7 @@ async def list_sites(req: Empty, ctx: Context) -> SiteList:
 @app.endpoint("sites.upsert")
 async def upsert_site(req: Site, ctx: Context) -> Upserted:
     async with session_scope(ctx.db) as session:
-        known = {s.id for s in await sites.list_sites(session)}
-        await sites.seed(session, [req], [])
-    return Upserted(created=req.id not in known)
+        return Upserted(created=await sites.upsert_site(session, req))
 
 
 @app.endpoint("sites.links")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select, text, update
+from sqlalchemy import and_, case, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -115,6 +115,36 @@ def _diff(report: CapabilityReport, old: Sequence[dict[str, Any]], cat: Catalog,
     return rows, events
 
 
+# (column, SQL array type); JSONB columns travel as text and are cast.
+_DEVICE_COLUMNS = (
+    ("host_id", "text"), ("slot", "int"), ("site", "text"), ("vendor", "text"), ("vendor_index", "int"),
+    ("hardware_type", "text"), ("model", "text"), ("catalog_model", "text"), ("compute_units", "float8"),
+    ("memory_mib", "bigint"), ("driver_version", "text"), ("runtimes", "jsonb"), ("firmware_version", "text"),
+    ("uuid", "text"), ("pci_bus_id", "text"), ("numa_node", "int"), ("links", "jsonb"), ("extra", "jsonb"),
+    ("health", "text"), ("health_changed_at", "timestamptz"),
+)
+_JSON_COLUMNS = frozenset(c for c, t in _DEVICE_COLUMNS if t == "jsonb")
+UPSERT_DEVICES = text(
+    "INSERT INTO inventory.devices (" + ", ".join(c for c, _ in _DEVICE_COLUMNS) + ", updated_at) "
+    "SELECT " + ", ".join(f"CAST(v.{c} AS jsonb)" if t == "jsonb" else f"v.{c}" for c, t in _DEVICE_COLUMNS)
+    + ", now() FROM unnest(" + ", ".join(f"CAST(:{c} AS {'text' if t == 'jsonb' else t}[])" for c, t in _DEVICE_COLUMNS)
+    + ") AS v(" + ", ".join(c for c, _ in _DEVICE_COLUMNS) + ") "
+    "ON CONFLICT (host_id, slot) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c, _ in _DEVICE_COLUMNS if c not in ("host_id", "slot"))
+    + ", updated_at = now()")
+
+
+def _device_arrays(rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Rows as one array per column: the whole batch is one statement, not one per device."""
+    out: dict[str, list[Any]] = {}
+    for column, _ in _DEVICE_COLUMNS:
+        values = [r[column] for r in rows]
+        if column in _JSON_COLUMNS:
+            values = [json.dumps(v, separators=(",", ":")) for v in values]
+        out[column] = values
+    return out
+
+
 def latest_per_host(caps: Iterable[Capability]) -> list[Capability]:
     best: dict[str, Capability] = {}
     for c in caps:
@@ -175,12 +205,7 @@ async def apply_capabilities(session: AsyncSession, caps: Sequence[Capability], 
         "unnest(CAST(:counts AS int[])) AS n) v WHERE d.host_id = v.host_id AND d.slot >= v.n"),
         {"ids": fresh_ids, "counts": [len(c.report.devices) for c in fresh]})
     if device_rows:
-        dstmt = insert(devices)
-        keep = {"host_id", "slot"}
-        await session.execute(dstmt.on_conflict_do_update(
-            index_elements=[devices.c.host_id, devices.c.slot],
-            set_={**{c.name: dstmt.excluded[c.name] for c in devices.columns if c.name not in keep},
-                  "updated_at": func.now()}), device_rows)
+        await session.execute(UPSERT_DEVICES, _device_arrays(device_rows))
     if events:
         await session.execute(outbox.insert(), events)
     out.applied, out.events = len(fresh), len(events)

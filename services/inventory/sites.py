@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.schemas.devices import Health
 from libs.schemas.inventory import DeviceCounts, Site, SiteLink, SiteSummary
+from libs.sites import derive_link
 from services.inventory.orm import site_links, sites
 
 
@@ -25,6 +26,18 @@ async def seed(session: AsyncSession, site_list: Sequence[Site], links: Sequence
         await session.execute(lstmt.on_conflict_do_update(index_elements=[site_links.c.a, site_links.c.b], set_={
             "bandwidth_gbps": lstmt.excluded.bandwidth_gbps, "latency_ms": lstmt.excluded.latency_ms,
             "updated_at": func.now()}))
+
+
+async def upsert_site(session: AsyncSession, site: Site) -> bool:
+    """Create or update one site; links it lacks to other sites are derived from distance. True when created."""
+    known = {s.id: s for s in await list_sites(session)}
+    await seed(session, [site], [])
+    have = {(lk.a, lk.b) for lk in await list_links(session, site.id)}
+    missing = [derive_link(site, other) for other in known.values()
+               if other.id != site.id and tuple(sorted((site.id, other.id))) not in have]
+    if missing:
+        await session.execute(insert(site_links).values([lk.model_dump() for lk in missing]).on_conflict_do_nothing())
+    return site.id not in known
 
 
 async def list_sites(session: AsyncSession) -> list[Site]:

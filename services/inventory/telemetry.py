@@ -88,6 +88,7 @@ class TelemetryOutcome:
     too_old: int = 0
     superseded: int = 0
     flips: int = 0
+    invalid: int = 0
     cache_updates: list[tuple[str, int, Health]] = field(default_factory=list)
 
 
@@ -119,12 +120,17 @@ async def apply_telemetry(session: AsyncSession, reports: Sequence[TelemetryRepo
             continue
         by_slot: list[list[float] | None] = [None] * len(known)
         for sample in r.devices:
+            if sample[0] < len(known):
+                by_slot[sample[0]] = list(sample)
+        try:  # NaN or infinity cannot be stored as JSON: the whole report is refused
+            encoded = json.dumps(by_slot, separators=(",", ":"), allow_nan=False)
+        except ValueError:
+            out.invalid += 1
+            continue
+        for sample in r.devices:
             slot = sample[0]
-            if slot >= len(known):
-                continue
-            by_slot[slot] = list(sample)
             health = Health.HEALTHY if sample[5] else Health.UNHEALTHY
-            if known[slot] != health:
+            if slot < len(known) and known[slot] != health:
                 flip_hosts.append(host_id)
                 flip_slots.append(slot)
                 flip_health.append(health.value)
@@ -133,7 +139,7 @@ async def apply_telemetry(session: AsyncSession, reports: Sequence[TelemetryRepo
         cpu.append(r.cpu_pct)
         used.append(r.mem_used_mib)
         total.append(r.mem_total_mib)
-        samples.append(json.dumps(by_slot, separators=(",", ":")))
+        samples.append(encoded)
     if ids:
         await session.execute(UPSERT_TELEMETRY, {"host_ids": ids, "ts": ts, "cpu": cpu, "mem_used": used,
                                                  "mem_total": total, "samples": samples})

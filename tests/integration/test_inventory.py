@@ -209,6 +209,16 @@ async def test_inventory_malformed_reports_are_counted_and_service_keeps_answeri
     assert await host(bus, "bad-0001") is None
     # Good reports after the garbage are still applied.
     await register(bus, capability("hz-gpu-0002", "hangzhou", [gpu(0)]))
+    # NaN parses as JSON and passes the schema, but cannot be stored: refused and counted.
+    before_nan = counter(BUS_REJECTED, "inventory", "on_telemetry", "invalid_data")
+    nan = telemetry("hz-gpu-0002", "hangzhou", [1]).model_dump_json().replace('"devices":[[0,50.0', '"devices":[[0,NaN')
+    assert "NaN" in nan
+    raw = CloudEvent.new(EventTypes.HOST_TELEMETRY, "/test", {}).to_bytes().replace(b'"data":{}', b'"data":' + nan.encode())
+    await bus.publish(subjects.host_subject("hangzhou", "hz-gpu-0002", "telemetry"), raw)
+    await assert_eventually(lambda: counter(BUS_REJECTED, "inventory", "on_telemetry", "invalid_data") > before_nan,
+                            message="NaN telemetry refused")
+    refused = await host(bus, "hz-gpu-0002")
+    assert refused is not None and refused.devices[0].telemetry is None
     with_bad_filter = ask(bus, "devices.list", {"hardware_type": "tpu"}, DevicePage)
     try:
         await with_bad_filter

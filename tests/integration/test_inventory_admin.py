@@ -22,6 +22,7 @@ from libs.schemas.inventory import (
     RuleQuery,
     RuleSet,
     RuleUpsert,
+    Site,
     SiteLinkList,
     SiteList,
     SiteSummaryList,
@@ -44,6 +45,12 @@ async def test_inventory_sites_are_seeded_with_links_from_distance(settings, run
     by_pair = {(lk.a, lk.b): lk for lk in links}
     near, far = by_pair[("hangzhou", "shaoxing")], by_pair[("hangzhou", "wenzhou")]
     assert near.latency_ms < far.latency_ms and near.bandwidth_gbps == 400
+
+    added = Site(id="shanghai", city="Shanghai", region="east", lat=31.2304, lon=121.4737)
+    assert (await ask(bus, "sites.upsert", added, Upserted)).created
+    assert not (await ask(bus, "sites.upsert", added, Upserted)).created
+    links = (await ask(bus, "sites.links", Empty(), SiteLinkList)).items
+    assert len(links) == 55 + 11 and any(lk.a == "hangzhou" and lk.b == "shanghai" for lk in links)
 
 
 async def test_inventory_summary_counts_devices_by_site_type_and_health(settings, running_service, bus) -> None:
