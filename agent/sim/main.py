@@ -53,6 +53,7 @@ class SimStats:
     losses: int = 0
     ticks: int = 0
     late_ticks: int = 0
+    skipped_ticks: int = 0
     max_lag_s: float = 0.0
     started: float = field(default_factory=time.monotonic)
 
@@ -200,6 +201,13 @@ class Simulator:
                 if delay < 0:
                     self.stats.late_ticks += 1
                     self.stats.max_lag_s = max(self.stats.max_lag_s, -delay)
+                if delay < -TICK_S * tm_slices:
+                    # More than a whole interval behind (the machine is starved): drop the missed ticks
+                    # instead of bursting, so the fleet never sends faster than its configured rate.
+                    missed = int(-delay / TICK_S)
+                    start += missed * TICK_S
+                    self.stats.skipped_ticks += missed
+                    delay = 0.0
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=max(0.0, delay))
                 except TimeoutError:
