@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import uvicorn
@@ -17,6 +17,15 @@ from libs.config import Settings
 from tests.conftest import TEST_ADMIN_KEY, assert_eventually
 
 ADMIN = {"Authorization": f"Bearer {TEST_ADMIN_KEY}"}
+T = TypeVar("T")
+
+
+async def eventually(check: Callable[[], Awaitable[T]], *, timeout: float = 10.0, interval: float = 0.05,
+                     message: str = "condition not met") -> T:
+    """``assert_eventually`` for an async check, typed by what the check returns."""
+    result: T = await assert_eventually(check, timeout=timeout, interval=interval,
+                                        message=message)
+    return result
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -90,7 +99,7 @@ class Receiver:
 
 class _QuietServer(uvicorn.Server):
     @contextlib.contextmanager
-    def capture_signals(self):  # type: ignore[no-untyped-def]
+    def capture_signals(self) -> Iterator[None]:
         yield
 
 

@@ -14,8 +14,15 @@ from starlette.routing import Route
 
 from services.gateway.auth import PUBLIC_PATHS
 from services.gateway.http import create_app
-from tests.conftest import TEST_ADMIN_KEY, assert_eventually
-from tests.integration.test_api_kit import ADMIN, bearer, gateway_settings, make_key, start_gateway
+from tests.conftest import TEST_ADMIN_KEY
+from tests.integration.test_api_kit import (
+    ADMIN,
+    bearer,
+    eventually,
+    gateway_settings,
+    make_key,
+    start_gateway,
+)
 
 # Plain (non-API) routes that are public on purpose: the dashboard shell and the gateway's Prometheus text.
 PUBLIC_PLAIN = {"/", "/static/{path:path}", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
@@ -33,7 +40,7 @@ def api_routes(app: FastAPI) -> tuple[list[tuple[str, str]], list[str]]:
             if hasattr(r, "original_router"):
                 walk(r.original_router.routes, prefix + r.include_context.prefix)
             elif isinstance(r, APIRoute):
-                api.extend((m, prefix + r.path) for m in sorted(r.methods) if m != "HEAD")
+                api.extend((m, prefix + r.path) for m in sorted(r.methods or ()) if m != "HEAD")
             elif isinstance(r, Route):
                 plain.append(prefix + r.path)
 
@@ -129,4 +136,4 @@ async def test_auth_rate_limit_answers_429_with_retry_after(settings, running_se
         async def refilled() -> bool:
             return (await c.get("/v1/me", headers=ADMIN)).status_code == 200
 
-        await assert_eventually(refilled, timeout=3, interval=0.3, message="tokens refill")
+        await eventually(refilled, timeout=3, interval=0.3, message="tokens refill")

@@ -16,8 +16,8 @@ from libs.events import CloudEvent, EventTypes
 from libs.schemas.devices import Device, HardwareType, Health, HostFacts
 from libs.schemas.hostevents import CapabilityReport
 from services.inventory.api import app as inventory_app
-from tests.conftest import REPO, TEST_ADMIN_KEY, assert_eventually
-from tests.integration.test_api_kit import ADMIN, gateway_settings, start_gateway
+from tests.conftest import REPO, TEST_ADMIN_KEY
+from tests.integration.test_api_kit import ADMIN, eventually, gateway_settings, start_gateway
 
 
 async def xpumesh(url: str, key: str | None, *args: str, timeout: float = 20) -> tuple[int, str, str]:
@@ -80,7 +80,7 @@ async def test_cli_devices_filters_by_type_and_site(settings, running_service, b
             r = await c.get("/v1/devices", headers=ADMIN)
             return r.status_code == 200 and len(r.json()["items"]) == 6
 
-    await assert_eventually(known, timeout=15, message="inventory knows the devices")
+    await eventually(known, timeout=15, message="inventory knows the devices")
     rc, out, err = await xpumesh(url, TEST_ADMIN_KEY, "devices", "--type", "npu", "--site", "hangzhou", "--json")
     assert rc == 0, err
     rows = json.loads(out)

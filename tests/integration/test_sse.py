@@ -9,8 +9,14 @@ import httpx
 
 from libs.bus.connection import Bus
 from libs.events import CloudEvent, EventTypes
-from tests.conftest import assert_eventually
-from tests.integration.test_api_kit import ADMIN, bearer, gateway_settings, make_key, start_gateway
+from tests.integration.test_api_kit import (
+    ADMIN,
+    bearer,
+    eventually,
+    gateway_settings,
+    make_key,
+    start_gateway,
+)
 
 
 class Sse:
@@ -98,7 +104,7 @@ async def test_sse_sends_heartbeat_comments_and_rejects_bad_input(settings, runn
     url = await start_gateway(running_service, gateway_settings(settings, sse_heartbeat_s=0.2))
     async with httpx.AsyncClient(base_url=url, timeout=10) as c:
         async with c.stream("GET", "/v1/events", headers=ADMIN) as r:
-            comments = []
+            comments: list[dict[str, str]] = []
 
             sse = Sse(r)
 
@@ -129,4 +135,4 @@ async def test_sse_client_limit_answers_503_and_frees_slots_on_disconnect(settin
             async with c.stream("GET", "/v1/events", headers=ADMIN) as again:
                 return again.status_code == 200
 
-        await assert_eventually(free, timeout=5, message="slot freed after disconnect")
+        await eventually(free, timeout=5, message="slot freed after disconnect")

@@ -12,7 +12,7 @@ from standardwebhooks.webhooks import Webhook
 from libs.bus.connection import Bus
 from libs.events import CloudEvent, EventTypes
 from tests.conftest import assert_eventually
-from tests.integration.test_api_kit import ADMIN, base_url, webhook_receiver
+from tests.integration.test_api_kit import ADMIN, base_url, eventually, webhook_receiver
 
 GATEWAY_ENV = {
     "XPUMESH_GATEWAY__WEBHOOK_ALLOW_HOSTS": '["127.0.0.1"]',
@@ -38,7 +38,8 @@ async def test_subscriptions_sigkill_mid_stream_loses_nothing_and_keeps_ids(sett
             body: dict[str, str] = r.json()
             return body
 
-        sub = await assert_eventually(subscribed, timeout=30, interval=0.2, message="gateway up, subscription made")
+        sub = await eventually(subscribed, timeout=30, interval=0.2, message="gateway up, subscription made")
+        assert sub is not None
         published: list[CloudEvent] = []
 
         async def publish(n: int) -> None:
