@@ -99,7 +99,8 @@ class Placer:
         s = self.settings
         while True:
             try:
-                await asyncio.wait_for(self.wake.wait(), timeout=s.retry_interval_s)
+                async with asyncio.timeout(s.retry_interval_s):
+                    await self.wake.wait()
             except TimeoutError:
                 pass
             await asyncio.sleep(s.batch_debounce_s)

@@ -1,0 +1,31 @@
+"""How replicas run on a host: ``process`` (a real command), ``docker`` (a container) and
+``sim`` (simulated hosts). The executor picks one per launch; see ``agent.executor``."""
+
+from agent.drivers.base import (
+    VISIBLE_DEVICES_ENV,
+    Driver,
+    Exit,
+    LaunchError,
+    LaunchPlan,
+    RunHandle,
+    visible_devices_env,
+    workload_env,
+)
+from agent.drivers.docker import DockerDriver, docker_run_args
+from agent.drivers.process import ProcessDriver
+from agent.drivers.sim import SimDriver
+
+__all__ = [
+    "VISIBLE_DEVICES_ENV",
+    "DockerDriver",
+    "Driver",
+    "Exit",
+    "LaunchError",
+    "LaunchPlan",
+    "ProcessDriver",
+    "RunHandle",
+    "SimDriver",
+    "docker_run_args",
+    "visible_devices_env",
+    "workload_env",
+]

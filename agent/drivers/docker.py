@@ -1,0 +1,156 @@
+"""The docker driver: ``docker run`` with the vendor's devices, device nodes and driver mounts.
+
+``docker_run_args`` is the whole vendor knowledge, a pure function from a launch plan to
+an argument list (tested per vendor; nothing is run to test it):
+
+* NVIDIA: ``--gpus '"device=0,1"'`` (the NVIDIA container toolkit; the quotes keep the
+  comma-separated list one value of docker's CSV-parsed flag);
+* Huawei Ascend: ``/dev/davinciN`` per device plus ``davinci_manager``, ``devmm_svm``,
+  ``hisi_hdc``, and the host driver mounted read-only (``/usr/local/Ascend/driver``,
+  ``npu-smi``, ``/usr/local/dcmi``, ``/etc/ascend_install.info``);
+* AMD: ``/dev/kfd`` and ``/dev/dri``, group ``video``, and ``HIP_VISIBLE_DEVICES`` to pick;
+* Hygon DCU: as AMD plus ``/dev/mkfd`` and ``/opt/hyhal`` (read-only);
+* Cambricon: ``/dev/cambricon_devN`` per device plus ``/dev/cambricon_ctl`` and ``cnmon``;
+* Kunlunxin: ``/dev/xpuN`` per device plus ``/dev/xpuctrl``;
+* Iluvatar: ``/dev/iluvatarN`` plus ``/dev/itrctl`` and ``/usr/local/corex`` (read-only);
+* MetaX: ``/dev/dri`` and ``/dev/mxcd``, group ``video``, ``CUDA_VISIBLE_DEVICES`` to pick;
+* Moore Threads: the mthreads container runtime with ``MTHREADS_VISIBLE_DEVICES``;
+* Enflame: ``/dev/gcuN`` per device.
+
+Inside a container whose device nodes were chosen this way the runtime numbers them from
+0, so per-device variables are only set where every device node is passed (AMD, Hygon,
+MetaX) and the variable does the choosing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import shutil
+from datetime import UTC, datetime
+
+from agent.drivers.base import Exit, LaunchError, LaunchPlan, RunHandle, workload_env
+
+_NAME_SAFE = re.compile(r"[^a-zA-Z0-9_.-]+")
+
+
+def container_name(plan: LaunchPlan) -> str:
+    return _NAME_SAFE.sub("-", f"xpumesh-{plan.workload_id}-{plan.replica}-{plan.attempt}")[:128]
+
+
+def _devices(paths: list[str]) -> list[str]:
+    return [arg for p in paths for arg in ("--device", p)]
+
+
+def _ro(paths: list[str]) -> list[str]:
+    return [arg for p in paths for arg in ("-v", f"{p}:{p}:ro")]
+
+
+def vendor_args(vendor: str, indices: list[int]) -> tuple[list[str], dict[str, str]]:
+    """Device arguments and container environment for one vendor's devices."""
+    ids = ",".join(str(i) for i in indices)
+    if vendor == "nvidia":
+        return ["--gpus", f'"device={ids}"'], {}
+    if vendor == "huawei":
+        return (_devices([f"/dev/davinci{i}" for i in indices] + ["/dev/davinci_manager", "/dev/devmm_svm",
+                                                                 "/dev/hisi_hdc"])
+                + _ro(["/usr/local/Ascend/driver", "/usr/local/bin/npu-smi", "/usr/local/dcmi",
+                       "/etc/ascend_install.info"]), {})
+    if vendor in ("amd", "hygon"):
+        args = _devices(["/dev/kfd", "/dev/dri"] + (["/dev/mkfd"] if vendor == "hygon" else []))
+        args += ["--group-add", "video", "--security-opt", "seccomp=unconfined"]
+        if vendor == "hygon":
+            args += _ro(["/opt/hyhal"])
+        return args, {"HIP_VISIBLE_DEVICES": ids}
+    if vendor == "cambricon":
+        return _devices([f"/dev/cambricon_dev{i}" for i in indices] + ["/dev/cambricon_ctl"]) + _ro(["/usr/bin/cnmon"]), {}
+    if vendor == "kunlunxin":
+        return _devices([f"/dev/xpu{i}" for i in indices] + ["/dev/xpuctrl"]), {}
+    if vendor == "iluvatar":
+        return _devices([f"/dev/iluvatar{i}" for i in indices] + ["/dev/itrctl"]) + _ro(["/usr/local/corex"]), {}
+    if vendor == "metax":
+        return [*_devices(["/dev/dri", "/dev/mxcd"]), "--group-add", "video"], {"CUDA_VISIBLE_DEVICES": ids}
+    if vendor == "mthreads":
+        return ["--runtime", "mthreads"], {"MTHREADS_VISIBLE_DEVICES": ids}
+    if vendor == "enflame":
+        return _devices([f"/dev/gcu{i}" for i in indices]), {}
+    raise LaunchError(f"the docker driver does not know how to expose {vendor!r} devices")
+
+
+def docker_run_args(plan: LaunchPlan, *, docker: str = "docker") -> list[str]:
+    """The full ``docker run`` argument list for a plan (detached, labelled, named per attempt)."""
+    image = plan.variant.image
+    if not image:
+        raise LaunchError("the variant has no image (the docker driver needs 'image')")
+    args = [docker, "run", "--detach", "--name", container_name(plan),
+            "--label", f"io.xpumesh.workload={plan.workload_id}", "--label", f"io.xpumesh.replica={plan.replica}",
+            "--label", f"io.xpumesh.attempt={plan.attempt}"]
+    env = dict(plan.variant.env)
+    vendors: dict[str, list[int]] = {}
+    for d in plan.devices:
+        vendors.setdefault(d.vendor, []).append(d.index)
+    for vendor, indices in vendors.items():
+        dev_args, dev_env = vendor_args(vendor, sorted(indices))
+        args += dev_args
+        env.update(dev_env)
+    env.update(workload_env(plan))
+    env.update(plan.env)
+    for k in sorted(env):
+        args += ["--env", f"{k}={env[k]}"]
+    args.append(image)
+    args += plan.variant.command or []
+    return args
+
+
+async def _run(*argv: str, timeout: float | None = None) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=timeout)
+    return proc.returncode or 0, out.decode(errors="replace").strip()
+
+
+class DockerDriver:
+    name = "docker"
+
+    def __init__(self, docker: str | None = None) -> None:
+        self.docker = docker or shutil.which("docker") or "docker"
+
+    async def start(self, plan: LaunchPlan) -> RunHandle:
+        args = docker_run_args(plan, docker=self.docker)
+        try:
+            rc, out = await _run(*args, timeout=300)
+        except (OSError, TimeoutError):
+            raise LaunchError("docker did not start the container") from None
+        if rc != 0:
+            raise LaunchError(f"docker run failed with code {rc}: {out[-300:]}")
+        return RunHandle(workload_id=plan.workload_id, replica=plan.replica, attempt=plan.attempt, driver=self.name,
+                         started_at=datetime.now(UTC), container=out.splitlines()[-1] if out else container_name(plan))
+
+    async def wait(self, handle: RunHandle) -> Exit:
+        rc, out = await _run(self.docker, "wait", handle.container or "")
+        if rc != 0:
+            return Exit(None, "the container is gone")
+        try:
+            return Exit(int(out.splitlines()[-1]))
+        except (ValueError, IndexError):
+            return Exit(None, "docker wait gave no exit code")
+
+    async def stop(self, handle: RunHandle, grace_s: float) -> None:
+        with contextlib.suppress(OSError, TimeoutError):
+            await _run(self.docker, "stop", "--time", str(int(grace_s)), handle.container or "", timeout=grace_s + 30)
+
+    async def alive(self, handle: RunHandle) -> bool:
+        try:
+            rc, out = await _run(self.docker, "inspect", "--format", "{{.State.Running}}", handle.container or "",
+                                 timeout=30)
+        except (OSError, TimeoutError):
+            return False
+        return rc == 0 and out == "true"
+
+    async def logs(self, handle: RunHandle, tail_bytes: int) -> tuple[str, bool]:
+        try:
+            _, out = await _run(self.docker, "logs", "--tail", "2000", handle.container or "", timeout=30)
+        except (OSError, TimeoutError):
+            return "", False
+        return out[-tail_bytes:], len(out) > tail_bytes

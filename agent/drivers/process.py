@@ -1,0 +1,168 @@
+"""The process driver: run the variant's command on this host, with its devices made visible.
+
+The command runs in its own session (process group) under ``/bin/sh``, which writes the
+exit code to a file when the command ends. So a replica outlives an agent restart: the
+restarted agent finds it again by pid and start time, and still learns its exit code.
+Output goes to ``output.log`` in the replica's directory (opened in append mode); when it
+grows past half of ``log_max_bytes`` its tail moves to ``output.log.1``, so at most about
+``log_max_bytes`` is kept. Stop sends SIGTERM to the whole group, then SIGKILL after the
+grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psutil
+
+from agent.drivers.base import (
+    Exit,
+    LaunchError,
+    LaunchPlan,
+    RunHandle,
+    read_tail,
+    visible_devices_env,
+    workload_env,
+)
+
+LOG = "output.log"
+EXIT = "exit_code"
+DROPPED = "output.dropped"  # present once older output was rotated away
+# "$0" is the exit file; the command and its arguments are "$@", never re-parsed by the shell.
+WRAPPER = 'code=0; "$@" || code=$?; printf "%s" "$code" > "$0.tmp" && mv "$0.tmp" "$0"; exit "$code"'
+
+
+class ProcessDriver:
+    name = "process"
+
+    def __init__(self, *, log_max_bytes: int = 1024 * 1024, poll_s: float = 0.2) -> None:
+        self.log_max_bytes = log_max_bytes
+        self.poll_s = poll_s
+        self._children: dict[int, asyncio.subprocess.Process] = {}
+
+    def environment(self, plan: LaunchPlan) -> dict[str, str]:
+        """The replica's environment: the agent's, the variant's, the devices' and ``XPUMESH_*`` (last wins)."""
+        env = dict(os.environ)
+        for name in ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "ASCEND_RT_VISIBLE_DEVICES",
+                     "MLU_VISIBLE_DEVICES", "XPU_VISIBLE_DEVICES", "MUSA_VISIBLE_DEVICES", "TOPS_VISIBLE_DEVICES"):
+            env.pop(name, None)  # never leak the agent's own device selection into a replica
+        env.update(plan.variant.env)
+        env.update(visible_devices_env(plan.devices))
+        env.update(workload_env(plan))
+        env.update(plan.env)
+        return env
+
+    async def start(self, plan: LaunchPlan) -> RunHandle:
+        argv = plan.variant.command
+        if not argv:
+            raise LaunchError("the variant has no command to run (the process driver needs 'command')")
+        plan.workdir.mkdir(parents=True, exist_ok=True)
+        for stale in (EXIT, EXIT + ".tmp"):
+            (plan.workdir / stale).unlink(missing_ok=True)
+        fd = os.open(plan.workdir / LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                "/bin/sh", "-c", WRAPPER, str(plan.workdir / EXIT), *argv, stdin=subprocess.DEVNULL, stdout=fd,
+                stderr=subprocess.STDOUT, cwd=plan.workdir, env=self.environment(plan), start_new_session=True)
+        except OSError as exc:
+            raise LaunchError(f"could not start /bin/sh: {exc.strerror or type(exc).__name__}") from None
+        finally:
+            os.close(fd)
+        self._children[proc.pid] = proc
+        try:
+            created = psutil.Process(proc.pid).create_time()
+        except psutil.Error:
+            created = None
+        return RunHandle(workload_id=plan.workload_id, replica=plan.replica, attempt=plan.attempt, driver=self.name,
+                         started_at=datetime.now(UTC), workdir=str(plan.workdir), pid=proc.pid, create_time=created)
+
+    async def alive(self, handle: RunHandle) -> bool:
+        if handle.pid is None:
+            return False
+        try:
+            p = psutil.Process(handle.pid)
+            if handle.create_time is not None and abs(p.create_time() - handle.create_time) > 0.5:
+                return False  # the pid was reused by another process
+            return p.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def _exit_file(self, handle: RunHandle) -> int | None:
+        if handle.workdir is None:
+            return None
+        try:
+            return int((Path(handle.workdir) / EXIT).read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    async def wait(self, handle: RunHandle) -> Exit:
+        child = self._children.get(handle.pid or -1)
+        if child is not None:
+            while True:
+                try:
+                    async with asyncio.timeout(1.0):
+                        rc = await child.wait()
+                    break
+                except TimeoutError:
+                    self.rotate(handle)
+            self._children.pop(child.pid, None)
+        else:  # adopted after an agent restart: not our child, so poll
+            rc = None
+            await self._gone(handle, None)
+        self.rotate(handle)
+        code = self._exit_file(handle)
+        if code is not None:
+            return Exit(code)
+        if rc is not None and rc < 0:
+            return Exit(None, f"killed by signal {-rc}")
+        if rc is not None:
+            return Exit(rc)
+        return Exit(None, "ended while the agent was not watching; exit code unknown")
+
+    async def stop(self, handle: RunHandle, grace_s: float) -> None:
+        if handle.pid is None or not await self.alive(handle):
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(handle.pid, signal.SIGTERM)
+        await self._gone(handle, grace_s)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(handle.pid, signal.SIGKILL)
+
+    async def _gone(self, handle: RunHandle, timeout_s: float | None) -> None:
+        """Poll until the process is gone (there is no event for a process that is not our child)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        while True:
+            if not await self.alive(handle) or (deadline is not None and loop.time() >= deadline):
+                return
+            self.rotate(handle)
+            await asyncio.sleep(min(self.poll_s, 0.05) if deadline is not None else self.poll_s)
+
+    def rotate(self, handle: RunHandle) -> None:
+        """Keep the log bounded: past half the budget, its tail becomes output.log.1 and it starts over."""
+        if handle.workdir is None:
+            return
+        log = Path(handle.workdir) / LOG
+        half = self.log_max_bytes // 2
+        try:
+            if log.stat().st_size <= half:
+                return
+            text, _ = read_tail([log], half)
+            (Path(handle.workdir) / (LOG + ".1")).write_bytes(text.encode())
+            os.truncate(log, 0)
+            (Path(handle.workdir) / DROPPED).touch()
+        except OSError:
+            return
+
+    async def logs(self, handle: RunHandle, tail_bytes: int) -> tuple[str, bool]:
+        if handle.workdir is None:
+            return "", False
+        d = Path(handle.workdir)
+        text, more = read_tail([d / (LOG + ".1"), d / LOG], tail_bytes)
+        return text, more or (d / DROPPED).exists()

@@ -1,0 +1,418 @@
+"""Runs what the scheduler asks on this host, and says what actually runs.
+
+``Executor`` takes launch/stop commands for *its own host only* (others are rejected and
+counted), picks the variant matching the devices' vendor/type (else ``default``), runs it
+through a driver (``sim`` on simulated hosts; else ``docker`` when the variant names an
+image, ``process`` otherwise), watches it to its end and reports every replica's state
+(``ActualStateReport``) on change and every ``state_interval_s``. Launches are idempotent
+per (workload, replica, attempt); a newer attempt replaces an older one.
+
+With a ``state_dir`` every run is written to ``executor.json``; a restarted agent reads it
+back and adopts whatever still runs (the scheduler sees the same attempts running and keeps
+them). ``start_execution`` wires an executor to the bus: the host's durable command
+consumer, state reports and the log responder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import shutil
+import tempfile
+import uuid
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from nats.aio.msg import Msg
+from pydantic import TypeAdapter, ValidationError
+
+from agent.drivers.base import Driver, LaunchError, LaunchPlan, RunHandle
+from libs.bus import subjects
+from libs.bus.connection import ERROR_HEADER, Bus
+from libs.bus.errors import BusError, InvalidRequest, NotFound
+from libs.config import SchedulerSettings
+from libs.events import CloudEvent, InvalidEnvelope
+from libs.metrics import BUS_MESSAGES, BUS_REJECTED
+from libs.schemas.commands import (
+    LAUNCH_TYPE,
+    STOP_TYPE,
+    ActualStateReport,
+    AgentCommand,
+    LaunchCommand,
+    LogsReply,
+    LogsRequest,
+    ReplicaReport,
+    ReplicaState,
+    StopCommand,
+    agent_logs_subject,
+)
+from libs.service import SeenIds
+
+log = logging.getLogger(__name__)
+Publish = Callable[[ActualStateReport], Awaitable[None]]
+_COMMAND = TypeAdapter(AgentCommand)
+STATE_FILE = "executor.json"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Run:
+    workload_id: str
+    replica: int
+    attempt: int
+    driver: str
+    device_ids: list[str]
+    shares: list[float]
+    state: ReplicaState = ReplicaState.STARTING
+    handle: RunHandle | None = None
+    exit_code: int | None = None
+    message: str = ""
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    changed_at: datetime = field(default_factory=_now)
+    stopping: bool = False
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.workload_id, self.replica, self.attempt)
+
+    def report(self) -> ReplicaReport:
+        return ReplicaReport(workload_id=self.workload_id, replica=self.replica, attempt=self.attempt, state=self.state,
+                             driver=self.driver, device_ids=self.device_ids, shares=self.shares,
+                             exit_code=self.exit_code, message=self.message[:500], started_at=self.started_at,
+                             finished_at=self.finished_at, changed_at=self.changed_at)
+
+    def record(self) -> dict[str, Any]:
+        return {"report": self.report().model_dump(mode="json"),
+                "handle": self.handle.model_dump(mode="json") if self.handle else None}
+
+
+class Executor:
+    def __init__(self, host_id: str, site: str, *, drivers: Mapping[str, Driver], settings: SchedulerSettings,
+                 state_dir: Path | None = None, publish: Publish | None = None, default_driver: str | None = None,
+                 known_devices: Callable[[], Collection[str]] | None = None) -> None:
+        self.host_id, self.site, self.drivers, self.settings = host_id, site, dict(drivers), settings
+        self.state_dir = state_dir
+        self._scratch = None if state_dir else Path(tempfile.mkdtemp(prefix=f"xpumesh-{host_id}-"))
+        self.publish, self.default_driver, self.known_devices = publish, default_driver, known_devices
+        self.boot_id = uuid.uuid4().hex[:16]
+        self.seq = 0
+        self.runs: dict[tuple[str, int, int], Run] = {}
+        self._seen = SeenIds(10_000)
+        self._lock = asyncio.Lock()
+        self._changed = asyncio.Event()
+        self._reporter: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        root = self.state_dir or self._scratch
+        assert root is not None
+        return root
+
+    async def start(self) -> None:
+        """Adopt what a previous agent left running, then report periodically and on change."""
+        if self._reporter is not None:
+            return
+        await self._restore()
+        self._reporter = asyncio.create_task(self._report_loop(), name=f"state:{self.host_id}")
+        self._changed.set()
+
+    async def close(self) -> None:
+        """Stop watching (replicas keep running: a restarted agent adopts them)."""
+        tasks = [t for t in [self._reporter, *(r.task for r in self.runs.values())] if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._save()
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+
+    async def stop_all(self, reason: str) -> None:
+        """Stop every live replica (decommissioning the host)."""
+        async with self._lock:
+            for run in [r for r in self.runs.values() if r.state.live]:
+                await self._stop_run(run, reason)
+            self._save()
+        self._changed.set()
+
+    async def _restore(self) -> None:
+        if self.state_dir is None:
+            return
+        try:
+            data = json.loads((self.state_dir / STATE_FILE).read_text())
+        except (OSError, ValueError):
+            return
+        for rec in data.get("runs", []):
+            try:
+                rep = ReplicaReport.model_validate(rec["report"])
+                handle = RunHandle.model_validate(rec["handle"]) if rec.get("handle") else None
+            except (ValidationError, KeyError, TypeError):
+                continue
+            run = Run(rep.workload_id, rep.replica, rep.attempt, rep.driver, rep.device_ids, rep.shares, rep.state,
+                      handle, rep.exit_code, rep.message, rep.started_at, rep.finished_at, rep.changed_at)
+            self.runs[run.key] = run
+            driver = self.drivers.get(run.driver)
+            if run.state.live and (handle is None or driver is None):
+                self._finish(run, ReplicaState.FAILED, None, "lost across an agent restart")
+            elif run.state.live and handle is not None:
+                adopted = await driver.alive(handle)  # type: ignore[union-attr]
+                log.info("%s %s/%d attempt %d after restart", "adopted" if adopted else "collecting",
+                         run.workload_id, run.replica, run.attempt)
+                run.state = ReplicaState.RUNNING
+                run.task = asyncio.create_task(self._watch(run))
+
+    def _save(self) -> None:
+        if self.state_dir is None:
+            return
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_dir / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps({"host_id": self.host_id, "runs": [r.record() for r in self.runs.values()]}))
+        tmp.replace(self.state_dir / STATE_FILE)
+
+    # -- commands --------------------------------------------------------------------------------
+    def _count(self, outcome: str, reject: str | None = None) -> str:
+        if reject is not None:
+            BUS_REJECTED.labels("agent", "commands", reject).inc()
+        BUS_MESSAGES.labels("agent", "commands", outcome).inc()
+        return outcome
+
+    async def handle_event(self, event: CloudEvent) -> str:
+        """One command envelope; returns the outcome (also counted)."""
+        if event.type not in (LAUNCH_TYPE, STOP_TYPE):
+            return self._count("rejected", "unknown_command")
+        try:
+            cmd = _COMMAND.validate_python(event.data)
+        except ValidationError:
+            return self._count("rejected", "invalid_command")
+        return await self.handle(cmd)
+
+    async def handle(self, cmd: LaunchCommand | StopCommand) -> str:
+        if cmd.host_id != self.host_id or cmd.site != self.site:
+            log.warning("rejected a command for %s/%s on %s/%s", cmd.site, cmd.host_id, self.site, self.host_id)
+            return self._count("rejected", "wrong_host")
+        if cmd.expires_at < _now():
+            return self._count("expired", "expired")
+        if self._seen.seen(cmd.command_id):
+            return self._count("duplicate")
+        async with self._lock:
+            outcome = await (self._launch(cmd) if isinstance(cmd, LaunchCommand) else self._stop(cmd))
+        self._changed.set()
+        return self._count(outcome)
+
+    async def _launch(self, cmd: LaunchCommand) -> str:
+        same = [r for r in self.runs.values() if (r.workload_id, r.replica) == (cmd.workload_id, cmd.replica)]
+        if any(r.attempt > cmd.attempt for r in same):
+            return "stale"
+        if any(r.attempt == cmd.attempt for r in same):
+            return "duplicate"
+        for old in same:
+            if old.state.live:
+                await self._stop_run(old, f"replaced by attempt {cmd.attempt}")
+        run = Run(cmd.workload_id, cmd.replica, cmd.attempt, "?", [d.id for d in cmd.devices],
+                  [d.share for d in cmd.devices])
+        self.runs[run.key] = run
+        try:
+            plan, driver = self._plan(cmd)
+            run.driver = driver.name
+            self._save()
+            run.handle = await driver.start(plan)
+        except LaunchError as exc:
+            self._finish(run, ReplicaState.FAILED, None, str(exc))
+            return "failed"
+        except Exception as exc:
+            log.exception("launch of %s/%d failed", cmd.workload_id, cmd.replica)
+            self._finish(run, ReplicaState.FAILED, None, f"could not start ({type(exc).__name__})")
+            return "failed"
+        run.state, run.started_at, run.changed_at = ReplicaState.RUNNING, _now(), _now()
+        run.task = asyncio.create_task(self._watch(run))
+        self._prune()
+        self._save()
+        return "launched"
+
+    def _plan(self, cmd: LaunchCommand) -> tuple[LaunchPlan, Driver]:
+        if self.known_devices is not None:
+            known = self.known_devices()
+            for d in cmd.devices:
+                if d.id not in known:
+                    raise LaunchError(f"device {d.id} is not on this host")
+        first = cmd.devices[0] if cmd.devices else None
+        variant = cmd.spec.variant_for(first.vendor, first.hardware_type) if first else cmd.spec.variant_for("", "")
+        if variant is None:
+            raise LaunchError(f"no variant for {first.vendor if first else 'this host'}; "
+                              f"the spec has {sorted(cmd.spec.variants)}")
+        name = self.default_driver or ("docker" if variant.image else "process")
+        driver = self.drivers.get(name)
+        if driver is None:
+            raise LaunchError(f"this host has no {name} driver")
+        workdir = self.root / "runs" / f"{cmd.workload_id}-{cmd.replica}-{cmd.attempt}"
+        return LaunchPlan(cmd.workload_id, cmd.replica, cmd.attempt, cmd.replicas, self.host_id, self.site,
+                          cmd.devices, variant, cmd.spec, workdir,
+                          {"XPUMESH_PEERS": ",".join(cmd.peers)} if cmd.replicas > 1 else {}), driver
+
+    async def _stop(self, cmd: StopCommand) -> str:
+        targets = [r for r in self.runs.values() if (r.workload_id, r.replica) == (cmd.workload_id, cmd.replica)
+                   and (cmd.attempt is None or r.attempt == cmd.attempt) and r.state.live]
+        for run in targets:
+            await self._stop_run(run, cmd.reason or "stopped by the scheduler")
+        self._save()
+        return "stopped" if targets else "nothing_to_stop"
+
+    async def _stop_run(self, run: Run, reason: str) -> None:
+        run.stopping = True
+        driver = self.drivers.get(run.driver)
+        if driver is not None and run.handle is not None:
+            try:
+                await driver.stop(run.handle, self.settings.stop_grace_s)
+            except Exception:
+                log.exception("stopping %s/%d failed", run.workload_id, run.replica)
+        if run.task is not None and not run.task.done():
+            run.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await run.task
+        if run.state.live:
+            self._finish(run, ReplicaState.STOPPED, run.exit_code, reason)
+
+    async def _watch(self, run: Run) -> None:
+        driver = self.drivers.get(run.driver)
+        if driver is None or run.handle is None:
+            return
+        try:
+            code, message = await driver.wait(run.handle)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("watching %s/%d failed", run.workload_id, run.replica)
+            code, message = None, "the agent lost track of it"
+        if run.stopping:
+            self._finish(run, ReplicaState.STOPPED, code, "stopped")
+        else:
+            self._finish(run, ReplicaState.SUCCEEDED if code == 0 else ReplicaState.FAILED, code, message)
+        self._save()
+        self._changed.set()
+
+    def _finish(self, run: Run, state: ReplicaState, code: int | None, message: str) -> None:
+        run.state, run.exit_code, run.message = state, code, message
+        run.finished_at = run.changed_at = _now()
+
+    def _prune(self) -> None:
+        done = sorted((r for r in self.runs.values() if not r.state.live), key=lambda r: r.changed_at)
+        for run in done[: max(0, len(done) - self.settings.finished_keep)]:
+            del self.runs[run.key]
+            if run.handle is not None and run.handle.workdir:
+                shutil.rmtree(run.handle.workdir, ignore_errors=True)
+
+    # -- reports and logs ------------------------------------------------------------------------
+    def report(self) -> ActualStateReport:
+        self.seq += 1
+        return ActualStateReport(host_id=self.host_id, site=self.site, boot_id=self.boot_id, seq=self.seq, ts=_now(),
+                                 replicas=[r.report() for r in self.runs.values()])
+
+    async def _report_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):  # asyncio.timeout, not wait_for: a cancel is never swallowed
+                async with asyncio.timeout(self.settings.state_interval_s):
+                    await self._changed.wait()
+            await asyncio.sleep(0.02)  # coalesce bursts of changes into one report
+            self._changed.clear()
+            if self.publish is None:
+                continue
+            try:
+                await self.publish(self.report())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("state report of %s not sent: %s", self.host_id, type(exc).__name__)
+
+    async def logs(self, req: LogsRequest) -> LogsReply:
+        runs = [r for r in self.runs.values() if (r.workload_id, r.replica) == (req.workload_id, req.replica)]
+        if not runs:
+            raise NotFound(f"no replica {req.replica} of {req.workload_id} on {self.host_id}")
+        run = max(runs, key=lambda r: r.attempt)
+        driver = self.drivers.get(run.driver)
+        text, more = ("", False)
+        if driver is not None and run.handle is not None:
+            text, more = await driver.logs(run.handle, req.tail_bytes)
+        elif run.message:
+            text = run.message
+        return LogsReply(workload_id=run.workload_id, replica=run.replica, attempt=run.attempt, state=run.state,
+                         exit_code=run.exit_code, text=text, truncated=more)
+
+    def device_load(self) -> dict[int, float]:
+        """Utilisation per device index from simulated replicas (for a simulator's telemetry)."""
+        sim = self.drivers.get("sim")
+        load: Callable[[], dict[int, float]] | None = getattr(sim, "device_load", None)
+        return load() if load is not None else {}
+
+
+# -- wiring to the bus ---------------------------------------------------------------------------
+async def _answer_logs(bus: Bus, executor: Executor, msg: Msg) -> None:
+    headers: dict[str, str] | None = None
+    try:
+        body = (await executor.logs(LogsRequest.model_validate_json(msg.data or b"{}"))).model_dump_json().encode()
+    except ValidationError:
+        BUS_REJECTED.labels("agent", "logs", "invalid_request").inc()
+        body, headers = InvalidRequest("not a log request").body().model_dump_json().encode(), {ERROR_HEADER: "1"}
+    except BusError as exc:
+        body, headers = exc.body().model_dump_json().encode(), {ERROR_HEADER: "1"}
+    if msg.reply:
+        await bus.nc.publish(msg.reply, body, headers=headers)
+
+
+async def serve_logs(bus: Bus, executor: Executor) -> Any:
+    """Answer log requests for this host on ``xpumesh.agent.<site>.<host>.logs``; returns the subscription."""
+    async def on_logs(msg: Msg) -> None:
+        await _answer_logs(bus, executor, msg)
+
+    return await bus.nc.subscribe(agent_logs_subject(executor.site, executor.host_id), cb=on_logs)
+
+
+async def _on_command(executor: Executor, msg: Msg) -> None:
+    try:
+        event = CloudEvent.from_bytes(msg.data)
+    except InvalidEnvelope:
+        BUS_REJECTED.labels("agent", "commands", "malformed_envelope").inc()
+        return
+    try:
+        await executor.handle_event(event)
+    except Exception:
+        log.exception("command %s on %s failed", event.id, executor.host_id)
+
+
+@dataclass
+class Attachment:
+    """An executor wired to the bus; ``close`` stops listening (replicas keep running)."""
+
+    executor: Executor
+    subs: list[Any]
+
+    async def close(self) -> None:
+        for s in self.subs:
+            with contextlib.suppress(Exception):
+                await s.unsubscribe()
+        await self.executor.close()
+
+
+async def attach(bus: Bus, executor: Executor, *, commands: bool = True) -> Attachment:
+    """Start an executor on the bus: log requests answered and, unless the host's own command
+    subscription already calls ``executor.handle_event`` (the agent's ``on_command`` seam), commands
+    from ``xpumesh.agent.<site>.<host>.cmd``. Lost commands are re-sent by the scheduler."""
+    subs = [await serve_logs(bus, executor)]
+    if commands:
+        async def on_command(msg: Msg) -> None:
+            await _on_command(executor, msg)
+
+        subs.append(await bus.nc.subscribe(subjects.agent_command_subject(executor.site, executor.host_id),
+                                           cb=on_command))
+    await bus.nc.flush()
+    await executor.start()
+    return Attachment(executor, subs)
