@@ -16,6 +16,7 @@ straight through and hot reads stay cheap.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import uuid
@@ -64,6 +65,7 @@ class GatewayMiddleware:
         self.app = app
         self.ctx = ctx
         settings = ctx.settings.gateway if ctx is not None else None
+        self.tracing = ctx is not None and bool(ctx.settings.otlp_endpoint)  # spans cost ~30 us; only when exported
         self.cache = ReadCache(settings.read_cache_s if settings else 0.0, settings.read_cache_entries if settings else 1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -83,7 +85,9 @@ class GatewayMiddleware:
             await send(message)
 
         method, path = scope["method"], scope["path"]
-        with _tracer.start_as_current_span(f"{method} {path}", kind=trace.SpanKind.SERVER):
+        span = _tracer.start_as_current_span(f"{method} {path}", kind=trace.SpanKind.SERVER) if self.tracing \
+            else contextlib.nullcontext()
+        with span:
             try:
                 await self._handle(scope, receive, send_with_id)
             except ProblemError as exc:
