@@ -194,3 +194,29 @@ async def test_subscriptions_ping_reports_the_targets_answer(settings, running_s
         r = await c.delete(f"/v1/subscriptions/{sub['id']}", headers=ADMIN)
         assert r.status_code == 204
         assert (await c.get(f"/v1/subscriptions/{sub['id']}", headers=ADMIN)).status_code == 404
+
+
+async def test_subscriptions_consumers_of_deleted_subscriptions_are_dropped(settings, running_service, bus: Bus,
+                                                                          monkeypatch) -> None:
+    from nats.js.api import ConsumerConfig
+
+    from libs.bus.connection import STREAM_EVENTS
+    from libs.db import make_engine, make_sessionmaker
+    from libs.service import Context
+    from services.gateway.webhooks import engine as engine_module
+
+    url = await start_gateway(running_service, gateway_settings(settings))
+    async with httpx.AsyncClient(base_url=url) as c, webhook_receiver() as rx:
+        kept = await _subscribe(c, ADMIN, rx.url, ["io.xpumesh.workload.*"])
+    await bus.js.add_consumer(STREAM_EVENTS, ConsumerConfig(durable_name="gw_sub_orphan0000000"))
+    monkeypatch.setattr(engine_module, "ORPHAN_AGE_S", 0.0)
+    db = make_engine(settings.database_dsn(), settings.db)
+    eng = engine_module.WebhookEngine(Context(service="gateway", instance="t", settings=settings, bus=bus,
+                                              engine=db, sessions=make_sessionmaker(db)))
+    try:
+        await eng.reconcile()
+    finally:
+        await eng.close()
+        await db.dispose()
+    names = {ci.name for ci in await bus.js.consumers_info(STREAM_EVENTS)}
+    assert "gw_sub_orphan0000000" not in names and f"gw_{kept['id']}" in names

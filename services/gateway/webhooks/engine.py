@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 FETCH_BATCH = 64
 DELIVERIES = Counter("xpumesh_webhook_deliveries_total", "Webhook delivery attempts, by outcome.", ["outcome"])
 PING_TYPE = "io.xpumesh.webhook.ping"
+ORPHAN_AGE_S = 60.0
 
 
 def event_filter(sub: store.SubscriptionRow) -> EventFilter:
@@ -100,6 +101,7 @@ class WebhookEngine:
         """Run an intake loop for every active subscription and none for the rest."""
         async with session_scope(self.ctx.db) as session:
             subs = {s.id: s for s in await store.active(session)}
+        await self._drop_orphans(set(subs))
         for sid in [sid for sid in self.loops if sid not in subs]:
             self.stop(sid)
         for sub in subs.values():
@@ -110,6 +112,24 @@ class WebhookEngine:
                     log.warning("subscription %s had no consumer; recreating it from the next event", sub.id)
                     await self.create_consumer(sub)
                 self.start(sub)
+
+    async def _drop_orphans(self, active: set[str]) -> None:
+        """Delete subscription consumers whose subscription is gone or disabled (left by a crash mid-delete).
+
+        Only consumers older than a minute: a subscription being created right now has its consumer
+        before its row is committed.
+        """
+        cutoff = datetime.now(UTC) - timedelta(seconds=ORPHAN_AGE_S)
+        for info in await self.ctx.bus.js.consumers_info(STREAM_EVENTS):
+            name = info.name or ""
+            sid = name.removeprefix("gw_")
+            if not name.startswith("gw_sub_") or sid in active:
+                continue
+            created = info.created if info.created.tzinfo else info.created.replace(tzinfo=UTC)
+            if created > cutoff:
+                continue
+            log.info("dropping the consumer of subscription %s: it is no longer active", sid)
+            await self.delete_consumer(sid)
 
     async def sync_loop(self) -> None:
         while True:
