@@ -107,6 +107,8 @@ async def on_capability(events: list[CloudEvent], ctx: Context) -> None:
     for m in metas:
         r.fleet.put_device(m)
     r.summaries.clear()
+    if len(metas) >= 1000:
+        runtime.settle_heap()  # many new long-lived objects: out of the collector's way too
 
 
 @app.consumer(STREAM_EVENTS, durable="metrics-host-events", subject="xpumesh.events.host.>")

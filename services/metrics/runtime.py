@@ -9,6 +9,7 @@ minutes are rebuilt from the samples written after the last rollup checkpoint.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -90,7 +91,18 @@ async def start(ctx: Context) -> Runtime:
     workloads.load(loaded)
     rt = Runtime(ctx, pool, fleet, rollups, ingest, engine, workloads, OutboxRelay("metrics", ctx.db, outbox, ctx.bus))
     await recover(rt)
+    settle_heap()
     return rt
+
+
+def settle_heap() -> None:
+    """Keep the cyclic GC off the long-lived fleet: the device and host objects (tens of thousands) are moved
+    to the permanent generation, and young collections run less often. Parsing telemetry allocates many
+    short-lived objects; with the defaults every few hundred messages triggered a collection that walked the
+    whole fleet, which cost more than the parsing itself (measured: ~60 → ~15 µs per message)."""
+    gen0, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(max(gen0, 50_000), max(gen1, 20), max(gen2, 20))
+    gc.freeze()
 
 
 async def recover(rt: Runtime) -> None:
