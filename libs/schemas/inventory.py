@@ -103,6 +103,11 @@ class DeviceCounts(BaseModel):
 
 
 class SiteSummary(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "site": "ningbo", "city": "Ningbo", "region": "zhejiang", "lat": 29.8683, "lon": 121.544, "hosts": 24,
+        "hosts_up": 23, "hosts_down": 1, "devices": {
+            "npu": {"total": 64, "healthy": 63, "unhealthy": 1, "unknown": 0, "compute_units": 19719.0}}}]})
+
     site: str
     city: str
     region: str
@@ -302,6 +307,11 @@ class DeviceEvent(BaseModel):
 
 
 class CatalogEntry(DeviceModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "vendor": "huawei", "model": "Ascend910B3", "aliases": ["910B3", "Ascend 910B3"], "hardware_type": "npu",
+        "memory_gib": 64, "fp16_tflops": 313, "compute_units": 313, "source": "Huawei Atlas 800T A2 datasheet",
+        "origin": "seed"}]})
+
     origin: Literal["seed", "operator"] = "seed"
     updated_at: datetime | None = None
 
@@ -345,6 +355,13 @@ class RuleQuery(BaseModel):
 
 
 class RuleSet(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "compat": [{"id": "pytorch-2.4-cann", "framework": "pytorch", "framework_versions": ">=2.4,<2.5",
+                    "hardware_type": "npu", "vendor": "huawei", "runtime": "cann",
+                    "runtime_versions": ">=8.0.RC3,<=8.1.RC1", "source": "Ascend Extension for PyTorch README"}],
+        "driver": [{"id": "cuda-12.4", "vendor": "nvidia", "runtime": "cuda", "runtime_versions": ">=12.4,<12.4.1",
+                    "min_driver_version": "550.54.14", "source": "NVIDIA CUDA Toolkit Release Notes, Table 3"}]}]})
+
     compat: list[CompatRule] = Field(default_factory=list)
     driver: list[RuntimeDriverRule] = Field(default_factory=list)
 
