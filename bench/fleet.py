@@ -208,6 +208,14 @@ async def run_phase(args: argparse.Namespace, hosts: int, workdir: Path) -> Phas
         burst = await db.fetch("SELECT extract(epoch FROM updated_at - reported_at) AS lag FROM inventory.hosts")
         phase.result["registration_lag_s"] = {"p50": percentile([float(r["lag"]) for r in burst], 50),
                                               "p99": percentile([float(r["lag"]) for r in burst], 99)}
+        # Settle: the registration burst's backlogs drain (or the timeout passes) before measuring.
+        while time.monotonic() - t_sim < args.register_timeout:
+            tel = await consumer(bus, STREAM_TELEMETRY, "inventory-telemetry")
+            cap = await consumer(bus, STREAM_HOSTS, "inventory-capability")
+            if cap["pending"] + cap["ack_pending"] == 0 and tel["pending"] < hosts:
+                break
+            await asyncio.sleep(1.0)
+        phase.result["settled_s"] = round(time.monotonic() - t_sim, 1)
         await asyncio.sleep(args.interval)  # one full interval so every slice of the fleet is in flight
         await measure(args, phase, bus, db, watched)
         await db.close()
