@@ -111,9 +111,13 @@ class RawClient:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def request(self, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> int:
-        if self.writer is None or self.reader is None:
+    async def connect(self) -> None:
+        if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+
+    async def request(self, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> int:
+        await self.connect()
+        assert self.reader is not None and self.writer is not None
         head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n" + "".join(
             f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
         self.writer.write(head.encode() + body)
@@ -160,10 +164,8 @@ async def load(base: str, endpoint: str, concurrency: int, duration: float, gate
             return r.status_code
         return await raw.request(method, path, headers, body)
 
-    async def worker() -> None:
-        raw = RawClient(port)
-        try:
-            while time.monotonic() < stop_at:
+    async def worker(raw: RawClient) -> None:
+        while time.monotonic() < stop_at:
                 i = next(counter)
                 started = time.perf_counter()
                 try:
@@ -175,21 +177,26 @@ async def load(base: str, endpoint: str, concurrency: int, duration: float, gate
                     result.latencies_ms.append((time.perf_counter() - started) * 1000)
                 else:
                     result.errors[str(status)] = result.errors.get(str(status), 0) + 1
-        finally:
-            await raw.close()
 
+    # Connections are opened a few at a time before anything is measured and kept for the whole run:
+    # hundreds of simultaneous connects overflow the listen queue, and SYN retries would be measured.
+    clients = [RawClient(port) for _ in range(concurrency)]
     try:
+        for i in range(0, concurrency, 16):
+            await asyncio.gather(*(c.connect() for c in clients[i:i + 16]))
         stop_at = time.monotonic() + min(2.0, duration / 4)
-        await asyncio.gather(*(worker() for _ in range(concurrency)))  # warm-up: connections, caches
+        await asyncio.gather(*(worker(c) for c in clients))  # warm-up: caches, pools
         result.latencies_ms.clear()
         result.errors.clear()
         gateway.cpu_percent()
         started = time.monotonic()
         stop_at = started + duration
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(c) for c in clients))
         result.elapsed_s = time.monotonic() - started
         result.gateway_cpu_pct = gateway.cpu_percent()
     finally:
+        for c in clients:
+            await c.close()
         if pooled is not None:
             await pooled.aclose()
     return result
