@@ -20,6 +20,9 @@ Per phase:
 * city summary query latency p50/p99 (``xpumesh.rpc.metrics.summary``, 5 requests/s);
 * the machine's 1-minute load average at the end (anything else running competes for the cores).
 
+After the phases, with the generators stopped, the rate at which the service works off any
+backlog left is its ingest capacity on this machine (``drain``).
+
 A human table is printed, then ONE JSON object on the last line.
 """
 
@@ -235,6 +238,24 @@ async def phase(bus: Bus, args: argparse.Namespace, interval: float, nats_url: s
     }
 
 
+async def drain_rate(bus: Bus, metrics: psutil.Process, limit_s: float) -> dict[str, Any]:
+    """With the generators stopped: how fast the service works off the backlog (its ingest capacity)."""
+    info = await bus.js.consumer_info(STREAM_TELEMETRY, DURABLE)
+    backlog0 = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+    s0, c0, t0 = await rpc(bus, "ingest.stats", IngestStats), cpu_of([metrics]), time.monotonic()
+    backlog = backlog0
+    while backlog > 1000 and time.monotonic() - t0 < limit_s:
+        await asyncio.sleep(2.0)
+        info = await bus.js.consumer_info(STREAM_TELEMETRY, DURABLE)
+        backlog = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+    elapsed = max(time.monotonic() - t0, 1e-6)
+    s1 = await rpc(bus, "ingest.stats", IngestStats)
+    return {"backlog_start": backlog0, "backlog_end": backlog, "duration_s": round(elapsed, 1),
+            "samples_per_s": round((s1.samples_total - s0.samples_total) / elapsed) if backlog0 > 1000 else None,
+            "metrics_cpu_pct": round(100 * (cpu_of([metrics]) - c0) / elapsed, 1),
+            "load_avg_1m_end": round(os.getloadavg()[0], 2)}
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     from xpumesh.prestart import migrate_all
 
@@ -279,8 +300,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"phase: interval {interval:g} s ({args.hosts * args.devices / interval:,.0f} samples/s offered)…",
                       file=sys.stderr)
                 results.append(await phase(bus, args, interval, nats.url, metrics, pg, nats))
+            drain = await drain_rate(bus, metrics, args.drain_s)
             await bus.close()
-            return {"bench": "telemetry", "cpus": os.cpu_count(), "phases": results}
+            return {"bench": "telemetry", "cpus": os.cpu_count(), "phases": results, "drain": drain}
         finally:
             if proc is not None:
                 proc.terminate()
@@ -302,6 +324,7 @@ def main() -> int:
     p.add_argument("--duration-s", type=float, default=120.0)
     p.add_argument("--warmup-s", type=float, default=20.0)
     p.add_argument("--generators", type=int, default=1, help="telemetry generator processes")
+    p.add_argument("--drain-s", type=float, default=60.0, help="after the phases: time to watch the backlog drain")
     p.add_argument("--profile", default=None, help="run the metrics service under cProfile, writing this file")
     args = p.parse_args()
     if args.profile:
@@ -316,6 +339,10 @@ def main() -> int:
     print(f"telemetry ingest, {result['cpus']} CPUs, {args.hosts} hosts x {args.devices} devices")
     for key, label in cols:
         print(f"  {label:<18}" + "".join(f"{ph[key]!s:>14}" for ph in result["phases"]))
+    d = result["drain"]
+    if d["samples_per_s"] is not None:
+        print(f"  backlog drain (generators stopped): {d['samples_per_s']:,} samples/s at {d['metrics_cpu_pct']}% CPU "
+              f"({d['backlog_start']:,} → {d['backlog_end']:,} messages in {d['duration_s']} s)")
     print(json.dumps(result, separators=(",", ":")))
     return 0
 
