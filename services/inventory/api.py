@@ -78,7 +78,8 @@ async def load_state(ctx: Context) -> None:
         cache = telemetry.HealthCache()
         await telemetry.load_cache(session, cache)
     ctx.state["health"] = cache
-    ctx.state["relay"] = OutboxRelay(SERVICE, ctx.db, outbox, ctx.bus)
+    # Large batches: a fleet registering at once emits one device.added per device.
+    ctx.state["relay"] = OutboxRelay(SERVICE, ctx.db, outbox, ctx.bus, batch=1024)
 
 
 @app.task

@@ -79,7 +79,8 @@ def _device_row(report: CapabilityReport, slot: int, d: Device, cat: Catalog) ->
         "catalog_model": match.model if match else None, "compute_units": match.compute_units if match else None,
         "memory_mib": d.memory_mib, "driver_version": d.driver_version, "runtimes": d.runtimes,
         "firmware_version": d.firmware_version, "uuid": d.uuid, "pci_bus_id": d.pci_bus_id, "numa_node": d.numa_node,
-        "links": [lk.model_dump() for lk in d.links], "extra": d.extra, "health": d.health.value,
+        "links": [{"peer_index": lk.peer_index, "kind": lk.kind} for lk in d.links], "extra": d.extra,
+        "health": d.health.value,
         "health_changed_at": None,
     }
 
