@@ -14,7 +14,6 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
-
 router = APIRouter(tags=["dashboard"])
 STATIC = (Path(__file__).resolve().parent.parent / "static").resolve()
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
