@@ -95,9 +95,10 @@ export function lineChart(lines, { yMax = null, unit = "", width = 640, height =
     root.append(s("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), class: "grid" }),
       s("text", { x: L - 6, y: y(v) + 4, class: "axis", "text-anchor": "end" }, `${Math.round(v)}${unit}`));
   }
-  for (let i = 0; i <= 4; i++) {
-    const t = t0 + ((t1 - t0) * i) / 4;
-    root.append(s("text", { x: x(t), y: H - 6, class: "axis", "text-anchor": i === 0 ? "start" : i === 4 ? "end" : "middle" },
+  const ticks = W < 500 ? 2 : 4; // narrow charts: fewer time labels, so they never collide
+  for (let i = 0; i <= ticks; i++) {
+    const t = t0 + ((t1 - t0) * i) / ticks;
+    root.append(s("text", { x: x(t), y: H - 6, class: "axis", "text-anchor": i === 0 ? "start" : i === ticks ? "end" : "middle" },
       fmtTime(t, t1 - t0 < 600_000)));
   }
   for (const l of lines) {
