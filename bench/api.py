@@ -61,7 +61,7 @@ class Result:
     latencies_ms: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
-    gateway_cpu_pct: float = 0.0
+    cpu_pct: dict[str, float] = field(default_factory=dict)
 
     def quantile(self, q: float) -> float | None:
         if not self.latencies_ms:
@@ -74,7 +74,15 @@ class Result:
         return {"endpoint": self.endpoint, "concurrency": self.concurrency, "requests": ok + sum(self.errors.values()),
                 "ok": ok, "errors": self.errors, "rps": round(ok / self.elapsed_s, 1) if self.elapsed_s else 0.0,
                 "p50_ms": self.quantile(0.50), "p99_ms": self.quantile(0.99),
-                "gateway_cpu_pct": round(self.gateway_cpu_pct, 1)}
+                "cpu_pct": {k: round(v, 1) for k, v in sorted(self.cpu_pct.items(), key=lambda kv: -kv[1])}}
+
+
+def _cpu(proc: psutil.Process) -> float:
+    """CPU % since the previous call (100 = one core)."""
+    try:
+        return float(proc.cpu_percent())
+    except psutil.Error:
+        return 0.0
 
 
 def spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -144,7 +152,7 @@ class RawClient:
             self.writer.close()
 
 
-async def load(base: str, endpoint: str, concurrency: int, duration: float, gateway: psutil.Process,
+async def load(base: str, endpoint: str, concurrency: int, duration: float, watched: dict[str, psutil.Process],
                client_kind: str) -> Result:
     result = Result(endpoint, concurrency)
     method, path = endpoint.split(" ", 1)
@@ -188,12 +196,13 @@ async def load(base: str, endpoint: str, concurrency: int, duration: float, gate
         await asyncio.gather(*(worker(c) for c in clients))  # warm-up: caches, pools
         result.latencies_ms.clear()
         result.errors.clear()
-        gateway.cpu_percent()
+        for proc in watched.values():
+            _cpu(proc)
         started = time.monotonic()
         stop_at = started + duration
         await asyncio.gather(*(worker(c) for c in clients))
         result.elapsed_s = time.monotonic() - started
-        result.gateway_cpu_pct = gateway.cpu_percent()
+        result.cpu_pct = {name: _cpu(proc) for name, proc in watched.items()}
     finally:
         for c in clients:
             await c.close()
@@ -227,7 +236,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             procs.append(spawn([sys.executable, "-m", "xpumesh", "run", service], env, workdir / f"{service}.log"))
             await until(lambda s=service: bus.nc.request(subjects.rpc_subject(s, "health"), b"{}", timeout=1), 60,
                         f"{service} up")
-        gateway = psutil.Process(procs[-1].pid)
+        watched = {name: psutil.Process(p.pid) for name, p in zip(SERVICES, procs, strict=True)}
         t0 = time.monotonic()
         procs.append(spawn([sys.executable, "-m", "agent.sim.main", "--hosts", str(args.hosts), "--devices-per-host",
                             str(args.devices)], env, workdir / "sim.log"))
@@ -235,6 +244,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             await until(lambda: _at_least(api, args.hosts), args.register_timeout, f"{args.hosts} hosts in the inventory")
             out["populate_s"] = round(time.monotonic() - t0, 1)
             paths = (await api.get("/openapi.json")).json()["paths"]
+        watched.update({"sim": psutil.Process(procs[-1].pid), "bench": psutil.Process(),
+                        "nats": psutil.Process(nats.proc.pid),  # type: ignore[union-attr]
+                        "postgres": psutil.Process(pg.proc.pid)})  # type: ignore[union-attr]
         await bus.close()
         endpoints = ["GET /v1/devices?hardware_type=gpu"]
         if "post" in paths.get("/v1/workloads", {}):
@@ -243,7 +255,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             out["missing"].append("POST /v1/workloads (the gateway has no such route yet)")
         for endpoint in endpoints:
             for c in args.concurrency:
-                res = await load(base, endpoint, c, args.duration, gateway, args.client)
+                res = await load(base, endpoint, c, args.duration, watched, args.client)
                 out["results"].append(res.summary())
                 print(f"  {endpoint:38} c={c:<4} {res.summary()['rps']:>8} req/s", file=sys.stderr, flush=True)
     finally:
@@ -270,7 +282,7 @@ def table(out: dict[str, Any]) -> str:
              f"{'endpoint':38} {'clients':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'gw cpu%':>8}"]
     for r in out["results"]:
         lines.append(f"{r['endpoint']:38} {r['concurrency']:>7} {r['rps']:>9} {r['p50_ms']!s:>8} {r['p99_ms']!s:>8} "
-                     f"{sum(r['errors'].values()):>7} {r['gateway_cpu_pct']:>8}")
+                     f"{sum(r['errors'].values()):>7} {r['cpu_pct'].get('gateway', 0.0):>8}")
     lines += [f"missing: {m}" for m in out["missing"]]
     return "\n".join(lines)
 

@@ -18,6 +18,7 @@ Tenancy: ``tenant_filter(p)`` is the tenant a listing must be confined to (None:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import math
@@ -82,6 +83,7 @@ class AuthState:
         self.settings = settings
         self._keys: OrderedDict[str, tuple[float, Principal | None]] = OrderedDict()
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self.lookups: dict[str, asyncio.Future[Principal | None]] = {}
 
     def cached(self, digest: str) -> tuple[bool, Principal | None]:
         hit = self._keys.get(digest)
@@ -145,16 +147,34 @@ async def principal_for_key(ctx: Context, secret: str) -> Principal | None:
     hit, principal = state.cached(digest)
     if hit:
         return principal
+    pending = state.lookups.get(digest)
+    if pending is not None:  # one lookup per key at a time, however many requests arrive meanwhile
+        try:
+            return await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            if not pending.cancelled():
+                raise  # this request itself was cancelled
+            # the request doing the lookup went away: look it up here
+    fut: asyncio.Future[Principal | None] = asyncio.get_running_loop().create_future()
+    state.lookups[digest] = fut
     try:
         async with session_scope(ctx.db) as session:
             key = await models.verify_key(session, secret)
+        principal = Principal(key_id=key.id, tenant=key.tenant, role=key.role) if key is not None else None
+        state.remember(digest, principal)
+        fut.set_result(principal)
+        return principal
     except Exception:
         log.exception("key lookup failed")
-        raise ProblemError(503, "Key store unavailable", "API keys cannot be checked right now; retry shortly",
-                           headers={"Retry-After": "1"}) from None
-    principal = Principal(key_id=key.id, tenant=key.tenant, role=key.role) if key is not None else None
-    state.remember(digest, principal)
-    return principal
+        problem = ProblemError(503, "Key store unavailable", "API keys cannot be checked right now; retry shortly",
+                               headers={"Retry-After": "1"})
+        fut.set_exception(problem)
+        fut.exception()  # retrieved: waiters get it, nobody else needs to
+        raise problem from None
+    finally:
+        state.lookups.pop(digest, None)
+        if not fut.done():
+            fut.cancel()
 
 
 async def authenticate(request: Request) -> Principal:

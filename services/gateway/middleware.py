@@ -1,4 +1,4 @@
-"""The gateway's ASGI middleware: request ids, body caps, content types, Idempotency-Key, spans.
+"""The gateway's ASGI middleware: request ids, body caps, content types, Idempotency-Key, hot-read cache.
 
 Pure ASGI (no per-request task or response buffering) so streaming responses (SSE) pass
 straight through and hot reads stay cheap.
@@ -16,26 +16,22 @@ straight through and hot reads stay cheap.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import uuid
 from datetime import timedelta
 
-from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from libs.db import session_scope
 from libs.metrics import BUS_REJECTED
 from libs.service import Context
-from libs.tracing import tracer
 from services.gateway import models
 from services.gateway.auth import charge, principal_for_key
 from services.gateway.cache import CACHEABLE_PATHS, ReadCache
 from services.gateway.problems import ProblemError, problem_response
 
 log = logging.getLogger(__name__)
-_tracer = tracer("xpumesh.gateway.http")
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 JSON_METHODS = frozenset({"POST", "PUT", "PATCH"})
 MAX_IDEMPOTENT_BODY = 1024 * 1024
@@ -65,7 +61,6 @@ class GatewayMiddleware:
         self.app = app
         self.ctx = ctx
         settings = ctx.settings.gateway if ctx is not None else None
-        self.tracing = ctx is not None and bool(ctx.settings.otlp_endpoint)  # spans cost ~30 us; only when exported
         self.cache = ReadCache(settings.read_cache_s if settings else 0.0, settings.read_cache_entries if settings else 1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -85,19 +80,16 @@ class GatewayMiddleware:
             await send(message)
 
         method, path = scope["method"], scope["path"]
-        span = _tracer.start_as_current_span(f"{method} {path}", kind=trace.SpanKind.SERVER) if self.tracing \
-            else contextlib.nullcontext()
-        with span:
-            try:
-                await self._handle(scope, receive, send_with_id)
-            except ProblemError as exc:
-                await problem_response(exc.status, exc.title, exc.detail, headers=exc.headers,
-                                       instance=path)(scope, receive, send_with_id)
-            except Exception:
-                log.exception("unhandled error on %s %s (request %s)", method, path, request_id)
-                if started:
-                    raise
-                await problem_response(500, "Internal server error", instance=path)(scope, receive, send_with_id)
+        try:
+            await self._handle(scope, receive, send_with_id)
+        except ProblemError as exc:
+            await problem_response(exc.status, exc.title, exc.detail, headers=exc.headers,
+                                   instance=path)(scope, receive, send_with_id)
+        except Exception:
+            log.exception("unhandled error on %s %s (request %s)", method, path, request_id)
+            if started:
+                raise
+            await problem_response(500, "Internal server error", instance=path)(scope, receive, send_with_id)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"]
