@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import Depends, FastAPI
+from opentelemetry import trace
 
 from libs import __version__
 from libs.service import Context
@@ -13,8 +14,14 @@ from services.gateway.routes import dashboard, events, hosts, keys, metrics, sub
 from services.gateway.routes import inventory as inventory_routes
 
 
+def traces_exported() -> bool:
+    """Whether this process's tracer provider sends spans anywhere (an OTLP endpoint or a test exporter)."""
+    provider = trace.get_tracer_provider()
+    return bool(getattr(getattr(provider, "_active_span_processor", None), "_span_processors", ()))
+
+
 def create_app(ctx: Context) -> FastAPI:
-    exporting = ctx is not None and bool(ctx.settings.otlp_endpoint)
+    exporting = traces_exported()
     app = FastAPI(
         title="xpumesh API",
         version=__version__,
