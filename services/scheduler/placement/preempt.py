@@ -115,7 +115,7 @@ class Preemptor:
                 if self.block[d] < 0:
                     continue
                 f = freed[d] = model.new_bool_var("")
-                for ai in snap.dev_allocs.get(d, []):
+                for ai in snap.dev_allocs.get(d, ()):
                     e = evict.get(ai)
                     if e is None:
                         e = evict[ai] = model.new_bool_var("")
@@ -158,6 +158,6 @@ class Preemptor:
                 held = snap.dev_index.get(ad.device_id)
                 if held is None or held in self.taken or not snap.dev_usable[held] or self.block[held] == -1:
                     continue
-                if all(a in self.evicted for a in snap.dev_allocs.get(held, [])):
+                if all(a in self.evicted for a in snap.dev_allocs.get(held, ())):
                     self.block[held] = -1
         return PreemptResult(chosen, evicted)

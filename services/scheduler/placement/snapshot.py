@@ -141,7 +141,7 @@ class FleetSnapshot:
     dev_free_share: FloatArray
     dev_free_mem: IntArray
     allocations: list[Allocation]
-    dev_allocs: dict[int, list[int]]  # device → indices into allocations
+    dev_allocs: dict[int, tuple[int, ...]]  # device → indices into allocations (tuples: the GC skips them)
     bandwidth_gbps: FloatArray  # [site, site]; inf on the diagonal
     latency_ms: FloatArray
     shared: dict[object, object] = field(default_factory=dict)  # caches over the immutable parts, kept by children
@@ -248,7 +248,7 @@ class FleetSnapshot:
             allocations.append(Allocation(wid, spec.priority, spec.preemptible, spec.tenant, tuple(devs)))
             for dev in devs:
                 d = self.dev_index[dev.device_id]
-                dev_allocs[d] = [*dev_allocs.get(d, ()), len(allocations) - 1]
+                dev_allocs[d] = (*dev_allocs.get(d, ()), len(allocations) - 1)
         child = FleetSnapshot(
             hosts=self.hosts, host_index=self.host_index, sites=self.sites, site_index=self.site_index,
             host_site=self.host_site, host_up=self.host_up, profiles=self.profiles, pool_host=self.pool_host,
@@ -282,14 +282,14 @@ class FleetSnapshot:
         return round(dev.share * int(self.dev_mem[d]))
 
 
-def _index_allocs(allocations: Sequence[Allocation], dev_index: Mapping[str, int]) -> dict[int, list[int]]:
+def _index_allocs(allocations: Sequence[Allocation], dev_index: Mapping[str, int]) -> dict[int, tuple[int, ...]]:
     out: dict[int, list[int]] = {}
     for ai, alloc in enumerate(allocations):
         for dev in alloc.devices:
             d = dev_index.get(dev.device_id)
             if d is not None:
                 out.setdefault(d, []).append(ai)
-    return out
+    return {d: tuple(ais) for d, ais in out.items()}
 
 
 def build_snapshot(
