@@ -165,12 +165,15 @@ def settle(wl: Workload, reason: str, now: datetime) -> None:
     wl.move(WorkloadState(target), reason, now)
 
 
-def assign(wl: Workload, r: Replica, host_id: str, site: str, devices: list[dict[str, Any]], decision_id: int,
+def assign(wl: Workload, placed: list[tuple[Replica, str, str, list[dict[str, Any]]]], decision_id: int,
            now: datetime, ttl_s: float) -> None:
-    wl.replica_move(r, "placed", f"placed on {host_id}", now, attempt=r.attempt + 1, host_id=host_id, site=site,
-                    devices=devices, decision_id=decision_id, exit_code=None, message=None, sends=1, sent_at=now,
-                    started_at=None, finished_at=None)
-    wl.commands.append(launch_command(wl, r, now, ttl_s))
+    """Place replicas (replica, host, site, devices) and launch them; launches name every replica's host."""
+    for r, host_id, site, devices in placed:
+        wl.replica_move(r, "placed", f"placed on {host_id}", now, attempt=r.attempt + 1, host_id=host_id, site=site,
+                        devices=devices, decision_id=decision_id, exit_code=None, message=None, sends=1,
+                        sent_at=now, started_at=None, finished_at=None)
+    for r, *_ in placed:
+        wl.commands.append(launch_command(wl, r, now, ttl_s))
 
 
 def resend_launch(wl: Workload, r: Replica, now: datetime, ttl_s: float) -> None:

@@ -186,10 +186,9 @@ class Placer:
                 reps = {r.replica: r for r in wl.replicas}
                 if any(reps[todo[a.replica]].state != "pending" for a in assigned):
                     continue
-                for a in assigned:
-                    lifecycle.assign(wl, reps[todo[a.replica]], a.host_id, self.fleet.hosts[a.host_id].site,
-                                     self._devices(a), decision_id, now, ttl)
-                    result.placed += 1
+                lifecycle.assign(wl, [(reps[todo[a.replica]], a.host_id, self.fleet.hosts[a.host_id].site,
+                                       self._devices(a)) for a in assigned], decision_id, now, ttl)
+                result.placed += len(assigned)
                 lifecycle.settle(wl, f"placed by decision {decision_id} ({decision.solver_status})", now)
             for p in decision.pending:
                 wl = wls.get(p.workload_id)
