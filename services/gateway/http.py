@@ -12,6 +12,7 @@ from services.gateway.auth import gate
 from services.gateway.middleware import GatewayMiddleware
 from services.gateway.routes import dashboard, events, hosts, keys, metrics, subscriptions, system, tenants
 from services.gateway.routes import inventory as inventory_routes
+from services.gateway.routes import workloads as workload_routes
 
 
 def traces_exported() -> bool:
@@ -45,4 +46,5 @@ def create_app(ctx: Context) -> FastAPI:
     app.include_router(events.router)
     app.include_router(metrics.router)
     app.include_router(dashboard.router)
+    app.include_router(workload_routes.router)
     return app

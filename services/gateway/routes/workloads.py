@@ -1,0 +1,122 @@
+"""Workloads: submit, list, inspect, stop, and read a replica's output.
+
+The tenant always comes from the caller's key, never from the body: a submitted spec's
+``tenant`` is overwritten, and every read is confined to the caller's tenant unless its
+role sees every tenant (admin, operator). Another tenant's workload is a 404. Stopping
+another tenant's workload needs an admin key. Specs that can never run (a model glob no
+catalog model matches, a runtime requirement no known version satisfies…) are refused by
+the scheduler with a 422 naming the field.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Query, Response
+
+from libs.bus.errors import NotFound
+from libs.schemas.commands import WORKLOAD_ID
+from libs.schemas.scheduler import (
+    LogsQuery,
+    LogsView,
+    WorkloadPage,
+    WorkloadQuery,
+    WorkloadRef,
+    WorkloadState,
+    WorkloadSubmit,
+    WorkloadSummary,
+    WorkloadView,
+)
+from libs.schemas.workload import WorkloadSpec
+from services.gateway.auth import CurrentPrincipal, ensure_can_modify, tenant_filter
+from services.gateway.deps import Ctx, call
+from services.gateway.pagination import MAX_PAGE, Page, encode_cursor
+from services.gateway.problems import ProblemError
+from services.gateway.quotas import check_quota
+from services.gateway.routes.hosts import string_cursor
+from services.gateway.routes.inventory import hardware_type
+
+router = APIRouter(tags=["workloads"])
+WorkloadId = Annotated[str, Path(max_length=64, description="Workload id, e.g. 'wl_18ea52ab2dac349aa6915d69'.")]
+_ID = re.compile(WORKLOAD_ID)
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such workload (or another tenant's)"}}
+
+
+def _not_found(wid: str) -> ProblemError:
+    return ProblemError(404, "Workload not found", f"no workload {wid!r}")
+
+
+def _ref(wid: str, tenant: str | None) -> WorkloadRef:
+    if not _ID.match(wid):
+        raise _not_found(wid)
+    return WorkloadRef(id=wid, tenant=tenant)
+
+
+@router.post("/v1/workloads", status_code=201, response_model=WorkloadView,
+             summary="Submit a workload: what to run, on what kind and amount of hardware, where",
+             responses={201: {"description": "Accepted; placement follows (see state and explanation)",
+                              "headers": {"Location": {"description": "The workload's URL",
+                                                       "schema": {"type": "string"}}}},
+                        409: {"description": "The Idempotency-Key was used with a different workload"}})
+async def submit_workload(ctx: Ctx, principal: CurrentPrincipal, spec: WorkloadSpec, response: Response,
+                          idempotency_key: Annotated[str | None, Header(
+                              alias="Idempotency-Key", max_length=255,
+                              description="Retrying with the same key returns the same workload")] = None
+                          ) -> WorkloadView:
+    spec = spec.model_copy(update={"tenant": principal.tenant})
+    await check_quota(ctx, principal, spec)
+    view = await call(ctx, "scheduler", "workloads.submit",
+                      WorkloadSubmit(spec=spec, tenant=principal.tenant, idempotency_key=idempotency_key or None),
+                      WorkloadView)
+    response.headers["Location"] = f"/v1/workloads/{view.id}"
+    return view
+
+
+@router.get("/v1/workloads", response_model=Page[WorkloadSummary], summary="Workloads, newest first")
+async def list_workloads(ctx: Ctx, principal: CurrentPrincipal, state: WorkloadState | None = None,
+                         hardware_type_: Annotated[str | None, Query(alias="hardware_type", max_length=40)] = None,
+                         site: Annotated[str | None, Query(max_length=64,
+                                                           description="Placed (in part) at this site")] = None,
+                         cursor: str | None = None,
+                         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100) -> Page[WorkloadSummary]:
+    query = WorkloadQuery(tenant=tenant_filter(principal), state=state, hardware_type=hardware_type(hardware_type_),
+                          site=site, after=string_cursor(cursor), limit=limit)
+    page = await call(ctx, "scheduler", "workloads.list", query, WorkloadPage)
+    return Page[WorkloadSummary](items=page.items,
+                                 next_cursor=encode_cursor(page.next_cursor) if page.next_cursor else None)
+
+
+@router.get("/v1/workloads/{workload_id}", response_model=WorkloadView, responses=_NOT_FOUND,
+            summary="One workload: spec, state, placement (hosts and devices), history, and why it waits")
+async def get_workload(ctx: Ctx, principal: CurrentPrincipal, workload_id: WorkloadId) -> WorkloadView:
+    try:
+        return await call(ctx, "scheduler", "workloads.get", _ref(workload_id, tenant_filter(principal)),
+                          WorkloadView)
+    except NotFound:
+        raise _not_found(workload_id) from None
+
+
+@router.delete("/v1/workloads/{workload_id}", response_model=WorkloadView, responses=_NOT_FOUND,
+               summary="Stop a workload (its replicas are stopped on their hosts)")
+async def stop_workload(ctx: Ctx, principal: CurrentPrincipal, workload_id: WorkloadId) -> WorkloadView:
+    current = await get_workload(ctx, principal, workload_id)
+    ensure_can_modify(principal, current.tenant, _not_found(workload_id))
+    try:
+        return await call(ctx, "scheduler", "workloads.stop", _ref(workload_id, current.tenant), WorkloadView)
+    except NotFound:
+        raise _not_found(workload_id) from None
+
+
+@router.get("/v1/workloads/{workload_id}/logs", response_model=LogsView, responses=_NOT_FOUND,
+            summary="The tail of a replica's output, from the host that runs (or ran) it")
+async def workload_logs(ctx: Ctx, principal: CurrentPrincipal, workload_id: WorkloadId,
+                        replica: Annotated[int, Query(ge=0, le=4095)] = 0,
+                        tail_bytes: Annotated[int, Query(ge=1, le=1024 * 1024)] = 64 * 1024) -> LogsView:
+    ref = _ref(workload_id, tenant_filter(principal))
+    try:
+        return await call(ctx, "scheduler", "workloads.logs",
+                          LogsQuery(id=ref.id, tenant=ref.tenant, replica=replica, tail_bytes=tail_bytes), LogsView,
+                          timeout=ctx.settings.scheduler.logs_timeout_s + 1.0)
+    except NotFound as exc:
+        raise ProblemError(404, exc.title, exc.detail) from None
