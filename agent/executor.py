@@ -32,10 +32,11 @@ from nats.aio.msg import Msg
 from pydantic import TypeAdapter, ValidationError
 
 from agent.drivers.base import Driver, LaunchError, LaunchPlan, RunHandle
+from agent.drivers.sim import SimDriver
 from libs.bus import subjects
 from libs.bus.connection import ERROR_HEADER, Bus
 from libs.bus.errors import BusError, InvalidRequest, NotFound
-from libs.config import SchedulerSettings
+from libs.config import SchedulerSettings, Settings
 from libs.events import CloudEvent, InvalidEnvelope
 from libs.metrics import BUS_MESSAGES, BUS_REJECTED
 from libs.schemas.commands import (
@@ -416,3 +417,58 @@ async def attach(bus: Bus, executor: Executor, *, commands: bool = True) -> Atta
     await bus.nc.flush()
     await executor.start()
     return Attachment(executor, subs)
+
+
+# -- hosts -------------------------------------------------------------------------------------------
+def host_drivers(settings: SchedulerSettings) -> dict[str, Driver]:
+    """The drivers of a real host: processes, and containers when the variant names an image."""
+    from agent.drivers.docker import DockerDriver
+    from agent.drivers.process import ProcessDriver
+
+    return {"process": ProcessDriver(log_max_bytes=settings.log_max_bytes), "docker": DockerDriver()}
+
+
+async def attach_agent(bus: Bus, agent: Any, settings: Settings) -> Attachment:
+    """Run work on the agent's host: its command seam feeds the executor, which keeps its runs under
+    ``<data_dir>/agent/<host>`` so that a restarted agent adopts them."""
+    host_id, site = agent.host_id, agent.publisher.site
+
+    def known() -> Collection[str]:
+        devices = agent.discovery.devices if agent.discovery is not None else []
+        return {f"{host_id}:{d.vendor}:{d.index}" for d in devices}
+
+    executor = Executor(host_id, site, drivers=host_drivers(settings.scheduler), settings=settings.scheduler,
+                        state_dir=settings.data_dir / "agent" / host_id, publish=agent.report_state,
+                        known_devices=known)
+    agent.on_command = executor.handle_event
+    return await attach(bus, executor, commands=False)
+
+
+class SimExecutors:
+    """The simulator's fleet command hook: one sim-driver executor per host, made on its first command
+    (hosts that never get work cost nothing). A host that is down reports nothing."""
+
+    def __init__(self, bus: Bus, settings: SchedulerSettings) -> None:
+        self.bus, self.settings = bus, settings
+        self.attached: dict[str, Attachment] = {}
+
+    async def __call__(self, host: Any, event: CloudEvent) -> None:
+        att = self.attached.get(host.host_id)
+        if att is None:
+            async def publish(report: ActualStateReport) -> None:
+                if host.up:
+                    await host.report_state(report)
+
+            executor = Executor(host.host_id, host.site, drivers={"sim": SimDriver()}, settings=self.settings,
+                                publish=publish, default_driver="sim")
+            att = self.attached[host.host_id] = await attach(self.bus, executor, commands=False)
+        await att.executor.handle_event(event)
+
+    def device_load(self, host_id: str) -> dict[int, float]:
+        att = self.attached.get(host_id)
+        return att.executor.device_load() if att is not None else {}
+
+    async def close(self) -> None:
+        for att in self.attached.values():
+            await att.close()
+        self.attached.clear()

@@ -29,6 +29,7 @@ import psutil
 from nats.aio.msg import Msg
 
 from agent.discover import collect_readings, discover
+from agent.executor import attach_agent
 from agent.probes.readings import DeviceReading
 from agent.publisher import HostPublisher
 from libs import __version__
@@ -180,6 +181,7 @@ class Agent:
         pub = self._pub()
         sub = await self.bus.nc.subscribe(subjects.agent_command_subject(pub.site, pub.host_id), cb=self.handle_command)
         s = self.settings
+        execution = await attach_agent(self.bus, self, s)  # launch/stop commands run here; replicas outlive a restart
         tasks = [
             asyncio.create_task(self._every(s.heartbeat_interval_s, "heartbeat", pub.heartbeat), name="heartbeat"),
             asyncio.create_task(self._every(s.inventory.rediscover_interval_s, "discovery", self._rediscover),
@@ -192,6 +194,7 @@ class Agent:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await execution.close()
         await sub.unsubscribe()
 
     async def _telemetry(self) -> None:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
+from agent.executor import SimExecutors
 from agent.sim.fleet import build_fleet
 from agent.sim.host import SimHost, diurnal
 from libs.bus import subjects
@@ -285,6 +286,9 @@ async def simulate(settings: Settings, hosts: int | None, seed: int, stop: async
     await bus.ensure_streams()
     sim = Simulator(settings, bus, [SimHost(s, bus, interval_s=settings.heartbeat_interval_s) for s in specs],
                     seed=seed)
+    executors = SimExecutors(bus, settings.scheduler)  # launch/stop commands run as simulated replicas
+    if sim.on_command is None:
+        sim.on_command = executors
     await sim.subscribe()
     log.info("simulating %d hosts with %d devices over %d sites", len(sim.hosts), sim.device_count,
              len({h.site for h in sim.hosts}))
@@ -293,6 +297,7 @@ async def simulate(settings: Settings, hosts: int | None, seed: int, stop: async
     try:
         await sim.run(stop)
     finally:
+        await executors.close()
         await bus.close()
     return sim
 

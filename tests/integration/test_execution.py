@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import signal
+import socket
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psutil
 
+from agent.sim.main import simulate
 from libs.bus import subjects
 from libs.bus.connection import STREAM_COMMANDS, Bus
 from libs.events import CloudEvent, EventTypes
 from libs.metrics import BUS_REJECTED
 from libs.schemas.commands import LAUNCH_TYPE, CommandDevice, LaunchCommand
 from libs.schemas.devices import HardwareType
+from libs.schemas.hostevents import host_id_for
 from libs.schemas.inventory import DeviceEvent
-from libs.schemas.scheduler import WorkloadRef, WorkloadState, WorkloadView
+from libs.schemas.scheduler import LogsQuery, LogsView, WorkloadRef, WorkloadState, WorkloadView
 from libs.schemas.workload import WorkloadSpec
 from services.registry.api import app as registry_app
 from services.scheduler.api import app as scheduler_app
-from tests.conftest import assert_eventually
+from tests.conftest import REPO, assert_eventually, service_env
 from tests.integration.test_scheduler_kit import TestHost, fast, get, gpu, submit, wait_state, workload_events
 
 SLEEPER = {"default": {"command": ["sleep", "60"]}}
@@ -194,3 +201,47 @@ async def test_execution_commands_for_another_host_are_rejected_and_counted(sett
         assert not host.executor.runs
     finally:
         await host.stop()
+
+
+async def test_execution_simulated_fleet_runs_work_as_simulated_replicas(settings, running_service, bus) -> None:
+    s = fast(settings)
+    await running_service(scheduler_app, s)
+    stop, ready = asyncio.Event(), asyncio.Event()
+    sim = asyncio.create_task(simulate(s, 11, 7, stop, ready=ready))
+    await asyncio.wait_for(ready.wait(), timeout=20)
+    try:
+        view = await submit(bus, {"name": "simulated", "hardware": {"type": "gpu"}, "replicas": 2,
+                                  "duration_s": 1.0})
+        running = await wait_state(bus, view.id, WorkloadState.RUNNING, timeout=20)
+        assert all(r.host_id and r.site for r in running.placement)
+        done = await wait_state(bus, view.id, WorkloadState.SUCCEEDED, timeout=15)
+        assert all(r.exit_code == 0 for r in done.placement)
+    finally:
+        stop.set()
+        await asyncio.wait_for(sim, timeout=15)
+
+
+async def test_execution_real_agent_process_runs_work_on_this_machine(settings, running_service, bus,
+                                                                      tmp_path: Path) -> None:
+    s = fast(settings)
+    await running_service(scheduler_app, s)
+    probes = tmp_path / "probes"
+    shutil.copytree(REPO / "tests" / "fixtures" / "probes" / "nvidia-a100x8", probes)
+    env = service_env(s, XPUMESH_SITE="hangzhou", XPUMESH_SCHEDULER__STATE_INTERVAL_S="0.3")
+    log = tmp_path / "agent.log"
+    proc = subprocess.Popen([sys.executable, "-m", "xpumesh", "agent", "run", "--probe-dir", str(probes)], env=env,
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO)
+    host_id = host_id_for(socket.gethostname())
+    try:
+        view = await submit(bus, {"name": "on-agent", "hardware": {"type": "gpu", "vendor": "nvidia", "count": 2},
+                                  "variants": {"nvidia": {"command": [
+                                      "/bin/sh", "-c", "echo visible=$CUDA_VISIBLE_DEVICES host=$XPUMESH_HOST"]}}})
+        done = await wait_state(bus, view.id, WorkloadState.SUCCEEDED, timeout=30)
+        assert done.placement[0].host_id == host_id
+        indices = sorted(d.index for d in done.placement[0].devices)
+        logs = await bus.request(subjects.rpc_subject("scheduler", "workloads.logs"), LogsQuery(id=view.id), LogsView)
+        assert logs.text == f"visible={','.join(map(str, indices))} host={host_id}\n" and logs.exit_code == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=15)
+    assert code == 0, log.read_text()[-2000:]
