@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select, true, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -173,7 +173,7 @@ async def _by_key(session: AsyncSession, tenant: str | None, key: str, digest: s
 
 # -- API reads -------------------------------------------------------------------------------------
 def _visible(tenant: str | None) -> Any:
-    return workloads.c.tenant == tenant if tenant is not None else True
+    return workloads.c.tenant == tenant if tenant is not None else true()
 
 
 async def get_view(session: AsyncSession, wid: str, tenant: str | None, history_limit: int) -> WorkloadView | None:

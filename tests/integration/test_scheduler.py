@@ -209,6 +209,10 @@ async def test_scheduler_idempotency_key_returns_the_same_workload(settings, run
         await submit(bus, {**spec, "name": "different"}, tenant="acme", key="k-1")
     page = await bus.request(rpc_subject("scheduler", "workloads.list"), WorkloadQuery(tenant="acme"), WorkloadPage)
     assert [w.id for w in page.items] == [first.id]
+    everyone = await bus.request(rpc_subject("scheduler", "workloads.list"), WorkloadQuery(limit=1), WorkloadPage)
+    rest = await bus.request(rpc_subject("scheduler", "workloads.list"),
+                             WorkloadQuery(limit=5, after=everyone.next_cursor), WorkloadPage)
+    assert [w.id for w in everyone.items + rest.items] == [other_tenant.id, first.id] and rest.next_cursor is None
     with pytest.raises(NotFound):
         await bus.request(rpc_subject("scheduler", "workloads.get"), WorkloadRef(id=first.id, tenant="zeta"),
                           WorkloadView)
