@@ -192,9 +192,18 @@ async def _stop_unwanted(ctx: Context, unwanted: list[tuple[str, ReplicaReport]]
 @app.consumer(STREAM_HOSTS, durable="scheduler-capability", subject=subjects.HOST_CAPABILITY_ALL, batch=True)
 async def on_capability(events: list[CloudEvent], ctx: Context) -> None:
     fleet = _fleet(ctx)
-    changed = [v for e, rep in _each(events, CapabilityReport, "on_capability")
-               if (v := fleet.apply_capability(rep, e.time)) is not None]
+    changed: list[HostView] = []
+    gone: list[tuple[str, str]] = []  # (host, device) that were usable and no longer are
+    for e, rep in _each(events, CapabilityReport, "on_capability"):
+        cur = fleet.hosts.get(rep.host_id)
+        before = cur.usable_devices() if cur is not None else set()
+        view = fleet.apply_capability(rep, e.time)
+        if view is not None:
+            changed.append(view)
+            gone += [(view.id, d) for d in sorted(before - view.usable_devices())]
     await _save_hosts(ctx, changed)
+    for host_id, dev in gone:  # the agent itself says a device failed or left: move work off it
+        await _lose_where(ctx, host_id, f"device {dev} unhealthy or gone", device=dev)
     if changed:
         _placer(ctx).poke()
 

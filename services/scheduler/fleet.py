@@ -87,6 +87,9 @@ class HostView:
         self.devices = {device_id(self.id, d.vendor, d.index): d for d in devs}
         self.links = {device_id(self.id, d.vendor, d.index): groups[i] for i, d in enumerate(devs) if i in groups}
 
+    def usable_devices(self) -> set[str]:
+        return {d for d in self.devices if self.device_health(d) != Health.UNHEALTHY}
+
     def device_health(self, dev_id: str) -> Health:
         dev = self.devices.get(dev_id)
         if dev is None:

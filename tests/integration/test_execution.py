@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psutil
+import pytest
 
 from agent.sim.main import simulate
 from libs.bus import subjects
@@ -19,7 +20,7 @@ from libs.bus.connection import STREAM_COMMANDS, Bus
 from libs.events import CloudEvent, EventTypes
 from libs.metrics import BUS_REJECTED
 from libs.schemas.commands import LAUNCH_TYPE, CommandDevice, LaunchCommand
-from libs.schemas.devices import HardwareType
+from libs.schemas.devices import HardwareType, Health
 from libs.schemas.hostevents import host_id_for
 from libs.schemas.inventory import DeviceEvent
 from libs.schemas.scheduler import LogsQuery, LogsView, WorkloadRef, WorkloadState, WorkloadView
@@ -75,6 +76,13 @@ async def test_execution_host_down_reschedules_to_another_host(settings, running
             await h.stop()
 
 
+async def _device_unhealthy(bus: Bus, dev_id: str, index: int) -> None:
+    event = CloudEvent.new(EventTypes.DEVICE_UNHEALTHY, "/inventory", DeviceEvent(
+        id=dev_id, host_id="hz-1", site="hangzhou", slot=index, index=index, hardware_type=HardwareType.GPU,
+        vendor="nvidia", model="A100-SXM4-80GB", health="unhealthy", reason="telemetry"), subject=dev_id)
+    await bus.publish_event(event, site="hangzhou")
+
+
 async def _moved(bus: Bus, wid: str, host: str) -> bool:
     view = await get(bus, wid)
     return view.state == WorkloadState.RUNNING and view.placement[0].host_id == host
@@ -84,7 +92,9 @@ async def _explained(bus: Bus, wid: str) -> bool:
     return (await get(bus, wid)).explanation is not None
 
 
-async def test_execution_unhealthy_device_moves_work_off_it(settings, running_service, bus, tmp_path: Path) -> None:
+@pytest.mark.parametrize("told_by", ["inventory event", "agent capability"])
+async def test_execution_unhealthy_device_moves_work_off_it(told_by: str, settings, running_service, bus,
+                                                            tmp_path: Path) -> None:
     s = fast(settings)
     await running_service(scheduler_app, s)
     host = await TestHost(bus, s, "hz-1", [gpu(0), gpu(1)], tmp_path).start()
@@ -92,11 +102,11 @@ async def test_execution_unhealthy_device_moves_work_off_it(settings, running_se
         view = await submit(bus, {"name": "mover", "hardware": {"type": "gpu"}, "variants": SLEEPER})
         first = (await wait_state(bus, view.id, WorkloadState.RUNNING)).placement[0]
         bad = first.devices[0]
-        event = CloudEvent.new(EventTypes.DEVICE_UNHEALTHY, "/inventory", DeviceEvent(
-            id=bad.id, host_id="hz-1", site="hangzhou", slot=bad.index, index=bad.index,
-            hardware_type=HardwareType.GPU, vendor="nvidia", model="A100-SXM4-80GB", health="unhealthy",
-            reason="telemetry"), subject=bad.id)
-        await bus.publish_event(event, site="hangzhou")
+        if told_by == "agent capability":
+            host.devices[bad.index] = gpu(bad.index, health=Health.UNHEALTHY)
+            await host.publish_capability()
+        else:
+            await _device_unhealthy(bus, bad.id, bad.index)
 
         async def elsewhere() -> bool:
             v = await get(bus, view.id)
