@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 EVENT_TYPE_PREFIX = "io.xpumesh."
 _EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,20}$")
+_WHITESPACE = re.compile(r"\s")
 
 
 class InvalidEnvelope(ValueError):
@@ -49,7 +50,7 @@ class CloudEvent(BaseModel):
     @field_validator("source", "type")
     @classmethod
     def _no_whitespace(cls, v: str) -> str:
-        if any(c.isspace() for c in v):
+        if _WHITESPACE.search(v):
             raise ValueError("must not contain whitespace")
         return v
 

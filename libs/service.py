@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
 from pydantic import TypeAdapter, ValidationError
@@ -253,7 +252,7 @@ class ServiceApp:
         while True:
             try:
                 msgs = await psub.fetch(c.batch_size, timeout=1.0)
-            except NatsTimeout:
+            except TimeoutError:  # nats' own TimeoutError and asyncio's: an idle consumer, fetch again
                 continue
             except asyncio.CancelledError:
                 raise
@@ -383,7 +382,10 @@ async def serve(app: ServiceApp, settings: Settings, *, ready: asyncio.Event | N
         except (NotImplementedError, RuntimeError):
             pass
     tasks = await app.start(ctx)
-    await bus.nc.flush()  # the server has every subscription before we call ourselves ready
+    # The server has every subscription before we call ourselves ready. nats-py's flush() can put its PING
+    # ahead of SUBs still sitting in the pending buffer, so push that buffer out first.
+    await bus.nc._flush_pending(force_flush=True)
+    await bus.nc.flush()
     log.info("%s %s ready", app.name, instance)
     if ready is not None:
         ready.set()

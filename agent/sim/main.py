@@ -32,6 +32,7 @@ from pydantic import ValidationError
 from agent.executor import SimExecutors
 from agent.sim.fleet import build_fleet
 from agent.sim.host import SimHost, diurnal
+from libs.aio import wait_event
 from libs.bus import subjects
 from libs.bus.connection import Bus
 from libs.config import Settings
@@ -209,10 +210,7 @@ class Simulator:
                     start += missed * TICK_S
                     self.stats.skipped_ticks += missed
                     delay = 0.0
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=max(0.0, delay))
-                except TimeoutError:
-                    pass
+                await wait_event(stop, delay)
         finally:
             pump.cancel()
             await asyncio.gather(pump, return_exceptions=True)

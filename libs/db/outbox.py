@@ -30,6 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from libs.aio import wait_event
 from libs.bus.connection import Bus
 from libs.bus.subjects import event_subject
 from libs.events import CloudEvent
@@ -126,7 +127,4 @@ class OutboxRelay:
                 sent = 0
             if sent < self.batch:
                 self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.poll_s)
-                except TimeoutError:
-                    pass
+                await wait_event(self._wake, self.poll_s)

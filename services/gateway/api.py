@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import uvicorn
 
+from libs.aio import wait_event
 from libs.db import session_scope
 from libs.events import CloudEvent
 from libs.schemas.tenancy import QuotaQuery, TenantQuotas
@@ -96,8 +97,7 @@ async def stop_http(ctx: Context) -> None:
     server: uvicorn.Server | None = ctx.state.get("http")
     if server is not None:
         server.should_exit = True
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(ctx.state["http_done"].wait(), timeout=ctx.settings.bus.drain_timeout_s)
+        await wait_event(ctx.state["http_done"], ctx.settings.bus.drain_timeout_s)
 
 
 @app.endpoint("quotas.list")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from libs.aio import wait_event
 from libs.bus import subjects
 from libs.bus.errors import NotFound
 from libs.db import session_scope
@@ -61,10 +62,7 @@ async def writer(ctx: Context) -> None:
     last_flush = loop.time()
     settings = ctx.settings.registry
     while True:
-        try:
-            await asyncio.wait_for(wake.wait(), timeout=settings.sweep_interval_s)
-        except TimeoutError:
-            pass
+        await wait_event(wake, settings.sweep_interval_s)
         wake.clear()
         table = _table(ctx)
         table.sweep(settings.missed_heartbeats)

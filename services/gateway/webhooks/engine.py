@@ -31,6 +31,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from prometheus_client import Counter
 
+from libs.aio import wait_event
 from libs.bus.connection import STREAM_EVENTS
 from libs.db import session_scope
 from libs.events import CloudEvent, InvalidEnvelope
@@ -140,8 +141,7 @@ class WebhookEngine:
             except Exception:
                 log.exception("subscription reconcile failed; retrying")
             self.resync.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.resync.wait(), timeout=self.settings.sync_interval_s)
+            await wait_event(self.resync, self.settings.sync_interval_s)
 
     async def _intake(self, sub: store.SubscriptionRow) -> None:
         flt = event_filter(sub)
@@ -214,8 +214,7 @@ class WebhookEngine:
                 task.add_done_callback(inflight.discard)
             if due and len(due) == free:
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=self.settings.webhook_poll_s)
+            await wait_event(self.wake, self.settings.webhook_poll_s)
 
     async def _target_ok(self, url: str) -> str | None:
         """None when the URL may be called now, else why not (checked at most every 30 s per URL)."""

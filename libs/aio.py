@@ -1,0 +1,21 @@
+"""Small asyncio helpers shared by every service and the agent."""
+
+from __future__ import annotations
+
+import asyncio
+
+
+async def wait_event(event: asyncio.Event, timeout_s: float) -> bool:
+    """Wait up to ``timeout_s`` for ``event``; True when it is set.
+
+    Built on ``asyncio.timeout`` rather than ``asyncio.wait_for``: on Python 3.11 ``wait_for`` can swallow a
+    cancellation that arrives as the event is set, and a loop waiting that way then never stops.
+    """
+    if event.is_set():
+        return True
+    try:
+        async with asyncio.timeout(max(0.0, timeout_s)):
+            await event.wait()
+    except TimeoutError:
+        pass
+    return event.is_set()
