@@ -144,8 +144,8 @@ async def rematch_devices(session: AsyncSession, cat: Catalog, vendor: str) -> i
         result = await session.execute(
             update(devices).where(devices.c.vendor == vendor, devices.c.model == name,
                                   or_(devices.c.catalog_model.is_distinct_from(found.model if found else None),
-                                      devices.c.compute_units.is_distinct_from(found.compute_units if found else None)))
+                                      devices.c.compute_units.is_distinct_from(found.device_compute_units if found else None)))
             .values(catalog_model=found.model if found else None,
-                    compute_units=found.compute_units if found else None))
+                    compute_units=found.device_compute_units if found else None))
         changed += result.rowcount  # type: ignore[attr-defined]
     return changed

@@ -76,7 +76,7 @@ def _device_row(report: CapabilityReport, slot: int, d: Device, cat: Catalog) ->
     return {
         "host_id": report.host_id, "slot": slot, "site": report.site, "vendor": d.vendor, "vendor_index": d.index,
         "hardware_type": d.hardware_type.value, "model": d.model,
-        "catalog_model": match.model if match else None, "compute_units": match.compute_units if match else None,
+        "catalog_model": match.model if match else None, "compute_units": match.device_compute_units if match else None,
         "memory_mib": d.memory_mib, "driver_version": d.driver_version, "runtimes": d.runtimes,
         "firmware_version": d.firmware_version, "uuid": d.uuid, "pci_bus_id": d.pci_bus_id, "numa_node": d.numa_node,
         "links": [{"peer_index": lk.peer_index, "kind": lk.kind} for lk in d.links], "extra": d.extra,

@@ -142,7 +142,7 @@ class Fleet:
         cu = self._cu.get(key)
         if cu is None:
             entry = match_model(vendor, model, self.catalog)
-            cu = self._cu[key] = float(entry.compute_units) if entry is not None else 0.0
+            cu = self._cu[key] = float(entry.device_compute_units) if entry is not None else 0.0
         return cu
 
     # -- changes -------------------------------------------------------------------------------

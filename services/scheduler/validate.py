@@ -50,13 +50,13 @@ def _hardware_errors(spec: WorkloadSpec, catalog: list[DeviceModel]) -> tuple[li
             return errors, []
         models = matched
     if hw.memory_gib is not None and models and not hw.is_shared:
-        biggest = max(m.memory_gib for m in models)
+        biggest = max(m.device_memory_gib for m in models)
         if biggest + 1e-9 < hw.memory_gib:
             errors.append({"loc": "body.hardware.memory_gib",
                            "msg": f"{hw.memory_gib:g} GiB per device is more than any matching model has "
                                   f"(largest: {biggest:g} GiB)"})
     if hw.is_shared and hw.memory_gib is not None and models:
-        biggest = max(m.memory_gib for m in models)
+        biggest = max(m.device_memory_gib for m in models)
         if biggest + 1e-9 < hw.memory_gib:
             errors.append({"loc": "body.hardware.memory_gib",
                            "msg": f"{hw.memory_gib:g} GiB reserved on a shared device is more than any matching "

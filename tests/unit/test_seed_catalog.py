@@ -411,3 +411,19 @@ def test_match_model_maps_every_model_and_alias_to_itself(catalog: list[DeviceMo
 
 def test_catalog_hardware_types_are_schema_values(catalog: list[DeviceModel]) -> None:
     assert {m.hardware_type for m in catalog} <= set(HardwareType)
+
+
+def test_catalog_multi_device_packages_split_their_figures_per_listed_device(catalog: list[DeviceModel]) -> None:
+    by_model = _by_model(catalog)
+    # rocm-smi lists each MI250X GCD as a 64 GB GPU; cnmon lists each MLU370-X8 chip as a 24 GB card.
+    mi250x, x8 = by_model["MI250X"], by_model["MLU370-X8"]
+    assert (mi250x.devices_per_package, mi250x.device_compute_units, mi250x.device_memory_gib) == (2, 191.5, 64)
+    assert (x8.devices_per_package, x8.device_compute_units, x8.device_memory_gib) == (2, 48, 24)
+    assert by_model["MI300X"].device_compute_units == by_model["MI300X"].compute_units
+
+
+@pytest.mark.parametrize("field,value", [("vendor", ""), ("vendor", "Has Space"), ("model", ""), ("source", "")])
+def test_catalog_entry_rejects_empty_or_unsafe_keys(catalog: list[DeviceModel], field: str, value: str) -> None:
+    data = catalog[0].model_dump() | {field: value}
+    with pytest.raises(ValueError):
+        DeviceModel.model_validate(data)
