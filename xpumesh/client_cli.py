@@ -281,7 +281,7 @@ COMMANDS = {"submit": cmd_submit, "workloads": cmd_workloads, "devices": cmd_dev
 def run_client(args: argparse.Namespace, settings: Settings) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # no per-request lines in a command's output
     console = Console(soft_wrap=False, width=args.width)
-    errors = Console(stderr=True)
+    errors = Console(stderr=True, soft_wrap=True)  # an error is one line, whatever the terminal width
     try:
         return COMMANDS[args.client_cmd](args, _api(args, settings), console)
     except CliError as exc:
