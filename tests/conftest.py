@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import itertools
 import os
 import subprocess
@@ -21,7 +22,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 from urllib.parse import urlparse, urlunparse
 
 import asyncpg
@@ -39,18 +40,24 @@ _db_counter = itertools.count()
 TEST_ADMIN_KEY = "xpm_test_admin_0123456789abcdefghijklmnopqrstuvwxyz"
 
 
-async def assert_eventually(check: Callable[[], Awaitable[T] | T], *, timeout: float = 10.0,
-                            interval: float = 0.05, message: str = "condition not met") -> T:
+@overload
+async def assert_eventually(check: Callable[[], Awaitable[T]], *, timeout: float = ..., interval: float = ...,
+                            message: str = ...) -> T: ...
+@overload
+async def assert_eventually(check: Callable[[], T], *, timeout: float = ..., interval: float = ...,
+                            message: str = ...) -> T: ...
+async def assert_eventually(check: Callable[[], Any], *, timeout: float = 10.0,
+                            interval: float = 0.05, message: str = "condition not met") -> Any:
     """Retry ``check`` until it returns a truthy value without raising AssertionError."""
     deadline = time.monotonic() + timeout
     last_exc: BaseException | None = None
     while True:
         try:
             result = check()
-            if asyncio.iscoroutine(result) or isinstance(result, Awaitable):
-                result = await result  # type: ignore[misc]
+            if inspect.isawaitable(result):
+                result = await result
             if result:
-                return result  # type: ignore[return-value]
+                return result
             last_exc = None
         except AssertionError as exc:
             last_exc = exc
