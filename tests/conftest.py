@@ -22,7 +22,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar
 from urllib.parse import urlparse, urlunparse
 
 import asyncpg
@@ -40,15 +40,12 @@ _db_counter = itertools.count()
 TEST_ADMIN_KEY = "xpm_test_admin_0123456789abcdefghijklmnopqrstuvwxyz"
 
 
-@overload
-async def assert_eventually(check: Callable[[], Awaitable[T]], *, timeout: float = ..., interval: float = ...,
-                            message: str = ...) -> T: ...
-@overload
-async def assert_eventually(check: Callable[[], T], *, timeout: float = ..., interval: float = ...,
-                            message: str = ...) -> T: ...
 async def assert_eventually(check: Callable[[], Any], *, timeout: float = 10.0,
                             interval: float = 0.05, message: str = "condition not met") -> Any:
-    """Retry ``check`` until it returns a truthy value without raising AssertionError."""
+    """Retry ``check`` (sync or async) until it returns a truthy value without raising AssertionError.
+
+    Returns that value, typed ``Any``: checks return ``X | None`` and callers use the ``X``.
+    """
     deadline = time.monotonic() + timeout
     last_exc: BaseException | None = None
     while True:

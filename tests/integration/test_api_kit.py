@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -20,12 +20,7 @@ ADMIN = {"Authorization": f"Bearer {TEST_ADMIN_KEY}"}
 T = TypeVar("T")
 
 
-async def eventually(check: Callable[[], Awaitable[T]], *, timeout: float = 10.0, interval: float = 0.05,
-                     message: str = "condition not met") -> T:
-    """``assert_eventually`` for an async check, typed by what the check returns."""
-    result: T = await assert_eventually(check, timeout=timeout, interval=interval,
-                                        message=message)
-    return result
+eventually = assert_eventually  # the name these tests use
 
 
 def bearer(key: str) -> dict[str, str]:

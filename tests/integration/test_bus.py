@@ -26,7 +26,7 @@ class Echo(BaseModel):
 
 def make_app() -> ServiceApp:
     app = ServiceApp("echo", uses_db=False)
-    app.state_seen: list[str] = []  # type: ignore[attr-defined]
+    app.state_seen = []  # type: ignore[attr-defined]
 
     @app.endpoint("say")
     async def say(req: Echo, ctx: Context) -> Echo:

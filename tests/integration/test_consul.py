@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
@@ -28,7 +29,7 @@ def consul_service_id_for_host(host_id: str) -> str:
                                     status_changed_at=now))
 
 
-def _consul():  # type: ignore[no-untyped-def]
+def _consul() -> Any:
     import consul
 
     u = urlparse(CONSUL_URL or "")

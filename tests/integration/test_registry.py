@@ -16,7 +16,7 @@ from tests.conftest import assert_eventually
 
 
 async def _members(bus: Bus, **q: object) -> MemberPage:
-    return await bus.request(subjects.rpc_subject("registry", "members.list"), MemberQuery(**q), MemberPage)  # type: ignore[arg-type]
+    return await bus.request(subjects.rpc_subject("registry", "members.list"), MemberQuery.model_validate(q), MemberPage)
 
 
 async def _event_types(bus: Bus, subject_filter: str) -> list[tuple[str, str | None, float]]:

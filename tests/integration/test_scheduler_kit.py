@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.drivers import ProcessDriver, SimDriver
+from agent.drivers.base import Driver
 from agent.executor import Attachment, Executor, attach
 from agent.main import publish_state
 from agent.publisher import HostPublisher
@@ -74,7 +75,7 @@ class TestHost:
         """Publish capability and start executing (``commands=False``: commands sent now are lost)."""
         await self.publish_capability()
         await self.publisher.heartbeat()
-        drivers = {"process": ProcessDriver(poll_s=0.05), "sim": SimDriver()}
+        drivers: dict[str, Driver] = {"process": ProcessDriver(poll_s=0.05), "sim": SimDriver()}
         ids = {self.device_id(d.index, d.vendor) for d in self.devices}
 
         async def publish(report: ActualStateReport) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 
 from libs.config import Settings, settings_table_markdown
 
@@ -37,7 +37,7 @@ def test_settings_every_field_has_a_description_and_default() -> None:
 
 
 def test_settings_secrets_are_not_printed() -> None:
-    s = Settings(database_url="postgresql://u:hunter2@db/x")  # type: ignore[arg-type]
+    s = Settings(database_url=SecretStr("postgresql://u:hunter2@db/x"))
     assert "hunter2" not in repr(s) and "hunter2" not in s.model_dump_json()
 
 
