@@ -29,7 +29,7 @@ import psutil
 from nats.aio.msg import Msg
 
 from agent.discover import collect_readings, discover
-from agent.executor import attach_agent
+from agent.execution import attach_agent
 from agent.probes.readings import DeviceReading
 from agent.publisher import HostPublisher
 from libs import __version__

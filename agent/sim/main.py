@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
-from agent.executor import SimExecutors
+from agent.execution import SimExecutors
 from agent.sim.fleet import build_fleet
 from agent.sim.host import SimHost, diurnal
 from libs.aio import wait_event

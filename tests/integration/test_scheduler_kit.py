@@ -12,7 +12,8 @@ from typing import Any
 
 from agent.drivers import ProcessDriver, SimDriver
 from agent.drivers.base import Driver
-from agent.executor import Attachment, Executor, attach
+from agent.execution import Attachment, attach
+from agent.executor import Executor
 from agent.main import publish_state
 from agent.publisher import HostPublisher
 from libs.bus import subjects
@@ -89,7 +90,7 @@ class TestHost:
 
     async def listen_for_commands(self) -> None:
         """Start taking commands after starting without them."""
-        from agent.executor import _on_command
+        from agent.execution import _on_command
 
         async def cb(msg: Any) -> None:
             await _on_command(self.executor, msg)
