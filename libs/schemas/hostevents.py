@@ -37,7 +37,7 @@ class CapabilityReport(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
 
 
-# One device sample, compact: [index, utilization %, memory used MiB, temperature °C, power W, healthy 1/0]
+# One device sample, compact: [slot (position in the capability report), utilization %, memory used MiB, temperature °C, power W, healthy 1/0]
 DeviceSample = tuple[int, float, int, float, float, int]
 
 
