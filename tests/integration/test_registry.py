@@ -10,7 +10,7 @@ from agent.publisher import HostPublisher
 from libs.bus import subjects
 from libs.bus.connection import STREAM_EVENTS, Bus
 from libs.events import CloudEvent
-from libs.schemas.registry import MemberKind, MemberPage, MemberQuery, MemberStatus
+from libs.schemas.registry import MemberKind, MemberPage, MemberQuery, MemberStatus, ServiceHealth
 from services.registry.api import app as registry_app
 from tests.conftest import assert_eventually
 
@@ -134,3 +134,25 @@ async def test_registry_sigkill_and_restart_loses_no_member(settings, spawn_serv
     await assert_eventually(all_back, timeout=20, interval=0.2, message="all 20 hosts known after restart")
     stream = await bus.js.stream_info(STREAM_EVENTS)
     assert stream.state.messages >= 20
+
+
+async def test_registry_sigterm_after_nats_vanished_still_exits_within_the_budget(settings, spawn_service, bus,
+                                                                                  nats_server) -> None:
+    proc = spawn_service("registry")
+
+    async def healthy() -> bool:
+        try:
+            await bus.request(subjects.rpc_subject("registry", "health"), {}, ServiceHealth, timeout=1.0)
+        except Exception:
+            return False
+        return True
+
+    await assert_eventually(healthy, timeout=20, interval=0.2, message="registry answers")
+    nats_server.stop()  # the server goes away: the service's connection starts reconnecting
+    await asyncio.sleep(0.5)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code = await asyncio.to_thread(proc.wait, 15)
+    elapsed = time.monotonic() - started
+    # drain and close are each bounded by drain_timeout_s (1 s in these settings)
+    assert code == 0 and elapsed < 3 * settings.bus.drain_timeout_s + 2, (code, elapsed)
