@@ -39,7 +39,7 @@ class BusSettings(BaseModel):
     telemetry_max_age_s: int = Field(default=15 * 60, gt=0, description="Retention of the telemetry stream.")
     hosts_max_age_s: int = Field(default=24 * 3600, gt=0, description="Retention of the host capability/state stream.")
     duplicate_window_s: int = Field(default=120, gt=0, description="JetStream de-duplication window for Nats-Msg-Id.")
-    drain_timeout_s: float = Field(default=3.0, gt=0, description="How long shutdown waits for in-flight messages.")
+    drain_timeout_s: float = Field(default=2.0, gt=0, description="How long shutdown waits for in-flight messages.")
     max_pending_messages: int = Field(default=65536, gt=0, description="Bound of each subscription's pending-message buffer.")
 
 

@@ -55,15 +55,26 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout_s
     raise EmbeddedError(f"embedded {what} did not accept connections on port {port} within {timeout_s:.0f}s")
 
 
-def stop_process(proc: subprocess.Popen[bytes] | None, sig: int, timeout_s: float) -> None:
+def stop_process(proc: subprocess.Popen[bytes] | None, sig: int, timeout_s: float,
+                 then: int | None = None) -> None:
+    """Send ``sig`` and wait ``timeout_s``; then ``then`` (if given) for one more second; then SIGKILL."""
     if proc is None or proc.poll() is not None:
         return
     proc.send_signal(sig)
     try:
         proc.wait(timeout=timeout_s)
+        return
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
+        pass
+    if then is not None:
+        proc.send_signal(then)
+        try:
+            proc.wait(timeout=1.0)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    proc.kill()
+    proc.wait(timeout=5)
 
 
 class EmbeddedNats:
@@ -224,8 +235,10 @@ class EmbeddedPostgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
 
     def stop(self, timeout_s: float = 3.0) -> None:
-        # SIGINT is PostgreSQL's "fast" shutdown: roll back sessions, checkpoint, exit.
-        stop_process(self.proc, signal.SIGINT, timeout_s)
+        # SIGINT is PostgreSQL's "fast" shutdown: roll back sessions, checkpoint, exit. When the checkpoint
+        # does not fit the budget, SIGQUIT ("immediate": no checkpoint, WAL replay at the next start) stops the
+        # postmaster and its backends together, which a SIGKILL of the postmaster alone would not.
+        stop_process(self.proc, signal.SIGINT, timeout_s, then=signal.SIGQUIT)
 
 
 def _uid_gid(user: str) -> tuple[int, int]:
