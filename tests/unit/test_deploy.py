@@ -440,3 +440,15 @@ def test_k8s_prestart_job_and_services_never_run_as_root() -> None:
         assert spec["securityContext"]["runAsUser"] != 0, where
         for c in spec["containers"]:
             assert c["securityContext"]["allowPrivilegeEscalation"] is False, where
+
+
+def test_k8s_single_instance_services_never_run_twice_even_in_a_rollout() -> None:
+    # registry, scheduler and metrics keep state in one process (docs/architecture.md)
+    seen = set()
+    for _path, doc in k8s_documents():
+        component = doc.get("metadata", {}).get("labels", {}).get("app.kubernetes.io/component")
+        if doc.get("kind") == "Deployment" and component in {"registry", "scheduler", "metrics"}:
+            seen.add(component)
+            assert doc["spec"]["replicas"] == 1, component
+            assert doc["spec"].get("strategy", {}).get("type") == "Recreate", component
+    assert seen == {"registry", "scheduler", "metrics"}
