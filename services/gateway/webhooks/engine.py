@@ -40,7 +40,7 @@ from libs.schemas.subscriptions import DeliveryStatus
 from libs.service import Context
 from services.gateway.webhooks import signing, store
 from services.gateway.webhooks.filters import EventFilter
-from services.gateway.webhooks.ssrf import UnsafeTarget, check_target
+from services.gateway.webhooks.ssrf import GuardedTransport, UnsafeTarget, check_target
 
 log = logging.getLogger(__name__)
 FETCH_BATCH = 64
@@ -62,8 +62,9 @@ class WebhookEngine:
         self.loops: dict[str, asyncio.Task[None]] = {}
         self.wake = asyncio.Event()
         self.resync = asyncio.Event()
+        limits = httpx.Limits(max_connections=self.settings.webhook_concurrency)
         self.client = httpx.AsyncClient(follow_redirects=False, timeout=self.settings.webhook_timeout_s,
-                                        limits=httpx.Limits(max_connections=self.settings.webhook_concurrency))
+                                        transport=GuardedTransport(self.settings.webhook_allow_hosts, limits=limits))
         self._targets: dict[str, tuple[float, str | None]] = {}
 
     async def close(self) -> None:
@@ -242,6 +243,8 @@ class WebhookEngine:
                                           headers=signing.headers(secret, event_id, int(time.time()), payload))
         except httpx.TimeoutException:
             return None, "timeout"
+        except UnsafeTarget as exc:  # the name was re-pointed since the last check
+            return None, str(exc)
         except httpx.HTTPError as exc:
             return None, f"connection failed ({type(exc).__name__})"
         return resp.status_code, None if 200 <= resp.status_code < 300 else f"HTTP {resp.status_code}"

@@ -1,7 +1,10 @@
 """SSRF guard for webhook targets: no loopback, link-local, private or reserved addresses.
 
-The host is resolved and every address it resolves to is checked, at creation and again
-before each delivery (a name may be re-pointed later). Operators may allow host patterns
+The host is resolved and every address it resolves to is checked at creation (for a clear
+error) and again when each connection is opened: ``GuardedTransport`` resolves the name
+itself, checks the addresses and connects to the checked address (TLS still verifies the
+name), so a name re-pointed at an internal address between the check and the connect
+(DNS rebinding) is refused too. Operators may allow host patterns
 (``gateway.webhook_allow_hosts``, fnmatch) that then skip the address check.
 """
 
@@ -11,7 +14,15 @@ import asyncio
 import fnmatch
 import ipaddress
 import socket
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 from urllib.parse import urlsplit
+
+import httpcore
+import httpx
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 
 class UnsafeTarget(ValueError):
@@ -44,24 +55,67 @@ async def check_target(url: str, allow: list[str], *, resolve_timeout_s: float =
     host = parts.hostname
     if allowed_by_pattern(host, allow):
         return
+    await resolve_public(host, port or (443 if parts.scheme == "https" else 80),
+                         resolve_timeout_s=resolve_timeout_s)
+
+
+async def system_resolve(host: str, port: int) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+async def resolve_public(host: str, port: int, *, resolve_timeout_s: float = 5.0,
+                         resolve: Resolver = system_resolve) -> list[Address]:
+    """Every address ``host`` stands for, all of them public; else UnsafeTarget."""
     try:
-        literal = ipaddress.ip_address(host)
+        addrs: list[Address] = [ipaddress.ip_address(host.strip("[]"))]
     except ValueError:
-        literal = None
-    if literal is not None:
-        addrs = [literal]
-    else:
-        loop = asyncio.get_running_loop()
         try:
-            infos = await asyncio.wait_for(
-                loop.getaddrinfo(host, port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM),
-                timeout=resolve_timeout_s)
+            async with asyncio.timeout(resolve_timeout_s):
+                found = await resolve(host, port)
         except (OSError, TimeoutError):
             raise UnsafeTarget(f"the host {host[:100]!r} does not resolve") from None
-        addrs = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
+        addrs = [ipaddress.ip_address(a.split("%", 1)[0]) for a in found]
         if not addrs:
             raise UnsafeTarget(f"the host {host[:100]!r} does not resolve") from None
     for addr in addrs:
         if _forbidden(addr):
             raise UnsafeTarget(f"the host {host[:100]!r} resolves to a loopback, link-local, private or reserved "
                                "address; an operator can allow it with XPUMESH_GATEWAY__WEBHOOK_ALLOW_HOSTS")
+    return addrs
+
+
+class GuardedBackend(httpcore.AsyncNetworkBackend):
+    """Opens TCP connections only to checked public addresses (or hosts an operator allowed)."""
+
+    def __init__(self, allow: list[str], *, resolve_timeout_s: float = 5.0, resolve: Resolver = system_resolve,
+                 inner: httpcore.AsyncNetworkBackend | None = None) -> None:
+        self.allow, self.resolve_timeout_s, self.resolve = allow, resolve_timeout_s, resolve
+        self.inner = inner or httpcore.AnyIOBackend()
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                          socket_options: Iterable[Any] | None = None) -> httpcore.AsyncNetworkStream:
+        if not allowed_by_pattern(host, self.allow):
+            addrs = await resolve_public(host, port, resolve_timeout_s=self.resolve_timeout_s, resolve=self.resolve)
+            host = str(addrs[0])  # connect to what was checked, not to a second lookup's answer
+        return await self.inner.connect_tcp(host, port, timeout=timeout, local_address=local_address,
+                                            socket_options=socket_options)
+
+    async def connect_unix_socket(self, path: str, timeout: float | None = None,
+                                  socket_options: Iterable[Any] | None = None) -> httpcore.AsyncNetworkStream:
+        raise UnsafeTarget("webhook targets are TCP only")
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+
+class GuardedTransport(httpx.AsyncHTTPTransport):
+    """httpx's transport with its connection pool on a ``GuardedBackend``."""
+
+    def __init__(self, allow: list[str], *, limits: httpx.Limits, resolve_timeout_s: float = 5.0,
+                 resolve: Resolver = system_resolve) -> None:
+        super().__init__(limits=limits)
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(), max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections, keepalive_expiry=limits.keepalive_expiry,
+            network_backend=GuardedBackend(allow, resolve_timeout_s=resolve_timeout_s, resolve=resolve))

@@ -1,0 +1,67 @@
+"""The webhook SSRF guard at connect time: a name re-pointed after the check is still refused."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from services.gateway.webhooks.ssrf import GuardedTransport, UnsafeTarget, resolve_public
+
+
+@pytest.fixture
+async def loopback_server() -> AsyncIterator[int]:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+
+
+async def test_ssrf_name_rebound_to_loopback_is_refused_at_connect(loopback_server: int) -> None:
+    answers = {"hooks.example.com": ["127.0.0.1"]}  # what the name resolves to when the connection opens
+
+    async def resolve(host: str, port: int) -> list[str]:
+        return answers[host]
+
+    transport = GuardedTransport([], limits=httpx.Limits(max_connections=2), resolve=resolve)
+    async with httpx.AsyncClient(transport=transport) as client:
+        with pytest.raises(UnsafeTarget, match="loopback"):
+            await client.post(f"http://hooks.example.com:{loopback_server}/hook", content=b"{}")
+
+
+async def test_ssrf_allowed_pattern_connects_and_public_name_uses_the_checked_address(loopback_server: int) -> None:
+    looked_up: list[str] = []
+
+    async def resolve(host: str, port: int) -> list[str]:
+        looked_up.append(host)
+        return ["127.0.0.1"]
+
+    transport = GuardedTransport(["127.0.0.1"], limits=httpx.Limits(max_connections=2), resolve=resolve)
+    async with httpx.AsyncClient(transport=transport) as client:
+        r = await client.post(f"http://127.0.0.1:{loopback_server}/hook", content=b"{}")
+    assert r.status_code == 204 and looked_up == []  # an allowed host is neither resolved nor checked
+
+
+@pytest.mark.parametrize("addresses", [["10.0.0.7"], ["203.0.113.5", "169.254.169.254"], ["::1"], ["fd00::1"]])
+async def test_ssrf_any_private_or_special_address_refuses_the_name(addresses: list[str]) -> None:
+    async def resolve(host: str, port: int) -> list[str]:
+        return addresses
+
+    with pytest.raises(UnsafeTarget):
+        await resolve_public("hooks.example.com", 443, resolve=resolve)
+
+
+async def test_ssrf_public_addresses_pass() -> None:
+    async def resolve(host: str, port: int) -> list[str]:
+        return ["93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"]
+
+    assert [str(a) for a in await resolve_public("example.com", 443, resolve=resolve)] == [
+        "93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"]
