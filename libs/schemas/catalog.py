@@ -28,7 +28,11 @@ COMPUTE_UNIT_DEFINITION = "1 CU = 1 TFLOPS dense FP16"
 class DeviceModel(BaseModel):
     """One entry of the catalog: a vendor's model and its published figures."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "vendor": "nvidia", "model": "A100-SXM4-80GB", "aliases": ["NVIDIA A100-SXM4-80GB", "NVIDIA A100-SXM-80GB"],
+        "hardware_type": "gpu", "memory_gib": 80, "fp16_tflops": 312, "bf16_tflops": 312, "fp32_tflops": 19.5,
+        "int8_tops": 624, "interconnect": "NVLink 3 600 GB/s; PCIe 4.0 x16", "compute_units": 312,
+        "source": "NVIDIA A100 Tensor Core GPU datasheet"}]})
 
     vendor: Key = Field(description="Lower-case vendor key, as in Device.vendor.")
     model: Name = Field(description="Canonical model name, as in Device.model.")

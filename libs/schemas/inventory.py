@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -140,14 +140,28 @@ class DeviceTelemetry(BaseModel):
     at: datetime
 
 
+_DEVICE_EXAMPLE: dict[str, Any] = {
+    "id": "hz-a100-03:nvidia:0", "host_id": "hz-a100-03", "site": "hangzhou", "host_status": "up", "slot": 0,
+    "index": 0, "hardware_type": "gpu", "vendor": "nvidia", "model": "A100-SXM4-80GB",
+    "catalog_model": "A100-SXM4-80GB", "compute_units": 312.0, "memory_mib": 81920, "memory_free_mib": 40960,
+    "driver_version": "550.90.07", "runtimes": {"cuda": "12.4"}, "firmware_version": "92.00.45.00.06",
+    "uuid": "GPU-5e3b2c1a-8f4d-4e6b-9a7c-0d1e2f3a4b5c", "pci_bus_id": "0000:18:00.0", "numa_node": 0,
+    "links": [{"peer_index": 1, "kind": "NV12"}], "health": "healthy", "health_changed_at": "2025-06-01T02:10:44Z",
+    "telemetry": {"utilization_pct": 87.5, "memory_used_mib": 40960, "temperature_c": 61.0, "power_w": 342.8,
+                  "at": "2025-06-03T08:14:02Z"}}
+_HOST_EXAMPLE: dict[str, Any] = {
+    "id": "hz-a100-03", "site": "hangzhou", "hostname": "hz-a100-03", "status": "up", "generation": 3,
+    "arch": "x86_64", "os": "Ubuntu 22.04.4 LTS", "cpu_model": "AMD EPYC 7763 64-Core Processor", "cpu_threads": 256,
+    "memory_mib": 2063600, "agent_version": "0.1.0", "device_count": 8, "hardware_types": {"gpu": 8},
+    "labels": {"xpumesh.io/gpu.model": "A100-SXM4-80GB", "team": "vision"}, "first_seen": "2025-05-12T09:30:00Z",
+    "updated_at": "2025-06-03T08:14:02Z", "reported_at": "2025-06-03T08:00:00Z",
+    "status_changed_at": "2025-06-01T02:09:58Z"}
+
+
 class InventoryDevice(BaseModel):
     """One device as the inventory knows it: reported facts, catalog match, health, last readings."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "id": "hz-gpu-0001:nvidia:0", "host_id": "hz-gpu-0001", "site": "hangzhou", "slot": 0, "index": 0,
-        "hardware_type": "gpu", "vendor": "nvidia", "model": "H100-80GB-HBM3", "catalog_model": "H100-80GB-HBM3",
-        "compute_units": 989.4, "memory_mib": 81559, "memory_free_mib": 40000, "driver_version": "550.54.15",
-        "runtimes": {"cuda": "12.4"}, "health": "healthy", "host_status": "up"}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [_DEVICE_EXAMPLE]})
 
     id: str = Field(description="'<host>:<vendor>:<index>', stable while the device stays.")
     host_id: str
@@ -182,10 +196,7 @@ class HostTelemetry(BaseModel):
 
 
 class HostSummary(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "id": "hz-gpu-0001", "site": "hangzhou", "hostname": "hz-gpu-0001", "status": "up", "generation": 3,
-        "arch": "x86_64", "device_count": 8, "hardware_types": {"gpu": 8},
-        "labels": {"xpumesh.io/gpu.model": "H100-80GB-HBM3", "team": "vision"}}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [_HOST_EXAMPLE]})
 
     id: str
     site: str
@@ -208,6 +219,16 @@ class HostSummary(BaseModel):
 
 
 class HostDetail(HostSummary):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        **_HOST_EXAMPLE,
+        "facts": {"hostname": "hz-a100-03", "arch": "x86_64", "os": "Ubuntu 22.04.4 LTS",
+                  "kernel": "5.15.0-105-generic", "cpu_model": "AMD EPYC 7763 64-Core Processor", "cpu_sockets": 2,
+                  "cpu_cores": 128, "cpu_threads": 256, "cpu_mhz": 2450.0, "memory_mib": 2063600, "numa_nodes": 2},
+        "discovered_labels": {"xpumesh.io/gpu.model": "A100-SXM4-80GB"}, "operator_labels": {"team": "vision"},
+        "devices": [_DEVICE_EXAMPLE],
+        "telemetry": {"cpu_pct": 41.2, "mem_used_mib": 612400, "mem_total_mib": 2063600,
+                      "at": "2025-06-03T08:14:02Z"}}]})
+
     facts: HostFacts
     discovered_labels: dict[str, str] = Field(default_factory=dict)
     operator_labels: dict[str, str] = Field(default_factory=dict)
@@ -369,7 +390,12 @@ class RuleSet(BaseModel):
 class RuleUpsert(BaseModel):
     """Exactly one of ``compat`` or ``driver``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"compat": {"id": "pytorch-2.4-cuda", "framework": "pytorch", "framework_versions": ">=2.4,<2.5",
+                    "hardware_type": "gpu", "vendor": "nvidia", "runtime": "cuda", "runtime_versions": ">=11.8,<12.5",
+                    "source": "PyTorch 2.4 release notes, https://github.com/pytorch/pytorch/releases/tag/v2.4.0"}},
+        {"driver": {"id": "cuda-12.4", "vendor": "nvidia", "runtime": "cuda", "runtime_versions": ">=12.4,<12.4.1",
+                    "min_driver_version": "550.54.14", "source": "NVIDIA CUDA Toolkit Release Notes, Table 3"}}]})
 
     compat: CompatRule | None = None
     driver: RuntimeDriverRule | None = None

@@ -8,11 +8,38 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Self
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 _TOKEN = r"^[A-Za-z0-9_-]{1,64}$"
+
+# Examples for the API documentation: one A100 host of the demo fleet in Hangzhou.
+_POINT_EXAMPLE: dict[str, Any] = {
+    "t": "2025-06-03T08:00:00Z", "samples": 60, "util_avg": 86.4, "util_max": 99.0, "mem_used_avg_mib": 40512.0,
+    "temp_avg_c": 60.8, "temp_max_c": 66.0, "power_avg_w": 338.5, "unhealthy_samples": 0}
+_GPU_SUMMARY_EXAMPLE: dict[str, Any] = {
+    "hardware_type": "gpu", "total": 416, "healthy": 413, "unhealthy": 3, "reporting": 412, "allocated": 301.5,
+    "utilization_pct": 71.3, "memory_used_mib": 17825792, "memory_total_mib": 30670848, "power_w": 104312.0}
+_SITE_SUMMARY_EXAMPLE: dict[str, Any] = {
+    "site": "hangzhou", "hosts": 96, "hosts_up": 95, "hosts_down": 1, "devices": 416, "healthy": 413,
+    "unhealthy": 3, "allocated": 301.5, "utilization_pct": 71.3, "memory_used_mib": 17825792,
+    "memory_total_mib": 30670848, "power_w": 104312.0, "running_workloads": 58,
+    "alerts": {"critical": 1, "warning": 2}, "by_type": [_GPU_SUMMARY_EXAMPLE]}
+_ALERT_EXAMPLE: dict[str, Any] = {
+    "id": "device_hot/hz-a100-03/5", "rule": "device_hot", "severity": "warning", "state": "firing",
+    "site": "hangzhou", "host_id": "hz-a100-03", "device": "hz-a100-03/5",
+    "summary": "Device hz-a100-03/5 at hangzhou is at 91.0 °C (threshold 85 °C)", "value": 91.0,
+    "started_at": "2025-06-03T08:11:30Z"}
+_DEVICE_NOW_EXAMPLE: dict[str, Any] = {
+    "key": "hz-a100-03/0", "slot": 0, "hardware_type": "gpu", "vendor": "nvidia", "model": "A100-SXM4-80GB",
+    "memory_total_mib": 81920, "healthy": True, "fresh": True, "util": 87.5, "mem_used_mib": 40960.0,
+    "temp_c": 61.0, "power_w": 342.8, "allocated": 1.0, "sample_at": "2025-06-03T08:14:02Z"}
+_WORKLOAD_NOW_EXAMPLE: dict[str, Any] = {
+    "id": "wl_18ea52ab2dac349aa6915d69", "name": "llama-finetune", "tenant": "acme", "state": "running",
+    "updated_at": "2025-06-03T08:02:17Z", "placements": [
+        {"replica": 0, "host_id": "hz-a100-03", "site": "hangzhou",
+         "devices": [f"hz-a100-03/{slot}" for slot in range(8)], "shares": [1.0] * 8}]}
 
 
 class Scope(StrEnum):
@@ -60,6 +87,10 @@ class SeriesPoint(BaseModel):
 
 
 class Series(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "scope": "device", "key": "hz-a100-03/0", "step_s": 60, "resolution": "1m",
+        "points": [_POINT_EXAMPLE, {**_POINT_EXAMPLE, "t": "2025-06-03T08:01:00Z", "util_avg": 88.1}]}]})
+
     scope: Scope
     key: str
     site: str | None = None
@@ -93,6 +124,8 @@ class AlertCounts(BaseModel):
 
 
 class SiteSummary(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_SITE_SUMMARY_EXAMPLE]})
+
     site: str
     hosts: int
     hosts_up: int
@@ -111,6 +144,10 @@ class SiteSummary(BaseModel):
 
 
 class FleetSummary(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "generated_at": "2025-06-03T08:14:05Z", "sites": [_SITE_SUMMARY_EXAMPLE],
+        "totals": {**_SITE_SUMMARY_EXAMPLE, "site": "*"}}]})
+
     generated_at: datetime
     sites: list[SiteSummary]
     totals: SiteSummary = Field(description="The whole fleet (site '*'), by hardware type as well.")
@@ -128,6 +165,8 @@ class AlertState(StrEnum):
 
 class Alert(BaseModel):
     """One alert. ``id`` is stable for what it is about (rule + site + host + device)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_ALERT_EXAMPLE]})
 
     id: str
     rule: str = Field(description="device_unhealthy, device_hot, host_down, site_utilization_high, telemetry_missing.")
@@ -152,12 +191,16 @@ class AlertQuery(BaseModel):
 
 
 class AlertList(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [_ALERT_EXAMPLE], "total": 1}]})
+
     items: list[Alert]
     total: int = Field(description="How many matched before the limit.")
 
 
 class DeviceNow(BaseModel):
     """One device with its metadata and its latest sample."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_DEVICE_NOW_EXAMPLE]})
 
     key: str = Field(description="'<host>/<slot>'.")
     slot: int
@@ -176,6 +219,11 @@ class DeviceNow(BaseModel):
 
 
 class HostNow(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "host_id": "hz-a100-03", "site": "hangzhou", "hostname": "hz-a100-03", "status": "up", "cpu_pct": 41.2,
+        "mem_used_mib": 612400, "mem_total_mib": 2063600, "telemetry_at": "2025-06-03T08:14:02Z",
+        "devices": [_DEVICE_NOW_EXAMPLE]}]})
+
     host_id: str
     site: str
     hostname: str | None = None
@@ -218,6 +266,8 @@ class Placement(BaseModel):
 
 
 class WorkloadNow(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_WORKLOAD_NOW_EXAMPLE]})
+
     id: str
     name: str | None = None
     tenant: str | None = None
@@ -227,6 +277,11 @@ class WorkloadNow(BaseModel):
 
 
 class DeviceDetail(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "site": "hangzhou", "host_id": "hz-a100-03", "hostname": "hz-a100-03", "device": _DEVICE_NOW_EXAMPLE,
+        "driver_version": "550.90.07", "runtimes": {"cuda": "12.4"}, "firmware_version": "92.00.45.00.06",
+        "uuid": "GPU-5e3b2c1a-8f4d-4e6b-9a7c-0d1e2f3a4b5c", "workloads": [_WORKLOAD_NOW_EXAMPLE], "alerts": []}]})
+
     site: str
     host_id: str
     hostname: str | None = None

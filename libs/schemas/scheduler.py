@@ -18,6 +18,30 @@ from libs.schemas.workload import WorkloadSpec
 
 MAX_PAGE = 500
 
+# Examples for the API documentation: one 8-GPU replica on an A100 host of the demo fleet.
+_SUMMARY_EXAMPLE: dict[str, Any] = {
+    "id": "wl_18ea52ab2dac349aa6915d69", "name": "llama-finetune", "tenant": "acme", "state": "running",
+    "hardware_type": "gpu", "priority": 500, "replicas": 1, "sites": ["hangzhou"], "restarts": 0,
+    "created_at": "2025-06-03T08:02:11Z", "updated_at": "2025-06-03T08:02:17Z"}
+_VIEW_EXAMPLE: dict[str, Any] = {
+    **_SUMMARY_EXAMPLE,
+    "spec": {"name": "llama-finetune", "hardware": {"type": "gpu", "vendor": "nvidia", "model": "A100*", "count": 8},
+             "runtime": {"framework": "pytorch", "framework_version": "2.4", "requires": ["cuda>=12.1"]},
+             "variants": {"nvidia": {"image": "pytorch/pytorch:2.4.0-cuda12.4-cudnn9-runtime",
+                                     "command": ["torchrun", "--nproc-per-node=8", "train.py"]}},
+             "placement": {"sites": ["hangzhou", "ningbo"], "topology": "same_link_group"},
+             "replicas": 1, "priority": 500, "tenant": "acme"},
+    "placement": [{"replica": 0, "attempt": 0, "state": "running", "host_id": "hz-a100-03", "site": "hangzhou",
+                   "devices": [{"id": f"hz-a100-03:nvidia:{i}", "index": i, "vendor": "nvidia", "hardware_type": "gpu",
+                                "share": 1.0, "memory_mib": 81920} for i in range(8)],
+                   "started_at": "2025-06-03T08:02:17Z"}],
+    "history": [
+        {"at": "2025-06-03T08:02:11Z", "to_state": "pending", "reason": "submitted"},
+        {"at": "2025-06-03T08:02:12Z", "from_state": "pending", "to_state": "placed",
+         "reason": "1 replica placed at hangzhou"},
+        {"at": "2025-06-03T08:02:17Z", "from_state": "placed", "to_state": "running", "reason": "replica 0 running"}],
+    "created": True}
+
 
 class WorkloadState(StrEnum):
     """pending → placed → starting → running → succeeded | failed | stopped.
@@ -113,6 +137,8 @@ class HistoryEntry(BaseModel):
 
 
 class WorkloadSummary(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_SUMMARY_EXAMPLE]})
+
     id: str
     name: str
     tenant: str | None = None
@@ -127,6 +153,8 @@ class WorkloadSummary(BaseModel):
 
 
 class WorkloadView(WorkloadSummary):
+    model_config = ConfigDict(json_schema_extra={"examples": [_VIEW_EXAMPLE]})
+
     spec: WorkloadSpec
     placement: list[ReplicaView] = Field(default_factory=list)
     history: list[HistoryEntry] = Field(default_factory=list)
@@ -151,6 +179,12 @@ class LogsQuery(BaseModel):
 
 
 class LogsView(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "workload_id": "wl_18ea52ab2dac349aa6915d69", "replica": 0, "attempt": 0, "host_id": "hz-a100-03",
+        "state": "running", "text": "[rank0] epoch 3 step 1200/5000 loss 1.873 lr 2.0e-05 tokens/s 48210\n"
+                                    "[rank0] epoch 3 step 1250/5000 loss 1.861 lr 2.0e-05 tokens/s 48388\n",
+        "truncated": True}]})
+
     workload_id: str
     replica: int
     attempt: int

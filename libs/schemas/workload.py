@@ -216,8 +216,8 @@ class PlacementSpec(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"sites": ["beijing", "shanghai"], "spread": "host",
-                                         "data_site": "beijing", "data_gib": 500}]},
+        json_schema_extra={"examples": [{"sites": ["hangzhou", "ningbo"], "spread": "host",
+                                         "data_site": "hangzhou", "data_gib": 500}]},
     )
 
     sites: list[str] = Field(default_factory=list, description="Allowed sites; empty means any site.")
