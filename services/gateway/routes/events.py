@@ -28,15 +28,23 @@ from libs.schemas.subscriptions import check_type_pattern
 from libs.service import Context
 from services.gateway.auth import CurrentPrincipal, tenant_filter
 from services.gateway.deps import Ctx
+from services.gateway.openapi import problem
 from services.gateway.problems import ProblemError
 from services.gateway.webhooks.filters import EventFilter
 
 log = logging.getLogger(__name__)
 ALL_EVENTS = "io.xpumesh.*"
 router = APIRouter(tags=["events"])
-SSE_EXAMPLE = ("id: 1289\nevent: io.xpumesh.workload.placed\n"
+SSE_EXAMPLE = (": connected\n\n"
+               "id: 1289\nevent: io.xpumesh.workload.placed\n"
                'data: {"specversion":"1.0","id":"5f0c2b1e-9a7d-4c1e-8b3a-2d6f7e9a0b1c","source":"/scheduler",'
-               '"type":"io.xpumesh.workload.placed","subject":"wl_7d3e","data":{"tenant":"acme"}}\n\n')
+               '"type":"io.xpumesh.workload.placed","subject":"wl_18ea52ab2dac349aa6915d69",'
+               '"time":"2025-06-03T08:14:05.120Z","datacontenttype":"application/json",'
+               '"data":{"workload_id":"wl_18ea52ab2dac349aa6915d69","name":"llama-finetune","tenant":"acme",'
+               '"state":"placed","hardware_type":"gpu","priority":500,"restarts":0,"placements":[{"replica":0,'
+               '"attempt":0,"host_id":"hz-a100-03","site":"hangzhou","devices":["hz-a100-03:nvidia:0"],'
+               '"shares":[1.0],"state":"placed","exit_code":null}]}}\n\n'
+               ": keep-alive\n\n")
 
 
 def _start(last_event_id: str | None) -> int | None:
@@ -96,15 +104,19 @@ async def _stream(ctx: Context, psub: Any, flt: EventFilter, batch: int) -> Asyn
             responses={200: {"description": "An endless text/event-stream; each event's id is its stream sequence",
                              "content": {"text/event-stream": {"schema": {"type": "string"},
                                                                "example": SSE_EXAMPLE}}},
-                       400: {"description": "Last-Event-ID is not one this stream sent"},
-                       503: {"description": "Too many streaming clients on this gateway"}})
+                       400: problem("Last-Event-ID is not one this stream sent", "Invalid Last-Event-ID",
+                                    "Last-Event-ID must be an id this stream sent"),
+                       503: problem("Too many streaming clients on this gateway (see Retry-After)",
+                                    "Too many streams", "this gateway serves its maximum of event streams; retry later")})
 async def stream_events(
         ctx: Ctx, principal: CurrentPrincipal,
         type: Annotated[list[str] | None, Query(description="Event type patterns (repeatable); default every type.",
-                                                examples=["io.xpumesh.workload.*"])] = None,
+                                                examples=[["io.xpumesh.workload.*", "io.xpumesh.device.unhealthy"]])
+              ] = None,
         site: Annotated[str | None, Query(description="Only events of this site.", pattern=r"^[A-Za-z0-9_-]{1,64}$",
                                           examples=["hangzhou"])] = None,
-        last_event_id: Annotated[str | None, Header(description="Resume after this event id.")] = None,
+        last_event_id: Annotated[str | None, Header(description="Resume after this event id.",
+                                                    examples=["1288"])] = None,
 ) -> StreamingResponse:
     try:
         patterns = tuple(sorted({check_type_pattern(p) for p in (type or [ALL_EVENTS])[:32]}))

@@ -5,7 +5,7 @@ Readable by every role; operator labels can be changed by operators and admins.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -15,14 +15,17 @@ from libs.schemas.inventory import TOKEN, HostDetail, HostLabels, HostPage, Host
 from libs.schemas.tenancy import Role
 from services.gateway.auth import require_role
 from services.gateway.deps import Ctx, call
+from services.gateway.openapi import problem
 from services.gateway.pagination import MAX_PAGE, Page, decode_cursor, encode_cursor
 from services.gateway.problems import ProblemError
 
 router = APIRouter(tags=["hosts"])
 LabelFilter = Annotated[list[str] | None, Query(
     description="Only hosts carrying this label, as key=value (repeat for several; all must match).",
-    max_length=64, examples=["xpumesh.io/gpu.model=H100-80GB-HBM3"])]
-HostId = Annotated[str, Path(pattern=TOKEN, description="Host id (its hostname as one token).")]
+    max_length=64, examples=[["xpumesh.io/gpu.model=A100-SXM4-80GB"]])]
+HostId = Annotated[str, Path(pattern=TOKEN, description="Host id (its hostname as one token).",
+                             examples=["hz-a100-03"])]
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: problem("No such host", "Host not found", "no host 'hz-a100-03'")}
 
 
 def label_filter(label: list[str] | None) -> dict[str, str]:
@@ -67,7 +70,7 @@ async def list_hosts(ctx: Ctx, site: Annotated[str | None, Query(pattern=TOKEN)]
 
 
 @router.get("/v1/hosts/{host_id}", summary="One host: facts, labels, devices with health and last readings",
-            response_model=HostDetail, responses={404: {"description": "No such host"}})
+            response_model=HostDetail, responses=NOT_FOUND)
 async def get_host(ctx: Ctx, host_id: HostId) -> HostDetail:
     try:
         return await call(ctx, "inventory", "hosts.get", {"id": host_id}, HostDetail)
@@ -86,7 +89,7 @@ class LabelChange(BaseModel):
 
 
 @router.patch("/v1/hosts/{host_id}/labels", summary="Set or remove a host's operator labels (operator, admin)",
-              response_model=HostDetail, responses={404: {"description": "No such host"}},
+              response_model=HostDetail, responses=NOT_FOUND,
               dependencies=[Depends(require_role(Role.OPERATOR))])
 async def patch_labels(ctx: Ctx, host_id: HostId, body: LabelChange) -> HostDetail:
     try:

@@ -40,6 +40,7 @@ from libs.schemas.inventory import (
 from libs.schemas.tenancy import Role
 from services.gateway.auth import require_role
 from services.gateway.deps import Ctx, call
+from services.gateway.openapi import problem
 from services.gateway.pagination import MAX_PAGE, Page, decode_cursor, encode_cursor
 from services.gateway.problems import ProblemError
 from services.gateway.routes.hosts import LabelFilter, invalid, label_filter, string_cursor
@@ -47,6 +48,8 @@ from services.gateway.routes.hosts import LabelFilter, invalid, label_filter, st
 router = APIRouter(tags=["inventory"])
 Operator = [Depends(require_role(Role.OPERATOR))]
 VALID_TYPES = ", ".join(t.value for t in HardwareType)
+Vendor = Annotated[str, Path(max_length=40, examples=["nvidia"])]
+ModelName = Annotated[str, Path(max_length=128, examples=["A100-SXM4-80GB"])]
 
 
 def hardware_type(value: str | None) -> str | None:
@@ -78,8 +81,9 @@ async def list_links(ctx: Ctx) -> Page[SiteLink]:
 
 
 @router.put("/v1/sites/{site_id}", summary="Create or update a site (operator, admin)", response_model=Site,
-            dependencies=Operator, responses={201: {"description": "Created"}})
-async def put_site(ctx: Ctx, site_id: Annotated[str, Path(pattern=TOKEN)], body: Site, response: Response) -> Site:
+            dependencies=Operator, responses={201: {"description": "Created", "model": Site}})
+async def put_site(ctx: Ctx, site_id: Annotated[str, Path(pattern=TOKEN, examples=["hangzhou"])], body: Site,
+                   response: Response) -> Site:
     if body.id != site_id:
         raise ProblemError(422, "Invalid request", "the body's id must be the path's site id",
                            errors=[{"loc": "body.id", "msg": "differs from the path"}])
@@ -93,8 +97,9 @@ async def put_site(ctx: Ctx, site_id: Annotated[str, Path(pattern=TOKEN)], body:
 
 @router.get("/v1/devices", summary="Devices of the whole fleet, filtered; sorted by host and slot",
             response_model=Page[InventoryDevice],
-            responses={422: {"description": "A filter is invalid, e.g. an unknown hardware_type (the valid ones "
-                                            "are named)"}})
+            responses={422: problem("A filter is invalid, e.g. an unknown hardware_type (the valid ones are named)",
+                                    "Unknown hardware type", f"hardware_type 'tpu' is not one of: {VALID_TYPES}",
+                                    errors=[{"loc": "query.hardware_type", "msg": f"must be one of: {VALID_TYPES}"}])})
 async def list_devices(
         ctx: Ctx,
         hardware_type_: Annotated[str | None, Query(alias="hardware_type", description=f"One of: {VALID_TYPES}.",
@@ -140,9 +145,9 @@ async def list_catalog(ctx: Ctx, vendor: Annotated[str | None, Query(max_length=
 
 
 @router.get("/v1/catalog/{vendor}/{model}", summary="One catalog entry", response_model=CatalogEntry,
-            responses={404: {"description": "No such entry"}})
-async def get_catalog(ctx: Ctx, vendor: Annotated[str, Path(max_length=40)],
-                      model: Annotated[str, Path(max_length=128)]) -> CatalogEntry:
+            responses={404: problem("No such entry", "Catalog entry not found",
+                                    "no catalog entry nvidia/A100-SXM4-80GB")})
+async def get_catalog(ctx: Ctx, vendor: Vendor, model: ModelName) -> CatalogEntry:
     try:
         return await call(ctx, "inventory", "catalog.get", CatalogRef(vendor=vendor, model=model), CatalogEntry)
     except NotFound:
@@ -150,7 +155,9 @@ async def get_catalog(ctx: Ctx, vendor: Annotated[str, Path(max_length=40)],
 
 
 @router.post("/v1/catalog", summary="Add a device model (operator, admin)", status_code=201,
-             response_model=DeviceModel, dependencies=Operator, responses={409: {"description": "Already exists"}})
+             response_model=DeviceModel, dependencies=Operator,
+             responses={409: problem("The entry already exists", "Catalog entry exists",
+                                     "nvidia/A100-SXM4-80GB exists; PUT it to replace it")})
 async def create_catalog(ctx: Ctx, body: DeviceModel) -> DeviceModel:
     try:
         await call(ctx, "inventory", "catalog.get", CatalogRef(vendor=body.vendor, model=body.model), CatalogEntry)
@@ -161,9 +168,9 @@ async def create_catalog(ctx: Ctx, body: DeviceModel) -> DeviceModel:
 
 
 @router.put("/v1/catalog/{vendor}/{model}", summary="Create or replace a device model (operator, admin)",
-            response_model=DeviceModel, dependencies=Operator, responses={201: {"description": "Created"}})
-async def put_catalog(ctx: Ctx, vendor: Annotated[str, Path(max_length=40)], model: Annotated[str, Path(max_length=128)],
-                      body: DeviceModel, response: Response) -> DeviceModel:
+            response_model=DeviceModel, dependencies=Operator,
+            responses={201: {"description": "Created", "model": DeviceModel}})
+async def put_catalog(ctx: Ctx, vendor: Vendor, model: ModelName, body: DeviceModel, response: Response) -> DeviceModel:
     if (body.vendor, body.model) != (vendor, model):
         raise ProblemError(422, "Invalid request", "the body's vendor and model must be the path's",
                            errors=[{"loc": "body.model", "msg": "differs from the path"}])
@@ -183,7 +190,8 @@ async def list_rules(ctx: Ctx, kind: RuleKind | None = None,
 
 
 @router.post("/v1/compat-rules", summary="Create or replace a rule (operator, admin): give 'compat' or 'driver'",
-             response_model=RuleUpsert, dependencies=Operator, responses={201: {"description": "Created"}})
+             response_model=RuleUpsert, dependencies=Operator,
+             responses={201: {"description": "Created", "model": RuleUpsert}})
 async def upsert_rule(ctx: Ctx, body: RuleUpsert, response: Response) -> RuleUpsert:
     result = await call(ctx, "inventory", "rules.upsert", body, Upserted)
     response.status_code = 201 if result.created else 200

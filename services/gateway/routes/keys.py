@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, ConfigDict
 
 from libs.db import session_scope
@@ -13,6 +13,7 @@ from libs.schemas.tenancy import ApiKey, CreatedKey, KeyCreate, Role
 from services.gateway import models
 from services.gateway.auth import CurrentPrincipal, Principal, auth_state, require_role
 from services.gateway.deps import Ctx
+from services.gateway.openapi import problem
 from services.gateway.pagination import MAX_PAGE, Page, decode_cursor, encode_cursor
 from services.gateway.problems import ProblemError
 
@@ -20,6 +21,7 @@ router = APIRouter(tags=["keys"])
 Admin = Annotated[Principal, Depends(require_role(Role.ADMIN))]
 KEY_REVOKED_SUBJECT = "xpumesh.gateway.ctl.key_revoked"
 KEY_REVOKED_TYPE = "io.xpumesh.gateway.key_revoked"
+ADMIN_ONLY: dict[int | str, dict[str, Any]] = {403: problem("Not an admin key", "Forbidden", "this needs one of the roles: admin")}
 
 
 class Me(BaseModel):
@@ -49,7 +51,7 @@ async def create_key(ctx: Ctx, principal: Admin, body: KeyCreate) -> CreatedKey:
     return CreatedKey(**key.model_dump(), key=secret)
 
 
-@router.get("/v1/keys", summary="List API keys (admin)", response_model=Page[ApiKey])
+@router.get("/v1/keys", summary="List API keys (admin)", response_model=Page[ApiKey], responses=ADMIN_ONLY)
 async def list_keys(ctx: Ctx, principal: Admin, tenant: str | None = None, include_revoked: bool = False,
                     cursor: str | None = None,
                     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100) -> Page[ApiKey]:
@@ -63,9 +65,12 @@ async def list_keys(ctx: Ctx, principal: Admin, tenant: str | None = None, inclu
 
 
 @router.delete("/v1/keys/{key_id}", summary="Revoke an API key (admin); it stops working at once",
-               response_model=ApiKey, responses={404: {"description": "No such key"},
-                                                 409: {"description": "The last admin key"}})
-async def revoke_key(ctx: Ctx, principal: Admin, key_id: str) -> ApiKey:
+               response_model=ApiKey,
+               responses={404: problem("No such key", "Key not found", "no key 'key_5f2c9a1b7d3e'"),
+                          409: problem("The last admin key", "Last admin key",
+                                       "create another admin key before revoking this one")})
+async def revoke_key(ctx: Ctx, principal: Admin,
+                     key_id: Annotated[str, Path(examples=["key_5f2c9a1b7d3e"])]) -> ApiKey:
     async with session_scope(ctx.db) as session:
         key = await models.revoke_key(session, key_id)
         if key is None:

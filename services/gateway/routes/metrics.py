@@ -40,6 +40,7 @@ from libs.schemas.metrics import (
 )
 from services.gateway.auth import CurrentPrincipal, tenant_filter
 from services.gateway.deps import Ctx, call
+from services.gateway.openapi import problem
 from services.gateway.pagination import MAX_PAGE, Page, decode_cursor, encode_cursor
 from services.gateway.problems import ProblemError
 
@@ -60,11 +61,13 @@ async def get_summary(ctx: Ctx, principal: CurrentPrincipal, site: SiteFilter = 
 
 
 @router.get("/v1/metrics/series", summary="A time series for a device, host, site or hardware type",
-            response_model=Series, responses={404: {"description": "Unknown device, host, site or hardware type"}})
+            response_model=Series, responses={404: problem("Unknown device, host, site or hardware type", "Not found",
+                                                           "no host 'hz-a100-99'")})
 async def get_series(
         ctx: Ctx, principal: CurrentPrincipal,
         scope: Annotated[Scope, Query(description="device, host, site or hardware_type")],
-        key: Annotated[str, Query(max_length=140, description="'<host>/<slot>', host id, site or hardware type")],
+        key: Annotated[str, Query(max_length=140, description="'<host>/<slot>', host id, site or hardware type",
+                                  examples=["hz-a100-03/0"])],
         site: Annotated[str | None, Query(pattern=TOKEN, description="With scope hardware_type: one site")] = None,
         start: Annotated[datetime | None, Query(description="Default: end minus one hour")] = None,
         end: Annotated[datetime | None, Query(description="Default: now")] = None,
@@ -97,7 +100,9 @@ async def list_alerts(ctx: Ctx, principal: CurrentPrincipal, state: AlertState =
 
 @router.get("/v1/metrics/sites/{site}/hosts", summary="One city's hosts with their devices' latest values",
             response_model=Page[HostNow])
-async def list_site_hosts(ctx: Ctx, principal: CurrentPrincipal, site: Annotated[str, Path(pattern=TOKEN)],
+async def list_site_hosts(ctx: Ctx, principal: CurrentPrincipal,
+                          site: Annotated[str, Path(pattern=TOKEN, description="A site; an unknown one has no hosts.",
+                                                    examples=["hangzhou"])],
                           cursor: str | None = None,
                           limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100) -> Page[HostNow]:
     after = decode_cursor(cursor)
@@ -108,9 +113,11 @@ async def list_site_hosts(ctx: Ctx, principal: CurrentPrincipal, site: Annotated
 
 
 @router.get("/v1/metrics/devices/{host_id}/{slot}", summary="One device: metadata, versions, latest values, workloads",
-            response_model=DeviceDetail, responses={404: {"description": "No such device"}})
-async def get_device(ctx: Ctx, principal: CurrentPrincipal, host_id: Annotated[str, Path(pattern=TOKEN)],
-                     slot: Annotated[int, Path(ge=0, le=100_000)]) -> DeviceDetail:
+            response_model=DeviceDetail,
+            responses={404: problem("No such device", "Not found", "no device hz-a100-03/9")})
+async def get_device(ctx: Ctx, principal: CurrentPrincipal,
+                     host_id: Annotated[str, Path(pattern=TOKEN, examples=["hz-a100-03"])],
+                     slot: Annotated[int, Path(ge=0, le=100_000, examples=[0])]) -> DeviceDetail:
     detail = await call(ctx, "metrics", "device.get", DeviceRef(host_id=host_id, slot=slot), DeviceDetail)
     tenant = tenant_filter(principal)
     if tenant is not None:

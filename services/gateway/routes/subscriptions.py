@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel
 
 from libs.db import session_scope
@@ -20,6 +20,7 @@ from libs.schemas.subscriptions import (
 from libs.service import Context
 from services.gateway.auth import CurrentPrincipal, Principal
 from services.gateway.deps import Ctx
+from services.gateway.openapi import problem
 from services.gateway.pagination import MAX_PAGE, Page, decode_cursor, encode_cursor
 from services.gateway.problems import ProblemError
 from services.gateway.webhooks import store
@@ -28,11 +29,13 @@ from services.gateway.webhooks.ssrf import UnsafeTarget, check_target
 
 router = APIRouter(tags=["subscriptions"])
 SUBSCRIPTIONS_CHANGED = "xpumesh.gateway.ctl.subscriptions_changed"
-NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such subscription visible to this key"}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: problem(
+    "No such subscription visible to this key", "Subscription not found", "no subscription 'sub_3b9f2a7c1d4e5f60'")}
+SubscriptionId = Annotated[str, Path(examples=["sub_3b9f2a7c1d4e5f60"])]
 
 
 class SubscriptionChanged(BaseModel):
-    subscription_id: str
+    subscription_id: SubscriptionId
 
 
 def engine(ctx: Context) -> WebhookEngine:
@@ -68,8 +71,10 @@ async def _announce(ctx: Context, sid: str) -> None:
 
 @router.post("/v1/subscriptions", summary="Subscribe a webhook to events; the signing secret is shown once",
              status_code=201, response_model=CreatedSubscription,
-             responses={404: {"description": "A tenant filter names a tenant this key cannot see"},
-                        409: {"description": "The tenant has reached its subscription limit"}})
+             responses={404: problem("A tenant filter names a tenant this key cannot see", "Tenant not found",
+                                     "no tenant 'globex'"),
+                        409: problem("The tenant has reached its subscription limit", "Too many subscriptions",
+                                     "a tenant may hold 100 subscriptions")})
 async def create_subscription(ctx: Ctx, principal: CurrentPrincipal, body: SubscriptionCreate) -> CreatedSubscription:
     wanted = body.filters.tenant
     if principal.sees_all_tenants:
@@ -111,7 +116,7 @@ async def list_subscriptions(ctx: Ctx, principal: CurrentPrincipal, cursor: str 
 
 @router.get("/v1/subscriptions/{subscription_id}", summary="One subscription", response_model=Subscription,
             responses=NOT_FOUND)
-async def get_subscription(ctx: Ctx, principal: CurrentPrincipal, subscription_id: str) -> Subscription:
+async def get_subscription(ctx: Ctx, principal: CurrentPrincipal, subscription_id: SubscriptionId) -> Subscription:
     await _visible(ctx, principal, subscription_id)
     async with session_scope(ctx.db) as session:
         sub = await store.get(session, subscription_id)
@@ -122,7 +127,7 @@ async def get_subscription(ctx: Ctx, principal: CurrentPrincipal, subscription_i
 
 @router.delete("/v1/subscriptions/{subscription_id}", summary="Delete a subscription and its delivery log",
                status_code=204, response_class=Response, responses=NOT_FOUND)
-async def delete_subscription(ctx: Ctx, principal: CurrentPrincipal, subscription_id: str) -> Response:
+async def delete_subscription(ctx: Ctx, principal: CurrentPrincipal, subscription_id: SubscriptionId) -> Response:
     await _visible(ctx, principal, subscription_id)
     async with session_scope(ctx.db) as session:
         await store.remove(session, subscription_id)
@@ -133,7 +138,7 @@ async def delete_subscription(ctx: Ctx, principal: CurrentPrincipal, subscriptio
 
 @router.get("/v1/subscriptions/{subscription_id}/deliveries", summary="A subscription's deliveries, newest first",
             response_model=Page[Delivery], responses=NOT_FOUND)
-async def list_deliveries(ctx: Ctx, principal: CurrentPrincipal, subscription_id: str,
+async def list_deliveries(ctx: Ctx, principal: CurrentPrincipal, subscription_id: SubscriptionId,
                           status: DeliveryStatus | None = None, cursor: str | None = None,
                           limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100) -> Page[Delivery]:
     await _visible(ctx, principal, subscription_id)
@@ -149,8 +154,9 @@ async def list_deliveries(ctx: Ctx, principal: CurrentPrincipal, subscription_id
 @router.post("/v1/subscriptions/{subscription_id}/ping",
              summary="Send a signed io.xpumesh.webhook.ping now and report how the target answered",
              response_model=Delivery,
-             responses={**NOT_FOUND, 409: {"description": "The subscription is disabled"}})
-async def ping_subscription(ctx: Ctx, principal: CurrentPrincipal, subscription_id: str) -> Delivery:
+             responses={**NOT_FOUND, 409: problem("The subscription is disabled", "Subscription disabled",
+                                                  "a disabled subscription receives nothing")})
+async def ping_subscription(ctx: Ctx, principal: CurrentPrincipal, subscription_id: SubscriptionId) -> Delivery:
     sub = await _visible(ctx, principal, subscription_id)
     if sub.status != SubscriptionStatus.ACTIVE:
         raise ProblemError(409, "Subscription disabled", "a disabled subscription receives nothing")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from libs.schemas.registry import MemberKind, MemberPage, MemberQuery, MemberStatus, ServiceHealth
 from services.gateway.deps import Ctx, call
@@ -15,13 +16,28 @@ router = APIRouter()
 MESH_SERVICES = ("gateway", "registry", "inventory", "scheduler", "metrics")
 
 
-@router.get("/healthz", tags=["system"], summary="Liveness: the process runs")
+class Readiness(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"status": "ready", "checks": {"nats": True, "registry": True}},
+        {"status": "not ready", "checks": {"nats": True, "registry": False}}]})
+
+    status: Literal["ready", "not ready"]
+    checks: dict[str, bool] = Field(description="Each check and whether it passed.")
+
+
+@router.get("/healthz", tags=["system"], summary="Liveness: the process runs",
+            responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}})
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
 @router.get("/readyz", tags=["system"], summary="Readiness: connected to NATS and the registry answers",
-            responses={503: {"description": "Not ready"}})
+            response_model=Readiness,
+            responses={200: {"content": {"application/json": {"example": {
+                           "status": "ready", "checks": {"nats": True, "registry": True}}}}},
+                       503: {"description": "Not ready: the checks say which part is missing", "model": Readiness,
+                             "content": {"application/json": {"example": {
+                                 "status": "not ready", "checks": {"nats": True, "registry": False}}}}}})
 async def readyz(ctx: Ctx) -> JSONResponse:
     checks = {"nats": ctx.bus.connected}
     if checks["nats"]:
@@ -48,6 +64,15 @@ class ServiceEntry(BaseModel):
 
 
 class ServiceList(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [
+        {"name": "gateway", "status": "up", "instances": [
+            {"id": "gateway.hz-ctl-01-48211", "version": "0.1.0", "status": "up",
+             "last_seen": "2025-06-03T08:14:05Z"}]},
+        {"name": "scheduler", "status": "up", "instances": [
+            {"id": "scheduler.hz-ctl-01-48230", "version": "0.1.0", "status": "up", "last_seen": "2025-06-03T08:14:04Z"},
+            {"id": "scheduler.nb-ctl-01-7715", "version": "0.1.0", "status": "down",
+             "last_seen": "2025-06-03T08:02:51Z"}]}]}]})
+
     items: list[ServiceEntry]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path
 
@@ -11,11 +11,13 @@ from libs.schemas.tenancy import TENANT_PATTERN, Quota, Role, TenantUsage
 from services.gateway import models
 from services.gateway.auth import CurrentPrincipal, Principal, ensure_visible, require_role
 from services.gateway.deps import Ctx
+from services.gateway.openapi import problem
 from services.gateway.problems import ProblemError
 from services.gateway.quotas import forget_quota, quota_for, tenant_usage
 
 router = APIRouter(tags=["tenants"])
 Tenant = Annotated[str, Path(pattern=TENANT_PATTERN, description="Tenant name.", examples=["acme"])]
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: problem("No such tenant visible to this key", "Tenant not found", "no tenant 'globex'")}
 
 
 def _not_found(tenant: str) -> ProblemError:
@@ -23,7 +25,7 @@ def _not_found(tenant: str) -> ProblemError:
 
 
 @router.get("/v1/tenants/{tenant}/quota", summary="A tenant's quota (its own keys, operators, admins)",
-            response_model=Quota, responses={404: {"description": "No such tenant visible to this key"}})
+            response_model=Quota, responses=NOT_FOUND)
 async def get_quota(ctx: Ctx, principal: CurrentPrincipal, tenant: Tenant) -> Quota:
     ensure_visible(principal, tenant, _not_found(tenant))
     return await quota_for(ctx, tenant)
@@ -40,7 +42,7 @@ async def put_quota(ctx: Ctx, principal: Annotated[Principal, Depends(require_ro
 
 
 @router.get("/v1/tenants/{tenant}/usage", summary="What a tenant holds now, by hardware type and in compute units",
-            response_model=TenantUsage, responses={404: {"description": "No such tenant visible to this key"}})
+            response_model=TenantUsage, responses=NOT_FOUND)
 async def get_usage(ctx: Ctx, principal: CurrentPrincipal, tenant: Tenant) -> TenantUsage:
     ensure_visible(principal, tenant, _not_found(tenant))
     return await tenant_usage(ctx, tenant)

@@ -31,16 +31,24 @@ from libs.schemas.scheduler import (
 from libs.schemas.workload import WorkloadSpec
 from services.gateway.auth import CurrentPrincipal, ensure_can_modify, tenant_filter
 from services.gateway.deps import Ctx, call
+from services.gateway.openapi import problem
 from services.gateway.pagination import MAX_PAGE, Page, encode_cursor
 from services.gateway.problems import ProblemError
-from services.gateway.quotas import check_quota
+from services.gateway.quotas import QUOTA_PROBLEM, check_quota
 from services.gateway.routes.hosts import string_cursor
 from services.gateway.routes.inventory import hardware_type
 
 router = APIRouter(tags=["workloads"])
-WorkloadId = Annotated[str, Path(max_length=64, description="Workload id, e.g. 'wl_18ea52ab2dac349aa6915d69'.")]
+WorkloadId = Annotated[str, Path(max_length=64, description="Workload id, e.g. 'wl_18ea52ab2dac349aa6915d69'.",
+                                 examples=["wl_18ea52ab2dac349aa6915d69"])]
 _ID = re.compile(WORKLOAD_ID)
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such workload (or another tenant's)"}}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: problem(
+    "No such workload (or another tenant's)", "Workload not found", "no workload 'wl_18ea52ab2dac349aa6915d69'")}
+_QUOTA_EXAMPLE = {
+    "type": QUOTA_PROBLEM,
+    "quota": {"devices": {"gpu": 16, "npu": 8}, "compute_units": 5000},
+    "usage": {"devices": {"gpu": 12.0}, "compute_units": 3711.6},
+    "requested": {"hardware_type": "gpu", "devices": 8.0, "compute_units": None}}
 
 
 def _not_found(wid: str) -> ProblemError:
@@ -58,7 +66,13 @@ def _ref(wid: str, tenant: str | None) -> WorkloadRef:
              responses={201: {"description": "Accepted; placement follows (see state and explanation)",
                               "headers": {"Location": {"description": "The workload's URL",
                                                        "schema": {"type": "string"}}}},
-                        409: {"description": "The Idempotency-Key was used with a different workload"}})
+                        403: problem("The tenant's quota does not allow this workload (the numbers are in the answer)",
+                                     "Quota exceeded",
+                                     "tenant 'acme' may hold 16 gpu devices; it holds 12 and this workload asks for 8",
+                                     **_QUOTA_EXAMPLE),
+                        409: problem("A request with this Idempotency-Key is still running (Retry-After)",
+                                     "Request in progress",
+                                     "a request with this Idempotency-Key is still running; retry shortly")})
 async def submit_workload(ctx: Ctx, principal: CurrentPrincipal, spec: WorkloadSpec, response: Response,
                           idempotency_key: Annotated[str | None, Header(
                               alias="Idempotency-Key", max_length=255,
