@@ -88,8 +88,7 @@ class PlacementCosts:
     def __init__(self, snap: FleetSnapshot, weights: Weights) -> None:
         self.snap = snap
         self.weights = weights
-        total = np.bincount(snap.dev_host[snap.dev_usable], minlength=snap.n_hosts)
-        site_total = np.bincount(snap.host_site, weights=total, minlength=len(snap.sites))
+        site_total = _site_usable(snap)
         site_free = np.bincount(snap.host_site, weights=snap.host_free, minlength=len(snap.sites))
         with np.errstate(divide="ignore", invalid="ignore"):
             util = np.where(site_total > 0, 1.0 - site_free / np.maximum(site_total, 1), 1.0)
@@ -117,11 +116,18 @@ class PlacementCosts:
     def set_pressure(self, items: Sequence[Item], pool_ok: Callable[[Item], BoolArray]) -> None:
         demand = np.zeros(len(self.pressure), dtype=np.float64)
         seen: dict[int, IntArray] = {}
+        # classes a signature's pools belong to: kept with the fleet, per pool_ok array
+        known = self.snap.shared.setdefault(("pool_classes", id(self.snap.pool_profile)), {})
+        assert isinstance(known, dict)
         for it in items:
             cls = seen.get(id(it.sig))
             if cls is None:
-                present = np.bincount(self.pool_class, weights=pool_ok(it), minlength=len(demand)) > 0
-                cls = seen[id(it.sig)] = np.flatnonzero(present)
+                ok = pool_ok(it)
+                hit = known.get(id(ok))
+                if hit is None or hit[0] is not ok:
+                    present = np.bincount(self.pool_class, weights=ok, minlength=len(demand)) > 0
+                    hit = known[id(ok)] = (ok, np.flatnonzero(present))
+                cls = seen[id(it.sig)] = hit[1]
                 self._flex[id(it.sig)] = len(cls) > 1
             if len(cls) == 1:
                 demand[cls[0]] += it.n if it.kind != Kind.SHARE else it.share / SHARE_SCALE
@@ -143,6 +149,18 @@ class PlacementCosts:
         return cost
 
 
+def _site_usable(snap: FleetSnapshot) -> FloatArray:
+    """Usable devices per site; kept with the fleet (health and hosts do not change with decisions)."""
+    key = ("site_usable", id(snap.dev_usable))
+    hit = snap.shared.get(key)
+    if isinstance(hit, tuple) and hit[0] is snap.dev_usable:
+        return hit[1]
+    total = np.bincount(snap.dev_host[snap.dev_usable], minlength=snap.n_hosts)
+    site_total = np.bincount(snap.host_site, weights=total, minlength=len(snap.sites)).astype(np.float64)
+    snap.shared[key] = (snap.dev_usable, site_total)
+    return site_total
+
+
 class Capacity:
     """Mutable free capacity used while choosing; starts as a copy of the snapshot's."""
 
@@ -156,6 +174,8 @@ class Capacity:
         self._whole: dict[int, list[int]] = {}
         self.new_partial: list[int] = []
         self.touched: set[int] = set()  # pools whose free count differs from the snapshot
+        self._touched_order: list[int] = []  # the same pools, in the order they were first touched
+        self._touched_arr: IntArray = np.zeros(0, dtype=np.int64)
 
     def whole_devices(self, pool: int) -> list[int]:
         """Devices of the pool that were whole and free in the snapshot (shares take from the front)."""
@@ -180,12 +200,23 @@ class Capacity:
         links = links[links >= 0]  # devices without a known link group never count
         return len(links) >= n and int(np.bincount(links).max()) >= n
 
+    def _touch(self, pool: int) -> None:
+        if pool not in self.touched:
+            self.touched.add(pool)
+            self._touched_order.append(pool)
+
+    def touched_pools(self) -> IntArray:
+        """``touched`` as an array (first-touched order)."""
+        if len(self._touched_arr) != len(self._touched_order):
+            self._touched_arr = np.array(self._touched_order, dtype=np.int64)
+        return self._touched_arr
+
     def apply(self, item: Item, c: Choice, hw: str, sign: int = 1) -> None:
         """Take (sign=1) or give back (sign=-1) the capacity of a choice."""
         if item.kind == Kind.SHARE:
             if c.fresh:  # an untouched device becomes a shared one (or back)
                 self.pool_free[c.pool] -= sign
-                self.touched.add(c.pool)
+                self._touch(c.pool)
                 self.fresh_taken[c.pool] = self.fresh_taken.get(c.pool, 0) + sign
                 if sign > 0:
                     self.new_partial.append(c.device)
@@ -193,7 +224,7 @@ class Capacity:
             self.free_mem[c.device] -= sign * c.mem
         else:
             self.pool_free[c.pool] -= sign * c.n
-            self.touched.add(c.pool)
+            self._touch(c.pool)
         if item.tenant is not None and (item.tenant, hw) in self.quota_left:
             self.quota_left[(item.tenant, hw)] -= sign * quota_units(item, c.n)
 

@@ -52,25 +52,36 @@ class FeasibilityCache:
 
     _profile: dict[tuple[object, ...], tuple[IntArray, list[str]]]
     _host: dict[tuple[object, ...], IntArray]
+    _pools: dict[tuple[object, ...], BoolArray]
 
     def __init__(self, snap: FleetSnapshot, rules: PlacementRules) -> None:
         self.snap = snap
         self.rules = rules
-        # Profile and host verdicts depend only on parts a snapshot shares with the snapshots
-        # derived from it (with_decision), so they are kept there, per rules object.
+        # Profile and host verdicts (and the pools they leave) depend only on parts a snapshot
+        # shares with the snapshots derived from it (with_decision), so they are kept there,
+        # per rules object.
         entry = snap.shared.get(("feasibility", id(rules)))
         if isinstance(entry, tuple) and entry[0] is rules:
-            self._profile, self._host = entry[1], entry[2]
+            self._profile, self._host, self._pools = entry[1], entry[2], entry[3]
         else:
             self._profile = {}
             self._host = {}
-            snap.shared[("feasibility", id(rules))] = (rules, self._profile, self._host)
+            self._pools = {}
+            snap.shared[("feasibility", id(rules))] = (rules, self._profile, self._host, self._pools)
         self._sig: dict[Signature, Eligibility] = {}
-        usable = snap.dev_usable
-        self.pool_usable = np.bincount(snap.dev_pool[usable], minlength=snap.n_pools)
-        partial = usable & (snap.dev_free_share > EPS) & (
-            (snap.dev_free_share < 1 - EPS) | (snap.dev_free_mem < snap.dev_mem))
-        self.partial_devs = np.flatnonzero(partial)
+        self.pool_usable = snap.pool_usable
+        self._free = snap.pool_free > 0
+        self._partial: IntArray | None = None
+
+    @property
+    def partial_devs(self) -> IntArray:
+        """Usable devices that are partly taken by shares (free share or memory left)."""
+        if self._partial is None:
+            snap = self.snap
+            partial = snap.dev_usable & (snap.dev_free_share > EPS) & (
+                (snap.dev_free_share < 1 - EPS) | (snap.dev_free_mem < snap.dev_mem))
+            self._partial = np.flatnonzero(partial)
+        return self._partial
 
     def get(self, sig: Signature) -> Eligibility:
         hit = self._sig.get(sig)
@@ -81,16 +92,28 @@ class FeasibilityCache:
     # -- stages ------------------------------------------------------------------------------
     def _compute(self, sig: Signature) -> Eligibility:
         snap = self.snap
-        pstage, preason = self._profiles(sig)
-        hstage = self._hosts(sig)
-        pool_ok = (pstage[snap.pool_profile] == PASSED) & (hstage[snap.pool_host] == PASSED) & (self.pool_usable > 0)
-        whole_pools = np.flatnonzero(pool_ok & (snap.pool_free > 0))
-        share_devs = self.partial_devs[pool_ok[snap.dev_pool[self.partial_devs]]]
+        pkey, hkey = self._profile_key(sig), self._host_key(sig)
+        pstage, preason = self._profiles(sig, pkey)
+        hstage = self._hosts(sig, hkey)
+        pool_ok = self._pools.get((pkey, hkey))
+        if pool_ok is None:
+            pool_ok = (pstage[snap.pool_profile] == PASSED) & (hstage[snap.pool_host] == PASSED) & (snap.pool_usable > 0)
+            self._pools[(pkey, hkey)] = pool_ok
+        whole_pools = np.flatnonzero(pool_ok & self._free)
+        partial = self.partial_devs
+        share_devs = partial[pool_ok[snap.dev_pool[partial]]]
         return Eligibility(sig, pstage, preason, hstage, pool_ok, whole_pools, share_devs)
 
-    def _profiles(self, sig: Signature) -> tuple[IntArray, list[str]]:
-        key = (sig.hw_type, sig.vendor, sig.model, sig.min_mem_mib, sig.requires, sig.framework,
-               sig.framework_spec, sig.variants, sig.needs_cu)
+    @staticmethod
+    def _profile_key(sig: Signature) -> tuple[object, ...]:
+        return (sig.hw_type, sig.vendor, sig.model, sig.min_mem_mib, sig.requires, sig.framework,
+                sig.framework_spec, sig.variants, sig.needs_cu)
+
+    @staticmethod
+    def _host_key(sig: Signature) -> tuple[object, ...]:
+        return (sig.sites, sig.avoid_sites, sig.host_labels)
+
+    def _profiles(self, sig: Signature, key: tuple[object, ...]) -> tuple[IntArray, list[str]]:
         hit = self._profile.get(key)
         if hit is None:
             stages = np.full(len(self.snap.profiles), PASSED, dtype=np.int64)
@@ -129,8 +152,7 @@ class FeasibilityCache:
                 return FRAMEWORK, reason
         return PASSED, ""
 
-    def _hosts(self, sig: Signature) -> IntArray:
-        key = (sig.sites, sig.avoid_sites, sig.host_labels)
+    def _hosts(self, sig: Signature, key: tuple[object, ...]) -> IntArray:
         hit = self._host.get(key)
         if hit is not None:
             return hit

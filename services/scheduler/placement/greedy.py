@@ -69,6 +69,7 @@ class _Ctx:
         self._sites: dict[int, int] = {}
         self._groups: dict[int, _Groups] = {}
         self._all: _AllGroups | None = None
+        self.ranked: dict[tuple[object, ...], _Ranked] = {}
 
     def groups(self, elig: Eligibility) -> _Groups:
         hit = self._groups.get(id(elig))
@@ -190,6 +191,34 @@ def _scores(ctx: _Ctx, item: Item, pools: IntArray, pf: IntArray, strategy: Stra
     return np.where(ok, score, -1), need, base
 
 
+@dataclass(slots=True)
+class _Ranked:
+    """A signature's groups that can take one item shape, scored against the snapshot and
+    sorted best first (Python lists: the walk reads them one element at a time)."""
+
+    key: list[int]  # score + the group's first pool (the walk's sort key)
+    score: list[int]
+    need: list[int]
+    base: list[int]
+    gid: list[int]  # index into _AllGroups.starts
+
+
+def _ranked(ctx: _Ctx, item: Item, elig: Eligibility, strategy: Strategy) -> _Ranked:
+    """Group representatives ranked for this item. They are scored at snapshot state, so the
+    ranking is shared by every item of the pass with the same shape and signature."""
+    shape = (id(elig), strategy, item.kind, item.n, item.cu, len(item.replicas), item.data_site, item.data_gib)
+    hit = ctx.ranked.get(shape)
+    if hit is None:
+        groups = ctx.groups(elig)
+        score, need, base = _scores(ctx, item, groups.rep, ctx.snap.pool_free[groups.rep], strategy)
+        live = np.flatnonzero(score >= 0)
+        key = score[live] + groups.firsts[live]
+        order = live[np.argsort(key, kind="stable")]
+        hit = ctx.ranked[shape] = _Ranked((score[order] + groups.firsts[order]).tolist(), score[order].tolist(),
+                                          need[order].tolist(), base[order].tolist(), groups.gid[order].tolist())
+    return hit
+
+
 def _whole_options(ctx: _Ctx, item: Item, elig: Eligibility, cap: Capacity, strategy: Strategy, limit: int,
                    used_hosts: dict[int, int], site_count: dict[int, int], site_cap: int,
                    snapshot_extra: int = 0) -> list[Choice]:
@@ -198,19 +227,8 @@ def _whole_options(ctx: _Ctx, item: Item, elig: Eligibility, cap: Capacity, stra
     snap = ctx.snap
     if len(elig.whole_pools) == 0:
         return []
-    groups = ctx.groups(elig)
-    n_rep = len(groups.rep)
-    # One scoring call for the group representatives (snapshot state) and the pools this pass
-    # already changed, scored both as they are now and as they were at batch start.
+    ranked = _ranked(ctx, item, elig, strategy)
     touched = cap.touched
-    tq = np.fromiter((q for q in touched if elig.pool_ok[q]), dtype=np.int64) if touched else _EMPTY
-    pools = np.concatenate([groups.rep, tq, tq]) if len(tq) else groups.rep
-    pf = snap.pool_free[pools]
-    if len(tq):
-        pf[n_rep:n_rep + len(tq)] = cap.pool_free[tq]
-    all_score, all_need, all_base = _scores(ctx, item, pools, pf, strategy)
-    score, need, base = all_score[:n_rep], all_need[:n_rep], all_base[:n_rep]
-    live = np.flatnonzero(score >= 0)
     full_sites = {s for s, c in site_count.items() if c >= site_cap} if item.spread == "site" else set()
     quota = [(i, cap.quota_left[(item.tenant, name)]) for i, name in enumerate(ctx.hw_names)
              if item.tenant is not None and (item.tenant, name) in cap.quota_left]
@@ -227,18 +245,16 @@ def _whole_options(ctx: _Ctx, item: Item, elig: Eligibility, cap: Capacity, stra
         return not (item.link and not cap.link_fits(q, n))
 
     restricted = bool((used_hosts and item.spread == "host") or full_sites or quota or item.link)
+    # Sort keys are unique (score + pool index, pool indices differ), so the order found is total.
     found: list[tuple[int, int, int, int]] = []  # (score, pool, need, cost)
+    groups = ctx.groups(elig)
     starts, members = groups.starts, groups.members
-    order = live[np.argsort(score[live] + groups.firsts[live], kind="stable")]
     kth = None
-    gids = groups.gid
-    for g in order.tolist():
-        sg = int(score[g])
-        if kth is not None and sg + int(groups.firsts[g]) > kth:
+    for k, key in enumerate(ranked.key):
+        if kth is not None and key > kth:
             break
-        n, cost = int(need[g]), int(base[g])
+        sg, n, cost, gg = ranked.score[k], ranked.need[k], ranked.base[k], ranked.gid[k]
         taken = 0
-        gg = int(gids[g])
         for q in members[starts[gg]:starts[gg + 1]]:
             if q in touched or (restricted and not allowed(q, n)):
                 continue
@@ -251,21 +267,33 @@ def _whole_options(ctx: _Ctx, item: Item, elig: Eligibility, cap: Capacity, stra
             del found[limit:]
             kth = found[-1][0]
     extra: list[tuple[int, int, int, int]] = []
+    # Pools this pass already changed: scored as they are now, and as they were at batch start.
+    tq = cap.touched_pools()
     if len(tq):
-        now, start = slice(n_rep, n_rep + len(tq)), slice(n_rep + len(tq), None)
-        t_score, t_need, t_base = all_score[now], all_need[now], all_base[now]
-        s_score, s_need, s_base = all_score[start], all_need[start], all_base[start]
-        for j in np.flatnonzero((t_score >= 0) | (s_score >= 0)).tolist():
-            q = int(tq[j])
-            if t_score[j] >= 0:
-                if allowed(q, int(t_need[j])):
-                    found.append((int(t_score[j]) + q, q, int(t_need[j]), int(t_base[j])))
-            elif snapshot_extra and allowed(q, int(s_need[j])):
-                # full now, but not at batch start: the solver may free it by moving earlier items
-                extra.append((int(s_score[j]) + q, q, int(s_need[j]), int(s_base[j])))
+        tq = tq[elig.pool_ok[tq]]
+    if len(tq):
+        m = len(tq)
+        both = np.concatenate([tq, tq])
+        pf = snap.pool_free[both]
+        pf[:m] = cap.pool_free[tq]
+        all_score, all_need, all_base = _scores(ctx, item, both, pf, strategy)
+        t_score, s_score = all_score[:m], all_score[m:]
+        for j in np.flatnonzero(t_score >= 0).tolist():
+            q, n = int(tq[j]), int(all_need[j])
+            if allowed(q, n):
+                found.append((int(t_score[j]) + q, q, n, int(all_base[j])))
+        if snapshot_extra:
+            # full now, but not at batch start: the solver may free it by moving earlier items
+            late = np.flatnonzero((t_score < 0) & (s_score >= 0))
+            if len(late):
+                for j in late[np.argsort(s_score[late] + tq[late], kind="stable")].tolist():
+                    q, n = int(tq[j]), int(all_need[m + j])
+                    if allowed(q, n):
+                        extra.append((int(s_score[j]) + q, q, n, int(all_base[m + j])))
+                        if len(extra) >= snapshot_extra:
+                            break
     found.sort()
-    extra.sort()
-    chosen = found[:limit] + extra[:snapshot_extra]
+    chosen = found[:limit] + extra
     return [Choice(item.idx, q, -1, n, 0, 0, cost=cost) for _, q, n, cost in chosen]
 
 
