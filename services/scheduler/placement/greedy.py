@@ -172,22 +172,21 @@ def _scores(ctx: _Ctx, item: Item, pools: IntArray, pf: IntArray, strategy: Stra
     snap = ctx.snap
     if item.kind == Kind.CU:
         need = cu_need(item, ctx.prof_cu[snap.pool_profile[pools]])
-        ok = (need > 0) & (pf >= need)
+        leftover = pf - need
+        ok = (need > 0) & (leftover >= 0)
     else:
         need = np.full(len(pools), item.n, dtype=np.int64)
-        ok = pf >= item.n
-    leftover = pf - need
-    base = np.zeros(len(pools), dtype=np.int64)
-    if strategy == "first_fit":
-        score = np.zeros(len(pools), dtype=np.int64)
-    elif strategy == "best_fit":
-        score = leftover * _BIG
-    else:
-        w = ctx.w
-        fresh = pf >= snap.pool_usable[pools]
-        frag = np.where(leftover == 0, np.where(fresh, 0, -w.frag), np.where(fresh, w.frag, 0))
-        base = ctx.costs.pool_costs(item, pools, need)
-        score = (pf * w.waste + frag + base + 4096) * (_BIG // 1024)
+        leftover = pf - item.n
+        ok = leftover >= 0
+    if strategy != "scored":
+        base = np.zeros(len(pools), dtype=np.int64)
+        return np.where(ok, leftover * _BIG if strategy == "best_fit" else 0, -1), need, base
+    w = ctx.w
+    base = ctx.costs.pool_costs(item, pools, need)
+    # frag: +frag for a fresh pool left partly used, -frag for a partly used pool filled up
+    fresh = (pf >= snap.pool_usable[pools]).astype(np.int64)
+    score = pf * w.waste + base + fresh * w.frag - (leftover == 0) * w.frag + 4096
+    score *= _BIG // 1024
     return np.where(ok, score, -1), need, base
 
 
