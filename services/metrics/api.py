@@ -1,6 +1,6 @@
 """The metrics service: telemetry in, rollups, city summaries, alerts, and the Prometheus endpoint.
 
-Consumes ``XPUMESH_TELEMETRY`` (big batches, COPY), capability reports (device metadata),
+Consumes ``XPUMESH_TELEMETRY`` (big batches, COPY; by a consumer of its own, see ``consumer.py``), capability reports (device metadata),
 registry host up/down events and workload events; answers ``xpumesh.rpc.metrics.*``;
 serves ``/metrics`` on ``metrics_port``; fires and resolves alerts through the outbox.
 """
@@ -38,6 +38,7 @@ from libs.schemas.metrics import (
 )
 from libs.service import Context, ServiceApp
 from services.metrics import models, runtime, series
+from services.metrics.consumer import TelemetryConsumer
 from services.metrics.exposition import DeviceText, render_all, serve_http
 from services.metrics.runtime import Runtime
 from services.metrics.state import STATUS_DOWN, STATUS_UP, DeviceMeta
@@ -47,6 +48,7 @@ from services.metrics.workloads import parse_event
 log = logging.getLogger(__name__)
 app = ServiceApp("metrics")
 TELEMETRY_BATCH = 4096
+TELEMETRY_DURABLE = "metrics-telemetry"
 
 
 def rt(ctx: Context) -> Runtime:
@@ -56,7 +58,10 @@ def rt(ctx: Context) -> Runtime:
 
 @app.on_startup
 async def start(ctx: Context) -> None:
-    ctx.state["rt"] = await runtime.start(ctx)
+    r = ctx.state["rt"] = await runtime.start(ctx)
+    consumer = ctx.state["telemetry"] = TelemetryConsumer(ctx, r.ingest, stream=STREAM_TELEMETRY, durable=TELEMETRY_DURABLE,
+                                                          subject=subjects.HOST_TELEMETRY_ALL, batch=TELEMETRY_BATCH)
+    await consumer.start()
 
 
 @app.on_shutdown
@@ -71,10 +76,11 @@ async def stop(ctx: Context) -> None:
 
 
 # --- consumers ------------------------------------------------------------------------
-@app.consumer(STREAM_TELEMETRY, durable="metrics-telemetry", subject=subjects.HOST_TELEMETRY_ALL, batch=True,
-              batch_size=TELEMETRY_BATCH)
-async def on_telemetry(events: list[CloudEvent], ctx: Context) -> None:
-    await rt(ctx).ingest.handle(events)
+@app.task
+async def on_telemetry(ctx: Context) -> None:
+    """The telemetry stream, by a consumer of its own (``services.metrics.consumer``: the hot path)."""
+    consumer: TelemetryConsumer = ctx.state["telemetry"]
+    await consumer.run()
 
 
 @app.consumer(STREAM_HOSTS, durable="metrics-capability", subject=subjects.HOST_CAPABILITY_ALL, batch=True,
