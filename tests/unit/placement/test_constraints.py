@@ -240,6 +240,17 @@ def test_data_locality_prefers_the_data_site():
     assert hosts_of(place(batch, snap), "w") == ["far"]
 
 
+def test_data_locality_holds_for_each_workload_of_one_batch():
+    snap = fleet({"far": ("a100", 8), "near": ("a100", 8)}, sites={"far": "bj", "near": "gz"},
+                 links=[SiteLink("bj", "gz", bandwidth_gbps=10)])
+    # enough data that moving it costs more than opening a second host
+    batch = [wl("to-gz", hardware={"type": "gpu", "count": 2}, placement={"data_site": "gz", "data_gib": 5000}),
+             wl("to-bj", hardware={"type": "gpu", "count": 2}, placement={"data_site": "bj", "data_gib": 5000})]
+    for d in (place(batch, snap), place(batch, snap, time_limit_s=0)):
+        assert hosts_of(d, "to-gz") == ["near"]
+        assert hosts_of(d, "to-bj") == ["far"]
+
+
 def test_same_link_group_keeps_a_replica_on_one_island():
     hosts = [host("h")]
     devs = devices("h", "910b", 4, link="hccs0") + devices("h", "910b", 4, link="hccs1", start=4)

@@ -85,6 +85,32 @@ def test_random_fleet_decisions_keep_invariants(seed):
         1 for p in decisions[0].preemptions)
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_derived_snapshot_places_like_a_freshly_built_one(seed):
+    """Filter verdicts and pool masks are kept with the fleet across with_decision; a chain of
+    derived snapshots must decide exactly as snapshots built from scratch."""
+    snap, batch = _random_case(seed)
+    _, later = _random_case(seed + 100)
+    hosts, devs = snap.hosts, _device_infos(snap)
+    for chunk in (batch, later, batch):
+        derived = place(chunk, snap)
+        fresh = place(chunk, build_snapshot(hosts, devs, snap.allocations))
+        assert derived.assignments == fresh.assignments
+        assert [(p.workload_id, p.reason) for p in derived.pending] == [(p.workload_id, p.reason) for p in fresh.pending]
+        snap = snap.with_decision(derived, chunk)
+
+
+def _device_infos(snap):
+    out = []
+    for d, dev_id in enumerate(snap.dev_ids):
+        prof = snap.profiles[snap.dev_profile[d]]
+        out.append(DeviceInfo(dev_id, snap.hosts[snap.dev_host[d]].id, prof.hardware_type, prof.vendor, prof.model,
+                              prof.memory_mib, prof.compute_units, prof.driver_version, dict(prof.runtimes),
+                              Health.HEALTHY if snap.dev_usable[d] else Health.UNHEALTHY,
+                              f"l{snap.dev_link[d]}" if snap.dev_link[d] >= 0 else None))
+    return out
+
+
 def test_with_decision_applies_assignments_and_preemptions():
     snap, batch = _random_case(3)
     d = place(batch, snap)
