@@ -21,7 +21,11 @@ Per phase:
 * the machine's 1-minute load average at the end (anything else running competes for the cores).
 
 After the phases, with the generators stopped, the rate at which the service works off any
-backlog left is its ingest capacity on this machine (``drain``).
+backlog left (``drain``; only when the phases left one). Then the service's own ingest
+capacity (``capacity``): with the service stopped, ``--backlog-rounds`` rounds of telemetry
+from every host are published at once; the service is started again and the time it takes
+to work that backlog off gives samples/s with only NATS and PostgreSQL beside it. The phases'
+``ingested_samples_per_s`` can never exceed what the generator offers; ``capacity`` can.
 
 A human table is printed, then ONE JSON object on the last line.
 """
@@ -89,7 +93,8 @@ def _templates(host: str, site: str, devices: int, rng: random.Random) -> list[t
 
 
 async def generate(nats_url: str, hosts: list[tuple[str, str]], devices: int, interval: float, duration: float,
-                   seed: int) -> dict[str, Any]:
+                   seed: int, burst: int = 0) -> dict[str, Any]:
+    """Publish every ``interval`` for ``duration``; with ``burst``, that many rounds over all hosts at once."""
     from libs.config import BusSettings
 
     bus = Bus(BusSettings(), name="bench-gen")
@@ -99,9 +104,18 @@ async def generate(nats_url: str, hosts: list[tuple[str, str]], devices: int, in
     nc = bus.nc
     loop = asyncio.get_running_loop()
     start = loop.time()
-    rate = len(tpl) / interval  # messages per second, spread evenly
+    rate = len(tpl) / interval if not burst else float("inf")  # messages per second, spread evenly
     sent, seq, i = 0, 0, 0
-    while (now := loop.time() - start) < duration:
+    while burst and seq < burst:
+        ts = datetime.now(UTC).isoformat().replace("+00:00", "Z").encode()
+        for host, _site, subject, variants in tpl:
+            a, b, c, d = variants[seq % 4]
+            msg_id = f"{host}-b{seq}"
+            await nc.publish(subject, a + msg_id.encode() + b + ts + c + ts + d, headers={"Nats-Msg-Id": msg_id})
+            sent += 1
+        seq += 1
+        await nc.flush()
+    while not burst and (now := loop.time() - start) < duration:
         ts = datetime.now(UTC).isoformat().replace("+00:00", "Z").encode()
         while sent < now * rate:  # catch up on whatever a slow loop owes
             host, _site, subject, variants = tpl[i]
@@ -126,9 +140,11 @@ def generator_main(argv: list[str]) -> int:
     p.add_argument("--devices", type=int)
     p.add_argument("--interval", type=float)
     p.add_argument("--duration", type=float)
+    p.add_argument("--burst", type=int, default=0)
     a = p.parse_args(argv)
     hosts = host_ids(a.first + a.count)[a.first:]
-    print(json.dumps(asyncio.run(generate(a.nats, hosts, a.devices, a.interval, a.duration, a.first))), flush=True)
+    print(json.dumps(asyncio.run(generate(a.nats, hosts, a.devices, a.interval, a.duration, a.first, a.burst))),
+          flush=True)
     return 0
 
 
@@ -252,8 +268,44 @@ async def drain_rate(bus: Bus, metrics: psutil.Process, limit_s: float) -> dict[
     s1 = await rpc(bus, "ingest.stats", IngestStats)
     return {"backlog_start": backlog0, "backlog_end": backlog, "duration_s": round(elapsed, 1),
             "samples_per_s": round((s1.samples_total - s0.samples_total) / elapsed) if backlog0 > 1000 else None,
+            "metrics_cpu_pct": round(100 * (cpu_of([metrics]) - c0) / elapsed, 1) if backlog0 > 1000 else None,
+            "load_avg_1m_end": round(os.getloadavg()[0], 2)}
+
+
+async def capacity(bus: Bus, args: argparse.Namespace, nats_url: str, start_service: Any) -> dict[str, Any]:
+    """The service's own ingest capacity: with the service stopped, ``--backlog-rounds`` telemetry rounds of every
+    host are published at once; the service is started again and the time it takes to work the backlog off
+    is measured (nothing else publishes meanwhile)."""
+    gen = subprocess.run([sys.executable, __file__, "--generate", "--nats", nats_url, "--first", "0", "--count",
+                          str(args.hosts), "--devices", str(args.devices), "--interval", "1", "--duration", "0",
+                          "--burst", str(args.backlog_rounds)], capture_output=True, text=True, check=True)
+    sent = json.loads(gen.stdout.strip().splitlines()[-1])["sent"]
+    info = await bus.js.consumer_info(STREAM_TELEMETRY, DURABLE)
+    backlog0 = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+    proc = start_service()
+    metrics = psutil.Process(proc.pid)
+    await wait_ready(bus)
+    s0, c0, t0 = await rpc(bus, "ingest.stats", IngestStats), cpu_of([metrics]), time.monotonic()
+    backlog = backlog0
+    while backlog > 0 and time.monotonic() - t0 < args.drain_s:
+        await asyncio.sleep(0.25)
+        info = await bus.js.consumer_info(STREAM_TELEMETRY, DURABLE)
+        backlog = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+    s1 = await rpc(bus, "ingest.stats", IngestStats)
+    elapsed = max(time.monotonic() - t0, 1e-6)
+    return {"published_messages": sent, "backlog_start": backlog0, "backlog_end": backlog, "duration_s": round(elapsed, 2),
+            "samples_per_s": round((s1.samples_total - s0.samples_total) / elapsed),
             "metrics_cpu_pct": round(100 * (cpu_of([metrics]) - c0) / elapsed, 1),
             "load_avg_1m_end": round(os.getloadavg()[0], 2)}
+
+
+async def wait_ready(bus: Bus) -> None:
+    for _ in range(300):
+        try:
+            await rpc(bus, "ingest.stats", IngestStats)
+            return
+        except Exception:
+            await asyncio.sleep(0.2)
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -275,17 +327,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                        XPUMESH_LOG_LEVEL="WARNING")
             log = open(os.environ.get("BENCH_LOG") or root / "metrics.log", "wb")
             profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []
-            proc = subprocess.Popen([sys.executable, *profile, "-m", "xpumesh", "run", "metrics"], env=env, stdout=log,
-                                    stderr=subprocess.STDOUT)
+
+            def start_service() -> subprocess.Popen[bytes]:
+                nonlocal proc
+                proc = subprocess.Popen([sys.executable, *profile, "-m", "xpumesh", "run", "metrics"], env=env, stdout=log,
+                                        stderr=subprocess.STDOUT)
+                return proc
+
+            start_service()
+            assert proc is not None
             bus = Bus(settings.bus, name="bench")
             await bus.connect(nats.url)
             await bus.ensure_streams()
-            for _ in range(300):
-                try:
-                    await rpc(bus, "ingest.stats", IngestStats)
-                    break
-                except Exception:
-                    await asyncio.sleep(0.2)
+            await wait_ready(bus)
             hosts = host_ids(args.hosts)
             t = time.monotonic()
             await announce(bus, hosts, args.devices)
@@ -301,8 +355,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                       file=sys.stderr)
                 results.append(await phase(bus, args, interval, nats.url, metrics, pg, nats))
             drain = await drain_rate(bus, metrics, args.drain_s)
+            cap = None
+            if args.backlog_rounds:
+                proc.terminate()
+                proc.wait(timeout=60)
+                cap = await capacity(bus, args, nats.url, start_service)
             await bus.close()
-            return {"bench": "telemetry", "cpus": os.cpu_count(), "phases": results, "drain": drain}
+            return {"bench": "telemetry", "cpus": os.cpu_count(), "phases": results, "drain": drain, "capacity": cap}
         finally:
             if proc is not None:
                 proc.terminate()
@@ -325,6 +384,8 @@ def main() -> int:
     p.add_argument("--warmup-s", type=float, default=20.0)
     p.add_argument("--generators", type=int, default=1, help="telemetry generator processes")
     p.add_argument("--drain-s", type=float, default=60.0, help="after the phases: time to watch the backlog drain")
+    p.add_argument("--backlog-rounds", type=int, default=10,
+                   help="capacity: telemetry rounds of every host published while the service is stopped (0: skip)")
     p.add_argument("--profile", default=None, help="run the metrics service under cProfile, writing this file")
     args = p.parse_args()
     if args.profile:
@@ -343,6 +404,10 @@ def main() -> int:
     if d["samples_per_s"] is not None:
         print(f"  backlog drain (generators stopped): {d['samples_per_s']:,} samples/s at {d['metrics_cpu_pct']}% CPU "
               f"({d['backlog_start']:,} → {d['backlog_end']:,} messages in {d['duration_s']} s)")
+    c = result["capacity"]
+    if c is not None:
+        print(f"  capacity (a pre-built backlog, nothing else publishing): {c['samples_per_s']:,} samples/s at "
+              f"{c['metrics_cpu_pct']}% CPU ({c['backlog_start']:,} → {c['backlog_end']:,} messages in {c['duration_s']} s)")
     print(json.dumps(result, separators=(",", ":")))
     return 0
 
