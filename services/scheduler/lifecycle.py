@@ -64,8 +64,12 @@ class Replica:
         self.dirty = True
 
     def view(self) -> ReplicaView:
-        return ReplicaView(replica=self.replica, attempt=self.attempt, state=self.state, host_id=self.host_id,
-                           site=self.site, devices=[ReplicaDevice.model_validate(d) for d in self.devices],
+        # A replica waiting for placement (preempted, lost, restarting) holds nothing: the host and devices
+        # of its last attempt stay on the record (its logs come from there) but are not its placement.
+        placed = self.state != "pending"
+        return ReplicaView(replica=self.replica, attempt=self.attempt, state=self.state,
+                           host_id=self.host_id if placed else None, site=self.site if placed else None,
+                           devices=[ReplicaDevice.model_validate(d) for d in self.devices] if placed else [],
                            exit_code=self.exit_code, message=self.message, started_at=self.started_at,
                            finished_at=self.finished_at)
 
