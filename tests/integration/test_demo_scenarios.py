@@ -1,0 +1,393 @@
+"""The demo, end to end: the real services and the demo fleet simulator, driven only over HTTP.
+
+One mesh (registry, inventory, scheduler, gateway, and the simulated multi-city fleet that
+``xpumesh up --demo`` runs, here with 44 hosts) serves every scenario of this module. Each
+scenario submits workloads with its own tenant's key, reads where they landed from
+``/v1/workloads/{id}``, checks vendor, model and driver of those devices through
+``/v1/hosts/{id}``, and stops its workloads afterwards so the next one starts on an idle fleet.
+The only thing not done over HTTP is losing a host: that goes to the simulator's control
+subject, as it would from an operator's console.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse, urlunparse
+
+import asyncpg
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from agent.sim.main import Simulator, simulate
+from libs.bus.connection import Bus
+from libs.config import Settings
+from libs.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from libs.schemas.inventory import SIM_CTL_SUBJECT, SimControl, SimControlReply
+from libs.service import ServiceApp, serve
+from libs.versions import Version
+from services.gateway.api import app as gateway_app
+from services.inventory.api import app as inventory_app
+from services.registry.api import app as registry_app
+from services.scheduler.api import app as scheduler_app
+from tests.conftest import TEST_ADMIN_KEY, assert_eventually
+from tests.integration.test_scheduler_kit import FAST
+
+FLEET_HOSTS = 44  # the demo fleet's first 44 hosts: every city, four 8-GPU NVIDIA hosts, old and new drivers
+ADMIN = {"Authorization": f"Bearer {TEST_ADMIN_KEY}"}
+_tenants = itertools.count()
+
+
+@dataclass
+class Mesh:
+    client: httpx.AsyncClient  # the admin key; scenarios use their own tenant keys
+    bus: Bus
+    settings: Settings
+
+
+@pytest.fixture(scope="module")
+def demo_nats() -> Iterator[EmbeddedNats]:
+    with tempfile.TemporaryDirectory(prefix="xpumesh-demo-nats-") as d:
+        n = EmbeddedNats(Path(d)).start()
+        try:
+            yield n
+        finally:
+            n.stop()
+
+
+async def _admin_sql(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(urlunparse(urlparse(dsn)._replace(path="/postgres")))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module")
+async def demo_db(pg_server: tuple[str, EmbeddedPostgres | None], template_db: str) -> AsyncIterator[str]:
+    dsn, _ = pg_server
+    name = f"xpm_demo_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}_{os.getpid()}"
+    await _admin_sql(dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await _admin_sql(dsn, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    yield urlunparse(urlparse(dsn)._replace(path=f"/{name}"))
+    with contextlib.suppress(Exception):
+        await _admin_sql(dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+async def mesh(demo_nats: EmbeddedNats, demo_db: str, tmp_path_factory: pytest.TempPathFactory
+               ) -> AsyncIterator[Mesh]:
+    """Every service the demo needs, in this process, and the demo fleet simulator (no random faults)."""
+    s = Settings(nats_url=demo_nats.url, database_url=SecretStr(demo_db), data_dir=tmp_path_factory.mktemp("demo"),
+                 bootstrap_admin_key=SecretStr(TEST_ADMIN_KEY), heartbeat_interval_s=0.5, telemetry_interval_s=2.0,
+                 gateway_port=free_port(), metrics_port=free_port(),
+                 registry={"sweep_interval_s": 0.1, "flush_interval_s": 0.3},
+                 bus={"request_timeout_s": 3.0, "drain_timeout_s": 1.0}, scheduler=FAST,
+                 inventory={"sim_device_fault_per_hour": 0.0, "sim_host_loss_per_hour": 0.0})
+    stops: list[tuple[asyncio.Event, asyncio.Task[Any]]] = []
+
+    async def start(app: ServiceApp) -> None:
+        ready, stop = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(serve(app, s, ready=ready, stop=stop))
+        stops.append((stop, task))
+        waiter = asyncio.create_task(ready.wait())
+        done, _ = await asyncio.wait({task, waiter}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if task in done:
+            task.result()
+        assert ready.is_set(), f"{app.name} did not become ready"
+
+    bus = Bus(s.bus, name="demo-test")
+    try:
+        for app in (registry_app, inventory_app, scheduler_app, gateway_app):
+            await start(app)
+        sim_stop, sim_ready = asyncio.Event(), asyncio.Event()
+        sim: asyncio.Task[Simulator] = asyncio.create_task(simulate(s, FLEET_HOSTS, 7, sim_stop, ready=sim_ready))
+        stops.append((sim_stop, sim))
+        await asyncio.wait_for(sim_ready.wait(), timeout=30)
+        await bus.connect(s.nats_url or "")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{s.gateway_port}", headers=ADMIN,
+                                     timeout=10) as client:
+
+            async def fleet_registered() -> bool:
+                try:
+                    r = await client.get("/v1/hosts", params={"limit": 100, "status": "up"})
+                except httpx.TransportError:
+                    return False
+                return r.status_code == 200 and len(r.json()["items"]) == FLEET_HOSTS
+
+            await assert_eventually(fleet_registered, timeout=30, interval=0.2, message="the demo fleet registered")
+            yield Mesh(client, bus, s)
+    finally:
+        await bus.close()
+        for stop, task in reversed(stops):
+            stop.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, timeout=10)
+
+
+@pytest.fixture
+async def user(mesh: Mesh) -> AsyncIterator[dict[str, str]]:
+    """A fresh tenant's user key (as an application developer has); its workloads are stopped afterwards."""
+    tenant = f"demo{next(_tenants)}"
+    r = await mesh.client.post("/v1/keys", json={"tenant": tenant, "role": "user", "name": tenant})
+    assert r.status_code == 201, r.text
+    headers = {"Authorization": f"Bearer {r.json()['key']}"}
+    yield headers
+    page = await mesh.client.get("/v1/workloads", params={"limit": 500}, headers=headers)
+    for w in page.json()["items"]:
+        if w["state"] not in ("succeeded", "failed", "stopped"):
+            stopped = await mesh.client.delete(f"/v1/workloads/{w['id']}", headers=headers)
+            assert stopped.status_code == 200, stopped.text
+
+
+# --------------------------------------------------------------------------- helpers
+async def _submit(mesh: Mesh, user: dict[str, str], spec: dict[str, Any]) -> str:
+    r = await mesh.client.post("/v1/workloads", json=spec, headers=user)
+    assert r.status_code == 201, r.text
+    wid: str = r.json()["id"]
+    return wid
+
+
+async def _view(mesh: Mesh, user: dict[str, str], wid: str) -> dict[str, Any]:
+    r = await mesh.client.get(f"/v1/workloads/{wid}", headers=user)
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def _describe(view: dict[str, Any]) -> str:
+    return (f"{view['id']} is {view['state']}; replicas {[(p['replica'], p['state'], p['host_id']) for p in view['placement']]}"
+            f"; explanation {view['explanation']}; history {[(h['replica'], h['to_state'], h['reason']) for h in view['history']]}")
+
+
+async def _until(mesh: Mesh, user: dict[str, str], wid: str, state: str, *, timeout: float = 20.0
+                 ) -> dict[str, Any]:
+    """The workload's view once it is in ``state`` (with every replica running, for 'running')."""
+    last: dict[str, Any] = {}
+
+    async def check() -> dict[str, Any] | None:
+        nonlocal last
+        last = await _view(mesh, user, wid)
+        if last["state"] != state:
+            return None
+        if state == "running" and any(p["state"] != "running" for p in last["placement"]):
+            return None
+        return last
+
+    try:
+        result: dict[str, Any] = await assert_eventually(check, timeout=timeout, interval=0.2)
+    except AssertionError:
+        raise AssertionError(f"not {state} within {timeout}s: {_describe(last)}") from None
+    return result
+
+
+async def _waiting(mesh: Mesh, user: dict[str, str], wid: str, reason: str, *, timeout: float = 20.0
+                   ) -> dict[str, Any]:
+    """The workload's view once the scheduler has explained why it waits, naming ``reason``."""
+    last: dict[str, Any] = {}
+
+    async def check() -> dict[str, Any] | None:
+        nonlocal last
+        last = await _view(mesh, user, wid)
+        exp = last["explanation"]
+        return last if exp is not None and reason in exp["reason"] else None
+
+    try:
+        result: dict[str, Any] = await assert_eventually(check, timeout=timeout, interval=0.2)
+    except AssertionError:
+        raise AssertionError(f"no explanation naming {reason!r} within {timeout}s: {_describe(last)}") from None
+    return result
+
+
+async def _devices_of(mesh: Mesh, replica: dict[str, Any]) -> list[dict[str, Any]]:
+    """The inventory's record (vendor, model, driver, runtimes, compute units) of a replica's devices."""
+    r = await mesh.client.get(f"/v1/hosts/{replica['host_id']}")
+    assert r.status_code == 200, r.text
+    by_id = {d["id"]: d for d in r.json()["devices"]}
+    return [by_id[d["id"]] for d in replica["devices"]]
+
+
+async def _all_devices(mesh: Mesh, **params: Any) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        r = await mesh.client.get("/v1/devices", params={"limit": 500, **params, **({"cursor": cursor} if cursor else {})})
+        assert r.status_code == 200, r.text
+        items += r.json()["items"]
+        cursor = r.json().get("next_cursor")
+        if not cursor:
+            return items
+
+
+async def _sim(mesh: Mesh, **req: Any) -> SimControlReply:
+    msg = await mesh.bus.nc.request(SIM_CTL_SUBJECT, SimControl(**req).model_dump_json().encode(), timeout=3)
+    return SimControlReply.model_validate_json(msg.data)
+
+
+# --------------------------------------------------------------------------- scenarios
+async def test_demo_two_npus_land_on_two_ascend_devices_of_one_host(mesh: Mesh, user: dict[str, str]) -> None:
+    wid = await _submit(mesh, user, {"name": "npu-pair", "hardware": {"type": "npu", "count": 2}})
+    view = await _until(mesh, user, wid, "running")
+    [replica] = view["placement"]
+    assert replica["host_id"] and len(replica["devices"]) == 2
+    assert len({d["id"] for d in replica["devices"]}) == 2
+    devices = await _devices_of(mesh, replica)
+    assert all(d["host_id"] == replica["host_id"] and d["hardware_type"] == "npu" for d in devices)
+    assert all(d["vendor"] == "huawei" and d["model"].startswith("Ascend") for d in devices), devices
+
+
+async def test_demo_two_half_a100_shares_run_on_one_device(mesh: Mesh, user: dict[str, str]) -> None:
+    spec = {"name": "half-a100", "hardware": {"type": "gpu", "vendor": "nvidia", "model": "A100*", "share": 0.5}}
+    first, second = await _submit(mesh, user, spec), await _submit(mesh, user, spec)
+    a, b = await _until(mesh, user, first, "running"), await _until(mesh, user, second, "running")
+    [da], [db] = a["placement"][0]["devices"], b["placement"][0]["devices"]
+    assert da["id"] == db["id"], (da, db)
+    assert da["share"] == db["share"] == 0.5
+    [device] = await _devices_of(mesh, a["placement"][0])
+    assert device["vendor"] == "nvidia" and device["model"].startswith("A100"), device
+
+
+async def test_demo_gang_of_four_by_eight_gpus_lands_all_or_none(mesh: Mesh, user: dict[str, str]) -> None:
+    gpus = await _all_devices(mesh, hardware_type="gpu")
+    per_host: dict[str, int] = {}
+    for d in gpus:
+        per_host[d["host_id"]] = per_host.get(d["host_id"], 0) + 1
+    eight = sorted(h for h, n in per_host.items() if n >= 8)
+    assert len(eight) == 4, f"the scenario wants exactly four 8-GPU hosts, the fleet has {eight}"
+
+    # One replica more than there are 8-GPU hosts: four could run, so the gang places none of them.
+    too_big = await _submit(mesh, user, {"name": "gang-5x8", "hardware": {"type": "gpu", "count": 8},
+                                         "replicas": 5, "gang": True})
+    waiting = await _waiting(mesh, user, too_big, "gang of 5")
+    assert waiting["state"] == "pending" and all(p["host_id"] is None and not p["devices"]
+                                                 for p in waiting["placement"]), _describe(waiting)
+
+    fits = await _submit(mesh, user, {"name": "gang-4x8", "hardware": {"type": "gpu", "count": 8},
+                                      "replicas": 4, "gang": True})
+    view = await _until(mesh, user, fits, "running")
+    assert sorted(p["host_id"] for p in view["placement"]) == eight
+    for replica in view["placement"]:
+        devices = await _devices_of(mesh, replica)
+        assert len(devices) == 8 and all(d["vendor"] == "nvidia" for d in devices)
+    still = await _view(mesh, user, too_big)
+    assert still["state"] == "pending" and all(p["host_id"] is None for p in still["placement"]), _describe(still)
+
+
+async def test_demo_high_priority_preempts_preemptible_work_in_a_full_pool(mesh: Mesh, user: dict[str, str]) -> None:
+    pool = await _all_devices(mesh, model="L40S", site="ningbo")
+    assert pool, "the scenario's pool (ningbo's L40S devices) is empty"
+    where = {"type": "gpu", "model": "L40S"}, {"sites": ["ningbo"]}
+    low = [await _submit(mesh, user, {"name": f"batch-{i}", "hardware": where[0], "placement": where[1],
+                                      "priority": 10, "preemptible": True}) for i in range(len(pool))]
+    held = [(await _until(mesh, user, wid, "running"))["placement"][0]["devices"][0]["id"] for wid in low]
+    assert sorted(held) == sorted(d["id"] for d in pool)  # the pool is full
+
+    high = await _submit(mesh, user, {"name": "urgent", "hardware": where[0], "placement": where[1],
+                                      "priority": 900})
+    view = await _until(mesh, user, high, "running")
+    [dev] = view["placement"][0]["devices"]
+    assert dev["id"] in held
+
+    async def one_victim() -> list[dict[str, Any]] | None:
+        views = [await _view(mesh, user, wid) for wid in low]
+        victims = [v for v in views if v["state"] == "preempted"]
+        return victims if len(victims) == 1 and all(v["state"] == "running" for v in views if v not in victims) \
+            else None
+
+    [victim] = await assert_eventually(one_victim, timeout=10, interval=0.2, message="exactly one preempted")
+    assert held[low.index(victim["id"])] == dev["id"]  # the high-priority work took the victim's device
+    assert any(h["to_state"] == "preempted" and high in h["reason"] for h in victim["history"])
+    waiting = await _waiting(mesh, user, victim["id"], "")
+    assert all(p["host_id"] is None for p in waiting["placement"]), _describe(waiting)
+
+
+async def test_demo_cuda_124_work_never_lands_on_an_old_driver(mesh: Mesh, user: dict[str, str]) -> None:
+    nvidia = await _all_devices(mesh, vendor="nvidia")
+    hosts: dict[str, list[dict[str, Any]]] = {}
+    for d in nvidia:
+        hosts.setdefault(d["host_id"], []).append(d)
+
+    def new_enough(d: dict[str, Any]) -> bool:
+        return Version.parse(d["runtimes"]["cuda"]) >= Version.parse("12.4")
+
+    fresh = sorted(h for h, ds in hosts.items() if len(ds) == 8 and all(map(new_enough, ds)))
+    stale = sorted(h for h, ds in hosts.items() if len(ds) == 8 and not any(map(new_enough, ds)))
+    assert fresh and stale, f"the scenario wants 8-GPU hosts on both sides of CUDA 12.4: {fresh} / {stale}"
+
+    # One replica more than the new-driver hosts can take, while an old-driver host sits idle.
+    wid = await _submit(mesh, user, {"name": "needs-cuda-124", "hardware": {"type": "gpu", "vendor": "nvidia",
+                                                                            "count": 8},
+                                     "runtime": {"requires": ["cuda>=12.4"]}, "replicas": len(fresh) + 1})
+    await _waiting(mesh, user, wid, "driver too old for cuda>=12.4")
+
+    async def all_fresh_running() -> list[dict[str, Any]] | None:
+        v = await _view(mesh, user, wid)
+        ps = [p for p in v["placement"] if p["host_id"]]
+        return ps if len(ps) == len(fresh) and all(p["state"] == "running" for p in ps) else None
+
+    placed = await assert_eventually(all_fresh_running, timeout=20, interval=0.2, message="new-driver hosts used")
+    assert sorted(p["host_id"] for p in placed) == fresh
+    for replica in placed:
+        for d in await _devices_of(mesh, replica):
+            assert new_enough(d) and Version.parse(d["driver_version"]) >= Version.parse("550"), d
+    view = await _view(mesh, user, wid)
+    assert [p["host_id"] for p in view["placement"]].count(None) == 1
+    assert view["explanation"]["counts"].get("driver too old for cuda>=12.4", 0) >= len(stale), view["explanation"]
+    r = await mesh.client.get("/v1/devices", params={"host_id": stale[0]})
+    assert r.json()["items"] and all(d["host_id"] == stale[0] for d in r.json()["items"])
+
+
+async def test_demo_compute_units_land_on_whichever_chips_provide_them(mesh: Mesh, user: dict[str, str]) -> None:
+    # In Jiaxing only Kunlunxin R200s (128 CU each) can add up to 400 CU on one host: Hygon DCUs carry no
+    # FP16 figure and a host of MLU370 dies (48 CU each) reaches 384.
+    local = await _submit(mesh, user, {"name": "cu-jiaxing", "hardware": {"type": "any", "compute_units": 400},
+                                       "placement": {"sites": ["jiaxing"]}})
+    anywhere = await _submit(mesh, user, {"name": "cu-anywhere", "hardware": {"type": "any", "compute_units": 1500}})
+    for wid, need in ((local, 400), (anywhere, 1500)):
+        view = await _until(mesh, user, wid, "running")
+        [replica] = view["placement"]
+        devices = await _devices_of(mesh, replica)
+        assert len({(d["vendor"], d["model"]) for d in devices}) == 1, devices
+        assert sum(d["compute_units"] for d in devices) >= need, devices
+        assert view["hardware_type"] in ("any", devices[0]["hardware_type"])
+        if wid == local:
+            assert replica["site"] == "jiaxing"
+            assert {(d["vendor"], d["model"]) for d in devices} == {("kunlunxin", "R200")}, devices
+
+
+async def test_demo_losing_a_simulated_host_reschedules_its_work(mesh: Mesh, user: dict[str, str]) -> None:
+    wid = await _submit(mesh, user, {"name": "survivor", "hardware": {"type": "npu", "model": "Ascend910B*"}})
+    first = (await _until(mesh, user, wid, "running"))["placement"][0]
+    lost = first["host_id"]
+    reply = await _sim(mesh, action="host_down", host_id=lost)
+    assert reply.ok and not reply.hosts[0].up
+    try:
+        async def moved() -> dict[str, Any] | None:
+            v = await _view(mesh, user, wid)
+            p = v["placement"][0]
+            return v if v["state"] == "running" and p["state"] == "running" and p["host_id"] != lost else None
+
+        view = await assert_eventually(moved, timeout=20, interval=0.2, message="work moved off the lost host")
+        replica = view["placement"][0]
+        assert replica["attempt"] == first["attempt"] + 1
+        states = [h["to_state"] for h in view["history"] if h["replica"] is None]
+        assert states.index("lost") < states.index("rescheduled") < states.index("running", states.index("lost"))
+        assert any(h["to_state"] == "lost" and f"host {lost} down" in h["reason"] for h in view["history"])
+
+        async def down() -> bool:
+            return bool((await mesh.client.get(f"/v1/hosts/{lost}")).json()["status"] == "down")
+
+        await assert_eventually(down, timeout=10, interval=0.2, message="the lost host down in the API")
+        devices = await _devices_of(mesh, replica)
+        assert all(d["vendor"] == "huawei" and d["model"].startswith("Ascend910B") for d in devices)
+    finally:
+        assert (await _sim(mesh, action="host_up", host_id=lost)).ok
