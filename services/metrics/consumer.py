@@ -42,6 +42,7 @@ SERVICE = "metrics"
 HANDLER = "on_telemetry"
 EXPIRES_S = 1.0  # each pull request's lifetime on the server
 HEARTBEAT = "100"  # the only status that does not end a pull request
+ROUTINE = ("404", "408")  # no messages, request expired: anything else (409, 503) is trouble
 
 
 @dataclass
@@ -87,6 +88,7 @@ class TelemetryConsumer:
         self.arrived = asyncio.Event()
         self.seen = SeenIds()
         self.inbox = ""
+        self.trouble = False  # the server refused a pull request (a deleted consumer, no JetStream)
         self.tracer = tracer(f"xpumesh.{SERVICE}")
 
     def config(self) -> ConsumerConfig:
@@ -131,6 +133,8 @@ class TelemetryConsumer:
                 except TimeoutError:
                     continue
             msgs = self._take()
+            if self.trouble:
+                await self._recover()
             if not msgs:
                 continue
             started = time.monotonic()
@@ -144,6 +148,18 @@ class TelemetryConsumer:
             if rest > 0:
                 await asyncio.sleep(rest)
 
+    async def _recover(self) -> None:
+        """Back off, then declare the consumer again (idempotent; it may have been deleted)."""
+        self.trouble = False
+        log.warning("%s: pull requests refused; declaring the consumer again", HANDLER)
+        await asyncio.sleep(1.0)
+        try:
+            await self.ctx.bus.js.add_consumer(self.stream, self.config())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("%s: consumer not declared (%s); retrying", HANDLER, type(exc).__name__)
+
     def _take(self) -> list[Msg]:
         """Up to one batch of data messages from what has arrived; statuses settle the pull accounting."""
         got, self.buf = self.buf[: self.batch], self.buf[self.batch:]
@@ -154,6 +170,7 @@ class TelemetryConsumer:
                 msgs.append(m)
             elif status != HEARTBEAT:
                 self.pulls.ended()
+                self.trouble = self.trouble or status not in ROUTINE
         self.pulls.delivered(len(msgs))
         return msgs
 
