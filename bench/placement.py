@@ -1,6 +1,6 @@
 """Placement benchmark: CP-SAT placer vs first-fit and best-fit on the same synthetic trace.
 
-    python bench/placement.py [--hosts 1000,10000] [--workloads 1000] [--seed N]
+    python bench/placement.py [--hosts 1000,10000] [--workloads 1000] [--seed N | --seeds 7..11]
                               [--batch 100] [--time-limit 1.0] [--candidates 4]
 
 Fleets: N hosts x 8 devices, mixed vendors and types over six sites, some hosts down,
@@ -30,7 +30,12 @@ Metrics per placer:
   still pending that could use that pool. Pools no pending request can use are idle, not
   stranded.
 
-A human table is printed, then ONE JSON object on the last line.
+A human table is printed, then ONE JSON object on the last line. With ``--seeds`` (a list
+``7,9`` or a range ``7..11``) every seed gets its own fleet and trace; the JSON object then
+holds the per-seed results under ``per_seed`` and, per fleet/scenario and placer, the worst
+case over the seeds against best-fit under ``worst_vs_best_fit``: the lowest placed ratio and
+difference, the highest stranded ratio and difference (the ratio is null where best-fit
+stranded nothing) and the lowest placements/s.
 """
 
 from __future__ import annotations
@@ -303,36 +308,32 @@ class Run:
         }
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--hosts", default="1000,10000")
-    ap.add_argument("--workloads", type=int, default=1000)
-    ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--batch", type=int, default=100)
-    ap.add_argument("--time-limit", type=float, default=1.0, help="CP-SAT placer budget per batch (s)")
-    ap.add_argument("--candidates", type=int, default=4, help="max_candidates per replica")
-    ap.add_argument("--scenarios", default="contended,open")
-    ap.add_argument("--repeat", type=int, default=3,
-                    help="time each batch this many times and keep the fastest (the machine is shared)")
-    ap.add_argument("--contention", type=float, default=1.1,
-                    help="contended scenario: free devices at start = this x the devices the trace asks for")
-    args = ap.parse_args(argv)
+def parse_seeds(text: str) -> list[int]:
+    """``7,9,12`` or ``7..11`` (inclusive), or a mix: ``1..3,9``."""
+    out: list[int] = []
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("..")
+        out.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+    return out
 
+
+def run_seed(args: argparse.Namespace, seed: int) -> tuple[dict[str, Any], list[str]]:
+    """Every fleet size and scenario for one seed: (results, table rows)."""
     placers: list[tuple[str, Placer]] = [
         ("cpsat", lambda b, s: place(b, s, rules=DRIVER_RULES, time_limit_s=args.time_limit,
                                      max_candidates=args.candidates)),
         ("best_fit", lambda b, s: place_greedy(b, s, rules=DRIVER_RULES, strategy="best_fit")),
         ("first_fit", lambda b, s: place_greedy(b, s, rules=DRIVER_RULES, strategy="first_fit")),
     ]
-    results: dict[str, Any] = {"seed": args.seed, "workloads": args.workloads, "batch": args.batch,
+    results: dict[str, Any] = {"seed": seed, "workloads": args.workloads, "batch": args.batch,
                                "repeat": args.repeat,
                                "time_limit_s": args.time_limit, "max_candidates": args.candidates, "runs": {}}
     rows: list[str] = []
     for n_hosts in (int(x) for x in args.hosts.split(",")):
         for scenario in args.scenarios.split(","):
-            rng = random.Random(args.seed * 1_000_003 + n_hosts)
+            rng = random.Random(seed * 1_000_003 + n_hosts)
             hosts, devices = make_fleet(n_hosts, rng)
-            trace = make_trace(args.workloads, random.Random(args.seed))
+            trace = make_trace(args.workloads, random.Random(seed))
             need = demand_devices(trace)
             target_free = int(need * args.contention) if scenario == "contended" else len(devices) // 2
             allocs = busy_allocations(hosts, devices, target_free, rng)
@@ -374,11 +375,82 @@ def main(argv: list[str] | None = None) -> int:
                             f"{r['solve_p99_ms']:>8} {r['placed']:>6} {r['device_hours']:>9} {r['cu_hours']:>8} "
                             f"{r['stranded_devices']:>8} {r['preemptions']:>5}  {r['statuses']}")
             results["runs"][key] = run
-    print(f"{'fleet/scenario':<16} {'placer':<10} {'placed/s':>9} {'/cpu-s':>9} {'p50 ms':>8} {'p99 ms':>8} {'placed':>6} "
-          f"{'dev-hours':>9} {'CU-hours':>8} {'stranded':>8} {'preempt':>5}  statuses")
+    return results, rows
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 3) if b else None
+
+
+def worst_vs_best_fit(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Per fleet/scenario and placer, the worst case over the seeds against best-fit."""
+    out: dict[str, Any] = {}
+    for res in per_seed.values():
+        for key, run in res["runs"].items():
+            bf = run["placers"]["best_fit"]
+            for name, r in run["placers"].items():
+                if name == "best_fit":
+                    continue
+                placed_d = r["placed"] - bf["placed"]
+                stranded_d = r["stranded_devices"] - bf["stranded_devices"]
+                placed_r = _ratio(r["placed"], bf["placed"])
+                stranded_r = _ratio(r["stranded_devices"], bf["stranded_devices"])
+                w = out.setdefault(key, {}).setdefault(name, {
+                    "placed_ratio_min": placed_r, "placed_diff_min": placed_d,
+                    "stranded_ratio_max": stranded_r, "stranded_diff_max": stranded_d,
+                    "placements_per_s_min": r["placements_per_s"], "seeds": 0})
+                w["seeds"] += 1
+                if placed_r is not None and (w["placed_ratio_min"] is None or placed_r < w["placed_ratio_min"]):
+                    w["placed_ratio_min"] = placed_r
+                w["placed_diff_min"] = min(w["placed_diff_min"], placed_d)
+                if stranded_r is not None and (w["stranded_ratio_max"] is None
+                                               or stranded_r > w["stranded_ratio_max"]):
+                    w["stranded_ratio_max"] = stranded_r
+                w["stranded_diff_max"] = max(w["stranded_diff_max"], stranded_d)
+                if r["placements_per_s"] is not None:
+                    w["placements_per_s_min"] = min(w["placements_per_s_min"] or r["placements_per_s"],
+                                                    r["placements_per_s"])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--hosts", default="1000,10000")
+    ap.add_argument("--workloads", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--seeds", default=None,
+                    help="several seeds, e.g. 7..11 or 7,9: per-seed figures plus the worst case vs best-fit")
+    ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--time-limit", type=float, default=1.0, help="CP-SAT placer budget per batch (s)")
+    ap.add_argument("--candidates", type=int, default=4, help="max_candidates per replica")
+    ap.add_argument("--scenarios", default="contended,open")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="time each batch this many times and keep the fastest (the machine is shared)")
+    ap.add_argument("--contention", type=float, default=1.1,
+                    help="contended scenario: free devices at start = this x the devices the trace asks for")
+    args = ap.parse_args(argv)
+    seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
+    per_seed: dict[int, dict[str, Any]] = {}
+    rows: list[str] = []
+    for seed in seeds:
+        per_seed[seed], seed_rows = run_seed(args, seed)
+        rows.extend(f"{seed:>4}  {row}" for row in seed_rows)
+    print(f"{'seed':>4}  {'fleet/scenario':<16} {'placer':<10} {'placed/s':>9} {'/cpu-s':>9} {'p50 ms':>8} "
+          f"{'p99 ms':>8} {'placed':>6} {'dev-hours':>9} {'CU-hours':>8} {'stranded':>8} {'preempt':>5}  statuses")
     for row in rows:
         print(row)
-    print(json.dumps(results, separators=(",", ":")))
+    if args.seeds:
+        worst = worst_vs_best_fit(per_seed)
+        for key, by_placer in worst.items():
+            for name, w in by_placer.items():
+                print(f"worst over {w['seeds']} seeds, {key} {name}: placed {w['placed_diff_min']:+d} "
+                      f"(ratio {w['placed_ratio_min']}), stranded {w['stranded_diff_max']:+d} "
+                      f"(ratio {w['stranded_ratio_max']}), {w['placements_per_s_min']} placements/s")
+        out: dict[str, Any] = {"seeds": seeds, "per_seed": {str(k): v for k, v in per_seed.items()},
+                               "worst_vs_best_fit": worst}
+    else:
+        out = per_seed[seeds[0]]
+    print(json.dumps(out, separators=(",", ":")))
     return 0
 
 
