@@ -135,6 +135,9 @@ class ServiceApp:
         self.startup: list[Callable[[Context], Awaitable[None]]] = []
         self.shutdown: list[Callable[[Context], Awaitable[None]]] = []
         self.health_checks: dict[str, Callable[[Context], Awaitable[bool]]] = {}
+        # Subjects a task consumes with machinery of its own (not app.consumer/subscribe), declared so that
+        # whatever walks a service's inputs (the garbage test, docs) still finds them.
+        self.own_consumers: list[str] = []
         self._tracer = tracer(f"xpumesh.{name}")
 
     # --- declaration ------------------------------------------------------------------
@@ -163,6 +166,10 @@ class ServiceApp:
     def task(self, fn: Callable[[Context], Coroutine[Any, Any, None]]) -> Callable[[Context], Coroutine[Any, Any, None]]:
         self.tasks.append(fn)
         return fn
+
+    def consumes(self, subject: str) -> None:
+        """Declare a subject a task consumes by itself (see ``own_consumers``)."""
+        self.own_consumers.append(subject)
 
     def on_startup(self, fn: Callable[[Context], Awaitable[None]]) -> Callable[[Context], Awaitable[None]]:
         self.startup.append(fn)

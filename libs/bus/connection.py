@@ -63,6 +63,7 @@ class Bus:
         self.name = name
         self.nc: NATS = NATS()
         self._js: JetStreamContext | None = None
+        self._closing = False
 
     @property
     def js(self) -> JetStreamContext:
@@ -79,7 +80,10 @@ class Bus:
             log.warning("nats error: %s", type(exc).__name__)
 
         async def on_disconnect() -> None:
-            log.warning("nats disconnected; reconnecting")
+            if self._closing:  # our own close(): not news
+                log.debug("nats connection closed")
+            else:
+                log.warning("nats disconnected; reconnecting")
 
         async def on_reconnect() -> None:
             log.info("nats reconnected")
@@ -109,6 +113,7 @@ class Bus:
     async def close(self) -> None:
         if self.nc.is_closed:
             return
+        self._closing = True
         try:
             async with asyncio.timeout(self.settings.drain_timeout_s):
                 await self.nc.drain()

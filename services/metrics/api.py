@@ -76,6 +76,9 @@ async def stop(ctx: Context) -> None:
 
 
 # --- consumers ------------------------------------------------------------------------
+app.consumes(subjects.HOST_TELEMETRY_ALL)
+
+
 @app.task
 async def on_telemetry(ctx: Context) -> None:
     """The telemetry stream, by a consumer of its own (``services.metrics.consumer``: the hot path)."""
