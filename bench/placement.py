@@ -27,8 +27,10 @@ Metrics per placer:
   devices they got, so CU-hours are reported too), preemptions;
 * stranded devices: after the last batch, free healthy devices on an up, partially used
   pool (host x device model) whose free count is below the smallest whole-device request
-  still pending that could use that pool. Pools no pending request can use are idle, not
-  stranded.
+  still pending that could use that pool. A request can use a pool when it passes the same
+  filters as in placement (the same driver rules) and needs no more devices than the pool
+  has usable ones (a 2,000-CU request does not want an 8 x 96-CU host). Pools no pending
+  request can use are idle, not stranded.
 
 A human table is printed, then ONE JSON object on the last line. With ``--seeds`` (a list
 ``7,9`` or a range ``7..11``) every seed gets its own fleet and trace; the JSON object then
@@ -221,10 +223,10 @@ def hours_placed(decision: PlacementDecision, specs: dict[str, WorkloadSpec], sn
     return dev, fixed, cu
 
 
-def stranded(snap: FleetSnapshot, pending: Sequence[PendingWorkload]) -> int:
+def stranded(snap: FleetSnapshot, pending: Sequence[PendingWorkload], rules: PlacementRules = DRIVER_RULES) -> int:
     if not pending:
         return 0
-    feas = FeasibilityCache(snap, PlacementRules())
+    feas = FeasibilityCache(snap, rules)
     min_need = np.full(snap.n_pools, 1 << 30, dtype=np.int64)
     cu = np.array([p.compute_units for p in snap.profiles])[snap.pool_profile]
     for it in expand(pending):
@@ -236,7 +238,7 @@ def stranded(snap: FleetSnapshot, pending: Sequence[PendingWorkload]) -> int:
             need[need == 0] = 1 << 30
         else:
             need = np.full(snap.n_pools, it.n, dtype=np.int64)
-        np.minimum(min_need, np.where(ok, need, 1 << 30), out=min_need)
+        np.minimum(min_need, np.where(ok & (need <= snap.pool_usable), need, 1 << 30), out=min_need)
     size = np.diff(snap.pool_start)
     free = snap.pool_free
     partial = (free > 0) & (free < size) & snap.host_up[snap.pool_host]
