@@ -93,6 +93,9 @@ class GatewayMiddleware:
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"]
+        if b"%00" in scope["query_string"] or b"\x00" in scope["query_string"] or "\x00" in scope["path"]:
+            self._reject("nul_character")  # no text column can hold one: say so rather than fail later
+            raise ProblemError(422, "Invalid request", "NUL characters are not allowed in paths or parameters")
         if method not in BODY_METHODS:
             if method == "GET" and scope["path"] in CACHEABLE_PATHS and self.cache.enabled:
                 await self._cached_read(scope, receive, send)
@@ -112,6 +115,9 @@ class GatewayMiddleware:
         if body and method in JSON_METHODS and not _is_json(_header(scope, b"content-type")):
             self._reject("unsupported_media_type")
             raise ProblemError(415, "Unsupported media type", "send the body as application/json")
+        if b"\\u0000" in body:
+            self._reject("nul_character")
+            raise ProblemError(422, "Invalid request", "NUL characters (\\u0000) are not allowed in JSON strings")
         replay = _replayer(body, receive)
         idem_key = _header(scope, b"idempotency-key") if method == "POST" else None
         if idem_key is None:

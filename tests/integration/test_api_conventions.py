@@ -52,6 +52,11 @@ async def test_api_errors_are_problems_with_request_ids(settings, running_servic
         assert "role" in str(body["detail"])
         assert_problem(await c.get("/v1/keys", params={"cursor": "%%%"}, headers=ADMIN), 400)
         assert_problem(await c.get("/v1/keys", params={"limit": 100000}, headers=ADMIN), 422)
+        # NUL fits no text column: a clear 422, never a 500 from the database
+        assert_problem(await c.get("/v1/compat-rules", params={"vendor": "\x00nvidia"}, headers=ADMIN), 422)
+        body = assert_problem(await c.post("/v1/keys", json={"tenant": "a\x00", "role": "user", "name": "n"},
+                                           headers=ADMIN), 422)
+        assert "NUL" in body["detail"]
 
 
 async def test_api_idempotency_key_replays_the_first_answer(settings, running_service) -> None:
