@@ -7,15 +7,22 @@
 * the catalog gives each device model's compute units; rules and site links come along.
 
 Hosts are persisted (``scheduler.hosts``) so that a restarted scheduler can place at once.
-``snapshot(allocations)`` turns the view into the placement engine's column model.
+``snapshot(allocations)`` turns the view into the placement engine's column model. The
+allocation-free part of it (``base_snapshot``) is built once per fleet version, from
+per-host inputs that are themselves rebuilt only for the hosts that changed; a round only
+lays its allocations over it (``with_allocations``, one pass over the allocations), and the
+placement caches that live with the fleet (``FleetSnapshot.shared``) carry over between
+rounds until the fleet changes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
+
+import numpy as np
 
 from libs.schemas.catalog import CompatRule, DeviceModel, RuntimeDriverRule
 from libs.schemas.devices import Device, Health
@@ -126,6 +133,9 @@ class Fleet:
         self.reference_source = "none"
         self._cu: dict[tuple[str, str], float] = {}
         self.version = 0
+        # snapshot inputs per host (dropped when the host changes) and the allocation-free snapshot
+        self._inputs: dict[str, tuple[HostInfo, tuple[DeviceInfo, ...]]] = {}
+        self._base: tuple[int, FleetSnapshot] | None = None
 
     # -- reference data --------------------------------------------------------------------
     def set_reference(self, catalog: Sequence[DeviceModel], compat: Sequence[CompatRule],
@@ -135,6 +145,7 @@ class Fleet:
         self.links = list(links)
         self.reference_source = source
         self._cu.clear()
+        self._inputs.clear()  # compute units come from the catalog
         self.version += 1
 
     def compute_units(self, vendor: str, model: str) -> float:
@@ -159,7 +170,7 @@ class Fleet:
             cur.index_devices()
         if at > cur.liveness_at:  # a host that just reported is alive, unless the registry said otherwise since
             cur.up = True
-        self.version += 1
+        self._changed(cur.id)
         return cur
 
     def set_liveness(self, host_id: str, up: bool, at: datetime) -> HostView | None:
@@ -170,7 +181,7 @@ class Fleet:
         if cur.up == up:
             return None
         cur.up = up
-        self.version += 1
+        self._changed(host_id)
         return cur
 
     def set_device_health(self, host_id: str, dev_id: str, health: Health, at: datetime) -> HostView | None:
@@ -184,8 +195,12 @@ class Fleet:
         cur.health[dev_id] = (health, at)
         if cur.device_health(dev_id) == before:
             return None
-        self.version += 1
+        self._changed(host_id)
         return cur
+
+    def _changed(self, host_id: str) -> None:
+        self._inputs.pop(host_id, None)
+        self.version += 1
 
     # -- queries -------------------------------------------------------------------------------
     def host_up(self, host_id: str) -> bool:
@@ -201,15 +216,69 @@ class Fleet:
         cur = self.hosts.get(dev_id.split(":", 1)[0])
         return cur.devices.get(dev_id) if cur is not None else None
 
-    def snapshot(self, allocations: Iterable[Allocation]) -> FleetSnapshot:
+    # -- snapshots -----------------------------------------------------------------------------
+    def _host_inputs(self, h: HostView) -> tuple[HostInfo, tuple[DeviceInfo, ...]]:
+        hit = self._inputs.get(h.id)
+        if hit is None:
+            devices = tuple(DeviceInfo(
+                id=dev_id, host_id=h.id, hardware_type=d.hardware_type, vendor=d.vendor, model=d.model,
+                memory_mib=d.memory_mib or 0, compute_units=self.compute_units(d.vendor, d.model),
+                driver_version=d.driver_version, runtimes=dict(d.runtimes), health=h.device_health(dev_id),
+                link_group=h.links.get(dev_id)) for dev_id, d in h.devices.items())
+            hit = self._inputs[h.id] = (HostInfo(h.id, h.site, h.up, dict(h.report.labels), h.report.facts.arch),
+                                        devices)
+        return hit
+
+    def snapshot_inputs(self) -> tuple[int, list[HostInfo], list[DeviceInfo], list[SiteLink]]:
+        """(version, hosts, devices, links) as of now: immutable values a worker thread may build from."""
         hosts: list[HostInfo] = []
         devices: list[DeviceInfo] = []
         for h in self.hosts.values():
-            hosts.append(HostInfo(h.id, h.site, h.up, dict(h.report.labels), h.report.facts.arch))
-            for dev_id, d in h.devices.items():
-                devices.append(DeviceInfo(
-                    id=dev_id, host_id=h.id, hardware_type=d.hardware_type, vendor=d.vendor, model=d.model,
-                    memory_mib=d.memory_mib or 0, compute_units=self.compute_units(d.vendor, d.model),
-                    driver_version=d.driver_version, runtimes=dict(d.runtimes), health=h.device_health(dev_id),
-                    link_group=h.links.get(dev_id)))
-        return build_snapshot(hosts, devices, allocations, self.links)
+            info, devs = self._host_inputs(h)
+            hosts.append(info)
+            devices.extend(devs)
+        return self.version, hosts, devices, list(self.links)
+
+    def cached_base(self) -> FleetSnapshot | None:
+        """The allocation-free snapshot of the current fleet version, if one was built."""
+        return self._base[1] if self._base is not None and self._base[0] == self.version else None
+
+    def keep_base(self, version: int, base: FleetSnapshot) -> None:
+        """Remember a snapshot built from ``snapshot_inputs()`` of ``version`` (ignored if older than the kept one)."""
+        if self._base is None or version >= self._base[0]:
+            self._base = (version, base)
+
+    def base_snapshot(self) -> FleetSnapshot:
+        """The fleet without allocations, built at most once per fleet version."""
+        base = self.cached_base()
+        if base is None:
+            version, hosts, devices, links = self.snapshot_inputs()
+            base = build_snapshot(hosts, devices, (), links)
+            self.keep_base(version, base)
+        return base
+
+    def snapshot(self, allocations: Iterable[Allocation]) -> FleetSnapshot:
+        return with_allocations(self.base_snapshot(), allocations)
+
+
+def with_allocations(base: FleetSnapshot, allocations: Iterable[Allocation]) -> FleetSnapshot:
+    """``base`` (a snapshot without allocations) with ``allocations`` holding their devices: the same
+    snapshot ``build_snapshot`` gives for the same fleet and allocations, sharing the fleet's arrays and
+    caches with ``base``. Allocations on devices the snapshot does not have are ignored."""
+    alloc_list = list(allocations)
+    free_share = np.ones(base.n_devices, dtype=np.float64)
+    free_mem = base.dev_mem.copy()
+    dev_index, dev_mem = base.dev_index, base.dev_mem
+    out: dict[int, list[int]] = {}
+    for ai, alloc in enumerate(alloc_list):
+        for dev in alloc.devices:
+            d = dev_index.get(dev.device_id)
+            if d is None:
+                continue
+            out.setdefault(d, []).append(ai)
+            free_share[d] -= dev.share
+            free_mem[d] -= dev.memory_mib if dev.memory_mib is not None else round(dev.share * dev_mem[d])
+    np.clip(free_share, 0.0, 1.0, out=free_share)
+    np.clip(free_mem, 0, None, out=free_mem)
+    return replace(base, dev_free_share=free_share, dev_free_mem=free_mem, allocations=alloc_list,
+                   dev_allocs={d: tuple(ais) for d, ais in out.items()})

@@ -1,8 +1,9 @@
 """Batch placement: take the queue, place it on a snapshot of the fleet, apply the decision.
 
 One batch: read the queued workloads (highest priority, then oldest) and what holds
-devices (desired replicas plus whatever agents report running that nobody wants); build
-the snapshot; run ``place`` in a worker thread (CP-SAT is CPU-bound); then, in one
+devices (desired replicas plus whatever agents report running that nobody wants); in a
+worker thread, lay them over the fleet's allocation-free snapshot (rebuilt, also in a worker
+thread, only when the fleet changed) and run ``place`` (CP-SAT is CPU-bound); then, in one
 transaction, record the decision (status, objective, assignments, preemptions, pending),
 preempt, assign and explain. The fleet may have changed while the solver ran, so every
 assignment is checked again against the fleet and the rows (a gang is applied whole or
@@ -21,15 +22,18 @@ from libs.config import SchedulerSettings
 from libs.db import session_scope
 from libs.schemas.scheduler import Explanation
 from services.scheduler import lifecycle, models
-from services.scheduler.fleet import Fleet
+from services.scheduler.fleet import Fleet, with_allocations
 from services.scheduler.lifecycle import Workload
 from services.scheduler.placement import (
     AllocatedDevice,
     Allocation,
     Assignment,
+    FleetSnapshot,
     PendingWorkload,
     PlacementDecision,
+    PlacementRules,
     Quotas,
+    build_snapshot,
     place,
 )
 from services.scheduler.reconcile import Actual
@@ -83,6 +87,13 @@ def _batch(wls: dict[str, Workload], order: list[str]) -> tuple[list[PendingWork
     return batch, missing
 
 
+def _decide(base: FleetSnapshot, allocations: list[Allocation], batch: list[PendingWorkload],
+            rules: PlacementRules, quotas: Quotas | None, s: SchedulerSettings) -> PlacementDecision:
+    """Runs in a worker thread: reads only immutable inputs (the fleet's snapshot, this round's rows)."""
+    return place(batch, with_allocations(base, allocations), rules=rules, quotas=quotas,
+                 time_limit_s=s.solver_time_limit_s, max_candidates=s.max_candidates)
+
+
 class Placer:
     def __init__(self, fleet: Fleet, actual: Actual, sessions: Any, settings: SchedulerSettings,
                  on_commit: Callable[[], None], quotas: Callable[[], Quotas | None]) -> None:
@@ -127,9 +138,13 @@ class Placer:
         batch, missing = _batch(wls, order)
         if not batch:
             return BatchResult()
-        snapshot = self.fleet.snapshot(_allocations(rows, self.actual))
-        decision = await asyncio.to_thread(place, batch, snapshot, rules=self.fleet.rules, quotas=self.quotas(),
-                                           time_limit_s=s.solver_time_limit_s, max_candidates=s.max_candidates)
+        allocations = _allocations(rows, self.actual)
+        base = self.fleet.cached_base()
+        if base is None:  # the fleet changed: rebuild its column model off the event loop
+            version, hosts, devices, links = self.fleet.snapshot_inputs()
+            base = await asyncio.to_thread(build_snapshot, hosts, devices, (), links)
+            self.fleet.keep_base(version, base)
+        decision = await asyncio.to_thread(_decide, base, allocations, batch, self.fleet.rules, self.quotas(), s)
         result = await self.apply(decision, batch, missing)
         self.batches += 1
         self.last = result
