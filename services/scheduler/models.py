@@ -17,7 +17,6 @@ from typing import Any
 
 from sqlalchemy import delete, func, insert, select, true, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.bus.errors import Conflict
@@ -49,7 +48,11 @@ def new_workload_id() -> str:
 
 
 def request_hash(spec: WorkloadSpec, tenant: str | None) -> str:
-    body = json.dumps({"spec": spec.model_dump(mode="json"), "tenant": tenant}, sort_keys=True)
+    return _digest(spec.model_dump(mode="json"), tenant)
+
+
+def _digest(spec_json: dict[str, Any], tenant: str | None) -> str:
+    body = json.dumps({"spec": spec_json, "tenant": tenant}, sort_keys=True)
     return hashlib.sha256(body.encode()).hexdigest()
 
 
@@ -103,6 +106,10 @@ async def save(session: AsyncSession, wl: Workload, now: datetime) -> int:
         state=wl.state.value, restarts=wl.restarts, reschedules=wl.reschedules, sites=wl.sites,
         explanation=wl.explanation.model_dump(mode="json") if wl.explanation else None, message=wl.message,
         updated_at=wl.updated_at, finished_at=wl.finished_at))
+    return await _save_children(session, wl, now)
+
+
+async def _save_children(session: AsyncSession, wl: Workload, now: datetime) -> int:
     for r in wl.replicas:
         if r.dirty:
             await session.execute(update(replicas).where(
@@ -133,30 +140,38 @@ async def save(session: AsyncSession, wl: Workload, now: datetime) -> int:
 
 async def create(session: AsyncSession, spec: WorkloadSpec, tenant: str | None, idempotency_key: str | None,
                  now: datetime) -> tuple[Workload, bool]:
-    """Insert a pending workload, or return the one an earlier submit with this key created."""
-    digest = request_hash(spec, tenant)
-    if idempotency_key is not None:
-        existing = await _by_key(session, tenant, idempotency_key, digest)
-        if existing is not None:
-            return existing, False
+    """Insert a pending workload, or return the one an earlier submit with this key created.
+
+    With a tenant and a key, one ``INSERT … ON CONFLICT DO NOTHING`` decides: a retry (or a
+    concurrent twin, whose commit it waits for) inserts nothing and finds the first one."""
+    spec_json = spec.model_dump(mode="json")
+    digest = _digest(spec_json, tenant)
     wl = Workload(id=new_workload_id(), tenant=tenant, name=spec.name, spec=spec, state=WorkloadState.PENDING,
                   created_at=now, updated_at=now, replicas=[Replica(replica=i) for i in range(spec.replicas)])
-    try:
-        async with session.begin_nested():
-            await session.execute(insert(workloads).values(
-                id=wl.id, tenant=tenant, name=spec.name, spec=spec.model_dump(mode="json"), state=wl.state.value,
-                hardware_type=wl.hardware_type, priority=spec.priority, replicas=spec.replicas,
-                idempotency_key=idempotency_key, request_hash=digest, created_at=now, updated_at=now))
-    except IntegrityError:  # a concurrent submit with the same key won the race
-        existing = await _by_key(session, tenant, idempotency_key or "", digest)
-        if existing is None:
-            raise
-        return existing, False
+    values = {"id": wl.id, "tenant": tenant, "name": spec.name, "spec": spec_json, "state": wl.state.value,
+              "hardware_type": wl.hardware_type, "priority": spec.priority, "replicas": spec.replicas,
+              "idempotency_key": idempotency_key, "request_hash": digest, "created_at": now, "updated_at": now}
+    if idempotency_key is not None and tenant is not None:
+        inserted = (await session.execute(pg_insert(workloads).values(values).on_conflict_do_nothing(
+            index_elements=[workloads.c.tenant, workloads.c.idempotency_key],
+            index_where=workloads.c.idempotency_key.isnot(None)).returning(workloads.c.id))).scalar_one_or_none()
+        if inserted is None:
+            existing = await _by_key(session, tenant, idempotency_key, digest)
+            if existing is None:  # the row that conflicted is gone again (its workload was deleted)
+                raise Conflict("a request with this Idempotency-Key is still being decided; retry",
+                               title="Request in progress")
+            return existing, False
+    else:
+        if idempotency_key is not None:
+            existing = await _by_key(session, tenant, idempotency_key, digest)
+            if existing is not None:
+                return existing, False
+        await session.execute(insert(workloads).values(values))
     await session.execute(insert(replicas), [{"workload_id": wl.id, "replica": r.replica, "state": "pending",
                                               "updated_at": now} for r in wl.replicas])
     wl.history.append((None, None, WorkloadState.PENDING.value, "submitted"))
     wl.events.append((WorkloadState.PENDING, "submitted"))
-    await save(session, wl, now)
+    await _save_children(session, wl, now)
     return wl, True
 
 

@@ -1,0 +1,69 @@
+"""Submitting workloads: one workload per Idempotency-Key, also for concurrent twins."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Table, func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from libs.bus.errors import Conflict
+from libs.config import Settings
+from libs.db import make_engine, make_sessionmaker, session_scope
+from libs.schemas.workload import WorkloadSpec
+from services.scheduler import models
+from services.scheduler.api import app as scheduler_app
+from services.scheduler.lifecycle import Workload
+from services.scheduler.orm import outbox, replicas, workloads
+
+Maker = async_sessionmaker[AsyncSession]
+
+
+@pytest.fixture
+async def sessions(settings: Settings, running_service: Any) -> AsyncIterator[Maker]:
+    await running_service(scheduler_app, settings)  # migrates the scheduler's schema
+    engine = make_engine(settings.database_dsn(), settings.db)
+    yield make_sessionmaker(engine)
+    await engine.dispose()
+
+
+async def _create(sessions: Maker, spec: WorkloadSpec, tenant: str | None,
+                  key: str | None) -> tuple[Workload, bool]:
+    async with session_scope(sessions) as session:
+        return await models.create(session, spec, tenant, key, models.utcnow())
+
+
+async def _count(sessions: Maker, table: Table, **where: str) -> int:
+    async with session_scope(sessions) as session:
+        q = select(func.count()).select_from(table)
+        for k, v in where.items():
+            q = q.where(table.c[k] == v)
+        return int(await session.scalar(q) or 0)
+
+
+async def test_scheduler_submit_concurrent_twins_with_one_key_create_one_workload(sessions: Maker) -> None:
+    spec = WorkloadSpec.model_validate({"name": "twin", "tenant": "acme", "replicas": 2, "hardware": {"type": "gpu"}})
+    results = await asyncio.gather(*(_create(sessions, spec, "acme", "k-twin") for _ in range(8)))
+    ids = {wl.id for wl, _ in results}
+    assert len(ids) == 1 and sum(created for _, created in results) == 1
+    (wid,) = ids
+    assert await _count(sessions, workloads, idempotency_key="k-twin") == 1
+    assert await _count(sessions, replicas, workload_id=wid) == 2
+    assert await _count(sessions, outbox) == 1  # one "pending" event, from the one that was created
+    again, created = await _create(sessions, spec, "acme", "k-twin")
+    assert again.id == wid and not created and [r.replica for r in again.replicas] == [0, 1]
+    with pytest.raises(Conflict):
+        await _create(sessions, spec.model_copy(update={"name": "other"}), "acme", "k-twin")
+
+
+async def test_scheduler_submit_without_tenant_or_key_still_deduplicates_by_key(sessions: Maker) -> None:
+    spec = WorkloadSpec.model_validate({"name": "plain", "hardware": {"type": "gpu"}})
+    first, created = await _create(sessions, spec, None, "k-none")
+    again, created_again = await _create(sessions, spec, None, "k-none")
+    assert created and not created_again and again.id == first.id
+    a, _ = await _create(sessions, spec, None, None)
+    b, _ = await _create(sessions, spec, None, None)
+    assert len({first.id, a.id, b.id}) == 3
