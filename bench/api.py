@@ -9,7 +9,11 @@ back to back for ``--duration`` seconds, per endpoint:
 
 * ``GET /v1/devices?hardware_type=gpu`` (one page of 100);
 * ``POST /v1/workloads`` (a one-GPU workload, a fresh ``Idempotency-Key`` each), when the
-  gateway has that route.
+  gateway has that route. After each submit run, ``--latency-sample`` of the workloads it
+  created (spread over the run) are followed until they run: submit→placed and
+  submit→running come from each workload's history (scheduler time, so the load generator's
+  own delays are not in them), reported as p50/p99/max with how many had not run within
+  ``--latency-wait`` seconds.
 
 The load generator shares the machine with everything it measures. By default it is a bare
 asyncio HTTP/1.1 keep-alive client (one connection per simulated client): a pooled
@@ -19,6 +23,7 @@ table, then ONE JSON object on its last line.
 
     python bench/api.py                                   # 10,000 hosts, 50 and 200 clients, 10 s each
     python bench/api.py --hosts 1000 --duration 5 --concurrency 50
+    python bench/api.py --endpoints post                  # only the submit runs
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +217,43 @@ async def load(base: str, endpoint: str, concurrency: int, duration: float, watc
     return result
 
 
+def _first(history: list[dict[str, Any]], state: str) -> datetime | None:
+    return next((datetime.fromisoformat(h["at"]) for h in history if h["to_state"] == state), None)
+
+
+def _spread(values: list[float]) -> dict[str, Any]:
+    if not values:
+        return {"n": 0}
+    ordered = sorted(values)
+    return {"n": len(ordered), "p50_ms": round(ordered[len(ordered) // 2], 1),
+            "p99_ms": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 1),
+            "max_ms": round(ordered[-1], 1)}
+
+
+async def submit_latency(base: str, sample: int, wait_s: float) -> dict[str, Any]:
+    """Follow ``sample`` of the workloads the last submit run created (newest page, evenly spread) until they
+    run; submit→placed and submit→running from their histories."""
+    async with httpx.AsyncClient(base_url=base, timeout=30.0, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as api:
+        items = (await api.get("/v1/workloads", params={"limit": 500})).json()["items"]
+        ids = [w["id"] for w in items[:: max(1, len(items) // sample)]][:sample]
+        placed: dict[str, float] = {}
+        running: dict[str, float] = {}
+        deadline = time.monotonic() + wait_s
+        while ids and len(running) < len(ids) and time.monotonic() < deadline:
+            for wid in [w for w in ids if w not in running]:
+                history = (await api.get(f"/v1/workloads/{wid}")).json().get("history", [])
+                submitted = _first(history, "pending")
+                if submitted is None:
+                    continue
+                for state, into in (("placed", placed), ("running", running)):
+                    at = _first(history, state)
+                    if at is not None:
+                        into[wid] = (at - submitted).total_seconds() * 1000
+            await asyncio.sleep(0.5)
+    return {"followed": len(ids), "not_running": len(ids) - len(running),
+            "submit_to_placed": _spread(list(placed.values())), "submit_to_running": _spread(list(running.values()))}
+
+
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     nats = EmbeddedNats(workdir).start()
     pg = EmbeddedPostgres(workdir).start()
@@ -248,16 +291,20 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                         "nats": psutil.Process(nats.proc.pid),  # type: ignore[union-attr]
                         "postgres": psutil.Process(pg.proc.pid)})  # type: ignore[union-attr]
         await bus.close()
-        endpoints = ["GET /v1/devices?hardware_type=gpu"]
-        if "post" in paths.get("/v1/workloads", {}):
+        endpoints = ["GET /v1/devices?hardware_type=gpu"] if "get" in args.endpoints else []
+        if "post" in args.endpoints and "post" in paths.get("/v1/workloads", {}):
             endpoints.append("POST /v1/workloads")
-        else:
+        elif "post" in args.endpoints:
             out["missing"].append("POST /v1/workloads (the gateway has no such route yet)")
         for endpoint in endpoints:
             for c in args.concurrency:
+                print(f"  measuring {endpoint} c={c}", file=sys.stderr, flush=True)
                 res = await load(base, endpoint, c, args.duration, watched, args.client)
-                out["results"].append(res.summary())
-                print(f"  {endpoint:38} c={c:<4} {res.summary()['rps']:>8} req/s", file=sys.stderr, flush=True)
+                summary = res.summary()
+                if endpoint.startswith("POST") and args.latency_sample > 0:
+                    summary["latency"] = await submit_latency(base, args.latency_sample, args.latency_wait)
+                out["results"].append(summary)
+                print(f"  {endpoint:38} c={c:<4} {summary['rps']:>8} req/s", file=sys.stderr, flush=True)
     finally:
         for p in procs:
             if p.poll() is None:
@@ -283,6 +330,12 @@ def table(out: dict[str, Any]) -> str:
     for r in out["results"]:
         lines.append(f"{r['endpoint']:38} {r['concurrency']:>7} {r['rps']:>9} {r['p50_ms']!s:>8} {r['p99_ms']!s:>8} "
                      f"{sum(r['errors'].values()):>7} {r['cpu_pct'].get('gateway', 0.0):>8}")
+    for r in out["results"]:
+        lat = r.get("latency")
+        if lat:
+            lines.append(f"c={r['concurrency']}: of {lat['followed']} submitted workloads followed, "
+                         f"{lat['not_running']} not running; submit->placed {lat['submit_to_placed']}, "
+                         f"submit->running {lat['submit_to_running']}")
     lines += [f"missing: {m}" for m in out["missing"]]
     return "\n".join(lines)
 
@@ -297,6 +350,11 @@ def main() -> None:
     p.add_argument("--register-timeout", type=float, default=600.0)
     p.add_argument("--client", choices=["raw", "httpx"], default="raw",
                    help="load generator: a bare asyncio HTTP/1.1 client (default) or one pooled httpx.AsyncClient")
+    p.add_argument("--endpoints", nargs="+", choices=["get", "post"], default=["get", "post"],
+                   help="which endpoints to measure")
+    p.add_argument("--latency-sample", type=int, default=50,
+                   help="workloads followed after each submit run for submit->running (0: none)")
+    p.add_argument("--latency-wait", type=float, default=60.0, help="how long they are followed (s)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="xpumesh-bench-api-") as d:
         out = asyncio.run(run(args, Path(d)))
