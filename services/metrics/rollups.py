@@ -129,6 +129,16 @@ class Rollups:
         self.open: dict[int, Acc] = {}
         self.flushing: list[Acc] = []
         self.last_batch = 0
+        self.inflight: dict[int, int] = {}  # batches being written (writes may overlap) → their earliest minute
+
+    def begin(self, batch: int, first_ts: float) -> None:
+        """A batch whose earliest sample is at ``first_ts`` is about to be written; until ``end``, the checkpoint
+        stays below it and the minutes to rebuild after a crash start no later than that sample's."""
+        self.inflight[batch] = int(first_ts // BUCKET_S) * BUCKET_S
+
+    def end(self, batch: int) -> None:
+        """The batch was added (or its write failed and its samples were not kept)."""
+        self.inflight.pop(batch, None)
 
     def add(self, batch: int, ids: np.ndarray, ts: np.ndarray, vals: np.ndarray, cap: int) -> None:
         buckets = (ts // BUCKET_S).astype(np.int64) * BUCKET_S
@@ -142,22 +152,27 @@ class Rollups:
         self.last_batch = max(self.last_batch, batch)
 
     def _acc(self, bucket: int, batch: int, cap: int) -> Acc:
+        """The open minute ``bucket``; its ``first_batch`` is the lowest batch added to it, whatever the order in
+        which batches committed (writes may overlap)."""
         acc = self.open.get(bucket)
         if acc is None:
             acc = self.open[bucket] = Acc(bucket, batch, cap)
-        elif acc.cap < cap:
-            acc.grow(cap)
+        else:
+            acc.first_batch = min(acc.first_batch, batch)
+            if acc.cap < cap:
+                acc.grow(cap)
         return acc
 
     def take_closed(self, now: float) -> tuple[list[Acc], int, datetime | None]:
         """Detach the minutes that have closed; return them with the checkpoint that holds once they are written."""
         closed = [self.open.pop(b) for b in sorted(self.open) if b + BUCKET_S + self.grace_s <= now]
         self.flushing = closed
-        if self.open:
-            ckpt = min(a.first_batch for a in self.open.values()) - 1
-            open_from: datetime | None = datetime.fromtimestamp(min(self.open), UTC)
-        else:
-            ckpt, open_from = self.last_batch, None
+        ckpt = min([a.first_batch - 1 for a in self.open.values()] or [self.last_batch])
+        starts = list(self.open)
+        if self.inflight:  # a batch still being written may commit after this checkpoint: replay it after a crash
+            ckpt = min(ckpt, min(self.inflight) - 1)
+            starts += self.inflight.values()
+        open_from = datetime.fromtimestamp(min(starts), UTC) if starts else None
         return closed, ckpt, open_from
 
     def written(self) -> None:
