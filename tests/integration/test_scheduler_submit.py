@@ -1,9 +1,12 @@
-"""Submitting workloads: one workload per Idempotency-Key, also for concurrent twins."""
+"""Submitting workloads: one workload per Idempotency-Key, also for concurrent twins; submits are answered
+while placement builds its view of the fleet."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,11 +16,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from libs.bus.errors import Conflict
 from libs.config import Settings
 from libs.db import make_engine, make_sessionmaker, session_scope
+from libs.schemas.scheduler import WorkloadState
 from libs.schemas.workload import WorkloadSpec
-from services.scheduler import models
+from services.scheduler import models, placer
 from services.scheduler.api import app as scheduler_app
 from services.scheduler.lifecycle import Workload
 from services.scheduler.orm import outbox, replicas, workloads
+from tests.conftest import assert_eventually
+from tests.integration.test_scheduler_kit import TestHost, fast, gpu, submit, wait_state
 
 Maker = async_sessionmaker[AsyncSession]
 
@@ -67,3 +73,33 @@ async def test_scheduler_submit_without_tenant_or_key_still_deduplicates_by_key(
     a, _ = await _create(sessions, spec, None, None)
     b, _ = await _create(sessions, spec, None, None)
     assert len({first.id, a.id, b.id}) == 3
+
+
+async def test_scheduler_submit_is_answered_while_the_fleet_snapshot_is_built(
+        settings: Settings, running_service: Any, bus: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started, release = threading.Event(), threading.Event()
+    released: list[bool] = []  # per build: let go by the test (True) or by the timeout (False)
+    real = placer.build_snapshot
+
+    def held_build(*args: Any, **kwargs: Any) -> Any:  # the fleet's column model, held until the test says so
+        started.set()
+        released.append(release.wait(timeout=10))  # on the event loop, this would hold the test's loop too
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(placer, "build_snapshot", held_build)
+    s = fast(settings)
+    await running_service(scheduler_app, s)
+    host = await TestHost(bus, s, "hz-gpu-1", [gpu(i) for i in range(4)], tmp_path, driver="sim").start()
+    try:
+        spec = {"hardware": {"type": "gpu"}, "duration_s": 30.0}
+        first = await submit(bus, {**spec, "name": "first"})
+        await assert_eventually(started.is_set, message="placement did not start building the fleet snapshot")
+        later = [await submit(bus, {**spec, "name": f"later-{i}"}) for i in range(3)]  # answered meanwhile
+        assert not release.is_set() and all(v.created and v.state == WorkloadState.PENDING for v in later)
+        release.set()
+        for view in [first, *later]:
+            await wait_state(bus, view.id, WorkloadState.PLACED, WorkloadState.STARTING, WorkloadState.RUNNING)
+        assert released and all(released)
+    finally:
+        release.set()
+        await host.stop()
