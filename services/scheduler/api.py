@@ -148,12 +148,11 @@ async def _lose_where(ctx: Context, host_id: str, reason: str, device: str | Non
         if device is not None:
             rows = [r for r in rows if any(d["id"] == device for d in r.devices)]
         wls = await models.load(session, {r.workload_id for r in rows})
-        added = 0
         for wl in wls.values():
             lost = [r for r in wl.replicas if r.active and r.host_id == host_id
                     and (device is None or any(d["id"] == device for d in r.devices))]
             lifecycle.lose(wl, lost, reason, now, s.command_ttl_s)
-            added += await models.save(session, wl, now)
+        added = await models.save_many(session, wls.values(), now)
     if added:
         _committed(ctx)
         log.info("%s: %d workloads lost replicas", reason, len(wls))

@@ -15,12 +15,12 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, true, update
+from sqlalchemy import bindparam, delete, func, insert, select, true, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.bus.errors import Conflict
-from libs.db.outbox import enqueue
+from libs.bus.subjects import event_subject
 from libs.events import CloudEvent, EventTypes
 from libs.schemas.commands import LAUNCH_TYPE, STOP_TYPE, LaunchCommand, StopCommand
 from libs.schemas.scheduler import (
@@ -91,51 +91,64 @@ def _event_site(wl: Workload) -> str | None:
     return sites[0] if sites else wl.spec.placement.data_site
 
 
-async def enqueue_command(session: AsyncSession, cmd: LaunchCommand | StopCommand) -> None:
+def _command_row(cmd: LaunchCommand | StopCommand) -> dict[str, Any]:
     from libs.bus.subjects import agent_command_subject
 
     etype = LAUNCH_TYPE if isinstance(cmd, LaunchCommand) else STOP_TYPE
     event = CloudEvent.new(etype, SOURCE, cmd, subject=f"{cmd.workload_id}/{cmd.replica}", id=cmd.command_id)
-    await session.execute(outbox.insert().values(event_id=event.id, subject=agent_command_subject(cmd.site, cmd.host_id),
-                                                 payload=event.to_bytes()))
+    return {"event_id": event.id, "subject": agent_command_subject(cmd.site, cmd.host_id), "payload": event.to_bytes()}
+
+
+_WL_UPDATE = update(workloads).where(workloads.c.id == bindparam("b_id"))
+_REPLICA_UPDATE = update(replicas).where((replicas.c.workload_id == bindparam("b_wid"))
+                                         & (replicas.c.replica == bindparam("b_replica")))
 
 
 async def save(session: AsyncSession, wl: Workload, now: datetime) -> int:
     """Write what changed: the row, replicas, history, events and commands. Returns outbox rows added."""
-    await session.execute(update(workloads).where(workloads.c.id == wl.id).values(
-        state=wl.state.value, restarts=wl.restarts, reschedules=wl.reschedules, sites=wl.sites,
-        explanation=wl.explanation.model_dump(mode="json") if wl.explanation else None, message=wl.message,
-        updated_at=wl.updated_at, finished_at=wl.finished_at))
-    return await _save_children(session, wl, now)
+    return await save_many(session, [wl], now)
 
 
-async def _save_children(session: AsyncSession, wl: Workload, now: datetime) -> int:
-    for r in wl.replicas:
-        if r.dirty:
-            await session.execute(update(replicas).where(
-                (replicas.c.workload_id == wl.id) & (replicas.c.replica == r.replica)).values(
-                attempt=r.attempt, state=r.state, host_id=r.host_id, site=r.site, devices=r.devices,
-                decision_id=r.decision_id, exit_code=r.exit_code, message=r.message, sends=r.sends, sent_at=r.sent_at,
-                started_at=r.started_at, finished_at=r.finished_at, updated_at=r.updated_at or now))
-            r.dirty = False
-    if wl.history:
-        await session.execute(insert(history), [
-            {"workload_id": wl.id, "replica": rep, "from_state": frm, "to_state": to, "reason": reason[:2000], "at": now}
-            for rep, frm, to, reason in wl.history])
-    added = 0
-    if wl.events:
-        view = wl.view()
-        site = _event_site(wl)
-        for state, reason in wl.events:
-            data = event_data(view, state=state.value, reason=reason)
-            event = CloudEvent.new(EventTypes.workload(state.value), SOURCE, data, subject=wl.id, id=new_event_id())
-            await enqueue(session, outbox, event, site=site)
-            added += 1
-    for cmd in wl.commands:
-        await enqueue_command(session, cmd)
-        added += 1
-    wl.history, wl.events, wl.commands, wl.dirty = [], [], [], False
-    return added
+async def save_many(session: AsyncSession, wls: Iterable[Workload], now: datetime, *, rows: bool = True) -> int:
+    """``save`` for many workloads in a few statements (one per table, each an executemany). Outbox rows
+    keep each workload's order (its events, then its commands). ``rows=False``: the workload rows
+    themselves are new and need no update. Returns outbox rows added."""
+    wl_rows: list[dict[str, Any]] = []
+    rep_rows: list[dict[str, Any]] = []
+    hist_rows: list[dict[str, Any]] = []
+    out_rows: list[dict[str, Any]] = []
+    for wl in wls:
+        if rows:
+            wl_rows.append({"b_id": wl.id, "state": wl.state.value, "restarts": wl.restarts,
+                            "reschedules": wl.reschedules, "sites": wl.sites,
+                            "explanation": wl.explanation.model_dump(mode="json") if wl.explanation else None,
+                            "message": wl.message, "updated_at": wl.updated_at, "finished_at": wl.finished_at})
+        for r in wl.replicas:
+            if r.dirty:
+                rep_rows.append({"b_wid": wl.id, "b_replica": r.replica, "attempt": r.attempt, "state": r.state,
+                                 "host_id": r.host_id, "site": r.site, "devices": r.devices,
+                                 "decision_id": r.decision_id, "exit_code": r.exit_code, "message": r.message,
+                                 "sends": r.sends, "sent_at": r.sent_at, "started_at": r.started_at,
+                                 "finished_at": r.finished_at, "updated_at": r.updated_at or now})
+                r.dirty = False
+        hist_rows += [{"workload_id": wl.id, "replica": rep, "from_state": frm, "to_state": to,
+                       "reason": reason[:2000], "at": now} for rep, frm, to, reason in wl.history]
+        if wl.events:
+            view = wl.view()
+            subject_site = _event_site(wl)
+            for state, reason in wl.events:
+                data = event_data(view, state=state.value, reason=reason)
+                event = CloudEvent.new(EventTypes.workload(state.value), SOURCE, data, subject=wl.id,
+                                       id=new_event_id())
+                out_rows.append({"event_id": event.id, "subject": event_subject(event.type, subject_site),
+                                 "payload": event.to_bytes()})
+        out_rows += [_command_row(cmd) for cmd in wl.commands]
+        wl.history, wl.events, wl.commands, wl.dirty = [], [], [], False
+    for stmt, params in ((_WL_UPDATE, wl_rows), (_REPLICA_UPDATE, rep_rows), (insert(history), hist_rows),
+                         (insert(outbox), out_rows)):
+        if params:
+            await session.execute(stmt, params)
+    return len(out_rows)
 
 
 async def create(session: AsyncSession, spec: WorkloadSpec, tenant: str | None, idempotency_key: str | None,
@@ -171,7 +184,7 @@ async def create(session: AsyncSession, spec: WorkloadSpec, tenant: str | None, 
                                               "updated_at": now} for r in wl.replicas])
     wl.history.append((None, None, WorkloadState.PENDING.value, "submitted"))
     wl.events.append((WorkloadState.PENDING, "submitted"))
-    await _save_children(session, wl, now)
+    await save_many(session, [wl], now, rows=False)
     return wl, True
 
 

@@ -215,10 +215,8 @@ class Placer:
                     wl.explanation = Explanation(reason=p.reason, counts=dict(p.counts), replicas=waiting, at=now)
                     wl.events.append((wl.state, p.reason))  # the explanation changed: tell subscribers
                     wl.dirty = True
-            added = 0
-            for wl in wls.values():
-                if wl.dirty or wl.history or wl.events or wl.commands:
-                    added += await models.save(session, wl, now)
+            added = await models.save_many(
+                session, [wl for wl in wls.values() if wl.dirty or wl.history or wl.events or wl.commands], now)
         if added:
             self.on_commit()
         return result

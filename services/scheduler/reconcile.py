@@ -131,8 +131,8 @@ async def reconcile_hosts(session: AsyncSession, actual: Actual, hosts: Iterable
             for r in wl.replicas:
                 if r.active and r.host_id in actual.reports:
                     _apply(wl, r, actual.reports[r.host_id], now, resend_after_s, ttl_s)
-            if wl.dirty or wl.history or wl.commands or wl.events:
-                added += await models.save(session, wl, now)
+        added = await models.save_many(
+            session, [wl for wl in wls.values() if wl.dirty or wl.history or wl.commands or wl.events], now)
     unwanted = []
     for host_id in host_ids:
         mine = desired.get(host_id, set())
