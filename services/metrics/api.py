@@ -73,6 +73,7 @@ async def stop(ctx: Context) -> None:
         except Exception:
             log.warning("final rollup write failed; the next start rebuilds the open minutes")
         await r.pool.close()
+        await r.ingest_pool.close()
 
 
 # --- consumers ------------------------------------------------------------------------

@@ -11,8 +11,16 @@ The contract is the generic consumer's: the same durable consumer and configurat
 by event id (a redelivery of something that failed is let through), a malformed envelope
 counted (``malformed_envelope``), terminated and logged without its content, a report of
 the wrong type or with invalid data counted and acknowledged, a failed write nak'ed for
-redelivery. Between two writes the loop lingers ``ingest_linger_s`` so that, under load,
-batches grow instead of commits multiplying.
+redelivery.
+
+Writes overlap: up to ``INGEST_WRITES`` batches are in flight at once, each on its own
+connection, so the next batch is parsed (and PostgreSQL works on one COPY) while another
+commits. A new write starts when a whole batch is waiting, or else once ``ingest_linger_s``
+has passed since the previous one started; with every connection busy, arrivals simply
+accumulate into the next batch. Under load batches grow instead of commits multiplying, and
+with a backlog there is no pause at all. Long stretches of parsing and acknowledging yield to
+the event loop every ``YIELD_EVERY`` messages so that queries (the city summary) are not
+held behind a whole batch.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -36,6 +45,7 @@ from libs.service import Context, SeenIds
 from libs.tracing import extract_context, tracer
 from services.metrics import wire
 from services.metrics.ingest import Ingest
+from services.metrics.runtime import INGEST_WRITES
 
 log = logging.getLogger(__name__)
 SERVICE = "metrics"
@@ -43,6 +53,7 @@ HANDLER = "on_telemetry"
 EXPIRES_S = 1.0  # each pull request's lifetime on the server
 HEARTBEAT = "100"  # the only status that does not end a pull request
 ROUTINE = ("404", "408")  # no messages, request expired: anything else (409, 503) is trouble
+YIELD_EVERY = 512  # messages parsed or acknowledged between two turns of the event loop
 
 
 @dataclass
@@ -109,10 +120,20 @@ class TelemetryConsumer:
         await bus.nc.subscribe(self.inbox, cb=self._on_msg, pending_msgs_limit=self.batch * 8)
 
     async def run(self) -> None:
+        writes: set[asyncio.Task[None]] = set()
+        try:
+            await self._loop(writes)
+        finally:
+            for t in writes:
+                t.cancel()
+            await asyncio.gather(*writes, return_exceptions=True)
+
+    async def _loop(self, writes: set[asyncio.Task[None]]) -> None:
         nc = self.ctx.bus.nc
         next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.durable}"
         request = json.dumps({"batch": self.batch, "expires": int(EXPIRES_S * 1e9)}).encode()
         linger = self.ctx.settings.metrics.ingest_linger_s
+        started = -math.inf
         while True:
             now = time.monotonic()
             self.pulls.forget_lost(now)
@@ -126,27 +147,37 @@ class TelemetryConsumer:
                 log.warning("%s: pull request failed (%s); retrying", HANDLER, type(exc).__name__)
                 await asyncio.sleep(0.5)
                 continue
+            if len(writes) >= INGEST_WRITES:  # every connection busy: what arrives meanwhile joins the next batch
+                await asyncio.wait(writes, return_when=asyncio.FIRST_COMPLETED)
+                continue
             if not self.buf:
                 self.arrived.clear()
                 try:
                     await asyncio.wait_for(self.arrived.wait(), timeout=EXPIRES_S)
                 except TimeoutError:
-                    continue
+                    pass
+                continue
+            rest = linger - (time.monotonic() - started)
+            if rest > 0 and len(self.buf) < self.batch:  # not a whole batch yet: let it grow until the linger ends
+                await asyncio.sleep(rest)
+                continue
             msgs = self._take()
             if self.trouble:
                 await self._recover()
             if not msgs:
                 continue
             started = time.monotonic()
-            try:
-                await self.handle(msgs)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # connection trouble while acknowledging: the messages come back
-                log.exception("%s: batch failed", HANDLER)
-            rest = linger - (time.monotonic() - started)
-            if rest > 0:
-                await asyncio.sleep(rest)
+            task = asyncio.create_task(self._write(msgs), name=f"{HANDLER}:write")
+            writes.add(task)
+            task.add_done_callback(writes.discard)
+
+    async def _write(self, msgs: list[Msg]) -> None:
+        try:
+            await self.handle(msgs)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # connection trouble while acknowledging: the messages come back
+            log.exception("%s: batch failed", HANDLER)
 
     async def _recover(self) -> None:
         """Back off, then declare the consumer again (idempotent; it may have been deleted)."""
@@ -177,7 +208,9 @@ class TelemetryConsumer:
     async def handle(self, msgs: list[Msg]) -> None:
         cols = wire.Columns()
         take: list[Msg] = []
-        for m in msgs:
+        for k, m in enumerate(msgs, 1):
+            if k % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
             fast = wire.canonical(m.data)
             event: CloudEvent | None = None
             if fast is not None:
@@ -210,8 +243,10 @@ class TelemetryConsumer:
                 outcome = "error"
             HANDLER_SECONDS.labels(SERVICE, HANDLER).observe(time.perf_counter() - started)
         BUS_MESSAGES.labels(SERVICE, HANDLER, outcome).inc()
-        for m in take:
+        for k, m in enumerate(take, 1):
             await (m.nak(delay=1.0) if outcome == "error" else m.ack())
+            if k % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
 
     async def _envelope(self, m: Msg) -> CloudEvent | None:
         """The envelope of a message the strict path left, by the full model; a malformed one is counted and

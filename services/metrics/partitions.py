@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -117,3 +118,27 @@ def _contiguous(ranges: list[tuple[datetime, datetime]], now: datetime) -> Cover
     if run is None or not run.contains(now):
         return Coverage()
     return run
+
+
+BRIN_INDEXES = ("ix_samples_device_ts_brin",)  # ix_samples_batch summarizes itself (autosummarize, 128 pages a range)
+
+
+async def summarize_recent(conn: asyncpg.Connection, settings: MetricsSettings, now: datetime | None = None) -> int:
+    """Summarize the BRIN ranges written since the last call, in the raw-sample partitions that take rows now
+    (this one, the one before, the next); returns how many ranges. Until summarized a range is read whole by
+    every query that uses the index. Takes no lock that a COPY waits for."""
+    now = now or datetime.now(UTC)
+    spec = specs(settings)[0]
+    cur = spec.floor(now)
+    names = [spec.name(cur + spec.width * k) for k in (-1, 0, 1)]
+    try:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL lock_timeout = '200ms'")  # a vacuum of the partition summarizes anyway
+            n = await conn.fetchval(
+                "SELECT coalesce(sum(brin_summarize_new_values(i.inhrelid)), 0) FROM pg_inherits i "
+                "JOIN pg_index x ON x.indexrelid = i.inhrelid JOIN pg_class t ON t.oid = x.indrelid "
+                "WHERE i.inhparent = ANY($1::regclass[]) AND t.relname = ANY($2::text[])",
+                [f"{SCHEMA}.{name}" for name in BRIN_INDEXES], names)
+    except asyncpg.LockNotAvailableError:
+        return 0
+    return int(n)

@@ -4,6 +4,16 @@ One active instance: the fleet, open rollup minutes and alert state live in this
 (as the registry's liveness table does in the registry). A restart loses nothing it
 acknowledged: samples are in PostgreSQL before their messages are acked, and the open
 minutes are rebuilt from the samples written after the last rollup checkpoint.
+
+Telemetry is written on connections of its own with ``synchronous_commit = off``: a commit
+returns before its WAL reaches the disk, so a write does not wait for a flush. Samples are
+loss-tolerant (the next report, seconds later, says the same about the device), and the
+trade is bounded: a crash of PostgreSQL itself (or of its machine) may lose the samples of
+roughly the last three ``wal_writer_delay`` (0.6 s by default) even though their messages were
+acknowledged; it never corrupts anything, and WAL keeps the order, so whatever survives is a
+prefix — never a rollup or checkpoint without the samples before it. A crash of the metrics
+service alone loses nothing. Capability reports, rollups, the checkpoint and alerts keep the
+durable default on the other connections.
 """
 
 from __future__ import annotations
@@ -32,12 +42,14 @@ from services.metrics.views import summarize
 from services.metrics.workloads import Workloads
 
 log = logging.getLogger(__name__)
+INGEST_WRITES = 2  # telemetry writes in flight at once, each on its own connection (see ``consumer``)
 
 
 @dataclass
 class Runtime:
     ctx: Context
     pool: asyncpg.Pool
+    ingest_pool: asyncpg.Pool
     fleet: Fleet
     rollups: Rollups
     ingest: Ingest
@@ -73,8 +85,11 @@ class Runtime:
 async def start(ctx: Context) -> Runtime:
     settings = ctx.settings
     pool = await asyncpg.create_pool(settings.database_dsn(), min_size=2, max_size=4,
-                                     server_settings={"application_name": "xpumesh-metrics-ingest"})
-    assert pool is not None
+                                     server_settings={"application_name": "xpumesh-metrics"})
+    ingest_pool = await asyncpg.create_pool(settings.database_dsn(), min_size=INGEST_WRITES, max_size=INGEST_WRITES,
+                                            server_settings={"application_name": "xpumesh-metrics-ingest",
+                                                             "synchronous_commit": "off"})
+    assert pool is not None and ingest_pool is not None
     assert ctx.engine is not None
     async with ctx.engine.begin() as conn:
         coverage = await partitions.maintain(conn, settings.metrics)
@@ -83,13 +98,13 @@ async def start(ctx: Context) -> Runtime:
         firing = await models.load_firing(session)
         loaded = await models.load_workloads(session, settings.metrics.max_workloads)
     rollups = Rollups(settings.metrics.rollup_grace_s)
-    ingest = Ingest(fleet, rollups, settings, pool)
+    ingest = Ingest(fleet, rollups, settings, ingest_pool)
     ingest.coverage = coverage
     engine = AlertEngine(settings, time.monotonic())
     engine.load(firing)
     workloads = Workloads(settings.metrics.max_workloads)
     workloads.load(loaded)
-    rt = Runtime(ctx, pool, fleet, rollups, ingest, engine, workloads, OutboxRelay("metrics", ctx.db, outbox, ctx.bus))
+    rt = Runtime(ctx, pool, ingest_pool, fleet, rollups, ingest, engine, workloads, OutboxRelay("metrics", ctx.db, outbox, ctx.bus))
     await recover(rt)
     settle_heap()
     return rt
@@ -115,7 +130,9 @@ async def recover(rt: Runtime) -> None:
         since = open_from or (now - timedelta(seconds=settings.rollup_grace_s + 120))
         rows = await models.replay_minutes(conn, after, since)
         latest = await models.latest_samples(conn, now - timedelta(seconds=rt.stale_s))
-        rt.ingest.last_batch = max(after, await models.max_batch(conn, now - timedelta(seconds=settings.max_sample_age_s)))
+        ahead = await models.max_batch(conn, now - timedelta(seconds=settings.max_sample_age_s),
+                                       time.time_ns() // 1000 - 60_000_000)
+        rt.ingest.last_batch = max(after, ahead)
     fleet, rollups = rt.fleet, rt.rollups
     for r in rows:
         dev = int(r["device_id"])
@@ -169,6 +186,13 @@ async def flusher(rt: Runtime) -> None:
             raise
         except Exception:
             log.exception("rollup write failed; will retry")
+        try:
+            async with rt.pool.acquire() as conn:
+                await partitions.summarize_recent(conn, rt.ctx.settings.metrics)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("BRIN summarization failed; will retry")
 
 
 async def maintenance(rt: Runtime) -> None:

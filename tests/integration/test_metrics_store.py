@@ -1,0 +1,124 @@
+"""Metrics storage: raw samples' BRIN upkeep and reads, overlapping ingest writes, the rollup checkpoint."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import numpy as np
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from libs.config import Settings
+from libs.db import async_url
+from services.metrics import models, partitions
+from services.metrics.ingest import COPY_COLUMNS, Ingest, encode_copy
+from services.metrics.rollups import BUCKET_S, Rollups
+from services.metrics.state import DeviceMeta, Fleet
+from services.metrics.wire import Columns
+
+VALS = np.array([[50.0, 1000, 40.0, 100.0, 1.0]])
+
+
+def test_metrics_rollups_minute_keeps_its_lowest_batch_whatever_the_commit_order() -> None:
+    r = Rollups(grace_s=0)
+    minute = 1_800_000_000 // BUCKET_S * BUCKET_S
+    for batch in (12, 11):  # 12 committed first
+        r.begin(batch, minute + 1)
+        r.add(batch, np.array([3]), np.array([minute + 1.0]), VALS, 8)
+        r.end(batch)
+    assert r.open[minute].first_batch == 11 and int(r.open[minute].n[3]) == 2
+    _, ckpt, open_from = r.take_closed(minute)  # the minute is still open
+    assert ckpt == 10 and open_from == datetime.fromtimestamp(minute, UTC)
+
+
+def test_metrics_rollups_checkpoint_stays_below_batches_in_flight() -> None:
+    r = Rollups(grace_s=0)
+    minute = 1_800_000_000 // BUCKET_S * BUCKET_S
+    r.begin(20, minute - 30)  # still being written, with a sample of the minute before
+    r.begin(21, minute + 5)
+    r.add(21, np.array([1]), np.array([minute + 5.0]), VALS, 8)
+    r.end(21)
+    closed, ckpt, open_from = r.take_closed(minute + 1)
+    assert closed == [] and ckpt == 19
+    assert open_from == datetime.fromtimestamp(minute - BUCKET_S, UTC)  # a restart rebuilds batch 20's minute too
+    r.end(20)  # its write failed: nothing of it to replay
+    assert r.take_closed(minute + 1)[1] == 20
+    r.written()
+    closed, ckpt, open_from = r.take_closed(minute + 2 * BUCKET_S)
+    assert [a.bucket for a in closed] == [minute] and ckpt == 21 and open_from is None
+
+
+async def _copy(conn: asyncpg.Connection, ids: np.ndarray, ts_us: np.ndarray, batch: int) -> None:
+    order = np.lexsort((ts_us, ids))
+    payload = encode_copy(ts_us[order], ids[order], np.repeat(VALS, len(ids), axis=0), batch)
+    await conn.copy_to_table("samples", schema_name="metrics", source=memoryview(payload), columns=COPY_COLUMNS,
+                             format="binary")
+
+
+async def test_metrics_samples_brin_summarized_and_read_by_a_device_series(settings: Settings) -> None:
+    m = settings.metrics
+    engine = create_async_engine(async_url(settings.database_dsn()))
+    try:
+        async with engine.begin() as sa_conn:
+            await partitions.maintain(sa_conn, m)
+    finally:
+        await engine.dispose()
+    conn = await asyncpg.connect(settings.database_dsn())
+    try:
+        start = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=40)
+        t0 = int(start.timestamp()) * 1_000_000
+        for k in range(20):  # 20 batches, one sample of each of 2,000 devices, 1 s apart
+            await _copy(conn, np.arange(2000), np.full(2000, t0 + k * 1_000_000), k + 1)
+        assert await partitions.summarize_recent(conn, m) > 0
+        assert await partitions.summarize_recent(conn, m) == 0  # only new ranges, once
+        indexes = await conn.fetch("SELECT indexdef FROM pg_indexes WHERE schemaname = 'metrics' "
+                                   "AND tablename = 'samples'")
+        assert not any("btree" in r["indexdef"] for r in indexes)
+        await conn.execute("ANALYZE metrics.samples")
+        end = start + timedelta(minutes=1)
+        plan = "\n".join(r[0] for r in await conn.fetch(
+            "EXPLAIN SELECT count(*) FROM metrics.samples WHERE device_id = $1 AND ts >= $2 AND ts < $3",
+            1234, start, end))
+        assert "Bitmap Index Scan" in plan and "device_id_ts_idx" in plan
+        rows = await models.raw_series_rows(conn, 1234, start, end, 10)
+        assert sum(int(r["n"]) for r in rows) == 20 and len(rows) == 2
+    finally:
+        await conn.close()
+
+
+async def test_metrics_ingest_overlapping_writes_keep_every_sample(settings: Settings) -> None:
+    m = settings.metrics
+    engine = create_async_engine(async_url(settings.database_dsn()))
+    try:
+        async with engine.begin() as sa_conn:
+            coverage = await partitions.maintain(sa_conn, m)
+    finally:
+        await engine.dispose()
+    pool = await asyncpg.create_pool(settings.database_dsn(), min_size=2, max_size=2,
+                                     server_settings={"synchronous_commit": "off"})
+    assert pool is not None
+    try:
+        fleet, rollups = Fleet(), Rollups(grace_s=0)
+        for host in range(50):
+            for slot in range(4):
+                fleet.put_device(DeviceMeta(id=host * 4 + slot + 1, host_id=f"h-{host}", slot=slot, site="huzhou"))
+        ingest = Ingest(fleet, rollups, settings, pool)
+        ingest.coverage = coverage
+
+        def cols(first: int, count: int, k: int) -> Columns:
+            c = Columns()
+            ts = datetime.now(UTC) - timedelta(seconds=k)
+            for host in range(first, first + count):
+                c.add(f"h-{host}", "huzhou", ts, 1.0, 1, 2, [(slot, 10.0 * k, 100, 40.0, 200.0, 1) for slot in range(4)])
+            return c
+
+        await asyncio.gather(*(ingest.write(cols(25 * (k % 2), 25, k)) for k in range(6)))
+        assert ingest.counts.samples == 600 and not rollups.inflight
+        assert sum(int(a.n.sum()) for a in rollups.open.values()) == 600
+        assert min(a.first_batch for a in rollups.open.values()) == await pool.fetchval(
+            "SELECT min(batch) FROM metrics.samples")
+        assert await pool.fetchval("SELECT count(*) FROM metrics.samples") == 600
+        assert float(fleet.util[1]) == 0.0  # the newest sample (k = 0) wins, whatever order the writes committed in
+    finally:
+        await pool.close()
