@@ -1,6 +1,6 @@
 """Telemetry ingest benchmark: the metrics service under a simulated fleet.
 
-    python bench/telemetry.py [--hosts 10000] [--devices 8] [--intervals 5,1] [--duration-s 120]
+    python bench/telemetry.py [--hosts 10000] [--devices 8] [--intervals 5,1,0.8] [--duration-s 120]
                               [--warmup-s 20] [--generators 1]
 
 One embedded nats-server and one embedded PostgreSQL (durable, fsync on) in a temporary
@@ -12,12 +12,16 @@ evenly over each interval. Each interval in ``--intervals`` is one phase of
 ``--duration-s`` seconds (after ``--warmup-s`` whose numbers are not counted).
 
 Per phase:
-* offered and ingested device samples/s (ingested: written to PostgreSQL by COPY);
+* offered and ingested device samples/s (ingested: written to PostgreSQL by COPY), and the
+  mean samples per write (COPY transaction);
 * ingest lag p50/p99: sample time → committed, as the service measures it (p99: the worst
   of the windowed p99s sampled every 2 s; p50: their median);
 * backlog: telemetry messages in the durable consumer not yet acknowledged (max, and at end);
-* CPU (% of one core) and RSS of the metrics service, and CPU of PostgreSQL and NATS;
+* CPU (% of one core) and RSS of the metrics service, CPU of PostgreSQL and NATS, and the
+  WAL PostgreSQL wrote (MiB/s);
 * city summary query latency p50/p99 (``xpumesh.rpc.metrics.summary``, 5 requests/s);
+* latency of a device's raw series (the last 15 minutes at a 10 s step: raw samples, as the
+  dashboard's device view asks) every 10 s, for a random device (median and max);
 * the machine's 1-minute load average at the end (anything else running competes for the cores).
 
 After the phases, with the generators stopped, the rate at which the service works off any
@@ -42,10 +46,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -59,7 +64,7 @@ from libs.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from libs.events import CloudEvent, EventTypes
 from libs.schemas.devices import Device, HardwareType, Health, HostFacts
 from libs.schemas.hostevents import CapabilityReport
-from libs.schemas.metrics import FleetSummary, IngestStats, SummaryQuery
+from libs.schemas.metrics import FleetSummary, IngestStats, Scope, Series, SeriesQuery, SummaryQuery
 from libs.sites import DEMO_SITES
 
 MODELS = [(HardwareType.GPU, "nvidia", "A100-SXM4-80GB", 81920), (HardwareType.NPU, "huawei", "Ascend910B3", 65536),
@@ -186,6 +191,14 @@ def postgres_procs(pg: EmbeddedPostgres) -> list[psutil.Process]:
     return [root, *root.children(recursive=True)]
 
 
+async def wal_bytes(pg: EmbeddedPostgres) -> int:
+    conn = await asyncpg.connect(pg.dsn)
+    try:
+        return int(await conn.fetchval("SELECT pg_current_wal_lsn() - '0/0'"))
+    finally:
+        await conn.close()
+
+
 async def phase(bus: Bus, args: argparse.Namespace, interval: float, nats_url: str, metrics: psutil.Process,
                 pg: EmbeddedPostgres, nats: EmbeddedNats) -> dict[str, Any]:
     n = args.hosts
@@ -199,6 +212,7 @@ async def phase(bus: Bus, args: argparse.Namespace, interval: float, nats_url: s
     await asyncio.sleep(args.warmup_s)
     assert nats.proc is not None
     pg_procs, nats_proc = postgres_procs(pg), [psutil.Process(nats.proc.pid)]
+    wal0 = await wal_bytes(pg)
     t0 = time.monotonic()
     s0 = await rpc(bus, "ingest.stats", IngestStats)
     cpu0 = {"metrics": cpu_of([metrics]), "postgres": cpu_of(pg_procs), "nats": cpu_of(nats_proc),
@@ -208,7 +222,9 @@ async def phase(bus: Bus, args: argparse.Namespace, interval: float, nats_url: s
     p99s: list[float] = []
     backlog: list[int] = []
     rss: list[float] = []
-    next_stats = time.monotonic()
+    raw: list[float] = []
+    rng = random.Random(int(interval * 1000))
+    next_stats = next_raw = time.monotonic()
     while time.monotonic() - t0 < args.duration_s:
         t = time.perf_counter()
         await rpc(bus, "summary", FleetSummary)
@@ -222,9 +238,18 @@ async def phase(bus: Bus, args: argparse.Namespace, interval: float, nats_url: s
             info = await bus.js.consumer_info(STREAM_TELEMETRY, DURABLE)
             backlog.append(int(info.num_pending or 0) + int(info.num_ack_pending or 0))
             rss.append(metrics.memory_info().rss / 2**20)
+        if time.monotonic() >= next_raw:
+            next_raw += 10.0
+            end = datetime.now(UTC)
+            q = SeriesQuery(scope=Scope.DEVICE, key=f"bench-{rng.randrange(n):05d}/{rng.randrange(args.devices)}",
+                            start=end - timedelta(minutes=15), end=end, step_s=10)
+            t = time.perf_counter()
+            await bus.request(subjects.rpc_subject("metrics", "series"), q, Series, timeout=30)
+            raw.append(time.perf_counter() - t)
         await asyncio.sleep(0.2)
     elapsed = time.monotonic() - t0
     s1 = await rpc(bus, "ingest.stats", IngestStats)
+    wal1 = await wal_bytes(pg)
     pg_procs = postgres_procs(pg)
     cpu1 = {"metrics": cpu_of([metrics]), "postgres": cpu_of(pg_procs), "nats": cpu_of(nats_proc),
             "generator": cpu_of(gen_procs)}
@@ -238,16 +263,20 @@ async def phase(bus: Bus, args: argparse.Namespace, interval: float, nats_url: s
         "offered_samples_per_s": round(n * args.devices / interval),
         "published_messages": sent,
         "ingested_samples_per_s": round((s1.samples_total - s0.samples_total) / elapsed),
+        "samples_per_write": round((s1.samples_total - s0.samples_total) / max(s1.batches_total - s0.batches_total, 1)),
         "lag_p50_s": round(statistics.median(p50s), 3) if p50s else None,
         "lag_p99_s": round(max(p99s), 3) if p99s else None,
         "backlog_max": max(backlog) if backlog else None, "backlog_end": backlog[-1] if backlog else None,
         "summary_p50_ms": round(lat[len(lat) // 2] * 1000, 1),
         "summary_p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, 1),
         "summary_queries": len(lat),
+        "device_raw_series_p50_ms": round(statistics.median(raw) * 1000, 1) if raw else None,
+        "device_raw_series_max_ms": round(max(raw) * 1000, 1) if raw else None,
         "metrics_cpu_pct": round(100 * (cpu1["metrics"] - cpu0["metrics"]) / elapsed, 1),
         "metrics_rss_mib_max": round(max(rss), 1) if rss else None,
         "postgres_cpu_pct": round(100 * (cpu1["postgres"] - cpu0["postgres"]) / elapsed, 1),
         "nats_cpu_pct": round(100 * (cpu1["nats"] - cpu0["nats"]) / elapsed, 1),
+        "postgres_wal_mib_per_s": round((wal1 - wal0) / 2**20 / elapsed, 1),
         "generator_cpu_pct": round(100 * (cpu1["generator"] - cpu0["generator"]) / elapsed, 1),
         "rejected_samples": s1.rejected_samples_total - s0.rejected_samples_total,
         "load_avg_1m_end": round(os.getloadavg()[0], 2),  # other work on the machine competes for the same cores
@@ -379,7 +408,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--hosts", type=int, default=10_000)
     p.add_argument("--devices", type=int, default=8)
-    p.add_argument("--intervals", default="5,1", help="telemetry interval of each phase, seconds")
+    p.add_argument("--intervals", default="5,1,0.8",
+                   help="telemetry interval of each phase, seconds (0.8: 100,000 samples/s from 10,000 x 8)")
     p.add_argument("--duration-s", type=float, default=120.0)
     p.add_argument("--warmup-s", type=float, default=20.0)
     p.add_argument("--generators", type=int, default=1, help="telemetry generator processes")
@@ -392,10 +422,12 @@ def main() -> int:
         args.profile = str(Path(args.profile).resolve())
     result = asyncio.run(run(args))
     cols = [("interval_s", "interval s"), ("offered_samples_per_s", "offered/s"), ("ingested_samples_per_s", "ingested/s"),
+            ("samples_per_write", "samples/write"),
             ("lag_p50_s", "lag p50 s"), ("lag_p99_s", "lag p99 s"), ("backlog_max", "backlog max"),
             ("backlog_end", "backlog end"), ("summary_p50_ms", "summary p50 ms"), ("summary_p99_ms", "summary p99 ms"),
+            ("device_raw_series_p50_ms", "raw series p50 ms"), ("device_raw_series_max_ms", "raw series max ms"),
             ("metrics_cpu_pct", "metrics CPU %"), ("metrics_rss_mib_max", "metrics RSS MiB"),
-            ("postgres_cpu_pct", "postgres CPU %"), ("nats_cpu_pct", "nats CPU %"), ("generator_cpu_pct", "generator CPU %"),
+            ("postgres_cpu_pct", "postgres CPU %"), ("postgres_wal_mib_per_s", "postgres WAL MiB/s"), ("nats_cpu_pct", "nats CPU %"), ("generator_cpu_pct", "generator CPU %"),
             ("load_avg_1m_end", "load avg (1 min)")]
     print(f"telemetry ingest, {result['cpus']} CPUs, {args.hosts} hosts x {args.devices} devices")
     for key, label in cols:
