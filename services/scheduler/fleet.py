@@ -140,9 +140,16 @@ class Fleet:
     # -- reference data --------------------------------------------------------------------
     def set_reference(self, catalog: Sequence[DeviceModel], compat: Sequence[CompatRule],
                       driver: Sequence[RuntimeDriverRule], links: Iterable[SiteLink], source: str) -> None:
+        """Take new reference data; the same data again (the periodic refresh) keeps the fleet's version,
+        so the snapshot and the placement caches kept with it stay."""
+        links = list(links)
+        if (list(catalog), list(compat), list(driver), links) == (self.catalog, self.compat, self.driver_rules,
+                                                                   self.links):
+            self.reference_source = source
+            return
         self.catalog, self.compat, self.driver_rules = list(catalog), list(compat), list(driver)
         self.rules = PlacementRules.of(compat, driver)
-        self.links = list(links)
+        self.links = links
         self.reference_source = source
         self._cu.clear()
         self._inputs.clear()  # compute units come from the catalog

@@ -104,3 +104,13 @@ def test_scheduler_fleet_keep_base_ignores_an_older_build() -> None:
     fleet.keep_base(version, old)
     assert fleet.cached_base() is newer
     assert with_allocations(newer, []).n_devices == newer.n_devices
+
+
+def test_scheduler_fleet_same_reference_again_keeps_the_snapshot() -> None:
+    fleet = _fleet(2)
+    base, rules = fleet.base_snapshot(), fleet.rules
+    catalog, compat, driver = reference.seed_reference()
+    fleet.set_reference(catalog, compat, driver, [], "inventory")  # the periodic refresh, nothing new
+    assert fleet.base_snapshot() is base and fleet.rules is rules and fleet.reference_source == "inventory"
+    fleet.set_reference(catalog[1:], compat, driver, [], "inventory")
+    assert fleet.base_snapshot() is not base and fleet.rules is not rules
