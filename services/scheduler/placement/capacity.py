@@ -24,7 +24,9 @@ class Weights:
 
     reward(item) = place + reward_unit * (priority + 1) * units, units = devices * 100 (a
     share counts its fraction). ``place`` alone exceeds the largest sum of costs one placement
-    can carry (about 1,000), so even a tiny low-priority share is worth placing.
+    can carry (about 1,000), so even a tiny low-priority share is worth placing. A compute-unit
+    request can carry more (its pressure is per device, up to ~3,000), but its units reward
+    is at least 10,000.
     """
 
     place: int = 2000
@@ -83,7 +85,10 @@ class PlacementCosts:
     no vendor) the pressure on the device class they would take: rigid requests of this
     batch that can only use that class, divided by its free devices. Flexible work thus
     leaves scarce classes to the work that has no alternative. Pressure is relative to the
-    fleet-wide ratio (1.0 = average), capped at 3."""
+    fleet-wide ratio (1.0 = average), capped at 3. A compute-unit request pays it per device
+    it would take, so it also prefers fewer, bigger chips: 2,000 CU on two MI300X rather than
+    seven A100 that count-based requests need (the device count decides how many of them
+    still fit later)."""
 
     def __init__(self, snap: FleetSnapshot, weights: Weights) -> None:
         self.snap = snap
@@ -141,7 +146,8 @@ class PlacementCosts:
         """Cost of each pool for this item, before fragmentation (see ``pool_cost``)."""
         cost = self.site_cost(item)[self.pool_site[pools]]
         if self._flex.get(id(item.sig)):
-            cost = cost + self.pressure[self.pool_class[pools]]
+            per_device = need if item.kind == Kind.CU and need is not None else 1
+            cost = cost + self.pressure[self.pool_class[pools]] * per_device
         if item.kind == Kind.CU and need is not None:
             cu = self.prof_cu[self.snap.pool_profile[pools]]
             over = (need * cu - item.cu * len(item.replicas)) / np.maximum(cu, EPS)
