@@ -22,11 +22,15 @@ Stages, each a module:
    run when driver rules exist), host up, sites, host labels, health. Decided per device
    profile / host / pool and cached per workload shape.
 2. ``greedy`` - scored best-fit in queue order; records each replica's best ``max_candidates``
-   pools at that moment plus a couple it could have had at batch start.
+   pools at that moment plus a couple it could have had at batch start. Plain best-fit runs
+   too (``hint``): its choices join the candidates, and whichever of the two places more
+   whole workloads is the hint.
 3. ``solver`` - placements that already fill their pool exactly are committed; the rest is
    split into independent sub-problems (shared pools, gangs, binding quotas) and each is
-   solved by CP-SAT with the greedy result as hint and as fallback. Items that compete with
-   nothing take their cheapest option directly.
+   solved by CP-SAT with the hint as starting point, as fallback and as a floor: at least
+   as many whole workloads of each priority or above. Items that compete with nothing take
+   their cheapest option directly. So CP-SAT never places fewer workloads than best-fit
+   on the same batch.
 4. ``capacity.select_devices`` - concrete devices (best-fit link group).
 5. ``preempt`` - still-pending work may stop lower-priority preemptible work (least disruption).
 6. ``explain`` - per-filter host counts for whatever is still pending.
@@ -34,7 +38,7 @@ Stages, each a module:
 ``PlacementDecision`` carries ``assignments`` (workload id, replica → host, devices, share and
 memory per device), ``preemptions``, ``pending`` (reason text + host counts per filter),
 ``solver_status`` (OPTIMAL | FEASIBLE | GREEDY_FALLBACK | TRIVIAL | EMPTY; GREEDY for the
-baselines), ``objective``,
+baselines), ``objective``, ``hint`` (``scored`` | ``best_fit``),
 ``timings_s`` per stage and per-sub-problem stats.
 
 ``place_greedy(batch, snapshot, *, rules, quotas, strategy="best_fit"|"first_fit")`` is the

@@ -1,5 +1,6 @@
-"""Orchestration: filters → greedy pass with candidates → CP-SAT per sub-problem →
-device selection → preemption → explanations. See the package docstring for the contract."""
+"""Orchestration: filters → greedy passes (scored with candidates, best-fit) → CP-SAT per
+sub-problem → device selection → preemption → explanations. See the package docstring for
+the contract."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from services.scheduler.placement.capacity import (
 from services.scheduler.placement.explain import Explainer, format_reason
 from services.scheduler.placement.feasibility import FeasibilityCache
 from services.scheduler.placement.greedy import GreedyResult, Strategy, greedy_pass
+from services.scheduler.placement.hint import with_baseline
 from services.scheduler.placement.preempt import Preemptor
 from services.scheduler.placement.result import (
     Assignment,
@@ -150,6 +152,10 @@ def _run(batch: Sequence[PendingWorkload], snap: FleetSnapshot, rules: Placement
     k = max(1, max_candidates)
     g = greedy_pass(items, snap, feas, costs, weights, quotas_left, strategy=strategy,
                     max_candidates=k if optimise else 1)
+    hint = "" if not optimise else "scored"
+    if optimise and time_limit_s > 0:
+        base = greedy_pass(items, snap, feas, costs, weights, quotas_left, strategy="best_fit")
+        g, hint = with_baseline(items, g, base, costs)
     t2 = time.perf_counter()
     timings["greedy"] = t2 - t1
     choices: dict[int, Choice] = {}
@@ -183,7 +189,7 @@ def _run(batch: Sequence[PendingWorkload], snap: FleetSnapshot, rules: Placement
     timings["total"] = time.perf_counter() - t0
     objective = sum(s.objective for s in stats)
     return PlacementDecision(assignments, preemptions, pending, status, objective, timings, stats,
-                             placer="cpsat" if optimise else strategy)
+                             placer="cpsat" if optimise else strategy, hint=hint)
 
 
 def _optimise(items: Sequence[Item], g: GreedyResult, snap: FleetSnapshot, costs: PlacementCosts, weights: Weights,
@@ -214,6 +220,9 @@ def _optimise(items: Sequence[Item], g: GreedyResult, snap: FleetSnapshot, costs
         if it.workload in stuck:
             g.candidates[it.idx] = []
     groups = _split(items, g, binding, pool_hw)
+    wl_items: dict[int, int] = {}
+    for it in items:
+        wl_items[it.workload] = wl_items.get(it.workload, 0) + 1
     hard = [grp for grp in groups if len(grp) > 1 or items[grp[0]].gang]
     solo = [grp[0] for grp in groups if len(grp) == 1 and not items[grp[0]].gang]
     for i in solo:
@@ -228,7 +237,7 @@ def _optimise(items: Sequence[Item], g: GreedyResult, snap: FleetSnapshot, costs
         budget = (deadline - time.perf_counter()) * opts / total_opts
         total_opts -= opts
         mi = ModelInput(items, grp, {i: g.candidates[i] for i in grp}, {i: g.choices[i] for i in grp if i in g.choices},
-                        pool_hw, {k: quota_model[k] for k in binding}, g.site_cap)
+                        pool_hw, {k: quota_model[k] for k in binding}, g.site_cap, wl_items)
         hw_names = sorted({pool_hw[c.pool] for i in grp for c in g.candidates[i]})
         name = f"{'+'.join(hw_names)}#{n}"
         if budget <= 1e-3:

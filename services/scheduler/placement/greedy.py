@@ -5,7 +5,7 @@ Items are taken in queue order (priority, then arrival) and each goes to the fir
 (best-fit, HAMi ``binpack`` style) pool that still fits it. Gangs that do not fit
 completely are rolled back.
 
-With ``max_candidates`` > 1 the same pass also keeps, for every item, its best options at
+The scored pass (CP-SAT's) also keeps, for every item, its best ``max_candidates`` options at
 the moment it was considered, scored against the capacity left by the items before it (so
 identical items are steered to different hosts). These bounded sets are what the CP-SAT
 model chooses among; the greedy choice is always the first of them, so the greedy result
@@ -371,7 +371,7 @@ def greedy_pass(
     strategy: Strategy,
     max_candidates: int = 1,
 ) -> GreedyResult:
-    """Place items one by one; with ``max_candidates`` > 1 also record each item's options."""
+    """Place items one by one; the scored pass also records each item's options."""
     ctx = _Ctx(snap, feas, costs, weights)
     cap = Capacity(snap, quotas_left)
     res = GreedyResult()
@@ -397,7 +397,7 @@ def greedy_pass(
             else:
                 opts = _whole_options(ctx, item, elig, cap, strategy, max_candidates, used_hosts, site_count,
                                       site_cap, snapshot_extra=max(2, max_candidates // 2) if max_candidates > 1 else 0)
-            if max_candidates > 1:
+            if strategy == "scored":  # the solver's candidates, even when only one is kept
                 res.candidates[item.idx] = opts
             if not opts or not _fits_now(cap, item, opts[0]):
                 res.failed[item.idx] = "no room"

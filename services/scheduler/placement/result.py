@@ -58,6 +58,7 @@ class PlacementDecision:
     timings_s: dict[str, float]  # feasibility, greedy, build, solve, preempt, select, total
     subproblems: list[SubproblemStats] = field(default_factory=list)
     placer: str = "cpsat"
+    hint: str = ""  # CP-SAT: the greedy placement it started from and had to match ('scored' | 'best_fit')
 
     def placed_workloads(self) -> set[str]:
         """Workloads with every replica placed."""

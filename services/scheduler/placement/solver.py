@@ -14,8 +14,10 @@ Variables (all Boolean):
 * ``g[w]``   gang ``w`` placed: every replica item has ``sum x = g[w]`` (all-or-none).
 
 Other constraints: one option per item, spread (at most 1 replica per host, at most
-ceil(R/sites) per site), binding tenant quotas, and "place at least as many items as the
-greedy hint". The objective maximises sum reward*x - costs (see ``capacity.Weights``); the
+ceil(R/sites) per site), binding tenant quotas, "place at least as many items as the
+greedy hint", and "place at least as many whole workloads of priority >= p as the hint" for
+every priority p of the sub-problem (the hint is the better of the scored greedy pass and
+best-fit, see ``hint``; the bench counts whole workloads). The objective maximises sum reward*x - costs (see ``capacity.Weights``); the
 search stops once the remaining gap is below ``Weights.gap`` (two fragments).
 
 The model is written straight into the CP-SAT protobuf (no Python expression objects),
@@ -25,7 +27,7 @@ which keeps building at a few microseconds per option.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ortools.sat.python import cp_model_helper as cmh
@@ -47,6 +49,7 @@ class ModelInput:
     pool_hw: dict[int, str]  # pool → hardware type name
     quotas_left: dict[tuple[str, str], int]  # only the binding ones
     site_cap: dict[int, int]  # workload → max replicas per site (spread=site)
+    wl_items: Mapping[int, int]  # workload → its items in the whole batch
 
 
 class _Proto:
@@ -97,6 +100,7 @@ def solve(snap: FleetSnapshot, mi: ModelInput, weights: Weights, time_limit_s: f
     gang: dict[int, int] = {}
     hint_vars: list[int] = []
     count_vars: list[int] = []
+    wl_xs: dict[int, list[list[int]]] = {}  # workload → options of each of its items
     w = weights
     for i in mi.member:
         item = items[i]
@@ -144,6 +148,7 @@ def solve(snap: FleetSnapshot, mi: ModelInput, weights: Weights, time_limit_s: f
                     qv.append(x)
                     qc.append(quota_units(item, c.n))
         count_vars.extend(xs)
+        wl_xs.setdefault(item.workload, []).append(xs)
         if item.gang:
             g = gang.get(item.workload)
             if g is None:
@@ -212,6 +217,7 @@ def solve(snap: FleetSnapshot, mi: ModelInput, weights: Weights, time_limit_s: f
             hint_vars.append(g)
     if count_vars:
         m.linear(count_vars, [1] * len(count_vars), len(mi.hint), len(count_vars))
+    hint_vars.extend(_floor_per_priority(m, mi, wl_xs, gang))
     m.p.objective.vars.extend(m.obj_vars)
     m.p.objective.coeffs.extend(m.obj_coeffs)
     hint_set = set(hint_vars)
@@ -241,3 +247,52 @@ def solve(snap: FleetSnapshot, mi: ModelInput, weights: Weights, time_limit_s: f
     stats = SubproblemStats(name, len(mi.member), len(x_of), status_name, -response.objective_value,
                             -response.best_objective_bound, wall)
     return chosen, stats
+
+
+def _floor_per_priority(m: _Proto, mi: ModelInput, wl_xs: dict[int, list[list[int]]],
+                        gang: dict[int, int]) -> list[int]:
+    """For each priority p: whole workloads of priority >= p placed >= the hint's. A workload is
+    whole when every one of its items is placed (a gang: its g; one item: its options' sum;
+    several independent replicas: a new variable <= each item's sum). Returns the new
+    variables that the hint sets."""
+    items = mi.items
+    first = {items[i].workload: items[i] for i in mi.member}
+    hinted: dict[int, int] = {}
+    for i in mi.hint:
+        hinted[items[i].workload] = hinted.get(items[i].workload, 0) + 1
+    need: dict[int, int] = {}  # priority → workloads of the hint at that priority
+    hinted_whole: list[int] = []
+    terms: dict[int, tuple[list[int], list[int]]] = {}  # priority → (vars, coeffs)
+    for wl, per_item in wl_xs.items():
+        if len(per_item) < mi.wl_items[wl]:
+            continue  # a replica with no options here: never whole
+        prio = first[wl].priority
+        in_hint = hinted.get(wl, 0) == mi.wl_items[wl]
+        if in_hint:
+            need[prio] = need.get(prio, 0) + 1
+        vs, cs = terms.setdefault(prio, ([], []))
+        g = gang.get(wl)
+        if g is not None:
+            vs.append(g)
+            cs.append(1)
+        elif len(per_item) == 1:
+            vs.extend(per_item[0])
+            cs.extend([1] * len(per_item[0]))
+        else:
+            whole = m.bool()
+            for xs in per_item:
+                m.linear([*xs, whole], [1] * len(xs) + [-1], 0, len(xs))
+            vs.append(whole)
+            cs.append(1)
+            if in_hint:
+                hinted_whole.append(whole)
+    acc_v: list[int] = []
+    acc_c: list[int] = []
+    floor = 0
+    for prio in sorted(terms, reverse=True):
+        acc_v.extend(terms[prio][0])
+        acc_c.extend(terms[prio][1])
+        floor += need.get(prio, 0)
+        if floor:
+            m.linear(acc_v, acc_c, floor, 1 << 40)
+    return hinted_whole
