@@ -37,7 +37,8 @@ A human table is printed, then ONE JSON object on the last line. With ``--seeds`
 holds the per-seed results under ``per_seed`` and, per fleet/scenario and placer, the worst
 case over the seeds against best-fit under ``worst_vs_best_fit``: the lowest placed ratio and
 difference, the highest stranded ratio and difference (the ratio is null where best-fit
-stranded nothing) and the lowest placements/s.
+stranded nothing), the lowest placements/s, and placed and stranded summed over the seeds
+for the placer and for best-fit.
 """
 
 from __future__ import annotations
@@ -400,8 +401,13 @@ def worst_vs_best_fit(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
                 w = out.setdefault(key, {}).setdefault(name, {
                     "placed_ratio_min": placed_r, "placed_diff_min": placed_d,
                     "stranded_ratio_max": stranded_r, "stranded_diff_max": stranded_d,
-                    "placements_per_s_min": r["placements_per_s"], "seeds": 0})
+                    "placements_per_s_min": r["placements_per_s"], "seeds": 0, "placed_total": 0,
+                    "best_fit_placed_total": 0, "stranded_total": 0, "best_fit_stranded_total": 0})
                 w["seeds"] += 1
+                w["placed_total"] += r["placed"]
+                w["best_fit_placed_total"] += bf["placed"]
+                w["stranded_total"] += r["stranded_devices"]
+                w["best_fit_stranded_total"] += bf["stranded_devices"]
                 if placed_r is not None and (w["placed_ratio_min"] is None or placed_r < w["placed_ratio_min"]):
                     w["placed_ratio_min"] = placed_r
                 w["placed_diff_min"] = min(w["placed_diff_min"], placed_d)
@@ -447,7 +453,9 @@ def main(argv: list[str] | None = None) -> int:
             for name, w in by_placer.items():
                 print(f"worst over {w['seeds']} seeds, {key} {name}: placed {w['placed_diff_min']:+d} "
                       f"(ratio {w['placed_ratio_min']}), stranded {w['stranded_diff_max']:+d} "
-                      f"(ratio {w['stranded_ratio_max']}), {w['placements_per_s_min']} placements/s")
+                      f"(ratio {w['stranded_ratio_max']}), {w['placements_per_s_min']} placements/s; "
+                      f"in total placed {w['placed_total']} vs {w['best_fit_placed_total']}, "
+                      f"stranded {w['stranded_total']} vs {w['best_fit_stranded_total']}")
         out: dict[str, Any] = {"seeds": seeds, "per_seed": {str(k): v for k, v in per_seed.items()},
                                "worst_vs_best_fit": worst}
     else:
