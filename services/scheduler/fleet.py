@@ -9,7 +9,7 @@
 Hosts are persisted (``scheduler.hosts``) so that a restarted scheduler can place at once.
 ``snapshot(allocations)`` turns the view into the placement engine's column model. The
 allocation-free part of it (``base_snapshot``) is built once per fleet version, from
-per-host inputs that are themselves rebuilt only for the hosts that changed; a round only
+per-host inputs that are themselves made again only for a host that changed; a round only
 lays its allocations over it (``with_allocations``, one pass over the allocations), and the
 placement caches that live with the fleet (``FleetSnapshot.shared``) carry over between
 rounds until the fleet changes.
@@ -133,7 +133,7 @@ class Fleet:
         self.reference_source = "none"
         self._cu: dict[tuple[str, str], float] = {}
         self.version = 0
-        # snapshot inputs per host (dropped when the host changes) and the allocation-free snapshot
+        # snapshot inputs per host (made again when the host changes) and the allocation-free snapshot
         self._inputs: dict[str, tuple[HostInfo, tuple[DeviceInfo, ...]]] = {}
         self._base: tuple[int, FleetSnapshot] | None = None
 
@@ -206,7 +206,9 @@ class Fleet:
         return cur
 
     def _changed(self, host_id: str) -> None:
-        self._inputs.pop(host_id, None)
+        # the host's snapshot inputs are made now, a host at a time as reports arrive, rather than all at
+        # once on the event loop when the next placement round needs the fleet
+        self._inputs[host_id] = self._make_inputs(self.hosts[host_id])
         self.version += 1
 
     # -- queries -------------------------------------------------------------------------------
@@ -224,16 +226,18 @@ class Fleet:
         return cur.devices.get(dev_id) if cur is not None else None
 
     # -- snapshots -----------------------------------------------------------------------------
+    def _make_inputs(self, h: HostView) -> tuple[HostInfo, tuple[DeviceInfo, ...]]:
+        devices = tuple(DeviceInfo(
+            id=dev_id, host_id=h.id, hardware_type=d.hardware_type, vendor=d.vendor, model=d.model,
+            memory_mib=d.memory_mib or 0, compute_units=self.compute_units(d.vendor, d.model),
+            driver_version=d.driver_version, runtimes=dict(d.runtimes), health=h.device_health(dev_id),
+            link_group=h.links.get(dev_id)) for dev_id, d in h.devices.items())
+        return HostInfo(h.id, h.site, h.up, dict(h.report.labels), h.report.facts.arch), devices
+
     def _host_inputs(self, h: HostView) -> tuple[HostInfo, tuple[DeviceInfo, ...]]:
         hit = self._inputs.get(h.id)
         if hit is None:
-            devices = tuple(DeviceInfo(
-                id=dev_id, host_id=h.id, hardware_type=d.hardware_type, vendor=d.vendor, model=d.model,
-                memory_mib=d.memory_mib or 0, compute_units=self.compute_units(d.vendor, d.model),
-                driver_version=d.driver_version, runtimes=dict(d.runtimes), health=h.device_health(dev_id),
-                link_group=h.links.get(dev_id)) for dev_id, d in h.devices.items())
-            hit = self._inputs[h.id] = (HostInfo(h.id, h.site, h.up, dict(h.report.labels), h.report.facts.arch),
-                                        devices)
+            hit = self._inputs[h.id] = self._make_inputs(h)
         return hit
 
     def snapshot_inputs(self) -> tuple[int, list[HostInfo], list[DeviceInfo], list[SiteLink]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 
@@ -114,3 +115,15 @@ def test_scheduler_fleet_same_reference_again_keeps_the_snapshot() -> None:
     assert fleet.base_snapshot() is base and fleet.rules is rules and fleet.reference_source == "inventory"
     fleet.set_reference(catalog[1:], compat, driver, [], "inventory")
     assert fleet.base_snapshot() is not base and fleet.rules is not rules
+
+
+async def test_scheduler_fleet_inventory_refresh_without_changes_keeps_the_version(settings: Any, running_service: Any,
+                                                                                  bus: Any) -> None:
+    from services.inventory.api import app as inventory_app
+
+    await running_service(inventory_app)
+    fleet = _fleet(2)
+    assert await reference.refresh(fleet, bus, 2.0) and fleet.reference_source == "inventory"
+    version, base = fleet.version, fleet.base_snapshot()
+    assert await reference.refresh(fleet, bus, 2.0)
+    assert fleet.version == version and fleet.base_snapshot() is base
