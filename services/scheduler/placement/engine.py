@@ -153,7 +153,7 @@ def _run(batch: Sequence[PendingWorkload], snap: FleetSnapshot, rules: Placement
     g = greedy_pass(items, snap, feas, costs, weights, quotas_left, strategy=strategy,
                     max_candidates=k if optimise else 1)
     hint = "" if not optimise else "scored"
-    if optimise and time_limit_s > 0:
+    if optimise and time_limit_s > 0 and len(g.choices) < len(items):  # all placed: best-fit cannot beat it
         base = greedy_pass(items, snap, feas, costs, weights, quotas_left, strategy="best_fit")
         g, hint = with_baseline(items, g, base, costs)
     t2 = time.perf_counter()
