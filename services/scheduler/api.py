@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -76,16 +75,8 @@ def _committed(ctx: Context) -> None:
     ctx.state["relay"].poke()
 
 
-# Placement runs Python in a worker thread. Each time the event loop gives up the GIL for I/O it waits
-# for that thread to let go of it again: up to the switch interval (5 ms by default), several times per
-# request. A shorter interval keeps requests from queueing behind a placement round.
-_SWITCH_INTERVAL_S = 0.0005
-
-
 @app.on_startup
 async def load_state(ctx: Context) -> None:
-    ctx.state["switch_interval"] = sys.getswitchinterval()
-    sys.setswitchinterval(min(_SWITCH_INTERVAL_S, ctx.state["switch_interval"]))
     fleet = ctx.state["fleet"] = Fleet()
     async with session_scope(ctx.db) as session:
         for view in await models.load_hosts(session):
@@ -98,12 +89,6 @@ async def load_state(ctx: Context) -> None:
     ctx.state["placer"] = Placer(fleet, ctx.state["actual"], ctx.db, ctx.settings.scheduler,
                                  on_commit=lambda: _committed(ctx), quotas=lambda: ctx.state["quotas"])
     ctx.state["placer"].poke()
-
-
-@app.on_shutdown
-async def restore_switch_interval(ctx: Context) -> None:
-    if "switch_interval" in ctx.state:
-        sys.setswitchinterval(ctx.state["switch_interval"])
 
 
 # -- tasks ---------------------------------------------------------------------------------------------
