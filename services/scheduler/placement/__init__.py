@@ -37,7 +37,7 @@ Stages, each a module:
 
 ``PlacementDecision`` carries ``assignments`` (workload id, replica → host, devices, share and
 memory per device), ``preemptions``, ``pending`` (reason text + host counts per filter),
-``solver_status`` (OPTIMAL | FEASIBLE | GREEDY_FALLBACK | TRIVIAL | EMPTY; GREEDY for the
+``solver_status`` (OPTIMAL | FEASIBLE | GREEDY_FALLBACK | TRIVIAL | EXACT_FILL | EMPTY; GREEDY for the
 baselines), ``objective``, ``hint`` (``scored`` | ``best_fit``),
 ``timings_s`` per stage and per-sub-problem stats.
 

@@ -256,7 +256,9 @@ def _optimise(items: Sequence[Item], g: GreedyResult, snap: FleetSnapshot, costs
         return "FEASIBLE"
     if "OPTIMAL" in statuses:
         return "OPTIMAL"
-    return "TRIVIAL" if solo else "EMPTY"
+    if solo:
+        return "TRIVIAL"
+    return "EXACT_FILL" if fixed else "EMPTY"  # EXACT_FILL: the greedy pass filled every request exactly
 
 
 def _perfect(items: Sequence[Item], g: GreedyResult, snap: FleetSnapshot) -> tuple[set[int], set[int]]:
@@ -388,7 +390,10 @@ def _results(batch: Sequence[PendingWorkload], items: Sequence[Item], snap: Flee
         counts, passed = explainer.host_counts(it)
         extra: list[str] = []
         spec = batch[w].spec
-        if passed:
+        if passed and it.gang:
+            extra.append(f"{passed} host{'s' if passed != 1 else ''}: had room at batch start, but not for every "
+                         "replica at once or not after higher-priority or better-fitting work")
+        elif passed:
             extra.append(f"{passed} host{'s' if passed != 1 else ''}: had room at batch start but were taken "
                          "by higher-priority or better-fitting work")
         if it.gang:

@@ -53,7 +53,7 @@ class PlacementDecision:
     assignments: list[Assignment]
     preemptions: list[Preemption]
     pending: list[Pending]
-    solver_status: str  # OPTIMAL | FEASIBLE | GREEDY_FALLBACK | GREEDY | TRIVIAL | EMPTY
+    solver_status: str  # OPTIMAL | FEASIBLE | GREEDY_FALLBACK | GREEDY | TRIVIAL | EXACT_FILL | EMPTY
     objective: float
     timings_s: dict[str, float]  # feasibility, greedy, build, solve, preempt, select, total
     subproblems: list[SubproblemStats] = field(default_factory=list)

@@ -42,9 +42,17 @@ def test_explain_names_contention_gang_and_quota():
              wl("q", hardware={"type": "gpu"}, tenant="acme")]
     d = place(batch, snap, quotas={"acme": {"gpu": 0}})
     reasons = {p.workload_id: p.reason for p in d.pending}
-    assert "had room at batch start but were taken" in reasons["g"]
+    assert "had room at batch start, but not for every replica at once or not after higher-priority" in reasons["g"]
     assert reasons["g"].startswith("gang of 2")
     assert "tenant acme quota for gpu: 0 devices left" in reasons["q"]
+
+
+def test_explain_a_gang_bigger_than_the_fleet_does_not_blame_other_work():
+    snap = fleet({"h1": ("a100", 8), "h2": ("a100", 8)})
+    d = place([wl("g", hardware={"type": "gpu", "count": 8}, replicas=3, gang=True)], snap)
+    (p,) = d.pending
+    assert p.reason.startswith("gang of 3: all replicas must fit at once")
+    assert "were taken by" not in p.reason and d.assignments == []
 
 
 def test_first_fit_takes_the_first_host_and_best_fit_the_tightest():
