@@ -97,6 +97,7 @@ class _Endpoint:
     fn: EndpointFn
     request: TypeAdapter[Any]
     response: TypeAdapter[Any]
+    concurrency: int = 1
 
 
 @dataclass
@@ -141,10 +142,19 @@ class ServiceApp:
         self._tracer = tracer(f"xpumesh.{name}")
 
     # --- declaration ------------------------------------------------------------------
-    def endpoint(self, name: str) -> Callable[[EndpointFn], EndpointFn]:
+    def endpoint(self, name: str, *, concurrency: int = 1) -> Callable[[EndpointFn], EndpointFn]:
+        """A request/reply handler on ``xpumesh.rpc.<service>.<name>`` (queue group = the service).
+
+        Requests are handled one at a time unless ``concurrency`` > 1: then up to that many run at once
+        (for handlers that mostly wait on the database); further requests wait in the subscription's
+        bounded pending queue.
+        """
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+
         def deco(fn: EndpointFn) -> EndpointFn:
             req, resp = _hints(fn)
-            self.endpoints[name] = _Endpoint(name, fn, TypeAdapter(req), TypeAdapter(resp))
+            self.endpoints[name] = _Endpoint(name, fn, TypeAdapter(req), TypeAdapter(resp), concurrency)
             return fn
         return deco
 
@@ -313,12 +323,33 @@ class ServiceApp:
                              status="ok" if all(checks.values()) else "degraded", checks=checks,
                              uptime_s=round(time.time() - ctx.started_at, 1))
 
+    def _request_callback(self, ep: _Endpoint, ctx: Context) -> Callable[[Msg], Awaitable[None]]:
+        if ep.concurrency == 1:
+            async def serial(msg: Msg) -> None:
+                await self._handle_request(ep, msg, ctx)
+            return serial
+        inflight: set[asyncio.Task[None]] = ctx.state.setdefault("_inflight_requests", set())
+        slots = asyncio.Semaphore(ep.concurrency)
+
+        async def concurrent(msg: Msg) -> None:
+            await slots.acquire()  # the subscription's callback waits: its bounded pending queue is the buffer
+
+            async def run() -> None:
+                try:
+                    await self._handle_request(ep, msg, ctx)
+                finally:
+                    slots.release()
+
+            task = asyncio.create_task(run())
+            inflight.add(task)
+            task.add_done_callback(inflight.discard)
+        return concurrent
+
     async def start(self, ctx: Context) -> list[asyncio.Task[Any]]:
         """Start every handler; return the running tasks (the caller cancels them at shutdown)."""
         nc = ctx.bus.nc
         for ep in self.endpoints.values():
-            async def cb(msg: Msg, ep: _Endpoint = ep) -> None:
-                await self._handle_request(ep, msg, ctx)
+            cb = self._request_callback(ep, ctx)
             await nc.subscribe(subjects.rpc_subject(self.name, ep.name), queue=self.name, cb=cb,
                                pending_msgs_limit=ctx.settings.bus.max_pending_messages)
 
@@ -348,6 +379,9 @@ class ServiceApp:
         return tasks
 
     async def stop(self, ctx: Context, tasks: list[asyncio.Task[Any]]) -> None:
+        inflight: set[asyncio.Task[None]] = ctx.state.get("_inflight_requests", set())
+        if inflight:  # requests being answered finish (bounded) before the hooks tear things down
+            await asyncio.wait(set(inflight), timeout=ctx.settings.bus.drain_timeout_s)
         for hook in reversed(self.shutdown):
             try:
                 await asyncio.wait_for(hook(ctx), timeout=ctx.settings.bus.drain_timeout_s)

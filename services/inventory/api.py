@@ -231,7 +231,7 @@ async def on_host_event(event: CloudEvent, ctx: Context) -> None:
 # --------------------------------------------------------------------- endpoints
 
 
-@app.endpoint("sites.list")
+@app.endpoint("sites.list", concurrency=8)
 async def list_sites(req: Empty, ctx: Context) -> SiteList:
     async with session_scope(ctx.db) as session:
         return SiteList(items=await sites.list_sites(session))
@@ -255,13 +255,13 @@ async def site_summary(req: Empty, ctx: Context) -> SiteSummaryList:
         return SiteSummaryList(items=await sites.summary(session))
 
 
-@app.endpoint("hosts.list")
+@app.endpoint("hosts.list", concurrency=8)
 async def list_hosts(req: HostQuery, ctx: Context) -> HostPage:
     async with session_scope(ctx.db) as session:
         return await queries.list_hosts(session, req)
 
 
-@app.endpoint("hosts.get")
+@app.endpoint("hosts.get", concurrency=8)
 async def get_host(req: HostRef, ctx: Context) -> HostDetail:
     async with session_scope(ctx.db) as session:
         host = await queries.get_host(session, req.id)
@@ -282,19 +282,19 @@ async def set_host_labels(req: HostLabels, ctx: Context) -> HostDetail:
     return await get_host(HostRef(id=req.id), ctx)
 
 
-@app.endpoint("devices.list")
+@app.endpoint("devices.list", concurrency=8)
 async def list_devices(req: DeviceQuery, ctx: Context) -> DevicePage:
     async with session_scope(ctx.db) as session:
         return await queries.list_devices(session, req)
 
 
-@app.endpoint("catalog.list")
+@app.endpoint("catalog.list", concurrency=8)
 async def list_catalog(req: CatalogQuery, ctx: Context) -> CatalogPage:
     async with session_scope(ctx.db) as session:
         return await catalog.list_entries(session, req)
 
 
-@app.endpoint("catalog.get")
+@app.endpoint("catalog.get", concurrency=8)
 async def get_catalog(req: CatalogRef, ctx: Context) -> CatalogEntry:
     async with session_scope(ctx.db) as session:
         entry = await catalog.get_entry(session, req.vendor, req.model)
@@ -316,7 +316,7 @@ async def upsert_catalog(req: DeviceModel, ctx: Context) -> Upserted:
     return Upserted(created=created)
 
 
-@app.endpoint("rules.list")
+@app.endpoint("rules.list", concurrency=8)
 async def list_rules(req: RuleQuery, ctx: Context) -> RuleSet:
     async with session_scope(ctx.db) as session:
         return await catalog.list_rules(session, req)

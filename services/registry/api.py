@@ -92,13 +92,13 @@ async def relay(ctx: Context) -> None:
     await ctx.state["relay"].run()
 
 
-@app.endpoint("members.list")
+@app.endpoint("members.list", concurrency=8)
 async def list_members(req: MemberQuery, ctx: Context) -> MemberPage:
     items, cursor = _table(ctx).query(req)
     return MemberPage(items=items, next_cursor=cursor)
 
 
-@app.endpoint("members.get")
+@app.endpoint("members.get", concurrency=8)
 async def get_member(req: MemberRef, ctx: Context) -> Member:
     live = _table(ctx).live.get(req.id)
     if live is None:

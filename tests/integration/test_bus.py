@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -119,3 +121,32 @@ async def _ok(client: httpx.AsyncClient, path: str) -> bool:
 def _auth(settings) -> dict[str, str]:
     key = settings.bootstrap_admin_key
     return {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+
+
+@pytest.mark.parametrize("concurrency,expected_peak", [(1, 1), (4, 4)])
+async def test_bus_endpoint_concurrency_bounds_requests_in_flight(concurrency: int, expected_peak: int, settings,
+                                                                  running_service, bus: Bus) -> None:
+    app = ServiceApp("wait", uses_db=False)
+    state = {"now": 0, "peak": 0}
+    release = asyncio.Event()
+
+    @app.endpoint("hold", concurrency=concurrency)
+    async def hold(req: Echo, ctx: Context) -> Echo:
+        state["now"] += 1
+        state["peak"] = max(state["peak"], state["now"])
+        try:
+            async with asyncio.timeout(1.0):  # a serial endpoint never sees the release: it times out per request
+                await release.wait()
+        except TimeoutError:
+            pass
+        state["now"] -= 1
+        return req
+
+    await running_service(app)
+    calls = [asyncio.create_task(bus.request(subjects.rpc_subject("wait", "hold"), Echo(text=str(i)), Echo,
+                                             timeout=10)) for i in range(6)]
+    await assert_eventually(lambda: state["peak"] >= expected_peak, timeout=5, message="requests in flight")
+    release.set()
+    answers = await asyncio.gather(*calls)
+    assert sorted(a.text for a in answers) == [str(i) for i in range(6)]
+    assert state["peak"] == expected_peak
