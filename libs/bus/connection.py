@@ -77,7 +77,7 @@ class Bus:
 
     async def connect(self, url: str) -> None:
         async def on_error(exc: Exception) -> None:
-            log.warning("nats error: %s", type(exc).__name__)
+            log.warning("nats error on %s: %s", self.name, type(exc).__name__)
 
         async def on_disconnect() -> None:
             if self._closing:  # our own close(): not news
