@@ -18,6 +18,7 @@ and drains with a timeout on SIGTERM/SIGINT.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import logging
@@ -370,8 +371,10 @@ class ServiceApp:
         for s in self.subscriptions:
             psub = await nc.subscribe(s.subject, queue=s.queue or "", pending_msgs_limit=ctx.settings.bus.max_pending_messages)
             tasks.append(asyncio.create_task(self._subscription_loop(s, psub, ctx), name=f"sub:{s.subject}"))
+        pull_subs: list[Any] = ctx.state.setdefault("_pull_subscriptions", [])
         for c in self.consumers:
             psub = await self._pull_subscribe(c, ctx)
+            pull_subs.append(psub)
             tasks.append(asyncio.create_task(self._consumer_loop(c, psub, ctx), name=f"consumer:{c.durable}"))
         tasks += [asyncio.create_task(t(ctx), name=f"task:{t.__name__}") for t in self.tasks]
         tasks.append(asyncio.create_task(self._heartbeat_loop(ctx), name="heartbeat"))
@@ -390,6 +393,11 @@ class ServiceApp:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # Messages a pull subscription fetched but no loop will take now would keep the bus's drain waiting
+        # for its whole timeout; unacked, JetStream redelivers them to the next instance.
+        for psub in ctx.state.get("_pull_subscriptions", []):
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
         SERVICE_UP.labels(self.name, ctx.instance).set(0)
 
 
