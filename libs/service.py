@@ -64,6 +64,9 @@ class Context:
     sessions: async_sessionmaker[AsyncSession] | None = None
     state: dict[str, Any] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
+    # the framework's own bookkeeping: requests being answered concurrently, pull subscriptions to drop at stop
+    inflight: set[asyncio.Task[None]] = field(default_factory=set)
+    pull_subscriptions: list[Any] = field(default_factory=list)
 
     @property
     def db(self) -> async_sessionmaker[AsyncSession]:
@@ -329,7 +332,7 @@ class ServiceApp:
             async def serial(msg: Msg) -> None:
                 await self._handle_request(ep, msg, ctx)
             return serial
-        inflight: set[asyncio.Task[None]] = ctx.state.setdefault("_inflight_requests", set())
+        inflight = ctx.inflight
         slots = asyncio.Semaphore(ep.concurrency)
 
         async def concurrent(msg: Msg) -> None:
@@ -371,10 +374,9 @@ class ServiceApp:
         for s in self.subscriptions:
             psub = await nc.subscribe(s.subject, queue=s.queue or "", pending_msgs_limit=ctx.settings.bus.max_pending_messages)
             tasks.append(asyncio.create_task(self._subscription_loop(s, psub, ctx), name=f"sub:{s.subject}"))
-        pull_subs: list[Any] = ctx.state.setdefault("_pull_subscriptions", [])
         for c in self.consumers:
             psub = await self._pull_subscribe(c, ctx)
-            pull_subs.append(psub)
+            ctx.pull_subscriptions.append(psub)
             tasks.append(asyncio.create_task(self._consumer_loop(c, psub, ctx), name=f"consumer:{c.durable}"))
         tasks += [asyncio.create_task(t(ctx), name=f"task:{t.__name__}") for t in self.tasks]
         tasks.append(asyncio.create_task(self._heartbeat_loop(ctx), name="heartbeat"))
@@ -382,9 +384,8 @@ class ServiceApp:
         return tasks
 
     async def stop(self, ctx: Context, tasks: list[asyncio.Task[Any]]) -> None:
-        inflight: set[asyncio.Task[None]] = ctx.state.get("_inflight_requests", set())
-        if inflight:  # requests being answered finish (bounded) before the hooks tear things down
-            await asyncio.wait(set(inflight), timeout=ctx.settings.bus.drain_timeout_s)
+        if ctx.inflight:  # requests being answered finish (bounded) before the hooks tear things down
+            await asyncio.wait(set(ctx.inflight), timeout=ctx.settings.bus.drain_timeout_s)
         for hook in reversed(self.shutdown):
             try:
                 await asyncio.wait_for(hook(ctx), timeout=ctx.settings.bus.drain_timeout_s)
@@ -395,7 +396,7 @@ class ServiceApp:
         await asyncio.gather(*tasks, return_exceptions=True)
         # Messages a pull subscription fetched but no loop will take now would keep the bus's drain waiting
         # for its whole timeout; unacked, JetStream redelivers them to the next instance.
-        for psub in ctx.state.get("_pull_subscriptions", []):
+        for psub in ctx.pull_subscriptions:
             with contextlib.suppress(Exception):
                 await psub.unsubscribe()
         SERVICE_UP.labels(self.name, ctx.instance).set(0)
