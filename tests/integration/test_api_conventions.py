@@ -57,6 +57,9 @@ async def test_api_errors_are_problems_with_request_ids(settings, running_servic
         body = assert_problem(await c.post("/v1/keys", json={"tenant": "a\x00", "role": "user", "name": "n"},
                                            headers=ADMIN), 422)
         assert "NUL" in str(body["detail"])
+        # the text backslash-u0000 is not a NUL: accepted
+        r = await c.post("/v1/keys", json={"tenant": "acme", "role": "user", "name": "\\u0000"}, headers=ADMIN)
+        assert r.status_code == 201, r.text
 
 
 async def test_api_idempotency_key_replays_the_first_answer(settings, running_service) -> None:
