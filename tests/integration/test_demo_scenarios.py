@@ -16,7 +16,7 @@ import contextlib
 import itertools
 import os
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,43 +169,39 @@ def _describe(view: dict[str, Any]) -> str:
             f"; explanation {view['explanation']}; history {[(h['replica'], h['to_state'], h['reason']) for h in view['history']]}")
 
 
-async def _until(mesh: Mesh, user: dict[str, str], wid: str, state: str, *, timeout: float = 20.0
-                 ) -> dict[str, Any]:
-    """The workload's view once it is in ``state`` (with every replica running, for 'running')."""
+async def _view_when(mesh: Mesh, user: dict[str, str], wid: str, ok: Callable[[dict[str, Any]], bool], what: str,
+                     timeout: float) -> dict[str, Any]:
+    """The workload's view once ``ok`` holds for it; else an error describing where it got to."""
     last: dict[str, Any] = {}
 
     async def check() -> dict[str, Any] | None:
         nonlocal last
         last = await _view(mesh, user, wid)
-        if last["state"] != state:
-            return None
-        if state == "running" and any(p["state"] != "running" for p in last["placement"]):
-            return None
-        return last
+        return last if ok(last) else None
 
     try:
         result: dict[str, Any] = await assert_eventually(check, timeout=timeout, interval=0.2)
     except AssertionError:
-        raise AssertionError(f"not {state} within {timeout}s: {_describe(last)}") from None
+        raise AssertionError(f"{what} within {timeout}s: {_describe(last)}") from None
     return result
+
+
+async def _until(mesh: Mesh, user: dict[str, str], wid: str, state: str, *, timeout: float = 20.0
+                 ) -> dict[str, Any]:
+    """The workload's view once it is in ``state`` (with every replica running, for 'running')."""
+    def ok(v: dict[str, Any]) -> bool:
+        return v["state"] == state and (state != "running" or all(p["state"] == "running" for p in v["placement"]))
+
+    return await _view_when(mesh, user, wid, ok, f"not {state}", timeout)
 
 
 async def _waiting(mesh: Mesh, user: dict[str, str], wid: str, reason: str, *, timeout: float = 20.0
                    ) -> dict[str, Any]:
     """The workload's view once the scheduler has explained why it waits, naming ``reason``."""
-    last: dict[str, Any] = {}
+    def ok(v: dict[str, Any]) -> bool:
+        return v["explanation"] is not None and reason in v["explanation"]["reason"]
 
-    async def check() -> dict[str, Any] | None:
-        nonlocal last
-        last = await _view(mesh, user, wid)
-        exp = last["explanation"]
-        return last if exp is not None and reason in exp["reason"] else None
-
-    try:
-        result: dict[str, Any] = await assert_eventually(check, timeout=timeout, interval=0.2)
-    except AssertionError:
-        raise AssertionError(f"no explanation naming {reason!r} within {timeout}s: {_describe(last)}") from None
-    return result
+    return await _view_when(mesh, user, wid, ok, f"no explanation naming {reason!r}", timeout)
 
 
 async def _devices_of(mesh: Mesh, replica: dict[str, Any]) -> list[dict[str, Any]]:
