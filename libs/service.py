@@ -224,7 +224,8 @@ class ServiceApp:
             if msg.reply:
                 await ctx.bus.nc.publish(msg.reply, body, headers={ERROR_HEADER: "1"} if failed else None)
 
-    def _parse_event(self, handler: str, data: bytes) -> CloudEvent | None:
+    def parse_event(self, handler: str, data: bytes) -> CloudEvent | None:
+        """The envelope, or None after counting and logging a malformed one (the caller terminates it)."""
         try:
             return CloudEvent.from_bytes(data)
         except InvalidEnvelope as exc:
@@ -257,14 +258,13 @@ class ServiceApp:
     async def _subscription_loop(self, sub: _Subscription, psub: Any, ctx: Context) -> None:
         handler = sub.fn.__name__
         async for msg in psub.messages:
-            event = self._parse_event(handler, msg.data)
+            event = self.parse_event(handler, msg.data)
             if event is not None:
                 await self._run_event(handler, sub.fn, event, ctx, dict(msg.headers or {}))
 
     async def _pull_subscribe(self, c: _Consumer, ctx: Context) -> Any:
-        config = ConsumerConfig(durable_name=c.durable, ack_policy=AckPolicy.EXPLICIT, max_deliver=c.max_deliver,
-                                ack_wait=30.0, max_ack_pending=max(c.batch_size * 4, 1024), filter_subject=c.subject,
-                                deliver_policy=DeliverPolicy.NEW if c.deliver_new else DeliverPolicy.ALL)
+        config = consumer_config(c.durable, c.subject, batch_size=c.batch_size, max_deliver=c.max_deliver,
+                                 deliver_new=c.deliver_new)
         return await ctx.bus.js.pull_subscribe(c.subject, durable=c.durable, stream=c.stream, config=config)
 
     async def _consumer_loop(self, c: _Consumer, psub: Any, ctx: Context) -> None:
@@ -283,7 +283,7 @@ class ServiceApp:
                 continue
             good: list[tuple[Msg, CloudEvent]] = []
             for m in msgs:
-                event = self._parse_event(handler, m.data)
+                event = self.parse_event(handler, m.data)
                 if event is None:
                     await m.term()
                 elif seen.seen(event.id) and (m.metadata.num_delivered or 1) == 1:
@@ -400,6 +400,14 @@ class ServiceApp:
             with contextlib.suppress(Exception):
                 await psub.unsubscribe()
         SERVICE_UP.labels(self.name, ctx.instance).set(0)
+
+
+def consumer_config(durable: str, subject: str, *, batch_size: int, max_deliver: int = 5,
+                    deliver_new: bool = False) -> ConsumerConfig:
+    """The durable pull consumer every service declares: explicit ack, bounded redelivery and ack backlog."""
+    return ConsumerConfig(durable_name=durable, ack_policy=AckPolicy.EXPLICIT, max_deliver=max_deliver, ack_wait=30.0,
+                          max_ack_pending=max(batch_size * 4, 1024), filter_subject=subject,
+                          deliver_policy=DeliverPolicy.NEW if deliver_new else DeliverPolicy.ALL)
 
 
 def default_instance_id(settings: Settings) -> str:

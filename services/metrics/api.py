@@ -59,13 +59,16 @@ def rt(ctx: Context) -> Runtime:
 @app.on_startup
 async def start(ctx: Context) -> None:
     r = ctx.state["rt"] = await runtime.start(ctx)
-    consumer = ctx.state["telemetry"] = TelemetryConsumer(ctx, r.ingest, stream=STREAM_TELEMETRY, durable=TELEMETRY_DURABLE,
+    consumer = ctx.state["telemetry"] = TelemetryConsumer(app, ctx, r.ingest, stream=STREAM_TELEMETRY, durable=TELEMETRY_DURABLE,
                                                           subject=subjects.HOST_TELEMETRY_ALL, batch=TELEMETRY_BATCH)
     await consumer.start()
 
 
 @app.on_shutdown
 async def stop(ctx: Context) -> None:
+    consumer: TelemetryConsumer | None = ctx.state.get("telemetry")
+    if consumer is not None:  # no write may start or still run once the pools close
+        await consumer.stop(ctx.settings.bus.drain_timeout_s)
     r: Runtime | None = ctx.state.get("rt")
     if r is not None:
         try:

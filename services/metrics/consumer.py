@@ -34,14 +34,15 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, Header
+from nats.js.api import ConsumerConfig, Header
 from opentelemetry import trace
 from pydantic import ValidationError
 
-from libs.events import CloudEvent, EventTypes, InvalidEnvelope
-from libs.metrics import BUS_MESSAGES, BUS_REJECTED, HANDLER_SECONDS
+from libs.aio import wait_event
+from libs.events import CloudEvent, EventTypes
+from libs.metrics import BUS_MESSAGES, HANDLER_SECONDS
 from libs.schemas.hostevents import TelemetryReport
-from libs.service import Context, SeenIds
+from libs.service import Context, SeenIds, ServiceApp, consumer_config
 from libs.tracing import extract_context, tracer
 from services.metrics import wire
 from services.metrics.ingest import Ingest
@@ -90,9 +91,9 @@ class Pulls:
 
 
 class TelemetryConsumer:
-    def __init__(self, ctx: Context, ingest: Ingest, *, stream: str, durable: str, subject: str, batch: int,
-                 max_deliver: int = 5) -> None:
-        self.ctx, self.ingest = ctx, ingest
+    def __init__(self, app: ServiceApp, ctx: Context, ingest: Ingest, *, stream: str, durable: str, subject: str,
+                 batch: int, max_deliver: int = 5) -> None:
+        self.app, self.ctx, self.ingest = app, ctx, ingest
         self.stream, self.durable, self.subject, self.batch, self.max_deliver = stream, durable, subject, batch, max_deliver
         self.pulls = Pulls(batch)
         self.buf: list[Msg] = []
@@ -100,13 +101,13 @@ class TelemetryConsumer:
         self.seen = SeenIds()
         self.inbox = ""
         self.trouble = False  # the server refused a pull request (a deleted consumer, no JetStream)
+        self.writes: set[asyncio.Task[None]] = set()
+        self.stopped = False
         self.tracer = tracer(f"xpumesh.{SERVICE}")
 
     def config(self) -> ConsumerConfig:
-        """What ``ServiceApp.consumer`` would declare for this durable (batch=True)."""
-        return ConsumerConfig(durable_name=self.durable, ack_policy=AckPolicy.EXPLICIT, max_deliver=self.max_deliver,
-                              ack_wait=30.0, max_ack_pending=max(self.batch * 4, 1024), filter_subject=self.subject,
-                              deliver_policy=DeliverPolicy.ALL)
+        """What ``ServiceApp.consumer`` declares for a durable."""
+        return consumer_config(self.durable, self.subject, batch_size=self.batch, max_deliver=self.max_deliver)
 
     async def _on_msg(self, msg: Msg) -> None:
         self.buf.append(msg)
@@ -117,16 +118,24 @@ class TelemetryConsumer:
         bus = self.ctx.bus
         await bus.js.add_consumer(self.stream, self.config())
         self.inbox = bus.nc.new_inbox()
-        await bus.nc.subscribe(self.inbox, cb=self._on_msg, pending_msgs_limit=self.batch * 8)
+        sub = await bus.nc.subscribe(self.inbox, cb=self._on_msg, pending_msgs_limit=self.batch * 8)
+        self.ctx.pull_subscriptions.append(sub)  # dropped at stop like the generic consumers'
+
+    async def stop(self, timeout_s: float) -> None:
+        """End the loop and let writes in flight finish (bounded) before the pools close; what is not acked
+        comes back from JetStream."""
+        self.stopped = True
+        self.arrived.set()
+        if self.writes:
+            await asyncio.wait(set(self.writes), timeout=timeout_s)
 
     async def run(self) -> None:
-        writes: set[asyncio.Task[None]] = set()
         try:
-            await self._loop(writes)
+            await self._loop(self.writes)
         finally:
-            for t in writes:
+            for t in self.writes:
                 t.cancel()
-            await asyncio.gather(*writes, return_exceptions=True)
+            await asyncio.gather(*self.writes, return_exceptions=True)
 
     async def _loop(self, writes: set[asyncio.Task[None]]) -> None:
         nc = self.ctx.bus.nc
@@ -134,7 +143,7 @@ class TelemetryConsumer:
         request = json.dumps({"batch": self.batch, "expires": int(EXPIRES_S * 1e9)}).encode()
         linger = self.ctx.settings.metrics.ingest_linger_s
         started = -math.inf
-        while True:
+        while not self.stopped:
             now = time.monotonic()
             self.pulls.forget_lost(now)
             try:
@@ -152,10 +161,7 @@ class TelemetryConsumer:
                 continue
             if not self.buf:
                 self.arrived.clear()
-                try:
-                    await asyncio.wait_for(self.arrived.wait(), timeout=EXPIRES_S)
-                except TimeoutError:
-                    pass
+                await wait_event(self.arrived, EXPIRES_S)
                 continue
             rest = linger - (time.monotonic() - started)
             if rest > 0 and len(self.buf) < self.batch:  # not a whole batch yet: let it grow until the linger ends
@@ -164,7 +170,7 @@ class TelemetryConsumer:
             msgs = self._take()
             if self.trouble:
                 await self._recover()
-            if not msgs:
+            if not msgs or self.stopped:  # after stop: left unacked, JetStream redelivers them
                 continue
             started = time.monotonic()
             task = asyncio.create_task(self._write(msgs), name=f"{HANDLER}:write")
@@ -251,13 +257,10 @@ class TelemetryConsumer:
     async def _envelope(self, m: Msg) -> CloudEvent | None:
         """The envelope of a message the strict path left, by the full model; a malformed one is counted and
         terminated (never redelivered)."""
-        try:
-            return CloudEvent.from_bytes(m.data)
-        except InvalidEnvelope as exc:
-            BUS_REJECTED.labels(SERVICE, HANDLER, "malformed_envelope").inc()
-            log.warning("%s: dropped malformed event: %s", HANDLER, exc.reason)
+        event = self.app.parse_event(HANDLER, m.data)
+        if event is None:
             await m.term()
-            return None
+        return event
 
     def _report(self, event: CloudEvent) -> TelemetryReport | None:
         """The report of a well-formed envelope, by the full model; the wrong type or invalid data is counted."""

@@ -219,8 +219,9 @@ class Ingest:
                                                           cols.mem_total, cols.ts_us, strict=True):
             if h is None or h.site != site:
                 h = fleet.host(host_id, site)
-            h.cpu_pct, h.mem_used_mib, h.mem_total_mib = cpu, used, total
-            h.telemetry_at = max(h.telemetry_at, ts / 1e6)
+            if ts / 1e6 >= h.telemetry_at:  # two writes may commit out of order: the newer figures stay
+                h.cpu_pct, h.mem_used_mib, h.mem_total_mib = cpu, used, total
+                h.telemetry_at = ts / 1e6
             h.seen_mono = mono
 
     def stats(self) -> IngestStats:
