@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
+import httpcore
 import httpx
 import pytest
 
-from services.gateway.webhooks.ssrf import GuardedTransport, UnsafeTarget, resolve_public
+from services.gateway.webhooks.ssrf import GuardedBackend, GuardedTransport, UnsafeTarget, resolve_public
 
 
 @pytest.fixture
@@ -48,6 +50,39 @@ async def test_ssrf_allowed_pattern_connects_and_public_name_uses_the_checked_ad
     async with httpx.AsyncClient(transport=transport) as client:
         r = await client.post(f"http://127.0.0.1:{loopback_server}/hook", content=b"{}")
     assert r.status_code == 204 and looked_up == []  # an allowed host is neither resolved nor checked
+
+
+class _Recording(httpcore.AsyncNetworkBackend):
+    """Records where connections go; refuses the addresses listed as down."""
+
+    def __init__(self, down: set[str]) -> None:
+        self.down: set[str] = down
+        self.tried: list[str] = []
+        self.inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                          socket_options: Any = None) -> httpcore.AsyncNetworkStream:
+        self.tried.append(host)
+        if host in self.down:
+            raise httpcore.ConnectError(f"{host} unreachable")
+        return await self.inner.connect_tcp("127.0.0.1", port, timeout=timeout)
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+
+async def test_ssrf_connects_to_the_checked_addresses_in_turn_never_looking_up_again(loopback_server: int) -> None:
+    lookups: list[str] = []
+
+    async def resolve(host: str, port: int) -> list[str]:
+        lookups.append(host)
+        return ["93.184.215.14", "151.101.1.69"]  # both public; the first one is down
+
+    inner = _Recording(down={"93.184.215.14"})
+    backend = GuardedBackend([], resolve=resolve, inner=inner)
+    stream = await backend.connect_tcp("hooks.example.com", loopback_server, timeout=5)
+    await stream.aclose()
+    assert inner.tried == ["93.184.215.14", "151.101.1.69"] and lookups == ["hooks.example.com"]
 
 
 @pytest.mark.parametrize("addresses", [["10.0.0.7"], ["203.0.113.5", "169.254.169.254"], ["::1"], ["fd00::1"]])

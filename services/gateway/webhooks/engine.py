@@ -40,7 +40,7 @@ from libs.schemas.subscriptions import DeliveryStatus
 from libs.service import Context
 from services.gateway.webhooks import signing, store
 from services.gateway.webhooks.filters import EventFilter
-from services.gateway.webhooks.ssrf import GuardedTransport, UnsafeTarget, check_target
+from services.gateway.webhooks.ssrf import GuardedTransport, UnsafeTarget
 
 log = logging.getLogger(__name__)
 FETCH_BATCH = 64
@@ -65,7 +65,6 @@ class WebhookEngine:
         limits = httpx.Limits(max_connections=self.settings.webhook_concurrency)
         self.client = httpx.AsyncClient(follow_redirects=False, timeout=self.settings.webhook_timeout_s,
                                         transport=GuardedTransport(self.settings.webhook_allow_hosts, limits=limits))
-        self._targets: dict[str, tuple[float, str | None]] = {}
 
     async def close(self) -> None:
         for task in self.loops.values():
@@ -217,33 +216,14 @@ class WebhookEngine:
                 continue
             await wait_event(self.wake, self.settings.webhook_poll_s)
 
-    async def _target_ok(self, url: str) -> str | None:
-        """None when the URL may be called now, else why not (checked at most every 30 s per URL)."""
-        now = time.monotonic()
-        hit = self._targets.get(url)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        try:
-            await check_target(url, self.settings.webhook_allow_hosts)
-            verdict = None
-        except UnsafeTarget as exc:
-            verdict = str(exc)
-        if len(self._targets) > 10_000:
-            self._targets.clear()
-        self._targets[url] = (now + 30.0, verdict)
-        return verdict
-
     async def send(self, url: str, secret: str, event_id: str, payload: bytes) -> tuple[int | None, str | None]:
         """One POST: (status code, error text) — exactly one of them is set."""
-        refused = await self._target_ok(url)
-        if refused is not None:
-            return None, refused
         try:
             resp = await self.client.post(url, content=payload,
                                           headers=signing.headers(secret, event_id, int(time.time()), payload))
         except httpx.TimeoutException:
             return None, "timeout"
-        except UnsafeTarget as exc:  # the name was re-pointed since the last check
+        except UnsafeTarget as exc:  # checked at every connect (GuardedTransport): the name may have been re-pointed
             return None, str(exc)
         except httpx.HTTPError as exc:
             return None, f"connection failed ({type(exc).__name__})"

@@ -95,11 +95,19 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
 
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
                           socket_options: Iterable[Any] | None = None) -> httpcore.AsyncNetworkStream:
-        if not allowed_by_pattern(host, self.allow):
-            addrs = await resolve_public(host, port, resolve_timeout_s=self.resolve_timeout_s, resolve=self.resolve)
-            host = str(addrs[0])  # connect to what was checked, not to a second lookup's answer
-        return await self.inner.connect_tcp(host, port, timeout=timeout, local_address=local_address,
-                                            socket_options=socket_options)
+        if allowed_by_pattern(host, self.allow):
+            return await self.inner.connect_tcp(host, port, timeout=timeout, local_address=local_address,
+                                                socket_options=socket_options)
+        addrs = await resolve_public(host, port, resolve_timeout_s=self.resolve_timeout_s, resolve=self.resolve)
+        failure: Exception | None = None
+        for addr in addrs:  # connect to what was checked, not to a second lookup's answer; each in turn
+            try:
+                return await self.inner.connect_tcp(str(addr), port, timeout=timeout, local_address=local_address,
+                                                    socket_options=socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout, OSError) as exc:
+                failure = exc
+        assert failure is not None  # resolve_public never returns an empty list
+        raise failure
 
     async def connect_unix_socket(self, path: str, timeout: float | None = None,
                                   socket_options: Iterable[Any] | None = None) -> httpcore.AsyncNetworkStream:
