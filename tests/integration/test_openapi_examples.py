@@ -14,10 +14,11 @@ from jsonschema import Draft202012Validator, FormatChecker
 from schemathesis.specs.openapi.definitions import OPENAPI_31
 
 from libs.config import Settings
+from services.gateway.auth import PUBLIC_PATHS
 from tests.integration.test_api_kit import gateway_settings, start_gateway
 
 PROBLEM = "application/problem+json"
-PUBLIC = {"/healthz", "/readyz"}
+PUBLIC = PUBLIC_PATHS  # of these, /healthz and /readyz appear in the document
 METHODS = ("get", "put", "post", "delete", "patch")
 EMPTY_NOT_MISSING = {"/v1/metrics/sites/{site}/hosts"}  # an unknown site's hosts are an empty page
 Doc = dict[str, Any]
@@ -33,6 +34,7 @@ async def fetch_doc(settings: Settings, running_service: Callable[..., Any]) -> 
     url = await start_gateway(running_service, gateway_settings(settings))
     async with httpx.AsyncClient(base_url=url, timeout=10) as c:
         r = await c.get("/openapi.json")
+        assert (await c.get("/docs")).status_code == 200  # the interactive docs need no key either
     assert r.status_code == 200, r.text
     doc: Doc = r.json()
     return doc
@@ -147,12 +149,6 @@ async def test_openapi_examples_validate_against_their_own_schemas(settings, run
         for error in validator(doc, schema).iter_errors(example):
             invalid.append(f"{where}: {error.json_path}: {error.message[:200]}")
     assert not invalid, f"{len(invalid)} example errors:\n" + "\n".join(invalid[:40])
-    for method, path, op in operations(doc):
-        for code, response in op["responses"].items():
-            media = (response.get("content") or {}).get(PROBLEM)
-            if media is not None and code.isdigit():
-                for example in whole_examples(doc, media):
-                    assert example["status"] == int(code), (method, path, code, example)
 
 
 async def test_openapi_errors_are_documented_as_problems(settings, running_service) -> None:

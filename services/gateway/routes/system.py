@@ -13,7 +13,6 @@ from libs.schemas.registry import MemberKind, MemberPage, MemberQuery, MemberSta
 from services.gateway.deps import Ctx, call
 
 router = APIRouter()
-MESH_SERVICES = ("gateway", "registry", "inventory", "scheduler", "metrics")
 
 
 class Readiness(BaseModel):
@@ -92,14 +91,3 @@ async def list_services(ctx: Ctx) -> ServiceList:
                           status=MemberStatus.UP if any(i.status == MemberStatus.UP for i in insts) else MemberStatus.DOWN)
              for name, insts in sorted(by_name.items())]
     return ServiceList(items=items)
-
-
-async def gather_health(ctx: Ctx) -> list[ServiceHealth]:
-    replies = await ctx.bus.scatter("xpumesh.ctl.health", window_s=0.3)
-    out = []
-    for r in replies:
-        try:
-            out.append(ServiceHealth.model_validate_json(r.data))
-        except ValueError:
-            continue
-    return out
