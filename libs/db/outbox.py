@@ -70,10 +70,14 @@ def create_outbox(op: Any, schema: str) -> None:
     op.create_index("ix_outbox_unsent", "outbox", ["seq"], schema=schema, postgresql_where=sa.text("sent_at IS NULL"))
 
 
+def outbox_row(event: CloudEvent, subject: str) -> dict[str, Any]:
+    """The outbox row that publishes ``event`` on ``subject`` (for inserting many rows at once)."""
+    return {"event_id": event.id, "subject": subject, "payload": event.to_bytes()}
+
+
 async def enqueue(session: AsyncSession, table: Table, event: CloudEvent, *, site: str | None = None) -> None:
     """Add an event to the outbox inside the caller's transaction (flush only)."""
-    await session.execute(table.insert().values(
-        event_id=event.id, subject=event_subject(event.type, site), payload=event.to_bytes()))
+    await session.execute(table.insert().values(**outbox_row(event, event_subject(event.type, site))))
 
 
 class OutboxRelay:

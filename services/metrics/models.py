@@ -18,6 +18,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.bus.subjects import event_subject
+from libs.db.outbox import outbox_row
 from libs.events import CloudEvent, EventTypes
 from libs.schemas.hostevents import CapabilityReport
 from libs.schemas.metrics import Alert, AlertState, Placement, WorkloadNow
@@ -239,7 +240,7 @@ async def save_alerts(session: AsyncSession, changed: list[Alert]) -> None:
     await session.execute(stmt, values)
     events = [(alert_event(a), a.site) for a in changed]
     await session.execute(outbox.insert(), [
-        {"event_id": e.id, "subject": event_subject(e.type, site), "payload": e.to_bytes()} for e, site in events])
+        outbox_row(e, event_subject(e.type, site)) for e, site in events])
 
 
 async def recent_alerts(session: AsyncSession, state: AlertState, sites: list[str] | None, severity: str | None,

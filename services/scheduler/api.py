@@ -267,7 +267,7 @@ def _check_quota(spec: Any, tenant: str | None, quotas: Quotas | None) -> None:
                             f"{limit:g}", extra={"hardware_type": str(hw.type), "needed": need, "quota": limit})
 
 
-@app.endpoint("workloads.submit", concurrency=16)
+@app.endpoint("workloads.submit", concurrency=8)
 async def submit(req: WorkloadSubmit, ctx: Context) -> WorkloadView:
     spec = req.spec.model_copy(update={"tenant": req.tenant})
     check_spec(spec, _fleet(ctx))
@@ -282,7 +282,7 @@ async def submit(req: WorkloadSubmit, ctx: Context) -> WorkloadView:
     return view
 
 
-@app.endpoint("workloads.get", concurrency=16)
+@app.endpoint("workloads.get", concurrency=8)
 async def get_workload(req: WorkloadRef, ctx: Context) -> WorkloadView:
     async with session_scope(ctx.db) as session:
         view = await models.get_view(session, req.id, req.tenant, ctx.settings.scheduler.history_limit)
@@ -333,7 +333,7 @@ async def workload_logs(req: LogsQuery, ctx: Context) -> LogsView:
                     state=reply.state, exit_code=reply.exit_code, text=reply.text, truncated=reply.truncated)
 
 
-@app.endpoint("workloads.usage", concurrency=16)
+@app.endpoint("workloads.usage", concurrency=8)
 async def tenant_usage(req: TenantRef, ctx: Context) -> TenantUsage:
     fleet = _fleet(ctx)
     devices: dict[str, float] = {}

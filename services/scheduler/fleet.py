@@ -7,29 +7,27 @@
 * the catalog gives each device model's compute units; rules and site links come along.
 
 Hosts are persisted (``scheduler.hosts``) so that a restarted scheduler can place at once.
-``snapshot(allocations)`` turns the view into the placement engine's column model. The
-allocation-free part of it (``base_snapshot``) is built once per fleet version, from
-per-host inputs that are themselves made again only for a host that changed; a round only
-lays its allocations over it (``with_allocations``, one pass over the allocations), and the
+``base()`` turns the view into the placement engine's column model without allocations,
+built off the event loop once per fleet version, from per-host inputs that are themselves
+made again only for a host that changed; a round only lays its allocations over it
+(``FleetSnapshot.with_allocations``, one pass over the allocations), and the
 placement caches that live with the fleet (``FleetSnapshot.shared``) carry over between
 rounds until the fleet changes.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-
-import numpy as np
 
 from libs.schemas.catalog import CompatRule, DeviceModel, RuntimeDriverRule
 from libs.schemas.devices import Device, Health
 from libs.schemas.hostevents import CapabilityReport
 from services.inventory.seed.loader import match_model
 from services.scheduler.placement import (
-    Allocation,
     DeviceInfo,
     FleetSnapshot,
     HostInfo,
@@ -259,37 +257,11 @@ class Fleet:
         if self._base is None or version >= self._base[0]:
             self._base = (version, base)
 
-    def base_snapshot(self) -> FleetSnapshot:
-        """The fleet without allocations, built at most once per fleet version."""
+    async def base(self) -> FleetSnapshot:
+        """The fleet without allocations, built off the event loop at most once per fleet version."""
         base = self.cached_base()
         if base is None:
             version, hosts, devices, links = self.snapshot_inputs()
-            base = build_snapshot(hosts, devices, (), links)
+            base = await asyncio.to_thread(build_snapshot, hosts, devices, (), links)
             self.keep_base(version, base)
         return base
-
-    def snapshot(self, allocations: Iterable[Allocation]) -> FleetSnapshot:
-        return with_allocations(self.base_snapshot(), allocations)
-
-
-def with_allocations(base: FleetSnapshot, allocations: Iterable[Allocation]) -> FleetSnapshot:
-    """``base`` (a snapshot without allocations) with ``allocations`` holding their devices: the same
-    snapshot ``build_snapshot`` gives for the same fleet and allocations, sharing the fleet's arrays and
-    caches with ``base``. Allocations on devices the snapshot does not have are ignored."""
-    alloc_list = list(allocations)
-    free_share = np.ones(base.n_devices, dtype=np.float64)
-    free_mem = base.dev_mem.copy()
-    dev_index, dev_mem = base.dev_index, base.dev_mem
-    out: dict[int, list[int]] = {}
-    for ai, alloc in enumerate(alloc_list):
-        for dev in alloc.devices:
-            d = dev_index.get(dev.device_id)
-            if d is None:
-                continue
-            out.setdefault(d, []).append(ai)
-            free_share[d] -= dev.share
-            free_mem[d] -= dev.memory_mib if dev.memory_mib is not None else round(dev.share * dev_mem[d])
-    np.clip(free_share, 0.0, 1.0, out=free_share)
-    np.clip(free_mem, 0, None, out=free_mem)
-    return replace(base, dev_free_share=free_share, dev_free_mem=free_mem, allocations=alloc_list,
-                   dev_allocs={d: tuple(ais) for d, ais in out.items()})

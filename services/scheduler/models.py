@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.bus.errors import Conflict
 from libs.bus.subjects import event_subject
+from libs.db.outbox import outbox_row
 from libs.events import CloudEvent, EventTypes
 from libs.schemas.commands import LAUNCH_TYPE, STOP_TYPE, LaunchCommand, StopCommand
 from libs.schemas.scheduler import (
@@ -96,7 +97,7 @@ def _command_row(cmd: LaunchCommand | StopCommand) -> dict[str, Any]:
 
     etype = LAUNCH_TYPE if isinstance(cmd, LaunchCommand) else STOP_TYPE
     event = CloudEvent.new(etype, SOURCE, cmd, subject=f"{cmd.workload_id}/{cmd.replica}", id=cmd.command_id)
-    return {"event_id": event.id, "subject": agent_command_subject(cmd.site, cmd.host_id), "payload": event.to_bytes()}
+    return outbox_row(event, agent_command_subject(cmd.site, cmd.host_id))
 
 
 _WL_UPDATE = update(workloads).where(workloads.c.id == bindparam("b_id"))
@@ -140,8 +141,7 @@ async def save_many(session: AsyncSession, wls: Iterable[Workload], now: datetim
                 data = event_data(view, state=state.value, reason=reason)
                 event = CloudEvent.new(EventTypes.workload(state.value), SOURCE, data, subject=wl.id,
                                        id=new_event_id())
-                out_rows.append({"event_id": event.id, "subject": event_subject(event.type, subject_site),
-                                 "payload": event.to_bytes()})
+                out_rows.append(outbox_row(event, event_subject(event.type, subject_site)))
         out_rows += [_command_row(cmd) for cmd in wl.commands]
         wl.history, wl.events, wl.commands, wl.dirty = [], [], [], False
     for stmt, params in ((_WL_UPDATE, wl_rows), (_REPLICA_UPDATE, rep_rows), (insert(history), hist_rows),

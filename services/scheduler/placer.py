@@ -22,7 +22,7 @@ from libs.config import SchedulerSettings
 from libs.db import session_scope
 from libs.schemas.scheduler import Explanation
 from services.scheduler import lifecycle, models
-from services.scheduler.fleet import Fleet, with_allocations
+from services.scheduler.fleet import Fleet
 from services.scheduler.lifecycle import Workload
 from services.scheduler.placement import (
     AllocatedDevice,
@@ -33,7 +33,6 @@ from services.scheduler.placement import (
     PlacementDecision,
     PlacementRules,
     Quotas,
-    build_snapshot,
     place,
 )
 from services.scheduler.reconcile import Actual
@@ -90,7 +89,7 @@ def _batch(wls: dict[str, Workload], order: list[str]) -> tuple[list[PendingWork
 def _decide(base: FleetSnapshot, allocations: list[Allocation], batch: list[PendingWorkload],
             rules: PlacementRules, quotas: Quotas | None, s: SchedulerSettings) -> PlacementDecision:
     """Runs in a worker thread: reads only immutable inputs (the fleet's snapshot, this round's rows)."""
-    return place(batch, with_allocations(base, allocations), rules=rules, quotas=quotas,
+    return place(batch, base.with_allocations(allocations), rules=rules, quotas=quotas,
                  time_limit_s=s.solver_time_limit_s, max_candidates=s.max_candidates)
 
 
@@ -139,11 +138,7 @@ class Placer:
         if not batch:
             return BatchResult()
         allocations = _allocations(rows, self.actual)
-        base = self.fleet.cached_base()
-        if base is None:  # the fleet changed: rebuild its column model off the event loop
-            version, hosts, devices, links = self.fleet.snapshot_inputs()
-            base = await asyncio.to_thread(build_snapshot, hosts, devices, (), links)
-            self.fleet.keep_base(version, base)
+        base = await self.fleet.base()
         decision = await asyncio.to_thread(_decide, base, allocations, batch, self.fleet.rules, self.quotas(), s)
         result = await self.apply(decision, batch, missing)
         self.batches += 1

@@ -10,7 +10,7 @@ import numpy as np
 from libs.schemas.devices import Health
 from libs.schemas.workload import WorkloadSpec
 from services.scheduler import reference
-from services.scheduler.fleet import Fleet, with_allocations
+from services.scheduler.fleet import Fleet
 from services.scheduler.placement import (
     AllocatedDevice,
     Allocation,
@@ -53,68 +53,70 @@ def _allocs(fleet: Fleet) -> list[Allocation]:
                                                  AllocatedDevice("gone:nvidia:0")))]
 
 
-def test_scheduler_fleet_snapshot_with_allocations_equals_a_fresh_build() -> None:
+async def test_scheduler_fleet_snapshot_with_allocations_equals_a_fresh_build() -> None:
     fleet = _fleet()
     allocs = _allocs(fleet)
-    kept = fleet.snapshot(allocs)
+    kept = (await fleet.base()).with_allocations(allocs)
     _same(kept, _fresh(fleet, allocs))
     assert kept.dev_free_share[kept.dev_index["h1:nvidia:2"]] == 0.25
 
 
-def test_scheduler_fleet_base_is_kept_until_the_fleet_changes() -> None:
+async def test_scheduler_fleet_base_is_kept_until_the_fleet_changes() -> None:
     fleet = _fleet()
-    base = fleet.base_snapshot()
-    first, second = fleet.snapshot([]), fleet.snapshot(_allocs(fleet))
-    assert fleet.base_snapshot() is base and first.shared is base.shared and second.shared is base.shared
+    base = await fleet.base()
+    first, second = (await fleet.base()).with_allocations([]), (await fleet.base()).with_allocations(_allocs(fleet))
+    assert await fleet.base() is base and first.shared is base.shared and second.shared is base.shared
     assert base.allocations == [] and float(base.dev_free_share.min()) == 1.0  # rounds never write into the base
 
     fleet.set_device_health("h3", "h3:nvidia:1", Health.UNHEALTHY, T0 + timedelta(seconds=1))
-    changed = fleet.base_snapshot()
+    changed = await fleet.base()
     assert changed is not base and not changed.dev_usable[changed.dev_index["h3:nvidia:1"]]
-    _same(fleet.snapshot(_allocs(fleet)), _fresh(fleet, _allocs(fleet)))
+    _same((await fleet.base()).with_allocations(_allocs(fleet)), _fresh(fleet, _allocs(fleet)))
 
     fleet.set_liveness("h5", False, T0 + timedelta(seconds=2))
-    down = fleet.base_snapshot()
+    down = await fleet.base()
     assert down is not changed and not down.host_up[down.host_index["h5"]]
     fleet.apply_capability(capability("h6", "bj", [gpu(0)]), T0 + timedelta(seconds=3))
-    grown = fleet.base_snapshot()
+    grown = await fleet.base()
     assert "h6:nvidia:0" in grown.dev_index and grown.n_hosts == down.n_hosts + 1
-    _same(fleet.snapshot(_allocs(fleet)), _fresh(fleet, _allocs(fleet)))
+    _same((await fleet.base()).with_allocations(_allocs(fleet)), _fresh(fleet, _allocs(fleet)))
 
 
-def test_scheduler_fleet_kept_snapshot_places_like_a_fresh_one() -> None:
+async def test_scheduler_fleet_kept_snapshot_places_like_a_fresh_one() -> None:
     fleet = _fleet(8)
     allocs = _allocs(fleet)
     batch = [PendingWorkload(f"wl_{i}", WorkloadSpec.model_validate(
         {"name": f"w{i}", "tenant": "acme", "replicas": 1 + i % 3,
          "hardware": {"type": "gpu", "count": 1 + i % 2} if i % 4 else {"type": "gpu", "share": 0.5}}))
         for i in range(12)]
-    fleet.snapshot(allocs)  # warm the caches kept with the fleet, as an earlier round does
-    kept = place(batch, fleet.snapshot(allocs), rules=fleet.rules, time_limit_s=1.0)
+    # an earlier round on other allocations fills the caches kept with the fleet
+    place(batch[:6], (await fleet.base()).with_allocations(allocs[:1]), rules=fleet.rules, time_limit_s=1.0)
+    assert (await fleet.base()).shared, "the earlier round left caches with the fleet"
+    kept = place(batch, (await fleet.base()).with_allocations(allocs), rules=fleet.rules, time_limit_s=1.0)
     fresh = place(batch, _fresh(fleet, allocs), rules=fleet.rules, time_limit_s=1.0)
     assert kept.assignments == fresh.assignments and kept.pending == fresh.pending
     assert len(kept.assignments) > 0
 
 
-def test_scheduler_fleet_keep_base_ignores_an_older_build() -> None:
+async def test_scheduler_fleet_keep_base_ignores_an_older_build() -> None:
     fleet = _fleet(2)
     version, hosts, devices, links = fleet.snapshot_inputs()
     old = build_snapshot(hosts, devices, (), links)
     fleet.set_liveness("h1", False, T0 + timedelta(seconds=1))
-    newer = fleet.base_snapshot()
+    newer = await fleet.base()
     fleet.keep_base(version, old)
     assert fleet.cached_base() is newer
-    assert with_allocations(newer, []).n_devices == newer.n_devices
+    assert newer.with_allocations([]).n_devices == newer.n_devices
 
 
-def test_scheduler_fleet_same_reference_again_keeps_the_snapshot() -> None:
+async def test_scheduler_fleet_same_reference_again_keeps_the_snapshot() -> None:
     fleet = _fleet(2)
-    base, rules = fleet.base_snapshot(), fleet.rules
+    base, rules = await fleet.base(), fleet.rules
     catalog, compat, driver = reference.seed_reference()
     fleet.set_reference(catalog, compat, driver, [], "inventory")  # the periodic refresh, nothing new
-    assert fleet.base_snapshot() is base and fleet.rules is rules and fleet.reference_source == "inventory"
+    assert await fleet.base() is base and fleet.rules is rules and fleet.reference_source == "inventory"
     fleet.set_reference(catalog[1:], compat, driver, [], "inventory")
-    assert fleet.base_snapshot() is not base and fleet.rules is not rules
+    assert await fleet.base() is not base and fleet.rules is not rules
 
 
 async def test_scheduler_fleet_inventory_refresh_without_changes_keeps_the_version(settings: Any, running_service: Any,
@@ -124,6 +126,6 @@ async def test_scheduler_fleet_inventory_refresh_without_changes_keeps_the_versi
     await running_service(inventory_app)
     fleet = _fleet(2)
     assert await reference.refresh(fleet, bus, 2.0) and fleet.reference_source == "inventory"
-    version, base = fleet.version, fleet.base_snapshot()
+    version, base = fleet.version, await fleet.base()
     assert await reference.refresh(fleet, bus, 2.0)
-    assert fleet.version == version and fleet.base_snapshot() is base
+    assert fleet.version == version and await fleet.base() is base

@@ -18,7 +18,8 @@ from libs.config import Settings
 from libs.db import make_engine, make_sessionmaker, session_scope
 from libs.schemas.scheduler import WorkloadState
 from libs.schemas.workload import WorkloadSpec
-from services.scheduler import models, placer
+from services.scheduler import fleet as fleet_module
+from services.scheduler import models
 from services.scheduler.api import app as scheduler_app
 from services.scheduler.lifecycle import Workload
 from services.scheduler.orm import outbox, replicas, workloads
@@ -79,14 +80,14 @@ async def test_scheduler_submit_is_answered_while_the_fleet_snapshot_is_built(
         settings: Settings, running_service: Any, bus: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     started, release = threading.Event(), threading.Event()
     released: list[bool] = []  # per build: let go by the test (True) or by the timeout (False)
-    real = placer.build_snapshot
+    real = fleet_module.build_snapshot
 
     def held_build(*args: Any, **kwargs: Any) -> Any:  # the fleet's column model, held until the test says so
         started.set()
         released.append(release.wait(timeout=10))  # on the event loop, this would hold the test's loop too
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(placer, "build_snapshot", held_build)
+    monkeypatch.setattr(fleet_module, "build_snapshot", held_build)
     s = fast(settings)
     await running_service(scheduler_app, s)
     host = await TestHost(bus, s, "hz-gpu-1", [gpu(i) for i in range(4)], tmp_path, driver="sim").start()

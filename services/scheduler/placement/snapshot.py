@@ -18,7 +18,7 @@ turns them into column arrays:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -276,10 +276,38 @@ class FleetSnapshot:
                      if p is not None), default=None)
         return child
 
+    def with_allocations(self, allocations: Iterable[Allocation]) -> FleetSnapshot:
+        """This snapshot (built without allocations) with ``allocations`` holding their devices: what
+        ``build_snapshot`` gives for the same fleet and allocations, sharing this one's arrays and caches."""
+        alloc_list = list(allocations)
+        free_share, free_mem, dev_allocs = _apply_allocations(alloc_list, self.dev_index, self.dev_mem)
+        return replace(self, dev_free_share=free_share, dev_free_mem=free_mem, allocations=alloc_list,
+                       dev_allocs=dev_allocs)
+
     def _alloc_mem(self, d: int, dev: AllocatedDevice) -> int:
         if dev.memory_mib is not None:
             return dev.memory_mib
         return round(dev.share * int(self.dev_mem[d]))
+
+
+def _apply_allocations(allocations: Sequence[Allocation], dev_index: Mapping[str, int], dev_mem: npt.NDArray[np.int64]
+                       ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], dict[int, tuple[int, ...]]]:
+    """Free share and memory per device once ``allocations`` hold theirs, and which allocations hold each
+    device. Devices the snapshot does not have are ignored."""
+    free_share = np.ones(len(dev_mem), dtype=np.float64)
+    free_mem = dev_mem.copy()
+    out: dict[int, list[int]] = {}
+    for ai, alloc in enumerate(allocations):
+        for dev in alloc.devices:
+            d = dev_index.get(dev.device_id)
+            if d is None:
+                continue
+            out.setdefault(d, []).append(ai)
+            free_share[d] -= dev.share
+            free_mem[d] -= dev.memory_mib if dev.memory_mib is not None else round(dev.share * dev_mem[d])
+    np.clip(free_share, 0.0, 1.0, out=free_share)
+    np.clip(free_mem, 0, None, out=free_mem)
+    return free_share, free_mem, {d: tuple(ais) for d, ais in out.items()}
 
 
 def _index_allocs(allocations: Sequence[Allocation], dev_index: Mapping[str, int]) -> dict[int, tuple[int, ...]]:
@@ -357,17 +385,7 @@ def build_snapshot(
         pool_profile = np.zeros(0, dtype=np.int32)
 
     alloc_list = list(allocations)
-    free_share = np.ones(n, dtype=np.float64)
-    free_mem = dev_mem.copy()
-    dev_allocs = _index_allocs(alloc_list, dev_index)
-    for d, ais in dev_allocs.items():
-        for ai in ais:
-            for ad in alloc_list[ai].devices:
-                if ad.device_id == dev_ids[d]:
-                    free_share[d] -= ad.share
-                    free_mem[d] -= ad.memory_mib if ad.memory_mib is not None else round(ad.share * dev_mem[d])
-    np.clip(free_share, 0.0, 1.0, out=free_share)
-    np.clip(free_mem, 0, None, out=free_mem)
+    free_share, free_mem, dev_allocs = _apply_allocations(alloc_list, dev_index, dev_mem)
 
     s = len(sites)
     bandwidth = np.full((s, s), DEFAULT_BANDWIDTH_GBPS, dtype=np.float64)
