@@ -6,6 +6,7 @@ functions take the session and only ``flush``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -42,3 +43,12 @@ async def session_scope(maker: async_sessionmaker[AsyncSession]) -> AsyncIterato
     """One transaction: commit on success, roll back on error."""
     async with maker() as session, session.begin():
         yield session
+
+
+# A JSON escape of NUL: ``\u0000`` after an even number of backslashes (``\\u0000`` is text, not NUL).
+_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def json_has_nul(doc: bytes) -> bool:
+    """Whether a JSON document holds a NUL character, which no PostgreSQL text or JSON value can store."""
+    return b"\\u0000" in doc and _JSON_NUL.search(doc) is not None

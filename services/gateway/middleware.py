@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import uuid
 from datetime import timedelta
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from libs.db import session_scope
+from libs.db import json_has_nul, session_scope
 from libs.metrics import BUS_REJECTED
 from libs.service import Context
 from services.gateway import models
@@ -37,10 +36,6 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 JSON_METHODS = frozenset({"POST", "PUT", "PATCH"})
 MAX_IDEMPOTENT_BODY = 1024 * 1024
 IDEMPOTENCY_IN_FLIGHT = timedelta(minutes=2)
-
-
-# A JSON escape of NUL: ``\u0000`` after an even number of backslashes (``\\u0000`` is text, not NUL).
-_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 class _TooLarge(Exception):
@@ -120,7 +115,7 @@ class GatewayMiddleware:
         if body and method in JSON_METHODS and not _is_json(_header(scope, b"content-type")):
             self._reject("unsupported_media_type")
             raise ProblemError(415, "Unsupported media type", "send the body as application/json")
-        if b"\\u0000" in body and _JSON_NUL.search(body):
+        if json_has_nul(body):
             self._reject("nul_character")
             raise ProblemError(422, "Invalid request", "NUL characters (\\u0000) are not allowed in JSON strings")
         replay = _replayer(body, receive)

@@ -6,6 +6,7 @@ JSON) is rejected on its own before it reaches a batch, so it cannot fail the ba
 
 from __future__ import annotations
 
+from libs.db import json_has_nul
 from libs.schemas.hostevents import CapabilityReport
 from libs.versions import SpecifierSet
 
@@ -30,7 +31,7 @@ def check_capability(report: CapabilityReport, event_subject: str | None) -> Non
     keys = [(d.vendor, d.index) for d in report.devices]
     if len(set(keys)) != len(keys):
         raise ValueError("two devices share a vendor and index")
-    if "\\u0000" in report.model_dump_json():  # PostgreSQL cannot store NUL in text or JSON
+    if json_has_nul(report.model_dump_json().encode()):
         raise ValueError("the report contains a NUL character")
 
 

@@ -120,13 +120,13 @@ class Ingest:
         missing = self._missing(cols, id_arr, keep, slots)
         self.rollups.begin(batch, float(ts_us[keep].min()) / 1e6 if keep.any() else time.time())
         try:
-            created, sel, order = await self._copy(cols, batch, missing, id_arr, slots, keep, ts_us, vals)
+            created, ids_ok, ts_ok_us, vals_ok = await self._copy(cols, batch, missing, id_arr, slots, keep, ts_us, vals)
             committed = time.time()
             for m in created:
                 fleet.put_device(m)
             if created:
                 hosts = [fleet.hosts.get(h) for h in cols.host_ids]
-            ids_ok, ts_ok, vals_ok = id_arr[sel][order], ts_us[sel][order] / 1e6, vals[sel][order]
+            ts_ok = ts_ok_us / 1e6
             fleet.apply_samples(ids_ok, ts_ok, vals_ok)
             self.rollups.add(batch, ids_ok, ts_ok, vals_ok, fleet.cap)
         finally:
@@ -134,7 +134,7 @@ class Ingest:
         self._apply_hosts(cols, hosts)
         report_ts = np.array(cols.ts_us, dtype=np.float64) / 1e6
         self.lag.add((committed - report_ts).astype(np.float32), np.array(cols.counts, dtype=np.float32))
-        n = int(sel.sum())
+        n = len(ids_ok)
         self._count_rejected(bad_values, bad_time)  # with the samples, so stats never show half a batch
         self.counts.samples += n
         self.counts.reports += len(cols)
@@ -144,9 +144,10 @@ class Ingest:
 
     async def _copy(self, cols: Columns, batch: int, missing: list[tuple[str, int, str]], id_arr: np.ndarray,
                     slots: np.ndarray, keep: np.ndarray, ts_us: np.ndarray,
-                    vals: np.ndarray) -> tuple[list[DeviceMeta], np.ndarray, np.ndarray]:
+                    vals: np.ndarray) -> tuple[list[DeviceMeta], np.ndarray, np.ndarray, np.ndarray]:
         """One transaction: ids for devices not known yet, then the COPY of the kept samples ordered by (device,
-        time). Returns (created devices, the samples written, their order). ``id_arr`` gets the new ids."""
+        time). Returns the created devices and what was written, in that order: device ids, times (us), values.
+        ``id_arr`` gets the new ids."""
         async with self.pool.acquire() as conn, conn.transaction():
             created = await models.create_devices(conn, missing) if missing else []
             if created:
@@ -157,10 +158,11 @@ class Ingest:
             sel = keep & (id_arr >= 0)
             ids, ts = id_arr[sel], ts_us[sel]
             order = np.lexsort((ts, ids))  # one device's samples side by side: cheaper index upkeep, tighter BRIN ranges
-            payload = encode_copy(ts[order], ids[order], vals[sel][order], batch)
+            ids, ts, vs = ids[order], ts[order], vals[sel][order]
+            payload = encode_copy(ts, ids, vs, batch)
             await conn.copy_to_table("samples", schema_name="metrics", source=memoryview(payload), columns=COPY_COLUMNS,
                                      format="binary")
-        return created, sel, order
+        return created, ids, ts, vs
 
     @staticmethod
     def _device_ids(cols: Columns, hosts: list[HostMeta | None]) -> np.ndarray:
