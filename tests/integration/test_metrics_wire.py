@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from libs.bus import subjects
 from libs.bus.connection import Bus
 from libs.events import CloudEvent, EventTypes, InvalidEnvelope
-from libs.metrics import BUS_REJECTED
+from libs.metrics import BUS_MESSAGES, BUS_REJECTED
 from libs.schemas.hostevents import TelemetryReport
 from libs.schemas.metrics import IngestStats, SummaryQuery
 from services.metrics import wire
@@ -110,3 +110,22 @@ async def rpc_devices(bus: Bus, n: int) -> bool:
 async def rpc_samples(bus: Bus, n: int) -> bool:
     stats: IngestStats = await rpc(bus, "ingest.stats", SummaryQuery(), IngestStats)
     return stats.samples_total == n and stats.reports_total == 2
+
+
+async def test_metrics_wire_same_event_published_twice_is_ingested_once(settings, running_service, bus: Bus) -> None:
+    await running_service(metrics_app, fast_settings(settings))
+    await announce(bus, "h-1", "lishui", devices("gpu", 2))
+    await eventually(lambda: rpc_devices(bus, 2))
+    before = BUS_MESSAGES.labels("metrics", "on_telemetry", "duplicate")._value.get()
+    subject = subjects.host_subject("lishui", "h-1", "telemetry")
+    raw = VARIANTS["canonical"]
+    for _ in range(2):  # no Nats-Msg-Id: JetStream keeps both; the consumer's processed-id check drops one
+        await bus.js.publish(subject, raw)
+    await eventually(lambda: BUS_MESSAGES.labels("metrics", "on_telemetry", "duplicate")._value.get() >= before + 1)
+
+    async def written_once() -> bool:
+        stats: IngestStats = await rpc(bus, "ingest.stats", SummaryQuery(), IngestStats)
+        assert stats.reports_total <= 1, "the duplicate was ingested too"
+        return stats.reports_total == 1 and stats.samples_total == 2
+
+    await eventually(written_once)
