@@ -89,12 +89,17 @@ def test_metrics_wire_leaves_lax_but_valid_reports_to_the_models() -> None:
         assert wire.canonical(VARIANTS[name]) is None and _by_models(VARIANTS[name]) is not None, name
 
 
-async def test_metrics_wire_lax_reports_are_ingested_and_garbage_counted(settings, running_service, bus: Bus) -> None:
+async def _one_host_known(settings: Any, running_service: Any, bus: Bus) -> str:
+    """The metrics service running and knowing host h-1's two devices; returns h-1's telemetry subject."""
     await running_service(metrics_app, fast_settings(settings))
     await announce(bus, "h-1", "lishui", devices("gpu", 2))
     await eventually(lambda: rpc_devices(bus, 2))
+    return subjects.host_subject("lishui", "h-1", "telemetry")
+
+
+async def test_metrics_wire_lax_reports_are_ingested_and_garbage_counted(settings, running_service, bus: Bus) -> None:
+    subject = await _one_host_known(settings, running_service, bus)
     before = BUS_REJECTED.labels("metrics", "on_telemetry", "malformed_envelope")._value.get()
-    subject = subjects.host_subject("lishui", "h-1", "telemetry")
     for raw in (VARIANTS["deep nesting"], VARIANTS["not json"], VARIANTS["numbers in strings"], VARIANTS["canonical"]):
         await bus.js.publish(subject, raw)
     await eventually(lambda: BUS_REJECTED.labels("metrics", "on_telemetry", "malformed_envelope")._value.get()
@@ -113,11 +118,8 @@ async def rpc_samples(bus: Bus, n: int) -> bool:
 
 
 async def test_metrics_wire_same_event_published_twice_is_ingested_once(settings, running_service, bus: Bus) -> None:
-    await running_service(metrics_app, fast_settings(settings))
-    await announce(bus, "h-1", "lishui", devices("gpu", 2))
-    await eventually(lambda: rpc_devices(bus, 2))
+    subject = await _one_host_known(settings, running_service, bus)
     before = BUS_MESSAGES.labels("metrics", "on_telemetry", "duplicate")._value.get()
-    subject = subjects.host_subject("lishui", "h-1", "telemetry")
     raw = VARIANTS["canonical"]
     for _ in range(2):  # no Nats-Msg-Id: JetStream keeps both; the consumer's processed-id check drops one
         await bus.js.publish(subject, raw)
