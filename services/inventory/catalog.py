@@ -1,4 +1,4 @@
-"""The device-model catalog and compatibility rules: seeded from ``seed/``, edited by operators.
+"""The device-model catalog and compatibility rules: seeded from ``libs/catalog``, edited by operators.
 
 The catalog is small (tens of models) and read on every capability report, so each
 instance keeps it in memory with a bounded cache of name matches, and reloads it from
@@ -15,10 +15,10 @@ from sqlalchemy import and_, func, literal_column, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from libs.catalog.loader import match_model
 from libs.schemas.catalog import CompatRule, DeviceModel, RuntimeDriverRule
 from libs.schemas.inventory import CatalogEntry, CatalogPage, CatalogQuery, RuleKind, RuleQuery, RuleSet
 from services.inventory.orm import catalog, devices, rules
-from services.inventory.seed.loader import match_model
 
 
 class Catalog:

@@ -1,15 +1,15 @@
-"""Seed the inventory: sites and links from configuration, the catalog and rules from ``seed/``.
+"""Seed the inventory: sites and links from configuration, the catalog and rules from ``libs/catalog``.
 
 Idempotent: run by every ``xpumesh prestart``; entries an operator edited are left alone.
 """
 
 from __future__ import annotations
 
+from libs.catalog.loader import load_catalog, load_rules
 from libs.config import Settings
 from libs.db import make_engine, make_sessionmaker, session_scope
 from libs.sites import load_sites
 from services.inventory import catalog, sites
-from services.inventory.seed.loader import load_catalog, load_rules
 
 
 async def seed(settings: Settings) -> None:

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from libs.catalog.loader import match_model
 from libs.schemas.catalog import CompatRule, DeviceModel, RuntimeDriverRule
 from libs.schemas.devices import Device, Health
 from libs.schemas.hostevents import CapabilityReport
-from services.inventory.seed.loader import match_model
 from services.scheduler.placement import (
     DeviceInfo,
     FleetSnapshot,

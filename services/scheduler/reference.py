@@ -14,10 +14,10 @@ import logging
 from libs.bus import subjects
 from libs.bus.connection import Bus
 from libs.bus.errors import BusError
+from libs.catalog.loader import load_catalog, load_rules
 from libs.schemas.catalog import CompatRule, DeviceModel, RuntimeDriverRule
 from libs.schemas.inventory import CatalogPage, CatalogQuery, RuleQuery, RuleSet, SiteLinkList
 from libs.schemas.tenancy import TenantQuotas
-from services.inventory.seed.loader import load_catalog, load_rules
 from services.scheduler.fleet import Fleet
 from services.scheduler.placement import Quotas, SiteLink
 

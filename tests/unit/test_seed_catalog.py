@@ -6,10 +6,7 @@ import math
 
 import pytest
 
-from libs.schemas.catalog import CompatRule, DeviceModel, RuntimeDriverRule
-from libs.schemas.devices import HardwareType
-from libs.versions import SpecifierSet, Version
-from services.inventory.seed import (
+from libs.catalog import (
     SeedDataError,
     load_catalog,
     load_catalog_entries,
@@ -18,7 +15,10 @@ from services.inventory.seed import (
     parse_catalog,
     parse_rules,
 )
-from services.inventory.seed.loader import _keys
+from libs.catalog.loader import _keys
+from libs.schemas.catalog import CompatRule, DeviceModel, RuntimeDriverRule
+from libs.schemas.devices import HardwareType
+from libs.versions import SpecifierSet, Version
 
 VENDORS = set("nvidia huawei hygon cambricon amd kunlunxin iluvatar metax mthreads enflame".split())
 RUNTIMES = {"cuda", "cann", "rocm", "dtk", "neuware", "xre", "corex", "maca", "musa", "topsrider"}

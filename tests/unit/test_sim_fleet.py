@@ -9,12 +9,12 @@ import pytest
 from agent.sim.fleet import DEFAULT_HOSTS, HostSpec, build_fleet, site_counts
 from agent.sim.host import SimHost, diurnal
 from libs.bus.connection import Bus
+from libs.catalog.loader import load_catalog, load_rules, match_model
 from libs.config import BusSettings
 from libs.schemas.devices import Health
 from libs.schemas.hostevents import CapabilityReport, TelemetryReport
 from libs.sites import DEMO_SITES
 from libs.versions import SpecifierSet, Version
-from services.inventory.seed.loader import load_catalog, load_rules, match_model
 
 
 def test_sim_default_fleet_spans_eleven_cities_and_many_kinds_of_hardware() -> None:

@@ -1,12 +1,13 @@
-"""Seed data for the inventory: the device-model catalog and the compatibility rules.
+"""Seed data for the mesh: the device-model catalog and the compatibility rules.
 
 ``catalog.yaml`` holds the device models with their published figures (1 compute unit =
 1 TFLOPS dense FP16); ``rules.yaml`` holds framework <-> runtime rules and the runtime ->
 minimum-driver table. ``loader`` reads and validates both and maps names printed by vendor
-tools to catalog entries.
+tools to catalog entries. The inventory seeds its tables from these files and the
+scheduler falls back to them while the inventory cannot be asked.
 """
 
-from services.inventory.seed.loader import (
+from libs.catalog.loader import (
     CATALOG_FILE,
     RULES_FILE,
     CatalogEntry,
