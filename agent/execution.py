@@ -22,7 +22,7 @@ from agent.executor import Executor
 from libs.bus import subjects
 from libs.bus.connection import ERROR_HEADER, Bus
 from libs.bus.errors import BusError, InvalidRequest
-from libs.config import SchedulerSettings, Settings
+from libs.config import AgentSettings, Settings
 from libs.events import CloudEvent, InvalidEnvelope
 from libs.metrics import BUS_REJECTED
 from libs.schemas.commands import ActualStateReport, LogsRequest, agent_logs_subject
@@ -95,7 +95,7 @@ async def attach(bus: Bus, executor: Executor, *, commands: bool = True) -> Atta
 
 
 # -- hosts -------------------------------------------------------------------------------------------
-def host_drivers(settings: SchedulerSettings) -> dict[str, Driver]:
+def host_drivers(settings: AgentSettings) -> dict[str, Driver]:
     """The drivers of a real host: processes, and containers when the variant names an image."""
     from agent.drivers.docker import DockerDriver
     from agent.drivers.process import ProcessDriver
@@ -112,7 +112,7 @@ async def attach_agent(bus: Bus, agent: Any, settings: Settings) -> Attachment:
         devices = agent.discovery.devices if agent.discovery is not None else []
         return {f"{host_id}:{d.vendor}:{d.index}" for d in devices}
 
-    executor = Executor(host_id, site, drivers=host_drivers(settings.scheduler), settings=settings.scheduler,
+    executor = Executor(host_id, site, drivers=host_drivers(settings.agent), settings=settings.agent,
                         state_dir=settings.data_dir / "agent" / host_id, publish=agent.report_state,
                         known_devices=known)
     agent.on_command = executor.handle_event
@@ -123,7 +123,7 @@ class SimExecutors:
     """The simulator's fleet command hook: one sim-driver executor per host, made on its first command
     (hosts that never get work cost nothing). A host that is down reports nothing."""
 
-    def __init__(self, bus: Bus, settings: SchedulerSettings) -> None:
+    def __init__(self, bus: Bus, settings: AgentSettings) -> None:
         self.bus, self.settings = bus, settings
         self.attached: dict[str, Attachment] = {}
 

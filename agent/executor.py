@@ -31,7 +31,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from agent.drivers.base import Driver, LaunchError, LaunchPlan, RunHandle
 from libs.bus.errors import NotFound
-from libs.config import SchedulerSettings
+from libs.config import AgentSettings
 from libs.events import CloudEvent
 from libs.metrics import BUS_MESSAGES, BUS_REJECTED
 from libs.schemas.commands import (
@@ -92,7 +92,7 @@ class Run:
 
 
 class Executor:
-    def __init__(self, host_id: str, site: str, *, drivers: Mapping[str, Driver], settings: SchedulerSettings,
+    def __init__(self, host_id: str, site: str, *, drivers: Mapping[str, Driver], settings: AgentSettings,
                  state_dir: Path | None = None, publish: Publish | None = None, default_driver: str | None = None,
                  known_devices: Callable[[], Collection[str]] | None = None) -> None:
         self.host_id, self.site, self.drivers, self.settings = host_id, site, dict(drivers), settings

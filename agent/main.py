@@ -2,7 +2,7 @@
 
 One ``Agent`` is one host. It publishes a capability report at start and whenever what it
 reports changes (a device appears or disappears, health flips, a driver is upgraded, a
-label changes); discovery is re-run every ``inventory.rediscover_interval_s``. It heartbeats
+label changes); discovery is re-run every ``agent.rediscover_interval_s``. It heartbeats
 every ``heartbeat_interval_s`` and sends one telemetry message per ``telemetry_interval_s``
 with every device's readings and the host's CPU and memory (psutil).
 
@@ -103,7 +103,7 @@ class Agent:
         return self.publisher
 
     async def discover(self) -> Discovery:
-        d = await discover(self.probe_dir, timeout_s=self.settings.inventory.probe_timeout_s)
+        d = await discover(self.probe_dir, timeout_s=self.settings.agent.probe_timeout_s)
         if self.publisher is None:
             self.publisher = HostPublisher(self.bus, host_id_for(d.host.hostname), self.settings.site, d.host.hostname,
                                            interval_s=self.settings.heartbeat_interval_s)
@@ -130,7 +130,7 @@ class Agent:
         d = self.discovery
         if d is None:
             return
-        readings = await collect_readings(self.probe_dir, timeout_s=self.settings.inventory.probe_timeout_s)
+        readings = await collect_readings(self.probe_dir, timeout_s=self.settings.agent.probe_timeout_s)
         samples = samples_for(d.devices, readings)
         flipped = [dev.model_copy(update={"health": Health.UNHEALTHY if s[5] == 0 else Health.HEALTHY})
                    if (s[5] == 0) != (dev.health == Health.UNHEALTHY) else dev
@@ -184,7 +184,7 @@ class Agent:
         execution = await attach_agent(self.bus, self, s)  # launch/stop commands run here; replicas outlive a restart
         tasks = [
             asyncio.create_task(self._every(s.heartbeat_interval_s, "heartbeat", pub.heartbeat), name="heartbeat"),
-            asyncio.create_task(self._every(s.inventory.rediscover_interval_s, "discovery", self._rediscover),
+            asyncio.create_task(self._every(s.agent.rediscover_interval_s, "discovery", self._rediscover),
                                 name="discovery"),
             asyncio.create_task(self._every(s.telemetry_interval_s, "telemetry", self._telemetry), name="telemetry"),
         ]

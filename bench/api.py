@@ -265,7 +265,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                XPUMESH_BOOTSTRAP_ADMIN_KEY=ADMIN_KEY, XPUMESH_GATEWAY_PORT=str(port), XPUMESH_LOG_LEVEL="WARNING",
                XPUMESH_HEARTBEAT_INTERVAL_S=str(args.interval), XPUMESH_TELEMETRY_INTERVAL_S=str(args.interval),
                XPUMESH_GATEWAY__RATE_PER_S="1000000", XPUMESH_GATEWAY__RATE_BURST="1000000",
-               XPUMESH_INVENTORY__SIM_DEVICE_FAULT_PER_HOUR="0", XPUMESH_INVENTORY__SIM_HOST_LOSS_PER_HOUR="0")
+               XPUMESH_SIM__DEVICE_FAULT_PER_HOUR="0", XPUMESH_SIM__HOST_LOSS_PER_HOUR="0")
     base = f"http://127.0.0.1:{port}"
     out: dict[str, Any] = {"hosts": args.hosts, "devices_per_host": args.devices, "duration_s": args.duration,
                            "client": args.client,

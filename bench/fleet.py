@@ -177,7 +177,7 @@ async def run_phase(args: argparse.Namespace, hosts: int, workdir: Path) -> Phas
         env = dict(os.environ, XPUMESH_NATS_URL=nats.url, XPUMESH_DATABASE_URL=pg.dsn, XPUMESH_DATA_DIR=str(workdir),
                    XPUMESH_HEARTBEAT_INTERVAL_S=str(args.interval), XPUMESH_TELEMETRY_INTERVAL_S=str(args.interval),
                    XPUMESH_LOG_LEVEL="WARNING",
-                   XPUMESH_INVENTORY__SIM_DEVICE_FAULT_PER_HOUR="0", XPUMESH_INVENTORY__SIM_HOST_LOSS_PER_HOUR="0")
+                   XPUMESH_SIM__DEVICE_FAULT_PER_HOUR="0", XPUMESH_SIM__HOST_LOSS_PER_HOUR="0")
         watched = [Watched("nats", psutil.Process(nats.proc.pid)),  # type: ignore[union-attr]
                    Watched("postgres", psutil.Process(pg.proc.pid))]  # type: ignore[union-attr]
         bus = Bus(settings.bus, name="bench")

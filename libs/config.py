@@ -96,19 +96,33 @@ class MetricsSettings(BaseModel):
 
 
 class InventorySettings(BaseModel):
-    """The inventory service, the host agent and the fleet simulator."""
+    """The inventory service."""
 
     sites_file: Path | None = Field(default=None, description="YAML of sites and site links seeded at prestart (unset: the built-in Zhejiang demo, 11 cities).")
     catalog_refresh_s: float = Field(default=30.0, gt=0, description="How often each inventory instance reloads the catalog from PostgreSQL.")
     telemetry_max_age_s: float = Field(default=300.0, gt=0, description="Telemetry older than this on arrival is dropped (and counted).")
+
+
+class AgentSettings(BaseModel):
+    """The host agent: discovery, and running the work the scheduler sends."""
+
     rediscover_interval_s: float = Field(default=60.0, gt=0, description="How often the agent re-runs discovery to notice hardware, driver or health changes.")
     probe_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one vendor tool run during discovery.")
-    sim_device_fault_per_hour: float = Field(default=0.01, ge=0, description="Simulator: chance per device per hour of turning unhealthy.")
-    sim_device_repair_s: float = Field(default=300.0, gt=0, description="Simulator: how long a random device fault lasts.")
-    sim_host_loss_per_hour: float = Field(default=0.005, ge=0, description="Simulator: chance per host per hour of going silent.")
-    sim_host_return_s: float = Field(default=120.0, gt=0, description="Simulator: how long a randomly lost host stays silent.")
-    sim_day_s: float = Field(default=86400.0, gt=0, description="Simulator: length of one simulated day of diurnal load (shorter: faster cycles).")
-    sim_publish_timeout_s: float = Field(default=5.0, gt=0, description="Simulator: how long one batch of capability publishes may wait for JetStream.")
+    state_interval_s: float = Field(default=10.0, gt=0, description="How often the agent reports what actually runs (it also reports on every change).")
+    stop_grace_s: float = Field(default=10.0, ge=0, description="How long a stopped process may take after SIGTERM before SIGKILL.")
+    log_max_bytes: int = Field(default=1024 * 1024, ge=1024, description="Output kept per replica (older output is rotated away).")
+    finished_keep: int = Field(default=256, ge=1, description="Finished replicas the agent remembers (for logs and exit codes).")
+
+
+class SimSettings(BaseModel):
+    """The fleet simulator (``xpumesh sim``); its hosts run work with the agent's settings."""
+
+    device_fault_per_hour: float = Field(default=0.01, ge=0, description="Chance per simulated device per hour of turning unhealthy.")
+    device_repair_s: float = Field(default=300.0, gt=0, description="How long a random device fault lasts.")
+    host_loss_per_hour: float = Field(default=0.005, ge=0, description="Chance per simulated host per hour of going silent.")
+    host_return_s: float = Field(default=120.0, gt=0, description="How long a randomly lost host stays silent.")
+    day_s: float = Field(default=86400.0, gt=0, description="Length of one simulated day of diurnal load (shorter: faster cycles).")
+    publish_timeout_s: float = Field(default=5.0, gt=0, description="How long one batch of capability publishes may wait for JetStream.")
 
 
 class GatewaySettings(BaseModel):
@@ -136,7 +150,7 @@ class GatewaySettings(BaseModel):
 
 
 class SchedulerSettings(BaseModel):
-    """The scheduler (placement, lifecycle, reconciliation) and workload execution on agents."""
+    """The scheduler: placement, lifecycle, reconciliation."""
 
     batch_debounce_s: float = Field(default=0.1, ge=0, description="How long placement waits after new work, freed capacity or a lost host before it places a batch.")
     batch_max: int = Field(default=500, ge=1, description="Most pending workloads placed in one batch (oldest first by priority).")
@@ -150,11 +164,7 @@ class SchedulerSettings(BaseModel):
     decision_keep_days: float = Field(default=7.0, gt=0, description="Placement decisions older than this are pruned.")
     history_limit: int = Field(default=200, ge=1, description="Most history entries a workload's detail returns (newest).")
     logs_timeout_s: float = Field(default=3.0, gt=0, description="How long a log request waits for the agent.")
-    state_interval_s: float = Field(default=10.0, gt=0, description="Agent: how often it reports what actually runs (it also reports on every change).")
     command_ttl_s: float = Field(default=600.0, gt=0, description="Agent: a command older than this on arrival is dropped (the scheduler re-sends what is still wanted).")
-    stop_grace_s: float = Field(default=10.0, ge=0, description="Agent: how long a stopped process may take after SIGTERM before SIGKILL.")
-    log_max_bytes: int = Field(default=1024 * 1024, ge=1024, description="Agent: output kept per replica (older output is rotated away).")
-    finished_keep: int = Field(default=256, ge=1, description="Agent: finished replicas remembered (for logs and exit codes).")
 
 
 class Settings(BaseSettings):
@@ -187,9 +197,11 @@ class Settings(BaseSettings):
     db: DatabaseSettings = Field(default_factory=DatabaseSettings, description="PostgreSQL pools.")
     registry: RegistrySettings = Field(default_factory=RegistrySettings, description="Membership and liveness.")
     metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Telemetry, rollups, alerts.")
-    inventory: InventorySettings = Field(default_factory=InventorySettings, description="Inventory, agent and simulator.")
+    inventory: InventorySettings = Field(default_factory=InventorySettings, description="Inventory: sites, catalog, telemetry intake.")
     gateway: GatewaySettings = Field(default_factory=GatewaySettings, description="REST API, keys, webhooks, SSE.")
-    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings, description="Scheduler and workload execution.")
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings, description="Scheduler: placement and lifecycle.")
+    agent: AgentSettings = Field(default_factory=AgentSettings, description="Host agent: discovery and execution.")
+    sim: SimSettings = Field(default_factory=SimSettings, description="Fleet simulator.")
 
     def database_dsn(self) -> str:
         """The configured database URL as plain text (only for connecting)."""

@@ -100,7 +100,7 @@ class Simulator:
 
     async def _publish_capability(self, host: SimHost) -> None:
         await asyncio.wait_for(host.publisher.capability(host.capability_report()),
-                               timeout=self.settings.inventory.sim_publish_timeout_s)
+                               timeout=self.settings.sim.publish_timeout_s)
 
     async def capability_pump(self) -> None:
         while True:
@@ -154,13 +154,13 @@ class Simulator:
             self.want_capability(host)  # a host that comes back re-registers, like a restarted agent
 
     async def _random_events(self, now_mono: float) -> None:
-        inv = self.settings.inventory
-        for _ in range(_poisson(self.rng, self.device_count * inv.sim_device_fault_per_hour / 3600 * TICK_S)):
+        sim = self.settings.sim
+        for _ in range(_poisson(self.rng, self.device_count * sim.device_fault_per_hour / 3600 * TICK_S)):
             host = self.rng.choice(self.hosts)
             if host.spec.devices:
-                await self.fault(host, self.rng.randrange(len(host.spec.devices)), now_mono + inv.sim_device_repair_s)
-        for _ in range(_poisson(self.rng, len(self.hosts) * inv.sim_host_loss_per_hour / 3600 * TICK_S)):
-            self.host_down(self.rng.choice(self.hosts), now_mono + inv.sim_host_return_s)
+                await self.fault(host, self.rng.randrange(len(host.spec.devices)), now_mono + sim.device_repair_s)
+        for _ in range(_poisson(self.rng, len(self.hosts) * sim.host_loss_per_hour / 3600 * TICK_S)):
+            self.host_down(self.rng.choice(self.hosts), now_mono + sim.host_return_s)
         while self._timers and self._timers[0][0] <= now_mono:
             _, _, action, host_id, slot = heapq.heappop(self._timers)
             host = self.by_id[host_id]
@@ -170,7 +170,7 @@ class Simulator:
                 await self.host_up(host)
 
     def _load(self) -> float:
-        return diurnal(time.time(), self.settings.inventory.sim_day_s)
+        return diurnal(time.time(), self.settings.sim.day_s)
 
     # -------------------------------------------------------------- the loop
     async def run(self, stop: asyncio.Event) -> None:
@@ -284,7 +284,7 @@ async def simulate(settings: Settings, hosts: int | None, seed: int, stop: async
     await bus.ensure_streams()
     sim = Simulator(settings, bus, [SimHost(s, bus, interval_s=settings.heartbeat_interval_s) for s in specs],
                     seed=seed)
-    executors = SimExecutors(bus, settings.scheduler)  # launch/stop commands run as simulated replicas
+    executors = SimExecutors(bus, settings.agent)  # launch/stop commands run as simulated replicas
     if sim.on_command is None:
         sim.on_command = executors
     await sim.subscribe()

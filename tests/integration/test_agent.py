@@ -21,7 +21,7 @@ FIXTURE = REPO / "tests" / "fixtures" / "probes" / "nvidia-a100x8"
 
 
 def _spawn_agent(settings, probe_dir: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = service_env(settings, XPUMESH_SITE="hangzhou", XPUMESH_INVENTORY__REDISCOVER_INTERVAL_S="0.5")
+    env = service_env(settings, XPUMESH_SITE="hangzhou", XPUMESH_AGENT__REDISCOVER_INTERVAL_S="0.5")
     return subprocess.Popen([sys.executable, "-m", "xpumesh", "agent", "run", "--probe-dir", str(probe_dir)],
                             env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO)
 

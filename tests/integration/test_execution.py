@@ -174,7 +174,7 @@ async def test_execution_agent_restart_adopts_what_still_runs(settings, running_
     try:
         assert restarted.executor.boot_id != boot
         await assert_eventually(lambda: _live(restarted, view.id) == [1], timeout=5, message="adopted")
-        await asyncio.sleep(4 * s.scheduler.state_interval_s)  # several reports of the new boot reconciled
+        await asyncio.sleep(4 * s.agent.state_interval_s)  # several reports of the new boot reconciled
         after = await get(bus, view.id)
         assert after.state == WorkloadState.RUNNING and after.placement[0].attempt == 1
         assert not any(h.to_state in ("lost", "rescheduled") for h in after.history)
@@ -237,7 +237,7 @@ async def test_execution_real_agent_process_runs_work_on_this_machine(settings, 
     await running_service(scheduler_app, s)
     probes = tmp_path / "probes"
     shutil.copytree(REPO / "tests" / "fixtures" / "probes" / "nvidia-a100x8", probes)
-    env = service_env(s, XPUMESH_SITE="hangzhou", XPUMESH_SCHEDULER__STATE_INTERVAL_S="0.3")
+    env = service_env(s, XPUMESH_SITE="hangzhou", XPUMESH_AGENT__STATE_INTERVAL_S="0.3")
     log = tmp_path / "agent.log"
     proc = subprocess.Popen([sys.executable, "-m", "xpumesh", "agent", "run", "--probe-dir", str(probes)], env=env,
                             stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO)

@@ -18,7 +18,7 @@ from agent.main import publish_state
 from agent.publisher import HostPublisher
 from libs.bus import subjects
 from libs.bus.connection import Bus
-from libs.config import SchedulerSettings, Settings
+from libs.config import AgentSettings, SchedulerSettings, Settings
 from libs.events import CloudEvent
 from libs.schemas.commands import ActualStateReport
 from libs.schemas.devices import Device, HardwareType, Health, HostFacts
@@ -27,11 +27,12 @@ from libs.schemas.scheduler import WorkloadRef, WorkloadState, WorkloadSubmit, W
 from tests.conftest import assert_eventually
 
 FAST = SchedulerSettings(batch_debounce_s=0.05, retry_interval_s=0.5, solver_time_limit_s=0.5, resend_after_s=0.5,
-                         orphan_stop_interval_s=0.5, inventory_timeout_s=0.3, state_interval_s=0.3, stop_grace_s=1.0)
+                         orphan_stop_interval_s=0.5, inventory_timeout_s=0.3)
+FAST_AGENT = AgentSettings(state_interval_s=0.3, stop_grace_s=1.0)
 
 
 def fast(settings: Settings, **overrides: Any) -> Settings:
-    return settings.model_copy(update={"scheduler": FAST.model_copy(update=overrides)})
+    return settings.model_copy(update={"scheduler": FAST.model_copy(update=overrides), "agent": FAST_AGENT})
 
 
 def gpu(index: int, *, vendor: str = "nvidia", model: str = "A100-SXM4-80GB", driver: str = "550.54.15",
@@ -82,7 +83,7 @@ class TestHost:
         async def publish(report: ActualStateReport) -> None:
             await publish_state(self.publisher, report)
 
-        executor = Executor(self.host_id, self.site, drivers=drivers, settings=self.settings.scheduler,
+        executor = Executor(self.host_id, self.site, drivers=drivers, settings=self.settings.agent,
                             state_dir=self.root, publish=publish, default_driver="sim" if self.driver == "sim" else None,
                             known_devices=lambda: ids)
         self.attachment = await attach(self.bus, executor, commands=commands)

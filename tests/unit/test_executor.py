@@ -13,7 +13,7 @@ import pytest
 
 from agent.drivers import ProcessDriver, SimDriver
 from agent.executor import Executor
-from libs.config import SchedulerSettings
+from libs.config import AgentSettings
 from libs.events import CloudEvent
 from libs.metrics import BUS_REJECTED
 from libs.schemas.commands import (
@@ -30,7 +30,7 @@ from libs.schemas.devices import HardwareType
 from libs.schemas.workload import WorkloadSpec
 from tests.conftest import assert_eventually
 
-SETTINGS = SchedulerSettings(state_interval_s=0.1, stop_grace_s=1.0, finished_keep=4)
+SETTINGS = AgentSettings(state_interval_s=0.1, stop_grace_s=1.0, finished_keep=4)
 _n = iter(range(1_000_000))
 
 
