@@ -52,7 +52,7 @@ from libs.bus import subjects  # noqa: E402
 from libs.bus.connection import STREAM_HOSTS, STREAM_TELEMETRY, Bus  # noqa: E402
 from libs.config import Settings  # noqa: E402
 from libs.embedded import EmbeddedNats, EmbeddedPostgres  # noqa: E402
-from libs.schemas.inventory import SIM_CTL_SUBJECT, SimControl, SimControlReply  # noqa: E402
+from libs.schemas.sim import SIM_CTL_SUBJECT, SimControl, SimControlReply  # noqa: E402
 from libs.service import CTL_METRICS  # noqa: E402
 from xpumesh.prestart import prestart  # noqa: E402
 

@@ -37,7 +37,7 @@ from libs.bus import subjects
 from libs.bus.connection import Bus
 from libs.config import Settings
 from libs.events import CloudEvent, InvalidEnvelope
-from libs.schemas.inventory import SIM_CTL_SUBJECT, SimControl, SimControlReply, SimHostInfo
+from libs.schemas.sim import SIM_CTL_SUBJECT, SimControl, SimControlReply, SimHostInfo
 
 log = logging.getLogger(__name__)
 TICK_S = 0.1

@@ -1,8 +1,4 @@
-"""What the inventory answers over the bus: sites, hosts, devices, catalog, rules, summaries.
-
-Also the simulator's control messages (``xpumesh.sim.ctl``), which dashboards and tests
-use to inject faults on demand.
-"""
+"""What the inventory answers over the bus: sites, hosts, devices, catalog, rules, summaries."""
 
 from __future__ import annotations
 
@@ -19,7 +15,6 @@ from libs.schemas.devices import HardwareType, Health, HostFacts, Link
 TOKEN = r"^[A-Za-z0-9_-]{1,64}$"
 LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,252}$")
 LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$")
-SIM_CTL_SUBJECT = "xpumesh.sim.ctl"
 MAX_LIST = 5000
 
 
@@ -409,39 +404,3 @@ class RuleUpsert(BaseModel):
 
 class Upserted(BaseModel):
     created: bool
-
-
-# ------------------------------------------------------------------ simulator control
-
-
-class SimControl(BaseModel):
-    """A request on ``xpumesh.sim.ctl``: inject a fault or a host loss on demand."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    action: Literal["fault", "repair", "host_down", "host_up", "list", "stats"]
-    host_id: str | None = Field(default=None, pattern=TOKEN)
-    device_index: int | None = Field(default=None, ge=0, description="Slot of the device (fault/repair).")
-
-    @model_validator(mode="after")
-    def _needs(self) -> SimControl:
-        if self.action not in ("list", "stats") and self.host_id is None:
-            raise ValueError(f"action {self.action!r} needs host_id")
-        if self.action in ("fault", "repair") and self.device_index is None:
-            raise ValueError(f"action {self.action!r} needs device_index")
-        return self
-
-
-class SimHostInfo(BaseModel):
-    host_id: str
-    site: str
-    up: bool
-    devices: int
-    faulty: list[int] = Field(default_factory=list)
-
-
-class SimControlReply(BaseModel):
-    ok: bool
-    detail: str = ""
-    hosts: list[SimHostInfo] = Field(default_factory=list)
-    stats: dict[str, float] = Field(default_factory=dict)

@@ -24,7 +24,7 @@ from pydantic import SecretStr
 from libs.bus.connection import Bus
 from libs.config import Settings
 from libs.embedded import EmbeddedNats, free_port
-from libs.schemas.inventory import SIM_CTL_SUBJECT, SimControl, SimControlReply
+from libs.schemas.sim import SIM_CTL_SUBJECT, SimControl, SimControlReply
 from libs.sites import DEMO_SITES
 from tests.conftest import REPO, TEST_ADMIN_KEY, assert_eventually, service_env
 

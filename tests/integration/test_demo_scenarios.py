@@ -31,7 +31,7 @@ from agent.sim.main import Simulator, simulate
 from libs.bus.connection import Bus
 from libs.config import Settings
 from libs.embedded import EmbeddedNats, EmbeddedPostgres, free_port
-from libs.schemas.inventory import SIM_CTL_SUBJECT, SimControl, SimControlReply
+from libs.schemas.sim import SIM_CTL_SUBJECT, SimControl, SimControlReply
 from libs.service import ServiceApp, serve
 from libs.versions import Version
 from services.gateway.api import app as gateway_app

@@ -11,7 +11,7 @@ import pytest
 
 from agent.sim.main import Simulator, simulate
 from libs.bus.connection import Bus
-from libs.schemas.inventory import SIM_CTL_SUBJECT, SimControl, SimControlReply
+from libs.schemas.sim import SIM_CTL_SUBJECT, SimControl, SimControlReply
 from services.gateway.api import app as gateway_app
 from services.inventory.api import app as inventory_app
 from services.registry.api import app as registry_app

@@ -11,8 +11,8 @@ from agent.sim.main import Simulator
 from libs.bus.connection import Bus
 from libs.events import CloudEvent
 from libs.schemas.hostevents import TelemetryReport
-from libs.schemas.inventory import SIM_CTL_SUBJECT, SimControlReply
 from libs.schemas.registry import Heartbeat
+from libs.schemas.sim import SIM_CTL_SUBJECT, SimControlReply
 from tests.conftest import assert_eventually
 
 

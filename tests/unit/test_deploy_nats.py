@@ -32,7 +32,7 @@ from libs.bus.connection import STREAM_HOSTS, Bus
 from libs.config import BusSettings, Settings
 from libs.embedded import EmbeddedNats, free_port, wait_for_port
 from libs.schemas.hostevents import host_id_for
-from libs.schemas.inventory import SIM_CTL_SUBJECT
+from libs.schemas.sim import SIM_CTL_SUBJECT
 from tests.conftest import assert_eventually
 from tests.unit.test_deploy import NATS_CONF, REPO, compose, container_env, mesh_containers, nats_conf_env
 
