@@ -12,6 +12,18 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field
 
 
+def device_id(host_id: str, vendor: str, index: int) -> str:
+    """The mesh-wide id of a device, ``'<host>:<vendor>:<index>'`` (index within its vendor on the host).
+
+    The inventory, the scheduler, metrics and the agent all name a device by this id."""
+    return f"{host_id}:{vendor}:{index}"
+
+
+def device_host(dev_id: str) -> str:
+    """The host of a device id made by ``device_id`` (host ids are subject tokens, so hold no ':')."""
+    return dev_id.split(":", 1)[0]
+
+
 class HardwareType(StrEnum):
     """Vendor-neutral kinds of compute a workload can ask for."""
 

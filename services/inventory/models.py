@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.bus.subjects import event_subject
 from libs.events import EventTypes
-from libs.schemas.devices import Device, Health
+from libs.schemas.devices import Device, Health, device_id
 from libs.schemas.hostevents import CapabilityReport
 from libs.schemas.inventory import HostLabels, HostStatus
 from services.inventory.catalog import Catalog
@@ -47,10 +47,6 @@ class Applied:
     events: int = 0
     health: dict[str, list[Health]] = field(default_factory=dict)
     sites: dict[str, str] = field(default_factory=dict)
-
-
-def device_id(host_id: str, vendor: str, index: int) -> str:
-    return f"{host_id}:{vendor}:{index}"
 
 
 def device_event(etype: str, row: dict[str, Any], reason: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import ColumnElement
 
-from libs.schemas.devices import Health, HostFacts
+from libs.schemas.devices import Health, HostFacts, device_id
 from libs.schemas.inventory import (
     DeviceCursor,
     DevicePage,
@@ -23,7 +23,6 @@ from libs.schemas.inventory import (
     HostTelemetry,
     InventoryDevice,
 )
-from services.inventory.models import device_id
 from services.inventory.orm import devices, host_telemetry, hosts
 
 _LIKE_ESCAPE = "\\"

@@ -25,8 +25,9 @@ from typing import Any
 
 from libs.catalog.loader import match_model
 from libs.schemas.catalog import CompatRule, DeviceModel, RuntimeDriverRule
-from libs.schemas.devices import Device, Health
+from libs.schemas.devices import Device, Health, device_host, device_id
 from libs.schemas.hostevents import CapabilityReport
+from libs.topology import link_groups
 from services.scheduler.placement import (
     DeviceInfo,
     FleetSnapshot,
@@ -36,38 +37,7 @@ from services.scheduler.placement import (
     build_snapshot,
 )
 
-# Link kinds that are the PCIe tree, not a device interconnect (nvidia-smi topo, rocm-smi).
-_PCIE_KINDS = frozenset({"X", "PIX", "PXB", "PHB", "NODE", "SYS", "PCIE", "SOC"})
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def device_id(host_id: str, vendor: str, index: int) -> str:
-    """The id the inventory gives a device: '<host>:<vendor>:<index>'."""
-    return f"{host_id}:{vendor}:{index}"
-
-
-def _link_groups(devices: Sequence[Device]) -> dict[int, str]:
-    """Position in ``devices`` → link-group name, from NVLink/HCCS/xGMI-style links (union-find)."""
-    by_key = {(d.vendor, d.index): i for i, d in enumerate(devices)}
-    parent = list(range(len(devices)))
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    linked: set[int] = set()
-    for i, d in enumerate(devices):
-        for link in d.links:
-            j = by_key.get((d.vendor, link.peer_index))
-            if j is None or j == i or link.kind.upper() in _PCIE_KINDS:
-                continue
-            linked.update((i, j))
-            ri, rj = find(i), find(j)
-            if ri != rj:
-                parent[max(ri, rj)] = min(ri, rj)
-    return {i: f"{devices[find(i)].vendor}-lg{devices[find(i)].index}" for i in linked}
 
 
 @dataclass
@@ -88,7 +58,7 @@ class HostView:
 
     def index_devices(self) -> None:
         devs = self.report.devices
-        groups = _link_groups(devs)
+        groups = link_groups(devs)
         self.devices = {device_id(self.id, d.vendor, d.index): d for d in devs}
         self.links = {device_id(self.id, d.vendor, d.index): groups[i] for i, d in enumerate(devs) if i in groups}
 
@@ -215,12 +185,12 @@ class Fleet:
         return cur is not None and cur.up
 
     def device_usable(self, dev_id: str) -> bool:
-        host_id = dev_id.split(":", 1)[0]
+        host_id = device_host(dev_id)
         cur = self.hosts.get(host_id)
         return cur is not None and cur.up and cur.device_health(dev_id) != Health.UNHEALTHY
 
     def device(self, dev_id: str) -> Device | None:
-        cur = self.hosts.get(dev_id.split(":", 1)[0])
+        cur = self.hosts.get(device_host(dev_id))
         return cur.devices.get(dev_id) if cur is not None else None
 
     # -- snapshots -----------------------------------------------------------------------------

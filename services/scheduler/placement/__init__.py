@@ -43,8 +43,7 @@ baselines), ``objective``, ``hint`` (``scored`` | ``best_fit``),
 
 ``place_greedy(batch, snapshot, *, rules, quotas, strategy="best_fit"|"first_fit")`` is the
 baseline with the same input and output types. ``snapshot.with_decision(decision, batch)``
-applies a decision (assignments become allocations, preemptions free theirs);
-``adapters.snapshot_from_inventory`` builds a snapshot from inventory hosts and devices.
+applies a decision (assignments become allocations, preemptions free theirs).
 Nothing here does I/O; with ``workers=1`` results are deterministic unless the time limit
 cuts a search short.
 """

@@ -9,6 +9,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from libs.schemas.devices import HardwareType
+from libs.topology import UnionFind
 from services.scheduler.placement.capacity import (
     DEFAULT_WEIGHTS,
     Choice,
@@ -51,28 +52,10 @@ def _quotas_left(snap: FleetSnapshot, quotas: Quotas | None) -> dict[tuple[str, 
     return out
 
 
-class _Components:
-    """Union-find over items: same workload, same pool, same binding quota."""
-
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-
-    def find(self, a: int) -> int:
-        p = self.parent
-        while p[a] != a:
-            p[a] = p[p[a]]
-            a = p[a]
-        return a
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-
 def _split(items: Sequence[Item], g: GreedyResult, binding: set[tuple[str, str]],
            pool_hw: Mapping[int, str]) -> list[list[int]]:
-    uf = _Components(len(items))
+    """Items that share a workload, a candidate pool or a binding quota, as independent sub-problems."""
+    uf = UnionFind(len(items))
     owner: dict[object, int] = {}
     for it in items:
         opts = g.candidates.get(it.idx)
