@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from libs.config import Settings
 from libs.schemas.registry import ServiceHealth
-from libs.service import CTL_HEALTH
+from libs.bus.subjects import CTL_HEALTH
 
 
 class NatsUnreachable(Exception):

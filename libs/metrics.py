@@ -25,5 +25,16 @@ SERVICE_UP = Gauge("xpumesh_service_up", "1 while this service instance runs.", 
 OUTBOX_PENDING = Gauge("xpumesh_outbox_pending", "Outbox rows not yet relayed to JetStream.", ["service"])
 
 
+LOOP_RUNS = Counter(
+    "xpumesh_loop_runs_total", "Runs of a service's periodic loop, by outcome (ok, error, overrun).",
+    ["service", "loop", "outcome"],
+)
+LOOP_SECONDS = Histogram(
+    "xpumesh_loop_seconds", "Time one run of a periodic loop took.", ["service", "loop"],
+    buckets=(0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0),
+)
+
+
+
 def exposition() -> bytes:
     return generate_latest(REGISTRY)

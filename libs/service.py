@@ -1,35 +1,39 @@
 """ServiceApp: how a service declares its handlers and how it runs.
 
 Modelled on nats.py's ``micro``: small ``async def handle(req, ctx)`` handlers registered
-declaratively; one wrapper owns validation, errors, metrics and trace context.
+declaratively; one wrapper owns validation, errors, metrics and trace context. Each service
+declares one typed state object, built at start and handed to every handler as ``ctx.state``.
 
-    app = ServiceApp("inventory")
+    app: ServiceApp[InventoryState] = ServiceApp("inventory", state=load_state)
+    Ctx = Context[InventoryState]
 
     @app.endpoint("hosts.get")
-    async def get_host(req: HostRef, ctx: Context) -> HostDetail: ...
+    async def get_host(req: HostRef, ctx: Ctx) -> HostDetail: ...
 
     @app.consumer(STREAM_HOSTS, durable="inventory-capability", subject=HOST_CAPABILITY_ALL)
-    async def on_capability(event: CloudEvent, ctx: Context) -> None: ...
+    async def on_capability(event: CloudEvent, ctx: Ctx) -> None: ...
 
-Every service also answers ``xpumesh.rpc.<name>.health``, heartbeats to the registry,
-and drains with a timeout on SIGTERM/SIGINT.
+    @app.every(lambda s: s.inventory.catalog_refresh_s)
+    async def refresh_catalog(ctx: Ctx) -> None: ...
+
+Every JetStream consumer runs through ``libs.bus.consumer.PullConsumer``, every periodic loop
+through ``libs.periodic.Every``, every HTTP server through ``libs.httpserve.HttpServer``.
+Every service also answers ``xpumesh.rpc.<name>.health``, heartbeats to the registry, and
+drains with a timeout on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
-import json
 import logging
 import os
 import signal
 import socket
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, get_type_hints
+from typing import Any, Generic, Literal, TypeVar, get_type_hints
 
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -40,21 +44,24 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from libs import __version__
 from libs.bus import subjects
 from libs.bus.connection import ERROR_HEADER, Bus
+from libs.bus.consumer import Decoder, Delivery, PullConsumer, SeenIds, envelope
 from libs.bus.errors import BusError, InvalidRequest
 from libs.config import Settings
 from libs.events import CloudEvent, InvalidEnvelope
+from libs.httpserve import HttpServer
 from libs.metrics import BUS_MESSAGES, BUS_REJECTED, HANDLER_SECONDS, SERVICE_UP, exposition
+from libs.periodic import Every, Interval
 from libs.schemas.registry import Heartbeat, MemberKind, ServiceHealth
 from libs.tracing import extract_context, setup_tracing, shutdown_tracing, tracer
 
+__all__ = ["Context", "SeenIds", "ServiceApp", "consumer_config", "serve"]
 log = logging.getLogger(__name__)
-CTL_METRICS = "xpumesh.ctl.metrics"
-CTL_HEALTH = "xpumesh.ctl.health"
+S = TypeVar("S")
 
 
 @dataclass
-class Context:
-    """What handlers get besides their message: the process's shared resources."""
+class Context(Generic[S]):
+    """What handlers get besides their message: the process's shared resources and the service's state."""
 
     service: str
     instance: str
@@ -62,11 +69,14 @@ class Context:
     bus: Bus
     engine: AsyncEngine | None = None
     sessions: async_sessionmaker[AsyncSession] | None = None
-    state: dict[str, Any] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
-    # the framework's own bookkeeping: requests being answered concurrently, pull subscriptions to drop at stop
+    # set when the service begins to stop: long-lived work (event streams) ends on it
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # the framework's own bookkeeping: requests being answered concurrently, consumers and servers to stop
     inflight: set[asyncio.Task[None]] = field(default_factory=set)
-    pull_subscriptions: list[Any] = field(default_factory=list)
+    consumers: list[PullConsumer[Any]] = field(default_factory=list)
+    servers: list[HttpServer] = field(default_factory=list)
+    _state: S | None = None
 
     @property
     def db(self) -> async_sessionmaker[AsyncSession]:
@@ -74,25 +84,17 @@ class Context:
             raise RuntimeError(f"{self.service} has no database")
         return self.sessions
 
-
-class SeenIds:
-    """A bounded set of recently processed event ids (first line of dedupe; DB checks are the second)."""
-
-    def __init__(self, capacity: int = 100_000) -> None:
-        self.capacity = capacity
-        self._ids: OrderedDict[str, None] = OrderedDict()
-
-    def seen(self, event_id: str) -> bool:
-        if event_id in self._ids:
-            return True
-        self._ids[event_id] = None
-        if len(self._ids) > self.capacity:
-            self._ids.popitem(last=False)
-        return False
+    @property
+    def state(self) -> S:
+        """The service's own state object, built by its state loader before any handler runs."""
+        if self._state is None:
+            raise RuntimeError(f"{self.service}'s state is not loaded yet")
+        return self._state
 
 
-EndpointFn = Callable[[Any, Context], Awaitable[Any]]
-EventFn = Callable[[Any, Context], Awaitable[None]]
+EndpointFn = Callable[[Any, Any], Awaitable[Any]]
+EventFn = Callable[[Any, Any], Awaitable[None]]
+StateLoader = Callable[[Any], Awaitable[Any]]
 
 
 @dataclass
@@ -114,6 +116,9 @@ class _Consumer:
     batch_size: int
     max_deliver: int
     deliver_new: bool
+    decode: Decoder[Any]
+    in_flight: int
+    linger: Interval
 
 
 @dataclass
@@ -123,26 +128,33 @@ class _Subscription:
     fn: EventFn
 
 
+@dataclass
+class _Http:
+    factory: Callable[[Any], Any]
+    host: Callable[[Settings], str]
+    port: Callable[[Settings], int]
+
+
 def _hints(fn: Callable[..., Any]) -> tuple[Any, Any]:
     hints = get_type_hints(fn)
     params = list(inspect.signature(fn).parameters)
     return hints[params[0]], hints.get("return", type(None))
 
 
-class ServiceApp:
-    def __init__(self, name: str, *, uses_db: bool = True) -> None:
+class ServiceApp(Generic[S]):
+    def __init__(self, name: str, *, state: StateLoader | None = None, uses_db: bool = True) -> None:
         self.name = subjects.check_token(name, "service name")
         self.uses_db = uses_db
+        self.state_loader = state
         self.endpoints: dict[str, _Endpoint] = {}
         self.consumers: list[_Consumer] = []
         self.subscriptions: list[_Subscription] = []
-        self.tasks: list[Callable[[Context], Coroutine[Any, Any, None]]] = []
-        self.startup: list[Callable[[Context], Awaitable[None]]] = []
-        self.shutdown: list[Callable[[Context], Awaitable[None]]] = []
-        self.health_checks: dict[str, Callable[[Context], Awaitable[bool]]] = {}
-        # Subjects a task consumes with machinery of its own (not app.consumer/subscribe), declared so that
-        # whatever walks a service's inputs (the garbage test, docs) still finds them.
-        self.own_consumers: list[str] = []
+        self.tasks: list[Callable[[Any], Coroutine[Any, Any, None]]] = []
+        self.loops: list[Every] = []
+        self.http_servers: list[_Http] = []
+        self.startup: list[Callable[[Any], Awaitable[None]]] = []
+        self.shutdown: list[Callable[[Any], Awaitable[None]]] = []
+        self.health_checks: dict[str, Callable[[Any], Awaitable[bool]]] = {}
         self._tracer = tracer(f"xpumesh.{name}")
 
     # --- declaration ------------------------------------------------------------------
@@ -162,11 +174,18 @@ class ServiceApp:
             return fn
         return deco
 
-    def consumer(self, stream: str, *, durable: str, subject: str, batch: bool = False,
-                 batch_size: int = 256, max_deliver: int = 5, deliver_new: bool = False) -> Callable[[EventFn], EventFn]:
-        """A JetStream durable pull consumer with explicit ack. ``batch=True`` hands the handler a list."""
+    def consumer(self, stream: str, *, durable: str, subject: str, batch: bool = False, batch_size: int = 256,
+                 max_deliver: int = 5, deliver_new: bool = False, decode: Decoder[Any] = envelope,
+                 in_flight: int = 1, linger: Interval = 0.0) -> Callable[[EventFn], EventFn]:
+        """A JetStream durable pull consumer with explicit ack (see ``libs.bus.consumer``).
+
+        The handler gets one decoded item (a ``CloudEvent`` by default), or with ``batch=True`` a list of
+        them. ``decode``, ``in_flight`` and ``linger`` (seconds, or a function of the settings) tune it for
+        high-rate streams.
+        """
         def deco(fn: EventFn) -> EventFn:
-            self.consumers.append(_Consumer(stream, durable, subject, fn, batch, batch_size, max_deliver, deliver_new))
+            self.consumers.append(_Consumer(stream, durable, subject, fn, batch, batch_size, max_deliver,
+                                            deliver_new, decode, in_flight, linger))
             return fn
         return deco
 
@@ -177,19 +196,30 @@ class ServiceApp:
             return fn
         return deco
 
-    def task(self, fn: Callable[[Context], Coroutine[Any, Any, None]]) -> Callable[[Context], Coroutine[Any, Any, None]]:
+    def task(self, fn: Callable[[Any], Coroutine[Any, Any, None]]) -> Callable[[Any], Coroutine[Any, Any, None]]:
+        """A long-running task of its own (cancelled at stop); periodic work belongs in ``every``."""
         self.tasks.append(fn)
         return fn
 
-    def consumes(self, subject: str) -> None:
-        """Declare a subject a task consumes by itself (see ``own_consumers``)."""
-        self.own_consumers.append(subject)
+    def every(self, interval: Interval, *, wake: Callable[[Any], asyncio.Event] | None = None,
+              first_run: Literal["now", "after"] = "now") -> Callable[[Callable[[Any], Awaitable[Any]]],
+                                                                       Callable[[Any], Awaitable[Any]]]:
+        """Periodic work (see ``libs.periodic``): ``interval`` seconds, or a function of the settings."""
+        def deco(fn: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
+            self.loops.append(Every(fn.__name__, fn, interval, wake, first_run))
+            return fn
+        return deco
 
-    def on_startup(self, fn: Callable[[Context], Awaitable[None]]) -> Callable[[Context], Awaitable[None]]:
+    def http(self, factory: Callable[[Any], Any], *, host: Callable[[Settings], str],
+             port: Callable[[Settings], int]) -> None:
+        """Serve ``factory(ctx)`` (an ASGI app) with uvicorn while the service runs."""
+        self.http_servers.append(_Http(factory, host, port))
+
+    def on_startup(self, fn: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
         self.startup.append(fn)
         return fn
 
-    def on_shutdown(self, fn: Callable[[Context], Awaitable[None]]) -> Callable[[Context], Awaitable[None]]:
+    def on_shutdown(self, fn: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
         self.shutdown.append(fn)
         return fn
 
@@ -198,7 +228,7 @@ class ServiceApp:
         BUS_REJECTED.labels(self.name, handler, reason).inc()
         BUS_MESSAGES.labels(self.name, handler, "rejected").inc()
 
-    async def _handle_request(self, ep: _Endpoint, msg: Msg, ctx: Context) -> None:
+    async def _handle_request(self, ep: _Endpoint, msg: Msg, ctx: Context[S]) -> None:
         headers = dict(msg.headers or {})
         started = time.perf_counter()
         with self._tracer.start_as_current_span(f"rpc {self.name}.{ep.name}", context=extract_context(headers),
@@ -224,16 +254,18 @@ class ServiceApp:
             if msg.reply:
                 await ctx.bus.nc.publish(msg.reply, body, headers={ERROR_HEADER: "1"} if failed else None)
 
-    def parse_event(self, handler: str, data: bytes) -> CloudEvent | None:
-        """The envelope, or None after counting and logging a malformed one (the caller terminates it)."""
-        try:
-            return CloudEvent.from_bytes(data)
-        except InvalidEnvelope as exc:
-            self._reject(handler, "malformed_envelope")
-            log.warning("%s: dropped malformed event: %s", handler, exc.reason)
-            return None
+    async def _subscription_loop(self, sub: _Subscription, psub: Any, ctx: Context[S]) -> None:
+        handler = sub.fn.__name__
+        async for msg in psub.messages:
+            try:
+                event = CloudEvent.from_bytes(msg.data)
+            except InvalidEnvelope as exc:
+                self._reject(handler, "malformed_envelope")
+                log.warning("%s: dropped malformed event: %s", handler, exc.reason)
+                continue
+            await self._run_event(handler, sub.fn, event, ctx, dict(msg.headers or {}))
 
-    async def _run_event(self, handler: str, fn: EventFn, arg: Any, ctx: Context, headers: dict[str, str]) -> str:
+    async def _run_event(self, handler: str, fn: EventFn, arg: Any, ctx: Context[S], headers: dict[str, str]) -> None:
         with self._tracer.start_as_current_span(f"event {self.name}.{handler}", context=extract_context(headers),
                                                 kind=trace.SpanKind.CONSUMER):
             started = time.perf_counter()
@@ -253,57 +285,23 @@ class ServiceApp:
             HANDLER_SECONDS.labels(self.name, handler).observe(time.perf_counter() - started)
             if outcome != "rejected":
                 BUS_MESSAGES.labels(self.name, handler, outcome).inc()
-            return outcome
 
-    async def _subscription_loop(self, sub: _Subscription, psub: Any, ctx: Context) -> None:
-        handler = sub.fn.__name__
-        async for msg in psub.messages:
-            event = self.parse_event(handler, msg.data)
-            if event is not None:
-                await self._run_event(handler, sub.fn, event, ctx, dict(msg.headers or {}))
+    def pull_consumer(self, c: _Consumer, ctx: Context[S]) -> PullConsumer[Any]:
+        """The running consumer of a declaration: its handler adapted to the consumer's batches."""
+        fn = c.fn
 
-    async def _pull_subscribe(self, c: _Consumer, ctx: Context) -> Any:
-        config = consumer_config(c.durable, c.subject, batch_size=c.batch_size, max_deliver=c.max_deliver,
-                                 deliver_new=c.deliver_new)
-        return await ctx.bus.js.pull_subscribe(c.subject, durable=c.durable, stream=c.stream, config=config)
+        async def handle(batch: list[Delivery[Any]]) -> None:
+            await (fn([d.item for d in batch], ctx) if c.batch else fn(batch[0].item, ctx))
 
-    async def _consumer_loop(self, c: _Consumer, psub: Any, ctx: Context) -> None:
-        handler = c.fn.__name__
-        seen = SeenIds()
-        while True:
-            try:
-                msgs = await psub.fetch(c.batch_size, timeout=1.0)
-            except TimeoutError:  # nats' own TimeoutError and asyncio's: an idle consumer, fetch again
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # connection trouble: back off, the consumer is durable
-                log.warning("%s: fetch failed (%s); retrying", handler, type(exc).__name__)
-                await asyncio.sleep(0.5)
-                continue
-            good: list[tuple[Msg, CloudEvent]] = []
-            for m in msgs:
-                event = self.parse_event(handler, m.data)
-                if event is None:
-                    await m.term()
-                elif seen.seen(event.id) and (m.metadata.num_delivered or 1) == 1:
-                    BUS_MESSAGES.labels(self.name, handler, "duplicate").inc()
-                    await m.ack()
-                else:
-                    good.append((m, event))
-            if not good:
-                continue
-            if c.batch:
-                outcome = await self._run_event(handler, c.fn, [e for _, e in good], ctx, dict(good[0][0].headers or {}))
-                for m, _ in good:
-                    await (m.nak(delay=1.0) if outcome == "error" else m.ack())
-            else:
-                for m, e in good:
-                    outcome = await self._run_event(handler, c.fn, e, ctx, dict(m.headers or {}))
-                    await (m.nak(delay=1.0) if outcome == "error" else m.ack())
+        linger = c.linger(ctx.settings) if callable(c.linger) else c.linger
+        return PullConsumer(ctx.bus, stream=c.stream, durable=c.durable, handle=handle, decode=c.decode,
+                            service=self.name, name=fn.__name__, each=not c.batch, batch=c.batch_size,
+                            in_flight=c.in_flight, linger_s=float(linger), drain_timeout_s=ctx.settings.bus.drain_timeout_s,
+                            config=consumer_config(c.durable, c.subject, batch_size=c.batch_size,
+                                                   max_deliver=c.max_deliver, deliver_new=c.deliver_new))
 
     # --- lifecycle --------------------------------------------------------------------
-    async def _heartbeat_loop(self, ctx: Context) -> None:
+    async def _heartbeat_loop(self, ctx: Context[S]) -> None:
         subject = subjects.service_heartbeat_subject(self.name, ctx.instance)
         while True:
             hb = Heartbeat(kind=MemberKind.SERVICE, id=f"{self.name}.{ctx.instance}", name=self.name, version=__version__,
@@ -316,7 +314,7 @@ class ServiceApp:
                 log.debug("heartbeat not sent: %s", type(exc).__name__)
             await asyncio.sleep(ctx.settings.heartbeat_interval_s)
 
-    async def health(self, ctx: Context) -> ServiceHealth:
+    async def health(self, ctx: Context[S]) -> ServiceHealth:
         checks = {"nats": ctx.bus.connected}
         for name, check in self.health_checks.items():
             try:
@@ -327,7 +325,7 @@ class ServiceApp:
                              status="ok" if all(checks.values()) else "degraded", checks=checks,
                              uptime_s=round(time.time() - ctx.started_at, 1))
 
-    def _request_callback(self, ep: _Endpoint, ctx: Context) -> Callable[[Msg], Awaitable[None]]:
+    def _request_callback(self, ep: _Endpoint, ctx: Context[S]) -> Callable[[Msg], Awaitable[None]]:
         if ep.concurrency == 1:
             async def serial(msg: Msg) -> None:
                 await self._handle_request(ep, msg, ctx)
@@ -349,8 +347,9 @@ class ServiceApp:
             task.add_done_callback(inflight.discard)
         return concurrent
 
-    async def start(self, ctx: Context) -> list[asyncio.Task[Any]]:
-        """Start every handler; return the running tasks (the caller cancels them at shutdown)."""
+    async def start(self, ctx: Context[S]) -> list[asyncio.Task[Any]]:
+        """Load the state, start every handler; return the running tasks (the caller cancels them at shutdown)."""
+        ctx._state = await self.state_loader(ctx) if self.state_loader is not None else {}  # type: ignore[assignment]
         nc = ctx.bus.nc
         for ep in self.endpoints.values():
             cb = self._request_callback(ep, ctx)
@@ -366,8 +365,8 @@ class ServiceApp:
                 await nc.publish(msg.reply, exposition())
 
         await nc.subscribe(subjects.rpc_subject(self.name, "health"), queue=self.name, cb=health_cb)
-        await nc.subscribe(CTL_HEALTH, cb=health_cb)
-        await nc.subscribe(CTL_METRICS, cb=metrics_cb)
+        await nc.subscribe(subjects.CTL_HEALTH, cb=health_cb)
+        await nc.subscribe(subjects.CTL_METRICS, cb=metrics_cb)
         for hook in self.startup:
             await hook(ctx)
         tasks = []
@@ -375,30 +374,41 @@ class ServiceApp:
             psub = await nc.subscribe(s.subject, queue=s.queue or "", pending_msgs_limit=ctx.settings.bus.max_pending_messages)
             tasks.append(asyncio.create_task(self._subscription_loop(s, psub, ctx), name=f"sub:{s.subject}"))
         for c in self.consumers:
-            psub = await self._pull_subscribe(c, ctx)
-            ctx.pull_subscriptions.append(psub)
-            tasks.append(asyncio.create_task(self._consumer_loop(c, psub, ctx), name=f"consumer:{c.durable}"))
+            consumer = self.pull_consumer(c, ctx)
+            await consumer.start()
+            ctx.consumers.append(consumer)
+            tasks.append(asyncio.create_task(consumer.run(), name=f"consumer:{c.durable}"))
+        for h in self.http_servers:
+            server = HttpServer(h.factory(ctx), host=h.host(ctx.settings), port=h.port(ctx.settings),
+                                drain_timeout_s=ctx.settings.bus.drain_timeout_s)
+            ctx.servers.append(server)
+            tasks.append(asyncio.create_task(server.run(), name=f"http:{self.name}"))
+        tasks += [asyncio.create_task(loop.run(self.name, ctx), name=f"every:{loop.name}") for loop in self.loops]
         tasks += [asyncio.create_task(t(ctx), name=f"task:{t.__name__}") for t in self.tasks]
         tasks.append(asyncio.create_task(self._heartbeat_loop(ctx), name="heartbeat"))
         SERVICE_UP.labels(self.name, ctx.instance).set(1)
         return tasks
 
-    async def stop(self, ctx: Context, tasks: list[asyncio.Task[Any]]) -> None:
-        if ctx.inflight:  # requests being answered finish (bounded) before the hooks tear things down
-            await asyncio.wait(set(ctx.inflight), timeout=ctx.settings.bus.drain_timeout_s)
+    async def stop(self, ctx: Context[S], tasks: list[asyncio.Task[Any]]) -> None:
+        """Drain in order: long-lived streams told to end, requests in flight, HTTP servers, consumers' handler
+        calls in flight, then the shutdown hooks; then cancel what is left."""
+        drain = ctx.settings.bus.drain_timeout_s
+        ctx.stopping.set()
+        if ctx.inflight:
+            await asyncio.wait(set(ctx.inflight), timeout=drain)
+        for server in ctx.servers:
+            await server.stop(drain)
+        # Messages a consumer fetched but no loop will take now would keep the bus's drain waiting for its
+        # whole timeout; unacked, JetStream redelivers them to the next instance.
+        await asyncio.gather(*(c.stop() for c in ctx.consumers), return_exceptions=True)
         for hook in reversed(self.shutdown):
             try:
-                await asyncio.wait_for(hook(ctx), timeout=ctx.settings.bus.drain_timeout_s)
+                await asyncio.wait_for(hook(ctx), timeout=drain)
             except Exception:
                 log.exception("shutdown hook failed")
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        # Messages a pull subscription fetched but no loop will take now would keep the bus's drain waiting
-        # for its whole timeout; unacked, JetStream redelivers them to the next instance.
-        for psub in ctx.pull_subscriptions:
-            with contextlib.suppress(Exception):
-                await psub.unsubscribe()
         SERVICE_UP.labels(self.name, ctx.instance).set(0)
 
 
@@ -427,7 +437,7 @@ async def serve(app: ServiceApp, settings: Settings, *, ready: asyncio.Event | N
         raise RuntimeError("XPUMESH_NATS_URL is not set (use `xpumesh up` to start an embedded mesh)")
     await bus.connect(settings.nats_url)
     await bus.ensure_streams()
-    ctx = Context(service=app.name, instance=instance, settings=settings, bus=bus)
+    ctx: Context[Any] = Context(service=app.name, instance=instance, settings=settings, bus=bus)
     if app.uses_db:
         ctx.engine = make_engine(settings.database_dsn(), settings.db, application_name=f"xpumesh-{app.name}")
         await check_at_head(ctx.engine, app.name)
@@ -454,7 +464,3 @@ async def serve(app: ServiceApp, settings: Settings, *, ready: asyncio.Event | N
     if ctx.engine is not None:
         await ctx.engine.dispose()
     shutdown_tracing()
-
-
-def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()

@@ -55,6 +55,9 @@ def rpc_subject(service: str, endpoint: str) -> str:
 
 # --- durable events ------------------------------------------------------------------
 EVENTS_ALL = f"{ROOT}.events.>"
+# every process answers these (no queue group): one scatter-gather request reaches every instance
+CTL_HEALTH = f"{ROOT}.ctl.health"
+CTL_METRICS = f"{ROOT}.ctl.metrics"
 
 
 def event_subject(event_type: str, site: str | None = None) -> str:

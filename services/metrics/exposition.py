@@ -24,7 +24,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from libs.bus.connection import Bus
-from libs.service import CTL_METRICS
+from libs.bus.subjects import CTL_METRICS
 from services.metrics.state import STATUS_NAMES, Fleet
 
 log = logging.getLogger(__name__)

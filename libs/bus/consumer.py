@@ -1,0 +1,373 @@
+"""The one JetStream pull consumer: every reader of a stream in the mesh runs through ``PullConsumer``.
+
+Service consumers (``ServiceApp.consumer``), the metrics service's telemetry ingest, the
+gateway's webhook intake and its Server-Sent Events reader differ only in how they decode a
+message, what they do with a batch and how many batches they work on at once. The contract
+is written here once:
+
+- **Pull requests are pipelined** on a private inbox: up to ``batch`` messages are always
+  requested, so the next batch streams in while the current one is handled, and a message
+  costs no task and no timer (nats-py's ``fetch`` spends both per message).
+- **Decoding** is the caller's ``decode(data) -> (event id, item)``; an ``InvalidEnvelope``
+  is counted (``malformed_envelope``), logged without the content and terminated: a
+  redelivery cannot mend it.
+- **Dedupe** by event id in a bounded ``SeenIds``: a first delivery of an id already seen is
+  acked unprocessed and counted ``duplicate``; a redelivery (of something that failed) is let
+  through.
+- **Outcome** of the handler: returning acks every message it was given; raising
+  ``InvalidRequest`` or a ``ValidationError`` acks them too and counts ``invalid_data``
+  (retrying cannot fix data); any other exception naks them with ``redelivery.delay(n)`` for
+  the n-th delivery, so JetStream hands them out again.
+- **Batches or messages**: the handler gets a batch; with ``each`` it is called once per
+  message, in stream order, and each message's outcome is its own.
+- **Concurrency**: ``in_flight`` handler calls at once (each with its own batch); arrivals
+  meanwhile accumulate into the next batch, so batches grow under load instead of calls
+  multiplying. ``linger_s`` lets a partial batch wait that long for more.
+- **Trouble**: a refused pull request (a deleted consumer, no JetStream) backs off and, when
+  the consumer owns its declaration, declares it again; a lost connection backs off.
+- **Stop** ends the loop, lets handler calls in flight finish (bounded) and drops the inbox,
+  so what was fetched but not taken is redelivered to another instance.
+
+Counters are the mesh's ``xpumesh_bus_messages_total`` / ``xpumesh_bus_rejected_total`` /
+``xpumesh_handler_seconds`` under the consumer's service and handler names, and the
+consumer's own ``stats`` (as nats.py's ``micro`` endpoints keep theirs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, NamedTuple, TypeVar
+
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, Header
+from opentelemetry import trace
+from pydantic import ValidationError
+
+from libs.aio import wait_event
+from libs.bus.connection import Bus
+from libs.bus.errors import InvalidRequest
+from libs.events import CloudEvent, InvalidEnvelope
+from libs.metrics import BUS_MESSAGES, BUS_REJECTED, HANDLER_SECONDS
+from libs.tracing import extract_context, tracer
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+EXPIRES_S = 1.0  # each pull request's lifetime on the server
+HEARTBEAT = "100"  # the only status that does not end a pull request
+ROUTINE = ("404", "408")  # no messages, request expired: anything else (409, 503) is trouble
+YIELD_EVERY = 512  # messages decoded or acknowledged between two turns of the event loop
+
+
+class SeenIds:
+    """A bounded set of recently processed event ids (first line of dedupe; DB checks are the second)."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self._ids: dict[str, None] = {}
+
+    def seen(self, event_id: str) -> bool:
+        if event_id in self._ids:
+            return True
+        self._ids[event_id] = None
+        if len(self._ids) > self.capacity:
+            del self._ids[next(iter(self._ids))]
+        return False
+
+
+class Delivery(NamedTuple, Generic[T]):
+    """One decoded message: the item the decoder made of it, its event id and the message itself."""
+
+    item: T
+    id: str
+    msg: Msg
+
+
+Decoder = Callable[[bytes], tuple[str, T]]
+Handler = Callable[[list[Delivery[T]]], Awaitable[None]]
+
+
+def envelope(data: bytes) -> tuple[str, CloudEvent]:
+    """The default decoder: the CloudEvent envelope by its model."""
+    event = CloudEvent.from_bytes(data)
+    return event.id, event
+
+
+@dataclass(frozen=True)
+class Redelivery:
+    """How long a nak'ed message waits before its ``n``-th redelivery: ``base_s * factor**(n-1)``, capped."""
+
+    base_s: float = 1.0
+    factor: float = 1.0
+    max_s: float = 60.0
+
+    def delay(self, delivered: int) -> float:
+        return min(self.max_s, self.base_s * self.factor ** max(0, delivered - 1))
+
+
+@dataclass
+class ConsumerStats:
+    received: int = 0
+    handled: int = 0
+    duplicates: int = 0
+    malformed: int = 0
+    rejected: int = 0
+    failed: int = 0
+    last_error: str | None = None
+
+
+@dataclass
+class _Pulls:
+    """Pull requests outstanding at the server (it serves them oldest first), as messages still owed."""
+
+    size: int
+    owed: deque[list[float]] = field(default_factory=deque)  # [messages owed, monotonic deadline]
+
+    @property
+    def outstanding(self) -> int:
+        return int(sum(o[0] for o in self.owed))
+
+    def requested(self, now: float) -> None:
+        self.owed.append([float(self.size), now + EXPIRES_S])
+
+    def delivered(self, n: int) -> None:
+        while n and self.owed:
+            take = min(n, int(self.owed[0][0]))
+            self.owed[0][0] -= take
+            n -= take
+            if self.owed[0][0] <= 0:
+                self.owed.popleft()
+
+    def ended(self) -> None:
+        """A status (timeout, no messages, conflict) closed the oldest request."""
+        if self.owed:
+            self.owed.popleft()
+
+    def forget_lost(self, now: float) -> None:
+        """Requests well past their deadline without a status are gone (a reconnect, a restarted server)."""
+        while self.owed and self.owed[0][1] + 2 * EXPIRES_S < now:
+            self.owed.popleft()
+
+
+class PullConsumer(Generic[T]):
+    """One pull consumer of ``stream``/``durable`` feeding ``handle`` with decoded batches.
+
+    ``config`` declares the consumer at start (idempotent) and again after trouble; without it
+    the consumer must exist already (declared by whoever owns it, e.g. a webhook subscription).
+    """
+
+    def __init__(self, bus: Bus, *, stream: str, durable: str, handle: Handler[T], decode: Decoder[T],
+                 service: str, name: str, config: ConsumerConfig | None = None, batch: int = 256,
+                 each: bool = False, in_flight: int = 1, linger_s: float = 0.0, dedupe: int = 100_000,
+                 redelivery: Redelivery = Redelivery(), drain_timeout_s: float = 5.0) -> None:
+        self.bus, self.stream, self.durable, self.config = bus, stream, durable, config
+        self.handle, self.decode, self.service, self.name = handle, decode, service, name
+        self.batch, self.in_flight, self.linger_s = max(1, batch), max(1, in_flight), linger_s
+        self.each = each
+        self.redelivery, self.drain_timeout_s = redelivery, drain_timeout_s
+        self.seen = SeenIds(dedupe) if dedupe > 0 else None
+        self.stats = ConsumerStats()
+        self._pulls = _Pulls(self.batch)
+        self._buf: list[Msg] = []
+        self._arrived = asyncio.Event()
+        self._calls: set[asyncio.Task[None]] = set()
+        self._inbox = ""
+        self._sub: Any = None
+        self._trouble = False
+        self._stopped = False
+        self._tracer = tracer(f"xpumesh.{service}")
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Declare the consumer (when it owns the declaration) and subscribe the private inbox."""
+        if self.config is not None:
+            await self.bus.js.add_consumer(self.stream, self.config)
+        self._inbox = self.bus.nc.new_inbox()
+        self._sub = await self.bus.nc.subscribe(self._inbox, cb=self._on_msg, pending_msgs_limit=self.batch * 8)
+
+    async def run(self) -> None:
+        """Pull and handle until stopped or cancelled (``start`` first)."""
+        try:
+            await self._loop()
+        finally:
+            for t in self._calls:
+                t.cancel()
+            await asyncio.gather(*self._calls, return_exceptions=True)
+
+    async def stop(self) -> None:
+        """End the loop, let handler calls in flight finish (bounded), drop the inbox: what is not acked
+        comes back from JetStream."""
+        self._stopped = True
+        self._arrived.set()
+        if self._calls:
+            await asyncio.wait(set(self._calls), timeout=self.drain_timeout_s)
+        await self.close()
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+    # --- the loop ----------------------------------------------------------------------------
+    async def _on_msg(self, msg: Msg) -> None:
+        self._buf.append(msg)
+        self._arrived.set()
+
+    async def _loop(self) -> None:
+        nc = self.bus.nc
+        next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.durable}"
+        request = json.dumps({"batch": self.batch, "expires": int(EXPIRES_S * 1e9)}).encode()
+        started = -math.inf
+        while not self._stopped:
+            now = time.monotonic()
+            self._pulls.forget_lost(now)
+            try:
+                while self._pulls.outstanding < self.batch:  # the next batch is on its way while this one is handled
+                    await nc.publish(next_subject, request, reply=self._inbox)
+                    self._pulls.requested(now)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # connection trouble: back off, the consumer is durable
+                log.warning("%s: pull request failed (%s); retrying", self.name, type(exc).__name__)
+                await asyncio.sleep(0.5)
+                continue
+            if len(self._calls) >= self.in_flight:  # every slot busy: what arrives meanwhile joins the next batch
+                await asyncio.wait(self._calls, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            if not self._buf:
+                self._arrived.clear()
+                await wait_event(self._arrived, EXPIRES_S)
+                continue
+            rest = self.linger_s - (time.monotonic() - started)
+            if rest > 0 and len(self._buf) < self.batch:  # not a whole batch yet: let it grow until the linger ends
+                await asyncio.sleep(rest)
+                continue
+            msgs = self._take()
+            if self._trouble:
+                await self._recover()
+            if not msgs or self._stopped:  # after stop: left unacked, JetStream redelivers them
+                continue
+            started = time.monotonic()
+            task = asyncio.create_task(self._call(msgs), name=f"{self.name}:batch")
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
+
+    def _take(self) -> list[Msg]:
+        """Up to one batch of data messages from what has arrived; statuses settle the pull accounting."""
+        got, self._buf = self._buf[: self.batch], self._buf[self.batch:]
+        msgs = []
+        for m in got:
+            status = m.headers.get(Header.STATUS) if m.headers and not m.data and not m.reply else None
+            if status is None:
+                msgs.append(m)
+            elif status != HEARTBEAT:
+                self._pulls.ended()
+                self._trouble = self._trouble or status not in ROUTINE
+        self._pulls.delivered(len(msgs))
+        return msgs
+
+    async def _recover(self) -> None:
+        """Back off, then declare the consumer again when this consumer owns it (idempotent)."""
+        self._trouble = False
+        log.warning("%s: pull requests refused; %s", self.name,
+                    "declaring the consumer again" if self.config is not None else "backing off")
+        await asyncio.sleep(1.0)
+        if self.config is None:
+            return
+        try:
+            await self.bus.js.add_consumer(self.stream, self.config)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("%s: consumer not declared (%s); retrying", self.name, type(exc).__name__)
+
+    async def _call(self, msgs: list[Msg]) -> None:
+        try:
+            await self._process(msgs)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # connection trouble while acknowledging: the messages come back
+            log.exception("%s: batch failed", self.name)
+
+    # --- one batch ---------------------------------------------------------------------------
+    def _count(self, outcome: str, n: int = 1) -> None:
+        BUS_MESSAGES.labels(self.service, self.name, outcome).inc(n)
+
+    def _reject(self, reason: str, n: int = 1) -> None:
+        BUS_REJECTED.labels(self.service, self.name, reason).inc(n)
+        self._count("rejected", n)
+
+    async def _process(self, msgs: Sequence[Msg]) -> None:
+        self.stats.received += len(msgs)
+        take: list[Delivery[T]] = []
+        for k, m in enumerate(msgs, 1):
+            if k % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            try:
+                event_id, item = self.decode(m.data)
+            except InvalidEnvelope as exc:
+                self.stats.malformed += 1
+                self._reject("malformed_envelope")
+                log.warning("%s: dropped malformed event: %s", self.name, exc.reason)
+                await m.term()
+                continue
+            if self.seen is not None and self.seen.seen(event_id) and (m.metadata.num_delivered or 1) == 1:
+                self.stats.duplicates += 1
+                self._count("duplicate")
+                await m.ack()
+                continue
+            take.append(Delivery(item, event_id, m))
+        if not take:
+            return
+        if self.each:  # one handler call, and one outcome, per message, in stream order
+            for d in take:
+                await self._settle([d], await self._run([d]))
+        else:
+            await self._settle(take, await self._run(take))
+
+    async def _run(self, take: list[Delivery[T]]) -> str:
+        with self._tracer.start_as_current_span(f"event {self.service}.{self.name}",
+                                                context=extract_context(take[0].msg.headers),
+                                                kind=trace.SpanKind.CONSUMER):
+            started = time.perf_counter()
+            try:
+                await self.handle(take)
+                outcome = "ok"
+            except (InvalidRequest, ValidationError) as exc:
+                self._reject("invalid_data")
+                log.warning("%s: rejected event data: %s", self.name,
+                            exc.detail if isinstance(exc, InvalidRequest) else f"{exc.error_count()} validation errors")
+                outcome = "rejected"
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("%s: handler failed", self.name)
+                self.stats.last_error = type(exc).__name__
+                outcome = "error"
+            HANDLER_SECONDS.labels(self.service, self.name).observe(time.perf_counter() - started)
+        if outcome != "rejected":
+            self._count(outcome)
+        return outcome
+
+    async def _settle(self, take: list[Delivery[T]], outcome: str) -> None:
+        if outcome == "error":
+            self.stats.failed += len(take)
+        elif outcome == "rejected":
+            self.stats.rejected += len(take)
+        else:
+            self.stats.handled += len(take)
+        for k, d in enumerate(take, 1):
+            if outcome == "error":
+                await d.msg.nak(delay=self.redelivery.delay(d.msg.metadata.num_delivered or 1))
+            else:
+                await d.msg.ack()
+            if k % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
