@@ -81,6 +81,10 @@ class CreatedKey(ApiKey):
     key: str = Field(description="The secret key. Store it now: it is never shown again.")
 
 
+#: The problem type of a submission refused because it would exceed the tenant's quota.
+QUOTA_PROBLEM = "https://xpumesh.dev/problems/quota-exceeded"
+
+
 class Quota(BaseModel):
     """Most a tenant may hold at once. An absent hardware type or compute_units null means no limit."""
 
@@ -107,13 +111,13 @@ class TenantQuota(Quota):
 
 
 class TenantQuotas(BaseModel):
-    """Every tenant's quota (the scheduler's input for placement)."""
+    """Every tenant's quota: the reply of the scheduler's ``quotas.list``."""
 
     items: list[TenantQuota]
 
 
 class QuotaQuery(BaseModel):
-    """Ask the gateway's ``quotas.list`` for every tenant's quota, or one tenant's."""
+    """Ask the scheduler's ``quotas.list`` for every tenant's quota, or one tenant's."""
 
     tenant: str | None = None
 

@@ -8,7 +8,7 @@ agree; errors name the field and the reason.
 from __future__ import annotations
 
 import re
-from typing import Literal, Self
+from typing import Literal, NamedTuple, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -16,6 +16,7 @@ from libs.schemas.devices import HardwareType
 from libs.versions import Requirement, SpecifierSet, Version
 
 __all__ = [
+    "Demand",
     "HardwareRequest",
     "PlacementSpec",
     "RuntimeSpec",
@@ -26,6 +27,33 @@ __all__ = [
 
 _KEY = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,126}$")
+
+
+class Demand(NamedTuple):
+    """What one replica asks for, read from the spec in this one place (``HardwareRequest.demand``).
+
+    Validation, the quota check at submit and placement all start from it:
+
+    * ``hardware_type``: the type asked for, None for 'any';
+    * ``devices``: whole devices per replica, or the fraction of one device when ``shared``;
+      0 for a compute-unit request (placement chooses how many devices reach it);
+    * ``shared``: the replica takes a fraction of one device;
+    * ``compute_units``: per replica, only with type 'any' (None otherwise);
+    * ``memory_gib``: per device; with a share, what is reserved on the shared device.
+    """
+
+    hardware_type: str | None
+    devices: float
+    shared: bool
+    compute_units: float | None
+    memory_gib: float | None
+
+    def devices_for(self, replicas: int) -> float:
+        """Devices ``replicas`` replicas hold at once (shares as fractions)."""
+        return replicas * self.devices
+
+    def compute_units_for(self, replicas: int) -> float | None:
+        return None if self.compute_units is None else replicas * self.compute_units
 
 
 class HardwareRequest(BaseModel):
@@ -119,6 +147,19 @@ class HardwareRequest(BaseModel):
     def is_shared(self) -> bool:
         """True when a replica takes a fraction of one device rather than whole devices."""
         return self.share is not None and self.share < 1
+
+    @property
+    def demand(self) -> Demand:
+        """What one replica asks for (see ``Demand``)."""
+        shared = self.is_shared
+        if self.compute_units is not None:
+            devices = 0.0
+        elif shared:
+            devices = float(self.share or 1.0)
+        else:
+            devices = float(self.count)
+        return Demand(None if self.type == "any" else str(self.type), devices, shared, self.compute_units,
+                      self.memory_gib)
 
 
 class RuntimeSpec(BaseModel):

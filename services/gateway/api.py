@@ -13,7 +13,6 @@ import uvicorn
 from libs.aio import wait_event
 from libs.db import session_scope
 from libs.events import CloudEvent
-from libs.schemas.tenancy import QuotaQuery, TenantQuotas
 from libs.service import Context, ServiceApp
 from services.gateway import models
 from services.gateway.auth import auth_state
@@ -98,16 +97,6 @@ async def stop_http(ctx: Context) -> None:
     if server is not None:
         server.should_exit = True
         await wait_event(ctx.state["http_done"], ctx.settings.bus.drain_timeout_s)
-
-
-@app.endpoint("quotas.list")
-async def list_quotas(req: QuotaQuery, ctx: Context) -> TenantQuotas:
-    """Every tenant's quota (or one tenant's): the scheduler's input for placement."""
-    async with session_scope(ctx.db) as session:
-        items = await models.all_quotas(session)
-    if req.tenant is not None:
-        items = [q for q in items if q.tenant == req.tenant]
-    return TenantQuotas(items=items)
 
 
 @app.subscribe(KEY_REVOKED_SUBJECT)

@@ -1,4 +1,5 @@
-"""The gateway's records: API keys (hashed at rest), tenant quotas, idempotency responses.
+"""The gateway's records: API keys (hashed at rest) and idempotency responses (tenant quotas
+live in the scheduler, see ``services/scheduler/quotas.py``).
 
 Keys are ``xpm_`` + 32 random bytes (urlsafe base64). Only the sha256 of a key is stored,
 with its first characters as a non-secret lookup prefix; verification compares digests in
@@ -18,8 +19,8 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from libs.schemas.tenancy import ApiKey, Quota, Role, TenantQuota
-from services.gateway.orm import api_keys, idempotency_keys, tenant_quotas
+from libs.schemas.tenancy import ApiKey, Role
+from services.gateway.orm import api_keys, idempotency_keys
 
 KEY_PREFIX_LEN = 12
 MIN_KEY_LEN = 24
@@ -103,30 +104,6 @@ async def any_admin_key(session: AsyncSession) -> bool:
 async def key_exists(session: AsyncSession, secret: str) -> bool:
     row = (await session.execute(select(api_keys.c.id).where(api_keys.c.hash == key_digest(secret)))).first()
     return row is not None
-
-
-# --- quotas --------------------------------------------------------------------------------
-async def get_quota(session: AsyncSession, tenant: str) -> Quota:
-    row = (await session.execute(select(tenant_quotas).where(tenant_quotas.c.tenant == tenant))).one_or_none()
-    if row is None:
-        return Quota()
-    return Quota(devices=row.devices, compute_units=row.compute_units)
-
-
-async def put_quota(session: AsyncSession, tenant: str, quota: Quota) -> None:
-    values = {"devices": {str(k): v for k, v in quota.devices.items()}, "compute_units": quota.compute_units,
-              "updated_at": datetime.now(UTC)}
-    stmt = insert(tenant_quotas).values(tenant=tenant, **values)
-    await session.execute(stmt.on_conflict_do_update(index_elements=[tenant_quotas.c.tenant], set_=values))
-
-
-async def delete_quota(session: AsyncSession, tenant: str) -> None:
-    await session.execute(delete(tenant_quotas).where(tenant_quotas.c.tenant == tenant))
-
-
-async def all_quotas(session: AsyncSession) -> list[TenantQuota]:
-    rows = (await session.execute(select(tenant_quotas).order_by(tenant_quotas.c.tenant))).all()
-    return [TenantQuota(tenant=r.tenant, devices=r.devices, compute_units=r.compute_units) for r in rows]
 
 
 # --- idempotency ---------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The scheduler service: workloads in, placements and agent commands out, agents' reports reconciled.
 
 Bus endpoints (``xpumesh.rpc.scheduler.<name>``): ``workloads.submit``, ``workloads.get``,
-``workloads.list``, ``workloads.stop``, ``workloads.logs``, ``workloads.usage``.
+``workloads.list``, ``workloads.stop``, ``workloads.logs``, ``workloads.usage``, and the tenant
+quotas ``quotas.list``, ``quotas.get``, ``quotas.set`` (checked at submit, see ``quotas``).
 Consumers: agents' capability and state reports (``XPUMESH_HOSTS``), the registry's
 ``host.up``/``host.down`` and the inventory's ``device.unhealthy``/``device.healthy``.
 Tasks: batch placement, the outbox relay, reference-data refresh, decision pruning.
@@ -13,13 +14,13 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from libs.bus import subjects
 from libs.bus.connection import STREAM_EVENTS, STREAM_HOSTS
-from libs.bus.errors import BusError, InvalidRequest, NotFound, QuotaExceeded, Unavailable
+from libs.bus.errors import BusError, InvalidRequest, NotFound, Unavailable
 from libs.db import session_scope
 from libs.db.outbox import OutboxRelay
 from libs.events import CloudEvent, EventTypes
@@ -46,12 +47,11 @@ from libs.schemas.scheduler import (
     WorkloadSubmit,
     WorkloadView,
 )
-from libs.schemas.tenancy import TenantRef, TenantUsage
+from libs.schemas.tenancy import Quota, QuotaQuery, TenantQuota, TenantQuotas, TenantRef, TenantUsage
 from libs.service import Context, ServiceApp
-from services.scheduler import lifecycle, models, reference
+from services.scheduler import lifecycle, models, quotas, reference
 from services.scheduler.fleet import Fleet, HostView
 from services.scheduler.orm import outbox
-from services.scheduler.placement import Quotas
 from services.scheduler.placer import Placer
 from services.scheduler.reconcile import Actual, reconcile_hosts
 from services.scheduler.validate import check_spec
@@ -71,6 +71,11 @@ def _placer(ctx: Context) -> Placer:
     return placer
 
 
+def _quotas(ctx: Context) -> quotas.QuotaBook:
+    book: quotas.QuotaBook = ctx.state["quotas"]
+    return book
+
+
 def _committed(ctx: Context) -> None:
     ctx.state["relay"].poke()
 
@@ -84,10 +89,12 @@ async def load_state(ctx: Context) -> None:
     catalog, compat, driver = reference.seed_reference()
     fleet.set_reference(catalog, compat, driver, [], "seed")
     ctx.state["actual"] = Actual()
-    ctx.state["quotas"] = None
+    book = ctx.state["quotas"] = quotas.QuotaBook()
+    async with session_scope(ctx.db) as session:
+        book.replace(await quotas.list_quotas(session))
     ctx.state["relay"] = OutboxRelay("scheduler", ctx.db, outbox, ctx.bus)
     ctx.state["placer"] = Placer(fleet, ctx.state["actual"], ctx.db, ctx.settings.scheduler,
-                                 on_commit=lambda: _committed(ctx), quotas=lambda: ctx.state["quotas"])
+                                 on_commit=lambda: _committed(ctx), quotas=book.placement_limits)
     ctx.state["placer"].poke()
 
 
@@ -104,11 +111,15 @@ async def placement(ctx: Context) -> None:
 
 @app.task
 async def reference_data(ctx: Context) -> None:
-    """Ask the inventory (and the gateway for quotas) at start and then periodically."""
+    """Ask the inventory at start and then periodically; reread the quotas (set on other instances too)."""
     s = ctx.settings.scheduler
     while True:
         answered = await reference.refresh(_fleet(ctx), ctx.bus, s.inventory_timeout_s)
-        ctx.state["quotas"] = await reference.fetch_quotas(ctx.bus, s.inventory_timeout_s)
+        try:
+            async with session_scope(ctx.db) as session:
+                _quotas(ctx).replace(await quotas.list_quotas(session))
+        except Exception:
+            log.exception("reading the tenant quotas failed; keeping the ones read last")
         if answered:
             _placer(ctx).poke()
         await asyncio.sleep(s.reference_refresh_s if answered else min(5.0, s.reference_refresh_s))
@@ -256,22 +267,13 @@ async def on_device_event(event: CloudEvent, ctx: Context) -> None:
 
 
 # -- endpoints -----------------------------------------------------------------------------------------
-def _check_quota(spec: Any, tenant: str | None, quotas: Quotas | None) -> None:
-    hw = spec.hardware
-    if tenant is None or not quotas or tenant not in quotas or hw.type == "any":
-        return
-    limit = quotas[tenant].get(str(hw.type))
-    need = spec.replicas * (hw.share if hw.is_shared else hw.count)
-    if limit is not None and need > limit + 1e-9:
-        raise QuotaExceeded(f"the workload needs {need:g} {hw.type} devices at once; tenant {tenant}'s quota is "
-                            f"{limit:g}", extra={"hardware_type": str(hw.type), "needed": need, "quota": limit})
-
-
 @app.endpoint("workloads.submit", concurrency=8)
 async def submit(req: WorkloadSubmit, ctx: Context) -> WorkloadView:
     spec = req.spec.model_copy(update={"tenant": req.tenant})
     check_spec(spec, _fleet(ctx))
-    _check_quota(spec, req.tenant, ctx.state["quotas"])
+    tenant = req.tenant
+    if tenant is not None:
+        await quotas.check(spec, tenant, _quotas(ctx).get(tenant), lambda: _usage(ctx, tenant))
     async with session_scope(ctx.db) as session:
         wl, created = await models.create(session, spec, req.tenant, req.idempotency_key, models.utcnow())
     if created:
@@ -333,18 +335,37 @@ async def workload_logs(req: LogsQuery, ctx: Context) -> LogsView:
                     state=reply.state, exit_code=reply.exit_code, text=reply.text, truncated=reply.truncated)
 
 
+async def _usage(ctx: Context, tenant: str) -> TenantUsage:
+    async with session_scope(ctx.db) as session:
+        return await quotas.tenant_usage(session, _fleet(ctx), tenant)
+
+
 @app.endpoint("workloads.usage", concurrency=8)
 async def tenant_usage(req: TenantRef, ctx: Context) -> TenantUsage:
-    fleet = _fleet(ctx)
-    devices: dict[str, float] = {}
-    cu = 0.0
+    return await _usage(ctx, req.tenant)
+
+
+@app.endpoint("quotas.list", concurrency=8)
+async def list_quotas(req: QuotaQuery, ctx: Context) -> TenantQuotas:
+    """Every tenant's quota, or one tenant's."""
+    book = _quotas(ctx).by_tenant
+    items = [TenantQuota(tenant=t, **q.model_dump()) for t, q in sorted(book.items())
+             if req.tenant is None or t == req.tenant]
+    return TenantQuotas(items=items)
+
+
+@app.endpoint("quotas.get", concurrency=8)
+async def get_quota(req: TenantRef, ctx: Context) -> Quota:
+    """A tenant's quota; an empty one (no limit) when none is set."""
+    return _quotas(ctx).get(req.tenant)
+
+
+@app.endpoint("quotas.set")
+async def set_quota(req: TenantQuota, ctx: Context) -> Quota:
+    """Set a tenant's quota; hardware types it omits are unlimited."""
+    quota = Quota.model_validate(req.model_dump(exclude={"tenant"}))
     async with session_scope(ctx.db) as session:
-        rows = await models.usage(session, req.tenant)
-    for row in rows:
-        for d in row.devices:
-            share = float(d.get("share", 1.0))
-            devices[d["hardware_type"]] = devices.get(d["hardware_type"], 0.0) + share
-            dev = fleet.device(d["id"])
-            if dev is not None:
-                cu += share * fleet.compute_units(dev.vendor, dev.model)
-    return TenantUsage(tenant=req.tenant, devices=devices, compute_units=round(cu, 3))
+        await quotas.update_quota(session, req.tenant, quota)
+    _quotas(ctx).set(req.tenant, quota)
+    _placer(ctx).poke()
+    return quota

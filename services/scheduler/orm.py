@@ -112,4 +112,12 @@ hosts = Table(
     Column("device_health", JSONB, nullable=False, server_default="{}"),
 )
 
+tenant_quotas = Table(
+    "tenant_quotas", metadata,
+    Column("tenant", String(64), primary_key=True),
+    Column("devices", JSONB, nullable=False, server_default="{}"),
+    Column("compute_units", Float),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
 outbox = outbox_table(metadata)

@@ -1,8 +1,7 @@
-"""Reference data the scheduler asks for over the bus: catalog, rules, site links, quotas.
+"""Reference data the scheduler asks for over the bus: catalog, rules, site links.
 
-The inventory answers ``catalog.list``, ``rules.list`` and ``sites.links``; the gateway
-answers ``quotas.list``. Until the inventory answers (it may start later, or be
-upgrading), the catalog and rules shipped with the code (the inventory's seed files) are
+The inventory answers ``catalog.list``, ``rules.list`` and ``sites.links``. Until it
+answers (it may start later, or be upgrading), the catalog and rules shipped with the code (the inventory's seed files) are
 used, so submissions can be validated and placed from the first second; the source in
 use is logged and kept on the fleet (``reference_source``).
 """
@@ -17,9 +16,8 @@ from libs.bus.errors import BusError
 from libs.catalog.loader import load_catalog, load_rules
 from libs.schemas.catalog import CompatRule, DeviceModel, RuntimeDriverRule
 from libs.schemas.inventory import CatalogPage, CatalogQuery, RuleQuery, RuleSet, SiteLinkList
-from libs.schemas.tenancy import TenantQuotas
 from services.scheduler.fleet import Fleet
-from services.scheduler.placement import Quotas, SiteLink
+from services.scheduler.placement import SiteLink
 
 log = logging.getLogger(__name__)
 _MAX_CATALOG_PAGES = 50
@@ -68,12 +66,3 @@ async def refresh(fleet: Fleet, bus: Bus, timeout: float) -> bool:
         return False
     fleet.set_reference(catalog, rules.compat, rules.driver, links, "inventory")
     return True
-
-
-async def fetch_quotas(bus: Bus, timeout: float) -> Quotas | None:
-    """Every tenant's device quota from the gateway; None when it does not answer (no limits applied)."""
-    try:
-        quotas = await bus.request(subjects.rpc_subject("gateway", "quotas.list"), {}, TenantQuotas, timeout=timeout)
-    except (BusError, ValueError):
-        return None
-    return {q.tenant: {str(hw): n for hw, n in q.devices.items()} for q in quotas.items if q.devices}

@@ -49,18 +49,14 @@ def _hardware_errors(spec: WorkloadSpec, catalog: list[DeviceModel]) -> tuple[li
                            "msg": f"{hw.model!r} matches no {scope + ' ' if scope else ''}model in the catalog"})
             return errors, []
         models = matched
-    if hw.memory_gib is not None and models and not hw.is_shared:
+    demand = hw.demand
+    if demand.memory_gib is not None and models:
         biggest = max(m.device_memory_gib for m in models)
-        if biggest + 1e-9 < hw.memory_gib:
+        if biggest + 1e-9 < demand.memory_gib:
+            what = "reserved on a shared device" if demand.shared else "per device"
             errors.append({"loc": "body.hardware.memory_gib",
-                           "msg": f"{hw.memory_gib:g} GiB per device is more than any matching model has "
+                           "msg": f"{demand.memory_gib:g} GiB {what} is more than any matching model has "
                                   f"(largest: {biggest:g} GiB)"})
-    if hw.is_shared and hw.memory_gib is not None and models:
-        biggest = max(m.device_memory_gib for m in models)
-        if biggest + 1e-9 < hw.memory_gib:
-            errors.append({"loc": "body.hardware.memory_gib",
-                           "msg": f"{hw.memory_gib:g} GiB reserved on a shared device is more than any matching "
-                                  f"model has (largest: {biggest:g} GiB)"})
     return errors, models
 
 

@@ -1,37 +1,26 @@
-"""Tenant quotas: admins set them, tenants read their own, submissions over them get the numbers."""
+"""Tenant quotas: admins set them, tenants read their own, submissions over them get the numbers.
+
+Quotas live in the scheduler, which checks them at submit; the gateway's routes ask it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
-import pytest
 
 from libs.bus.connection import Bus
-from libs.db import make_engine, make_sessionmaker
-from libs.schemas.tenancy import TenantQuotas
-from libs.schemas.workload import WorkloadSpec
-from libs.service import Context
-from services.gateway.auth import Principal
-from services.gateway.problems import ProblemError
-from services.gateway.quotas import check_quota
+from libs.schemas.tenancy import QUOTA_PROBLEM, TenantQuotas
 from services.scheduler.api import app as scheduler_app
 from tests.integration.test_api_kit import ADMIN, bearer, gateway_settings, make_key, start_gateway
 
 
-@pytest.fixture
-async def ctx(settings, bus: Bus) -> AsyncIterator[Context]:
-    engine = make_engine(settings.database_dsn(), settings.db)
-    yield Context(service="gateway", instance="test", settings=settings, bus=bus, engine=engine,
-                  sessions=make_sessionmaker(engine))
-    await engine.dispose()
-
-
-def spec(**hardware: object) -> WorkloadSpec:
-    return WorkloadSpec.model_validate({"name": "job", "replicas": 2, "hardware": hardware})
+def spec(**hardware: object) -> dict[str, Any]:
+    return {"name": "job", "replicas": 2, "hardware": hardware}
 
 
 async def test_auth_quotas_are_set_by_admins_and_read_by_their_tenant(settings, running_service, bus: Bus) -> None:
+    await running_service(scheduler_app)
     url = await start_gateway(running_service, gateway_settings(settings, read_cache_s=0))
     async with httpx.AsyncClient(base_url=url, timeout=10) as c:
         a = bearer(await make_key(c, "tenant-a", "user"))
@@ -45,33 +34,37 @@ async def test_auth_quotas_are_set_by_admins_and_read_by_their_tenant(settings, 
                                                                                       "compute_units": None}
         for bad in ({"devices": {"tpu": 1}}, {"devices": {"gpu": -1}}, {"compute_units": -5}, {"other": 1}):
             assert (await c.put("/v1/tenants/tenant-a/quota", json=bad, headers=ADMIN)).status_code == 422, bad
-        answer = await bus.request("xpumesh.rpc.gateway.quotas.list", {}, TenantQuotas)
+        usage = await c.get("/v1/tenants/tenant-a/usage", headers=a)
+        assert usage.json() == {"tenant": "tenant-a", "devices": {}, "compute_units": 0.0}
+        answer = await bus.request("xpumesh.rpc.scheduler.quotas.list", {}, TenantQuotas)
         assert [(q.tenant, q.devices) for q in answer.items] == [("tenant-a", {"gpu": 4.0, "npu": 2.5})]
 
 
-async def test_auth_quotas_refuse_a_submission_over_the_limit_with_the_numbers(settings, running_service,
-                                                                              ctx: Context) -> None:
+async def test_auth_quotas_refuse_a_submission_over_the_limit_with_the_numbers(settings, running_service) -> None:
+    await running_service(scheduler_app)
     url = await start_gateway(running_service, gateway_settings(settings, read_cache_s=0))
     async with httpx.AsyncClient(base_url=url, timeout=10) as c:
         r = await c.put("/v1/tenants/acme/quota", json={"devices": {"gpu": 6}, "compute_units": 500}, headers=ADMIN)
         assert r.status_code == 200
-    user = Principal(key_id="key_test", tenant="acme", role="user")
-    other = Principal(key_id="key_other", tenant="free", role="user")
-    await check_quota(ctx, other, spec(type="gpu", count=64))  # no quota: no limit, and no scheduler needed
+        user = bearer(await make_key(c, "acme", "user"))
+        other = bearer(await make_key(c, "free", "user"))
 
-    await running_service(scheduler_app)
-    await check_quota(ctx, user, spec(type="gpu", count=3))  # 2 x 3 = 6 of 6
-    with pytest.raises(ProblemError) as caught:
-        await check_quota(ctx, user, spec(type="gpu", count=4))
-    problem = caught.value
-    assert problem.status == 403 and problem.title == "Quota exceeded"
-    assert "may hold 6 gpu devices; it holds 0 and this workload asks for 8" in (problem.detail or "")
-    assert problem.extra["quota"]["devices"] == {"gpu": 6.0}
-    assert problem.extra["usage"] == {"devices": {}, "compute_units": 0.0}
-    assert problem.extra["requested"] == {"hardware_type": "gpu", "devices": 8.0, "compute_units": None}
+        async def submit(key: dict[str, str], body: dict[str, Any]) -> httpx.Response:
+            return await c.post("/v1/workloads", json=body, headers=key)
 
-    await check_quota(ctx, user, spec(type="any", compute_units=250))
-    with pytest.raises(ProblemError) as caught:
-        await check_quota(ctx, user, spec(type="any", compute_units=300))
-    assert "may hold 500 compute units; it holds 0 and this workload asks for 600" in (caught.value.detail or "")
-    await check_quota(ctx, user, spec(type="npu", share=0.5))  # no npu limit
+        assert (await submit(other, spec(type="gpu", count=64))).status_code == 201  # no quota: no limit
+        assert (await submit(user, spec(type="gpu", count=3))).status_code == 201  # 2 x 3 = 6 of 6
+        r = await submit(user, spec(type="gpu", count=4))
+        assert r.status_code == 403 and r.headers["content-type"].startswith("application/problem+json")
+        problem = r.json()
+        assert problem["type"] == QUOTA_PROBLEM and problem["title"] == "Quota exceeded"
+        assert "may hold 6 gpu devices; it holds 0 and this workload asks for 8" in problem["detail"]
+        assert problem["quota"]["devices"] == {"gpu": 6.0}
+        assert problem["usage"] == {"devices": {}, "compute_units": 0.0}
+        assert problem["requested"] == {"hardware_type": "gpu", "devices": 8.0, "compute_units": None}
+
+        assert (await submit(user, spec(type="any", compute_units=250))).status_code == 201
+        r = await submit(user, spec(type="any", compute_units=300))
+        assert r.status_code == 403
+        assert "may hold 500 compute units; it holds 0 and this workload asks for 600" in r.json()["detail"]
+        assert (await submit(user, spec(type="npu", share=0.5))).status_code == 201  # no npu limit

@@ -1,4 +1,8 @@
-"""Tenant quotas and usage: admins set them, a tenant's own keys read them."""
+"""Tenant quotas and usage: admins set them, a tenant's own keys read them.
+
+Both live in the scheduler (``quotas.get``/``quotas.set``, ``workloads.usage``), which
+checks the quota when a workload is submitted; these routes only ask it.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path
 
-from libs.db import session_scope
-from libs.schemas.tenancy import TENANT_PATTERN, Quota, Role, TenantUsage
-from services.gateway import models
+from libs.schemas.tenancy import TENANT_PATTERN, Quota, Role, TenantQuota, TenantRef, TenantUsage
 from services.gateway.auth import CurrentPrincipal, Principal, ensure_visible, require_role
-from services.gateway.deps import Ctx
+from services.gateway.deps import Ctx, call
 from services.gateway.openapi import problem
 from services.gateway.problems import ProblemError
-from services.gateway.quotas import forget_quota, quota_for, tenant_usage
 
 router = APIRouter(tags=["tenants"])
 Tenant = Annotated[str, Path(pattern=TENANT_PATTERN, description="Tenant name.", examples=["acme"])]
@@ -28,21 +29,18 @@ def _not_found(tenant: str) -> ProblemError:
             response_model=Quota, responses=NOT_FOUND)
 async def get_quota(ctx: Ctx, principal: CurrentPrincipal, tenant: Tenant) -> Quota:
     ensure_visible(principal, tenant, _not_found(tenant))
-    return await quota_for(ctx, tenant)
+    return await call(ctx, "scheduler", "quotas.get", TenantRef(tenant=tenant), Quota)
 
 
 @router.put("/v1/tenants/{tenant}/quota", summary="Set a tenant's quota (admin); omitted types are unlimited",
             response_model=Quota)
 async def put_quota(ctx: Ctx, principal: Annotated[Principal, Depends(require_role(Role.ADMIN))], tenant: Tenant,
                     body: Quota) -> Quota:
-    async with session_scope(ctx.db) as session:
-        await models.put_quota(session, tenant, body)
-    forget_quota(ctx, tenant)
-    return body
+    return await call(ctx, "scheduler", "quotas.set", TenantQuota(tenant=tenant, **body.model_dump()), Quota)
 
 
 @router.get("/v1/tenants/{tenant}/usage", summary="What a tenant holds now, by hardware type and in compute units",
             response_model=TenantUsage, responses=NOT_FOUND)
 async def get_usage(ctx: Ctx, principal: CurrentPrincipal, tenant: Tenant) -> TenantUsage:
     ensure_visible(principal, tenant, _not_found(tenant))
-    return await tenant_usage(ctx, tenant)
+    return await call(ctx, "scheduler", "workloads.usage", TenantRef(tenant=tenant), TenantUsage)

@@ -28,13 +28,13 @@ from libs.schemas.scheduler import (
     WorkloadSummary,
     WorkloadView,
 )
+from libs.schemas.tenancy import QUOTA_PROBLEM
 from libs.schemas.workload import WorkloadSpec
 from services.gateway.auth import CurrentPrincipal, ensure_can_modify, tenant_filter
 from services.gateway.deps import Ctx, call
 from services.gateway.openapi import problem
 from services.gateway.pagination import MAX_PAGE, Page, encode_cursor
 from services.gateway.problems import ProblemError
-from services.gateway.quotas import QUOTA_PROBLEM, check_quota
 from services.gateway.routes.hosts import string_cursor
 from services.gateway.routes.inventory import hardware_type
 
@@ -79,7 +79,6 @@ async def submit_workload(ctx: Ctx, principal: CurrentPrincipal, spec: WorkloadS
                               description="Retrying with the same key returns the same workload")] = None
                           ) -> WorkloadView:
     spec = spec.model_copy(update={"tenant": principal.tenant})
-    await check_quota(ctx, principal, spec)
     view = await call(ctx, "scheduler", "workloads.submit",
                       WorkloadSubmit(spec=spec, tenant=principal.tenant, idempotency_key=idempotency_key or None),
                       WorkloadView)

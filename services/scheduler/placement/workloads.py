@@ -1,4 +1,5 @@
-"""Batch input: pending workloads and the demand shapes derived from their specs."""
+"""Batch input: pending workloads, and the items placement decides on, built from each spec's
+``Demand`` (``HardwareRequest.demand``) in placement's integer units."""
 
 from __future__ import annotations
 
@@ -72,11 +73,12 @@ class Item:
 
 def signature_of(spec: WorkloadSpec) -> Signature:
     hw, rt, pl = spec.hardware, spec.runtime, spec.placement
+    demand = hw.demand
     return Signature(
         hw_type=str(hw.type),
         vendor=hw.vendor,
         model=hw.model,
-        min_mem_mib=math.ceil(hw.memory_gib * 1024) if hw.memory_gib and not hw.is_shared else 0,
+        min_mem_mib=math.ceil(demand.memory_gib * 1024) if demand.memory_gib and not demand.shared else 0,
         requires=tuple(rt.requirements()),
         framework=rt.framework,
         framework_spec=framework_specifier(rt.framework_version) if rt.framework_version else (
@@ -85,7 +87,7 @@ def signature_of(spec: WorkloadSpec) -> Signature:
         sites=frozenset(pl.sites),
         avoid_sites=frozenset(pl.avoid_sites),
         host_labels=tuple(sorted(pl.host_labels.items())),
-        needs_cu=hw.compute_units is not None,
+        needs_cu=demand.compute_units is not None,
     )
 
 
@@ -96,20 +98,22 @@ def expand(batch: Sequence[PendingWorkload]) -> list[Item]:
     items: list[Item] = []
     for w in order:
         spec = batch[w].spec
-        hw, pl = spec.hardware, spec.placement
+        pl = spec.placement
+        demand = spec.hardware.demand
         sig = signature_of(spec)
         sig = sigs.setdefault(sig, sig)
-        if hw.compute_units is not None:
+        if demand.compute_units is not None:
             # Reward weight only: one device is taken as ~CU_PER_DEVICE_WEIGHT compute units.
             kind, n, share = Kind.CU, 0, 0
-            units = UNITS_PER_DEVICE * max(1, math.ceil(hw.compute_units / CU_PER_DEVICE_WEIGHT))
-        elif hw.is_shared:
+            units = UNITS_PER_DEVICE * max(1, math.ceil(demand.compute_units / CU_PER_DEVICE_WEIGHT))
+        elif demand.shared:
             kind, n = Kind.SHARE, 1
-            share = max(1, round((hw.share or 1.0) * SHARE_SCALE))
+            share = max(1, round(demand.devices * SHARE_SCALE))
             units = max(1, share * UNITS_PER_DEVICE // SHARE_SCALE)
         else:
-            kind, n, share, units = Kind.WHOLE, hw.count, 0, hw.count * UNITS_PER_DEVICE
-        mem = math.ceil(hw.memory_gib * 1024) if hw.memory_gib and kind == Kind.SHARE else 0
+            kind, n, share = Kind.WHOLE, int(demand.devices), 0
+            units = n * UNITS_PER_DEVICE
+        mem = math.ceil(demand.memory_gib * 1024) if demand.memory_gib and kind == Kind.SHARE else 0
         groups: list[tuple[int, ...]]
         if pl.topology == "same_host" and spec.replicas > 1 and kind != Kind.SHARE:
             groups = [tuple(range(spec.replicas))]
@@ -118,7 +122,7 @@ def expand(batch: Sequence[PendingWorkload]) -> list[Item]:
         for reps in groups:
             items.append(Item(
                 idx=len(items), workload=w, replicas=reps, kind=kind, n=n * len(reps), share=share, mem_mib=mem,
-                cu=float(hw.compute_units or 0.0), link=pl.topology == "same_link_group", priority=spec.priority,
+                cu=float(demand.compute_units or 0.0), link=pl.topology == "same_link_group", priority=spec.priority,
                 tenant=spec.tenant, gang=spec.gang and spec.replicas > 1, spread=pl.spread, sig=sig,
                 data_site=pl.data_site, data_gib=pl.data_gib, units=units * len(reps),
             ))
