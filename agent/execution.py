@@ -25,7 +25,7 @@ from libs.bus.errors import BusError, InvalidRequest
 from libs.config import AgentSettings, Settings
 from libs.events import CloudEvent, InvalidEnvelope
 from libs.metrics import BUS_REJECTED
-from libs.schemas.commands import ActualStateReport, LogsRequest, agent_logs_subject
+from libs.schemas.commands import ActualStateReport, LogsRequest
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ async def serve_logs(bus: Bus, executor: Executor) -> Any:
     async def on_logs(msg: Msg) -> None:
         await _answer_logs(bus, executor, msg)
 
-    return await bus.nc.subscribe(agent_logs_subject(executor.site, executor.host_id), cb=on_logs)
+    return await bus.nc.subscribe(subjects.agent_logs_subject(executor.site, executor.host_id), cb=on_logs)
 
 
 async def _on_command(executor: Executor, msg: Msg) -> None:

@@ -32,11 +32,9 @@ from pydantic import TypeAdapter, ValidationError
 from agent.drivers.base import Driver, LaunchError, LaunchPlan, RunHandle
 from libs.bus.errors import NotFound
 from libs.config import AgentSettings
-from libs.events import CloudEvent
+from libs.events import CloudEvent, EventTypes
 from libs.metrics import BUS_MESSAGES, BUS_REJECTED
 from libs.schemas.commands import (
-    LAUNCH_TYPE,
-    STOP_TYPE,
     ActualStateReport,
     AgentCommand,
     LaunchCommand,
@@ -183,7 +181,7 @@ class Executor:
 
     async def handle_event(self, event: CloudEvent) -> str:
         """One command envelope; returns the outcome (also counted)."""
-        if event.type not in (LAUNCH_TYPE, STOP_TYPE):
+        if event.type not in (EventTypes.AGENT_LAUNCH, EventTypes.AGENT_STOP):
             return self._count("rejected", "unknown_command")
         try:
             cmd = _COMMAND.validate_python(event.data)

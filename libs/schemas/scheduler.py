@@ -13,7 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from libs.schemas.commands import WORKLOAD_ID, ReplicaState
+from libs.bus.subjects import TOKEN_PATTERN
+from libs.schemas.commands import ReplicaState
 from libs.schemas.workload import WorkloadSpec
 
 MAX_PAGE = 500
@@ -81,7 +82,7 @@ class WorkloadSubmit(BaseModel):
 class WorkloadRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(pattern=WORKLOAD_ID)
+    id: str = Field(pattern=TOKEN_PATTERN)
     tenant: str | None = Field(default=None, max_length=64, description="Confine to this tenant; None: any.")
 
 
@@ -172,7 +173,7 @@ class WorkloadPage(BaseModel):
 class LogsQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(pattern=WORKLOAD_ID)
+    id: str = Field(pattern=TOKEN_PATTERN)
     tenant: str | None = Field(default=None, max_length=64)
     replica: int = Field(default=0, ge=0)
     tail_bytes: int = Field(default=64 * 1024, ge=1, le=1024 * 1024)

@@ -18,7 +18,7 @@ import numpy as np
 
 from libs.config import Settings
 from libs.schemas.metrics import Alert, AlertSeverity, AlertState
-from services.metrics.state import STATUS_DOWN, Fleet
+from services.metrics.fleet import STATUS_DOWN, Fleet
 
 DEVICE_UNHEALTHY = "device_unhealthy"
 DEVICE_HOT = "device_hot"

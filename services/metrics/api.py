@@ -1,14 +1,14 @@
 """The metrics service: telemetry in, rollups, city summaries, alerts, and the Prometheus endpoint.
 
-Consumes ``XPUMESH_TELEMETRY`` (big batches, COPY; by a consumer of its own, see ``consumer.py``), capability reports (device metadata),
+Consumes ``XPUMESH_TELEMETRY`` (big batches, COPY; the hot path is ``telemetry.py``), capability reports (device metadata),
 registry host up/down events and workload events; answers ``xpumesh.rpc.metrics.*``;
 serves ``/metrics`` on ``metrics_port``; fires and resolves alerts through the outbox.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -37,63 +37,36 @@ from libs.schemas.metrics import (
     WorkloadQuery,
 )
 from libs.service import Context, ServiceApp
-from services.metrics import models, runtime, series
-from services.metrics.consumer import TelemetryConsumer
-from services.metrics.exposition import DeviceText, render_all, serve_http
-from services.metrics.runtime import Runtime
-from services.metrics.state import STATUS_DOWN, STATUS_UP, DeviceMeta
+from services.metrics import models, series, state, telemetry
+from services.metrics.exposition import DeviceText, asgi_app, render_all
+from services.metrics.fleet import STATUS_DOWN, STATUS_UP, DeviceMeta
+from services.metrics.state import MetricsState
 from services.metrics.views import device_now, host_now
 from services.metrics.workloads import parse_event
 
 log = logging.getLogger(__name__)
-app = ServiceApp("metrics")
-TELEMETRY_BATCH = 4096
-TELEMETRY_DURABLE = "metrics-telemetry"
-
-
-def rt(ctx: Context) -> Runtime:
-    r: Runtime = ctx.state["rt"]
-    return r
-
-
-@app.on_startup
-async def start(ctx: Context) -> None:
-    r = ctx.state["rt"] = await runtime.start(ctx)
-    consumer = ctx.state["telemetry"] = TelemetryConsumer(app, ctx, r.ingest, stream=STREAM_TELEMETRY, durable=TELEMETRY_DURABLE,
-                                                          subject=subjects.HOST_TELEMETRY_ALL, batch=TELEMETRY_BATCH)
-    await consumer.start()
+app: ServiceApp[MetricsState] = ServiceApp("metrics", state=state.load_state)
+Ctx = Context[MetricsState]
 
 
 @app.on_shutdown
-async def stop(ctx: Context) -> None:
-    consumer: TelemetryConsumer | None = ctx.state.get("telemetry")
-    if consumer is not None:  # no write may start or still run once the pools close
-        await consumer.stop(ctx.settings.bus.drain_timeout_s)
-    r: Runtime | None = ctx.state.get("rt")
-    if r is not None:
-        try:
-            await runtime.flush_rollups(r, now=float("inf"))  # write every open minute; the checkpoint covers all
-        except Exception:
-            log.warning("final rollup write failed; the next start rebuilds the open minutes")
-        await r.pool.close()
-        await r.ingest_pool.close()
+async def stop(ctx: Ctx) -> None:
+    await state.close(ctx.state)  # the consumers have stopped: no telemetry write starts or runs now
 
 
 # --- consumers ------------------------------------------------------------------------
-app.consumes(subjects.HOST_TELEMETRY_ALL)
-
-
-@app.task
-async def on_telemetry(ctx: Context) -> None:
-    """The telemetry stream, by a consumer of its own (``services.metrics.consumer``: the hot path)."""
-    consumer: TelemetryConsumer = ctx.state["telemetry"]
-    await consumer.run()
+@app.consumer(STREAM_TELEMETRY, durable="metrics-telemetry", subject=subjects.HOST_TELEMETRY_ALL, batch=True,
+              batch_size=telemetry.BATCH, decode=telemetry.decode, in_flight=telemetry.INGEST_WRITES,
+              linger=lambda s: s.metrics.ingest_linger_s)
+async def on_telemetry(items: list[telemetry.Item], ctx: Ctx) -> None:
+    """The hot path (``telemetry.py``): canonical events as columns, one COPY a batch."""
+    await telemetry.write_batch(ctx.state.ingest, items)
 
 
 @app.consumer(STREAM_HOSTS, durable="metrics-capability", subject=subjects.HOST_CAPABILITY_ALL, batch=True,
               batch_size=1024)
-async def on_capability(events: list[CloudEvent], ctx: Context) -> None:
-    r = rt(ctx)
+async def on_capability(events: list[CloudEvent], ctx: Ctx) -> None:
+    r = ctx.state
     newest: dict[str, CapabilityReport] = {}
     for event in events:
         try:
@@ -121,11 +94,11 @@ async def on_capability(events: list[CloudEvent], ctx: Context) -> None:
         r.fleet.put_device(m)
     r.summaries.clear()
     if len(metas) >= 1000:
-        runtime.settle_heap()  # many new long-lived objects: out of the collector's way too
+        state.settle_heap()  # many new long-lived objects: out of the collector's way too
 
 
 @app.consumer(STREAM_EVENTS, durable="metrics-host-events", subject="xpumesh.events.host.>")
-async def on_host_event(event: CloudEvent, ctx: Context) -> None:
+async def on_host_event(event: CloudEvent, ctx: Ctx) -> None:
     if event.type not in (EventTypes.HOST_UP, EventTypes.HOST_DOWN):
         return
     host_id, site = event.data.get("id"), event.data.get("site")
@@ -136,14 +109,14 @@ async def on_host_event(event: CloudEvent, ctx: Context) -> None:
     up = event.type == EventTypes.HOST_UP
     async with session_scope(ctx.db) as session:
         await models.save_host_status(session, host_id, site, "up" if up else "down")
-    rt(ctx).fleet.set_status(host_id, site, STATUS_UP if up else STATUS_DOWN)
-    rt(ctx).summaries.clear()
+    ctx.state.fleet.set_status(host_id, site, STATUS_UP if up else STATUS_DOWN)
+    ctx.state.summaries.clear()
 
 
 @app.consumer(STREAM_EVENTS, durable="metrics-workload-events", subject="xpumesh.events.workload.>")
-async def on_workload_event(event: CloudEvent, ctx: Context) -> None:
+async def on_workload_event(event: CloudEvent, ctx: Ctx) -> None:
     view = parse_event(event)
-    r = rt(ctx)
+    r = ctx.state
     stored, evicted = r.workloads.apply(view)
     if stored is None:
         return
@@ -153,31 +126,30 @@ async def on_workload_event(event: CloudEvent, ctx: Context) -> None:
     r.summaries.clear()
 
 
-# --- background loops -----------------------------------------------------------------
-@app.task
-async def rollup_writer(ctx: Context) -> None:
-    await runtime.flusher(rt(ctx))
+# --- periodic work and the Prometheus endpoint ---------------------------------------
+@app.every(lambda s: s.metrics.rollup_flush_interval_s, first_run="after")
+async def rollup_writer(ctx: Ctx) -> None:
+    await state.flush(ctx.state)
+
+
+@app.every(lambda s: s.metrics.maintenance_interval_s, first_run="after")
+async def partition_maintenance(ctx: Ctx) -> None:
+    await state.maintain_partitions(ctx.state)
+
+
+@app.every(lambda s: s.metrics.alerts.eval_interval_s, first_run="after")
+async def alert_rules(ctx: Ctx) -> None:
+    await state.evaluate_alerts(ctx.state)
 
 
 @app.task
-async def partition_maintenance(ctx: Context) -> None:
-    await runtime.maintenance(rt(ctx))
+async def relay(ctx: Ctx) -> None:
+    await ctx.state.relay.run()
 
 
-@app.task
-async def alert_rules(ctx: Context) -> None:
-    await runtime.evaluate_alerts(rt(ctx))
-
-
-@app.task
-async def relay(ctx: Context) -> None:
-    await rt(ctx).relay.run()
-
-
-@app.task
-async def prometheus_endpoint(ctx: Context) -> None:
-    r = rt(ctx)
-    m = ctx.settings.metrics
+def prometheus(ctx: Ctx) -> Any:
+    """``/metrics``: the fleet's device gauges, firing alerts and every service's own metrics in one scrape."""
+    r, m = ctx.state, ctx.settings.metrics
 
     def firing_text() -> str:
         lines = ["# HELP xpumesh_alerts_firing Firing alerts by site and severity.", "# TYPE xpumesh_alerts_firing gauge"]
@@ -186,28 +158,28 @@ async def prometheus_endpoint(ctx: Context) -> None:
         return "\n".join(lines) + "\n"
 
     devices = DeviceText(r.fleet, r.fresh, firing_text, m.scrape_cache_s)
-    started = asyncio.Event()
-    ctx.state["http_started"] = started
-    await serve_http(lambda: render_all(ctx.bus, devices, m.scrape_window_s), ctx.settings.gateway_host,
-                     ctx.settings.metrics_port, started)
+    return asgi_app(lambda: render_all(ctx.bus, devices, m.scrape_window_s))
+
+
+app.http(prometheus, host=lambda s: s.gateway_host, port=lambda s: s.metrics_port)
 
 
 # --- endpoints ------------------------------------------------------------------------
 @app.endpoint("summary")
-async def summary(req: SummaryQuery, ctx: Context) -> FleetSummary:
-    return rt(ctx).summary(req.sites)
+async def summary(req: SummaryQuery, ctx: Ctx) -> FleetSummary:
+    return ctx.state.summary(req.sites)
 
 
 @app.endpoint("series")
-async def get_series(req: SeriesQuery, ctx: Context) -> Series:
-    r = rt(ctx)
+async def get_series(req: SeriesQuery, ctx: Ctx) -> Series:
+    r = ctx.state
     return await series.query(req, r.fleet, r.rollups, r.pool, ctx.settings.metrics, r.lock)
 
 
 @app.endpoint("alerts.list")
-async def list_alerts(req: AlertQuery, ctx: Context) -> AlertList:
+async def list_alerts(req: AlertQuery, ctx: Ctx) -> AlertList:
     if req.state == AlertState.FIRING:
-        items = sorted((a for a in rt(ctx).alerts.firing.values()
+        items = sorted((a for a in ctx.state.alerts.firing.values()
                         if (req.sites is None or a.site in req.sites)
                         and (req.severity is None or a.severity == req.severity)),
                        key=lambda a: (a.severity != AlertSeverity.CRITICAL, -a.started_at.timestamp()))
@@ -219,8 +191,8 @@ async def list_alerts(req: AlertQuery, ctx: Context) -> AlertList:
 
 
 @app.endpoint("hosts.list")
-async def list_hosts(req: HostsQuery, ctx: Context) -> HostPage:
-    r = rt(ctx)
+async def list_hosts(req: HostsQuery, ctx: Ctx) -> HostPage:
+    r = ctx.state
     fresh, allocated = r.fresh(), r.workloads.allocated(r.fleet)
     ids = sorted(h.host_id for h in r.fleet.host_list if h.site == req.site and (req.after is None or h.host_id > req.after))
     page = ids[: req.limit]
@@ -229,8 +201,8 @@ async def list_hosts(req: HostsQuery, ctx: Context) -> HostPage:
 
 
 @app.endpoint("device.get")
-async def get_device(req: DeviceRef, ctx: Context) -> DeviceDetail:
-    r = rt(ctx)
+async def get_device(req: DeviceRef, ctx: Ctx) -> DeviceDetail:
+    r = ctx.state
     m: DeviceMeta | None = r.fleet.device_by_key(f"{req.host_id}/{req.slot}")
     if m is None or not r.fleet.present[m.id]:
         raise NotFound(f"no device {req.host_id}/{req.slot}")
@@ -243,13 +215,13 @@ async def get_device(req: DeviceRef, ctx: Context) -> DeviceDetail:
 
 
 @app.endpoint("workloads.list")
-async def list_workloads(req: WorkloadQuery, ctx: Context) -> WorkloadPage:
-    r = rt(ctx)
+async def list_workloads(req: WorkloadQuery, ctx: Ctx) -> WorkloadPage:
+    r = ctx.state
     items, cursor = r.workloads.page(sites=set(req.sites) if req.sites is not None else None, tenant=req.tenant,
                                      state=req.state, after=req.after, limit=req.limit, fleet=r.fleet)
     return WorkloadPage(items=items, next_cursor=cursor)
 
 
 @app.endpoint("ingest.stats")
-async def ingest_stats(req: SummaryQuery, ctx: Context) -> IngestStats:
-    return rt(ctx).ingest.stats()
+async def ingest_stats(req: SummaryQuery, ctx: Ctx) -> IngestStats:
+    return ctx.state.ingest.stats()

@@ -11,21 +11,18 @@ Two parts in one scrape:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-import uvicorn
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from libs.bus.connection import Bus
 from libs.bus.subjects import CTL_METRICS
-from services.metrics.state import STATUS_NAMES, Fleet
+from services.metrics.fleet import STATUS_NAMES, Fleet
 
 log = logging.getLogger(__name__)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -148,28 +145,3 @@ def asgi_app(render: Callable[[], Awaitable[bytes]]) -> Callable[..., Awaitable[
     return app
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: the service's lifecycle owns SIGTERM/SIGINT."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-async def serve_http(render: Callable[[], Awaitable[bytes]], host: str, port: int, started: asyncio.Event) -> None:
-    config = uvicorn.Config(asgi_app(render), host=host, port=port, log_level="warning", access_log=False,
-                            lifespan="off")
-    server = _Server(config)
-    task = asyncio.ensure_future(server.serve())
-    try:
-        for _ in range(500):  # uvicorn offers no "started" event to wait on
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.02)
-        started.set()
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        server.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, timeout=2.0)
-        raise

@@ -22,9 +22,9 @@ from libs.config import Settings
 from libs.metrics import BUS_REJECTED
 from libs.schemas.metrics import IngestStats
 from services.metrics import models, pgcopy
+from services.metrics.fleet import DeviceMeta, Fleet, HostMeta
 from services.metrics.partitions import Coverage
 from services.metrics.rollups import Rollups
-from services.metrics.state import DeviceMeta, Fleet, HostMeta
 from services.metrics.wire import Columns
 
 log = logging.getLogger(__name__)

@@ -22,9 +22,9 @@ from libs.db.outbox import outbox_row
 from libs.events import CloudEvent, EventTypes
 from libs.schemas.hostevents import CapabilityReport
 from libs.schemas.metrics import Alert, AlertState, Placement, WorkloadNow
+from services.metrics.fleet import DeviceMeta, Fleet, slots_for
 from services.metrics.orm import alerts, devices, hosts, outbox, workloads
 from services.metrics.rollups import DEVICE_STAGE_COLUMNS
-from services.metrics.state import DeviceMeta, Fleet, slots_for
 
 STATUS_CODES = {"up": 1, "down": 2}
 

@@ -18,6 +18,7 @@ from libs.bus.errors import InvalidRequest, NotFound
 from libs.config import MetricsSettings
 from libs.schemas.metrics import Scope, Series, SeriesPoint, SeriesQuery
 from services.metrics import models
+from services.metrics.fleet import Fleet
 from services.metrics.rollups import (
     SCOPE_DEVICE,
     SCOPE_HOST,
@@ -27,7 +28,6 @@ from services.metrics.rollups import (
     Agg,
     Rollups,
 )
-from services.metrics.state import Fleet
 
 
 def resolve(req: SeriesQuery, fleet: Fleet) -> tuple[int, str, np.ndarray]:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from libs.schemas.metrics import AlertCounts, DeviceNow, FleetSummary, HardwareSummary, HostNow, SiteSummary
-from services.metrics.state import STATUS_DOWN, STATUS_NAMES, STATUS_UP, DeviceMeta, Fleet, HostMeta
+from services.metrics.fleet import STATUS_DOWN, STATUS_NAMES, STATUS_UP, DeviceMeta, Fleet, HostMeta
 
 
 def _hw_summary(name: str, c: dict[str, np.ndarray], i: int) -> HardwareSummary:

@@ -41,7 +41,7 @@ class _Report(TypedDict):
     devices: NotRequired[Annotated[list[DeviceSample], Field(max_length=1024)]]
 
 
-class _Event(TypedDict):
+class Event(TypedDict):
     """The canonical telemetry CloudEvent (``EventTypes.HOST_TELEMETRY``); ``source`` printable ASCII, no spaces."""
 
     __pydantic_config__ = ConfigDict(extra="forbid", strict=True)  # type: ignore[misc]
@@ -57,10 +57,10 @@ class _Event(TypedDict):
     data: _Report
 
 
-_EVENT = TypeAdapter(_Event)
+_EVENT = TypeAdapter(Event)
 
 
-def canonical(raw: bytes) -> _Event | None:
+def canonical(raw: bytes) -> Event | None:
     """The message as a canonical telemetry event, or None: then the full models must judge it."""
     try:
         return _EVENT.validate_json(raw)
@@ -95,7 +95,7 @@ class Columns:
         self.counts.append(len(devices))
         self.samples.extend(devices)
 
-    def add_event(self, e: _Event) -> None:
+    def add_event(self, e: Event) -> None:
         d = e["data"]
         self.add(d["host_id"], d["site"], d["ts"], d["cpu_pct"], d["mem_used_mib"], d["mem_total_mib"],
                  d.get("devices", []))

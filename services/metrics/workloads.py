@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from libs.bus.errors import InvalidRequest
 from libs.events import EVENT_TYPE_PREFIX, CloudEvent
 from libs.schemas.metrics import Placement, WorkloadNow
-from services.metrics.state import Fleet
+from services.metrics.fleet import Fleet
 
 HOLDING = frozenset({"placed", "scheduled", "starting", "launching", "launched", "running", "preempting", "stopping"})
 TERMINAL = frozenset({"succeeded", "completed", "failed", "stopped", "cancelled", "canceled", "preempted", "deleted",

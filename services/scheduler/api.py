@@ -26,13 +26,11 @@ from libs.db.outbox import OutboxRelay
 from libs.events import CloudEvent, EventTypes
 from libs.metrics import BUS_REJECTED
 from libs.schemas.commands import (
-    STOP_TYPE,
     ActualStateReport,
     LogsReply,
     LogsRequest,
     ReplicaReport,
     StopCommand,
-    agent_logs_subject,
     command_id,
 )
 from libs.schemas.devices import Health
@@ -189,7 +187,7 @@ async def _stop_unwanted(ctx: Context, unwanted: list[tuple[str, ReplicaReport]]
                           host_id=host_id, site=site, workload_id=rep.workload_id, replica=rep.replica,
                           attempt=rep.attempt, reason="not wanted by the scheduler", issued_at=now,
                           expires_at=now + timedelta(seconds=s.command_ttl_s))
-        event = CloudEvent.new(STOP_TYPE, models.SOURCE, cmd, subject=f"{rep.workload_id}/{rep.replica}",
+        event = CloudEvent.new(EventTypes.AGENT_STOP, models.SOURCE, cmd, subject=f"{rep.workload_id}/{rep.replica}",
                                id=cmd.command_id)
         try:
             await ctx.bus.publish_event(event, subject=subjects.agent_command_subject(site, host_id))
@@ -324,7 +322,7 @@ async def workload_logs(req: LogsQuery, ctx: Context) -> LogsView:
     if loc.host_id is None or loc.site is None:
         raise NotFound(f"replica {req.replica} of {req.id} has not run anywhere yet", title="No logs yet")
     try:
-        reply = await ctx.bus.request(agent_logs_subject(loc.site, loc.host_id),
+        reply = await ctx.bus.request(subjects.agent_logs_subject(loc.site, loc.host_id),
                                       LogsRequest(workload_id=req.id, replica=req.replica, tail_bytes=req.tail_bytes),
                                       LogsReply, timeout=ctx.settings.scheduler.logs_timeout_s)
     except NotFound:

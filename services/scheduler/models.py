@@ -23,7 +23,7 @@ from libs.bus.errors import Conflict
 from libs.bus.subjects import event_subject
 from libs.db.outbox import outbox_row
 from libs.events import CloudEvent, EventTypes
-from libs.schemas.commands import LAUNCH_TYPE, STOP_TYPE, LaunchCommand, StopCommand
+from libs.schemas.commands import LaunchCommand, StopCommand
 from libs.schemas.scheduler import (
     Explanation,
     HistoryEntry,
@@ -95,7 +95,7 @@ def _event_site(wl: Workload) -> str | None:
 def _command_row(cmd: LaunchCommand | StopCommand) -> dict[str, Any]:
     from libs.bus.subjects import agent_command_subject
 
-    etype = LAUNCH_TYPE if isinstance(cmd, LaunchCommand) else STOP_TYPE
+    etype = EventTypes.AGENT_LAUNCH if isinstance(cmd, LaunchCommand) else EventTypes.AGENT_STOP
     event = CloudEvent.new(etype, SOURCE, cmd, subject=f"{cmd.workload_id}/{cmd.replica}", id=cmd.command_id)
     return outbox_row(event, agent_command_subject(cmd.site, cmd.host_id))
 

@@ -19,7 +19,7 @@ from libs.bus import subjects
 from libs.bus.connection import STREAM_COMMANDS, Bus
 from libs.events import CloudEvent, EventTypes
 from libs.metrics import BUS_REJECTED
-from libs.schemas.commands import LAUNCH_TYPE, CommandDevice, LaunchCommand
+from libs.schemas.commands import CommandDevice, LaunchCommand
 from libs.schemas.devices import HardwareType, Health
 from libs.schemas.hostevents import host_id_for
 from libs.schemas.inventory import DeviceEvent
@@ -152,7 +152,7 @@ async def _launch_ids(bus: Bus, wid: str) -> list[str]:
             except Exception:
                 break
             event = CloudEvent.from_bytes(msg.data)
-            if event.type == LAUNCH_TYPE and event.data["workload_id"] == wid:
+            if event.type == EventTypes.AGENT_LAUNCH and event.data["workload_id"] == wid:
                 ids.append(event.id)
     finally:
         await sub.unsubscribe()
@@ -204,7 +204,7 @@ async def test_execution_commands_for_another_host_are_rejected_and_counted(sett
                                 id="hz-2:nvidia:0", index=0, vendor="nvidia", hardware_type=HardwareType.GPU)],
                             spec=WorkloadSpec(name="stray", hardware={"type": "gpu"}, variants=SLEEPER),
                             issued_at=now, expires_at=now + timedelta(seconds=60))
-        event = CloudEvent.new(LAUNCH_TYPE, "/somewhere", cmd, id=cmd.command_id)
+        event = CloudEvent.new(EventTypes.AGENT_LAUNCH, "/somewhere", cmd, id=cmd.command_id)
         await bus.publish_event(event, subject=subjects.agent_command_subject("hangzhou", "hz-1"))
         await assert_eventually(
             lambda: BUS_REJECTED.labels("agent", "commands", "wrong_host")._value.get() >= before + 1, timeout=5)

@@ -14,11 +14,9 @@ import pytest
 from agent.drivers import ProcessDriver, SimDriver
 from agent.executor import Executor
 from libs.config import AgentSettings
-from libs.events import CloudEvent
+from libs.events import CloudEvent, EventTypes
 from libs.metrics import BUS_REJECTED
 from libs.schemas.commands import (
-    LAUNCH_TYPE,
-    STOP_TYPE,
     ActualStateReport,
     CommandDevice,
     LaunchCommand,
@@ -102,7 +100,7 @@ async def test_executor_rejects_and_counts_commands_for_another_host(tmp_path: P
     assert await ex.handle(_launch(site="other")) == "rejected"
     assert _rejected("wrong_host") == before + 2
     assert ex.runs == {}
-    bad = CloudEvent.new(LAUNCH_TYPE, "/scheduler", {"kind": "launch", "host_id": "h1"})
+    bad = CloudEvent.new(EventTypes.AGENT_LAUNCH, "/scheduler", {"kind": "launch", "host_id": "h1"})
     before_bad = _rejected("invalid_command")
     assert await ex.handle_event(bad) == "rejected"
     assert _rejected("invalid_command") == before_bad + 1
@@ -115,7 +113,7 @@ async def test_executor_runs_a_replica_to_its_exit_code_and_reports_it(tmp_path:
     await ex.start()
     cmd = _launch([sys.executable, "-c", "import os; print(os.environ['CUDA_VISIBLE_DEVICES']); raise SystemExit(5)"],
                   devices=[2])
-    event = CloudEvent.new(LAUNCH_TYPE, "/scheduler", cmd, id=cmd.command_id)
+    event = CloudEvent.new(EventTypes.AGENT_LAUNCH, "/scheduler", cmd, id=cmd.command_id)
     assert await ex.handle_event(event) == "launched"
     assert await ex.handle_event(event) == "duplicate"  # the same command twice
     again = cmd.model_copy(update={"command_id": "launch-resent"})
@@ -209,5 +207,5 @@ async def test_executor_stop_event_envelope_is_accepted(tmp_path: Path) -> None:
     await ex.start()
     await ex.handle(_launch(["sleep", "30"]))
     cmd = _stop()
-    assert await ex.handle_event(CloudEvent.new(STOP_TYPE, "/scheduler", cmd, id=cmd.command_id)) == "stopped"
+    assert await ex.handle_event(CloudEvent.new(EventTypes.AGENT_STOP, "/scheduler", cmd, id=cmd.command_id)) == "stopped"
     await ex.close()

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Path, Query, Response
 
 from libs.bus.errors import NotFound
-from libs.schemas.commands import WORKLOAD_ID
+from libs.bus.subjects import TOKEN_PATTERN
 from libs.schemas.scheduler import (
     LogsQuery,
     LogsView,
@@ -41,7 +41,7 @@ from services.gateway.routes.inventory import hardware_type
 router = APIRouter(tags=["workloads"])
 WorkloadId = Annotated[str, Path(max_length=64, description="Workload id, e.g. 'wl_18ea52ab2dac349aa6915d69'.",
                                  examples=["wl_18ea52ab2dac349aa6915d69"])]
-_ID = re.compile(WORKLOAD_ID)
+_ID = re.compile(TOKEN_PATTERN)
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: problem(
     "No such workload (or another tenant's)", "Workload not found", "no workload 'wl_18ea52ab2dac349aa6915d69'")}
 _QUOTA_EXAMPLE = {
