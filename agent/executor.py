@@ -9,7 +9,7 @@ per (workload, replica, attempt); a newer attempt replaces an older one.
 
 With a ``state_dir`` every run is written to ``executor.json``; a restarted agent reads it
 back and adopts whatever still runs (the scheduler sees the same attempts running and keeps
-them). ``agent.execution`` wires executors to the bus.
+them). ``agent.execution`` wires an executor to the bus for its host.
 """
 
 from __future__ import annotations
@@ -339,9 +339,3 @@ class Executor:
             text = run.message
         return LogsReply(workload_id=run.workload_id, replica=run.replica, attempt=run.attempt, state=run.state,
                          exit_code=run.exit_code, text=text, truncated=more)
-
-    def device_load(self) -> dict[int, float]:
-        """Utilisation per device index from simulated replicas (for a simulator's telemetry)."""
-        sim = self.drivers.get("sim")
-        load: Callable[[], dict[int, float]] | None = getattr(sim, "device_load", None)
-        return load() if load is not None else {}

@@ -6,11 +6,10 @@ label changes); discovery is re-run every ``agent.rediscover_interval_s``. It he
 every ``heartbeat_interval_s`` and sends one telemetry message per ``telemetry_interval_s``
 with every device's readings and the host's CPU and memory (psutil).
 
-The seam for running work: ``Agent.on_command`` (and ``SimHost.on_command`` in the
-simulator) is an optional ``CommandHook`` called with every command event sent to this
-host on ``xpumesh.agent.<site>.<host>.cmd``; whatever the hook launches it may keep in
-``running`` (work id → its own record), and ``report_state(ActualStateReport)`` publishes
-what runs as ``io.xpumesh.host.state``.
+Work runs through ``agent.execution``: the agent is its ``ExecutionHost`` (``agent.ports``),
+giving it the host's devices and publishing what runs as ``io.xpumesh.host.state``; the
+execution takes the launch/stop commands of ``xpumesh.agent.<site>.<host>.cmd`` and keeps
+its runs under ``<data_dir>/agent/<host>``, so that a restarted agent adopts them.
 """
 
 from __future__ import annotations
@@ -20,33 +19,28 @@ import json
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psutil
-from nats.aio.msg import Msg
 
 from agent.discover import collect_readings, discover
-from agent.execution import attach_agent
+from agent.execution import host_drivers, start_execution
+from agent.ports import Execution
 from agent.probes.readings import DeviceReading
 from agent.publisher import HostPublisher
 from libs import __version__
 from libs.bus import subjects
 from libs.bus.connection import Bus
 from libs.config import Settings
-from libs.events import CloudEvent, EventTypes, InvalidEnvelope
 from libs.schemas.commands import ActualStateReport
-from libs.schemas.devices import Device, Discovery, Health
+from libs.schemas.devices import Device, Discovery, Health, device_id
 from libs.schemas.hostevents import CapabilityReport, DeviceSample, TelemetryReport, host_id_for
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
-
-CommandHook = Callable[[CloudEvent], Awaitable[None]]
-"""Called with each command event addressed to the host; the scheduler's launch/stop handler plugs in here."""
-
 
 def next_generation(previous: int) -> int:
     """Capability generations: milliseconds since the epoch, strictly increasing, so a restart never goes back."""
@@ -72,13 +66,6 @@ def samples_for(devices: list[Device], readings: list[DeviceReading]) -> list[De
     return out
 
 
-async def publish_state(publisher: HostPublisher, report: ActualStateReport) -> None:
-    """Report the work running on a host (durable, on ``xpumesh.host.<site>.<host>.state``)."""
-    event = CloudEvent.new(EventTypes.HOST_STATE, publisher.source, report, subject=publisher.host_id,
-                           id=f"state-{publisher.host_id}-{report.boot_id}-{report.seq}")
-    await publisher.bus.publish_event(event, subject=subjects.host_subject(publisher.site, publisher.host_id, "state"))
-
-
 class Agent:
     """The agent of this host."""
 
@@ -89,13 +76,19 @@ class Agent:
         self.discovery: Discovery | None = None
         self.publisher: HostPublisher | None = None
         self.generation = 0
-        self.on_command: CommandHook | None = None
-        self.running: dict[str, Any] = {}
         self._published: str | None = None  # fingerprint of the last report JetStream acknowledged
 
     @property
     def host_id(self) -> str:
         return self._pub().host_id
+
+    @property
+    def site(self) -> str:
+        return self._pub().site
+
+    def device_ids(self) -> Collection[str]:
+        devices = self.discovery.devices if self.discovery is not None else []
+        return {device_id(self.host_id, d.vendor, d.index) for d in devices}
 
     def _pub(self) -> HostPublisher:
         if self.publisher is None:
@@ -119,7 +112,7 @@ class Agent:
         if fp == self._published:
             return False
         self.generation = next_generation(self.generation)
-        report = CapabilityReport(host_id=self.host_id, site=self._pub().site, generation=self.generation,
+        report = CapabilityReport(host_id=self.host_id, site=self.site, generation=self.generation,
                                   agent_version=__version__, facts=d.host, devices=d.devices, labels=d.labels)
         await self._pub().capability(report)
         self._published = fp
@@ -138,28 +131,14 @@ class Agent:
         if flipped != d.devices:  # health flipped: the capability report follows
             self.discovery = d.model_copy(update={"devices": flipped})
         mem = psutil.virtual_memory()
-        report = TelemetryReport(host_id=self.host_id, site=self._pub().site, ts=datetime.now(UTC),
+        report = TelemetryReport(host_id=self.host_id, site=self.site, ts=datetime.now(UTC),
                                  cpu_pct=min(100.0, max(0.0, psutil.cpu_percent(interval=None))),
                                  mem_used_mib=int((mem.total - mem.available) // MIB), mem_total_mib=int(mem.total // MIB),
                                  devices=samples)
         await self._pub().telemetry(report)
 
     async def report_state(self, report: ActualStateReport) -> None:
-        await publish_state(self._pub(), report)
-
-    async def handle_command(self, msg: Msg) -> None:
-        try:
-            event = CloudEvent.from_bytes(msg.data)
-        except InvalidEnvelope as exc:
-            log.warning("dropped a malformed command: %s", exc.reason)
-            return
-        if self.on_command is None:
-            log.info("command %s received but no handler is installed", event.type)
-            return
-        try:
-            await self.on_command(event)
-        except Exception:
-            log.exception("command handler failed on %s", event.id)
+        await self._pub().state(report)
 
     # ------------------------------------------------------------------ loops
     async def _every(self, interval: float, what: str, fn: Callable[[], Awaitable[Any]]) -> None:
@@ -179,9 +158,9 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         await self.discover()
         pub = self._pub()
-        sub = await self.bus.nc.subscribe(subjects.agent_command_subject(pub.site, pub.host_id), cb=self.handle_command)
         s = self.settings
-        execution = await attach_agent(self.bus, self, s)  # launch/stop commands run here; replicas outlive a restart
+        execution: Execution = await start_execution(self.bus, self, drivers=host_drivers(s.agent), settings=s.agent,
+                                                     state_dir=s.data_dir / "agent" / pub.host_id)
         tasks = [
             asyncio.create_task(self._every(s.heartbeat_interval_s, "heartbeat", pub.heartbeat), name="heartbeat"),
             asyncio.create_task(self._every(s.agent.rediscover_interval_s, "discovery", self._rediscover),
@@ -195,7 +174,6 @@ class Agent:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await execution.close()
-        await sub.unsubscribe()
 
     async def _telemetry(self) -> None:
         await self.telemetry_once()

@@ -1,17 +1,61 @@
-"""What every agent (real or simulated) sends, built and published in one place."""
+"""What every host (a real agent or a simulated one) sends, encoded and published in one place.
+
+Heartbeats and telemetry are the hot path: the simulator sends them for 10,000 hosts. Each
+host's event of each kind is serialized once into an ``EventTemplate``; per message only
+the id, the time and (for telemetry) the data are put in. The bytes are exactly what
+``CloudEvent.to_bytes()`` gives for the same event, the canonical form the metrics service's
+strict parser takes on its fast path.
+"""
 
 from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
 
 from libs import __version__
 from libs.bus import subjects
 from libs.bus.connection import Bus
-from libs.events import CloudEvent, EventTypes
+from libs.events import CloudEvent, EventTypes, event_type
+from libs.schemas.commands import ActualStateReport
 from libs.schemas.hostevents import CapabilityReport, TelemetryReport
 from libs.schemas.registry import Heartbeat, MemberKind
 
+_ID = "__xpumesh_id__"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_DATA = {"__xpumesh_data__": 0}
+HEARTBEAT_TYPE = event_type("host.heartbeat")
+
+
+def utc_json(at: datetime) -> str:
+    """A UTC time as pydantic writes it in JSON (``2025-06-03T08:14:02.5Z``; no fraction when whole)."""
+    return at.isoformat().replace("+00:00", "Z")
+
+
+class EventTemplate:
+    """One CloudEvent serialized once and split where its id, time and (unless fixed) data go."""
+
+    def __init__(self, event_type: str, source: str, subject: str, data: Heartbeat | None = None) -> None:
+        fixed = data.model_dump(mode="json") if data is not None else _DATA
+        raw = CloudEvent(id=_ID, source=source, type=event_type, time=_EPOCH, subject=subject, data=fixed).to_bytes()
+        head, rest = raw.split(json.dumps(_ID).encode(), 1)
+        mid, rest = rest.split(json.dumps(utc_json(_EPOCH)).encode(), 1)
+        if data is None:
+            before_data, tail = rest.split(json.dumps(_DATA, separators=(",", ":")).encode(), 1)
+            self._parts = (head + b'"', b'"' + mid + b'"', b'"' + before_data, tail)
+        else:
+            self._parts = (head + b'"', b'"' + mid + b'"', b'"' + rest, b"")
+
+    def render(self, data: bytes = b"", *, event_id: str | None = None, at: datetime | None = None) -> tuple[bytes, str]:
+        """The event's bytes and its id (new unless given); ``data`` is the JSON of the data, unless fixed."""
+        event_id = event_id or str(uuid.uuid4())
+        head, mid, before_data, tail = self._parts
+        when = utc_json(at or datetime.now(UTC)).encode()
+        return b"".join((head, event_id.encode(), mid, when, before_data, data, tail)), event_id
+
 
 class HostPublisher:
-    """Publishes one host's heartbeat, capability and telemetry events on its own subjects."""
+    """Publishes one host's heartbeat, capability, telemetry and state events on its own subjects."""
 
     def __init__(self, bus: Bus, host_id: str, site: str, hostname: str, *, interval_s: float) -> None:
         self.bus = bus
@@ -20,15 +64,24 @@ class HostPublisher:
         self.hostname = hostname
         self.interval_s = interval_s
         self.source = f"/agent/{site}/{host_id}"
+        self._heartbeat: EventTemplate | None = None  # made on first use: a simulated fleet has thousands
+        self._telemetry: EventTemplate | None = None
 
-    def heartbeat_event(self, meta: dict[str, str] | None = None) -> CloudEvent:
-        hb = Heartbeat(kind=MemberKind.HOST, id=self.host_id, name=self.hostname, site=self.site, version=__version__,
-                       interval_s=self.interval_s, meta=meta or {})
-        return CloudEvent.new("io.xpumesh.host.heartbeat", self.source, hb, subject=self.host_id)
+    def heartbeat_template(self) -> EventTemplate:
+        if self._heartbeat is None:
+            hb = Heartbeat(kind=MemberKind.HOST, id=self.host_id, name=self.hostname, site=self.site,
+                           version=__version__, interval_s=self.interval_s)
+            self._heartbeat = EventTemplate(HEARTBEAT_TYPE, self.source, self.host_id, hb)
+        return self._heartbeat
 
-    async def heartbeat(self, meta: dict[str, str] | None = None) -> None:
-        event = self.heartbeat_event(meta)
-        await self.bus.publish(subjects.host_subject(self.site, self.host_id, "heartbeat"), event.to_bytes())
+    def telemetry_template(self) -> EventTemplate:
+        if self._telemetry is None:
+            self._telemetry = EventTemplate(EventTypes.HOST_TELEMETRY, self.source, self.host_id)
+        return self._telemetry
+
+    async def heartbeat(self) -> None:
+        payload, _ = self.heartbeat_template().render()
+        await self.bus.publish(subjects.host_subject(self.site, self.host_id, "heartbeat"), payload)
 
     async def capability(self, report: CapabilityReport) -> None:
         """Durable: acknowledged by JetStream; the id makes a re-send of the same generation a duplicate."""
@@ -37,7 +90,16 @@ class HostPublisher:
         await self.bus.publish_event(event, subject=subjects.host_subject(self.site, self.host_id, "capability"))
 
     async def telemetry(self, report: TelemetryReport) -> None:
-        """High volume, fire-and-forget into the telemetry stream."""
-        event = CloudEvent.new(EventTypes.HOST_TELEMETRY, self.source, report, subject=self.host_id)
-        await self.bus.publish(subjects.host_subject(self.site, self.host_id, "telemetry"), event.to_bytes(),
-                               msg_id=event.id)
+        await self.telemetry_json(report.model_dump_json().encode())
+
+    async def telemetry_json(self, data: bytes) -> None:
+        """High volume, fire-and-forget into the telemetry stream. ``data``: a ``TelemetryReport`` as
+        JSON (the simulator writes its own without building a model per message)."""
+        payload, event_id = self.telemetry_template().render(data)
+        await self.bus.publish(subjects.host_subject(self.site, self.host_id, "telemetry"), payload, msg_id=event_id)
+
+    async def state(self, report: ActualStateReport) -> None:
+        """What runs on the host (durable); the id makes a re-send of the same report a duplicate."""
+        event = CloudEvent.new(EventTypes.HOST_STATE, self.source, report, subject=self.host_id,
+                               id=f"state-{self.host_id}-{report.boot_id}-{report.seq}")
+        await self.bus.publish_event(event, subject=subjects.host_subject(self.site, self.host_id, "state"))

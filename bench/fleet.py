@@ -52,7 +52,7 @@ from libs.bus import subjects  # noqa: E402
 from libs.bus.connection import STREAM_HOSTS, STREAM_TELEMETRY, Bus  # noqa: E402
 from libs.config import Settings  # noqa: E402
 from libs.embedded import EmbeddedNats, EmbeddedPostgres  # noqa: E402
-from libs.schemas.sim import SIM_CTL_SUBJECT, SimControl, SimControlReply  # noqa: E402
+from libs.schemas.sim import SimControl, SimControlReply  # noqa: E402
 from libs.service import CTL_METRICS  # noqa: E402
 from xpumesh.prestart import prestart  # noqa: E402
 
@@ -140,7 +140,7 @@ async def bus_counters(bus: Bus) -> dict[tuple[str, str, str], float]:
 
 
 async def sim_stats(bus: Bus) -> dict[str, float]:
-    msg = await bus.nc.request(SIM_CTL_SUBJECT, SimControl(action="stats").model_dump_json().encode(), timeout=5)
+    msg = await bus.nc.request(subjects.SIM_CONTROL, SimControl(action="stats").model_dump_json().encode(), timeout=5)
     return SimControlReply.model_validate_json(msg.data).stats
 
 
@@ -238,7 +238,7 @@ async def measure(args: argparse.Namespace, phase: Phase, bus: Bus, db: asyncpg.
                   watched: list[Watched]) -> None:
     rng = random.Random(1)
     listing = SimControlReply.model_validate_json((await bus.nc.request(
-        SIM_CTL_SUBJECT, SimControl(action="list").model_dump_json().encode(), timeout=10)).data)
+        subjects.SIM_CONTROL, SimControl(action="list").model_dump_json().encode(), timeout=10)).data)
     targets = [h for h in listing.hosts if h.devices]
     window_start = await db.fetchval("SELECT now()")
     for w in watched:
@@ -253,7 +253,7 @@ async def measure(args: argparse.Namespace, phase: Phase, bus: Bus, db: asyncpg.
         if args.capability_rate > 0:
             h = rng.choice(targets)
             action = "repair" if h.host_id in faulty else "fault"
-            await bus.nc.request(SIM_CTL_SUBJECT, SimControl(action=action, host_id=h.host_id, device_index=0)
+            await bus.nc.request(subjects.SIM_CONTROL, SimControl(action=action, host_id=h.host_id, device_index=0)
                                  .model_dump_json().encode(), timeout=5)
             faulty.symmetric_difference_update({h.host_id})
             changes += 1

@@ -32,6 +32,7 @@ from rich.live import Live
 from rich.table import Table
 
 from libs.config import Settings
+from libs.events import EVENT_TYPE_PREFIX
 
 EXIT_OK, EXIT_API, EXIT_INPUT, EXIT_AUTH, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
 ROLES = ("admin", "operator", "user", "viewer")
@@ -224,7 +225,7 @@ def _event_row(seq: str, e: dict[str, Any]) -> dict[str, Any]:
         when = datetime.fromisoformat(str(when).replace("Z", "+00:00")).strftime("%H:%M:%S")
     except ValueError:
         pass
-    return {"seq": seq, "time": when, "type": str(e.get("type", "")).removeprefix("io.xpumesh."),
+    return {"seq": seq, "time": when, "type": str(e.get("type", "")).removeprefix(EVENT_TYPE_PREFIX),
             "subject": e.get("subject"), "site": data.get("site"), "tenant": data.get("tenant")}
 
 

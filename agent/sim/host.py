@@ -1,8 +1,10 @@
-"""One simulated host: its reports, its load, its faults, and the seam for commands.
+"""One simulated host: its reports, its load, its faults.
 
 A ``SimHost`` is the simulator's counterpart of ``agent.main.Agent``: it builds the same
-``CapabilityReport``/``TelemetryReport`` and publishes them through the same
-``HostPublisher``. The simulator drives it from one loop; nothing here starts a task.
+``CapabilityReport`` and telemetry and publishes them through the same ``HostPublisher``
+(its telemetry as JSON written without a model per message, for speed), and it is the
+``ExecutionHost`` of the work the scheduler sends it. The simulator drives it from one
+loop; nothing here starts a task.
 """
 
 from __future__ import annotations
@@ -10,21 +12,19 @@ from __future__ import annotations
 import json
 import math
 import random
-import uuid
 import zlib
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 
-from agent.main import CommandHook, next_generation, publish_state
-from agent.publisher import HostPublisher
+from agent.main import next_generation
+from agent.publisher import HostPublisher, utc_json
 from agent.sim.fleet import HostSpec
 from libs import __version__
 from libs.bus.connection import Bus
-from libs.bus.subjects import host_subject
-from libs.events import CloudEvent, EventTypes
 from libs.schemas.commands import ActualStateReport
-from libs.schemas.devices import Device, Health
-from libs.schemas.hostevents import CapabilityReport, DeviceSample, TelemetryReport
+from libs.schemas.devices import Device, Health, device_id
+from libs.schemas.hostevents import CapabilityReport, DeviceSample
 
 CHINA_UTC_OFFSET_S = 8 * 3600
 
@@ -35,33 +35,8 @@ def diurnal(now: float, day_s: float) -> float:
     return 0.55 + 0.4 * math.sin(2 * math.pi * (phase - 0.375))
 
 
-_ID = "__xpumesh_id__"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_DATA = {"__xpumesh_data__": 0}
-
-
-class _Template:
-    """An event serialized once, split where its id, time and (optionally) data go."""
-
-    def __init__(self, event: CloudEvent) -> None:
-        raw = event.model_copy(update={"id": _ID, "time": _EPOCH}).to_bytes()
-        time_json = json.dumps(_EPOCH.isoformat().replace("+00:00", "Z")).encode()
-        self.parts = raw.replace(b'"' + _ID.encode() + b'"', b"\x00").replace(time_json, b"\x01").replace(
-            json.dumps(_DATA, separators=(",", ":")).encode(), b"\x02")
-        if self.parts.count(b"\x00") != 1 or self.parts.count(b"\x01") != 1:
-            raise ValueError("event template: id or time not found once")
-
-    def fill(self, data: bytes | None) -> tuple[bytes, str]:
-        event_id = str(uuid.uuid4())
-        out = self.parts.replace(b"\x00", b'"' + event_id.encode() + b'"', 1).replace(
-            b"\x01", b'"' + datetime.now(UTC).isoformat().encode() + b'"', 1)
-        if data is not None:
-            out = out.replace(b"\x02", data, 1)
-        return out, event_id
-
-
 class SimHost:
-    """A simulated host. ``running`` and ``on_command`` are the seam for launch/stop handling."""
+    """A simulated host."""
 
     def __init__(self, spec: HostSpec, bus: Bus, *, interval_s: float) -> None:
         self.spec = spec
@@ -72,13 +47,7 @@ class SimHost:
         self.up = True
         self.down_until: float | None = None  # monotonic; None with up=False: down until told otherwise
         self.faults: dict[int, float | None] = {}  # slot -> monotonic repair time (None: until repaired)
-        self.on_command: CommandHook | None = None
-        self.running: dict[str, Any] = {}  # work id -> whatever the launch handler keeps
         self._rng = random.Random(zlib.crc32(spec.host_id.encode()))
-        self._subjects = (host_subject(self.site, self.host_id, "heartbeat"),
-                          host_subject(self.site, self.host_id, "telemetry"))
-        self._heartbeat: _Template | None = None
-        self._telemetry: _Template | None = None
 
     # -------------------------------------------------------------- reports
     def devices(self) -> list[Device]:
@@ -92,6 +61,9 @@ class SimHost:
         return CapabilityReport(host_id=self.host_id, site=self.site, generation=self.generation,
                                 agent_version=f"{__version__}-sim", facts=self.spec.facts, devices=self.devices(),
                                 labels=self.spec.labels)
+
+    def device_ids(self) -> Collection[str]:
+        return {device_id(self.host_id, d.vendor, d.index) for d in self.spec.devices}
 
     def telemetry_data(self, now: float, load: float) -> dict[str, Any]:
         """This interval's ``TelemetryReport`` as plain data: diurnal load, host bias, noise, faults."""
@@ -111,32 +83,21 @@ class SimHost:
             samples.append((slot, util, used, temp, power, 1))
         mem_total = self.spec.facts.memory_mib
         return {"schema_version": 1, "host_id": self.host_id, "site": self.site,
-                "ts": datetime.fromtimestamp(now, UTC).isoformat(),
+                "ts": utc_json(datetime.fromtimestamp(now, UTC)),
                 "cpu_pct": round(min(100.0, 5 + base * 60 + rng.uniform(0, 5)), 1),
                 "mem_used_mib": int(mem_total * (0.1 + base * 0.5)), "mem_total_mib": mem_total, "devices": samples}
 
-    def telemetry_report(self, now: float, load: float) -> TelemetryReport:
-        return TelemetryReport.model_validate(self.telemetry_data(now, load))
-
-    # -------------------------------------------------------------- the hot path
-    async def send_heartbeat(self) -> None:
-        """What ``HostPublisher.heartbeat`` sends, from a template: only the id and time change."""
-        if self._heartbeat is None:
-            self._heartbeat = _Template(self.publisher.heartbeat_event())
-        payload, _ = self._heartbeat.fill(None)
-        await self.publisher.bus.publish(self._subjects[0], payload)
+    def telemetry_json(self, now: float, load: float) -> bytes:
+        """``telemetry_data`` as the JSON ``TelemetryReport.model_dump_json`` writes for the same values."""
+        return json.dumps(self.telemetry_data(now, load), separators=(",", ":")).encode()
 
     async def send_telemetry(self, now: float, load: float) -> None:
-        """What ``HostPublisher.telemetry`` sends, without building pydantic models per interval."""
-        if self._telemetry is None:
-            self._telemetry = _Template(CloudEvent(id=_ID, source=self.publisher.source, type=EventTypes.HOST_TELEMETRY,
-                                                   time=_EPOCH, subject=self.host_id, data=_DATA))
-        data = json.dumps(self.telemetry_data(now, load), separators=(",", ":")).encode()
-        payload, event_id = self._telemetry.fill(data)
-        await self.publisher.bus.publish(self._subjects[1], payload, msg_id=event_id)
+        await self.publisher.telemetry_json(self.telemetry_json(now, load))
 
     async def report_state(self, report: ActualStateReport) -> None:
-        await publish_state(self.publisher, report)
+        """What runs here; nothing while the host is down (a lost host is silent)."""
+        if self.up:
+            await self.publisher.state(report)
 
     # -------------------------------------------------------------- faults and losses
     def fault(self, slot: int, until: float | None) -> bool:
@@ -149,9 +110,6 @@ class SimHost:
 
     def repair(self, slot: int) -> bool:
         return self.faults.pop(slot, -1.0) != -1.0
-
-    def due_repairs(self, now_mono: float) -> list[int]:
-        return [slot for slot, until in self.faults.items() if until is not None and until <= now_mono]
 
     def go_down(self, until: float | None) -> None:
         self.up, self.down_until = False, until

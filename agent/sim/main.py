@@ -8,8 +8,10 @@ through one pump that publishes them concurrently in batches.
 
 Faults: random device faults and host losses at the configured rates, and on demand
 through ``xpumesh.sim.ctl`` (``SimControl``: fault, repair, host_down, host_up, list, stats).
-Commands to hosts (``xpumesh.agent.<site>.<host>.cmd``) reach ``SimHost.on_command`` or,
-for every host at once, ``Simulator.on_command``.
+Commands to hosts (``xpumesh.agent.<site>.<host>.cmd``) arrive by one subscription for the
+whole fleet and go through the same ``agent.execution`` path as a real agent's; a host gets
+its execution (sim driver: replicas that run for a while) on its first command, so hosts
+that never get work cost nothing.
 """
 
 from __future__ import annotations
@@ -23,26 +25,25 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
-from agent.execution import SimExecutors
+from agent.drivers.sim import SimDriver
+from agent.execution import start_execution
+from agent.ports import Execution
 from agent.sim.fleet import build_fleet
 from agent.sim.host import SimHost, diurnal
 from libs.aio import wait_event
 from libs.bus import subjects
 from libs.bus.connection import Bus
 from libs.config import Settings
-from libs.events import CloudEvent, InvalidEnvelope
-from libs.schemas.sim import SIM_CTL_SUBJECT, SimControl, SimControlReply, SimHostInfo
+from libs.schemas.sim import SimControl, SimControlReply, SimHostInfo
 
 log = logging.getLogger(__name__)
 TICK_S = 0.1
 CAPABILITY_BATCH = 256
-FleetCommandHook = Callable[[SimHost, CloudEvent], Awaitable[None]]
 
 
 @dataclass
@@ -86,7 +87,7 @@ class Simulator:
         self.by_id = {h.host_id: h for h in hosts}
         self.rng = random.Random(seed)
         self.stats = SimStats()
-        self.on_command: FleetCommandHook | None = None
+        self.executions: dict[str, Execution] = {}  # host id -> its execution, from its first command
         self._pending: dict[str, None] = {}  # hosts whose capability must be (re)published, in order
         self._wake = asyncio.Event()
         self._timers: list[tuple[float, int, str, str, int]] = []  # (due, seq, action, host, slot)
@@ -150,7 +151,7 @@ class Simulator:
     async def host_up(self, host: SimHost) -> None:
         if not host.up:
             host.come_up()
-            await host.send_heartbeat()
+            await host.publisher.heartbeat()
             self.want_capability(host)  # a host that comes back re-registers, like a restarted agent
 
     async def _random_events(self, now_mono: float) -> None:
@@ -190,7 +191,7 @@ class Simulator:
                 load = self._load()
                 for h in hb_groups[tick % hb_slices]:
                     if h.up:
-                        await h.send_heartbeat()
+                        await h.publisher.heartbeat()
                         self.stats.heartbeats += 1
                 for h in tm_groups[tick % tm_slices]:
                     if h.up:
@@ -254,24 +255,23 @@ class Simulator:
         host = self.by_id.get(parts[3]) if len(parts) == 5 else None
         if host is None:
             return
-        hook = host.on_command
-        fleet_hook = self.on_command
-        if hook is None and fleet_hook is None:
-            return
-        try:
-            event = CloudEvent.from_bytes(msg.data)
-        except InvalidEnvelope as exc:
-            log.warning("dropped a malformed command for %s: %s", host.host_id, exc.reason)
-            return
-        try:
-            await (hook(event) if hook is not None else fleet_hook(host, event))  # type: ignore[misc]
-        except Exception:
-            log.exception("command handler failed for %s", host.host_id)
+        execution = self.executions.get(host.host_id)
+        if execution is None:
+            execution = self.executions[host.host_id] = await start_execution(
+                self.bus, host, drivers={"sim": SimDriver()}, settings=self.settings.agent, default_driver="sim",
+                listen=False)
+        await execution.command(msg.data)
 
     async def subscribe(self) -> None:
-        await self.bus.nc.subscribe(SIM_CTL_SUBJECT, cb=self._on_ctl)
+        await self.bus.nc.subscribe(subjects.SIM_CONTROL, cb=self._on_ctl)
         await self.bus.nc.subscribe(subjects.AGENT_COMMAND_ALL, cb=self._on_command)
         await self.bus.nc.flush()
+
+    async def close(self) -> None:
+        """Stop every host's execution (its replicas are simulated: they end with the simulator)."""
+        for execution in self.executions.values():
+            await execution.close()
+        self.executions.clear()
 
 
 async def simulate(settings: Settings, hosts: int | None, seed: int, stop: asyncio.Event, *,
@@ -284,9 +284,6 @@ async def simulate(settings: Settings, hosts: int | None, seed: int, stop: async
     await bus.ensure_streams()
     sim = Simulator(settings, bus, [SimHost(s, bus, interval_s=settings.heartbeat_interval_s) for s in specs],
                     seed=seed)
-    executors = SimExecutors(bus, settings.agent)  # launch/stop commands run as simulated replicas
-    if sim.on_command is None:
-        sim.on_command = executors
     await sim.subscribe()
     log.info("simulating %d hosts with %d devices over %d sites", len(sim.hosts), sim.device_count,
              len({h.site for h in sim.hosts}))
@@ -295,7 +292,7 @@ async def simulate(settings: Settings, hosts: int | None, seed: int, stop: async
     try:
         await sim.run(stop)
     finally:
-        await executors.close()
+        await sim.close()
         await bus.close()
     return sim
 

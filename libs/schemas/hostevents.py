@@ -12,14 +12,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from libs.bus.subjects import TOKEN_CHARS, TOKEN_MAX, Token
 from libs.schemas.devices import Device, HostFacts
 
-_SAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_SAFE = re.compile(rf"[^{TOKEN_CHARS}]+")
 
 
 def host_id_for(hostname: str) -> str:
     """A host's id: its hostname made into one NATS subject token."""
-    return _SAFE.sub("-", hostname).strip("-")[:64] or "host"
+    return _SAFE.sub("-", hostname).strip("-")[:TOKEN_MAX] or "host"
 
 
 class CapabilityReport(BaseModel):
@@ -28,8 +29,8 @@ class CapabilityReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     schema_version: Literal[1] = 1
-    host_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    site: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    host_id: Token
+    site: Token
     generation: int = Field(ge=0, description="Increases with every change the agent reports; older ones are ignored.")
     agent_version: str = ""
     facts: HostFacts
@@ -47,8 +48,8 @@ class TelemetryReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     schema_version: Literal[1] = 1
-    host_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    site: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    host_id: Token
+    site: Token
     ts: datetime
     cpu_pct: float = Field(ge=0, le=100)
     mem_used_mib: int = Field(ge=0)

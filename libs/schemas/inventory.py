@@ -9,10 +9,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from libs.bus.subjects import TOKEN_PATTERN
 from libs.schemas.catalog import CompatRule, DeviceModel, RuntimeDriverRule
 from libs.schemas.devices import HardwareType, Health, HostFacts, Link
 
-TOKEN = r"^[A-Za-z0-9_-]{1,64}$"
 LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,252}$")
 LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$")
 MAX_LIST = 5000
@@ -48,7 +48,7 @@ class Site(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"id": "hangzhou", "city": "Hangzhou", "region": "zhejiang", "lat": 30.2741, "lon": 120.1551}]})
 
-    id: str = Field(pattern=TOKEN, description="Site token, as agents report it.")
+    id: str = Field(pattern=TOKEN_PATTERN, description="Site token, as agents report it.")
     city: str = Field(min_length=1, max_length=128)
     region: str = Field(default="", max_length=128)
     lat: float | None = Field(default=None, ge=-90, le=90)
@@ -61,8 +61,8 @@ class SiteLink(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"a": "hangzhou", "b": "ningbo", "bandwidth_gbps": 400.0, "latency_ms": 2.6}]})
 
-    a: str = Field(pattern=TOKEN)
-    b: str = Field(pattern=TOKEN)
+    a: str = Field(pattern=TOKEN_PATTERN)
+    b: str = Field(pattern=TOKEN_PATTERN)
     bandwidth_gbps: float = Field(gt=0)
     latency_ms: float = Field(ge=0, description="Round-trip time.")
 
@@ -234,7 +234,7 @@ class HostDetail(HostSummary):
 class _Query(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    site: str | None = Field(default=None, pattern=TOKEN)
+    site: str | None = Field(default=None, pattern=TOKEN_PATTERN)
     labels: dict[str, str] = Field(default_factory=dict, description="Every one must match (discovered or operator).")
     limit: int = Field(default=100, ge=1, le=MAX_LIST)
 
@@ -252,7 +252,7 @@ class HostQuery(_Query):
 class HostRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(pattern=TOKEN)
+    id: str = Field(pattern=TOKEN_PATTERN)
 
 
 class HostPage(BaseModel):
@@ -265,7 +265,7 @@ class HostLabels(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(pattern=TOKEN)
+    id: str = Field(pattern=TOKEN_PATTERN)
     set: dict[str, str] = Field(default_factory=dict)
     remove: list[str] = Field(default_factory=list, max_length=64)
 
@@ -278,7 +278,7 @@ class HostLabels(BaseModel):
 class DeviceCursor(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    host_id: str = Field(pattern=TOKEN)
+    host_id: str = Field(pattern=TOKEN_PATTERN)
     slot: int = Field(ge=0)
 
 
@@ -286,7 +286,7 @@ class DeviceQuery(_Query):
     hardware_type: str | None = Field(default=None, max_length=40, description="cpu, gpu, npu, dcu, mlu, xpu, gcu, fpga.")
     vendor: str | None = Field(default=None, max_length=40)
     model: str | None = Field(default=None, max_length=128, description="Glob over the reported or catalog model: '*910B*'.")
-    host_id: str | None = Field(default=None, pattern=TOKEN)
+    host_id: str | None = Field(default=None, pattern=TOKEN_PATTERN)
     healthy: bool | None = Field(default=None, description="true: healthy only; false: unhealthy only.")
     min_free_memory_mib: int | None = Field(default=None, ge=0)
     status: HostStatus | None = Field(default=None, description="Status of the device's host.")

@@ -12,7 +12,7 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-_TOKEN = r"^[A-Za-z0-9_-]{1,64}$"
+from libs.bus.subjects import TOKEN_PATTERN
 
 # Examples for the API documentation: one A100 host of the demo fleet in Hangzhou.
 _POINT_EXAMPLE: dict[str, Any] = {
@@ -56,7 +56,7 @@ class SeriesQuery(BaseModel):
 
     scope: Scope
     key: str = Field(min_length=1, max_length=140, description="Device '<host>/<slot>', host id, site or hardware type.")
-    site: str | None = Field(default=None, pattern=_TOKEN, description="With scope hardware_type: only this site.")
+    site: str | None = Field(default=None, pattern=TOKEN_PATTERN, description="With scope hardware_type: only this site.")
     start: datetime
     end: datetime
     step_s: int = Field(ge=1, le=7 * 24 * 3600, description="Seconds per point.")
@@ -238,7 +238,7 @@ class HostNow(BaseModel):
 class HostsQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    site: str = Field(pattern=_TOKEN)
+    site: str = Field(pattern=TOKEN_PATTERN)
     after: str | None = Field(default=None, max_length=64, description="Cursor: hosts with an id greater than this.")
     limit: int = Field(default=100, ge=1, le=500)
 
@@ -251,7 +251,7 @@ class HostPage(BaseModel):
 class DeviceRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    host_id: str = Field(pattern=_TOKEN)
+    host_id: str = Field(pattern=TOKEN_PATTERN)
     slot: int = Field(ge=0, le=100_000)
 
 

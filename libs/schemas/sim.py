@@ -7,9 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from libs.schemas.inventory import TOKEN
-
-SIM_CTL_SUBJECT = "xpumesh.sim.ctl"
+from libs.bus.subjects import TOKEN_PATTERN
 
 
 class SimControl(BaseModel):
@@ -18,7 +16,7 @@ class SimControl(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     action: Literal["fault", "repair", "host_down", "host_up", "list", "stats"]
-    host_id: str | None = Field(default=None, pattern=TOKEN)
+    host_id: str | None = Field(default=None, pattern=TOKEN_PATTERN)
     device_index: int | None = Field(default=None, ge=0, description="Slot of the device (fault/repair).")
 
     @model_validator(mode="after")

@@ -14,12 +14,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from libs.bus.subjects import TOKEN_PATTERN
 from libs.events import EVENT_TYPE_PREFIX
 from libs.schemas.devices import HardwareType
 from libs.schemas.tenancy import check_tenant
 
 _PATTERN_SEGMENT = re.compile(r"^([a-z0-9_-]{1,64}|\*)$")
-_SITE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SITE = re.compile(TOKEN_PATTERN)
 
 
 def check_type_pattern(pattern: str) -> str:

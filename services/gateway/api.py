@@ -11,14 +11,15 @@ from datetime import timedelta
 import uvicorn
 
 from libs.aio import wait_event
+from libs.bus import subjects
 from libs.db import session_scope
 from libs.events import CloudEvent
 from libs.service import Context, ServiceApp
 from services.gateway import models
 from services.gateway.auth import auth_state
 from services.gateway.http import create_app
-from services.gateway.routes.keys import KEY_REVOKED_SUBJECT, KeyRevoked
-from services.gateway.routes.subscriptions import SUBSCRIPTIONS_CHANGED, SubscriptionChanged
+from services.gateway.routes.keys import KeyRevoked
+from services.gateway.routes.subscriptions import SubscriptionChanged
 from services.gateway.webhooks import store as webhook_store
 from services.gateway.webhooks.engine import WebhookEngine
 
@@ -99,13 +100,13 @@ async def stop_http(ctx: Context) -> None:
         await wait_event(ctx.state["http_done"], ctx.settings.bus.drain_timeout_s)
 
 
-@app.subscribe(KEY_REVOKED_SUBJECT)
+@app.subscribe(subjects.GATEWAY_KEY_REVOKED)
 async def on_key_revoked(event: CloudEvent, ctx: Context) -> None:
     """Another gateway instance revoked a key: stop trusting it here at once too."""
     auth_state(ctx).forget_key(KeyRevoked.model_validate(event.data).key_id)
 
 
-@app.subscribe(SUBSCRIPTIONS_CHANGED)
+@app.subscribe(subjects.GATEWAY_SUBSCRIPTIONS_CHANGED)
 async def on_subscriptions_changed(event: CloudEvent, ctx: Context) -> None:
     """A subscription was created or deleted on some instance: reconcile intake loops now."""
     SubscriptionChanged.model_validate(event.data)

@@ -52,7 +52,6 @@ from services.inventory.orm import outbox
 log = logging.getLogger(__name__)
 app = ServiceApp("inventory")
 SERVICE = "inventory"
-HOST_EVENTS = f"{subjects.ROOT}.events.host.>"
 T = TypeVar("T")
 
 
@@ -209,7 +208,7 @@ async def on_telemetry(events: list[CloudEvent], ctx: Context) -> None:
         ctx.state["relay"].poke()
 
 
-@app.consumer(STREAM_EVENTS, durable="inventory-host-status", subject=HOST_EVENTS)
+@app.consumer(STREAM_EVENTS, durable="inventory-host-status", subject=subjects.HOST_EVENTS_ALL)
 async def on_host_event(event: CloudEvent, ctx: Context) -> None:
     """The registry's host.up/host.down keep each host's status."""
     if event.type not in (EventTypes.HOST_UP, EventTypes.HOST_DOWN):

@@ -97,7 +97,7 @@ async def on_capability(events: list[CloudEvent], ctx: Ctx) -> None:
         state.settle_heap()  # many new long-lived objects: out of the collector's way too
 
 
-@app.consumer(STREAM_EVENTS, durable="metrics-host-events", subject="xpumesh.events.host.>")
+@app.consumer(STREAM_EVENTS, durable="metrics-host-events", subject=subjects.HOST_EVENTS_ALL)
 async def on_host_event(event: CloudEvent, ctx: Ctx) -> None:
     if event.type not in (EventTypes.HOST_UP, EventTypes.HOST_DOWN):
         return
@@ -113,7 +113,7 @@ async def on_host_event(event: CloudEvent, ctx: Ctx) -> None:
     ctx.state.summaries.clear()
 
 
-@app.consumer(STREAM_EVENTS, durable="metrics-workload-events", subject="xpumesh.events.workload.>")
+@app.consumer(STREAM_EVENTS, durable="metrics-workload-events", subject=subjects.WORKLOAD_EVENTS_ALL)
 async def on_workload_event(event: CloudEvent, ctx: Ctx) -> None:
     view = parse_event(event)
     r = ctx.state

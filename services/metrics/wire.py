@@ -21,9 +21,9 @@ from typing import Annotated, Literal, NotRequired
 from pydantic import ConfigDict, Field, StringConstraints, TypeAdapter
 from typing_extensions import TypedDict
 
+from libs.bus.subjects import Token
 from libs.schemas.hostevents import DeviceSample, TelemetryReport
 
-_TOKEN = r"^[A-Za-z0-9_-]{1,64}$"  # TelemetryReport's host_id and site
 _UNIX = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 
@@ -32,8 +32,8 @@ class _Report(TypedDict):
     __pydantic_config__ = ConfigDict(extra="forbid", strict=True)  # type: ignore[misc]
 
     schema_version: NotRequired[Literal[1]]
-    host_id: Annotated[str, StringConstraints(pattern=_TOKEN)]
-    site: Annotated[str, StringConstraints(pattern=_TOKEN)]
+    host_id: Token
+    site: Token
     ts: datetime
     cpu_pct: Annotated[float, Field(ge=0, le=100)]
     mem_used_mib: Annotated[int, Field(ge=0)]

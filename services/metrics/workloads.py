@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from libs.bus.errors import InvalidRequest
-from libs.events import EVENT_TYPE_PREFIX, CloudEvent
+from libs.events import CloudEvent, EventTypes
 from libs.schemas.metrics import Placement, WorkloadNow
 from services.metrics.fleet import Fleet
 
@@ -38,7 +38,7 @@ def parse_event(event: CloudEvent) -> WorkloadNow:
     nested = data.get("workload")
     wl: dict[str, Any] = nested if isinstance(nested, dict) else {}
     wid = _first(data, "workload_id", "id") or _first(wl, "id") or event.subject
-    state = _first(data, "state", "status") or event.type.removeprefix(EVENT_TYPE_PREFIX + "workload.")
+    state = _first(data, "state", "status") or event.type.removeprefix(EventTypes.WORKLOAD_PREFIX)
     if not isinstance(wid, str) or not wid or len(wid) > 128 or not isinstance(state, str) or not state:
         raise InvalidRequest("workload event names no workload id or state")
     raw = _first(data, "placements", "assignments", "placement")

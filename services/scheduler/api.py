@@ -232,7 +232,7 @@ async def on_state(events: list[CloudEvent], ctx: Context) -> None:
     await _stop_unwanted(ctx, unwanted)
 
 
-@app.consumer(STREAM_EVENTS, durable="scheduler-hosts", subject="xpumesh.events.host.>")
+@app.consumer(STREAM_EVENTS, durable="scheduler-hosts", subject=subjects.HOST_EVENTS_ALL)
 async def on_host_event(event: CloudEvent, ctx: Context) -> None:
     if event.type not in (EventTypes.HOST_UP, EventTypes.HOST_DOWN):
         return
@@ -249,7 +249,7 @@ async def on_host_event(event: CloudEvent, ctx: Context) -> None:
         await _lose_where(ctx, host_id, f"host {host_id} down")
 
 
-@app.consumer(STREAM_EVENTS, durable="scheduler-devices", subject="xpumesh.events.device.>")
+@app.consumer(STREAM_EVENTS, durable="scheduler-devices", subject=subjects.DEVICE_EVENTS_ALL)
 async def on_device_event(event: CloudEvent, ctx: Context) -> None:
     if event.type not in (EventTypes.DEVICE_UNHEALTHY, EventTypes.DEVICE_HEALTHY):
         return

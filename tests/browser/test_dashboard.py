@@ -21,10 +21,11 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 from pydantic import SecretStr
 
+from libs.bus import subjects
 from libs.bus.connection import Bus
 from libs.config import Settings
 from libs.embedded import EmbeddedNats, free_port
-from libs.schemas.sim import SIM_CTL_SUBJECT, SimControl, SimControlReply
+from libs.schemas.sim import SimControl, SimControlReply
 from libs.sites import DEMO_SITES
 from tests.conftest import REPO, TEST_ADMIN_KEY, assert_eventually, service_env
 
@@ -168,9 +169,9 @@ async def test_dashboard_device_fault_appears_as_alert_without_reload(mesh: str,
     bus = Bus(mesh_settings.bus, name="test-browser")
     await bus.connect(mesh_settings.nats_url or "")
     try:
-        hosts = await bus.request(SIM_CTL_SUBJECT, SimControl(action="list"), SimControlReply)
+        hosts = await bus.request(subjects.SIM_CONTROL, SimControl(action="list"), SimControlReply)
         target = next(h for h in hosts.hosts if h.devices and not h.faulty and h.up)
-        reply = await bus.request(SIM_CTL_SUBJECT, SimControl(action="fault", host_id=target.host_id, device_index=0),
+        reply = await bus.request(subjects.SIM_CONTROL, SimControl(action="fault", host_id=target.host_id, device_index=0),
                                   SimControlReply)
         assert reply.ok
     finally:

@@ -28,10 +28,11 @@ import pytest
 from pydantic import SecretStr
 
 from agent.sim.main import Simulator, simulate
+from libs.bus import subjects
 from libs.bus.connection import Bus
 from libs.config import Settings
 from libs.embedded import EmbeddedNats, EmbeddedPostgres, free_port
-from libs.schemas.sim import SIM_CTL_SUBJECT, SimControl, SimControlReply
+from libs.schemas.sim import SimControl, SimControlReply
 from libs.service import ServiceApp, serve
 from libs.versions import Version
 from services.gateway.api import app as gateway_app
@@ -225,7 +226,7 @@ async def _all_devices(mesh: Mesh, **params: Any) -> list[dict[str, Any]]:
 
 
 async def _sim(mesh: Mesh, **req: Any) -> SimControlReply:
-    msg = await mesh.bus.nc.request(SIM_CTL_SUBJECT, SimControl(**req).model_dump_json().encode(), timeout=3)
+    msg = await mesh.bus.nc.request(subjects.SIM_CONTROL, SimControl(**req).model_dump_json().encode(), timeout=3)
     return SimControlReply.model_validate_json(msg.data)
 
 

@@ -213,6 +213,19 @@ async def test_execution_commands_for_another_host_are_rejected_and_counted(sett
         await host.stop()
 
 
+async def test_execution_malformed_commands_are_dropped_and_counted(settings, bus, tmp_path: Path) -> None:
+    host = await TestHost(bus, fast(settings), "hz-1", [gpu(0)], tmp_path).start()
+    try:
+        before = BUS_REJECTED.labels("agent", "commands", "malformed_envelope")._value.get()
+        assert host.execution is not None and await host.execution.command(b"not an event") == "rejected"
+        await bus.nc.publish(subjects.agent_command_subject("hangzhou", "hz-1"), b'{"specversion":"1.0"}')
+        await assert_eventually(
+            lambda: BUS_REJECTED.labels("agent", "commands", "malformed_envelope")._value.get() >= before + 2, timeout=5)
+        assert not host.executor.runs
+    finally:
+        await host.stop()
+
+
 async def test_execution_simulated_fleet_runs_work_as_simulated_replicas(settings, running_service, bus) -> None:
     s = fast(settings)
     await running_service(scheduler_app, s)

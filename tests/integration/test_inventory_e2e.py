@@ -10,8 +10,9 @@ import httpx
 import pytest
 
 from agent.sim.main import Simulator, simulate
+from libs.bus import subjects
 from libs.bus.connection import Bus
-from libs.schemas.sim import SIM_CTL_SUBJECT, SimControl, SimControlReply
+from libs.schemas.sim import SimControl, SimControlReply
 from services.gateway.api import app as gateway_app
 from services.inventory.api import app as inventory_app
 from services.registry.api import app as registry_app
@@ -61,7 +62,7 @@ async def _all_devices(client: httpx.AsyncClient, **params: Any) -> list[dict[st
 
 
 async def _ctl(bus: Bus, **req: Any) -> SimControlReply:
-    msg = await bus.nc.request(SIM_CTL_SUBJECT, SimControl(**req).model_dump_json().encode(), timeout=3)
+    msg = await bus.nc.request(subjects.SIM_CONTROL, SimControl(**req).model_dump_json().encode(), timeout=3)
     return SimControlReply.model_validate_json(msg.data)
 
 

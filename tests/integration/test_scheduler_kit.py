@@ -7,21 +7,21 @@ for real, through the process driver, on this machine.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from agent.drivers import ProcessDriver, SimDriver
 from agent.drivers.base import Driver
-from agent.execution import Attachment, attach
+from agent.execution import HostExecution, start_execution
 from agent.executor import Executor
-from agent.main import publish_state
 from agent.publisher import HostPublisher
 from libs.bus import subjects
 from libs.bus.connection import Bus
 from libs.config import AgentSettings, SchedulerSettings, Settings
 from libs.events import CloudEvent
 from libs.schemas.commands import ActualStateReport
-from libs.schemas.devices import Device, HardwareType, Health, HostFacts
+from libs.schemas.devices import Device, HardwareType, Health, HostFacts, device_id
 from libs.schemas.hostevents import CapabilityReport
 from libs.schemas.scheduler import WorkloadRef, WorkloadState, WorkloadSubmit, WorkloadView
 from tests.conftest import assert_eventually
@@ -55,15 +55,21 @@ class TestHost:
         self.driver = driver
         self.publisher = HostPublisher(bus, host_id, site, host_id, interval_s=settings.heartbeat_interval_s)
         self.generation = 0
-        self.attachment: Attachment | None = None
+        self.execution: HostExecution | None = None
 
     @property
     def executor(self) -> Executor:
-        assert self.attachment is not None
-        return self.attachment.executor
+        assert self.execution is not None
+        return self.execution.executor
 
     def device_id(self, index: int, vendor: str = "nvidia") -> str:
-        return f"{self.host_id}:{vendor}:{index}"
+        return device_id(self.host_id, vendor, index)
+
+    def device_ids(self) -> Collection[str]:
+        return {self.device_id(d.index, d.vendor) for d in self.devices}
+
+    async def report_state(self, report: ActualStateReport) -> None:
+        await self.publisher.state(report)
 
     async def publish_capability(self) -> None:
         self.generation += 1
@@ -78,34 +84,22 @@ class TestHost:
         await self.publish_capability()
         await self.publisher.heartbeat()
         drivers: dict[str, Driver] = {"process": ProcessDriver(poll_s=0.05), "sim": SimDriver()}
-        ids = {self.device_id(d.index, d.vendor) for d in self.devices}
-
-        async def publish(report: ActualStateReport) -> None:
-            await publish_state(self.publisher, report)
-
-        executor = Executor(self.host_id, self.site, drivers=drivers, settings=self.settings.agent,
-                            state_dir=self.root, publish=publish, default_driver="sim" if self.driver == "sim" else None,
-                            known_devices=lambda: ids)
-        self.attachment = await attach(self.bus, executor, commands=commands)
+        self.execution = await start_execution(self.bus, self, drivers=drivers, settings=self.settings.agent,
+                                               state_dir=self.root,
+                                               default_driver="sim" if self.driver == "sim" else None, listen=commands)
         return self
 
     async def listen_for_commands(self) -> None:
         """Start taking commands after starting without them."""
-        from agent.execution import _on_command
-
-        async def cb(msg: Any) -> None:
-            await _on_command(self.executor, msg)
-
-        assert self.attachment is not None
-        self.attachment.subs.append(await self.bus.nc.subscribe(
-            subjects.agent_command_subject(self.site, self.host_id), cb=cb))
+        assert self.execution is not None
+        await self.execution.listen()
 
     async def stop(self, *, kill: bool = True) -> None:
-        if self.attachment is not None:
+        if self.execution is not None:
             if kill:
                 await self.executor.stop_all("test over")
-            await self.attachment.close()
-            self.attachment = None
+            await self.execution.close()
+            self.execution = None
 
 
 async def submit(bus: Bus, spec: dict[str, Any], *, tenant: str | None = None, key: str | None = None) -> WorkloadView:

@@ -1,4 +1,4 @@
-"""The simulator's fast path sends what a real agent's HostPublisher sends; its control subject works."""
+"""The simulator's hosts send what a real agent sends, through the same publisher; its control subject works."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from typing import Any
 from agent.sim.fleet import build_fleet
 from agent.sim.host import SimHost
 from agent.sim.main import Simulator
+from libs.bus import subjects
 from libs.bus.connection import Bus
 from libs.events import CloudEvent
 from libs.schemas.hostevents import TelemetryReport
 from libs.schemas.registry import Heartbeat
-from libs.schemas.sim import SIM_CTL_SUBJECT, SimControlReply
+from libs.schemas.sim import SimControlReply
+from services.metrics import wire
 from tests.conftest import assert_eventually
 
 
@@ -27,25 +29,25 @@ async def _capture(bus: Bus, subject: str) -> tuple[list[Any], Any]:
     return got, sub
 
 
-async def test_sim_fast_path_sends_what_host_publisher_sends(settings, bus: Bus) -> None:
-    host = SimHost(build_fleet(11)[0], bus, interval_s=settings.heartbeat_interval_s)
+async def test_sim_host_sends_canonical_heartbeat_and_telemetry(settings, bus: Bus) -> None:
+    spec = next(s for s in build_fleet(11) if s.devices)
+    host = SimHost(spec, bus, interval_s=settings.heartbeat_interval_s)
     got, sub = await _capture(bus, f"xpumesh.host.{host.site}.{host.host_id}.*")
     await host.publisher.heartbeat()
-    await host.send_heartbeat()
-    await host.publisher.telemetry(host.telemetry_report(time.time(), 0.5))
     await host.send_telemetry(time.time(), 0.5)
-    await assert_eventually(lambda: len(got) == 4, message="four messages")
+    await assert_eventually(lambda: len(got) == 2, message="two messages")
     await sub.unsubscribe()
-    events = [CloudEvent.from_bytes(m.data) for m in got]
-    for slow, fast, (m_slow, m_fast) in ((events[0], events[1], got[:2]), (events[2], events[3], got[2:])):
-        assert m_slow.subject == m_fast.subject
-        assert (slow.type, slow.source, slow.subject) == (fast.type, fast.source, fast.subject)
-        assert slow.id != fast.id and abs((fast.time - slow.time).total_seconds()) < 5
-        assert (m_slow.headers or {}).get("Nats-Msg-Id") == (slow.id if "telemetry" in m_slow.subject else None)
-        assert (m_fast.headers or {}).get("Nats-Msg-Id") == (fast.id if "telemetry" in m_fast.subject else None)
-    assert Heartbeat.model_validate(events[0].data) == Heartbeat.model_validate(events[1].data)
-    slow_t, fast_t = TelemetryReport.model_validate(events[2].data), TelemetryReport.model_validate(events[3].data)
-    assert (slow_t.host_id, slow_t.site, len(slow_t.devices)) == (fast_t.host_id, fast_t.site, len(fast_t.devices))
+    heartbeat, telemetry = got
+    assert heartbeat.subject.endswith(".heartbeat") and telemetry.subject.endswith(".telemetry")
+    hb = CloudEvent.from_bytes(heartbeat.data)
+    assert Heartbeat.model_validate(hb.data).id == host.host_id and hb.source == host.publisher.source
+    assert (heartbeat.headers or {}).get("Nats-Msg-Id") is None
+    event = CloudEvent.from_bytes(telemetry.data)
+    assert event.to_bytes() == telemetry.data  # byte for byte the canonical envelope
+    assert wire.canonical(telemetry.data) is not None  # the metrics service's fast path takes it
+    assert (telemetry.headers or {}).get("Nats-Msg-Id") == event.id
+    report = TelemetryReport.model_validate(event.data)
+    assert (report.host_id, report.site, len(report.devices)) == (host.host_id, host.site, len(spec.devices))
 
 
 async def test_sim_control_answers_and_rejects_bad_requests(settings, bus: Bus) -> None:
@@ -54,7 +56,7 @@ async def test_sim_control_answers_and_rejects_bad_requests(settings, bus: Bus) 
     await sim.subscribe()
 
     async def ctl(payload: bytes) -> SimControlReply:
-        return SimControlReply.model_validate_json((await bus.nc.request(SIM_CTL_SUBJECT, payload, timeout=3)).data)
+        return SimControlReply.model_validate_json((await bus.nc.request(subjects.SIM_CONTROL, payload, timeout=3)).data)
 
     listing = await ctl(b'{"action":"list"}')
     assert len(listing.hosts) == 11 and len({h.site for h in listing.hosts}) == 11

@@ -32,7 +32,6 @@ from libs.bus.connection import STREAM_HOSTS, Bus
 from libs.config import BusSettings, Settings
 from libs.embedded import EmbeddedNats, free_port, wait_for_port
 from libs.schemas.hostevents import host_id_for
-from libs.schemas.sim import SIM_CTL_SUBJECT
 from tests.conftest import assert_eventually
 from tests.unit.test_deploy import NATS_CONF, REPO, compose, container_env, mesh_containers, nats_conf_env
 
@@ -241,9 +240,9 @@ async def test_nats_sim_user_speaks_for_simulated_hosts_and_nothing_else(server:
             await msg.respond(b"ok")
 
         await client.nc.subscribe(subjects.AGENT_COMMAND_ALL, cb=answer)
-        await client.nc.subscribe(SIM_CTL_SUBJECT, cb=answer)
+        await client.nc.subscribe(subjects.SIM_CONTROL, cb=answer)
         await client.nc.flush()
-        for subject in (subjects.agent_command_subject("ningbo", "sim-00001"), SIM_CTL_SUBJECT):
+        for subject in (subjects.agent_command_subject("ningbo", "sim-00001"), subjects.SIM_CONTROL):
             await assert_eventually(_answered(service.nc, subject), timeout=5.0, message=f"sim answers {subject}")
         await client.nc.publish(subjects.host_subject("ningbo", "sim-00001", "heartbeat"), b"{}")
         await client.nc.publish(subjects.rpc_subject("registry", "members.list"), b"{}")

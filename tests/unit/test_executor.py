@@ -197,7 +197,6 @@ async def test_executor_sim_driver_keeps_finished_replicas_bounded(tmp_path: Pat
     await assert_eventually(lambda: all(not r.state.live for r in ex.runs.values()), timeout=5)
     assert await ex.handle(_launch(wid="wl_last")) == "launched"  # pruning happens on launch
     assert len([r for r in ex.runs.values() if not r.state.live]) <= SETTINGS.finished_keep
-    assert ex.device_load() == {0: 92.0}
     await ex.close()
 
 

@@ -88,7 +88,9 @@ def test_sim_host_reports_validate_and_faults_show_in_both() -> None:
     assert second.generation > first.generation
     CapabilityReport.model_validate(second.model_dump(mode="json"))
     assert second.devices[3].health == Health.UNHEALTHY and second.devices[2].health == Health.HEALTHY
-    tel = TelemetryReport.model_validate(host.telemetry_report(1_700_000_000.0, 0.8).model_dump(mode="json"))
+    raw = host.telemetry_json(1_700_000_000.0, 0.8)
+    tel = TelemetryReport.model_validate_json(raw)
+    assert tel.model_dump_json().encode() == raw  # the bytes a real agent's report gives
     assert [s[5] for s in tel.devices] == [1, 1, 1, 0, 1, 1, 1, 1]
     assert all(0 <= s[1] <= 100 and s[2] <= spec.devices[0].memory_mib for s in tel.devices)  # type: ignore[operator]
     assert host.repair(3) and not host.repair(3)

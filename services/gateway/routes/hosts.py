@@ -11,7 +11,8 @@ from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from libs.bus.errors import NotFound
-from libs.schemas.inventory import TOKEN, HostDetail, HostLabels, HostPage, HostQuery, HostStatus, HostSummary
+from libs.bus.subjects import TOKEN_PATTERN
+from libs.schemas.inventory import HostDetail, HostLabels, HostPage, HostQuery, HostStatus, HostSummary
 from libs.schemas.tenancy import Role
 from services.gateway.auth import require_role
 from services.gateway.deps import Ctx, call
@@ -23,7 +24,7 @@ router = APIRouter(tags=["hosts"])
 LabelFilter = Annotated[list[str] | None, Query(
     description="Only hosts carrying this label, as key=value (repeat for several; all must match).",
     max_length=64, examples=[["xpumesh.io/gpu.model=A100-SXM4-80GB"]])]
-HostId = Annotated[str, Path(pattern=TOKEN, description="Host id (its hostname as one token).",
+HostId = Annotated[str, Path(pattern=TOKEN_PATTERN, description="Host id (its hostname as one token).",
                              examples=["hz-a100-03"])]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: problem("No such host", "Host not found", "no host 'hz-a100-03'")}
 
@@ -56,7 +57,7 @@ def string_cursor(cursor: str | None) -> str | None:
 
 @router.get("/v1/hosts", summary="Hosts of the fleet with their hardware summary and status",
             response_model=Page[HostSummary])
-async def list_hosts(ctx: Ctx, site: Annotated[str | None, Query(pattern=TOKEN)] = None,
+async def list_hosts(ctx: Ctx, site: Annotated[str | None, Query(pattern=TOKEN_PATTERN)] = None,
                      status: HostStatus | None = None, label: LabelFilter = None, cursor: str | None = None,
                      limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100) -> Page[HostSummary]:
     try:

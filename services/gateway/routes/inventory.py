@@ -12,10 +12,10 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 from pydantic import ValidationError
 
 from libs.bus.errors import NotFound
+from libs.bus.subjects import TOKEN_PATTERN
 from libs.schemas.catalog import DeviceModel
 from libs.schemas.devices import HardwareType
 from libs.schemas.inventory import (
-    TOKEN,
     CatalogEntry,
     CatalogPage,
     CatalogQuery,
@@ -82,7 +82,7 @@ async def list_links(ctx: Ctx) -> Page[SiteLink]:
 
 @router.put("/v1/sites/{site_id}", summary="Create or update a site (operator, admin)", response_model=Site,
             dependencies=Operator, responses={201: {"description": "Created", "model": Site}})
-async def put_site(ctx: Ctx, site_id: Annotated[str, Path(pattern=TOKEN, examples=["hangzhou"])], body: Site,
+async def put_site(ctx: Ctx, site_id: Annotated[str, Path(pattern=TOKEN_PATTERN, examples=["hangzhou"])], body: Site,
                    response: Response) -> Site:
     if body.id != site_id:
         raise ProblemError(422, "Invalid request", "the body's id must be the path's site id",
@@ -107,8 +107,8 @@ async def list_devices(
         vendor: Annotated[str | None, Query(max_length=40, examples=["huawei"])] = None,
         model: Annotated[str | None, Query(max_length=128, description="Glob over reported or catalog model.",
                                            examples=["*910B*"])] = None,
-        site: Annotated[str | None, Query(pattern=TOKEN)] = None,
-        host_id: Annotated[str | None, Query(pattern=TOKEN)] = None,
+        site: Annotated[str | None, Query(pattern=TOKEN_PATTERN)] = None,
+        host_id: Annotated[str | None, Query(pattern=TOKEN_PATTERN)] = None,
         healthy: Annotated[bool | None, Query(description="true: healthy only; false: unhealthy only.")] = None,
         min_free_memory_mib: Annotated[int | None, Query(ge=0)] = None,
         host_status: Annotated[HostStatus | None, Query(description="Status of the device's host.")] = None,

@@ -7,8 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, ConfigDict
 
+from libs.bus import subjects
 from libs.db import session_scope
-from libs.events import CloudEvent
+from libs.events import CloudEvent, EventTypes
 from libs.schemas.tenancy import ApiKey, CreatedKey, KeyCreate, Role
 from services.gateway import models
 from services.gateway.auth import CurrentPrincipal, Principal, auth_state, require_role
@@ -19,8 +20,6 @@ from services.gateway.problems import ProblemError
 
 router = APIRouter(tags=["keys"])
 Admin = Annotated[Principal, Depends(require_role(Role.ADMIN))]
-KEY_REVOKED_SUBJECT = "xpumesh.gateway.ctl.key_revoked"
-KEY_REVOKED_TYPE = "io.xpumesh.gateway.key_revoked"
 ADMIN_ONLY: dict[int | str, dict[str, Any]] = {403: problem("Not an admin key", "Forbidden", "this needs one of the roles: admin")}
 
 
@@ -78,6 +77,6 @@ async def revoke_key(ctx: Ctx, principal: Admin,
         if key.role == Role.ADMIN and not await models.any_admin_key(session):
             raise ProblemError(409, "Last admin key", "create another admin key before revoking this one")
     auth_state(ctx).forget_key(key_id)
-    event = CloudEvent.new(KEY_REVOKED_TYPE, f"/gateway/{ctx.instance}", KeyRevoked(key_id=key_id))
-    await ctx.bus.publish(KEY_REVOKED_SUBJECT, event.to_bytes())
+    event = CloudEvent.new(EventTypes.GATEWAY_KEY_REVOKED, f"/gateway/{ctx.instance}", KeyRevoked(key_id=key_id))
+    await ctx.bus.publish(subjects.GATEWAY_KEY_REVOKED, event.to_bytes())
     return key

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from libs.bus.subjects import TOKEN_PATTERN
 from libs.metrics import exposition
 from libs.schemas.metrics import (
     AlertList,
@@ -46,7 +47,6 @@ from services.gateway.problems import ProblemError
 
 router = APIRouter(tags=["metrics"])
 SiteFilter = Annotated[list[str] | None, Query(description="Only these sites (repeat the parameter).", max_length=1000)]
-TOKEN = r"^[A-Za-z0-9_-]{1,64}$"
 
 
 def _invalid(exc: ValidationError) -> ProblemError:
@@ -68,7 +68,7 @@ async def get_series(
         scope: Annotated[Scope, Query(description="device, host, site or hardware_type")],
         key: Annotated[str, Query(max_length=140, description="'<host>/<slot>', host id, site or hardware type",
                                   examples=["hz-a100-03/0"])],
-        site: Annotated[str | None, Query(pattern=TOKEN, description="With scope hardware_type: one site")] = None,
+        site: Annotated[str | None, Query(pattern=TOKEN_PATTERN, description="With scope hardware_type: one site")] = None,
         start: Annotated[datetime | None, Query(description="Default: end minus one hour")] = None,
         end: Annotated[datetime | None, Query(description="Default: now")] = None,
         step: Annotated[int | None, Query(ge=1, le=7 * 24 * 3600, description="Seconds per point; default: "
@@ -101,7 +101,7 @@ async def list_alerts(ctx: Ctx, principal: CurrentPrincipal, state: AlertState =
 @router.get("/v1/metrics/sites/{site}/hosts", summary="One city's hosts with their devices' latest values",
             response_model=Page[HostNow])
 async def list_site_hosts(ctx: Ctx, principal: CurrentPrincipal,
-                          site: Annotated[str, Path(pattern=TOKEN, description="A site; an unknown one has no hosts.",
+                          site: Annotated[str, Path(pattern=TOKEN_PATTERN, description="A site; an unknown one has no hosts.",
                                                     examples=["hangzhou"])],
                           cursor: str | None = None,
                           limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100) -> Page[HostNow]:
@@ -116,7 +116,7 @@ async def list_site_hosts(ctx: Ctx, principal: CurrentPrincipal,
             response_model=DeviceDetail,
             responses={404: problem("No such device", "Not found", "no device hz-a100-03/9")})
 async def get_device(ctx: Ctx, principal: CurrentPrincipal,
-                     host_id: Annotated[str, Path(pattern=TOKEN, examples=["hz-a100-03"])],
+                     host_id: Annotated[str, Path(pattern=TOKEN_PATTERN, examples=["hz-a100-03"])],
                      slot: Annotated[int, Path(ge=0, le=100_000, examples=[0])]) -> DeviceDetail:
     detail = await call(ctx, "metrics", "device.get", DeviceRef(host_id=host_id, slot=slot), DeviceDetail)
     tenant = tenant_filter(principal)

@@ -7,8 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel
 
+from libs.bus import subjects
 from libs.db import session_scope
-from libs.events import CloudEvent
+from libs.events import CloudEvent, EventTypes
 from libs.schemas.subscriptions import (
     CreatedSubscription,
     Delivery,
@@ -28,7 +29,6 @@ from services.gateway.webhooks.engine import WebhookEngine
 from services.gateway.webhooks.ssrf import UnsafeTarget, check_target
 
 router = APIRouter(tags=["subscriptions"])
-SUBSCRIPTIONS_CHANGED = "xpumesh.gateway.ctl.subscriptions_changed"
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: problem(
     "No such subscription visible to this key", "Subscription not found", "no subscription 'sub_3b9f2a7c1d4e5f60'")}
 SubscriptionId = Annotated[str, Path(examples=["sub_3b9f2a7c1d4e5f60"])]
@@ -64,9 +64,9 @@ async def _visible(ctx: Context, principal: Principal, sid: str) -> store.Subscr
 
 
 async def _announce(ctx: Context, sid: str) -> None:
-    event = CloudEvent.new("io.xpumesh.gateway.subscription_changed", f"/gateway/{ctx.instance}",
+    event = CloudEvent.new(EventTypes.GATEWAY_SUBSCRIPTION_CHANGED, f"/gateway/{ctx.instance}",
                            SubscriptionChanged(subscription_id=sid))
-    await ctx.bus.publish(SUBSCRIPTIONS_CHANGED, event.to_bytes())
+    await ctx.bus.publish(subjects.GATEWAY_SUBSCRIPTIONS_CHANGED, event.to_bytes())
 
 
 @router.post("/v1/subscriptions", summary="Subscribe a webhook to events; the signing secret is shown once",

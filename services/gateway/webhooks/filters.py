@@ -11,10 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from libs.bus import subjects
-from libs.events import EVENT_TYPE_PREFIX, CloudEvent
+from libs.events import EVENT_TYPE_PREFIX, CloudEvent, EventTypes
 from libs.schemas.subscriptions import type_matches
-
-WORKLOAD_PREFIX = EVENT_TYPE_PREFIX + "workload."
 
 
 def _dig(data: dict[str, Any], *path: str) -> Any:
@@ -68,7 +66,7 @@ class EventFilter:
             owner = event_tenant(event)
             if owner is not None and owner != self.tenant:
                 return False
-            if owner is None and event.type.startswith(WORKLOAD_PREFIX):
+            if owner is None and event.type.startswith(EventTypes.WORKLOAD_PREFIX):
                 return False
         return True
 
@@ -78,5 +76,5 @@ class EventFilter:
             return subjects.EVENTS_ALL
         segs = self.types[0].removeprefix(EVENT_TYPE_PREFIX).split(".")
         if segs[-1] == "*":
-            return ".".join([subjects.ROOT, "events", *segs[:-1], ">"])
-        return ".".join([subjects.ROOT, "events", *segs, self.site or "*"])
+            return subjects.events_of(".".join(segs[:-1]))
+        return subjects.event_subject(self.types[0], self.site or "*")
