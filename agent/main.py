@@ -19,10 +19,9 @@ import json
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import psutil
 
@@ -35,6 +34,7 @@ from libs import __version__
 from libs.bus import subjects
 from libs.bus.connection import Bus
 from libs.config import Settings
+from libs.periodic import Every
 from libs.schemas.commands import ActualStateReport
 from libs.schemas.devices import Device, Discovery, Health, device_id
 from libs.schemas.hostevents import CapabilityReport, DeviceSample, TelemetryReport, host_id_for
@@ -141,16 +141,6 @@ class Agent:
         await self._pub().state(report)
 
     # ------------------------------------------------------------------ loops
-    async def _every(self, interval: float, what: str, fn: Callable[[], Awaitable[Any]]) -> None:
-        while True:
-            try:
-                await fn()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("%s failed (%s); retrying in %.1fs", what, type(exc).__name__, interval)
-            await asyncio.sleep(interval)
-
     async def _rediscover(self) -> None:
         await self.discover()
         await self.publish_capability_if_changed()
@@ -161,12 +151,10 @@ class Agent:
         s = self.settings
         execution: Execution = await start_execution(self.bus, self, drivers=host_drivers(s.agent), settings=s.agent,
                                                      state_dir=s.data_dir / "agent" / pub.host_id)
-        tasks = [
-            asyncio.create_task(self._every(s.heartbeat_interval_s, "heartbeat", pub.heartbeat), name="heartbeat"),
-            asyncio.create_task(self._every(s.agent.rediscover_interval_s, "discovery", self._rediscover),
-                                name="discovery"),
-            asyncio.create_task(self._every(s.telemetry_interval_s, "telemetry", self._telemetry), name="telemetry"),
-        ]
+        loops = [Every("heartbeat", lambda _: pub.heartbeat(), s.heartbeat_interval_s),
+                 Every("discovery", lambda _: self._rediscover(), s.agent.rediscover_interval_s),
+                 Every("telemetry", lambda _: self._telemetry(), s.telemetry_interval_s)]
+        tasks = [asyncio.create_task(loop.run("agent", self), name=loop.name) for loop in loops]
         log.info("agent for %s at %s running", pub.host_id, pub.site)
         await stop.wait()
         log.info("agent stopping")
