@@ -25,6 +25,9 @@ Stages, each a module:
    pools at that moment plus a couple it could have had at batch start. Plain best-fit runs
    too (``hint``): its choices join the candidates, and whichever of the two places more
    whole workloads is the hint.
+   Spread, link-group and tenant-quota rules are one object each (``constraints``): the
+   greedy pass asks them whether an option may be taken, the CP-SAT model lets each add
+   its constraints; quota accounting is in ``quota``.
 3. ``solver`` - placements that already fill their pool exactly are committed; the rest is
    split into independent sub-problems (shared pools, gangs, binding quotas) and each is
    solved by CP-SAT with the hint as starting point, as fallback and as a floor: at least
@@ -49,7 +52,8 @@ cuts a search short.
 """
 
 from services.scheduler.placement.capacity import DEFAULT_WEIGHTS, Weights
-from services.scheduler.placement.engine import Quotas, place, place_greedy
+from services.scheduler.placement.engine import place, place_greedy
+from services.scheduler.placement.quota import Quotas
 from services.scheduler.placement.result import (
     Assignment,
     Pending,

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from services.scheduler.placement.snapshot import EPS, BoolArray, FleetSnapshot, FloatArray, IntArray
-from services.scheduler.placement.workloads import SHARE_SCALE, UNITS_PER_DEVICE, Item, Kind
+from services.scheduler.placement.workloads import SHARE_SCALE, Item, Kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,12 +71,6 @@ def cu_need(item: Item, cu: FloatArray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         need = np.where(cu > 0, np.ceil(item.cu / np.maximum(cu, EPS) - 1e-9), 0) * len(item.replicas)
     return need.astype(np.int64)
-
-
-def quota_units(item: Item, choice_n: int) -> int:
-    if item.kind == Kind.SHARE:
-        return max(1, item.share * UNITS_PER_DEVICE // SHARE_SCALE)
-    return choice_n * UNITS_PER_DEVICE
 
 
 class PlacementCosts:
@@ -170,12 +164,11 @@ def _site_usable(snap: FleetSnapshot) -> FloatArray:
 class Capacity:
     """Mutable free capacity used while choosing; starts as a copy of the snapshot's."""
 
-    def __init__(self, snap: FleetSnapshot, quotas_left: dict[tuple[str, str], int]) -> None:
+    def __init__(self, snap: FleetSnapshot) -> None:
         self.snap = snap
         self.pool_free = snap.pool_free.copy()
         self.free_share = snap.dev_free_share.copy()
         self.free_mem = snap.dev_free_mem.copy()
-        self.quota_left = dict(quotas_left)
         self.fresh_taken: dict[int, int] = {}  # pool → whole devices turned into shared ones
         self._whole: dict[int, list[int]] = {}
         self.new_partial: list[int] = []
@@ -217,7 +210,7 @@ class Capacity:
             self._touched_arr = np.array(self._touched_order, dtype=np.int64)
         return self._touched_arr
 
-    def apply(self, item: Item, c: Choice, hw: str, sign: int = 1) -> None:
+    def apply(self, item: Item, c: Choice, sign: int = 1) -> None:
         """Take (sign=1) or give back (sign=-1) the capacity of a choice."""
         if item.kind == Kind.SHARE:
             if c.fresh:  # an untouched device becomes a shared one (or back)
@@ -231,8 +224,6 @@ class Capacity:
         else:
             self.pool_free[c.pool] -= sign * c.n
             self._touch(c.pool)
-        if item.tenant is not None and (item.tenant, hw) in self.quota_left:
-            self.quota_left[(item.tenant, hw)] -= sign * quota_units(item, c.n)
 
 
 @dataclass(slots=True)

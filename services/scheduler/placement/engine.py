@@ -4,11 +4,9 @@ the contract."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping, Sequence
 
-from libs.schemas.devices import HardwareType
 from libs.topology import UnionFind
 from services.scheduler.placement.capacity import (
     DEFAULT_WEIGHTS,
@@ -24,6 +22,7 @@ from services.scheduler.placement.feasibility import FeasibilityCache
 from services.scheduler.placement.greedy import GreedyResult, Strategy, greedy_pass
 from services.scheduler.placement.hint import with_baseline
 from services.scheduler.placement.preempt import Preemptor
+from services.scheduler.placement.quota import QuotaLeft, Quotas, binding, left_after, quotas_left, shortfalls
 from services.scheduler.placement.result import (
     Assignment,
     Pending,
@@ -36,20 +35,7 @@ from services.scheduler.placement.snapshot import FleetSnapshot
 from services.scheduler.placement.solver import ModelInput, solve
 from services.scheduler.placement.workloads import UNITS_PER_DEVICE, Item, Kind, PendingWorkload, expand
 
-Quotas = Mapping[str, Mapping[HardwareType | str, float]]
 _NO_RULES = PlacementRules()
-
-
-def _quotas_left(snap: FleetSnapshot, quotas: Quotas | None) -> dict[tuple[str, str], int]:
-    if not quotas:
-        return {}
-    usage = snap.tenant_usage()
-    out: dict[tuple[str, str], int] = {}
-    for tenant, limits in quotas.items():
-        for hw, limit in limits.items():
-            key = (tenant, str(hw))
-            out[key] = math.floor((limit - usage.get(key, 0.0)) * UNITS_PER_DEVICE + 1e-6)
-    return out
 
 
 def _split(items: Sequence[Item], g: GreedyResult, binding: set[tuple[str, str]],
@@ -129,15 +115,15 @@ def _run(batch: Sequence[PendingWorkload], snap: FleetSnapshot, rules: Placement
     costs = PlacementCosts(snap, weights)
     if optimise:
         costs.set_pressure(items, lambda it: feas.get(it.sig).pool_ok)
-    quotas_left = _quotas_left(snap, quotas)
+    left = quotas_left(snap, quotas)
     t1 = time.perf_counter()
     timings["feasibility"] = t1 - t0
     k = max(1, max_candidates)
-    g = greedy_pass(items, snap, feas, costs, weights, quotas_left, strategy=strategy,
+    g = greedy_pass(items, snap, feas, costs, weights, left, strategy=strategy,
                     max_candidates=k if optimise else 1)
     hint = "" if not optimise else "scored"
     if optimise and time_limit_s > 0 and len(g.choices) < len(items):  # all placed: best-fit cannot beat it
-        base = greedy_pass(items, snap, feas, costs, weights, quotas_left, strategy="best_fit")
+        base = greedy_pass(items, snap, feas, costs, weights, left, strategy="best_fit")
         g, hint = with_baseline(items, g, base, costs)
     t2 = time.perf_counter()
     timings["greedy"] = t2 - t1
@@ -151,7 +137,7 @@ def _run(batch: Sequence[PendingWorkload], snap: FleetSnapshot, rules: Placement
         status = "GREEDY_FALLBACK"
         stats.append(SubproblemStats("all", len(items), 0, "GREEDY_FALLBACK", 0.0, 0.0, 0.0))
     else:
-        status = _optimise(items, g, snap, costs, weights, quotas_left, t0 + time_limit_s, workers, choices, stats)
+        status = _optimise(items, g, snap, costs, weights, left, t0 + time_limit_s, workers, choices, stats)
     t3 = time.perf_counter()
     timings["solve"] = t3 - t2
     selected, failed = select_devices(snap, items, list(choices.values()))
@@ -164,10 +150,10 @@ def _run(batch: Sequence[PendingWorkload], snap: FleetSnapshot, rules: Placement
     timings["select"] = t4 - t3
     preemptions: list[Preemption] = []
     if optimise and time_limit_s > 0:
-        _preempt(items, snap, feas, by_item, preemptions, batch, max_candidates, t0 + time_limit_s, quotas_left)
+        _preempt(items, snap, feas, by_item, preemptions, batch, max_candidates, t0 + time_limit_s, left)
     t5 = time.perf_counter()
     timings["preempt"] = t5 - t4
-    assignments, pending = _results(batch, items, snap, feas, by_item, g, quotas_left)
+    assignments, pending = _results(batch, items, snap, feas, by_item, g, left)
     timings["explain"] = time.perf_counter() - t5
     timings["total"] = time.perf_counter() - t0
     objective = sum(s.objective for s in stats)
@@ -176,17 +162,11 @@ def _run(batch: Sequence[PendingWorkload], snap: FleetSnapshot, rules: Placement
 
 
 def _optimise(items: Sequence[Item], g: GreedyResult, snap: FleetSnapshot, costs: PlacementCosts, weights: Weights,
-              quotas_left: dict[tuple[str, str], int], deadline: float, workers: int, choices: dict[int, Choice],
+              quotas_left: QuotaLeft, deadline: float, workers: int, choices: dict[int, Choice],
               stats: list[SubproblemStats]) -> str:
     pool_hw = {c.pool: str(snap.profiles[snap.pool_profile[c.pool]].hardware_type)
                for opts in g.candidates.values() for c in opts}
-    demand: dict[tuple[str, str], int] = {}
-    for it in items:
-        for hw in {pool_hw[c.pool] for c in g.candidates.get(it.idx, [])}:
-            if it.tenant is not None and (it.tenant, hw) in quotas_left:
-                most = max(c.n for c in g.candidates[it.idx]) * UNITS_PER_DEVICE if it.kind != Kind.SHARE else 100
-                demand[(it.tenant, hw)] = demand.get((it.tenant, hw), 0) + most
-    binding = {key for key, d in demand.items() if d > quotas_left[key]}
+    bound = binding(items, g.candidates, pool_hw, quotas_left)
     fixed, full = _perfect(items, g, snap)
     quota_model = dict(quotas_left)
     for i in fixed:
@@ -202,7 +182,7 @@ def _optimise(items: Sequence[Item], g: GreedyResult, snap: FleetSnapshot, costs
     for it in items:  # a gang with a replica that has nowhere to go cannot be placed at all
         if it.workload in stuck:
             g.candidates[it.idx] = []
-    groups = _split(items, g, binding, pool_hw)
+    groups = _split(items, g, bound, pool_hw)
     wl_items: dict[int, int] = {}
     for it in items:
         wl_items[it.workload] = wl_items.get(it.workload, 0) + 1
@@ -220,7 +200,7 @@ def _optimise(items: Sequence[Item], g: GreedyResult, snap: FleetSnapshot, costs
         budget = (deadline - time.perf_counter()) * opts / total_opts
         total_opts -= opts
         mi = ModelInput(items, grp, {i: g.candidates[i] for i in grp}, {i: g.choices[i] for i in grp if i in g.choices},
-                        pool_hw, {k: quota_model[k] for k in binding}, g.site_cap, wl_items)
+                        pool_hw, {k: quota_model[k] for k in bound}, g.site_cap, wl_items)
         hw_names = sorted({pool_hw[c.pool] for i in grp for c in g.candidates[i]})
         name = f"{'+'.join(hw_names)}#{n}"
         if budget <= 1e-3:
@@ -292,22 +272,9 @@ def _without(g: GreedyResult, fixed: set[int], full: set[int], snap: FleetSnapsh
     return out
 
 
-def _quota_after(items: Sequence[Item], snap: FleetSnapshot, by_item: dict[int, Selected],
-                 quotas_left: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
-    left = dict(quotas_left)
-    if left:
-        for it in items:
-            s = by_item.get(it.idx)
-            if s is not None and it.tenant is not None:
-                key = (it.tenant, str(snap.profiles[snap.dev_profile[s.devices[0]]].hardware_type))
-                if key in left:
-                    left[key] -= round(sum(s.shares) * UNITS_PER_DEVICE)
-    return left
-
-
 def _preempt(items: Sequence[Item], snap: FleetSnapshot, feas: FeasibilityCache, by_item: dict[int, Selected],
              preemptions: list[Preemption], batch: Sequence[PendingWorkload], max_candidates: int,
-             deadline: float, quotas_left: dict[tuple[str, str], int]) -> None:
+             deadline: float, quotas_left: QuotaLeft) -> None:
     floor = snap.min_preemptible_priority()
     if floor is None:
         return
@@ -315,7 +282,7 @@ def _preempt(items: Sequence[Item], snap: FleetSnapshot, feas: FeasibilityCache,
     for it in items:
         by_workload.setdefault(it.workload, []).append(it)
     pre: Preemptor | None = None
-    quota = _quota_after(items, snap, by_item, quotas_left)
+    quota = left_after(items, snap, by_item, quotas_left)
     prof_hw = [str(p.hardware_type) for p in snap.profiles]
     for w, its in by_workload.items():  # items are in priority order, so workloads are too
         missing = [it for it in its if it.idx not in by_item]
@@ -350,7 +317,7 @@ def _preempt(items: Sequence[Item], snap: FleetSnapshot, feas: FeasibilityCache,
 
 def _results(batch: Sequence[PendingWorkload], items: Sequence[Item], snap: FleetSnapshot,
              feas: FeasibilityCache, by_item: dict[int, Selected], g: GreedyResult,
-             quotas_left: dict[tuple[str, str], int]) -> tuple[list[Assignment], list[Pending]]:
+             quotas_left: QuotaLeft) -> tuple[list[Assignment], list[Pending]]:
     assignments: list[Assignment] = []
     missing: dict[int, list[Item]] = {}
     for it in items:
@@ -365,7 +332,7 @@ def _results(batch: Sequence[PendingWorkload], items: Sequence[Item], snap: Flee
             sl = slice(k * per, (k + 1) * per)
             assignments.append(Assignment(wid, r, host, tuple(snap.dev_ids[d] for d in s.devices[sl]),
                                           tuple(s.shares[sl]), tuple(s.mems[sl])))
-    quota_after = _quota_after(items, snap, by_item, quotas_left)
+    quota_after = left_after(items, snap, by_item, quotas_left)
     explainer = Explainer(feas)
     pending: list[Pending] = []
     for w, its in missing.items():
@@ -381,11 +348,8 @@ def _results(batch: Sequence[PendingWorkload], items: Sequence[Item], snap: Flee
                          "by higher-priority or better-fitting work")
         if it.gang:
             extra.insert(0, f"gang of {spec.replicas}: all replicas must fit at once")
-        if it.tenant is not None:
-            for (tenant, hw), left in quota_after.items():
-                if tenant == it.tenant and left < UNITS_PER_DEVICE * max(1, it.n) and it.sig.hw_type in (hw, "any"):
-                    extra.insert(0, f"tenant {tenant} quota for {hw}: {max(0, left) / UNITS_PER_DEVICE:g} "
-                                    "devices left")
+        for line in shortfalls(it, quota_after):
+            extra.insert(0, line)
         if spec.placement.spread != "none" and spec.replicas > 1:
             extra.append(f"spread {spec.placement.spread}: at most "
                          + ("one replica per host" if spec.placement.spread == "host"

@@ -26,14 +26,8 @@ from typing import Literal
 
 import numpy as np
 
-from services.scheduler.placement.capacity import (
-    Capacity,
-    Choice,
-    PlacementCosts,
-    Weights,
-    cu_need,
-    quota_units,
-)
+from services.scheduler.placement.capacity import Capacity, Choice, PlacementCosts, Weights, cu_need
+from services.scheduler.placement.constraints import HostSpread, LinkGroup, Rule, SiteSpread, TenantQuota
 from services.scheduler.placement.feasibility import Eligibility, FeasibilityCache
 from services.scheduler.placement.snapshot import EPS, FleetSnapshot, IntArray
 from services.scheduler.placement.workloads import SHARE_SCALE, Item, Kind
@@ -79,9 +73,6 @@ class _Ctx:
             hit = self._groups[id(elig)] = _Groups(self._all, elig)
         return hit
 
-    def hw_of_pool(self, pool: int) -> str:
-        return self.hw_names[int(self.prof_hw[self.snap.pool_profile[pool]])]
-
     def eligible_sites(self, elig: Eligibility) -> int:
         key = id(elig)
         hit = self._sites.get(key)
@@ -90,24 +81,12 @@ class _Ctx:
         return hit
 
 
-def _restrict(ctx: _Ctx, item: Item, pools: IntArray, need: IntArray, cap: Capacity,
-              used_hosts: dict[int, int], site_count: dict[int, int], site_cap: int) -> np.ndarray:
-    """Mask of pools allowed by spread and quota rules (capacity is checked by the caller)."""
-    snap = ctx.snap
+def _mask(rules: Sequence[Rule], item: Item, pools: IntArray, need: IntArray) -> np.ndarray:
+    """Mask of pools every rule allows (capacity is checked by the caller)."""
     ok = np.ones(len(pools), dtype=np.bool_)
-    if item.spread == "host" and used_hosts:
-        ok &= ~np.isin(snap.pool_host[pools], np.fromiter(used_hosts, dtype=np.int64))
-    if item.spread == "site" and site_count:
-        full = [s for s, c in site_count.items() if c >= site_cap]
-        if full:
-            ok &= ~np.isin(ctx.pool_site[pools], np.array(full, dtype=np.int64))
-    if item.tenant is not None and cap.quota_left:
-        hw = ctx.prof_hw[snap.pool_profile[pools]]
-        for i, name in enumerate(ctx.hw_names):
-            left = cap.quota_left.get((item.tenant, name))
-            if left is not None:
-                units = need * 100 if item.kind != Kind.SHARE else np.full(len(pools), quota_units(item, 0))
-                ok &= ~((hw == i) & (units > left))
+    for rule in rules:
+        if rule.restricts(item):
+            ok &= rule.mask(item, pools, need)
     return ok
 
 
@@ -219,8 +198,7 @@ def _ranked(ctx: _Ctx, item: Item, elig: Eligibility, strategy: Strategy) -> _Ra
 
 
 def _whole_options(ctx: _Ctx, item: Item, elig: Eligibility, cap: Capacity, strategy: Strategy, limit: int,
-                   used_hosts: dict[int, int], site_count: dict[int, int], site_cap: int,
-                   snapshot_extra: int = 0) -> list[Choice]:
+                   rules: Sequence[Rule], snapshot_extra: int = 0) -> list[Choice]:
     """The ``limit`` best pools that fit the item now, best first, then up to ``snapshot_extra``
     pools that earlier items of this pass filled but that fit it at batch start."""
     snap = ctx.snap
@@ -228,22 +206,15 @@ def _whole_options(ctx: _Ctx, item: Item, elig: Eligibility, cap: Capacity, stra
         return []
     ranked = _ranked(ctx, item, elig, strategy)
     touched = cap.touched
-    full_sites = {s for s, c in site_count.items() if c >= site_cap} if item.spread == "site" else set()
-    quota = [(i, cap.quota_left[(item.tenant, name)]) for i, name in enumerate(ctx.hw_names)
-             if item.tenant is not None and (item.tenant, name) in cap.quota_left]
-    host_of, site_of = snap.pool_host, ctx.pool_site
+    active = [rule for rule in rules if rule.restricts(item)]
 
     def allowed(q: int, n: int) -> bool:
-        if used_hosts and item.spread == "host" and int(host_of[q]) in used_hosts:
-            return False
-        if full_sites and int(site_of[q]) in full_sites:
-            return False
-        for hw, left in quota:
-            if ctx.prof_hw[snap.pool_profile[q]] == hw and quota_units(item, n) > left:
+        for rule in active:
+            if not rule.allows(item, q, n):
                 return False
-        return not (item.link and not cap.link_fits(q, n))
+        return True
 
-    restricted = bool((used_hosts and item.spread == "host") or full_sites or quota or item.link)
+    restricted = bool(active)
     # Sort keys are unique (score + pool index, pool indices differ), so the order found is total.
     found: list[tuple[int, int, int, int]] = []  # (score, pool, need, cost)
     groups = ctx.groups(elig)
@@ -297,7 +268,7 @@ def _whole_options(ctx: _Ctx, item: Item, elig: Eligibility, cap: Capacity, stra
 
 
 def _share_options(ctx: _Ctx, item: Item, elig: Eligibility, cap: Capacity, strategy: Strategy, limit: int,
-                   used_hosts: dict[int, int], site_count: dict[int, int], site_cap: int) -> list[Choice]:
+                   rules: Sequence[Rule]) -> list[Choice]:
     snap, w = ctx.snap, ctx.w
     s = item.share / SHARE_SCALE
     scored: list[tuple[int, Choice]] = []
@@ -311,8 +282,7 @@ def _share_options(ctx: _Ctx, item: Item, elig: Eligibility, cap: Capacity, stra
         ok = (cap.free_share[devs] + EPS >= s) & (cap.free_mem[devs] >= mem)
         if ok.any():
             pools = snap.dev_pool[devs].astype(np.int64)
-            ok &= _restrict(ctx, item, pools, np.ones(len(devs), dtype=np.int64), cap, used_hosts, site_count,
-                            site_cap)
+            ok &= _mask(rules, item, pools, np.ones(len(devs), dtype=np.int64))
             idx = np.flatnonzero(ok)
             left = cap.free_share[devs[idx]] - s
             base = np.zeros(len(idx), dtype=np.int64)
@@ -335,8 +305,7 @@ def _share_options(ctx: _Ctx, item: Item, elig: Eligibility, cap: Capacity, stra
             item.share * ctx.prof_mem[snap.pool_profile[pools]] / SHARE_SCALE)
         ok = (pf > 0) & (ctx.prof_mem[snap.pool_profile[pools]] >= mem_f)
         if ok.any():
-            ok &= _restrict(ctx, item, pools, np.ones(len(pools), dtype=np.int64), cap, used_hosts, site_count,
-                            site_cap)
+            ok &= _mask(rules, item, pools, np.ones(len(pools), dtype=np.int64))
             idx = np.flatnonzero(ok)
             cand = pools[idx]
             base = np.zeros(len(idx), dtype=np.int64)
@@ -373,8 +342,10 @@ def greedy_pass(
 ) -> GreedyResult:
     """Place items one by one; the scored pass also records each item's options."""
     ctx = _Ctx(snap, feas, costs, weights)
-    cap = Capacity(snap, quotas_left)
+    cap = Capacity(snap)
     res = GreedyResult()
+    rules: list[Rule] = [HostSpread(snap), SiteSpread(ctx.pool_site, res.site_cap), LinkGroup(cap),
+                         TenantQuota(snap, quotas_left, ctx.hw_names, ctx.prof_hw)]
     i = 0
     while i < len(items):
         w = items[i].workload
@@ -382,21 +353,19 @@ def greedy_pass(
         while j < len(items) and items[j].workload == w:
             j += 1
         group = items[i:j]
-        used_hosts: dict[int, int] = {}
-        site_count: dict[int, int] = {}
+        if group[0].spread == "site":
+            res.site_cap.setdefault(w, math.ceil(len(group) / ctx.eligible_sites(feas.get(group[0].sig))))
+        for rule in rules:
+            rule.start(group)
         taken: list[Choice] = []
         failed = False
         for item in group:
             elig = feas.get(item.sig)
-            site_cap = 0
-            if item.spread == "site":
-                site_cap = res.site_cap.setdefault(w, math.ceil(len(group) / ctx.eligible_sites(elig)))
             if item.kind == Kind.SHARE:
-                opts = _share_options(ctx, item, elig, cap, strategy, max_candidates, used_hosts, site_count,
-                                      site_cap)
+                opts = _share_options(ctx, item, elig, cap, strategy, max_candidates, rules)
             else:
-                opts = _whole_options(ctx, item, elig, cap, strategy, max_candidates, used_hosts, site_count,
-                                      site_cap, snapshot_extra=max(2, max_candidates // 2) if max_candidates > 1 else 0)
+                opts = _whole_options(ctx, item, elig, cap, strategy, max_candidates, rules,
+                                      snapshot_extra=max(2, max_candidates // 2) if max_candidates > 1 else 0)
             if strategy == "scored":  # the solver's candidates, even when only one is kept
                 res.candidates[item.idx] = opts
             if not opts or not _fits_now(cap, item, opts[0]):
@@ -404,15 +373,15 @@ def greedy_pass(
                 failed = True
                 continue
             c = opts[0]
-            cap.apply(item, c, ctx.hw_of_pool(c.pool))
+            cap.apply(item, c)
+            for rule in rules:
+                rule.take(item, c)
             taken.append(c)
-            host = int(snap.pool_host[c.pool])
-            used_hosts[host] = used_hosts.get(host, 0) + 1
-            site = int(ctx.pool_site[c.pool])
-            site_count[site] = site_count.get(site, 0) + 1
         if failed and items[i].gang:
             for c in reversed(taken):
-                cap.apply(items[c.item], c, ctx.hw_of_pool(c.pool), sign=-1)
+                cap.apply(items[c.item], c, sign=-1)
+                for rule in rules:
+                    rule.take(items[c.item], c, sign=-1)
             for item in group:
                 res.failed.setdefault(item.idx, "gang")
         else:

@@ -13,8 +13,8 @@ Variables (all Boolean):
   their free share/memory as constants);
 * ``g[w]``   gang ``w`` placed: every replica item has ``sum x = g[w]`` (all-or-none).
 
-Other constraints: one option per item, spread (at most 1 replica per host, at most
-ceil(R/sites) per site), binding tenant quotas, "place at least as many items as the
+Other constraints: one option per item, every rule of ``constraints.MODEL_RULES`` (spread: at
+most 1 replica per host, at most ceil(R/sites) per site; binding tenant quotas), "place at least as many items as the
 greedy hint", and "place at least as many whole workloads of priority >= p as the hint" for
 every priority p of the sub-problem (the hint is the better of the scored greedy pass and
 best-fit, see ``hint``; the bench counts whole workloads). The objective maximises sum reward*x - costs (see ``capacity.Weights``); the
@@ -32,12 +32,11 @@ from dataclasses import dataclass
 
 from ortools.sat.python import cp_model_helper as cmh
 
-from services.scheduler.placement.capacity import Choice, Weights, pool_cost, quota_units
+from services.scheduler.placement.capacity import Choice, Weights, pool_cost
+from services.scheduler.placement.constraints import MODEL_RULES, NEG
 from services.scheduler.placement.result import SubproblemStats
 from services.scheduler.placement.snapshot import EPS, FleetSnapshot
 from services.scheduler.placement.workloads import SHARE_SCALE, Item, Kind
-
-_NEG = -(1 << 60)
 
 
 @dataclass(slots=True)
@@ -94,9 +93,6 @@ def solve(snap: FleetSnapshot, mi: ModelInput, weights: Weights, time_limit_s: f
     x_of: list[tuple[int, Choice]] = []
     pool_terms: dict[int, tuple[list[int], list[int]]] = {}
     dev_terms: dict[int, tuple[list[int], list[int], list[int]]] = {}
-    host_terms: dict[tuple[int, int], list[int]] = {}
-    site_terms: dict[tuple[int, int], list[int]] = {}
-    quota_terms: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
     gang: dict[int, int] = {}
     hint_vars: list[int] = []
     count_vars: list[int] = []
@@ -121,7 +117,6 @@ def solve(snap: FleetSnapshot, mi: ModelInput, weights: Weights, time_limit_s: f
             x_of.append((x, c))
             if hinted is not None and hinted == c:
                 hint_vars.append(x)
-            host = int(snap.pool_host[c.pool])
             cost = c.cost
             if item.kind == Kind.SHARE:
                 d = c.device
@@ -137,16 +132,6 @@ def solve(snap: FleetSnapshot, mi: ModelInput, weights: Weights, time_limit_s: f
                 vs.append(x)
                 cs.append(c.n)
             m.cost(x, cost - reward)
-            if item.spread == "host":
-                host_terms.setdefault((item.workload, host), []).append(x)
-            elif item.spread == "site":
-                site_terms.setdefault((item.workload, int(snap.host_site[host])), []).append(x)
-            if item.tenant is not None:
-                key = (item.tenant, mi.pool_hw[c.pool])
-                if key in mi.quotas_left:
-                    qv, qc = quota_terms.setdefault(key, ([], []))
-                    qv.append(x)
-                    qc.append(quota_units(item, c.n))
         count_vars.extend(xs)
         wl_xs.setdefault(item.workload, []).append(xs)
         if item.gang:
@@ -181,12 +166,12 @@ def solve(snap: FleetSnapshot, mi: ModelInput, weights: Weights, time_limit_s: f
             m.cost(u, w.fresh_share)
             if d in hint_fresh:
                 hint_vars.append(u)
-            m.linear([*vs, u], [*cs, -SHARE_SCALE], _NEG, 0)
-            m.linear([*vs, u], [*ms, -int(snap.dev_mem[d])], _NEG, 0)
+            m.linear([*vs, u], [*cs, -SHARE_SCALE], NEG, 0)
+            m.linear([*vs, u], [*ms, -int(snap.dev_mem[d])], NEG, 0)
             fresh_in_pool.setdefault(int(snap.dev_pool[d]), []).append(u)
         elif len(vs) > 1:
-            m.linear(vs, cs, _NEG, int(snap.dev_free_share[d] * SHARE_SCALE + 1e-6))
-            m.linear(vs, ms, _NEG, int(snap.dev_free_mem[d]))
+            m.linear(vs, cs, NEG, int(snap.dev_free_share[d] * SHARE_SCALE + 1e-6))
+            m.linear(vs, ms, NEG, int(snap.dev_free_mem[d]))
     for q in set(pool_terms) | set(fresh_in_pool):
         vs, cs = pool_terms.get(q, ([], []))
         us = fresh_in_pool.get(q, [])
@@ -197,21 +182,15 @@ def solve(snap: FleetSnapshot, mi: ModelInput, weights: Weights, time_limit_s: f
             hint_vars.append(t)
         for v in (*vs, *us):
             m.implies(v, t)
-        m.linear([*vs, *us, t], [*cs, *([1] * len(us)), -free], _NEG, 0)
+        m.linear([*vs, *us, t], [*cs, *([1] * len(us)), -free], NEG, 0)
         if sum(cs) + len(us) >= free:
             f = m.bool()
             m.cost(f, pool_cost(w, free, size, free) - pool_cost(w, free, size, 0))
             if hint_used.get(q, 0) == free:
                 hint_vars.append(f)
             m.linear([*vs, *us, f], [*cs, *([1] * len(us)), -free], 0, 1 << 40)
-    for xs in host_terms.values():
-        if len(xs) > 1:
-            m.at_most_one(xs)
-    for (wl, _site), xs in site_terms.items():
-        if len(xs) > mi.site_cap.get(wl, len(xs)):
-            m.linear(xs, [1] * len(xs), 0, mi.site_cap[wl])
-    for key, (qv, qc) in quota_terms.items():
-        m.linear(qv, qc, _NEG, mi.quotas_left[key])
+    for rule in MODEL_RULES:  # spread, link group, tenant quota (see ``constraints``)
+        rule.encode(m, snap, mi, x_of)
     for wl, g in gang.items():
         if any(items[i].workload == wl for i in mi.hint):
             hint_vars.append(g)

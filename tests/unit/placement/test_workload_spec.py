@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from libs.schemas.devices import HardwareType
-from libs.schemas.workload import WorkloadSpec, framework_specifier
+from libs.schemas.workload import Demand, WorkloadSpec, framework_specifier
 
 
 def spec(**kw: Any) -> WorkloadSpec:
@@ -83,3 +83,18 @@ def test_workload_spec_variant_lookup_order():
 def test_workload_spec_tenant_can_be_overridden_by_the_gateway():
     s = spec(tenant="claimed")
     assert s.model_copy(update={"tenant": "from-key"}).tenant == "from-key"
+
+
+@pytest.mark.parametrize(("hardware", "demand"), [
+    ({"type": "gpu", "count": 4, "memory_gib": 40}, Demand("gpu", 4.0, False, None, 40)),
+    ({"type": "gpu", "share": 0.25, "memory_gib": 10}, Demand("gpu", 0.25, True, None, 10)),
+    ({"type": "npu", "share": 1}, Demand("npu", 1.0, False, None, None)),
+    ({"type": "any", "compute_units": 600}, Demand(None, 0.0, False, 600, None)),
+    ({"type": "any", "count": 2}, Demand(None, 2.0, False, None, None)),
+])
+def test_workload_spec_demand_is_what_one_replica_asks_for(hardware: dict[str, Any], demand: Demand) -> None:
+    s = spec(hardware=hardware, replicas=3)
+    assert s.hardware.demand == demand
+    assert s.hardware.demand.devices_for(s.replicas) == 3 * demand.devices
+    assert s.hardware.demand.compute_units_for(s.replicas) == (None if demand.compute_units is None
+                                                              else 3 * demand.compute_units)

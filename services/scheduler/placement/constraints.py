@@ -1,0 +1,229 @@
+"""Placement rules beyond capacity, one object each: spread over hosts, spread over sites,
+one link group, tenant quota (its accounting in ``quota``).
+
+Each rule answers the same questions, in the spirit of Nomad's feasibility iterators:
+
+* ``start(group)``: a new workload's items are about to be placed (per-workload state resets);
+* ``restricts(item)``: can the rule refuse anything for this item now (when no rule can, the
+  greedy pass skips asking);
+* ``allows(item, pool, n)``: may the item take ``n`` devices of ``pool`` given what the pass
+  has already chosen; ``mask(item, pools, need)`` is the same question for many pools;
+* ``take(item, choice, sign)``: the pass took (1) or gave back (-1) a choice;
+* ``encode(model, snap, mi, options)`` (static): add the rule's constraints over the
+  sub-problem's option variables to the CP-SAT model.
+
+``greedy_pass`` builds one instance of each rule per pass; ``solver.solve`` calls ``encode``
+of every rule in ``MODEL_RULES``. Capacity itself (free devices, share, memory) is not a
+rule: it is what options are built from (``capacity``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from services.scheduler.placement.capacity import Capacity, Choice
+from services.scheduler.placement.quota import QuotaLeft, units
+from services.scheduler.placement.snapshot import BoolArray, FleetSnapshot, I32Array, IntArray
+from services.scheduler.placement.workloads import UNITS_PER_DEVICE, Item, Kind
+
+if TYPE_CHECKING:
+    from services.scheduler.placement.solver import ModelInput
+
+NEG = -(1 << 60)  # "no lower bound" in a CP-SAT linear constraint
+
+
+class Model(Protocol):
+    """The part of the CP-SAT model builder rules write to."""
+
+    def linear(self, vs: Sequence[int], cs: Sequence[int], lo: int, hi: int) -> None: ...
+
+    def at_most_one(self, vs: Sequence[int]) -> None: ...
+
+
+class Rule(Protocol):
+    def start(self, group: Sequence[Item]) -> None: ...
+
+    def restricts(self, item: Item) -> bool: ...
+
+    def allows(self, item: Item, pool: int, n: int) -> bool: ...
+
+    def mask(self, item: Item, pools: IntArray, need: IntArray) -> BoolArray: ...
+
+    def take(self, item: Item, c: Choice, sign: int = 1) -> None: ...
+
+
+class HostSpread:
+    """``spread: host``: no two replicas of a workload on one host."""
+
+    def __init__(self, snap: FleetSnapshot) -> None:
+        self.pool_host = snap.pool_host
+        self.used: set[int] = set()
+
+    def start(self, group: Sequence[Item]) -> None:
+        self.used = set()
+
+    def restricts(self, item: Item) -> bool:
+        return item.spread == "host" and bool(self.used)
+
+    def allows(self, item: Item, pool: int, n: int) -> bool:
+        return int(self.pool_host[pool]) not in self.used
+
+    def mask(self, item: Item, pools: IntArray, need: IntArray) -> BoolArray:
+        return ~np.isin(self.pool_host[pools], np.fromiter(self.used, dtype=np.int64))
+
+    def take(self, item: Item, c: Choice, sign: int = 1) -> None:
+        if sign > 0:
+            self.used.add(int(self.pool_host[c.pool]))
+
+    @staticmethod
+    def encode(m: Model, snap: FleetSnapshot, mi: ModelInput, options: Sequence[tuple[int, Choice]]) -> None:
+        """At most one option per (workload, host)."""
+        terms: dict[tuple[int, int], list[int]] = {}
+        items = mi.items
+        for x, c in options:
+            item = items[c.item]
+            if item.spread == "host":
+                terms.setdefault((item.workload, int(snap.pool_host[c.pool])), []).append(x)
+        for xs in terms.values():
+            if len(xs) > 1:
+                m.at_most_one(xs)
+
+
+class SiteSpread:
+    """``spread: site``: at most ceil(replicas / eligible sites) replicas of a workload per site
+    (``site_cap``, per workload, also read by explanations and the solver)."""
+
+    def __init__(self, pool_site: IntArray | I32Array, site_cap: dict[int, int]) -> None:
+        self.pool_site = pool_site
+        self.site_cap = site_cap  # workload → cap; filled by the greedy pass
+        self.count: dict[int, int] = {}
+        self.full: set[int] = set()
+        self.cap = 0
+
+    def start(self, group: Sequence[Item]) -> None:
+        self.count = {}
+        self.full = set()
+        self.cap = self.site_cap.get(group[0].workload, 0)
+
+    def restricts(self, item: Item) -> bool:
+        return item.spread == "site" and bool(self.full)
+
+    def allows(self, item: Item, pool: int, n: int) -> bool:
+        return int(self.pool_site[pool]) not in self.full
+
+    def mask(self, item: Item, pools: IntArray, need: IntArray) -> BoolArray:
+        return ~np.isin(self.pool_site[pools], np.fromiter(self.full, dtype=np.int64))
+
+    def take(self, item: Item, c: Choice, sign: int = 1) -> None:
+        if sign > 0 and item.spread == "site":
+            site = int(self.pool_site[c.pool])
+            self.count[site] = self.count.get(site, 0) + 1
+            if self.count[site] >= self.cap:
+                self.full.add(site)
+
+    @staticmethod
+    def encode(m: Model, snap: FleetSnapshot, mi: ModelInput, options: Sequence[tuple[int, Choice]]) -> None:
+        """At most ``site_cap`` options per (workload, site)."""
+        terms: dict[tuple[int, int], list[int]] = {}
+        items = mi.items
+        for x, c in options:
+            item = items[c.item]
+            if item.spread == "site":
+                terms.setdefault((item.workload, int(snap.host_site[snap.pool_host[c.pool]])), []).append(x)
+        for (wl, _site), xs in terms.items():
+            if len(xs) > mi.site_cap.get(wl, len(xs)):
+                m.linear(xs, [1] * len(xs), 0, mi.site_cap[wl])
+
+
+class LinkGroup:
+    """``topology: same_link_group``: a replica's whole devices share one link group. The
+    candidates already satisfy it (and ``select_devices`` picks the group), so the CP-SAT
+    model needs nothing more."""
+
+    def __init__(self, cap: Capacity) -> None:
+        self.capacity = cap
+
+    def start(self, group: Sequence[Item]) -> None:
+        """No per-workload state."""
+
+    def restricts(self, item: Item) -> bool:
+        return item.link and item.kind != Kind.SHARE
+
+    def allows(self, item: Item, pool: int, n: int) -> bool:
+        return self.capacity.link_fits(pool, n)
+
+    def mask(self, item: Item, pools: IntArray, need: IntArray) -> BoolArray:
+        return np.fromiter((self.capacity.link_fits(int(q), int(k)) for q, k in zip(pools, need, strict=True)),
+                           dtype=np.bool_, count=len(pools))
+
+    def take(self, item: Item, c: Choice, sign: int = 1) -> None:
+        """Capacity tracks the devices taken."""
+
+    @staticmethod
+    def encode(m: Model, snap: FleetSnapshot, mi: ModelInput, options: Sequence[tuple[int, Choice]]) -> None:
+        """Nothing: every candidate already fits one link group."""
+
+
+class TenantQuota:
+    """Tenant quotas: what is left per (tenant, hardware type) changes as the pass takes options;
+    the model bounds only the binding ones (``ModelInput.quotas_left``)."""
+
+    def __init__(self, snap: FleetSnapshot, left: QuotaLeft, hw_names: Sequence[str], prof_hw: IntArray) -> None:
+        self.left = dict(left)
+        self.pool_hw = prof_hw[snap.pool_profile]
+        self.hw_names = list(hw_names)
+        self._keys: dict[str, list[tuple[int, tuple[str, str]]]] = {}  # tenant → (type index, key)
+        for i, name in enumerate(hw_names):
+            for tenant, hw in left:
+                if hw == name:
+                    self._keys.setdefault(tenant, []).append((i, (tenant, hw)))
+
+    def restricts(self, item: Item) -> bool:
+        return item.tenant is not None and item.tenant in self._keys
+
+    def allows(self, item: Item, pool: int, n: int) -> bool:
+        hw = self.pool_hw[pool]
+        for i, key in self._keys[item.tenant or ""]:
+            if hw == i and units(item, n) > self.left[key]:
+                return False
+        return True
+
+    def mask(self, item: Item, pools: IntArray, need: IntArray) -> BoolArray:
+        ok = np.ones(len(pools), dtype=np.bool_)
+        hw = self.pool_hw[pools]
+        for i, key in self._keys[item.tenant or ""]:
+            want = need * UNITS_PER_DEVICE if item.kind != Kind.SHARE else np.full(len(pools), units(item, 0))
+            ok &= ~((hw == i) & (want > self.left[key]))
+        return ok
+
+    def start(self, group: Sequence[Item]) -> None:
+        """Quotas hold across workloads: nothing to reset."""
+
+    def take(self, item: Item, c: Choice, sign: int = 1) -> None:
+        if item.tenant is not None:
+            key = (item.tenant, self.hw_names[int(self.pool_hw[c.pool])])
+            if key in self.left:
+                self.left[key] -= sign * units(item, c.n)
+
+    @staticmethod
+    def encode(m: Model, snap: FleetSnapshot, mi: ModelInput, options: Sequence[tuple[int, Choice]]) -> None:
+        """``sum units * x <= left`` for each binding (tenant, type) of the sub-problem."""
+        terms: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
+        items = mi.items
+        for x, c in options:
+            item = items[c.item]
+            if item.tenant is not None:
+                key = (item.tenant, mi.pool_hw[c.pool])
+                if key in mi.quotas_left:
+                    vs, cs = terms.setdefault(key, ([], []))
+                    vs.append(x)
+                    cs.append(units(item, c.n))
+        for key, (vs, cs) in terms.items():
+            m.linear(vs, cs, NEG, mi.quotas_left[key])
+
+
+#: Every rule, in the order the CP-SAT model encodes them.
+MODEL_RULES = (HostSpread, SiteSpread, LinkGroup, TenantQuota)
