@@ -87,7 +87,10 @@ def event_type(kind: str) -> str:
 
 
 class EventTypes:
-    """The durable event types the mesh publishes (subjects ``xpumesh.events.<kind>.<site>``)."""
+    """Every event type the mesh publishes.
+
+    Durable ones ride ``xpumesh.events.<kind>.<site>`` (``libs.bus.subjects.event_subject``);
+    the heartbeats, agent commands and gateway broadcasts ride their own subjects."""
 
     HOST_UP = event_type("host.up")
     HOST_DOWN = event_type("host.down")
@@ -102,6 +105,19 @@ class EventTypes:
     DEVICE_HEALTHY = event_type("device.healthy")
     ALERT_FIRING = event_type("alert.firing")
     ALERT_RESOLVED = event_type("alert.resolved")
+    # liveness (core NATS, to the registry)
+    HOST_HEARTBEAT = event_type("host.heartbeat")
+    SERVICE_HEARTBEAT = event_type("service.heartbeat")
+    # scheduler → agent commands (stream XPUMESH_COMMANDS)
+    AGENT_LAUNCH = event_type("agent.launch")
+    AGENT_STOP = event_type("agent.stop")
+    # gateway: broadcasts between its instances, and the signed test delivery of a webhook
+    GATEWAY_KEY_REVOKED = event_type("gateway.key_revoked")
+    GATEWAY_SUBSCRIPTION_CHANGED = event_type("gateway.subscription_changed")
+    WEBHOOK_PING = event_type("webhook.ping")
+    # prefixes and patterns
+    WORKLOAD_PREFIX = event_type("workload.")
+    ANY = event_type("*")  # a subscription type pattern that matches every type
 
     @staticmethod
     def workload(state: str) -> str:

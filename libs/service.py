@@ -33,6 +33,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Generic, Literal, TypeVar, get_type_hints
 
 from nats.aio.msg import Msg
@@ -44,7 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from libs import __version__
 from libs.bus import subjects
 from libs.bus.connection import ERROR_HEADER, Bus
-from libs.bus.consumer import Decoder, Delivery, PullConsumer, SeenIds, envelope
+from libs.bus.consumer import Decoder, Delivery, PullConsumer, SeenIds, envelope, run_handler
 from libs.bus.errors import BusError, InvalidRequest
 from libs.config import Settings
 from libs.events import CloudEvent, InvalidEnvelope
@@ -263,28 +264,7 @@ class ServiceApp(Generic[S]):
                 self._reject(handler, "malformed_envelope")
                 log.warning("%s: dropped malformed event: %s", handler, exc.reason)
                 continue
-            await self._run_event(handler, sub.fn, event, ctx, dict(msg.headers or {}))
-
-    async def _run_event(self, handler: str, fn: EventFn, arg: Any, ctx: Context[S], headers: dict[str, str]) -> None:
-        with self._tracer.start_as_current_span(f"event {self.name}.{handler}", context=extract_context(headers),
-                                                kind=trace.SpanKind.CONSUMER):
-            started = time.perf_counter()
-            try:
-                await fn(arg, ctx)
-                outcome = "ok"
-            except (InvalidRequest, ValidationError) as exc:
-                self._reject(handler, "invalid_data")
-                log.warning("%s: rejected event data: %s", handler,
-                            exc.detail if isinstance(exc, InvalidRequest) else f"{exc.error_count()} validation errors")
-                outcome = "rejected"
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("%s: handler failed", handler)
-                outcome = "error"
-            HANDLER_SECONDS.labels(self.name, handler).observe(time.perf_counter() - started)
-            if outcome != "rejected":
-                BUS_MESSAGES.labels(self.name, handler, outcome).inc()
+            await run_handler(self.name, handler, partial(sub.fn, event, ctx), msg.headers, self._tracer)
 
     def pull_consumer(self, c: _Consumer, ctx: Context[S]) -> PullConsumer[Any]:
         """The running consumer of a declaration: its handler adapted to the consumer's batches."""

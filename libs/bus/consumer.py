@@ -41,6 +41,7 @@ import json
 import logging
 import math
 import time
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -64,6 +65,12 @@ EXPIRES_S = 1.0  # each pull request's lifetime on the server
 HEARTBEAT = "100"  # the only status that does not end a pull request
 ROUTINE = ("404", "408")  # no messages, request expired: anything else (409, 503) is trouble
 YIELD_EVERY = 512  # messages decoded or acknowledged between two turns of the event loop
+_LIVE: weakref.WeakSet[PullConsumer[Any]] = weakref.WeakSet()
+
+
+def live_consumers() -> list[tuple[str, str]]:
+    """(stream, consumer name) of every PullConsumer of this process between its start and its close."""
+    return sorted((c.stream, c.durable) for c in list(_LIVE))
 
 
 class SeenIds:
@@ -156,6 +163,38 @@ class _Pulls:
             self.owed.popleft()
 
 
+def _reject(service: str, handler: str, reason: str, n: int = 1) -> None:
+    BUS_REJECTED.labels(service, handler, reason).inc(n)
+    BUS_MESSAGES.labels(service, handler, "rejected").inc(n)
+
+
+async def run_handler(service: str, handler: str, call: Callable[[], Awaitable[None]],
+                      headers: dict[str, str] | None, tracer_: trace.Tracer) -> str:
+    """Run one handler call in a consumer span and say how it went: ``ok``; ``rejected`` for data that cannot
+    be handled (``InvalidRequest``, ``ValidationError``: counted ``invalid_data``); ``error`` for anything else
+    (logged: worth a retry). Shared by the pull consumer and core subscriptions."""
+    with tracer_.start_as_current_span(f"event {service}.{handler}", context=extract_context(headers),
+                                       kind=trace.SpanKind.CONSUMER):
+        started = time.perf_counter()
+        try:
+            await call()
+            outcome = "ok"
+        except (InvalidRequest, ValidationError) as exc:
+            _reject(service, handler, "invalid_data")
+            log.warning("%s: rejected event data: %s", handler,
+                        exc.detail if isinstance(exc, InvalidRequest) else f"{exc.error_count()} validation errors")
+            outcome = "rejected"
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: handler failed", handler)
+            outcome = "error"
+        HANDLER_SECONDS.labels(service, handler).observe(time.perf_counter() - started)
+    if outcome != "rejected":
+        BUS_MESSAGES.labels(service, handler, outcome).inc()
+    return outcome
+
+
 class PullConsumer(Generic[T]):
     """One pull consumer of ``stream``/``durable`` feeding ``handle`` with decoded batches.
 
@@ -191,6 +230,7 @@ class PullConsumer(Generic[T]):
             await self.bus.js.add_consumer(self.stream, self.config)
         self._inbox = self.bus.nc.new_inbox()
         self._sub = await self.bus.nc.subscribe(self._inbox, cb=self._on_msg, pending_msgs_limit=self.batch * 8)
+        _LIVE.add(self)
 
     async def run(self) -> None:
         """Pull and handle until stopped or cancelled (``start`` first)."""
@@ -211,6 +251,7 @@ class PullConsumer(Generic[T]):
         await self.close()
 
     async def close(self) -> None:
+        _LIVE.discard(self)
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
@@ -298,13 +339,6 @@ class PullConsumer(Generic[T]):
             log.exception("%s: batch failed", self.name)
 
     # --- one batch ---------------------------------------------------------------------------
-    def _count(self, outcome: str, n: int = 1) -> None:
-        BUS_MESSAGES.labels(self.service, self.name, outcome).inc(n)
-
-    def _reject(self, reason: str, n: int = 1) -> None:
-        BUS_REJECTED.labels(self.service, self.name, reason).inc(n)
-        self._count("rejected", n)
-
     async def _process(self, msgs: Sequence[Msg]) -> None:
         self.stats.received += len(msgs)
         take: list[Delivery[T]] = []
@@ -315,13 +349,13 @@ class PullConsumer(Generic[T]):
                 event_id, item = self.decode(m.data)
             except InvalidEnvelope as exc:
                 self.stats.malformed += 1
-                self._reject("malformed_envelope")
+                _reject(self.service, self.name, "malformed_envelope")
                 log.warning("%s: dropped malformed event: %s", self.name, exc.reason)
                 await m.term()
                 continue
             if self.seen is not None and self.seen.seen(event_id) and (m.metadata.num_delivered or 1) == 1:
                 self.stats.duplicates += 1
-                self._count("duplicate")
+                BUS_MESSAGES.labels(self.service, self.name, "duplicate").inc()
                 await m.ack()
                 continue
             take.append(Delivery(item, event_id, m))
@@ -334,27 +368,10 @@ class PullConsumer(Generic[T]):
             await self._settle(take, await self._run(take))
 
     async def _run(self, take: list[Delivery[T]]) -> str:
-        with self._tracer.start_as_current_span(f"event {self.service}.{self.name}",
-                                                context=extract_context(take[0].msg.headers),
-                                                kind=trace.SpanKind.CONSUMER):
-            started = time.perf_counter()
-            try:
-                await self.handle(take)
-                outcome = "ok"
-            except (InvalidRequest, ValidationError) as exc:
-                self._reject("invalid_data")
-                log.warning("%s: rejected event data: %s", self.name,
-                            exc.detail if isinstance(exc, InvalidRequest) else f"{exc.error_count()} validation errors")
-                outcome = "rejected"
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.exception("%s: handler failed", self.name)
-                self.stats.last_error = type(exc).__name__
-                outcome = "error"
-            HANDLER_SECONDS.labels(self.service, self.name).observe(time.perf_counter() - started)
-        if outcome != "rejected":
-            self._count(outcome)
+        outcome = await run_handler(self.service, self.name, lambda: self.handle(take), take[0].msg.headers,
+                                    self._tracer)
+        if outcome == "error":
+            self.stats.last_error = "handler failed"
         return outcome
 
     async def _settle(self, take: list[Delivery[T]], outcome: str) -> None:

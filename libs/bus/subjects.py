@@ -1,17 +1,28 @@
-"""Every NATS subject the mesh uses, built in one place.
+"""Every NATS subject the mesh uses, built in one place, and the one subject-token rule.
 
 Site and host ride as subject tokens so that NATS permissions can confine an agent to
 ``xpumesh.host.<its site>.<its host>.>`` and ``xpumesh.agent.<its site>.<its host>.>``.
+Sites, hosts, services, instances (and workload ids, which name replicas) are *tokens*:
+``TOKEN_PATTERN`` as a string for pydantic ``Field``/FastAPI ``Query``/``Path``,
+``Token`` as a validated type, ``check_token`` for plain values.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Annotated
+
+from pydantic import StringConstraints
 
 from libs.events import EVENT_TYPE_PREFIX
 
 ROOT = "xpumesh"
-_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+TOKEN_CHARS = "A-Za-z0-9_-"  # inside a regex character class
+TOKEN_MAX = 64
+TOKEN_PATTERN = rf"^[{TOKEN_CHARS}]{{1,{TOKEN_MAX}}}$"
+Token = Annotated[str, StringConstraints(pattern=TOKEN_PATTERN)]
+_TOKEN = re.compile(TOKEN_PATTERN)
 
 
 def check_token(value: str, what: str = "token") -> str:
@@ -38,7 +49,15 @@ def agent_command_subject(site: str, host: str) -> str:
     return f"{ROOT}.agent.{site}.{host}.cmd"
 
 
+def agent_logs_subject(site: str, host: str) -> str:
+    """Request/reply subject an agent answers log requests on (outside the command stream)."""
+    return f"{ROOT}.agent.{site}.{host}.logs"
+
+
 AGENT_COMMAND_ALL = f"{ROOT}.agent.*.*.cmd"
+
+#: The simulator's control requests (``libs.schemas.sim.SimControl``).
+SIM_CONTROL = f"{ROOT}.sim.ctl"
 
 
 # --- services ------------------------------------------------------------------------
@@ -53,15 +72,33 @@ def rpc_subject(service: str, endpoint: str) -> str:
     return f"{ROOT}.rpc.{service}.{endpoint}"
 
 
-# --- durable events ------------------------------------------------------------------
-EVENTS_ALL = f"{ROOT}.events.>"
 # every process answers these (no queue group): one scatter-gather request reaches every instance
 CTL_HEALTH = f"{ROOT}.ctl.health"
 CTL_METRICS = f"{ROOT}.ctl.metrics"
 
+# core NATS broadcasts between gateway instances (each drops its cached copy)
+GATEWAY_KEY_REVOKED = f"{ROOT}.gateway.ctl.key_revoked"
+GATEWAY_SUBSCRIPTIONS_CHANGED = f"{ROOT}.gateway.ctl.subscriptions_changed"
+
+
+# --- durable events ------------------------------------------------------------------
+EVENTS_ALL = f"{ROOT}.events.>"
+
+
+def events_of(kind: str) -> str:
+    """Every durable event under a kind: ``host`` → ``xpumesh.events.host.>``; ``""`` → ``EVENTS_ALL``."""
+    return f"{ROOT}.events.{kind}.>" if kind else EVENTS_ALL
+
+
+HOST_EVENTS_ALL = events_of("host")
+DEVICE_EVENTS_ALL = events_of("device")
+WORKLOAD_EVENTS_ALL = events_of("workload")
+
 
 def event_subject(event_type: str, site: str | None = None) -> str:
-    """``io.xpumesh.workload.placed`` at site ``hz`` → ``xpumesh.events.workload.placed.hz``."""
+    """``io.xpumesh.workload.placed`` at site ``hz`` → ``xpumesh.events.workload.placed.hz``.
+
+    No site gives the ``_`` token; a filter may pass ``*`` for any site."""
     kind = event_type.removeprefix(EVENT_TYPE_PREFIX)
     return f"{ROOT}.events.{kind}.{site or '_'}"
 

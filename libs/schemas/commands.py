@@ -1,13 +1,14 @@
 """What the scheduler tells agents (launch, stop) and what agents say actually runs.
 
-Commands travel as CloudEvents on ``xpumesh.agent.<site>.<host>.cmd`` (durable stream
-``XPUMESH_COMMANDS``; the command id is the event id and the ``Nats-Msg-Id``). Commands
-may be lost or arrive twice: a launch names one *attempt* of one replica, so a repeat is a
+Commands travel as CloudEvents (``EventTypes.AGENT_LAUNCH``/``AGENT_STOP``) on
+``xpumesh.agent.<site>.<host>.cmd`` (durable stream ``XPUMESH_COMMANDS``; the command id is
+the event id and the ``Nats-Msg-Id``). Commands may be lost or arrive twice: a launch names one *attempt* of one replica, so a repeat is a
 no-op, and the scheduler re-sends whatever the agent's state reports do not show.
 
 Agents report what runs on ``xpumesh.host.<site>.<host>.state`` (stream ``XPUMESH_HOSTS``)
 periodically and on every change. Logs are asked of the agent directly, request/reply on
-``xpumesh.agent.<site>.<host>.logs``.
+``xpumesh.agent.<site>.<host>.logs``. Ids (host, site, workload) are subject tokens
+(``libs.bus.subjects.Token``).
 """
 
 from __future__ import annotations
@@ -19,23 +20,13 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from libs.bus import subjects
-from libs.events import event_type
+from libs.bus.subjects import Token
 from libs.schemas.devices import HardwareType
 from libs.schemas.workload import WorkloadSpec
 
-TOKEN = r"^[A-Za-z0-9_-]{1,64}$"
-WORKLOAD_ID = r"^[A-Za-z0-9_-]{1,64}$"
 _SAFE_ID = re.compile(r"[^A-Za-z0-9_.-]+")
 
-LAUNCH_TYPE = event_type("agent.launch")
-STOP_TYPE = event_type("agent.stop")
 STATE_SCHEMA_VERSION = 1
-
-
-def agent_logs_subject(site: str, host: str) -> str:
-    """Request/reply subject an agent answers log requests on (outside the command stream)."""
-    return f"{subjects.ROOT}.agent.{site}.{host}.logs"
 
 
 def command_id(kind: str, workload_id: str, replica: int, attempt: int, n: int) -> str:
@@ -64,9 +55,9 @@ class LaunchCommand(BaseModel):
 
     kind: Literal["launch"] = "launch"
     command_id: str = Field(min_length=1, max_length=128)
-    host_id: str = Field(pattern=TOKEN)
-    site: str = Field(pattern=TOKEN)
-    workload_id: str = Field(pattern=WORKLOAD_ID)
+    host_id: Token
+    site: Token
+    workload_id: Token
     replica: int = Field(ge=0)
     attempt: int = Field(ge=1, description="Placement attempt of this replica; a newer attempt replaces an older one.")
     replicas: int = Field(ge=1, description="Replicas of the workload (world size).")
@@ -84,9 +75,9 @@ class StopCommand(BaseModel):
 
     kind: Literal["stop"] = "stop"
     command_id: str = Field(min_length=1, max_length=128)
-    host_id: str = Field(pattern=TOKEN)
-    site: str = Field(pattern=TOKEN)
-    workload_id: str = Field(pattern=WORKLOAD_ID)
+    host_id: Token
+    site: Token
+    workload_id: Token
     replica: int = Field(ge=0)
     attempt: int | None = Field(default=None, ge=1)
     reason: str = Field(default="", max_length=300)
@@ -116,7 +107,7 @@ class ReplicaReport(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    workload_id: str = Field(pattern=WORKLOAD_ID)
+    workload_id: Token
     replica: int = Field(ge=0)
     attempt: int = Field(ge=1)
     state: ReplicaState
@@ -136,8 +127,8 @@ class ActualStateReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     schema_version: Literal[1] = 1
-    host_id: str = Field(pattern=TOKEN)
-    site: str = Field(pattern=TOKEN)
+    host_id: Token
+    site: Token
     boot_id: str = Field(min_length=1, max_length=64, description="Changes when the agent restarts.")
     seq: int = Field(ge=0, description="Increases with every report of one boot.")
     ts: datetime
@@ -147,7 +138,7 @@ class ActualStateReport(BaseModel):
 class LogsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    workload_id: str = Field(pattern=WORKLOAD_ID)
+    workload_id: Token
     replica: int = Field(default=0, ge=0)
     tail_bytes: int = Field(default=64 * 1024, ge=1, le=1024 * 1024)
 
