@@ -1,4 +1,4 @@
-"""The workload state machine, on in-memory records; ``models`` loads and saves them.
+"""The workload state machine, on in-memory records; ``store`` reads and writes them.
 
 A workload is a set of replicas; each replica is ``pending`` (not placed), ``placed``
 (launch sent), ``starting``, ``running``, ``succeeded``, ``failed`` or ``stopped``. The
@@ -9,17 +9,18 @@ or fails the workload, per ``restart_policy``/``max_restarts``; a stop ends it. 
 restart and get rescheduled as a whole.
 
 Every change appends a history entry; every workload-level change also an event; launch
-and stop commands for agents are collected on the record. ``models.save`` writes all of
-it in the caller's transaction.
+and stop commands for agents are collected on the record. ``store.update_workloads`` writes
+all of it in the caller's transaction.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from libs.events import CloudEvent, EventTypes
 from libs.schemas.commands import (
     CommandDevice,
     LaunchCommand,
@@ -31,6 +32,7 @@ from libs.schemas.commands import (
 from libs.schemas.scheduler import Explanation, ReplicaDevice, ReplicaView, WorkloadState, WorkloadView
 from libs.schemas.workload import WorkloadSpec
 
+SOURCE = "/scheduler"  # the CloudEvent source of the scheduler's events and commands
 ACTIVE = ("placed", "starting", "running")
 _ORDER = {"placed": 0, "starting": 1, "running": 2}
 
@@ -149,6 +151,12 @@ def stop_command(wl_id: str, r: Replica, reason: str, now: datetime, ttl_s: floa
         command_id=command_id("stop", wl_id, r.replica, attempt or r.attempt, int(now.timestamp() * 1000)),
         host_id=r.host_id, site=r.site, workload_id=wl_id, replica=r.replica, attempt=attempt or r.attempt,
         reason=reason[:300], issued_at=now, expires_at=now + timedelta(seconds=ttl_s))
+
+
+def command_event(cmd: LaunchCommand | StopCommand) -> CloudEvent:
+    """The event a command travels in to its agent; its id is the command's, so agents drop repeats."""
+    etype = EventTypes.AGENT_LAUNCH if isinstance(cmd, LaunchCommand) else EventTypes.AGENT_STOP
+    return CloudEvent.new(etype, SOURCE, cmd, subject=f"{cmd.workload_id}/{cmd.replica}", id=cmd.command_id)
 
 
 # -- transitions -------------------------------------------------------------------------------
@@ -299,3 +307,7 @@ def stop(wl: Workload, reason: str, now: datetime, ttl_s: float) -> None:
 
 def new_event_id() -> str:
     return str(uuid.uuid4())
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from libs.aio import wait_event
 from libs.config import SchedulerSettings
 from libs.db import session_scope
 from libs.schemas.scheduler import Explanation
-from services.scheduler import lifecycle, models
+from services.scheduler import lifecycle, store
 from services.scheduler.fleet import Fleet
 from services.scheduler.lifecycle import Workload
 from services.scheduler.placement import (
@@ -105,14 +106,13 @@ class Placer:
     def poke(self) -> None:
         self.wake.set()
 
-    async def run(self, is_ready: Callable[[], Awaitable[bool]] | None = None) -> None:
+    async def run(self) -> None:
+        """Place batches until cancelled: after a poke (debounced, so a burst of work makes one batch), or
+        every ``retry_interval_s`` for what is still pending; at once again after a batch that placed or
+        preempted; one second after a batch that failed."""
         s = self.settings
         while True:
-            try:
-                async with asyncio.timeout(s.retry_interval_s):
-                    await self.wake.wait()
-            except TimeoutError:
-                pass
+            await wait_event(self.wake, s.retry_interval_s)
             await asyncio.sleep(s.batch_debounce_s)
             self.wake.clear()
             try:
@@ -129,11 +129,11 @@ class Placer:
     async def place_once(self) -> BatchResult:
         s = self.settings
         async with session_scope(self.sessions) as session:
-            order = await models.queued_ids(session, s.batch_max)
+            order = await store.list_queued_ids(session, s.batch_max)
             if not order:
                 return BatchResult()
-            wls = await models.load(session, order, lock=False)
-            rows = await models.active_replicas(session)
+            wls = await store.read_workloads(session, order, lock=False)
+            rows = await store.list_active_replicas(session)
         batch, missing = _batch(wls, order)
         if not batch:
             return BatchResult()
@@ -165,11 +165,11 @@ class Placer:
                     missing: dict[str, list[int]]) -> BatchResult:
         s = self.settings
         ttl = s.command_ttl_s
-        now = models.utcnow()
+        now = lifecycle.utcnow()
         result = BatchResult(status=decision.solver_status, batch=[w.id for w in batch])
         victims = {p.workload_id for p in decision.preemptions}
         async with session_scope(self.sessions) as session:
-            result.decision_id = decision_id = await models.record_decision(
+            result.decision_id = decision_id = await store.create_decision(
                 session, placer=decision.placer, solver_status=decision.solver_status,
                 objective=float(decision.objective), batch=result.batch,
                 assignments=[{"workload_id": a.workload_id, "replica": missing[a.workload_id][a.replica],
@@ -180,7 +180,7 @@ class Placer:
                 pending=[{"workload_id": p.workload_id, "replicas": list(p.replicas), "reason": p.reason,
                           "counts": p.counts} for p in decision.pending],
                 timings={k: round(v, 6) for k, v in decision.timings_s.items()})
-            wls = await models.load(session, set(missing) | victims)
+            wls = await store.read_workloads(session, set(missing) | victims)
             for victim in decision.preemptions:
                 wl = wls.get(victim.workload_id)
                 if wl is not None and any(r.active for r in wl.replicas):
@@ -210,7 +210,7 @@ class Placer:
                     wl.explanation = Explanation(reason=p.reason, counts=dict(p.counts), replicas=waiting, at=now)
                     wl.events.append((wl.state, p.reason))  # the explanation changed: tell subscribers
                     wl.dirty = True
-            added = await models.save_many(
+            added = await store.update_workloads(
                 session, [wl for wl in wls.values() if wl.dirty or wl.history or wl.events or wl.commands], now)
         if added:
             self.on_commit()

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from libs.bus.errors import QuotaExceeded
 from libs.schemas.tenancy import QUOTA_PROBLEM, Quota, TenantQuota, TenantUsage
 from libs.schemas.workload import WorkloadSpec
-from services.scheduler import models
+from services.scheduler import store
 from services.scheduler.fleet import Fleet
 from services.scheduler.orm import tenant_quotas
 from services.scheduler.placement import Quotas
@@ -52,7 +52,7 @@ async def tenant_usage(session: AsyncSession, fleet: Fleet, tenant: str) -> Tena
     """Devices (per hardware type, shares as fractions) and compute units the tenant's active replicas hold."""
     devices: dict[str, float] = {}
     cu = 0.0
-    for row in await models.usage(session, tenant):
+    for row in await store.list_tenant_devices(session, tenant):
         for d in row.devices:
             share = float(d.get("share", 1.0))
             devices[d["hardware_type"]] = devices.get(d["hardware_type"], 0.0) + share

@@ -13,6 +13,9 @@ workload, work adopted after a restart that moved elsewhere meanwhile) gets a st
 repeated every ``orphan_stop_interval_s`` while it runs; what still runs and is wanted is
 simply adopted. A report only testifies about changes that happened before it was made,
 so stale reports (after a restart, or delayed) never undo newer knowledge.
+
+``lose_replicas`` is the other way work leaves a host: the host went down, or one of its
+devices turned unhealthy or left.
 """
 
 from __future__ import annotations
@@ -20,13 +23,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from libs.schemas.commands import ActualStateReport, ReplicaReport
-from services.scheduler import lifecycle, models
+from libs.bus.connection import Bus
+from libs.bus.subjects import agent_command_subject
+from libs.config import SchedulerSettings
+from libs.schemas.commands import ActualStateReport, ReplicaReport, StopCommand, command_id
+from services.scheduler import lifecycle, store
 from services.scheduler.lifecycle import Replica, Workload
 
 log = logging.getLogger(__name__)
@@ -114,8 +120,8 @@ async def reconcile_hosts(session: AsyncSession, actual: Actual, hosts: Iterable
     host_ids = [h for h in hosts if h in actual.reports]
     if not host_ids:
         return 0, []
-    now = models.utcnow()
-    rows = await models.active_replicas(session, host_ids)
+    now = lifecycle.utcnow()
+    rows = await store.list_active_replicas(session, host_ids)
     desired: dict[str, set[Key]] = {}
     look: set[str] = set()
     for row in rows:
@@ -126,12 +132,12 @@ async def reconcile_hosts(session: AsyncSession, actual: Actual, hosts: Iterable
             look.add(row.workload_id)
     added = 0
     if look:
-        wls = await models.load(session, look)
+        wls = await store.read_workloads(session, look)
         for wl in wls.values():
             for r in wl.replicas:
                 if r.active and r.host_id in actual.reports:
                     _apply(wl, r, actual.reports[r.host_id], now, resend_after_s, ttl_s)
-        added = await models.save_many(
+        added = await store.update_workloads(
             session, [wl for wl in wls.values() if wl.dirty or wl.history or wl.commands or wl.events], now)
     unwanted = []
     for host_id in host_ids:
@@ -140,3 +146,40 @@ async def reconcile_hosts(session: AsyncSession, actual: Actual, hosts: Iterable
             if rep.state.live and (rep.workload_id, rep.replica, rep.attempt) not in mine:
                 unwanted.append((host_id, rep))
     return added, unwanted
+
+
+async def stop_unwanted(bus: Bus, actual: Actual, unwanted: list[tuple[str, ReplicaReport]],
+                        s: SchedulerSettings) -> None:
+    """Tell agents to stop work nobody wants, at most every ``orphan_stop_interval_s`` per replica attempt.
+    Sent directly, not through the outbox: a stop that is lost is sent again after the next report."""
+    now = lifecycle.utcnow()
+    for host_id, rep in unwanted:
+        if not actual.stop_due(host_id, rep, s.orphan_stop_interval_s):
+            continue
+        site = actual.reports[host_id].site
+        cmd = StopCommand(command_id=command_id("stop", rep.workload_id, rep.replica, rep.attempt,
+                                                int(now.timestamp() * 1000)),
+                          host_id=host_id, site=site, workload_id=rep.workload_id, replica=rep.replica,
+                          attempt=rep.attempt, reason="not wanted by the scheduler", issued_at=now,
+                          expires_at=now + timedelta(seconds=s.command_ttl_s))
+        try:
+            await bus.publish_event(lifecycle.command_event(cmd), subject=agent_command_subject(site, host_id))
+            log.info("stopping unwanted %s/%d attempt %d on %s", rep.workload_id, rep.replica, rep.attempt, host_id)
+        except Exception as exc:  # the next report repeats it
+            log.warning("stop for unwanted work on %s not sent: %s", host_id, type(exc).__name__)
+
+
+async def lose_replicas(session: AsyncSession, host_id: str, reason: str, *, device: str | None,
+                        ttl_s: float) -> tuple[int, int]:
+    """Replicas on a lost host (or, with ``device``, on that one device of it): lost, then rescheduled or
+    failed per restart policy. Returns (outbox rows added, workloads that lost replicas)."""
+    now = lifecycle.utcnow()
+    rows = await store.list_active_replicas(session, [host_id])
+    if device is not None:
+        rows = [r for r in rows if any(d["id"] == device for d in r.devices)]
+    wls = await store.read_workloads(session, {r.workload_id for r in rows})
+    for wl in wls.values():
+        lost = [r for r in wl.replicas if r.active and r.host_id == host_id
+                and (device is None or any(d["id"] == device for d in r.devices))]
+        lifecycle.lose(wl, lost, reason, now, ttl_s)
+    return await store.update_workloads(session, wls.values(), now), len(wls)

@@ -1,8 +1,12 @@
-"""The scheduler's records: load and save workloads (with history, events and commands),
-queries for the API, the placement queue, allocations, and the persisted fleet view.
+"""Every database function of the scheduler: workloads (with their replicas, history, events and
+commands), the reads behind the API, the placement queue, allocations, decisions and the
+persisted fleet view.
 
-Model functions take the caller's session and only flush; the caller owns the transaction.
-Workload events and agent commands are written to the outbox in that same transaction.
+One verb set: ``create_``, ``read_``, ``update_`` (upserts and batch writes, a list at a time),
+``delete_``, ``list_``, ``count_``. One driver style: SQLAlchemy Core on the caller's
+``AsyncSession``; functions only flush, the caller owns the transaction. Workload events and
+agent commands go to the outbox in that same transaction. The in-memory records and their
+state machine are in ``lifecycle``; the tenant quota table is read and written in ``quotas``.
 """
 
 from __future__ import annotations
@@ -12,15 +16,15 @@ import json
 import os
 import time
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, select, true, update
+from sqlalchemy import bindparam, delete, insert, select, true, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.bus.errors import Conflict
-from libs.bus.subjects import event_subject
+from libs.bus.subjects import agent_command_subject, event_subject
 from libs.db.outbox import outbox_row
 from libs.events import CloudEvent, EventTypes
 from libs.schemas.commands import LaunchCommand, StopCommand
@@ -36,20 +40,15 @@ from libs.schemas.scheduler import (
 )
 from libs.schemas.workload import WorkloadSpec
 from services.scheduler.fleet import HostView
-from services.scheduler.lifecycle import ACTIVE, Replica, Workload, new_event_id
+from services.scheduler.lifecycle import ACTIVE, SOURCE, Replica, Workload, command_event, new_event_id
 from services.scheduler.orm import decisions, history, hosts, outbox, replicas, workloads
 
-SOURCE = "/scheduler"
 QUEUED = tuple(s.value for s in WorkloadState if s.queued)
 
 
 def new_workload_id() -> str:
     """Sortable by creation time: 'wl_' + 16 hex digits of nanoseconds + 8 random hex digits."""
     return f"wl_{time.time_ns():016x}{os.urandom(4).hex()}"
-
-
-def request_hash(spec: WorkloadSpec, tenant: str | None) -> str:
-    return _digest(spec.model_dump(mode="json"), tenant)
 
 
 def _digest(spec_json: dict[str, Any], tenant: str | None) -> str:
@@ -74,7 +73,7 @@ def _workload(row: Any, reps: list[Replica]) -> Workload:
                     message=row.message, finished_at=row.finished_at)
 
 
-async def load(session: AsyncSession, ids: Iterable[str], *, lock: bool = True) -> dict[str, Workload]:
+async def read_workloads(session: AsyncSession, ids: Iterable[str], *, lock: bool = True) -> dict[str, Workload]:
     """Workloads with their replicas; ``lock`` takes row locks (in id order, so concurrent callers never deadlock)."""
     wanted = sorted(set(ids))
     if not wanted:
@@ -93,11 +92,7 @@ def _event_site(wl: Workload) -> str | None:
 
 
 def _command_row(cmd: LaunchCommand | StopCommand) -> dict[str, Any]:
-    from libs.bus.subjects import agent_command_subject
-
-    etype = EventTypes.AGENT_LAUNCH if isinstance(cmd, LaunchCommand) else EventTypes.AGENT_STOP
-    event = CloudEvent.new(etype, SOURCE, cmd, subject=f"{cmd.workload_id}/{cmd.replica}", id=cmd.command_id)
-    return outbox_row(event, agent_command_subject(cmd.site, cmd.host_id))
+    return outbox_row(command_event(cmd), agent_command_subject(cmd.site, cmd.host_id))
 
 
 _WL_UPDATE = update(workloads).where(workloads.c.id == bindparam("b_id"))
@@ -105,15 +100,12 @@ _REPLICA_UPDATE = update(replicas).where((replicas.c.workload_id == bindparam("b
                                          & (replicas.c.replica == bindparam("b_replica")))
 
 
-async def save(session: AsyncSession, wl: Workload, now: datetime) -> int:
-    """Write what changed: the row, replicas, history, events and commands. Returns outbox rows added."""
-    return await save_many(session, [wl], now)
-
-
-async def save_many(session: AsyncSession, wls: Iterable[Workload], now: datetime, *, rows: bool = True) -> int:
-    """``save`` for many workloads in a few statements (one per table, each an executemany). Outbox rows
-    keep each workload's order (its events, then its commands). ``rows=False``: the workload rows
-    themselves are new and need no update. Returns outbox rows added."""
+async def update_workloads(session: AsyncSession, wls: Iterable[Workload], now: datetime, *,
+                           rows: bool = True) -> int:
+    """Write what changed on these workloads: their rows, replicas, history, events and commands, in a few
+    statements (one per table, each an executemany). Outbox rows keep each workload's order (its events,
+    then its commands). ``rows=False``: the workload rows themselves are new and need no update. Returns
+    outbox rows added."""
     wl_rows: list[dict[str, Any]] = []
     rep_rows: list[dict[str, Any]] = []
     hist_rows: list[dict[str, Any]] = []
@@ -151,7 +143,7 @@ async def save_many(session: AsyncSession, wls: Iterable[Workload], now: datetim
     return len(out_rows)
 
 
-async def create(session: AsyncSession, spec: WorkloadSpec, tenant: str | None, idempotency_key: str | None,
+async def create_workload(session: AsyncSession, spec: WorkloadSpec, tenant: str | None, idempotency_key: str | None,
                  now: datetime) -> tuple[Workload, bool]:
     """Insert a pending workload, or return the one an earlier submit with this key created.
 
@@ -169,14 +161,14 @@ async def create(session: AsyncSession, spec: WorkloadSpec, tenant: str | None, 
             index_elements=[workloads.c.tenant, workloads.c.idempotency_key],
             index_where=workloads.c.idempotency_key.isnot(None)).returning(workloads.c.id))).scalar_one_or_none()
         if inserted is None:
-            existing = await _by_key(session, tenant, idempotency_key, digest)
+            existing = await _read_by_key(session, tenant, idempotency_key, digest)
             if existing is None:  # the row that conflicted is gone again (its workload was deleted)
                 raise Conflict("a request with this Idempotency-Key is still being decided; retry",
                                title="Request in progress")
             return existing, False
     else:
         if idempotency_key is not None:
-            existing = await _by_key(session, tenant, idempotency_key, digest)
+            existing = await _read_by_key(session, tenant, idempotency_key, digest)
             if existing is not None:
                 return existing, False
         await session.execute(insert(workloads).values(values))
@@ -184,11 +176,11 @@ async def create(session: AsyncSession, spec: WorkloadSpec, tenant: str | None, 
                                               "updated_at": now} for r in wl.replicas])
     wl.history.append((None, None, WorkloadState.PENDING.value, "submitted"))
     wl.events.append((WorkloadState.PENDING, "submitted"))
-    await save_many(session, [wl], now, rows=False)
+    await update_workloads(session, [wl], now, rows=False)
     return wl, True
 
 
-async def _by_key(session: AsyncSession, tenant: str | None, key: str, digest: str) -> Workload | None:
+async def _read_by_key(session: AsyncSession, tenant: str | None, key: str, digest: str) -> Workload | None:
     tenant_match = workloads.c.tenant.is_(None) if tenant is None else workloads.c.tenant == tenant
     row = (await session.execute(select(workloads.c.id, workloads.c.request_hash).where(
         tenant_match & (workloads.c.idempotency_key == key)))).one_or_none()
@@ -196,7 +188,7 @@ async def _by_key(session: AsyncSession, tenant: str | None, key: str, digest: s
         return None
     if row.request_hash != digest:
         raise Conflict("this Idempotency-Key was used with a different workload", title="Idempotency-Key reused")
-    return (await load(session, [row.id], lock=False))[row.id]
+    return (await read_workloads(session, [row.id], lock=False))[row.id]
 
 
 # -- API reads -------------------------------------------------------------------------------------
@@ -204,8 +196,8 @@ def _visible(tenant: str | None) -> Any:
     return workloads.c.tenant == tenant if tenant is not None else true()
 
 
-async def get_view(session: AsyncSession, wid: str, tenant: str | None, history_limit: int) -> WorkloadView | None:
-    found = await load(session, [wid], lock=False)
+async def read_workload_view(session: AsyncSession, wid: str, tenant: str | None, history_limit: int) -> WorkloadView | None:
+    found = await read_workloads(session, [wid], lock=False)
     wl = found.get(wid)
     if wl is None or (tenant is not None and wl.tenant != tenant):
         return None
@@ -217,7 +209,7 @@ async def get_view(session: AsyncSession, wid: str, tenant: str | None, history_
     return view
 
 
-async def list_page(session: AsyncSession, q: WorkloadQuery) -> WorkloadPage:
+async def list_workloads(session: AsyncSession, q: WorkloadQuery) -> WorkloadPage:
     cond = _visible(q.tenant)
     if q.state is not None:
         cond = cond & (workloads.c.state == q.state.value)
@@ -236,28 +228,29 @@ async def list_page(session: AsyncSession, q: WorkloadQuery) -> WorkloadPage:
     return WorkloadPage(items=items, next_cursor=items[-1].id if len(rows) > q.limit else None)
 
 
-async def replica_location(session: AsyncSession, wid: str, tenant: str | None, replica: int) -> Any:
+async def read_replica_location(session: AsyncSession, wid: str, tenant: str | None, replica: int) -> Any:
     return (await session.execute(
         select(replicas.c.host_id, replicas.c.site, replicas.c.attempt, workloads.c.tenant)
         .join(workloads, workloads.c.id == replicas.c.workload_id)
         .where((replicas.c.workload_id == wid) & (replicas.c.replica == replica) & _visible(tenant)))).one_or_none()
 
 
-async def usage(session: AsyncSession, tenant: str) -> list[Any]:
+async def list_tenant_devices(session: AsyncSession, tenant: str) -> list[Any]:
+    """The devices (a list per row) the tenant's active replicas hold."""
     return list((await session.execute(
         select(replicas.c.devices).join(workloads, workloads.c.id == replicas.c.workload_id)
         .where((workloads.c.tenant == tenant) & replicas.c.state.in_(ACTIVE)))).all())
 
 
 # -- scheduling reads ------------------------------------------------------------------------------
-async def queued_ids(session: AsyncSession, limit: int) -> list[str]:
+async def list_queued_ids(session: AsyncSession, limit: int) -> list[str]:
     """Workloads waiting for placement: highest priority first, then oldest."""
     rows = (await session.execute(select(workloads.c.id).where(workloads.c.state.in_(QUEUED))
                                   .order_by(workloads.c.priority.desc(), workloads.c.id).limit(limit))).all()
     return [r.id for r in rows]
 
 
-async def active_replicas(session: AsyncSession, host_ids: Sequence[str] | None = None) -> list[Any]:
+async def list_active_replicas(session: AsyncSession, host_ids: Sequence[str] | None = None) -> list[Any]:
     """Placed/starting/running replicas with what allocations need, optionally only on some hosts."""
     cond: Any = replicas.c.state.in_(ACTIVE)
     if host_ids is not None:
@@ -269,22 +262,18 @@ async def active_replicas(session: AsyncSession, host_ids: Sequence[str] | None 
         .join(workloads, workloads.c.id == replicas.c.workload_id).where(cond))).all())
 
 
-async def record_decision(session: AsyncSession, **values: Any) -> int:
+async def create_decision(session: AsyncSession, **values: Any) -> int:
     return int((await session.execute(insert(decisions).values(**values).returning(decisions.c.id))).scalar_one())
 
 
-async def set_explanations(session: AsyncSession, explained: dict[str, Explanation]) -> None:
-    for wid, ex in explained.items():
-        await session.execute(update(workloads).where(workloads.c.id == wid).values(
-            explanation=ex.model_dump(mode="json")))
-
-
-async def prune_decisions(session: AsyncSession, older_than: datetime) -> None:
+async def delete_decisions(session: AsyncSession, older_than: datetime) -> None:
+    """Placement decisions recorded before ``older_than``."""
     await session.execute(delete(decisions).where(decisions.c.created_at < older_than))
 
 
 # -- fleet view ------------------------------------------------------------------------------------
-async def save_hosts(session: AsyncSession, views: Iterable[HostView]) -> None:
+async def update_hosts(session: AsyncSession, views: Iterable[HostView]) -> None:
+    """Upsert the fleet view of these hosts."""
     rows = [v.to_row() for v in {v.id: v for v in views}.values()]
     if not rows:
         return
@@ -294,14 +283,6 @@ async def save_hosts(session: AsyncSession, views: Iterable[HostView]) -> None:
                                       "device_health")}))
 
 
-async def load_hosts(session: AsyncSession) -> list[HostView]:
+async def list_hosts(session: AsyncSession) -> list[HostView]:
     return [HostView.from_row(r) for r in (await session.execute(select(hosts))).mappings()]
 
-
-async def count_queued(session: AsyncSession) -> int:
-    return int(await session.scalar(select(func.count()).select_from(workloads)
-                                    .where(workloads.c.state.in_(QUEUED))) or 0)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)

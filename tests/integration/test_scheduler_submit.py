@@ -19,9 +19,9 @@ from libs.db import make_engine, make_sessionmaker, session_scope
 from libs.schemas.scheduler import WorkloadState
 from libs.schemas.workload import WorkloadSpec
 from services.scheduler import fleet as fleet_module
-from services.scheduler import models
+from services.scheduler import store
 from services.scheduler.api import app as scheduler_app
-from services.scheduler.lifecycle import Workload
+from services.scheduler.lifecycle import Workload, utcnow
 from services.scheduler.orm import outbox, replicas, workloads
 from tests.conftest import assert_eventually
 from tests.integration.test_scheduler_kit import TestHost, fast, gpu, submit, wait_state
@@ -40,7 +40,7 @@ async def sessions(settings: Settings, running_service: Any) -> AsyncIterator[Ma
 async def _create(sessions: Maker, spec: WorkloadSpec, tenant: str | None,
                   key: str | None) -> tuple[Workload, bool]:
     async with session_scope(sessions) as session:
-        return await models.create(session, spec, tenant, key, models.utcnow())
+        return await store.create_workload(session, spec, tenant, key, utcnow())
 
 
 async def _count(sessions: Maker, table: Table, **where: str) -> int:

@@ -1,0 +1,59 @@
+"""The scheduler's in-memory state, built once at start and handed to every handler as ``ctx.state``.
+
+* ``fleet``: hosts as agents and the registry describe them, and the reference data (catalog,
+  rules, site links) placement needs; loaded from ``scheduler.hosts`` and the seed files, then
+  kept current by the consumers and the reference refresh;
+* ``actual``: the latest state report per host (what agents really run);
+* ``quotas``: every tenant's quota, read from ``tenant_quotas`` at start and on every refresh;
+* ``relay``: the outbox relay, told (``poke``) after every commit that wrote outbox rows;
+* ``placer``: the batch placer, told after anything that may let queued work through.
+
+Workloads themselves are not kept here: every handler reads and writes them in its own
+transaction (``store``), so several scheduler instances may run side by side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from libs.db import session_scope
+from libs.db.outbox import OutboxRelay
+from libs.service import Context
+from services.scheduler import quotas, reference, store
+from services.scheduler.fleet import Fleet
+from services.scheduler.orm import outbox
+from services.scheduler.placer import Placer
+from services.scheduler.quotas import QuotaBook
+from services.scheduler.reconcile import Actual
+
+
+@dataclass
+class SchedulerState:
+    fleet: Fleet
+    actual: Actual
+    quotas: QuotaBook
+    relay: OutboxRelay
+    placer: Placer
+
+    def workloads_changed(self) -> None:
+        """After a commit that changed workloads: relay what it wrote to the outbox, and place again."""
+        self.relay.poke()
+        self.placer.poke()
+
+
+async def load_state(ctx: Context[SchedulerState]) -> SchedulerState:
+    """The persisted fleet view, the seed reference data (until the inventory answers) and the quotas."""
+    fleet = Fleet()
+    async with session_scope(ctx.db) as session:
+        for view in await store.list_hosts(session):
+            fleet.hosts[view.id] = view
+        book = QuotaBook()
+        book.replace(await quotas.list_quotas(session))
+    catalog, compat, driver = reference.seed_reference()
+    fleet.set_reference(catalog, compat, driver, [], "seed")
+    actual = Actual()
+    relay = OutboxRelay("scheduler", ctx.db, outbox, ctx.bus)
+    placer = Placer(fleet, actual, ctx.db, ctx.settings.scheduler, on_commit=relay.poke,
+                    quotas=book.placement_limits)
+    placer.poke()  # place what was queued before the start
+    return SchedulerState(fleet, actual, book, relay, placer)
