@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from libs import __version__
 from libs.bus import subjects
 from libs.bus.connection import Bus
-from libs.events import CloudEvent, EventTypes, event_type
+from libs.events import CloudEvent, EventTypes
 from libs.schemas.commands import ActualStateReport
 from libs.schemas.hostevents import CapabilityReport, TelemetryReport
 from libs.schemas.registry import Heartbeat, MemberKind
@@ -24,7 +24,6 @@ from libs.schemas.registry import Heartbeat, MemberKind
 _ID = "__xpumesh_id__"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DATA = {"__xpumesh_data__": 0}
-HEARTBEAT_TYPE = event_type("host.heartbeat")
 
 
 def utc_json(at: datetime) -> str:
@@ -71,7 +70,7 @@ class HostPublisher:
         if self._heartbeat is None:
             hb = Heartbeat(kind=MemberKind.HOST, id=self.host_id, name=self.hostname, site=self.site,
                            version=__version__, interval_s=self.interval_s)
-            self._heartbeat = EventTemplate(HEARTBEAT_TYPE, self.source, self.host_id, hb)
+            self._heartbeat = EventTemplate(EventTypes.HOST_HEARTBEAT, self.source, self.host_id, hb)
         return self._heartbeat
 
     def telemetry_template(self) -> EventTemplate:

@@ -47,7 +47,7 @@ def test_agent_publisher_heartbeat_is_the_canonical_event() -> None:
     raw, _ = pub.heartbeat_template().render(event_id="hb-1", at=FRACTION)
     hb = Heartbeat(kind=MemberKind.HOST, id=pub.host_id, name=pub.hostname, site=pub.site, version=__version__,
                    interval_s=5.0)
-    expected = CloudEvent(id="hb-1", source=pub.source, type="io.xpumesh.host.heartbeat", time=FRACTION,
+    expected = CloudEvent(id="hb-1", source=pub.source, type=EventTypes.HOST_HEARTBEAT, time=FRACTION,
                           subject=pub.host_id, data=hb.model_dump(mode="json"))
     assert raw == expected.to_bytes()
 
