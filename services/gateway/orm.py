@@ -6,7 +6,6 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
-    Float,
     Identity,
     Index,
     Integer,
@@ -37,13 +36,8 @@ api_keys = Table(
     Index("ix_api_keys_tenant", "tenant"),
 )
 
-tenant_quotas = Table(
-    "tenant_quotas", metadata,
-    Column("tenant", String(64), primary_key=True),
-    Column("devices", JSONB, nullable=False, server_default="{}"),
-    Column("compute_units", Float),
-    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-)
+# ``tenant_quotas`` (revision gateway_0001) is no longer read or written: tenant quotas live in
+# the scheduler, whose revision scheduler_0002 copied its rows. The table is kept, not dropped.
 
 idempotency_keys = Table(
     "idempotency_keys", metadata,
