@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from libs.schemas.devices import Device, Health
+from libs.schemas.devices import Device, Health, device_id
 
 HEALTH_CODE: dict[str, int] = {Health.HEALTHY.value: 1, Health.UNHEALTHY.value: 0}
 STATUS_UNKNOWN, STATUS_UP, STATUS_DOWN = 0, 1, 2
@@ -54,7 +54,7 @@ class DeviceMeta:
     @property
     def inventory_id(self) -> str | None:
         """The inventory's (and scheduler's) id of this device: '<host>:<vendor>:<index>'."""
-        return None if self.vendor_index is None else f"{self.host_id}:{self.vendor}:{self.vendor_index}"
+        return None if self.vendor_index is None else device_id(self.host_id, self.vendor, self.vendor_index)
 
 
 @dataclass
