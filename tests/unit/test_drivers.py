@@ -18,7 +18,7 @@ from agent.drivers import (
     visible_devices_env,
 )
 from libs.schemas.commands import CommandDevice
-from libs.schemas.devices import HardwareType
+from libs.schemas.devices import HardwareType, device_id
 from libs.schemas.workload import Variant, WorkloadSpec
 
 TYPES = {"nvidia": "gpu", "amd": "gpu", "hygon": "dcu", "huawei": "npu", "cambricon": "mlu", "kunlunxin": "xpu",
@@ -26,7 +26,7 @@ TYPES = {"nvidia": "gpu", "amd": "gpu", "hygon": "dcu", "huawei": "npu", "cambri
 
 
 def _devices(vendor: str, indices: list[int], share: float = 1.0) -> list[CommandDevice]:
-    return [CommandDevice(id=f"h1:{vendor}:{i}", index=i, vendor=vendor, hardware_type=HardwareType(TYPES[vendor]),
+    return [CommandDevice(id=device_id("h1", vendor, i), index=i, vendor=vendor, hardware_type=HardwareType(TYPES[vendor]),
                           share=share) for i in indices]
 
 

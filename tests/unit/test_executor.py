@@ -24,7 +24,7 @@ from libs.schemas.commands import (
     ReplicaState,
     StopCommand,
 )
-from libs.schemas.devices import HardwareType
+from libs.schemas.devices import HardwareType, device_id
 from libs.schemas.workload import WorkloadSpec
 from tests.conftest import assert_eventually
 
@@ -40,7 +40,7 @@ def _launch(command: list[str] | None = None, *, host: str = "h1", site: str = "
     now = datetime.now(UTC)
     return LaunchCommand(command_id=f"launch-{next(_n)}", host_id=host, site=site, workload_id=wid, replica=replica,
                          attempt=attempt, replicas=1, devices=[
-                             CommandDevice(id=f"{host}:{vendor}:{i}", index=i, vendor=vendor,
+                             CommandDevice(id=device_id(host, vendor, i), index=i, vendor=vendor,
                                            hardware_type=HardwareType.GPU) for i in (devices or [0])],
                          spec=spec, issued_at=now, expires_at=now + timedelta(seconds=expires_in))
 
