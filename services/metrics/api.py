@@ -15,7 +15,6 @@ from pydantic import ValidationError
 from libs.bus import subjects
 from libs.bus.connection import STREAM_EVENTS, STREAM_HOSTS, STREAM_TELEMETRY
 from libs.bus.errors import InvalidRequest, NotFound
-from libs.db import session_scope
 from libs.events import CloudEvent, EventTypes
 from libs.metrics import BUS_REJECTED
 from libs.schemas.hostevents import CapabilityReport
@@ -37,7 +36,7 @@ from libs.schemas.metrics import (
     WorkloadQuery,
 )
 from libs.service import Context, ServiceApp
-from services.metrics import models, series, state, telemetry
+from services.metrics import series, state, store, telemetry
 from services.metrics.exposition import DeviceText, asgi_app, render_all
 from services.metrics.fleet import STATUS_DOWN, STATUS_UP, DeviceMeta
 from services.metrics.state import MetricsState
@@ -84,7 +83,7 @@ async def on_capability(events: list[CloudEvent], ctx: Ctx) -> None:
         return
     reports = list(newest.values())
     async with r.pool.acquire() as conn, conn.transaction():
-        metas, gone = await models.save_capabilities(conn, reports)
+        metas, gone = await store.update_capabilities(conn, reports)
     for report in reports:
         h = r.fleet.host(report.host_id, report.site)
         h.hostname, h.generation, h.labels = report.facts.hostname, report.generation, dict(report.labels)
@@ -107,8 +106,8 @@ async def on_host_event(event: CloudEvent, ctx: Ctx) -> None:
     subjects.check_token(host_id, "host id")
     subjects.check_token(site, "site")
     up = event.type == EventTypes.HOST_UP
-    async with session_scope(ctx.db) as session:
-        await models.save_host_status(session, host_id, site, "up" if up else "down")
+    async with ctx.state.pool.acquire() as conn, conn.transaction():
+        await store.update_host_status(conn, host_id, site, "up" if up else "down")
     ctx.state.fleet.set_status(host_id, site, STATUS_UP if up else STATUS_DOWN)
     ctx.state.summaries.clear()
 
@@ -120,9 +119,9 @@ async def on_workload_event(event: CloudEvent, ctx: Ctx) -> None:
     stored, evicted = r.workloads.apply(view)
     if stored is None:
         return
-    async with session_scope(ctx.db) as session:
-        await models.save_workload(session, stored)
-        await models.delete_workloads(session, evicted)
+    async with r.pool.acquire() as conn, conn.transaction():
+        await store.update_workload(conn, stored)
+        await store.delete_workloads(conn, evicted)
     r.summaries.clear()
 
 
@@ -184,9 +183,10 @@ async def list_alerts(req: AlertQuery, ctx: Ctx) -> AlertList:
                         and (req.severity is None or a.severity == req.severity)),
                        key=lambda a: (a.severity != AlertSeverity.CRITICAL, -a.started_at.timestamp()))
         return AlertList(items=items[: req.limit], total=len(items))
-    async with session_scope(ctx.db) as session:
-        found, total = await models.recent_alerts(session, req.state, req.sites,
-                                                  req.severity.value if req.severity else None, req.limit)
+    severity = req.severity.value if req.severity else None
+    async with ctx.state.pool.acquire() as conn, conn.transaction():
+        found = await store.list_alerts(conn, req.state, req.sites, severity, req.limit)
+        total = await store.count_alerts(conn, req.state, req.sites, severity)
     return AlertList(items=found, total=total)
 
 

@@ -1,6 +1,6 @@
 """Telemetry ingest: COPY a batch of reports' samples in PostgreSQL's binary format, then apply them.
 
-Lean on purpose: the consumer (``services.metrics.consumer``) hands over a batch already
+Lean on purpose: the consumer (``services.metrics.telemetry``) hands over a batch already
 parsed into columns (``services.metrics.wire``); samples become one numpy array; the COPY payload is built by numpy as a packed big-endian record array (no
 per-sample Python tuple is encoded); the in-memory state and the rollups are updated
 with vectorised operations after the commit, so memory never holds what PostgreSQL
@@ -21,7 +21,7 @@ from prometheus_client import Counter, Gauge
 from libs.config import Settings
 from libs.metrics import BUS_REJECTED
 from libs.schemas.metrics import IngestStats
-from services.metrics import models, pgcopy
+from services.metrics import pgcopy, store
 from services.metrics.fleet import DeviceMeta, Fleet, HostMeta
 from services.metrics.partitions import Coverage
 from services.metrics.rollups import Rollups
@@ -149,7 +149,7 @@ class Ingest:
         time). Returns the created devices and what was written, in that order: device ids, times (us), values.
         ``id_arr`` gets the new ids."""
         async with self.pool.acquire() as conn, conn.transaction():
-            created = await models.create_devices(conn, missing) if missing else []
+            created = await store.create_devices(conn, missing) if missing else []
             if created:
                 lookup = {(m.host_id, m.slot): m.id for m in created}
                 owner = np.repeat(np.arange(len(cols)), cols.counts)

@@ -4,6 +4,8 @@ Each partitioned table has a fixed partition width aligned to the Unix epoch (UT
 every process computes the same bounds. ``Coverage`` remembers which time range has
 partitions, and the ingest path drops (and counts) samples outside it instead of letting
 one stray timestamp fail a whole COPY.
+
+DDL through asyncpg, like every database call of the service; the caller owns the transaction.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.config import MetricsSettings
 from services.metrics.orm import SCHEMA
@@ -60,11 +60,10 @@ class Coverage:
         return self.start <= t < self.end
 
 
-async def _existing(conn: AsyncConnection, table: str) -> list[tuple[str, datetime, datetime]]:
-    rows = (await conn.execute(text(
+async def _existing(conn: asyncpg.Connection, table: str) -> list[tuple[str, datetime, datetime]]:
+    rows = await conn.fetch(
         "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
-        "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = CAST(:parent AS regclass)"),
-        {"parent": f"{SCHEMA}.{table}"})).all()
+        "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = CAST($1::text AS regclass)", f"{SCHEMA}.{table}")
     out = []
     for name, bound in rows:
         m = _BOUND.search(bound or "")
@@ -73,10 +72,10 @@ async def _existing(conn: AsyncConnection, table: str) -> list[tuple[str, dateti
     return out
 
 
-async def maintain(conn: AsyncConnection, settings: MetricsSettings, now: datetime | None = None) -> Coverage:
+async def maintain(conn: asyncpg.Connection, settings: MetricsSettings, now: datetime | None = None) -> Coverage:
     """Create missing partitions from ``now - max_sample_age`` to ``partitions_ahead`` widths ahead; drop expired ones.
 
-    Returns the range covered by every table (the intersection), for the ingest filter.
+    Returns the range covered by every table (the intersection), for the ingest filter. Caller's transaction.
     """
     now = now or datetime.now(UTC)
     coverage: Coverage | None = None
@@ -89,14 +88,14 @@ async def maintain(conn: AsyncConnection, settings: MetricsSettings, now: dateti
         while start <= last:
             if start not in have and start + spec.width > now - spec.retention:
                 end = start + spec.width
-                await conn.execute(text(
+                await conn.execute(
                     f'CREATE TABLE IF NOT EXISTS {SCHEMA}."{spec.name(start)}" PARTITION OF {SCHEMA}.{spec.table} '
-                    f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"))
+                    f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')")
                 existing.append((spec.name(start), start, end))
             start += spec.width
         for name, _, end in existing:
             if end <= now - spec.retention:
-                await conn.execute(text(f'DROP TABLE IF EXISTS {SCHEMA}."{name}"'))
+                await conn.execute(f'DROP TABLE IF EXISTS {SCHEMA}."{name}"')
                 log.info("dropped partition %s.%s (past retention)", SCHEMA, name)
         covered = _contiguous([(s, e) for n, s, e in existing if e > now - spec.retention], now)
         coverage = covered if coverage is None else Coverage(max(coverage.start, covered.start),

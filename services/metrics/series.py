@@ -17,7 +17,7 @@ import numpy as np
 from libs.bus.errors import InvalidRequest, NotFound
 from libs.config import MetricsSettings
 from libs.schemas.metrics import Scope, Series, SeriesPoint, SeriesQuery
-from services.metrics import models
+from services.metrics import store
 from services.metrics.fleet import Fleet
 from services.metrics.rollups import (
     SCOPE_DEVICE,
@@ -83,10 +83,10 @@ async def query(req: SeriesQuery, fleet: Fleet, rollups: Rollups, pool: asyncpg.
     async with lock:
         async with pool.acquire() as conn:
             if raw:
-                rows = await models.raw_series_rows(conn, int(dev_ids[0]), start, end, req.step_s)
+                rows = await store.list_raw_series_rows(conn, int(dev_ids[0]), start, end, req.step_s)
             else:
-                rows = await models.series_rows(conn, "rollup_1m" if resolution == "1m" else "rollup_1h",
-                                                scope, key, lo, end, req.step_s)
+                rows = await store.list_series_rows(conn, "rollup_1m" if resolution == "1m" else "rollup_1h",
+                                                    scope, key, lo, end, req.step_s)
         for r in rows:
             bins[float(r["t"])] = Agg(int(r["n"]), float(r["util_sum"]), float(r["util_max"]), float(r["mem_sum"]),
                                       float(r["temp_sum"]), float(r["temp_max"]), float(r["power_sum"]),

@@ -28,11 +28,10 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import numpy as np
 
-from libs.db import session_scope
 from libs.db.outbox import OutboxRelay
 from libs.schemas.metrics import FleetSummary
 from libs.service import Context
-from services.metrics import models, partitions
+from services.metrics import partitions, store
 from services.metrics.alerts import AlertEngine
 from services.metrics.fleet import Fleet
 from services.metrics.ingest import Ingest
@@ -90,13 +89,12 @@ async def load_state(ctx: Context[MetricsState]) -> MetricsState:
                                             server_settings={"application_name": "xpumesh-metrics-ingest",
                                                              "synchronous_commit": "off"})
     assert pool is not None and ingest_pool is not None
-    assert ctx.engine is not None
-    async with ctx.engine.begin() as conn:
+    async with pool.acquire() as conn, conn.transaction():
         coverage = await partitions.maintain(conn, settings.metrics)
-    async with session_scope(ctx.db) as session:
-        fleet = await models.load_fleet(session)
-        firing = await models.load_firing(session)
-        loaded = await models.load_workloads(session, settings.metrics.max_workloads)
+    async with pool.acquire() as conn, conn.transaction():
+        fleet = await store.read_fleet(conn)
+        firing = await store.list_firing_alerts(conn)
+        loaded = await store.list_workloads(conn, settings.metrics.max_workloads)
     rollups = Rollups(settings.metrics.rollup_grace_s)
     ingest = Ingest(fleet, rollups, settings, ingest_pool)
     ingest.coverage = coverage
@@ -125,12 +123,12 @@ async def recover(rt: MetricsState) -> None:
     settings = rt.ctx.settings.metrics
     now = datetime.now(UTC)
     async with rt.pool.acquire() as conn:
-        ckpt = await models.read_checkpoint(conn)
+        ckpt = await store.read_checkpoint(conn)
         after, open_from = ckpt if ckpt else (0, None)
         since = open_from or (now - timedelta(seconds=settings.rollup_grace_s + 120))
-        rows = await models.replay_minutes(conn, after, since)
-        latest = await models.latest_samples(conn, now - timedelta(seconds=rt.stale_s))
-        ahead = await models.max_batch(conn, now - timedelta(seconds=settings.max_sample_age_s),
+        rows = await store.list_open_minutes(conn, after, since)
+        latest = await store.list_latest_samples(conn, now - timedelta(seconds=rt.stale_s))
+        ahead = await store.read_max_batch(conn, now - timedelta(seconds=settings.max_sample_age_s),
                                        time.time_ns() // 1000 - 60_000_000)
         rt.ingest.last_batch = max(after, ahead)
     fleet, rollups = rt.fleet, rt.rollups
@@ -167,7 +165,7 @@ async def flush_rollups(rt: MetricsState, now: float | None = None) -> int:
     payload, rows = encode_device_rows(closed, max(rt.fleet.devices, default=0))
     try:
         async with rt.lock, rt.pool.acquire() as conn, conn.transaction():
-            await models.write_rollups(conn, payload, ckpt, open_from)
+            await store.update_rollups(conn, payload, ckpt, open_from)
     except BaseException:
         rt.rollups.give_back(closed)
         raise
@@ -187,8 +185,7 @@ async def flush(rt: MetricsState) -> None:
 
 
 async def maintain_partitions(rt: MetricsState) -> None:
-    assert rt.ctx.engine is not None
-    async with rt.ctx.engine.begin() as conn:
+    async with rt.pool.acquire() as conn, conn.transaction():
         rt.ingest.coverage = await partitions.maintain(conn, rt.ctx.settings.metrics)
 
 
@@ -197,8 +194,8 @@ async def evaluate_alerts(rt: MetricsState) -> None:
         return
     changes = rt.alerts.evaluate(rt.fleet, datetime.now(UTC), time.monotonic())
     if changes:
-        async with session_scope(rt.ctx.db) as session:
-            await models.save_alerts(session, changes)
+        async with rt.pool.acquire() as conn, conn.transaction():
+            await store.update_alerts(conn, changes)
         rt.alerts.apply(changes)
         rt.summaries.clear()
         rt.relay.poke()

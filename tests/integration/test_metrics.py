@@ -256,37 +256,32 @@ async def test_metrics_prometheus_endpoint_parses_with_device_labels_and_service
 
 
 async def test_metrics_partitions_created_ahead_and_dropped_past_retention(settings) -> None:
-    from sqlalchemy.ext.asyncio import create_async_engine
+    import asyncpg
 
     from libs.config import MetricsSettings
-    from libs.db import async_url
     from services.metrics import partitions
 
     m = MetricsSettings(raw_partition_hours=1, raw_retention_hours=3, partitions_ahead=2, max_sample_age_s=1800)
-    engine = create_async_engine(async_url(settings.database_dsn()))
+    conn = await asyncpg.connect(settings.database_dsn())
     now = datetime(2030, 5, 1, 12, 30, tzinfo=UTC)
     try:
-        async with engine.begin() as conn:
+        async with conn.transaction():
             cov = await partitions.maintain(conn, m, now=now)
             names = await _partitions(conn, "samples")
         assert names == ["samples_p2030050112", "samples_p2030050113", "samples_p2030050114"]
         assert (cov.start, cov.end) == (datetime(2030, 5, 1, 12, tzinfo=UTC), datetime(2030, 5, 1, 15, tzinfo=UTC))
-        async with engine.begin() as conn:
-            await conn.exec_driver_sql("INSERT INTO metrics.samples VALUES "
-                                       "('2030-05-01 12:40+00', 1, 50, 1, 40, 100, true, 1)")
+        async with conn.transaction():
+            await conn.execute("INSERT INTO metrics.samples VALUES ('2030-05-01 12:40+00', 1, 50, 1, 40, 100, true, 1)")
             later = await partitions.maintain(conn, m, now=now + timedelta(hours=5))
             names = await _partitions(conn, "samples")
         assert names[:2] == ["samples_p2030050114", "samples_p2030050117"]  # 12 and 13 ended over 3 h ago: dropped
         assert later.contains(now + timedelta(hours=5)) and not later.contains(now)
-        async with engine.begin() as conn:
-            assert await _partitions(conn, "rollup_1m") and await _partitions(conn, "rollup_1h")
+        assert await _partitions(conn, "rollup_1m") and await _partitions(conn, "rollup_1h")
     finally:
-        await engine.dispose()
+        await conn.close()
 
 
 async def _partitions(conn, table: str) -> list[str]:
-    from sqlalchemy import text
-
-    rows = await conn.execute(text("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                                   "WHERE i.inhparent = CAST(:t AS regclass) ORDER BY 1"), {"t": f"metrics.{table}"})
+    rows = await conn.fetch("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                            "WHERE i.inhparent = CAST($1::text AS regclass) ORDER BY 1", f"metrics.{table}")
     return [r[0] for r in rows]

@@ -7,14 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import numpy as np
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from libs.config import Settings
-from libs.db import async_url
-from services.metrics import models, partitions
+from services.metrics import partitions, store
+from services.metrics.fleet import DeviceMeta, Fleet
 from services.metrics.ingest import COPY_COLUMNS, Ingest, encode_copy
 from services.metrics.rollups import BUCKET_S, Rollups
-from services.metrics.state import DeviceMeta, Fleet
 from services.metrics.wire import Columns
 
 VALS = np.array([[50.0, 1000, 40.0, 100.0, 1.0]])
@@ -58,14 +56,10 @@ async def _copy(conn: asyncpg.Connection, ids: np.ndarray, ts_us: np.ndarray, ba
 
 async def test_metrics_samples_brin_summarized_and_read_by_a_device_series(settings: Settings) -> None:
     m = settings.metrics
-    engine = create_async_engine(async_url(settings.database_dsn()))
-    try:
-        async with engine.begin() as sa_conn:
-            await partitions.maintain(sa_conn, m)
-    finally:
-        await engine.dispose()
     conn = await asyncpg.connect(settings.database_dsn())
     try:
+        async with conn.transaction():
+            await partitions.maintain(conn, m)
         start = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=40)
         t0 = int(start.timestamp()) * 1_000_000
         for k in range(20):  # 20 batches, one sample of each of 2,000 devices, 1 s apart
@@ -81,7 +75,7 @@ async def test_metrics_samples_brin_summarized_and_read_by_a_device_series(setti
             "EXPLAIN SELECT count(*) FROM metrics.samples WHERE device_id = $1 AND ts >= $2 AND ts < $3",
             1234, start, end))
         assert "Bitmap Index Scan" in plan and "device_id_ts_idx" in plan
-        rows = await models.raw_series_rows(conn, 1234, start, end, 10)
+        rows = await store.list_raw_series_rows(conn, 1234, start, end, 10)
         assert sum(int(r["n"]) for r in rows) == 20 and len(rows) == 2
     finally:
         await conn.close()
@@ -89,16 +83,12 @@ async def test_metrics_samples_brin_summarized_and_read_by_a_device_series(setti
 
 async def test_metrics_ingest_overlapping_writes_keep_every_sample(settings: Settings) -> None:
     m = settings.metrics
-    engine = create_async_engine(async_url(settings.database_dsn()))
-    try:
-        async with engine.begin() as sa_conn:
-            coverage = await partitions.maintain(sa_conn, m)
-    finally:
-        await engine.dispose()
     pool = await asyncpg.create_pool(settings.database_dsn(), min_size=2, max_size=2,
                                      server_settings={"synchronous_commit": "off"})
     assert pool is not None
     try:
+        async with pool.acquire() as conn, conn.transaction():
+            coverage = await partitions.maintain(conn, m)
         fleet, rollups = Fleet(), Rollups(grace_s=0)
         for host in range(50):
             for slot in range(4):

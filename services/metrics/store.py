@@ -1,21 +1,22 @@
-"""The metrics service's database functions: metadata, rollup writes, recovery, alerts, workloads.
+"""The metrics service's database functions: fleet metadata, rollups, recovery reads, alerts, workloads.
 
-Functions take a session (or an asyncpg connection inside the caller's transaction) and
-never commit: the caller owns the transaction.
+asyncpg throughout: binary COPY needs it; the caller owns the transaction. Every function takes
+an ``asyncpg.Connection`` (``async with pool.acquire() as conn, conn.transaction():``) and never
+commits. JSONB values go in as JSON text with a ``::jsonb`` cast and come out through ``_json``,
+so the functions work on any of the service's connections, with or without a JSON codec.
+The outbox rows of alert events have exactly the columns ``libs.db.outbox.outbox_row`` gives;
+the kit's ``OutboxRelay`` publishes them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-from sqlalchemy import func, select
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.bus.subjects import event_subject
 from libs.db.outbox import outbox_row
@@ -23,36 +24,44 @@ from libs.events import CloudEvent, EventTypes
 from libs.schemas.hostevents import CapabilityReport
 from libs.schemas.metrics import Alert, AlertState, Placement, WorkloadNow
 from services.metrics.fleet import DeviceMeta, Fleet, slots_for
-from services.metrics.orm import alerts, devices, hosts, outbox, workloads
 from services.metrics.rollups import DEVICE_STAGE_COLUMNS
 
 STATUS_CODES = {"up": 1, "down": 2}
+ALERT_COLUMNS = ("id", "rule", "severity", "state", "site", "host_id", "device", "summary", "value", "started_at",
+                 "resolved_at")
+
+
+def _json(value: Any) -> Any:
+    """A JSONB value as Python: decoded here when the connection has no JSON codec."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 # --- fleet metadata ----------------------------------------------------------------------
-async def load_fleet(session: AsyncSession) -> Fleet:
+async def read_fleet(conn: asyncpg.Connection) -> Fleet:
+    """The fleet as PostgreSQL has it: every host, and the devices still present."""
     fleet = Fleet()
-    for row in (await session.execute(select(hosts))).mappings():
+    for row in await conn.fetch("SELECT host_id, site, hostname, generation, labels, status FROM metrics.hosts"):
         h = fleet.host(row["host_id"], row["site"])
-        h.hostname, h.generation, h.labels = row["hostname"], row["generation"], dict(row["labels"] or {})
+        h.hostname, h.generation, h.labels = row["hostname"], row["generation"], dict(_json(row["labels"]) or {})
         h.status = STATUS_CODES.get(row["status"], 0)
-    for row in (await session.execute(select(devices).where(devices.c.present))).mappings():
+    for row in await conn.fetch("SELECT * FROM metrics.devices WHERE present"):
         fleet.put_device(_meta(row))
     return fleet
 
 
-def _meta(row: Any) -> DeviceMeta:
+def _meta(row: Mapping[str, Any]) -> DeviceMeta:
     return DeviceMeta(id=row["id"], host_id=row["host_id"], slot=row["slot"], site=row["site"],
                       vendor_index=row["vendor_index"],
                       hardware_type=row["hardware_type"], vendor=row["vendor"], model=row["model"],
                       memory_mib=row["memory_mib"], driver_version=row["driver_version"],
-                      runtimes=dict(row["runtimes"] or {}), firmware_version=row["firmware_version"],
+                      runtimes=dict(_json(row["runtimes"]) or {}), firmware_version=row["firmware_version"],
                       uuid=row["uuid"], health=row["health"])
 
 
-async def save_capabilities(conn: asyncpg.Connection, reports: Sequence[CapabilityReport]) -> tuple[list[DeviceMeta], list[int]]:
+async def update_capabilities(conn: asyncpg.Connection,
+                              reports: Sequence[CapabilityReport]) -> tuple[list[DeviceMeta], list[int]]:
     """Upsert hosts and their devices (one statement each, arrays through unnest); devices a host no longer
-    reports are marked absent. Returns (present devices, removed device ids). Caller's transaction."""
+    reports are marked absent. Returns (present devices, removed device ids)."""
     await conn.execute(
         "INSERT INTO metrics.hosts AS t (host_id, site, hostname, generation, labels, updated_at) "
         "SELECT h, s, n, g, CAST(l AS jsonb), now() FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], "
@@ -84,19 +93,15 @@ async def save_capabilities(conn: asyncpg.Connection, reports: Sequence[Capabili
         "UPDATE metrics.devices AS d SET present = false, updated_at = now() FROM unnest($1::text[], $2::int[]) AS v(h, n) "
         "WHERE d.host_id = v.h AND d.slot >= v.n AND d.present RETURNING d.id",
         [r.host_id for r in reports], [len(r.devices) for r in reports])
-    return [_record_meta(r) for r in rows], [int(g["id"]) for g in gone]
+    return [_meta(r) for r in rows], [int(g["id"]) for g in gone]
 
 
-def _record_meta(r: asyncpg.Record) -> DeviceMeta:
-    rt = r["runtimes"]
-    return _meta({**dict(r), "runtimes": json.loads(rt) if isinstance(rt, str) else rt})
-
-
-async def save_host_status(session: AsyncSession, host_id: str, site: str, status: str) -> None:
-    now = datetime.now(UTC)
-    stmt = insert(hosts).values(host_id=host_id, site=site, status=status, updated_at=now)
-    await session.execute(stmt.on_conflict_do_update(index_elements=[hosts.c.host_id],
-                                                     set_={"status": status, "updated_at": now}))
+async def update_host_status(conn: asyncpg.Connection, host_id: str, site: str, status: str) -> None:
+    """Upsert a host's up/down status (a host first seen this way gets a bare row)."""
+    await conn.execute(
+        "INSERT INTO metrics.hosts (host_id, site, status, updated_at) VALUES ($1, $2, $3, $4) "
+        "ON CONFLICT (host_id) DO UPDATE SET status = EXCLUDED.status, updated_at = EXCLUDED.updated_at",
+        host_id, site, status, datetime.now(UTC))
 
 
 async def create_devices(conn: asyncpg.Connection, pairs: Sequence[tuple[str, int, str]]) -> list[DeviceMeta]:
@@ -110,7 +115,7 @@ async def create_devices(conn: asyncpg.Connection, pairs: Sequence[tuple[str, in
         "SELECT h, sl, s, now() FROM unnest($1::text[], $2::int[], $3::text[]) AS t(h, sl, s) "
         "ON CONFLICT (host_id, slot) DO UPDATE SET present = true RETURNING *",
         [p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs])
-    return [_record_meta(r) for r in rows]
+    return [_meta(r) for r in rows]
 
 
 # --- rollups ------------------------------------------------------------------------------
@@ -128,9 +133,9 @@ _GROUPED = " UNION ALL ".join(
     for scope, key in ((1, "d.host_id"), (2, "d.site"), (3, "d.hardware_type"), (4, "d.site || '/' || d.hardware_type")))
 
 
-async def write_rollups(conn: asyncpg.Connection, device_rows: bytes, batch: int, open_from: datetime | None) -> None:
+async def update_rollups(conn: asyncpg.Connection, device_rows: bytes, batch: int, open_from: datetime | None) -> None:
     """Merge closed minutes (binary COPY of device rows) into rollup_1m and rollup_1h per device, host, site,
-    hardware type and site/hardware type, and move the checkpoint. Caller's transaction."""
+    hardware type and site/hardware type, and move the checkpoint."""
     if device_rows:
         await conn.execute(
             "CREATE TEMP TABLE IF NOT EXISTS rollup_dev_stage (device_id integer, bucket timestamptz, n integer, "
@@ -159,7 +164,7 @@ async def read_checkpoint(conn: asyncpg.Connection) -> tuple[int, datetime | Non
     return (int(row["batch"]), row["open_from"]) if row else None
 
 
-async def replay_minutes(conn: asyncpg.Connection, after_batch: int, since: datetime) -> list[asyncpg.Record]:
+async def list_open_minutes(conn: asyncpg.Connection, after_batch: int, since: datetime) -> list[asyncpg.Record]:
     """Per device and minute, the sums of samples written after the checkpoint (recovery after a crash)."""
     return await conn.fetch(
         "SELECT device_id, (floor(extract(epoch FROM ts) / 60) * 60)::bigint AS bucket, count(*) AS n, "
@@ -169,14 +174,14 @@ async def replay_minutes(conn: asyncpg.Connection, after_batch: int, since: date
         "FROM metrics.samples WHERE batch > $1 AND ts >= $2 GROUP BY 1, 2", after_batch, since)
 
 
-async def latest_samples(conn: asyncpg.Connection, since: datetime) -> list[asyncpg.Record]:
+async def list_latest_samples(conn: asyncpg.Connection, since: datetime) -> list[asyncpg.Record]:
     """Each device's newest sample since ``since`` (the current state after a restart)."""
     return await conn.fetch(
         "SELECT DISTINCT ON (device_id) device_id, extract(epoch FROM ts)::float8 AS ts, util, mem_mib, temp, power, "
         "healthy FROM metrics.samples WHERE ts >= $1 ORDER BY device_id, ts DESC", since)
 
 
-async def max_batch(conn: asyncpg.Connection, since: datetime, from_batch: int) -> int:
+async def read_max_batch(conn: asyncpg.Connection, since: datetime, from_batch: int) -> int:
     """The highest batch number from ``from_batch`` on among samples since ``since`` (0: none).
 
     Batch numbers are the wall clock in microseconds when the clock is ahead of the last one, so only
@@ -186,8 +191,8 @@ async def max_batch(conn: asyncpg.Connection, since: datetime, from_batch: int) 
                                    since, from_batch))
 
 
-async def series_rows(conn: asyncpg.Connection, table: str, scope: int, key: str, start: datetime, end: datetime,
-                      step_s: int) -> list[asyncpg.Record]:
+async def list_series_rows(conn: asyncpg.Connection, table: str, scope: int, key: str, start: datetime, end: datetime,
+                           step_s: int) -> list[asyncpg.Record]:
     """Rollup rows of one scope/key in [start, end), summed per step (steps start at ``start``)."""
     assert table in ("rollup_1m", "rollup_1h")
     return await conn.fetch(
@@ -198,8 +203,9 @@ async def series_rows(conn: asyncpg.Connection, table: str, scope: int, key: str
         scope, key, start, end, float(step_s))
 
 
-async def raw_series_rows(conn: asyncpg.Connection, device_id: int, start: datetime, end: datetime,
-                          step_s: int) -> list[asyncpg.Record]:
+async def list_raw_series_rows(conn: asyncpg.Connection, device_id: int, start: datetime, end: datetime,
+                               step_s: int) -> list[asyncpg.Record]:
+    """One device's raw samples in [start, end), summed per step (steps start at ``start``)."""
     return await conn.fetch(
         "SELECT extract(epoch FROM date_bin(make_interval(secs => $4), ts, $2))::float8 AS t, count(*) AS n, "
         "sum(util) AS util_sum, max(util) AS util_max, sum(mem_mib) AS mem_sum, sum(temp) AS temp_sum, "
@@ -209,8 +215,13 @@ async def raw_series_rows(conn: asyncpg.Connection, device_id: int, start: datet
 
 
 # --- alerts ---------------------------------------------------------------------------------
-async def load_firing(session: AsyncSession) -> list[Alert]:
-    rows = (await session.execute(select(alerts).where(alerts.c.state == AlertState.FIRING.value))).mappings()
+_ALERT_SELECT = f"SELECT {', '.join(ALERT_COLUMNS)} FROM metrics.alerts"
+# state $1; sites $2 (NULL: any site); severity $3 (NULL: any severity)
+_ALERT_WHERE = " WHERE state = $1 AND ($2::text[] IS NULL OR site = ANY($2::text[])) AND ($3::text IS NULL OR severity = $3)"
+
+
+async def list_firing_alerts(conn: asyncpg.Connection) -> list[Alert]:
+    rows = await conn.fetch(f"{_ALERT_SELECT} WHERE state = $1", AlertState.FIRING.value)
     return [Alert.model_validate(dict(r)) for r in rows]
 
 
@@ -223,55 +234,60 @@ def alert_event(alert: Alert) -> CloudEvent:
                           id=f"alert-{digest}-{episode}-{alert.state.value}")
 
 
-async def save_alerts(session: AsyncSession, changed: list[Alert]) -> None:
-    """Upsert alert rows and add their firing/resolved events to the outbox, in the caller's transaction.
+async def update_alerts(conn: asyncpg.Connection, changed: Sequence[Alert]) -> None:
+    """Upsert alert rows and add their firing/resolved events to the outbox.
 
-    Both as one multi-row statement each (executemany), so a storm of thousands of transitions stays cheap.
-    """
+    One statement each, arrays through unnest, so a storm of thousands of transitions stays cheap."""
     if not changed:
         return
-    values = [a.model_dump(mode="python") for a in changed]
-    for v in values:
-        v["severity"], v["state"] = str(v["severity"]), str(v["state"])
-    stmt = insert(alerts)
-    stmt = stmt.on_conflict_do_update(index_elements=[alerts.c.id], set_={
-        c: stmt.excluded[c] for c in ("rule", "severity", "state", "site", "host_id", "device", "summary", "value",
-                                      "started_at", "resolved_at")})
-    await session.execute(stmt, values)
-    events = [(alert_event(a), a.site) for a in changed]
-    await session.execute(outbox.insert(), [
-        outbox_row(e, event_subject(e.type, site)) for e, site in events])
+    await conn.execute(
+        f"INSERT INTO metrics.alerts ({', '.join(ALERT_COLUMNS)}) SELECT * FROM unnest($1::text[], $2::text[], "
+        "$3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::float8[], $10::timestamptz[], "
+        "$11::timestamptz[]) ON CONFLICT (id) DO UPDATE SET "
+        + ", ".join(f"{c} = EXCLUDED.{c}" for c in ALERT_COLUMNS[1:]),
+        [a.id for a in changed], [a.rule for a in changed], [a.severity.value for a in changed],
+        [a.state.value for a in changed], [a.site for a in changed], [a.host_id for a in changed],
+        [a.device for a in changed], [a.summary for a in changed], [a.value for a in changed],
+        [a.started_at for a in changed], [a.resolved_at for a in changed])
+    rows = [outbox_row(e, event_subject(e.type, a.site)) for a, e in ((a, alert_event(a)) for a in changed)]
+    await conn.execute(
+        "INSERT INTO metrics.outbox (event_id, subject, payload) "
+        "SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])",
+        [r["event_id"] for r in rows], [r["subject"] for r in rows], [r["payload"] for r in rows])
 
 
-async def recent_alerts(session: AsyncSession, state: AlertState, sites: list[str] | None, severity: str | None,
-                        limit: int) -> tuple[list[Alert], int]:
-    """Alerts in a state from PostgreSQL (resolved ones are not kept in memory), newest first."""
-    cond = [alerts.c.state == state.value]
-    if sites is not None:
-        cond.append(alerts.c.site.in_(sites))
-    if severity is not None:
-        cond.append(alerts.c.severity == severity)
-    total = int(await session.scalar(select(func.count()).select_from(alerts).where(*cond)) or 0)
-    rows = (await session.execute(select(alerts).where(*cond).order_by(
-        alerts.c.resolved_at.desc().nulls_last(), alerts.c.started_at.desc()).limit(limit))).mappings()
-    return [Alert.model_validate(dict(r)) for r in rows], total
+async def list_alerts(conn: asyncpg.Connection, state: AlertState, sites: list[str] | None, severity: str | None,
+                      limit: int) -> list[Alert]:
+    """Alerts in a state, newest first (resolved ones are only here, not in memory)."""
+    rows = await conn.fetch(f"{_ALERT_SELECT}{_ALERT_WHERE} ORDER BY resolved_at DESC NULLS LAST, started_at DESC "
+                            "LIMIT $4", state.value, sites, severity, limit)
+    return [Alert.model_validate(dict(r)) for r in rows]
+
+
+async def count_alerts(conn: asyncpg.Connection, state: AlertState, sites: list[str] | None,
+                       severity: str | None) -> int:
+    """How many alerts ``list_alerts`` would give without a limit."""
+    return int(await conn.fetchval(f"SELECT count(*) FROM metrics.alerts{_ALERT_WHERE}", state.value, sites, severity))
 
 
 # --- workloads ------------------------------------------------------------------------------
-async def load_workloads(session: AsyncSession, limit: int) -> list[WorkloadNow]:
-    rows = (await session.execute(select(workloads).order_by(workloads.c.updated_at.desc()).limit(limit))).mappings()
+async def list_workloads(conn: asyncpg.Connection, limit: int) -> list[WorkloadNow]:
+    """The most recently updated workloads, newest first."""
+    rows = await conn.fetch("SELECT id, name, tenant, state, placements, updated_at FROM metrics.workloads "
+                            "ORDER BY updated_at DESC LIMIT $1", limit)
     return [WorkloadNow(id=r["id"], name=r["name"], tenant=r["tenant"], state=r["state"], updated_at=r["updated_at"],
-                        placements=[Placement.model_validate(p) for p in r["placements"]]) for r in rows]
+                        placements=[Placement.model_validate(p) for p in _json(r["placements"])]) for r in rows]
 
 
-async def save_workload(session: AsyncSession, w: WorkloadNow) -> None:
-    values = dict(id=w.id, name=w.name, tenant=w.tenant, state=w.state, updated_at=w.updated_at,
-                  placements=[p.model_dump(mode="json") for p in w.placements])
-    stmt = insert(workloads).values(values)
-    await session.execute(stmt.on_conflict_do_update(index_elements=[workloads.c.id], set_={
-        c: stmt.excluded[c] for c in ("name", "tenant", "state", "placements", "updated_at")}))
+async def update_workload(conn: asyncpg.Connection, w: WorkloadNow) -> None:
+    await conn.execute(
+        "INSERT INTO metrics.workloads (id, name, tenant, state, updated_at, placements) "
+        "VALUES ($1, $2, $3, $4, $5, $6::jsonb) ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, "
+        "tenant = EXCLUDED.tenant, state = EXCLUDED.state, placements = EXCLUDED.placements, "
+        "updated_at = EXCLUDED.updated_at",
+        w.id, w.name, w.tenant, w.state, w.updated_at, json.dumps([p.model_dump(mode="json") for p in w.placements]))
 
 
-async def delete_workloads(session: AsyncSession, ids: list[str]) -> None:
+async def delete_workloads(conn: asyncpg.Connection, ids: Sequence[str]) -> None:
     if ids:
-        await session.execute(workloads.delete().where(workloads.c.id.in_(ids)))
+        await conn.execute("DELETE FROM metrics.workloads WHERE id = ANY($1::text[])", list(ids))
