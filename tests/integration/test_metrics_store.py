@@ -1,19 +1,27 @@
-"""Metrics storage: raw samples' BRIN upkeep and reads, overlapping ingest writes, the rollup checkpoint."""
+"""Metrics storage: raw samples' BRIN upkeep and reads, overlapping ingest writes, the rollup checkpoint, and the
+store's round trips (fleet metadata, alerts with their outbox rows, workloads)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import numpy as np
 
+from libs.bus.subjects import event_subject
 from libs.config import Settings
+from libs.db.outbox import outbox_row
+from libs.schemas.metrics import Alert, AlertSeverity, AlertState, Placement, WorkloadNow
 from services.metrics import partitions, store
-from services.metrics.fleet import DeviceMeta, Fleet
+from services.metrics.fleet import STATUS_DOWN, STATUS_UP, DeviceMeta, Fleet
 from services.metrics.ingest import COPY_COLUMNS, Ingest, encode_copy
 from services.metrics.rollups import BUCKET_S, Rollups
 from services.metrics.wire import Columns
+from tests.integration.test_metrics_kit import capability, devices
 
 VALS = np.array([[50.0, 1000, 40.0, 100.0, 1.0]])
 
@@ -112,3 +120,83 @@ async def test_metrics_ingest_overlapping_writes_keep_every_sample(settings: Set
         assert float(fleet.util[1]) == 0.0  # the newest sample (k = 0) wins, whatever order the writes committed in
     finally:
         await pool.close()
+
+
+async def test_metrics_store_fleet_reads_back_capabilities_and_host_status(settings: Settings) -> None:
+    report = capability("h-1", "hangzhou", devices("gpu", 2)).model_copy(update={"labels": {"rack": "r7"}})
+    conn = await asyncpg.connect(settings.database_dsn())
+    try:
+        async with conn.transaction():
+            metas, gone = await store.update_capabilities(conn, [report])
+            await store.update_host_status(conn, "h-1", "hangzhou", "down")
+            await store.update_host_status(conn, "h-2", "huzhou", "up")  # known only from the registry so far
+        assert [m.slot for m in metas] == [0, 1] and gone == [] and metas[0].runtimes == {"cuda": "12.4"}
+        async with conn.transaction():
+            fewer = report.model_copy(update={"generation": 2, "devices": report.devices[:1]})
+            _, gone = await store.update_capabilities(conn, [fewer])
+        assert gone == [metas[1].id]
+        fleet = await store.read_fleet(conn)
+    finally:
+        await conn.close()
+    h1, h2 = fleet.hosts["h-1"], fleet.hosts["h-2"]
+    assert (h1.generation, h1.labels, h1.status, h1.hostname) == (2, {"rack": "r7"}, STATUS_DOWN, "h-1")
+    assert (h2.site, h2.status) == ("huzhou", STATUS_UP)
+    assert set(fleet.devices) == {metas[0].id} and fleet.devices[metas[0].id].runtimes == {"cuda": "12.4"}
+
+
+async def test_metrics_store_alerts_upserted_listed_counted_and_queued_in_the_outbox(settings: Settings) -> None:
+    t0 = datetime(2030, 5, 1, 12, tzinfo=UTC)
+
+    def alert(k: int, site: str, severity: AlertSeverity) -> Alert:
+        return Alert(id=f"device_hot/h-{k}/0", rule="device_hot", severity=severity, state=AlertState.FIRING,
+                     site=site, host_id=f"h-{k}", device=f"h-{k}/0", summary="hot", value=91.5,
+                     started_at=t0 + timedelta(minutes=k))
+
+    firing = [alert(1, "hangzhou", AlertSeverity.CRITICAL), alert(2, "huzhou", AlertSeverity.WARNING),
+              alert(3, "hangzhou", AlertSeverity.WARNING)]
+    resolved = [a.model_copy(update={"state": AlertState.RESOLVED, "resolved_at": t0 + timedelta(hours=k)})
+                for k, a in enumerate(firing[:2], 1)]
+    conn = await asyncpg.connect(settings.database_dsn())
+    try:
+        async with conn.transaction():
+            await store.update_alerts(conn, firing)
+        async with conn.transaction():
+            await store.update_alerts(conn, resolved)
+        assert await store.list_firing_alerts(conn) == [firing[2]]
+        assert await store.list_alerts(conn, AlertState.RESOLVED, None, None, 10) == resolved[::-1]
+        assert await store.list_alerts(conn, AlertState.RESOLVED, None, None, 1) == [resolved[1]]
+        assert await store.count_alerts(conn, AlertState.RESOLVED, None, None) == 2
+        assert await store.list_alerts(conn, AlertState.RESOLVED, ["hangzhou"], "critical", 10) == [resolved[0]]
+        assert await store.count_alerts(conn, AlertState.RESOLVED, [], None) == 0
+        queued = await conn.fetch("SELECT event_id, subject, payload FROM metrics.outbox ORDER BY seq")
+    finally:
+        await conn.close()
+    expected = [outbox_row(e, event_subject(e.type, a.site))
+                for a, e in ((a, store.alert_event(a)) for a in firing + resolved)]
+
+    def untimed(row: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
+        return row["event_id"], row["subject"], {k: v for k, v in json.loads(row["payload"]).items() if k != "time"}
+
+    assert [untimed(r) for r in queued] == [untimed(e) for e in expected]
+
+
+async def test_metrics_store_workloads_upserted_listed_and_deleted(settings: Settings) -> None:
+    t0 = datetime(2030, 5, 1, 12, tzinfo=UTC)
+    place = [Placement(replica=0, host_id="h-1", site="hangzhou", devices=["h-1/0"], shares=[0.5])]
+    works = [WorkloadNow(id=f"w-{k}", name=f"job-{k}", tenant="acme", state="running",
+                         updated_at=t0 + timedelta(seconds=k), placements=place) for k in range(3)]
+    conn = await asyncpg.connect(settings.database_dsn())
+    try:
+        async with conn.transaction():
+            for w in works:
+                await store.update_workload(conn, w)
+            await store.update_workload(conn, works[0].model_copy(update={"state": "stopped",
+                                                                          "updated_at": t0 + timedelta(minutes=1)}))
+            await store.delete_workloads(conn, ["w-1"])
+            await store.delete_workloads(conn, [])
+        listed = await store.list_workloads(conn, 10)
+        assert [w.id for w in await store.list_workloads(conn, 1)] == ["w-0"]
+    finally:
+        await conn.close()
+    assert [(w.id, w.state) for w in listed] == [("w-0", "stopped"), ("w-2", "running")]
+    assert listed[1] == works[2]
