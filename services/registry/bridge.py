@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 from libs.config import Settings
 from libs.schemas.registry import Member, MemberStatus
-from services.registry.models import Transition
+from services.registry.liveness import Transition
 
 log = logging.getLogger(__name__)
 

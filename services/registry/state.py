@@ -1,0 +1,61 @@
+"""The registry's state: the liveness table, its outbox relay and bridge, and the writer's step.
+
+Heartbeats only touch memory; ``RegistryState.write`` (the service's periodic writer) stores
+status transitions at once (with their events, through the outbox, in one transaction) and
+last-seen times every ``registry.flush_interval_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from libs.config import RegistrySettings
+from libs.db import session_scope
+from libs.db.outbox import OutboxRelay
+from libs.service import Context
+from services.registry import store
+from services.registry.bridge import RegistryBridge, bridge_from_settings
+from services.registry.liveness import Table
+from services.registry.orm import outbox
+
+
+@dataclass
+class RegistryState:
+    table: Table
+    relay: OutboxRelay
+    bridge: RegistryBridge
+    # set by a heartbeat that queued a transition: the writer runs at once instead of at its interval
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    last_flush: float = field(default_factory=time.monotonic)
+
+    async def write(self, sessions: async_sessionmaker[AsyncSession], settings: RegistrySettings) -> None:
+        """Sweep for silent members, then store what is waiting. A failed write puts it back (and raises), so
+        the next run stores it."""
+        table = self.table
+        table.sweep(settings.missed_heartbeats)
+        flush_touched = time.monotonic() - self.last_flush >= settings.flush_interval_s
+        if not table.transitions and not flush_touched:
+            return
+        transitions, touched = table.take_writes(include_touched=flush_touched)
+        try:
+            async with session_scope(sessions) as session:
+                await store.update_members(session, transitions)
+                await store.update_last_seen(session, touched)
+        except Exception:
+            table.put_back(transitions, touched)
+            raise
+        if flush_touched:
+            self.last_flush = time.monotonic()
+        self.relay.poke()
+        await self.bridge.apply(transitions, touched)
+
+
+async def load_state(ctx: Context[RegistryState]) -> RegistryState:
+    async with session_scope(ctx.db) as session:
+        table = Table.of(await store.list_members(session))
+    return RegistryState(table=table, relay=OutboxRelay("registry", ctx.db, outbox, ctx.bus),
+                         bridge=bridge_from_settings(ctx.settings))
