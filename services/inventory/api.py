@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -16,7 +15,6 @@ from libs.bus import subjects
 from libs.bus.connection import STREAM_EVENTS, STREAM_HOSTS, STREAM_TELEMETRY
 from libs.bus.errors import InvalidRequest, NotFound
 from libs.db import session_scope
-from libs.db.outbox import OutboxRelay
 from libs.events import CloudEvent, EventTypes
 from libs.metrics import BUS_MESSAGES, BUS_REJECTED
 from libs.schemas.catalog import DeviceModel
@@ -45,13 +43,14 @@ from libs.schemas.inventory import (
     Upserted,
 )
 from libs.service import Context, ServiceApp
-from services.inventory import catalog, models, queries, sites, telemetry
+from services.inventory import catalog, sites, store, telemetry
+from services.inventory.capability import Applied, Capability, apply_capabilities
 from services.inventory.checks import check_capability, check_specifiers
-from services.inventory.orm import outbox
+from services.inventory.state import SERVICE, InventoryState, load_state, read_catalog
 
 log = logging.getLogger(__name__)
-app = ServiceApp("inventory")
-SERVICE = "inventory"
+app: ServiceApp[InventoryState] = ServiceApp(SERVICE, state=load_state)
+Ctx = Context[InventoryState]
 T = TypeVar("T")
 
 
@@ -60,45 +59,19 @@ def _reject(handler: str, reason: str, n: int = 1) -> None:
     BUS_MESSAGES.labels(SERVICE, handler, "rejected").inc(n)
 
 
-def _cache(ctx: Context) -> telemetry.HealthCache:
-    cache: telemetry.HealthCache = ctx.state["health"]
-    return cache
+@app.task
+async def relay(ctx: Ctx) -> None:
+    await ctx.state.relay.run()
 
 
-def _catalog(ctx: Context) -> catalog.Catalog:
-    cat: catalog.Catalog = ctx.state["catalog"]
-    return cat
-
-
-@app.on_startup
-async def load_state(ctx: Context) -> None:
+@app.every(lambda s: s.inventory.catalog_refresh_s, first_run="after")
+async def refresh_catalog(ctx: Ctx) -> None:
+    """Pick up catalog edits made through other instances (a failed read keeps the previous catalog)."""
     async with session_scope(ctx.db) as session:
-        ctx.state["catalog"] = await catalog.load(session)
-        cache = telemetry.HealthCache()
-        await telemetry.load_cache(session, cache)
-    ctx.state["health"] = cache
-    # Large batches: a fleet registering at once emits one device.added per device.
-    ctx.state["relay"] = OutboxRelay(SERVICE, ctx.db, outbox, ctx.bus, batch=1024)
+        ctx.state.catalog = await read_catalog(session)
 
 
-@app.task
-async def relay(ctx: Context) -> None:
-    await ctx.state["relay"].run()
-
-
-@app.task
-async def refresh_catalog(ctx: Context) -> None:
-    """Pick up catalog edits made through other instances."""
-    while True:
-        await asyncio.sleep(ctx.settings.inventory.catalog_refresh_s)
-        try:
-            async with session_scope(ctx.db) as session:
-                ctx.state["catalog"] = await catalog.load(session)
-        except Exception:
-            log.exception("catalog refresh failed; keeping the previous one")
-
-
-async def _one_by_one(ctx: Context, handler: str, items: Sequence[T],
+async def _one_by_one(ctx: Ctx, handler: str, items: Sequence[T],
                       apply: Callable[[Any, Sequence[T]], Awaitable[Any]]) -> list[Any]:
     """After a batch failed on bad data, apply each item alone so that one bad item loses only itself."""
     results = []
@@ -117,7 +90,7 @@ async def _one_by_one(ctx: Context, handler: str, items: Sequence[T],
 
 @app.consumer(STREAM_HOSTS, durable="inventory-capability", subject=subjects.HOST_CAPABILITY_ALL, batch=True,
               batch_size=256)
-async def on_capability(events: list[CloudEvent], ctx: Context) -> None:
+async def on_capability(events: list[CloudEvent], ctx: Ctx) -> None:
     caps = []
     for event in events:
         if event.type != EventTypes.HOST_CAPABILITY:
@@ -131,13 +104,13 @@ async def on_capability(events: list[CloudEvent], ctx: Context) -> None:
             log.warning("on_capability: rejected a report: %s",
                         f"{exc.error_count()} validation errors" if isinstance(exc, ValidationError) else exc)
             continue
-        caps.append(models.Capability(report, event.time))
+        caps.append(Capability(report, event.time))
     if not caps:
         return
-    cat = _catalog(ctx)
+    cat = ctx.state.catalog
 
-    async def apply(session: Any, batch: Sequence[models.Capability]) -> models.Applied:
-        return await models.apply_capabilities(session, batch, cat)
+    async def apply(session: Any, batch: Sequence[Capability]) -> Applied:
+        return await apply_capabilities(session, batch, cat)
 
     started = time.perf_counter()
     try:
@@ -145,7 +118,7 @@ async def on_capability(events: list[CloudEvent], ctx: Context) -> None:
             results = [await apply(session, caps)]
     except (DataError, IntegrityError):
         results = await _one_by_one(ctx, "on_capability", caps, apply)
-    cache = _cache(ctx)
+    cache = ctx.state.health
     events_out = 0
     for applied in results:
         for host_id, health in applied.health.items():
@@ -154,7 +127,7 @@ async def on_capability(events: list[CloudEvent], ctx: Context) -> None:
             BUS_MESSAGES.labels(SERVICE, "on_capability", "stale").inc(applied.stale)
         events_out += applied.events
     if events_out:
-        ctx.state["relay"].poke()
+        ctx.state.relay.poke()
     log.debug("capability batch: %d reports, %d events, %.1f ms", len(caps), events_out,
               (time.perf_counter() - started) * 1000)
 
@@ -163,7 +136,7 @@ async def on_capability(events: list[CloudEvent], ctx: Context) -> None:
 
 @app.consumer(STREAM_TELEMETRY, durable="inventory-telemetry", subject=subjects.HOST_TELEMETRY_ALL, batch=True,
               batch_size=1000, deliver_new=True)
-async def on_telemetry(events: list[CloudEvent], ctx: Context) -> None:
+async def on_telemetry(events: list[CloudEvent], ctx: Ctx) -> None:
     reports = []
     skew = timedelta(seconds=ctx.settings.inventory.telemetry_max_age_s)
     latest_ok = datetime.now(UTC) + skew
@@ -183,7 +156,7 @@ async def on_telemetry(events: list[CloudEvent], ctx: Context) -> None:
         reports.append(report)
     if not reports:
         return
-    cache = _cache(ctx)
+    cache = ctx.state.health
     max_age = ctx.settings.inventory.telemetry_max_age_s
 
     async def apply(session: Any, batch: Sequence[TelemetryReport]) -> telemetry.TelemetryOutcome:
@@ -205,11 +178,11 @@ async def on_telemetry(events: list[CloudEvent], ctx: Context) -> None:
         if out.invalid:
             _reject("on_telemetry", "invalid_data", out.invalid)
     if flips:
-        ctx.state["relay"].poke()
+        ctx.state.relay.poke()
 
 
 @app.consumer(STREAM_EVENTS, durable="inventory-host-status", subject=subjects.HOST_EVENTS_ALL)
-async def on_host_event(event: CloudEvent, ctx: Context) -> None:
+async def on_host_event(event: CloudEvent, ctx: Ctx) -> None:
     """The registry's host.up/host.down keep each host's status."""
     if event.type not in (EventTypes.HOST_UP, EventTypes.HOST_DOWN):
         return
@@ -224,56 +197,56 @@ async def on_host_event(event: CloudEvent, ctx: Context) -> None:
         raise InvalidRequest("host event with an invalid host id") from None
     status = HostStatus.UP if event.type == EventTypes.HOST_UP else HostStatus.DOWN
     async with session_scope(ctx.db) as session:
-        await models.set_host_status(session, host_id, status, event.time)
+        await store.update_host_status(session, host_id, status, event.time)
 
 
 # --------------------------------------------------------------------- endpoints
 
 
 @app.endpoint("sites.list", concurrency=8)
-async def list_sites(req: Empty, ctx: Context) -> SiteList:
+async def list_sites(req: Empty, ctx: Ctx) -> SiteList:
     async with session_scope(ctx.db) as session:
         return SiteList(items=await sites.list_sites(session))
 
 
 @app.endpoint("sites.upsert")
-async def upsert_site(req: Site, ctx: Context) -> Upserted:
+async def upsert_site(req: Site, ctx: Ctx) -> Upserted:
     async with session_scope(ctx.db) as session:
-        return Upserted(created=await sites.upsert_site(session, req))
+        return Upserted(created=await sites.update_site(session, req))
 
 
 @app.endpoint("sites.links")
-async def list_links(req: Empty, ctx: Context) -> SiteLinkList:
+async def list_links(req: Empty, ctx: Ctx) -> SiteLinkList:
     async with session_scope(ctx.db) as session:
         return SiteLinkList(items=await sites.list_links(session))
 
 
 @app.endpoint("sites.summary")
-async def site_summary(req: Empty, ctx: Context) -> SiteSummaryList:
+async def site_summary(req: Empty, ctx: Ctx) -> SiteSummaryList:
     async with session_scope(ctx.db) as session:
-        return SiteSummaryList(items=await sites.summary(session))
+        return SiteSummaryList(items=await sites.list_site_summaries(session))
 
 
 @app.endpoint("hosts.list", concurrency=8)
-async def list_hosts(req: HostQuery, ctx: Context) -> HostPage:
+async def list_hosts(req: HostQuery, ctx: Ctx) -> HostPage:
     async with session_scope(ctx.db) as session:
-        return await queries.list_hosts(session, req)
+        return await store.list_hosts(session, req)
 
 
 @app.endpoint("hosts.get", concurrency=8)
-async def get_host(req: HostRef, ctx: Context) -> HostDetail:
+async def get_host(req: HostRef, ctx: Ctx) -> HostDetail:
     async with session_scope(ctx.db) as session:
-        host = await queries.get_host(session, req.id)
+        host = await store.read_host(session, req.id)
     if host is None:
         raise NotFound(f"no host {req.id!r}")
     return host
 
 
 @app.endpoint("hosts.labels")
-async def set_host_labels(req: HostLabels, ctx: Context) -> HostDetail:
+async def set_host_labels(req: HostLabels, ctx: Ctx) -> HostDetail:
     try:
         async with session_scope(ctx.db) as session:
-            labels = await models.set_labels(session, req)
+            labels = await store.update_host_labels(session, req)
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None
     if labels is None:
@@ -282,47 +255,47 @@ async def set_host_labels(req: HostLabels, ctx: Context) -> HostDetail:
 
 
 @app.endpoint("devices.list", concurrency=8)
-async def list_devices(req: DeviceQuery, ctx: Context) -> DevicePage:
+async def list_devices(req: DeviceQuery, ctx: Ctx) -> DevicePage:
     async with session_scope(ctx.db) as session:
-        return await queries.list_devices(session, req)
+        return await store.list_devices(session, req)
 
 
 @app.endpoint("catalog.list", concurrency=8)
-async def list_catalog(req: CatalogQuery, ctx: Context) -> CatalogPage:
+async def list_catalog(req: CatalogQuery, ctx: Ctx) -> CatalogPage:
     async with session_scope(ctx.db) as session:
         return await catalog.list_entries(session, req)
 
 
 @app.endpoint("catalog.get", concurrency=8)
-async def get_catalog(req: CatalogRef, ctx: Context) -> CatalogEntry:
+async def get_catalog(req: CatalogRef, ctx: Ctx) -> CatalogEntry:
     async with session_scope(ctx.db) as session:
-        entry = await catalog.get_entry(session, req.vendor, req.model)
+        entry = await catalog.read_entry(session, req.vendor, req.model)
     if entry is None:
         raise NotFound(f"no catalog entry {req.vendor}/{req.model}")
     return entry
 
 
 @app.endpoint("catalog.upsert")
-async def upsert_catalog(req: DeviceModel, ctx: Context) -> Upserted:
+async def upsert_catalog(req: DeviceModel, ctx: Ctx) -> Upserted:
     if req.vendor != req.vendor.strip().lower() or not req.vendor:
         raise InvalidRequest("vendor must be a lower-case key such as 'nvidia'",
                              errors=[{"loc": "vendor", "msg": "must be lower case"}])
     async with session_scope(ctx.db) as session:
-        created = await catalog.upsert_entry(session, req)
-        cat = await catalog.load(session)
-        await catalog.rematch_devices(session, cat, req.vendor)
-    ctx.state["catalog"] = cat
+        created = await catalog.update_entry(session, req)
+        cat = await read_catalog(session)
+        await catalog.update_device_matches(session, req.vendor, cat.match)
+    ctx.state.catalog = cat
     return Upserted(created=created)
 
 
 @app.endpoint("rules.list", concurrency=8)
-async def list_rules(req: RuleQuery, ctx: Context) -> RuleSet:
+async def list_rules(req: RuleQuery, ctx: Ctx) -> RuleSet:
     async with session_scope(ctx.db) as session:
         return await catalog.list_rules(session, req)
 
 
 @app.endpoint("rules.upsert")
-async def upsert_rule(req: RuleUpsert, ctx: Context) -> Upserted:
+async def upsert_rule(req: RuleUpsert, ctx: Ctx) -> Upserted:
     rule = req.compat or req.driver
     assert rule is not None  # the model guarantees exactly one
     field, specs = ("compat", [req.compat.framework_versions, req.compat.runtime_versions]) if req.compat else \
@@ -332,4 +305,4 @@ async def upsert_rule(req: RuleUpsert, ctx: Context) -> Upserted:
     except ValueError as exc:
         raise InvalidRequest(str(exc)[:200], errors=[{"loc": field, "msg": "invalid version specifier"}]) from None
     async with session_scope(ctx.db) as session:
-        return Upserted(created=await catalog.upsert_rule(session, rule))
+        return Upserted(created=await catalog.update_rule(session, rule))

@@ -1,57 +1,35 @@
-"""The device-model catalog and compatibility rules: seeded from ``libs/catalog``, edited by operators.
+"""Database functions of the device-model catalog and the compatibility rules (the store's verbs).
 
-The catalog is small (tens of models) and read on every capability report, so each
-instance keeps it in memory with a bounded cache of name matches, and reloads it from
-PostgreSQL after an upsert and every ``catalog_refresh_s``.
+Seeded from ``libs/catalog`` at prestart, edited by operators. Each instance keeps the models
+in memory (``state.Catalog``) and reads them again after an edit and every
+``inventory.catalog_refresh_s``. Apart from ``store`` (reported hosts and devices) for size.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import and_, func, literal_column, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from libs.catalog.loader import match_model
 from libs.schemas.catalog import CompatRule, DeviceModel, RuntimeDriverRule
 from libs.schemas.inventory import CatalogEntry, CatalogPage, CatalogQuery, RuleKind, RuleQuery, RuleSet
 from services.inventory.orm import catalog, devices, rules
-
-
-class Catalog:
-    """The catalog in memory, with a bounded cache of (vendor, printed name) → match."""
-
-    def __init__(self, models: Sequence[DeviceModel], *, cache_size: int = 4096) -> None:
-        self.models = list(models)
-        self._cache: OrderedDict[tuple[str, str], DeviceModel | None] = OrderedDict()
-        self._cache_size = cache_size
-
-    def match(self, vendor: str, name: str) -> DeviceModel | None:
-        key = (vendor, name)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        found = match_model(vendor, name, self.models)
-        self._cache[key] = found
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        return found
 
 
 def _entry(row: Any) -> CatalogEntry:
     return CatalogEntry.model_validate({**row.data, "origin": row.origin, "updated_at": row.updated_at})
 
 
-async def load(session: AsyncSession) -> Catalog:
+async def list_models(session: AsyncSession) -> list[DeviceModel]:
     rows = (await session.execute(select(catalog.c.data))).scalars().all()
-    return Catalog([DeviceModel.model_validate(data) for data in rows])
+    return [DeviceModel.model_validate(data) for data in rows]
 
 
-async def seed(session: AsyncSession, models: Sequence[DeviceModel], compat: Sequence[CompatRule],
-               driver: Sequence[RuntimeDriverRule]) -> None:
+async def update_seed(session: AsyncSession, models: Sequence[DeviceModel], compat: Sequence[CompatRule],
+                      driver: Sequence[RuntimeDriverRule]) -> None:
     """Idempotent: insert new seed entries, refresh changed ones, never touch operator edits."""
     if models:
         stmt = insert(catalog).values([{"vendor": m.vendor, "model": m.model, "hardware_type": m.hardware_type.value,
@@ -87,13 +65,13 @@ async def list_entries(session: AsyncSession, q: CatalogQuery) -> CatalogPage:
     return CatalogPage(items=items, next_cursor=f"{items[-1].vendor}/{items[-1].model}" if more else None)
 
 
-async def get_entry(session: AsyncSession, vendor: str, model: str) -> CatalogEntry | None:
+async def read_entry(session: AsyncSession, vendor: str, model: str) -> CatalogEntry | None:
     row = (await session.execute(select(catalog).where(catalog.c.vendor == vendor.lower(),
                                                        catalog.c.model == model))).first()
     return _entry(row) if row else None
 
 
-async def upsert_entry(session: AsyncSession, model: DeviceModel) -> bool:
+async def update_entry(session: AsyncSession, model: DeviceModel) -> bool:
     """Create or replace an entry as an operator edit; True when it was created."""
     stmt = insert(catalog).values(vendor=model.vendor, model=model.model, hardware_type=model.hardware_type.value,
                                   data=model.model_dump(mode="json"), origin="operator")
@@ -124,7 +102,7 @@ async def list_rules(session: AsyncSession, q: RuleQuery) -> RuleSet:
     return out
 
 
-async def upsert_rule(session: AsyncSession, rule: CompatRule | RuntimeDriverRule) -> bool:
+async def update_rule(session: AsyncSession, rule: CompatRule | RuntimeDriverRule) -> bool:
     kind = RuleKind.COMPAT if isinstance(rule, CompatRule) else RuleKind.DRIVER
     stmt = insert(rules).values(kind=kind.value, id=rule.id, vendor=rule.vendor, data=rule.model_dump(mode="json"),
                                 origin="operator")
@@ -135,12 +113,13 @@ async def upsert_rule(session: AsyncSession, rule: CompatRule | RuntimeDriverRul
     return bool((await session.execute(upsert)).scalar_one())
 
 
-async def rematch_devices(session: AsyncSession, cat: Catalog, vendor: str) -> int:
+async def update_device_matches(session: AsyncSession, vendor: str,
+                                match: Callable[[str, str], DeviceModel | None]) -> int:
     """After a catalog edit: match every reported model of the vendor again; returns rows changed."""
     names = (await session.execute(select(devices.c.model).where(devices.c.vendor == vendor).distinct())).scalars()
     changed = 0
     for name in list(names):
-        found = cat.match(vendor, name)
+        found = match(vendor, name)
         result = await session.execute(
             update(devices).where(devices.c.vendor == vendor, devices.c.model == name,
                                   or_(devices.c.catalog_model.is_distinct_from(found.model if found else None),

@@ -19,7 +19,7 @@ async def seed(settings: Settings) -> None:
     engine = make_engine(settings.database_dsn(), settings.db, application_name="xpumesh-prestart")
     try:
         async with session_scope(make_sessionmaker(engine)) as session:
-            await sites.seed(session, site_list, links)
-            await catalog.seed(session, models, compat, driver)
+            await sites.update_sites(session, site_list, links)
+            await catalog.update_seed(session, models, compat, driver)
     finally:
         await engine.dispose()

@@ -1,4 +1,8 @@
-"""Sites and site links in PostgreSQL: seeded from configuration, listed, summarised."""
+"""Database functions of sites and site links (the store's verbs): seeded from configuration, listed, summarised.
+
+Apart from ``store`` (reported hosts and devices) for size; the capability path creates the
+sites agents name that configuration did not (``create_reported_sites``).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from libs.sites import derive_link
 from services.inventory.orm import site_links, sites
 
 
-async def seed(session: AsyncSession, site_list: Sequence[Site], links: Sequence[SiteLink]) -> None:
+async def update_sites(session: AsyncSession, site_list: Sequence[Site], links: Sequence[SiteLink]) -> None:
     """Idempotent upsert of the configured sites and links (sites agents invented are completed)."""
     if site_list:
         stmt = insert(sites).values([{**s.model_dump(), "origin": "config"} for s in site_list])
@@ -28,16 +32,23 @@ async def seed(session: AsyncSession, site_list: Sequence[Site], links: Sequence
             "updated_at": func.now()}))
 
 
-async def upsert_site(session: AsyncSession, site: Site) -> bool:
+async def update_site(session: AsyncSession, site: Site) -> bool:
     """Create or update one site; links it lacks to other sites are derived from distance. True when created."""
     known = {s.id: s for s in await list_sites(session)}
-    await seed(session, [site], [])
+    await update_sites(session, [site], [])
     have = {(lk.a, lk.b) for lk in await list_links(session, site.id)}
     missing = [derive_link(site, other) for other in known.values()
                if other.id != site.id and tuple(sorted((site.id, other.id))) not in have]
     if missing:
         await session.execute(insert(site_links).values([lk.model_dump() for lk in missing]).on_conflict_do_nothing())
     return site.id not in known
+
+
+async def create_reported_sites(session: AsyncSession, site_ids: Sequence[str]) -> None:
+    """Sites named by agents' reports, created (city = id, origin ``auto``) unless they exist."""
+    if site_ids:
+        await session.execute(insert(sites).values([{"id": s, "city": s, "origin": "auto"} for s in site_ids])
+                              .on_conflict_do_nothing())
 
 
 async def list_sites(session: AsyncSession) -> list[Site]:
@@ -61,7 +72,7 @@ FROM inventory.devices GROUP BY site, hardware_type, health
 SUMMARY_HOSTS = text("SELECT site, status, count(*) AS n FROM inventory.hosts GROUP BY site, status")
 
 
-async def summary(session: AsyncSession) -> list[SiteSummary]:
+async def list_site_summaries(session: AsyncSession) -> list[SiteSummary]:
     """Per site: hosts by status, devices by hardware type and health."""
     out = {s.id: SiteSummary(site=s.id, city=s.city, region=s.region, lat=s.lat, lon=s.lon)
            for s in await list_sites(session)}

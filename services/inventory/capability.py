@@ -1,0 +1,137 @@
+"""Capability reports applied to hosts and devices.
+
+Capability reports arrive in batches. One transaction applies a batch: hosts are locked,
+reports older than (or as old as) the host's generation are skipped, the rest replace
+the host's facts, discovered labels and devices in place. Device identity is
+(vendor, index, uuid); a device that appears, disappears or flips health emits an event
+through the outbox in the same transaction.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from libs.events import EventTypes
+from libs.schemas.devices import Device, Health
+from libs.schemas.hostevents import CapabilityReport
+from libs.schemas.inventory import HostStatus
+from services.inventory import sites, store
+from services.inventory.events import device_event
+from services.inventory.state import Catalog
+
+
+@dataclass(frozen=True)
+class Capability:
+    report: CapabilityReport
+    reported_at: datetime
+
+
+@dataclass
+class Applied:
+    """What a batch changed: counts, and each applied host's device health by slot (for caches)."""
+
+    applied: int = 0
+    stale: int = 0
+    events: int = 0
+    health: dict[str, list[Health]] = field(default_factory=dict)
+    sites: dict[str, str] = field(default_factory=dict)
+
+
+def _device_row(report: CapabilityReport, slot: int, d: Device, cat: Catalog) -> dict[str, Any]:
+    match = cat.match(d.vendor, d.model)
+    return {
+        "host_id": report.host_id, "slot": slot, "site": report.site, "vendor": d.vendor, "vendor_index": d.index,
+        "hardware_type": d.hardware_type.value, "model": d.model,
+        "catalog_model": match.model if match else None, "compute_units": match.device_compute_units if match else None,
+        "memory_mib": d.memory_mib, "driver_version": d.driver_version, "runtimes": d.runtimes,
+        "firmware_version": d.firmware_version, "uuid": d.uuid, "pci_bus_id": d.pci_bus_id, "numa_node": d.numa_node,
+        "links": [{"peer_index": lk.peer_index, "kind": lk.kind} for lk in d.links], "extra": d.extra,
+        "health": d.health.value,
+        "health_changed_at": None,
+    }
+
+
+def _diff(report: CapabilityReport, old: Sequence[dict[str, Any]], cat: Catalog,
+          now: datetime) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """New device rows for the host and the events the change implies."""
+    old_by_key = {(r["vendor"], r["vendor_index"]): r for r in old}
+    rows, events = [], []
+    seen = set()
+    for slot, d in enumerate(report.devices):
+        row = _device_row(report, slot, d, cat)
+        key = (d.vendor, d.index)
+        seen.add(key)
+        prev = old_by_key.get(key)
+        if prev is None or (prev["uuid"] or "") != (d.uuid or ""):
+            if prev is not None:
+                events.append(device_event(EventTypes.DEVICE_REMOVED, prev, "capability"))
+            row["health_changed_at"] = now
+            events.append(device_event(EventTypes.DEVICE_ADDED, row, "capability"))
+        else:
+            row["health_changed_at"] = prev["health_changed_at"]
+            if d.health == Health.UNKNOWN:  # the probe could not tell: keep what telemetry said
+                row["health"] = prev["health"]
+            elif row["health"] != prev["health"]:
+                row["health_changed_at"] = now
+                etype = EventTypes.DEVICE_UNHEALTHY if d.health == Health.UNHEALTHY else EventTypes.DEVICE_HEALTHY
+                events.append(device_event(etype, row, "capability"))
+        rows.append(row)
+    for key, prev in old_by_key.items():
+        if key not in seen:
+            events.append(device_event(EventTypes.DEVICE_REMOVED, prev, "capability"))
+    return rows, events
+
+
+def _host_row(c: Capability, now: datetime) -> dict[str, Any]:
+    r = c.report
+    return {
+        "id": r.host_id, "site": r.site, "hostname": r.facts.hostname, "status": HostStatus.UP.value,
+        "generation": r.generation, "agent_version": r.agent_version, "facts": r.facts.model_dump(mode="json"),
+        "discovered_labels": r.labels, "device_count": len(r.devices),
+        "hardware_types": dict(Counter(d.hardware_type.value for d in r.devices)), "updated_at": now,
+        "reported_at": c.reported_at, "status_changed_at": c.reported_at}
+
+
+def latest_per_host(caps: Iterable[Capability]) -> list[Capability]:
+    best: dict[str, Capability] = {}
+    for c in caps:
+        cur = best.get(c.report.host_id)
+        if cur is None or c.report.generation > cur.report.generation:
+            best[c.report.host_id] = c
+    return list(best.values())
+
+
+async def apply_capabilities(session: AsyncSession, caps: Sequence[Capability], cat: Catalog) -> Applied:
+    """Apply a batch of capability reports in the caller's transaction."""
+    out = Applied()
+    latest = latest_per_host(caps)
+    out.stale = len(caps) - len(latest)
+    current = await store.read_host_generations(session, [c.report.host_id for c in latest])
+    fresh = [c for c in latest if c.report.host_id not in current or c.report.generation > current[c.report.host_id]]
+    out.stale += len(latest) - len(fresh)
+    if not fresh:
+        return out
+    now = datetime.now(UTC)
+    await sites.create_reported_sites(session, sorted({c.report.site for c in fresh}))
+    old = await store.list_device_rows(session, [c.report.host_id for c in fresh])
+    host_rows, device_rows, events = [], [], []
+    for c in fresh:
+        r = c.report
+        rows, evs = _diff(r, old.get(r.host_id, []), cat, now)
+        device_rows += rows
+        events += evs
+        host_rows.append(_host_row(c, now))
+        out.health[r.host_id] = [Health(row["health"]) for row in rows]
+        out.sites[r.host_id] = r.site
+    await store.update_hosts(session, host_rows)
+    await store.delete_extra_devices(session, {c.report.host_id: len(c.report.devices) for c in fresh})
+    await store.update_devices(session, device_rows)
+    await store.create_events(session, events)
+    out.applied, out.events = len(fresh), len(events)
+    return out
