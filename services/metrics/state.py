@@ -129,7 +129,7 @@ async def recover(rt: MetricsState) -> None:
         rows = await store.list_open_minutes(conn, after, since)
         latest = await store.list_latest_samples(conn, now - timedelta(seconds=rt.stale_s))
         ahead = await store.read_max_batch(conn, now - timedelta(seconds=settings.max_sample_age_s),
-                                       time.time_ns() // 1000 - 60_000_000)
+                                           time.time_ns() // 1000 - 60_000_000)
         rt.ingest.last_batch = max(after, ahead)
     fleet, rollups = rt.fleet, rt.rollups
     for r in rows:
