@@ -9,21 +9,29 @@ through the outbox in the same transaction.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from libs.events import EventTypes
+from libs.events import CloudEvent, EventTypes
 from libs.schemas.devices import Device, Health
 from libs.schemas.hostevents import CapabilityReport
 from libs.schemas.inventory import HostStatus
 from services.inventory import sites, store
+from services.inventory.batches import apply_batch, count, reject
+from services.inventory.checks import check_capability
 from services.inventory.events import device_event
-from services.inventory.state import Catalog
+from services.inventory.state import Catalog, InventoryState
+
+log = logging.getLogger(__name__)
+HANDLER = "on_capability"
 
 
 @dataclass(frozen=True)
@@ -135,3 +143,45 @@ async def apply_capabilities(session: AsyncSession, caps: Sequence[Capability], 
     await store.create_events(session, events)
     out.applied, out.events = len(fresh), len(events)
     return out
+
+
+def accept(events: Sequence[CloudEvent]) -> list[Capability]:
+    """The batch's well-formed capability reports; the rest are counted and dropped."""
+    caps = []
+    for event in events:
+        if event.type != EventTypes.HOST_CAPABILITY:
+            reject(HANDLER, "wrong_type")
+            continue
+        try:
+            report = CapabilityReport.model_validate(event.data)
+            check_capability(report, event.subject)
+        except (ValidationError, ValueError) as exc:
+            reject(HANDLER, "invalid_data")
+            log.warning("%s: rejected a report: %s", HANDLER,
+                        f"{exc.error_count()} validation errors" if isinstance(exc, ValidationError) else exc)
+            continue
+        caps.append(Capability(report, event.time))
+    return caps
+
+
+async def ingest(sessions: async_sessionmaker[AsyncSession], state: InventoryState, events: Sequence[CloudEvent]) -> None:
+    """A batch of capability events, end to end: accepted, applied, the health cache and relay told."""
+    caps = accept(events)
+    if not caps:
+        return
+    cat = state.catalog
+
+    async def apply(session: AsyncSession, batch: Sequence[Capability]) -> Applied:
+        return await apply_capabilities(session, batch, cat)
+
+    started = time.perf_counter()
+    events_out = 0
+    for applied in await apply_batch(sessions, HANDLER, caps, apply):
+        for host_id, health in applied.health.items():
+            state.health.put(host_id, applied.sites[host_id], health)
+        count(HANDLER, "stale", applied.stale)
+        events_out += applied.events
+    if events_out:
+        state.relay.poke()
+    log.debug("capability batch: %d reports, %d events, %.1f ms", len(caps), events_out,
+              (time.perf_counter() - started) * 1000)

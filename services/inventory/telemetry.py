@@ -17,14 +17,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from libs.events import EventTypes
+from libs.events import CloudEvent, EventTypes
 from libs.schemas.devices import Health
 from libs.schemas.hostevents import TelemetryReport
 from services.inventory import store
+from services.inventory.batches import apply_batch, count, reject
 from services.inventory.events import device_event
-from services.inventory.state import HealthCache
+from services.inventory.state import HealthCache, InventoryState
+
+HANDLER = "on_telemetry"
 
 
 @dataclass
@@ -95,3 +99,48 @@ async def apply_telemetry(session: AsyncSession, reports: Sequence[TelemetryRepo
         # Whether PostgreSQL flipped it or it already was so, this is the device's health once committed.
         out.cache_updates = changes
     return out
+
+
+def accept(events: Sequence[CloudEvent], *, max_age_s: float) -> list[TelemetryReport]:
+    """The batch's well-formed telemetry reports; the rest are counted and dropped. A report from further
+    in the future than ``max_age_s`` (a clock far off) is refused too."""
+    reports = []
+    latest_ok = datetime.now(UTC) + timedelta(seconds=max_age_s)
+    for event in events:
+        if event.type != EventTypes.HOST_TELEMETRY:
+            reject(HANDLER, "wrong_type")
+            continue
+        try:
+            report = TelemetryReport.model_validate(event.data)
+        except ValidationError:
+            reject(HANDLER, "invalid_data")
+            continue
+        # Non-finite readings are refused where the samples are serialized (apply_telemetry).
+        if report.ts > latest_ok or any(s[0] < 0 for s in report.devices):
+            reject(HANDLER, "invalid_data")
+            continue
+        reports.append(report)
+    return reports
+
+
+async def ingest(sessions: async_sessionmaker[AsyncSession], state: InventoryState, events: Sequence[CloudEvent], *,
+                 max_age_s: float) -> None:
+    """A batch of telemetry events, end to end: accepted, applied, the health cache and relay told."""
+    reports = accept(events, max_age_s=max_age_s)
+    if not reports:
+        return
+    cache = state.health
+
+    async def apply(session: AsyncSession, batch: Sequence[TelemetryReport]) -> TelemetryOutcome:
+        return await apply_telemetry(session, batch, cache, max_age_s=max_age_s)
+
+    flips = 0
+    for out in await apply_batch(sessions, HANDLER, reports, apply):
+        cache.apply(out.cache_updates)
+        flips += out.flips
+        count(HANDLER, "unknown_host", out.unknown_host)
+        count(HANDLER, "too_old", out.too_old)
+        if out.invalid:
+            reject(HANDLER, "invalid_data", out.invalid)
+    if flips:
+        state.relay.poke()
