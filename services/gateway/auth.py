@@ -26,7 +26,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 from pydantic import BaseModel, ConfigDict
@@ -36,8 +36,11 @@ from libs.db import session_scope
 from libs.metrics import BUS_REJECTED
 from libs.schemas.tenancy import Role
 from libs.service import Context
-from services.gateway import models
+from services.gateway import store
 from services.gateway.problems import ProblemError
+
+if TYPE_CHECKING:
+    from services.gateway.state import GatewayState
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +80,7 @@ class _Bucket:
 
 
 class AuthState:
-    """Per-process caches: verified keys (short TTL) and token buckets."""
+    """Per-process caches (``GatewayState.auth``): verified keys (short TTL), token buckets, lookups in flight."""
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
@@ -119,13 +122,6 @@ class AuthState:
         return (1.0 - b.tokens) / rate
 
 
-def auth_state(ctx: Context) -> AuthState:
-    state: AuthState | None = ctx.state.get("auth")
-    if state is None:
-        state = ctx.state["auth"] = AuthState(ctx.settings.gateway)
-    return state
-
-
 def _unauthorized(title: str, detail: str) -> ProblemError:
     return ProblemError(401, title, detail, headers={"WWW-Authenticate": 'Bearer realm="xpumesh"'})
 
@@ -140,9 +136,9 @@ def bearer_token(request: Request) -> str | None:
     return token.strip()
 
 
-async def principal_for_key(ctx: Context, secret: str) -> Principal | None:
+async def principal_for_key(ctx: Context[GatewayState], secret: str) -> Principal | None:
     """The principal of a key (cached for ``key_cache_s``), or None for an unknown or revoked key."""
-    state = auth_state(ctx)
+    state = ctx.state.auth
     digest = hashlib.sha256(secret.encode()).hexdigest()
     hit, principal = state.cached(digest)
     if hit:
@@ -159,7 +155,7 @@ async def principal_for_key(ctx: Context, secret: str) -> Principal | None:
     state.lookups[digest] = fut
     try:
         async with session_scope(ctx.db) as session:
-            key = await models.verify_key(session, secret)
+            key = await store.read_live_key(session, secret)
         principal = Principal(key_id=key.id, tenant=key.tenant, role=key.role) if key is not None else None
         state.remember(digest, principal)
         fut.set_result(principal)
@@ -186,7 +182,7 @@ async def authenticate(request: Request) -> Principal:
     if token is None:
         BUS_REJECTED.labels("gateway", "auth", "missing_key").inc()
         raise _unauthorized("Missing API key", "send the header 'Authorization: Bearer <key>'")
-    ctx: Context = request.app.state.ctx
+    ctx: Context[GatewayState] = request.app.state.ctx
     principal = await principal_for_key(ctx, token)
     if principal is None:
         BUS_REJECTED.labels("gateway", "auth", "invalid_key").inc()
@@ -196,9 +192,9 @@ async def authenticate(request: Request) -> Principal:
     return principal
 
 
-def charge(ctx: Context, principal: Principal) -> None:
+def charge(ctx: Context[GatewayState], principal: Principal) -> None:
     """Take one request from the key's token bucket; 429 with Retry-After when it is empty."""
-    wait = auth_state(ctx).take(principal.key_id)
+    wait = ctx.state.auth.take(principal.key_id)
     if wait > 0:
         BUS_REJECTED.labels("gateway", "auth", "rate_limited").inc()
         raise ProblemError(429, "Too many requests",

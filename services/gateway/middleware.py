@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from libs.db import json_has_nul, session_scope
 from libs.metrics import BUS_REJECTED
 from libs.service import Context
-from services.gateway import models
+from services.gateway import store
 from services.gateway.auth import charge, principal_for_key
 from services.gateway.cache import CACHEABLE_PATHS, ReadCache
 from services.gateway.problems import ProblemError, problem_response
@@ -174,7 +174,7 @@ class GatewayMiddleware:
         ttl = timedelta(seconds=self.ctx.settings.gateway.idempotency_ttl_s)
         try:
             async with session_scope(self.ctx.db) as session:
-                stored = await models.claim_idempotency_key(session, key_id=principal.key_id, idem_key=idem_key,
+                stored = await store.create_idempotency_claim(session, key_id=principal.key_id, idem_key=idem_key,
                                                             method="POST", path=path, request_hash=digest, ttl=ttl,
                                                             in_flight=IDEMPOTENCY_IN_FLIGHT)
         except Exception:
@@ -197,16 +197,16 @@ class GatewayMiddleware:
         try:
             async with session_scope(self.ctx.db) as session:
                 if captured is not None and captured.storable():
-                    await models.store_idempotent_response(
+                    await store.update_idempotency_response(
                         session, key_id=key_id, idem_key=idem_key, status_code=captured.status,
                         content_type=captured.content_type, body=b"".join(captured.chunks))
                 else:
-                    await models.release_idempotency_key(session, key_id=key_id, idem_key=idem_key)
+                    await store.delete_idempotency_claim(session, key_id=key_id, idem_key=idem_key)
         except Exception:
             log.exception("idempotency record not written")
 
 
-async def _answer_stored(stored: models.StoredResponse, digest: str, path: str, scope: Scope, receive: Receive,
+async def _answer_stored(stored: store.StoredResponse, digest: str, path: str, scope: Scope, receive: Receive,
                          send: Send) -> None:
     if stored.request_hash != digest or stored.path != path:
         BUS_REJECTED.labels("gateway", "http", "idempotency_mismatch").inc()

@@ -3,7 +3,7 @@ live in the scheduler, see ``services/scheduler/quotas.py``).
 
 Keys are ``xpm_`` + 32 random bytes (urlsafe base64). Only the sha256 of a key is stored,
 with its first characters as a non-secret lookup prefix; verification compares digests in
-constant time. Model functions take a session and only flush; the caller commits.
+constant time. Every function takes a session and only flushes; the caller owns the transaction.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ async def create_key(session: AsyncSession, *, tenant: str, role: Role, name: st
     return _api_key(row), secret
 
 
-async def verify_key(session: AsyncSession, secret: str) -> ApiKey | None:
+async def read_live_key(session: AsyncSession, secret: str) -> ApiKey | None:
     """The live key whose secret this is, or None. Candidates by prefix; digests compared in constant time."""
     if len(secret) < MIN_KEY_LEN or len(secret) > 256:
         return None
@@ -88,22 +88,23 @@ async def list_keys(session: AsyncSession, *, tenant: str | None, after: str | N
     return items, (items[-1].id if len(rows) > limit else None)
 
 
-async def revoke_key(session: AsyncSession, key_id: str) -> ApiKey | None:
+async def update_key_revoked(session: AsyncSession, key_id: str) -> ApiKey | None:
+    """Revoke a key (an already revoked one keeps its time); None when there is no such key."""
     row = (await session.execute(
         update(api_keys).where(api_keys.c.id == key_id)
         .values(revoked_at=func.coalesce(api_keys.c.revoked_at, datetime.now(UTC))).returning(*api_keys.c))).one_or_none()
     return _api_key(row) if row is not None else None
 
 
-async def any_admin_key(session: AsyncSession) -> bool:
-    row = (await session.execute(select(api_keys.c.id).where(
-        api_keys.c.role == str(Role.ADMIN), api_keys.c.revoked_at.is_(None)).limit(1))).first()
-    return row is not None
+async def count_live_admin_keys(session: AsyncSession) -> int:
+    return int(await session.scalar(select(func.count()).select_from(api_keys).where(
+        api_keys.c.role == str(Role.ADMIN), api_keys.c.revoked_at.is_(None))) or 0)
 
 
-async def key_exists(session: AsyncSession, secret: str) -> bool:
-    row = (await session.execute(select(api_keys.c.id).where(api_keys.c.hash == key_digest(secret)))).first()
-    return row is not None
+async def count_keys_with_secret(session: AsyncSession, secret: str) -> int:
+    """Keys, live or revoked, whose secret this is (0 or 1)."""
+    return int(await session.scalar(select(func.count()).select_from(api_keys).where(
+        api_keys.c.hash == key_digest(secret))) or 0)
 
 
 # --- idempotency ---------------------------------------------------------------------------
@@ -117,7 +118,7 @@ class StoredResponse:
     body: bytes | None
 
 
-async def claim_idempotency_key(session: AsyncSession, *, key_id: str, idem_key: str, method: str, path: str,
+async def create_idempotency_claim(session: AsyncSession, *, key_id: str, idem_key: str, method: str, path: str,
                                 request_hash: str, ttl: timedelta,
                                 in_flight: timedelta = timedelta(minutes=2)) -> StoredResponse | None:
     """Claim the key for this request (None), or return what an earlier request with it stored.
@@ -139,21 +140,21 @@ async def claim_idempotency_key(session: AsyncSession, *, key_id: str, idem_key:
     return StoredResponse(row.request_hash, row.method, row.path, row.status_code, row.content_type, row.body)
 
 
-async def store_idempotent_response(session: AsyncSession, *, key_id: str, idem_key: str, status_code: int,
+async def update_idempotency_response(session: AsyncSession, *, key_id: str, idem_key: str, status_code: int,
                                     content_type: str | None, body: bytes) -> None:
     await session.execute(update(idempotency_keys).where(
         idempotency_keys.c.key_id == key_id, idempotency_keys.c.idem_key == idem_key).values(
         status_code=status_code, content_type=content_type, body=body))
 
 
-async def release_idempotency_key(session: AsyncSession, *, key_id: str, idem_key: str) -> None:
+async def delete_idempotency_claim(session: AsyncSession, *, key_id: str, idem_key: str) -> None:
     """Forget a claim whose request failed on our side, so a retry runs again."""
     await session.execute(delete(idempotency_keys).where(
         idempotency_keys.c.key_id == key_id, idempotency_keys.c.idem_key == idem_key,
         idempotency_keys.c.status_code.is_(None)))
 
 
-async def prune_idempotency(session: AsyncSession, ttl: timedelta) -> int:
+async def delete_expired_idempotency(session: AsyncSession, ttl: timedelta) -> int:
     result = await session.execute(delete(idempotency_keys).where(
         idempotency_keys.c.created_at < datetime.now(UTC) - ttl))
     return int(getattr(result, "rowcount", 0) or 0)

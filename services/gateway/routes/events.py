@@ -3,9 +3,10 @@
 Each SSE ``id`` is the event's JetStream stream sequence. A client that reconnects with
 ``Last-Event-ID: N`` gets everything after N that matches its filters, nothing missed: the
 stream is read in order by one ephemeral pull consumer starting at N+1 (a new client starts
-at the next event). The gateway fetches at most ``gateway.sse_buffer`` events ahead of what
-the client has taken, so a slow client is paused rather than buffered without bound.
-Keep-alive comments go out every ``gateway.sse_heartbeat_s`` when nothing else does.
+at the next event), a ``libs.bus.consumer.PullConsumer`` that is deleted when the client goes.
+At most ``gateway.sse_buffer`` frames wait for the client, so a slow client is paused rather
+than buffered without bound. Keep-alive comments go out every ``gateway.sse_heartbeat_s`` when
+nothing else does; streams end when the service stops.
 """
 
 from __future__ import annotations
@@ -17,19 +18,21 @@ import secrets
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from libs.bus.connection import STREAM_EVENTS
-from libs.events import CloudEvent, InvalidEnvelope
-from libs.metrics import BUS_REJECTED
+from libs.bus.consumer import Delivery, PullConsumer, envelope
+from libs.events import CloudEvent
 from libs.schemas.subscriptions import check_type_pattern
 from libs.service import Context
 from services.gateway.auth import CurrentPrincipal, tenant_filter
 from services.gateway.deps import Ctx
 from services.gateway.openapi import problem
 from services.gateway.problems import ProblemError
+from services.gateway.state import GatewayState
 from services.gateway.webhooks.filters import EventFilter
 
 log = logging.getLogger(__name__)
@@ -60,43 +63,77 @@ def frame(seq: int, event: CloudEvent) -> bytes:
     return f"id: {seq}\nevent: {event.type}\ndata: {event.model_dump_json(exclude_none=True)}\n\n".encode()
 
 
-async def _consumer(ctx: Context, flt: EventFilter, start: int | None, batch: int) -> Any:
-    config = ConsumerConfig(
-        name="sse_" + secrets.token_hex(8), ack_policy=AckPolicy.ALL, filter_subject=flt.nats_filter(),
-        deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start is not None else DeliverPolicy.NEW,
-        opt_start_seq=start, inactive_threshold=30.0, mem_storage=True, num_replicas=1, max_ack_pending=batch * 4,
-        ack_wait=60.0)
-    return await ctx.bus.js.pull_subscribe(flt.nats_filter(), durable=None, stream=STREAM_EVENTS, config=config)
+class SseReader:
+    """One client's stream: an ephemeral consumer feeding a bounded queue of frames.
+
+    The consumer's handler waits while the queue is full (``gateway.sse_buffer`` frames), so a
+    slow client pauses its consumer instead of growing memory. A frame whose stream sequence
+    is not after the last one queued (a redelivery) is not sent twice.
+    """
+
+    def __init__(self, ctx: Context[GatewayState], flt: EventFilter, start: int | None) -> None:
+        settings = ctx.settings.gateway
+        batch = max(1, min(settings.sse_buffer, 256))
+        name = "sse_" + secrets.token_hex(8)
+        config = ConsumerConfig(
+            name=name, ack_policy=AckPolicy.ALL, filter_subject=flt.nats_filter(),
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start is not None else DeliverPolicy.NEW,
+            opt_start_seq=start, inactive_threshold=30.0, mem_storage=True, num_replicas=1,
+            max_ack_pending=batch * 4, ack_wait=60.0)
+        self.ctx, self.flt, self.name = ctx, flt, name
+        self.frames: asyncio.Queue[bytes] = asyncio.Queue(settings.sse_buffer)
+        self.last_seq = (start or 1) - 1
+        self.consumer = PullConsumer(ctx.bus, stream=STREAM_EVENTS, durable=name, handle=self._enqueue,
+                                     decode=envelope, service="gateway", name="sse", config=config, batch=batch,
+                                     dedupe=0, drain_timeout_s=ctx.settings.bus.drain_timeout_s)
+
+    async def _enqueue(self, batch: list[Delivery[CloudEvent]]) -> None:
+        for d in batch:
+            seq = d.msg.metadata.sequence.stream
+            if seq > self.last_seq and self.flt.matches(d.item, d.msg.subject):
+                await self.frames.put(frame(seq, d.item))
+                self.last_seq = seq
+
+    async def next(self, stopped: asyncio.Future[Any], timeout: float) -> bytes | None:
+        """The next frame; None when none came within ``timeout`` or the service is stopping."""
+        if not self.frames.empty():
+            return self.frames.get_nowait()
+        getter = asyncio.ensure_future(self.frames.get())
+        try:
+            await asyncio.wait((getter, stopped), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not getter.done():
+                getter.cancel()  # a frame it was woken for stays in the queue
+        return getter.result() if getter.done() and not getter.cancelled() else None
+
+    async def close(self) -> None:
+        """Stop reading (a handler waiting on the full queue is cancelled) and delete the consumer."""
+        await self.consumer.close()
+        with contextlib.suppress(Exception):
+            await self.ctx.bus.js.delete_consumer(STREAM_EVENTS, self.name)
 
 
-async def _stream(ctx: Context, psub: Any, flt: EventFilter, batch: int) -> AsyncIterator[bytes]:
+async def _stream(ctx: Context[GatewayState], reader: SseReader) -> AsyncIterator[bytes]:
     heartbeat = ctx.settings.gateway.sse_heartbeat_s
-    closing: asyncio.Event = ctx.state.setdefault("closing", asyncio.Event())
-    ctx.state["sse_clients"] = ctx.state.get("sse_clients", 0) + 1
+    state = ctx.state
+    state.sse_clients += 1
+    run = asyncio.create_task(reader.consumer.run(), name=f"sse:{reader.name}")
+    stopped = asyncio.ensure_future(ctx.stopping.wait())
     try:
         yield b": connected\n\n"
-        while not closing.is_set():
-            try:
-                msgs = await psub.fetch(batch, timeout=heartbeat)
-            except TimeoutError:  # nats raises both its own and asyncio's
+        while not ctx.stopping.is_set():
+            item = await reader.next(stopped, heartbeat)
+            if item is not None:
+                yield item
+            elif not ctx.stopping.is_set():
                 yield b": keep-alive\n\n"
-                continue
-            for m in msgs:
-                try:
-                    event = CloudEvent.from_bytes(m.data)
-                except InvalidEnvelope:
-                    BUS_REJECTED.labels("gateway", "sse", "malformed_envelope").inc()
-                    continue
-                if flt.matches(event, m.subject):
-                    yield frame(m.metadata.sequence.stream, event)
-            if msgs:
-                await msgs[-1].ack()
     finally:
-        ctx.state["sse_clients"] = ctx.state.get("sse_clients", 1) - 1
-        with contextlib.suppress(Exception):
-            info = await psub.consumer_info()
-            await psub.unsubscribe()
-            await ctx.bus.js.delete_consumer(STREAM_EVENTS, info.name)
+        state.sse_clients -= 1
+        stopped.cancel()
+        run.cancel()
+        with anyio.CancelScope(shield=True):  # a disconnect cancels the response: clean up all the same
+            await asyncio.gather(run, return_exceptions=True)
+            await reader.close()
 
 
 @router.get("/v1/events", summary="Live events as Server-Sent Events; resume with Last-Event-ID",
@@ -123,16 +160,15 @@ async def stream_events(
     except ValueError as exc:
         raise ProblemError(422, "Invalid event type pattern", str(exc)) from None
     start = _start(last_event_id)
-    settings = ctx.settings.gateway
-    if ctx.state.get("sse_clients", 0) >= settings.sse_max_clients:
+    if ctx.state.sse_clients >= ctx.settings.gateway.sse_max_clients:
         raise ProblemError(503, "Too many streams", "this gateway serves its maximum of event streams; retry later",
                            headers={"Retry-After": "5"})
     flt = EventFilter(types=patterns, site=site, tenant=tenant_filter(principal))
-    batch = max(1, min(settings.sse_buffer, 256))
+    reader = SseReader(ctx, flt, start)
     try:
-        psub = await _consumer(ctx, flt, start, batch)
+        await reader.consumer.start()
     except Exception:
         log.exception("event stream consumer not created")
         raise ProblemError(503, "Event stream unavailable", "retry shortly", headers={"Retry-After": "1"}) from None
-    return StreamingResponse(_stream(ctx, psub, flt, batch), media_type="text/event-stream",
+    return StreamingResponse(_stream(ctx, reader), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

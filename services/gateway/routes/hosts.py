@@ -55,7 +55,11 @@ def string_cursor(cursor: str | None) -> str | None:
     return after
 
 
-@router.get("/v1/hosts", summary="Hosts of the fleet with their hardware summary and status",
+@router.get("/v1/hosts", summary="Host inventory: each host's hardware, labels and status, filtered",
+            description="What each host *is*, from the inventory: CPU, memory, devices by hardware type, "
+                        "discovered and operator labels, agent version and up/down status; filter by site, status "
+                        "or labels. For a city's hosts with their latest telemetry readings, see "
+                        "`GET /v1/metrics/sites/{site}/hosts`.",
             response_model=Page[HostSummary])
 async def list_hosts(ctx: Ctx, site: Annotated[str | None, Query(pattern=TOKEN_PATTERN)] = None,
                      status: HostStatus | None = None, label: LabelFilter = None, cursor: str | None = None,

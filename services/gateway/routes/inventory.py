@@ -66,7 +66,11 @@ def hardware_type(value: str | None) -> str | None:
 # ------------------------------------------------------------------ sites
 
 
-@router.get("/v1/sites", summary="Sites (cities) with their hosts and devices by hardware type and health",
+@router.get("/v1/sites", summary="Site inventory: each city's location, hosts and devices by type and health",
+            description="What each site *has*, from the inventory: its city, region and coordinates, how many hosts "
+                        "it has (up and down) and its devices by hardware type and health, with their compute "
+                        "units. For live utilisation, power, allocation and alerts per city, see "
+                        "`GET /v1/metrics/summary`.",
             response_model=Page[SiteSummary])
 async def list_sites(ctx: Ctx) -> Page[SiteSummary]:
     summary = await call(ctx, "inventory", "sites.summary", {}, SiteSummaryList)

@@ -11,8 +11,8 @@ from libs.bus import subjects
 from libs.db import session_scope
 from libs.events import CloudEvent, EventTypes
 from libs.schemas.tenancy import ApiKey, CreatedKey, KeyCreate, Role
-from services.gateway import models
-from services.gateway.auth import CurrentPrincipal, Principal, auth_state, require_role
+from services.gateway import store
+from services.gateway.auth import CurrentPrincipal, Principal, require_role
 from services.gateway.deps import Ctx
 from services.gateway.openapi import problem
 from services.gateway.pagination import MAX_PAGE, Page, decode_cursor, encode_cursor
@@ -45,7 +45,7 @@ async def me(principal: CurrentPrincipal) -> Me:
              response_model=CreatedKey)
 async def create_key(ctx: Ctx, principal: Admin, body: KeyCreate) -> CreatedKey:
     async with session_scope(ctx.db) as session:
-        key, secret = await models.create_key(session, tenant=body.tenant, role=body.role, name=body.name,
+        key, secret = await store.create_key(session, tenant=body.tenant, role=body.role, name=body.name,
                                               created_by=principal.key_id)
     return CreatedKey(**key.model_dump(), key=secret)
 
@@ -58,7 +58,7 @@ async def list_keys(ctx: Ctx, principal: Admin, tenant: str | None = None, inclu
     if after is not None and not isinstance(after, str):
         raise ProblemError(400, "Invalid cursor", "the cursor is not one this API returned")
     async with session_scope(ctx.db) as session:
-        items, last = await models.list_keys(session, tenant=tenant, after=after, limit=limit,
+        items, last = await store.list_keys(session, tenant=tenant, after=after, limit=limit,
                                              include_revoked=include_revoked)
     return Page[ApiKey](items=items, next_cursor=encode_cursor(last) if last else None)
 
@@ -71,12 +71,12 @@ async def list_keys(ctx: Ctx, principal: Admin, tenant: str | None = None, inclu
 async def revoke_key(ctx: Ctx, principal: Admin,
                      key_id: Annotated[str, Path(examples=["key_5f2c9a1b7d3e"])]) -> ApiKey:
     async with session_scope(ctx.db) as session:
-        key = await models.revoke_key(session, key_id)
+        key = await store.update_key_revoked(session, key_id)
         if key is None:
             raise ProblemError(404, "Key not found", f"no key {key_id[:64]!r}")
-        if key.role == Role.ADMIN and not await models.any_admin_key(session):
+        if key.role == Role.ADMIN and await store.count_live_admin_keys(session) == 0:
             raise ProblemError(409, "Last admin key", "create another admin key before revoking this one")
-    auth_state(ctx).forget_key(key_id)
+    ctx.state.auth.forget_key(key_id)
     event = CloudEvent.new(EventTypes.GATEWAY_KEY_REVOKED, f"/gateway/{ctx.instance}", KeyRevoked(key_id=key_id))
     await ctx.bus.publish(subjects.GATEWAY_KEY_REVOKED, event.to_bytes())
     return key

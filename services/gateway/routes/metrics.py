@@ -1,6 +1,8 @@
 """Fleet metrics for people and dashboards: city summaries, time series, alerts, drill-down.
 
-Aggregates only — the browser never receives raw samples. Every call is answered by the
+These are live telemetry views (what the fleet is doing now); the inventory's routes
+(``/v1/sites``, ``/v1/hosts``, ``/v1/devices``) say what the fleet has, and
+``/v1/workloads`` is the scheduler's workload record. Aggregates only — the browser never receives raw samples. Every call is answered by the
 metrics service over the bus. Fleet-wide views (summaries, series, alerts, hosts, devices)
 are readable by every role; workloads are confined to the caller's tenant unless the key
 is an admin or operator key. ``GET /metrics`` is the gateway process's own Prometheus
@@ -54,7 +56,11 @@ def _invalid(exc: ValidationError) -> ProblemError:
     return ProblemError(422, "Invalid request", f"{errors[0]['loc']}: {errors[0]['msg']}", errors=errors)
 
 
-@router.get("/v1/metrics/summary", summary="Every city at once: devices by hardware type, health, utilisation, power",
+@router.get("/v1/metrics/summary", summary="Live telemetry of every city: utilisation, power, allocation, alerts",
+            description="How each site is *doing* now, from the metrics service: devices reporting, utilisation, "
+                        "memory in use, power, devices held by workloads, running workloads and firing alerts, by "
+                        "hardware type, with fleet totals. For each site's location and inventory, see "
+                        "`GET /v1/sites`.",
             response_model=FleetSummary)
 async def get_summary(ctx: Ctx, principal: CurrentPrincipal, site: SiteFilter = None) -> FleetSummary:
     return await call(ctx, "metrics", "summary", SummaryQuery(sites=site), FleetSummary)
@@ -98,7 +104,10 @@ async def list_alerts(ctx: Ctx, principal: CurrentPrincipal, state: AlertState =
                       AlertQuery(state=state, sites=site, severity=severity, limit=limit), AlertList)
 
 
-@router.get("/v1/metrics/sites/{site}/hosts", summary="One city's hosts with their devices' latest values",
+@router.get("/v1/metrics/sites/{site}/hosts", summary="Live telemetry of one city's hosts and their devices",
+            description="The latest readings of a site's hosts, from the metrics service: CPU and memory in use "
+                        "and each device's utilisation, memory, temperature, power and health. For what the hosts "
+                        "are (hardware, labels) and to filter them, see `GET /v1/hosts`.",
             response_model=Page[HostNow])
 async def list_site_hosts(ctx: Ctx, principal: CurrentPrincipal,
                           site: Annotated[str, Path(pattern=TOKEN_PATTERN, description="A site; an unknown one has no hosts.",
@@ -125,7 +134,11 @@ async def get_device(ctx: Ctx, principal: CurrentPrincipal,
     return detail
 
 
-@router.get("/v1/metrics/workloads", summary="Workloads with their state and placement, as the fleet sees them",
+@router.get("/v1/metrics/workloads", summary="Workloads on the fleet, by device placement, for the telemetry views",
+            description="The metrics service's view of workloads: state and the devices each replica holds, "
+                        "filtered by site, to read beside device telemetry (it follows the scheduler's events and "
+                        "may trail them briefly). The workload record itself (spec, priority, history, why it "
+                        "waits; submit and stop) is `/v1/workloads`.",
             response_model=Page[WorkloadNow])
 async def list_workloads(ctx: Ctx, principal: CurrentPrincipal, site: SiteFilter = None,
                          state: Annotated[str | None, Query(max_length=32)] = None, cursor: str | None = None,

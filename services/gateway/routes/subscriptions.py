@@ -24,8 +24,8 @@ from services.gateway.deps import Ctx
 from services.gateway.openapi import problem
 from services.gateway.pagination import MAX_PAGE, Page, decode_cursor, encode_cursor
 from services.gateway.problems import ProblemError
+from services.gateway.state import GatewayState
 from services.gateway.webhooks import store
-from services.gateway.webhooks.engine import WebhookEngine
 from services.gateway.webhooks.ssrf import UnsafeTarget, check_target
 
 router = APIRouter(tags=["subscriptions"])
@@ -38,13 +38,6 @@ class SubscriptionChanged(BaseModel):
     subscription_id: SubscriptionId
 
 
-def engine(ctx: Context) -> WebhookEngine:
-    eng: WebhookEngine | None = ctx.state.get("webhooks")
-    if eng is None:
-        raise ProblemError(503, "Webhooks unavailable", "the webhook engine is not running")
-    return eng
-
-
 def _owner_filter(principal: Principal) -> str | None:
     """Subscriptions are the tenant's own: only admins see every tenant's."""
     return None if principal.is_admin else principal.tenant
@@ -54,16 +47,16 @@ def _not_found(sid: str) -> ProblemError:
     return ProblemError(404, "Subscription not found", f"no subscription {sid[:64]!r}")
 
 
-async def _visible(ctx: Context, principal: Principal, sid: str) -> store.SubscriptionRow:
+async def _visible(ctx: Context[GatewayState], principal: Principal, sid: str) -> store.SubscriptionRow:
     async with session_scope(ctx.db) as session:
-        sub = await store.get_internal(session, sid)
+        sub = await store.read_subscription_row(session, sid)
     owner = _owner_filter(principal)
     if sub is None or (owner is not None and sub.tenant != owner):
         raise _not_found(sid)
     return sub
 
 
-async def _announce(ctx: Context, sid: str) -> None:
+async def _announce(ctx: Context[GatewayState], sid: str) -> None:
     event = CloudEvent.new(EventTypes.GATEWAY_SUBSCRIPTION_CHANGED, f"/gateway/{ctx.instance}",
                            SubscriptionChanged(subscription_id=sid))
     await ctx.bus.publish(subjects.GATEWAY_SUBSCRIPTIONS_CHANGED, event.to_bytes())
@@ -87,17 +80,17 @@ async def create_subscription(ctx: Ctx, principal: CurrentPrincipal, body: Subsc
         await check_target(body.url, ctx.settings.gateway.webhook_allow_hosts)
     except UnsafeTarget as exc:
         raise ProblemError(422, "Webhook target not allowed", str(exc)) from None
-    eng = engine(ctx)
+    eng = ctx.state.webhooks
     limit = ctx.settings.gateway.max_subscriptions_per_tenant
     async with session_scope(ctx.db) as session:
-        if await store.count_for_tenant(session, principal.tenant) >= limit:
+        if await store.count_subscriptions(session, tenant=principal.tenant) >= limit:
             raise ProblemError(409, "Too many subscriptions", f"a tenant may hold {limit} subscriptions")
-        sub, secret = await store.create(session, tenant=principal.tenant, created_by=principal.key_id, body=body,
+        sub, secret = await store.create_subscription(session, tenant=principal.tenant, created_by=principal.key_id, body=body,
                                          scope_tenant=scope)
-        row = await store.get_internal(session, sub.id)
+        row = await store.read_subscription_row(session, sub.id)
         assert row is not None
         await eng.create_consumer(row)  # before commit: no consumer, no subscription
-    eng.start(row)
+    await eng.start_intake(row)
     await _announce(ctx, sub.id)
     return CreatedSubscription(**sub.model_dump(), secret=secret)
 
@@ -110,7 +103,7 @@ async def list_subscriptions(ctx: Ctx, principal: CurrentPrincipal, cursor: str 
     if after is not None and not isinstance(after, str):
         raise ProblemError(400, "Invalid cursor", "the cursor is not one this API returned")
     async with session_scope(ctx.db) as session:
-        items, last = await store.list_page(session, tenant=_owner_filter(principal), after=after, limit=limit)
+        items, last = await store.list_subscriptions(session, tenant=_owner_filter(principal), after=after, limit=limit)
     return Page[Subscription](items=items, next_cursor=encode_cursor(last) if last else None)
 
 
@@ -119,7 +112,7 @@ async def list_subscriptions(ctx: Ctx, principal: CurrentPrincipal, cursor: str 
 async def get_subscription(ctx: Ctx, principal: CurrentPrincipal, subscription_id: SubscriptionId) -> Subscription:
     await _visible(ctx, principal, subscription_id)
     async with session_scope(ctx.db) as session:
-        sub = await store.get(session, subscription_id)
+        sub = await store.read_subscription(session, subscription_id)
     if sub is None:
         raise _not_found(subscription_id)
     return sub
@@ -130,8 +123,8 @@ async def get_subscription(ctx: Ctx, principal: CurrentPrincipal, subscription_i
 async def delete_subscription(ctx: Ctx, principal: CurrentPrincipal, subscription_id: SubscriptionId) -> Response:
     await _visible(ctx, principal, subscription_id)
     async with session_scope(ctx.db) as session:
-        await store.remove(session, subscription_id)
-    await engine(ctx).delete_consumer(subscription_id)
+        await store.delete_subscription(session, subscription_id)
+    await ctx.state.webhooks.delete_consumer(subscription_id)
     await _announce(ctx, subscription_id)
     return Response(status_code=204)
 
@@ -160,6 +153,6 @@ async def ping_subscription(ctx: Ctx, principal: CurrentPrincipal, subscription_
     sub = await _visible(ctx, principal, subscription_id)
     if sub.status != SubscriptionStatus.ACTIVE:
         raise ProblemError(409, "Subscription disabled", "a disabled subscription receives nothing")
-    did = await engine(ctx).ping(sub)
+    did = await ctx.state.webhooks.ping(sub)
     async with session_scope(ctx.db) as session:
-        return await store.get_delivery(session, did)
+        return await store.read_delivery(session, did)

@@ -86,7 +86,10 @@ async def submit_workload(ctx: Ctx, principal: CurrentPrincipal, spec: WorkloadS
     return view
 
 
-@router.get("/v1/workloads", response_model=Page[WorkloadSummary], summary="Workloads, newest first")
+@router.get("/v1/workloads", response_model=Page[WorkloadSummary], summary="Workloads, newest first",
+            description="The scheduler's workload records: state, hardware type, priority, replicas and the sites "
+                        "they are placed at. For the devices each replica holds, beside their telemetry, see "
+                        "`GET /v1/metrics/workloads`.")
 async def list_workloads(ctx: Ctx, principal: CurrentPrincipal, state: WorkloadState | None = None,
                          hardware_type_: Annotated[str | None, Query(alias="hardware_type", max_length=40)] = None,
                          site: Annotated[str | None, Query(max_length=64,

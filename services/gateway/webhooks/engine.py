@@ -1,14 +1,17 @@
 """The webhook engine: one durable JetStream consumer per subscription, a delivery worker.
 
 Intake: each active subscription has a durable pull consumer on ``STREAM_EVENTS``
-(created with the subscription, so nothing published after the 201 is missed). Matching
-events become delivery rows in PostgreSQL, and only then are their messages acked: a
-gateway killed at any point loses nothing (JetStream hands unacked messages out again
-after ``webhook_ack_wait_s``; a redelivered event id is ignored by the unique key). At
-most one batch is outstanding per consumer, so rows are written in stream order even with
-several gateway instances.
+(created with the subscription, so nothing published after the 201 is missed), read by a
+``libs.bus.consumer.PullConsumer`` bound to it. Matching events become delivery rows in
+PostgreSQL, and only then are their messages acked: a gateway killed at any point loses
+nothing (JetStream hands unacked messages out again after ``webhook_ack_wait_s``; a
+redelivered event id is ignored by the unique key; a batch the database refused is nak'ed
+and comes back). The consumer lets one batch be unacknowledged at a time and the intake
+records one batch at a time, so rows are written in stream order even with several
+gateway instances.
 
-Delivery: the worker leases due rows (``SKIP LOCKED``, so instances share the work) and
+Delivery: ``deliver_due`` (run by the gateway's periodic loop, woken when rows land or an
+attempt ends) leases due rows (``SKIP LOCKED``, so instances share the work) and
 POSTs each event in CloudEvents structured mode, signed per Standard Webhooks with the
 event id as ``webhook-id`` (stable across retries). 2xx: done; 410: the subscription is
 disabled; anything else: retried on ``webhook_retry_schedule_s`` with ±20 % jitter, then
@@ -23,19 +26,19 @@ import contextlib
 import logging
 import random
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
-from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from prometheus_client import Counter
 
-from libs.aio import wait_event
 from libs.bus.connection import STREAM_EVENTS
+from libs.bus.consumer import Delivery, PullConsumer, envelope
 from libs.db import session_scope
-from libs.events import CloudEvent, InvalidEnvelope
-from libs.metrics import BUS_REJECTED
+from libs.events import CloudEvent
 from libs.schemas.subscriptions import DeliveryStatus
 from libs.service import Context
 from services.gateway.webhooks import signing, store
@@ -49,6 +52,12 @@ PING_TYPE = "io.xpumesh.webhook.ping"
 ORPHAN_AGE_S = 60.0
 
 
+@dataclass(frozen=True)
+class _Intake:
+    consumer: PullConsumer[CloudEvent]
+    task: asyncio.Task[None]
+
+
 def event_filter(sub: store.SubscriptionRow) -> EventFilter:
     return EventFilter(types=sub.types, site=sub.filters.site,
                        hardware_type=str(sub.filters.hardware_type) if sub.filters.hardware_type else None,
@@ -56,21 +65,29 @@ def event_filter(sub: store.SubscriptionRow) -> EventFilter:
 
 
 class WebhookEngine:
-    def __init__(self, ctx: Context) -> None:
+    """The webhook intake consumers and delivery attempts of one gateway instance (``GatewayState.webhooks``)."""
+
+    def __init__(self, ctx: Context[Any]) -> None:
         self.ctx = ctx
         self.settings = ctx.settings.gateway
-        self.loops: dict[str, asyncio.Task[None]] = {}
-        self.wake = asyncio.Event()
-        self.resync = asyncio.Event()
+        self.intakes: dict[str, _Intake] = {}
+        self.attempts: set[asyncio.Task[None]] = set()
+        self.wake = asyncio.Event()  # deliveries were recorded or an attempt ended: look for due ones now
+        self.resync = asyncio.Event()  # a subscription changed on some instance: reconcile now
+        self.closed = False
         limits = httpx.Limits(max_connections=self.settings.webhook_concurrency)
         self.client = httpx.AsyncClient(follow_redirects=False, timeout=self.settings.webhook_timeout_s,
                                         transport=GuardedTransport(self.settings.webhook_allow_hosts, limits=limits))
 
     async def close(self) -> None:
-        for task in self.loops.values():
+        """Stop every intake (a batch being recorded finishes first), end the attempts in flight (their leases
+        expire and they are sent again), close the HTTP client."""
+        self.closed = True
+        for sid in list(self.intakes):
+            await self.stop_intake(sid)
+        for task in self.attempts:
             task.cancel()
-        await asyncio.gather(*self.loops.values(), return_exceptions=True)
-        self.loops.clear()
+        await asyncio.gather(*self.attempts, return_exceptions=True)
         await self.client.aclose()
 
     # --- consumers --------------------------------------------------------------------------
@@ -84,35 +101,49 @@ class WebhookEngine:
         await self.ctx.bus.js.add_consumer(STREAM_EVENTS, config)
 
     async def delete_consumer(self, sid: str) -> None:
-        self.stop(sid)
+        await self.stop_intake(sid)
         with contextlib.suppress(NotFoundError):
             await self.ctx.bus.js.delete_consumer(STREAM_EVENTS, store.consumer_name(sid))
 
-    def start(self, sub: store.SubscriptionRow) -> None:
-        task = self.loops.get(sub.id)
-        if task is None or task.done():
-            self.loops[sub.id] = asyncio.create_task(self._intake(sub), name=f"webhook-intake:{sub.id}")
+    async def start_intake(self, sub: store.SubscriptionRow) -> None:
+        """Read the subscription's consumer (which must exist) unless this instance reads it already."""
+        running = self.intakes.get(sub.id)
+        if running is not None and not running.task.done():
+            return
+        flt = event_filter(sub)
 
-    def stop(self, sid: str) -> None:
-        task = self.loops.pop(sid, None)
-        if task is not None:
-            task.cancel()
+        async def record(batch: list[Delivery[CloudEvent]]) -> None:
+            await self._record(sub.id, flt, batch)
+
+        consumer = PullConsumer(self.ctx.bus, stream=STREAM_EVENTS, durable=store.consumer_name(sub.id), handle=record,
+                                decode=envelope, service="gateway", name="webhook_intake", batch=FETCH_BATCH,
+                                dedupe=0, drain_timeout_s=self.ctx.settings.bus.drain_timeout_s)
+        await consumer.start()
+        self.intakes[sub.id] = _Intake(consumer, asyncio.create_task(consumer.run(), name=f"webhook-intake:{sub.id}"))
+
+    async def stop_intake(self, sid: str) -> None:
+        intake = self.intakes.pop(sid, None)
+        if intake is not None:
+            await intake.consumer.stop()
+            intake.task.cancel()
+            await asyncio.gather(intake.task, return_exceptions=True)
 
     async def reconcile(self) -> None:
-        """Run an intake loop for every active subscription and none for the rest."""
+        """Run an intake for every active subscription and none for the rest."""
         async with session_scope(self.ctx.db) as session:
-            subs = {s.id: s for s in await store.active(session)}
+            subs = {s.id: s for s in await store.list_active_subscriptions(session)}
         await self._drop_orphans(set(subs))
-        for sid in [sid for sid in self.loops if sid not in subs]:
-            self.stop(sid)
+        for sid in [sid for sid in self.intakes if sid not in subs]:
+            await self.stop_intake(sid)
         for sub in subs.values():
-            if sub.id not in self.loops or self.loops[sub.id].done():
+            running = self.intakes.get(sub.id)
+            if running is None or running.task.done():
                 try:
                     await self.ctx.bus.js.consumer_info(STREAM_EVENTS, store.consumer_name(sub.id))
                 except NotFoundError:
                     log.warning("subscription %s had no consumer; recreating it from the next event", sub.id)
                     await self.create_consumer(sub)
-                self.start(sub)
+                await self.start_intake(sub)
 
     async def _drop_orphans(self, active: set[str]) -> None:
         """Delete subscription consumers whose subscription is gone or disabled (left by a crash mid-delete).
@@ -132,89 +163,33 @@ class WebhookEngine:
             log.info("dropping the consumer of subscription %s: it is no longer active", sid)
             await self.delete_consumer(sid)
 
-    async def sync_loop(self) -> None:
-        while True:
-            try:
-                await self.reconcile()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("subscription reconcile failed; retrying")
-            self.resync.clear()
-            await wait_event(self.resync, self.settings.sync_interval_s)
-
-    async def _intake(self, sub: store.SubscriptionRow) -> None:
-        flt = event_filter(sub)
-        psub = None
-        while True:
-            try:
-                if psub is None:
-                    psub = await self.ctx.bus.js.pull_subscribe_bind(durable=store.consumer_name(sub.id),
-                                                                     stream=STREAM_EVENTS)
-                msgs = await psub.fetch(FETCH_BATCH, timeout=1.0)
-            except TimeoutError:  # nats raises both its own and asyncio's
-                continue
-            except asyncio.CancelledError:
-                if psub is not None:
-                    with contextlib.suppress(Exception):
-                        await psub.unsubscribe()
-                raise
-            except Exception as exc:
-                log.warning("subscription %s: fetch failed (%s); retrying", sub.id, type(exc).__name__)
-                await asyncio.sleep(1.0)
-                continue
-            await self._record(sub, flt, msgs)
-
-    async def _record(self, sub: store.SubscriptionRow, flt: EventFilter, msgs: list[Msg]) -> None:
-        rows = []
-        for m in msgs:
-            try:
-                event = CloudEvent.from_bytes(m.data)
-            except InvalidEnvelope:
-                BUS_REJECTED.labels("gateway", "webhook_intake", "malformed_envelope").inc()
-                continue
-            if flt.matches(event, m.subject):
-                rows.append({"subscription_id": sub.id, "event_id": event.id, "event_type": event.type,
-                             "event_subject": (event.subject or "")[:256], "stream_seq": m.metadata.sequence.stream,
-                             "payload": m.data})
-        try:
-            async with session_scope(self.ctx.db) as session:
-                await store.add_deliveries(session, rows)
-        except Exception:
-            log.exception("subscription %s: deliveries not recorded; JetStream will hand them out again", sub.id)
-            for m in msgs:
-                with contextlib.suppress(Exception):
-                    await m.nak(delay=1.0)
-            await asyncio.sleep(1.0)
+    async def _record(self, sid: str, flt: EventFilter, batch: list[Delivery[CloudEvent]]) -> None:
+        """Write the matching events of a batch as pending deliveries; the consumer acks the batch only after
+        this returns (a database failure raises: the batch is nak'ed and handed out again)."""
+        rows = [{"subscription_id": sid, "event_id": d.id, "event_type": d.item.type,
+                 "event_subject": (d.item.subject or "")[:256], "stream_seq": d.msg.metadata.sequence.stream,
+                 "payload": d.msg.data}
+                for d in batch if flt.matches(d.item, d.msg.subject)]
+        if not rows:
             return
-        for m in msgs:
-            await m.ack()
-        if rows:
-            self.wake.set()
+        async with session_scope(self.ctx.db) as session:
+            await store.create_deliveries(session, rows)
+        self.wake.set()
 
     # --- delivery ---------------------------------------------------------------------------
-    async def worker(self) -> None:
-        inflight: set[asyncio.Task[None]] = set()
-        lease_s = self.settings.webhook_timeout_s + 5.0
-        while True:
-            free = self.settings.webhook_concurrency - len(inflight)
-            due: list[store.DueDelivery] = []
-            self.wake.clear()
-            if free > 0:
-                try:
-                    async with session_scope(self.ctx.db) as session:
-                        due = await store.lease_due(session, limit=free, lease_s=lease_s)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("webhook worker: leasing failed; retrying")
-            for d in due:
-                task = asyncio.create_task(self._attempt(d))
-                inflight.add(task)
-                task.add_done_callback(inflight.discard)
-            if due and len(due) == free:
-                continue
-            await wait_event(self.wake, self.settings.webhook_poll_s)
+    async def deliver_due(self) -> float | None:
+        """Lease due deliveries for the free attempt slots and start their attempts. Returns 0 (look again at
+        once) when every free slot got one: more may be due."""
+        free = self.settings.webhook_concurrency - len(self.attempts)
+        if free <= 0 or self.closed:
+            return None
+        async with session_scope(self.ctx.db) as session:
+            due = await store.update_due_leases(session, limit=free, lease_s=self.settings.webhook_timeout_s + 5.0)
+        for d in due:
+            task = asyncio.create_task(self._attempt(d), name=f"webhook-attempt:{d.id}")
+            self.attempts.add(task)
+            task.add_done_callback(self.attempts.discard)
+        return 0.0 if due and len(due) == free else None
 
     async def send(self, url: str, secret: str, event_id: str, payload: bytes) -> tuple[int | None, str | None]:
         """One POST: (status code, error text) — exactly one of them is set."""
@@ -247,10 +222,10 @@ class WebhookEngine:
                 next_at = datetime.now(UTC) + timedelta(seconds=delay)
             DELIVERIES.labels(str(status) if status != DeliveryStatus.PENDING else "retry").inc()
             async with session_scope(self.ctx.db) as session:
-                await store.finish(session, d.id, status=status, attempts=attempts, code=code, error=error,
+                await store.update_delivery(session, d.id, status=status, attempts=attempts, code=code, error=error,
                                    next_attempt_at=next_at)
                 if code == 410:
-                    await store.disable(session, d.subscription_id, "the target answered 410 Gone")
+                    await store.update_subscription_disabled(session, d.subscription_id, "the target answered 410 Gone")
             if code == 410:
                 await self.delete_consumer(d.subscription_id)
         except asyncio.CancelledError:
@@ -266,11 +241,11 @@ class WebhookEngine:
                                subject=sub.id)
         payload = event.to_bytes()
         async with session_scope(self.ctx.db) as session:
-            did = await store.add_ping(session, subscription_id=sub.id, event_id=event.id, event_type=event.type,
+            did = await store.create_ping_delivery(session, subscription_id=sub.id, event_id=event.id, event_type=event.type,
                                        payload=payload)
         code, error = await self.send(sub.url, sub.secret, event.id, payload)
         ok = code is not None and 200 <= code < 300
         async with session_scope(self.ctx.db) as session:
-            await store.finish(session, did, status=DeliveryStatus.SUCCEEDED if ok else DeliveryStatus.FAILED,
+            await store.update_delivery(session, did, status=DeliveryStatus.SUCCEEDED if ok else DeliveryStatus.FAILED,
                                attempts=1, code=code, error=error)
         return did

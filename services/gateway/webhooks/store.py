@@ -72,12 +72,12 @@ def _internal(row: Any) -> SubscriptionRow:
                            status=SubscriptionStatus(row.status))
 
 
-async def count_for_tenant(session: AsyncSession, tenant: str) -> int:
+async def count_subscriptions(session: AsyncSession, *, tenant: str) -> int:
     return int(await session.scalar(select(func.count()).select_from(subscriptions)
                                     .where(subscriptions.c.tenant == tenant)) or 0)
 
 
-async def create(session: AsyncSession, *, tenant: str, created_by: str, body: SubscriptionCreate,
+async def create_subscription(session: AsyncSession, *, tenant: str, created_by: str, body: SubscriptionCreate,
                  scope_tenant: str | None) -> tuple[Subscription, str]:
     sid = "sub_" + secrets.token_hex(8)
     secret = new_secret()
@@ -88,17 +88,17 @@ async def create(session: AsyncSession, *, tenant: str, created_by: str, body: S
     return _public(row), secret
 
 
-async def get(session: AsyncSession, sid: str) -> Subscription | None:
+async def read_subscription(session: AsyncSession, sid: str) -> Subscription | None:
     row = (await session.execute(select(subscriptions).where(subscriptions.c.id == sid))).one_or_none()
     return _public(row) if row is not None else None
 
 
-async def get_internal(session: AsyncSession, sid: str) -> SubscriptionRow | None:
+async def read_subscription_row(session: AsyncSession, sid: str) -> SubscriptionRow | None:
     row = (await session.execute(select(subscriptions).where(subscriptions.c.id == sid))).one_or_none()
     return _internal(row) if row is not None else None
 
 
-async def list_page(session: AsyncSession, *, tenant: str | None, after: str | None,
+async def list_subscriptions(session: AsyncSession, *, tenant: str | None, after: str | None,
                     limit: int) -> tuple[list[Subscription], str | None]:
     q = select(subscriptions).order_by(subscriptions.c.id).limit(limit + 1)
     if tenant is not None:
@@ -110,19 +110,19 @@ async def list_page(session: AsyncSession, *, tenant: str | None, after: str | N
     return items, (items[-1].id if len(rows) > limit else None)
 
 
-async def active(session: AsyncSession) -> list[SubscriptionRow]:
+async def list_active_subscriptions(session: AsyncSession) -> list[SubscriptionRow]:
     rows = (await session.execute(select(subscriptions).where(
         subscriptions.c.status == str(SubscriptionStatus.ACTIVE)))).all()
     return [_internal(r) for r in rows]
 
 
-async def remove(session: AsyncSession, sid: str) -> bool:
+async def delete_subscription(session: AsyncSession, sid: str) -> bool:
     await session.execute(delete(deliveries).where(deliveries.c.subscription_id == sid))
     result = await session.execute(delete(subscriptions).where(subscriptions.c.id == sid))
     return bool(getattr(result, "rowcount", 0))
 
 
-async def disable(session: AsyncSession, sid: str, reason: str) -> None:
+async def update_subscription_disabled(session: AsyncSession, sid: str, reason: str) -> None:
     now = datetime.now(UTC)
     await session.execute(update(subscriptions).where(subscriptions.c.id == sid).values(
         status=str(SubscriptionStatus.DISABLED), disabled_reason=reason[:256], updated_at=now))
@@ -131,7 +131,7 @@ async def disable(session: AsyncSession, sid: str, reason: str) -> None:
         status=str(DeliveryStatus.CANCELLED), updated_at=now, leased_until=None))
 
 
-async def add_deliveries(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+async def create_deliveries(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
     """Record accepted events (subscription_id, event_id, event_type, event_subject, stream_seq, payload); a
     redelivered event id is ignored."""
     if rows:
@@ -159,13 +159,13 @@ RETURNING t.id, t.subscription_id, t.event_id, t.payload, t.attempts, s.url, s.s
 """)
 
 
-async def lease_due(session: AsyncSession, *, limit: int, lease_s: float) -> list[DueDelivery]:
+async def update_due_leases(session: AsyncSession, *, limit: int, lease_s: float) -> list[DueDelivery]:
     """Take up to ``limit`` due deliveries for ``lease_s`` seconds (other instances skip them meanwhile)."""
     rows = (await session.execute(_LEASE_DUE, {"n": limit, "lease": lease_s})).all()
     return [DueDelivery(r.id, r.subscription_id, r.event_id, r.payload, r.attempts, r.url, r.secret) for r in rows]
 
 
-async def finish(session: AsyncSession, delivery_id: int, *, status: DeliveryStatus, attempts: int,
+async def update_delivery(session: AsyncSession, delivery_id: int, *, status: DeliveryStatus, attempts: int,
                  code: int | None, error: str | None, next_attempt_at: datetime | None = None) -> None:
     values: dict[str, Any] = {"status": str(status), "attempts": attempts, "last_status_code": code,
                               "last_error": (error or None) and error[:256], "leased_until": None,
@@ -175,7 +175,7 @@ async def finish(session: AsyncSession, delivery_id: int, *, status: DeliverySta
     await session.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(**values))
 
 
-async def add_ping(session: AsyncSession, *, subscription_id: str, event_id: str, event_type: str,
+async def create_ping_delivery(session: AsyncSession, *, subscription_id: str, event_id: str, event_type: str,
                    payload: bytes) -> int:
     row = (await session.execute(insert(deliveries).values(
         subscription_id=subscription_id, event_id=event_id, event_type=event_type, event_subject="", stream_seq=0,
@@ -192,7 +192,7 @@ def _delivery(row: Any) -> Delivery:
                     updated_at=row.updated_at)
 
 
-async def get_delivery(session: AsyncSession, delivery_id: int) -> Delivery:
+async def read_delivery(session: AsyncSession, delivery_id: int) -> Delivery:
     row = (await session.execute(select(deliveries).where(deliveries.c.id == delivery_id))).one()
     return _delivery(row)
 
@@ -210,6 +210,6 @@ async def list_deliveries(session: AsyncSession, sid: str, *, status: DeliverySt
     return items, (items[-1].id if len(rows) > limit else None)
 
 
-async def prune(session: AsyncSession, keep: timedelta) -> None:
+async def delete_finished_deliveries(session: AsyncSession, keep: timedelta) -> None:
     await session.execute(delete(deliveries).where(
         deliveries.c.status != str(DeliveryStatus.PENDING), deliveries.c.updated_at < datetime.now(UTC) - keep))

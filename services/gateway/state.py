@@ -1,0 +1,27 @@
+"""The gateway's in-process state, built once at start and handed to every handler as ``ctx.state``.
+
+Nothing here is the record of anything: API keys, idempotency records, subscriptions and
+deliveries are in PostgreSQL (``store.py``, ``webhooks/store.py``). What a gateway instance
+keeps for itself is its key cache and rate-limit buckets (``AuthState``), the webhook engine
+(one intake consumer per active subscription, the delivery worker's attempts in flight) and
+how many Server-Sent Event streams it serves now.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from libs.service import Context
+from services.gateway.auth import AuthState
+from services.gateway.webhooks.engine import WebhookEngine
+
+
+@dataclass
+class GatewayState:
+    auth: AuthState
+    webhooks: WebhookEngine
+    sse_clients: int = 0  # event streams open on this instance (at most ``gateway.sse_max_clients``)
+
+
+async def load_state(ctx: Context[GatewayState]) -> GatewayState:
+    return GatewayState(auth=AuthState(ctx.settings.gateway), webhooks=WebhookEngine(ctx))
