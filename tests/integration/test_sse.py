@@ -11,6 +11,7 @@ from libs.bus.connection import Bus
 from libs.events import CloudEvent, EventTypes
 from tests.integration.test_api_kit import (
     ADMIN,
+    base_url,
     bearer,
     eventually,
     gateway_settings,
@@ -136,3 +137,43 @@ async def test_sse_client_limit_answers_503_and_frees_slots_on_disconnect(settin
                 return again.status_code == 200
 
         await eventually(free, timeout=5, message="slot freed after disconnect")
+
+
+async def test_sse_slow_client_gets_every_event_in_order_through_a_small_buffer(settings, running_service,
+                                                                                bus: Bus) -> None:
+    url = await start_gateway(running_service, gateway_settings(settings, sse_buffer=2))
+    events = [wl("acme", i) for i in range(20)]
+    async with httpx.AsyncClient(base_url=url, timeout=10) as c:
+        async with c.stream("GET", "/v1/events", params={"type": "io.xpumesh.workload.*"}, headers=ADMIN) as r:
+            sse = Sse(r)
+            await sse.next()
+            for e in events:  # far more than the buffer holds before the client reads anything
+                await bus.publish_event(e, site="hangzhou")
+            await asyncio.sleep(0.5)  # the reader waits on its full buffer meanwhile
+            got = await sse.take(20)
+    assert [CloudEvent.model_validate_json(f["data"]).id for f in got] == [e.id for e in events]
+
+
+async def test_sse_streams_end_and_their_consumers_go_when_the_gateway_stops(settings, running_service,
+                                                                             bus: Bus) -> None:
+    from libs.bus.connection import STREAM_EVENTS
+    from services.gateway.api import app as gateway_app
+
+    s = gateway_settings(settings, sse_heartbeat_s=60.0)
+    s = s.model_copy(update={"bus": s.bus.model_copy(update={"drain_timeout_s": 20.0})})  # no forced end
+    gateway = await running_service(gateway_app, s)
+
+    async def sse_consumers() -> set[str]:
+        return {ci.name or "" for ci in await bus.js.consumers_info(STREAM_EVENTS)
+                if (ci.name or "").startswith("sse_")}
+
+    async with httpx.AsyncClient(base_url=base_url(s), timeout=10) as c:
+        async with c.stream("GET", "/v1/events", headers=ADMIN) as r:
+            sse = Sse(r)
+            assert "comment" in await sse.next()
+            assert await sse_consumers()
+            stopping = asyncio.create_task(gateway.stop())
+            with contextlib.suppress(AssertionError, httpx.HTTPError):
+                await asyncio.wait_for(sse.next(), timeout=5)  # ends: no keep-alive is due, no drain forces it
+            await asyncio.wait_for(stopping, timeout=8)
+    assert not await sse_consumers()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import httpx
 from standardwebhooks.webhooks import Webhook
@@ -220,3 +221,45 @@ async def test_subscriptions_consumers_of_deleted_subscriptions_are_dropped(sett
         await db.dispose()
     names = {ci.name for ci in await bus.js.consumers_info(STREAM_EVENTS)}
     assert "gw_sub_orphan0000000" not in names and f"gw_{kept['id']}" in names
+
+
+async def test_subscriptions_malformed_event_is_counted_and_skipped_not_blocking_the_next(settings, running_service,
+                                                                                        bus: Bus) -> None:
+    from libs.bus import subjects
+    from libs.metrics import BUS_REJECTED
+
+    def malformed() -> float:
+        return BUS_REJECTED.labels("gateway", "webhook_intake", "malformed_envelope")._value.get()
+
+    url = await start_gateway(running_service, gateway_settings(settings))
+    async with httpx.AsyncClient(base_url=url) as c, webhook_receiver() as rx:
+        await _subscribe(c, ADMIN, rx.url, ["io.xpumesh.workload.*"])
+        before = malformed()
+        await bus.js.publish(subjects.event_subject(EventTypes.workload("placed"), "hangzhou"), b"not an event")
+        good = workload_event("acme")
+        await bus.publish_event(good, site="hangzhou")
+        await assert_eventually(lambda: rx.ids() == [good.id], timeout=5, message="the good event delivered")
+    assert malformed() - before == 1
+
+
+async def test_subscriptions_events_come_back_when_recording_them_fails(settings, running_service, bus: Bus,
+                                                                        monkeypatch) -> None:
+    from services.gateway.webhooks import store
+
+    real = store.create_deliveries
+    failures: list[int] = []
+
+    async def failing_once(session: Any, rows: list[dict[str, Any]]) -> None:
+        if not failures:
+            failures.append(len(rows))
+            raise ConnectionError("database away")
+        await real(session, rows)
+
+    monkeypatch.setattr(store, "create_deliveries", failing_once)
+    url = await start_gateway(running_service, gateway_settings(settings))
+    async with httpx.AsyncClient(base_url=url) as c, webhook_receiver() as rx:
+        await _subscribe(c, ADMIN, rx.url, ["io.xpumesh.workload.*"])
+        event = workload_event("acme")
+        await bus.publish_event(event, site="hangzhou")
+        await assert_eventually(lambda: rx.ids() == [event.id], timeout=8, message="delivered after the failure")
+    assert failures == [1]
