@@ -13,6 +13,7 @@ from services.gateway.middleware import GatewayMiddleware
 from services.gateway.routes import dashboard, events, hosts, keys, metrics, subscriptions, system, tenants
 from services.gateway.routes import inventory as inventory_routes
 from services.gateway.routes import workloads as workload_routes
+from services.gateway.state import GatewayState
 
 
 def traces_exported() -> bool:
@@ -21,7 +22,7 @@ def traces_exported() -> bool:
     return bool(getattr(getattr(provider, "_active_span_processor", None), "_span_processors", ()))
 
 
-def create_app(ctx: Context) -> FastAPI:
+def create_app(ctx: Context[GatewayState]) -> FastAPI:
     exporting = traces_exported()
     app = FastAPI(
         title="xpumesh API",

@@ -30,6 +30,7 @@ from services.gateway import store
 from services.gateway.auth import charge, principal_for_key
 from services.gateway.cache import CACHEABLE_PATHS, ReadCache
 from services.gateway.problems import ProblemError, problem_response
+from services.gateway.state import GatewayState
 
 log = logging.getLogger(__name__)
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -57,7 +58,7 @@ def _is_json(content_type: str | None) -> bool:
 
 
 class GatewayMiddleware:
-    def __init__(self, app: ASGIApp, ctx: Context) -> None:
+    def __init__(self, app: ASGIApp, ctx: Context[GatewayState]) -> None:
         self.app = app
         self.ctx = ctx
         settings = ctx.settings.gateway if ctx is not None else None
