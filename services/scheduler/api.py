@@ -24,11 +24,7 @@ from libs.bus.errors import BusError, InvalidRequest, NotFound, Unavailable
 from libs.db import session_scope
 from libs.events import CloudEvent, EventTypes
 from libs.metrics import BUS_REJECTED
-from libs.schemas.commands import (
-    ActualStateReport,
-    LogsReply,
-    LogsRequest,
-)
+from libs.schemas.commands import ActualStateReport, LogsReply, LogsRequest
 from libs.schemas.devices import Health
 from libs.schemas.hostevents import CapabilityReport
 from libs.schemas.inventory import DeviceEvent

@@ -1,9 +1,10 @@
 """Reference data the scheduler asks for over the bus: catalog, rules, site links.
 
 The inventory answers ``catalog.list``, ``rules.list`` and ``sites.links``. Until it
-answers (it may start later, or be upgrading), the catalog and rules shipped with the code (the inventory's seed files) are
-used, so submissions can be validated and placed from the first second; the source in
-use is logged and kept on the fleet (``reference_source``).
+answers (it may start later, or be upgrading), the catalog and rules shipped with the code
+(``libs.catalog``, the inventory's seed data too) are used, so submissions can be validated
+and placed from the first second; the source in use is logged and kept on the fleet
+(``reference_source``).
 """
 
 from __future__ import annotations
