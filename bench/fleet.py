@@ -50,10 +50,10 @@ sys.path.insert(0, str(REPO))
 
 from libs.bus import subjects  # noqa: E402
 from libs.bus.connection import STREAM_HOSTS, STREAM_TELEMETRY, Bus  # noqa: E402
+from libs.bus.subjects import CTL_METRICS  # noqa: E402
 from libs.config import Settings  # noqa: E402
 from libs.embedded import EmbeddedNats, EmbeddedPostgres  # noqa: E402
 from libs.schemas.sim import SimControl, SimControlReply  # noqa: E402
-from libs.service import CTL_METRICS  # noqa: E402
 from xpumesh.prestart import prestart  # noqa: E402
 
 SAMPLE_S = 2.0
