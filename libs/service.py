@@ -329,7 +329,8 @@ class ServiceApp(Generic[S]):
 
     async def start(self, ctx: Context[S]) -> list[asyncio.Task[Any]]:
         """Load the state, start every handler; return the running tasks (the caller cancels them at shutdown)."""
-        ctx._state = await self.state_loader(ctx) if self.state_loader is not None else {}  # type: ignore[assignment]
+        if self.state_loader is not None:
+            ctx._state = await self.state_loader(ctx)
         nc = ctx.bus.nc
         for ep in self.endpoints.values():
             cb = self._request_callback(ep, ctx)

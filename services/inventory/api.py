@@ -32,9 +32,10 @@ from libs.schemas.inventory import (
     Upserted,
 )
 from libs.service import Context, ServiceApp
-from services.inventory import capability, catalog, sites, store, telemetry
+from services.inventory import capability, store, telemetry
 from services.inventory.checks import check_specifiers
 from services.inventory.state import SERVICE, InventoryState, load_state, read_catalog
+from services.inventory.store import catalog, sites
 
 app: ServiceApp[InventoryState] = ServiceApp(SERVICE, state=load_state)
 Ctx = Context[InventoryState]

@@ -24,11 +24,12 @@ from libs.events import CloudEvent, EventTypes
 from libs.schemas.devices import Device, Health
 from libs.schemas.hostevents import CapabilityReport
 from libs.schemas.inventory import HostStatus
-from services.inventory import sites, store
+from services.inventory import store
 from services.inventory.batches import apply_batch, count, reject
 from services.inventory.checks import check_capability
 from services.inventory.events import device_event
 from services.inventory.state import Catalog, InventoryState
+from services.inventory.store import sites
 
 log = logging.getLogger(__name__)
 HANDLER = "on_capability"

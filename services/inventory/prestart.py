@@ -9,7 +9,7 @@ from libs.catalog.loader import load_catalog, load_rules
 from libs.config import Settings
 from libs.db import make_engine, make_sessionmaker, session_scope
 from libs.sites import load_sites
-from services.inventory import catalog, sites
+from services.inventory.store import catalog, sites
 
 
 async def seed(settings: Settings) -> None:

@@ -21,8 +21,9 @@ from libs.db.outbox import OutboxRelay
 from libs.schemas.catalog import DeviceModel
 from libs.schemas.devices import Health
 from libs.service import Context
-from services.inventory import catalog, store
+from services.inventory import store
 from services.inventory.orm import outbox
+from services.inventory.store import catalog
 
 SERVICE = "inventory"
 

@@ -1,10 +1,10 @@
-"""Every database function of the inventory's reported state: hosts, devices, telemetry readings.
+"""The inventory's database functions: this module the reported state (hosts, devices, telemetry readings).
 
 SQLAlchemy sessions throughout; each function takes the caller's session (the caller owns the
 transaction) and only executes. Batch writes take lists and are one statement each (arrays
 through ``unnest``): a fleet registering at once sends thousands of reports a second. The
-operator-edited reference data has stores of its own with the same verbs: ``sites`` (sites
-and links) and ``catalog`` (device models and rules).
+operator-edited reference data is in this package's other modules, with the same verbs:
+``store.sites`` (sites and links) and ``store.catalog`` (device models and rules).
 """
 
 from __future__ import annotations
