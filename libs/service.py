@@ -48,7 +48,7 @@ from libs.bus.connection import ERROR_HEADER, Bus
 from libs.bus.consumer import Decoder, Delivery, PullConsumer, SeenIds, envelope, run_handler
 from libs.bus.errors import BusError, InvalidRequest
 from libs.config import Settings
-from libs.events import CloudEvent, InvalidEnvelope
+from libs.events import CloudEvent, EventTypes, InvalidEnvelope
 from libs.httpserve import HttpServer
 from libs.metrics import BUS_MESSAGES, BUS_REJECTED, HANDLER_SECONDS, SERVICE_UP, exposition
 from libs.periodic import Every, Interval
@@ -286,7 +286,7 @@ class ServiceApp(Generic[S]):
         while True:
             hb = Heartbeat(kind=MemberKind.SERVICE, id=f"{self.name}.{ctx.instance}", name=self.name, version=__version__,
                            interval_s=ctx.settings.heartbeat_interval_s, site=None, meta={"pid": str(os.getpid())})
-            event = CloudEvent.new("io.xpumesh.service.heartbeat", f"/service/{self.name}/{ctx.instance}", hb,
+            event = CloudEvent.new(EventTypes.SERVICE_HEARTBEAT, f"/service/{self.name}/{ctx.instance}", hb,
                                    subject=hb.id)
             try:
                 await ctx.bus.publish(subject, event.to_bytes())

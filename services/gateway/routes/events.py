@@ -23,9 +23,10 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from libs.bus import subjects
 from libs.bus.connection import STREAM_EVENTS
 from libs.bus.consumer import Delivery, PullConsumer, envelope
-from libs.events import CloudEvent
+from libs.events import EVENT_TYPE_PREFIX, CloudEvent
 from libs.schemas.subscriptions import check_type_pattern
 from libs.service import Context
 from services.gateway.auth import CurrentPrincipal, tenant_filter
@@ -36,7 +37,7 @@ from services.gateway.state import GatewayState
 from services.gateway.webhooks.filters import EventFilter
 
 log = logging.getLogger(__name__)
-ALL_EVENTS = "io.xpumesh.*"
+ALL_EVENTS = EVENT_TYPE_PREFIX + "*"
 router = APIRouter(tags=["events"])
 SSE_EXAMPLE = (": connected\n\n"
                "id: 1289\nevent: io.xpumesh.workload.placed\n"
@@ -150,7 +151,7 @@ async def stream_events(
         type: Annotated[list[str] | None, Query(description="Event type patterns (repeatable); default every type.",
                                                 examples=[["io.xpumesh.workload.*", "io.xpumesh.device.unhealthy"]])
               ] = None,
-        site: Annotated[str | None, Query(description="Only events of this site.", pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        site: Annotated[str | None, Query(description="Only events of this site.", pattern=subjects.TOKEN_PATTERN,
                                           examples=["hangzhou"])] = None,
         last_event_id: Annotated[str | None, Header(description="Resume after this event id.",
                                                     examples=["1288"])] = None,

@@ -38,7 +38,7 @@ from prometheus_client import Counter
 from libs.bus.connection import STREAM_EVENTS
 from libs.bus.consumer import Delivery, PullConsumer, envelope
 from libs.db import session_scope
-from libs.events import CloudEvent
+from libs.events import CloudEvent, EventTypes
 from libs.schemas.subscriptions import DeliveryStatus
 from libs.service import Context
 from services.gateway.webhooks import signing, store
@@ -48,7 +48,6 @@ from services.gateway.webhooks.ssrf import GuardedTransport, UnsafeTarget
 log = logging.getLogger(__name__)
 FETCH_BATCH = 64
 DELIVERIES = Counter("xpumesh_webhook_deliveries_total", "Webhook delivery attempts, by outcome.", ["outcome"])
-PING_TYPE = "io.xpumesh.webhook.ping"
 ORPHAN_AGE_S = 60.0
 
 
@@ -237,7 +236,7 @@ class WebhookEngine:
 
     async def ping(self, sub: store.SubscriptionRow) -> int:
         """Send a ping event now, once; record it as a delivery (no retries). Return the delivery id."""
-        event = CloudEvent.new(PING_TYPE, f"/gateway/{self.ctx.instance}", {"subscription_id": sub.id},
+        event = CloudEvent.new(EventTypes.WEBHOOK_PING, f"/gateway/{self.ctx.instance}", {"subscription_id": sub.id},
                                subject=sub.id)
         payload = event.to_bytes()
         async with session_scope(self.ctx.db) as session:
