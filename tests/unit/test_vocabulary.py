@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import re
+from collections.abc import Iterator
+from pathlib import Path
 from typing import get_args, get_type_hints
 
 import pytest
@@ -13,6 +16,13 @@ from libs.bus.subjects import TOKEN_PATTERN, Token, check_token
 from libs.events import EVENT_TYPE_PREFIX, EventTypes
 from libs.schemas.hostevents import host_id_for
 from services.gateway.webhooks.filters import EventFilter
+
+ROOT = Path(__file__).resolve().parents[2]
+HOMES = {ROOT / "libs" / "bus" / "subjects.py", ROOT / "libs" / "events.py"}
+_SUBJECT = re.compile(r"^xpumesh\.(host|agent|svc|rpc|events|ctl|gateway|sim)\.[A-Za-z0-9_.*>-]+$")
+_TYPE = re.compile(r"^io\.xpumesh\.[a-z0-9_.*]+$")
+_TOKEN_REGEX = "A-Za-z0-9_-]{1,"
+_SENDERS = frozenset({"new", "subscribe", "consumer", "publish", "request", "scatter", "pull_subscribe"})
 
 
 class _Ids(BaseModel):
@@ -66,3 +76,44 @@ def test_vocabulary_event_types_share_the_prefix():
     assert len(names) > 20
     assert all(getattr(EventTypes, n).startswith(EVENT_TYPE_PREFIX) for n in names)
     assert len({getattr(EventTypes, n) for n in names}) == len(names)
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    out: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                out.add(id(first.value))
+    return out
+
+
+def _spelled(tree: ast.AST) -> Iterator[tuple[int, str]]:
+    """String constants that name a subject or an event type, or repeat the token regex, where code uses them:
+    assigned to a name, passed as ``subject=``/``pattern=``, or first argument of a send/subscribe/new call."""
+    skip = _docstrings(tree)
+    for node in ast.walk(tree):
+        values: list[ast.expr] = []
+        if isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None:
+            values.append(node.value)
+        elif isinstance(node, ast.Call):
+            values += [k.value for k in node.keywords if k.arg in ("subject", "pattern", "filter_subject")]
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if name in _SENDERS and node.args:
+                values.append(node.args[0])
+        for v in values:
+            if isinstance(v, ast.Constant) and isinstance(v.value, str) and id(v) not in skip:
+                s = v.value
+                if _SUBJECT.match(s) or _TYPE.match(s) or _TOKEN_REGEX in s:
+                    yield v.lineno, s
+
+
+def test_vocabulary_subjects_types_and_token_live_in_their_homes():
+    offences = []
+    for tree_dir in ("services", "libs", "agent", "xpumesh", "bench"):
+        for path in sorted((ROOT / tree_dir).rglob("*.py")):
+            if path in HOMES:
+                continue
+            for line, s in _spelled(ast.parse(path.read_text(encoding="utf-8"))):
+                offences.append(f"{path.relative_to(ROOT)}:{line} {s!r}")
+    assert offences == [], "spell these with libs.bus.subjects / libs.events.EventTypes:\n" + "\n".join(offences)
