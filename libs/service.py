@@ -45,12 +45,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from libs import __version__
 from libs.bus import subjects
 from libs.bus.connection import ERROR_HEADER, Bus
-from libs.bus.consumer import Decoder, Delivery, PullConsumer, SeenIds, envelope, run_handler
+from libs.bus.consumer import Decoder, Delivery, PullConsumer, SeenIds, envelope, reject, run_handler
 from libs.bus.errors import BusError, InvalidRequest
 from libs.config import Settings
 from libs.events import CloudEvent, EventTypes, InvalidEnvelope
 from libs.httpserve import HttpServer
-from libs.metrics import BUS_MESSAGES, BUS_REJECTED, HANDLER_SECONDS, SERVICE_UP, exposition
+from libs.metrics import BUS_MESSAGES, HANDLER_SECONDS, SERVICE_UP, exposition
 from libs.periodic import Every, Interval
 from libs.schemas.registry import Heartbeat, MemberKind, ServiceHealth
 from libs.tracing import extract_context, setup_tracing, shutdown_tracing, tracer
@@ -225,10 +225,6 @@ class ServiceApp(Generic[S]):
         return fn
 
     # --- wrappers ---------------------------------------------------------------------
-    def _reject(self, handler: str, reason: str) -> None:
-        BUS_REJECTED.labels(self.name, handler, reason).inc()
-        BUS_MESSAGES.labels(self.name, handler, "rejected").inc()
-
     async def _handle_request(self, ep: _Endpoint, msg: Msg, ctx: Context[S]) -> None:
         headers = dict(msg.headers or {})
         started = time.perf_counter()
@@ -245,7 +241,7 @@ class ServiceApp(Generic[S]):
             except BusError as exc:
                 body, failed, outcome = exc.body().model_dump_json().encode(), True, exc.code
                 if isinstance(exc, InvalidRequest):
-                    self._reject(ep.name, "invalid_request")
+                    reject(self.name, ep.name, "invalid_request")
             except Exception:
                 log.exception("%s.%s failed", self.name, ep.name)
                 span.set_status(trace.StatusCode.ERROR)
@@ -261,7 +257,7 @@ class ServiceApp(Generic[S]):
             try:
                 event = CloudEvent.from_bytes(msg.data)
             except InvalidEnvelope as exc:
-                self._reject(handler, "malformed_envelope")
+                reject(self.name, handler, "malformed_envelope")
                 log.warning("%s: dropped malformed event: %s", handler, exc.reason)
                 continue
             await run_handler(self.name, handler, partial(sub.fn, event, ctx), msg.headers, self._tracer)

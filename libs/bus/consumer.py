@@ -50,7 +50,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, Header
 from opentelemetry import trace
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from libs.aio import wait_event
 from libs.bus.connection import Bus
@@ -61,6 +61,7 @@ from libs.tracing import extract_context, tracer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 EXPIRES_S = 1.0  # each pull request's lifetime on the server
 HEARTBEAT = "100"  # the only status that does not end a pull request
 ROUTINE = ("404", "408")  # no messages, request expired: anything else (409, 503) is trouble
@@ -163,9 +164,29 @@ class _Pulls:
             self.owed.popleft()
 
 
-def _reject(service: str, handler: str, reason: str, n: int = 1) -> None:
+def reject(service: str, handler: str, reason: str, n: int = 1) -> None:
+    """Count ``n`` messages (or reports inside a batch) a handler dropped as unusable, under ``reason``."""
     BUS_REJECTED.labels(service, handler, reason).inc(n)
     BUS_MESSAGES.labels(service, handler, "rejected").inc(n)
+
+
+def each_valid(events: Sequence[CloudEvent], model: type[M], *, service: str, handler: str,
+               event_type: str | None = None) -> list[tuple[CloudEvent, M]]:
+    """The events of a batch whose data validates as ``model`` (and whose type is ``event_type``, when given),
+    each judged alone: one bad event is counted (``wrong_type``, ``invalid_data``) and dropped, not the batch."""
+    out = []
+    for event in events:
+        if event_type is not None and event.type != event_type:
+            reject(service, handler, "wrong_type")
+            continue
+        try:
+            out.append((event, model.model_validate(event.data)))
+        except ValidationError as exc:
+            reject(service, handler, "invalid_data")
+            first = exc.errors()[0]
+            log.warning("%s: dropped an event whose data does not validate (%s: %s)", handler,
+                        ".".join(str(p) for p in first["loc"]), first["msg"])
+    return out
 
 
 async def run_handler(service: str, handler: str, call: Callable[[], Awaitable[None]],
@@ -180,7 +201,7 @@ async def run_handler(service: str, handler: str, call: Callable[[], Awaitable[N
             await call()
             outcome = "ok"
         except (InvalidRequest, ValidationError) as exc:
-            _reject(service, handler, "invalid_data")
+            reject(service, handler, "invalid_data")
             log.warning("%s: rejected event data: %s", handler,
                         exc.detail if isinstance(exc, InvalidRequest) else f"{exc.error_count()} validation errors")
             outcome = "rejected"
@@ -349,7 +370,7 @@ class PullConsumer(Generic[T]):
                 event_id, item = self.decode(m.data)
             except InvalidEnvelope as exc:
                 self.stats.malformed += 1
-                _reject(self.service, self.name, "malformed_envelope")
+                reject(self.service, self.name, "malformed_envelope")
                 log.warning("%s: dropped malformed event: %s", self.name, exc.reason)
                 await m.term()
                 continue

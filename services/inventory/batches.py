@@ -1,7 +1,7 @@
 """Batches of agents' reports: applied in one transaction, or one by one after the database refused one.
 
-Also the per-report counters of the inventory's batch consumers (a batch handler that drops a
-report counts it under the mesh's ``xpumesh_bus_*`` counters, as the consumer counts messages).
+Also the counter of reports a batch handler skips for a reason that is not an error (rejections
+are counted with the kit's ``libs.bus.consumer.reject``).
 """
 
 from __future__ import annotations
@@ -13,19 +13,14 @@ from typing import TypeVar
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from libs.bus.consumer import reject
 from libs.db import session_scope
-from libs.metrics import BUS_MESSAGES, BUS_REJECTED
+from libs.metrics import BUS_MESSAGES
 from services.inventory.state import SERVICE
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-def reject(handler: str, reason: str, n: int = 1) -> None:
-    """``n`` reports the handler dropped as unusable (``reason``: wrong_type, invalid_data, ...)."""
-    BUS_REJECTED.labels(SERVICE, handler, reason).inc(n)
-    BUS_MESSAGES.labels(SERVICE, handler, "rejected").inc(n)
 
 
 def count(handler: str, outcome: str, n: int) -> None:
@@ -49,6 +44,6 @@ async def apply_batch(sessions: async_sessionmaker[AsyncSession], handler: str, 
             async with session_scope(sessions) as session:
                 results.append(await apply(session, [item]))
         except (DataError, IntegrityError):
-            reject(handler, "database_rejected")
+            reject(SERVICE, handler, "database_rejected")
             log.warning("%s: the database rejected one report", handler)
     return results

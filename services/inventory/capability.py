@@ -17,18 +17,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from libs.bus.consumer import each_valid, reject
 from libs.events import CloudEvent, EventTypes
 from libs.schemas.devices import Device, Health
 from libs.schemas.hostevents import CapabilityReport
 from libs.schemas.inventory import HostStatus
 from services.inventory import store
-from services.inventory.batches import apply_batch, count, reject
+from services.inventory.batches import apply_batch, count
 from services.inventory.checks import check_capability
 from services.inventory.events import device_event
-from services.inventory.state import Catalog, InventoryState
+from services.inventory.state import SERVICE, Catalog, InventoryState
 from services.inventory.store import sites
 
 log = logging.getLogger(__name__)
@@ -149,17 +149,13 @@ async def apply_capabilities(session: AsyncSession, caps: Sequence[Capability], 
 def accept(events: Sequence[CloudEvent]) -> list[Capability]:
     """The batch's well-formed capability reports; the rest are counted and dropped."""
     caps = []
-    for event in events:
-        if event.type != EventTypes.HOST_CAPABILITY:
-            reject(HANDLER, "wrong_type")
-            continue
+    for event, report in each_valid(events, CapabilityReport, service=SERVICE, handler=HANDLER,
+                                    event_type=EventTypes.HOST_CAPABILITY):
         try:
-            report = CapabilityReport.model_validate(event.data)
             check_capability(report, event.subject)
-        except (ValidationError, ValueError) as exc:
-            reject(HANDLER, "invalid_data")
-            log.warning("%s: rejected a report: %s", HANDLER,
-                        f"{exc.error_count()} validation errors" if isinstance(exc, ValidationError) else exc)
+        except ValueError as exc:
+            reject(SERVICE, HANDLER, "invalid_data")
+            log.warning("%s: rejected a report: %s", HANDLER, exc)
             continue
         caps.append(Capability(report, event.time))
     return caps

@@ -17,16 +17,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from libs.bus.consumer import each_valid, reject
 from libs.events import CloudEvent, EventTypes
 from libs.schemas.devices import Health
 from libs.schemas.hostevents import TelemetryReport
 from services.inventory import store
-from services.inventory.batches import apply_batch, count, reject
+from services.inventory.batches import apply_batch, count
 from services.inventory.events import device_event
-from services.inventory.state import HealthCache, InventoryState
+from services.inventory.state import SERVICE, HealthCache, InventoryState
 
 HANDLER = "on_telemetry"
 
@@ -106,18 +106,11 @@ def accept(events: Sequence[CloudEvent], *, max_age_s: float) -> list[TelemetryR
     in the future than ``max_age_s`` (a clock far off) is refused too."""
     reports = []
     latest_ok = datetime.now(UTC) + timedelta(seconds=max_age_s)
-    for event in events:
-        if event.type != EventTypes.HOST_TELEMETRY:
-            reject(HANDLER, "wrong_type")
-            continue
-        try:
-            report = TelemetryReport.model_validate(event.data)
-        except ValidationError:
-            reject(HANDLER, "invalid_data")
-            continue
+    for _, report in each_valid(events, TelemetryReport, service=SERVICE, handler=HANDLER,
+                                event_type=EventTypes.HOST_TELEMETRY):
         # Non-finite readings are refused where the samples are serialized (apply_telemetry).
         if report.ts > latest_ok or any(s[0] < 0 for s in report.devices):
-            reject(HANDLER, "invalid_data")
+            reject(SERVICE, HANDLER, "invalid_data")
             continue
         reports.append(report)
     return reports
@@ -141,6 +134,6 @@ async def ingest(sessions: async_sessionmaker[AsyncSession], state: InventorySta
         count(HANDLER, "unknown_host", out.unknown_host)
         count(HANDLER, "too_old", out.too_old)
         if out.invalid:
-            reject(HANDLER, "invalid_data", out.invalid)
+            reject(SERVICE, HANDLER, "invalid_data", out.invalid)
     if flips:
         state.relay.poke()

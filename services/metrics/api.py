@@ -10,13 +10,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pydantic import ValidationError
-
 from libs.bus import subjects
 from libs.bus.connection import STREAM_EVENTS, STREAM_HOSTS, STREAM_TELEMETRY
+from libs.bus.consumer import each_valid
 from libs.bus.errors import InvalidRequest, NotFound
 from libs.events import CloudEvent, EventTypes
-from libs.metrics import BUS_REJECTED
 from libs.schemas.hostevents import CapabilityReport
 from libs.schemas.metrics import (
     AlertList,
@@ -67,13 +65,7 @@ async def on_telemetry(items: list[telemetry.Item], ctx: Ctx) -> None:
 async def on_capability(events: list[CloudEvent], ctx: Ctx) -> None:
     r = ctx.state
     newest: dict[str, CapabilityReport] = {}
-    for event in events:
-        try:
-            report = CapabilityReport.model_validate(event.data)
-        except ValidationError as exc:
-            BUS_REJECTED.labels("metrics", "on_capability", "invalid_data").inc()
-            log.warning("on_capability: dropped an invalid report (%d validation errors)", exc.error_count())
-            continue
+    for _, report in each_valid(events, CapabilityReport, service=app.name, handler="on_capability"):
         known = r.fleet.hosts.get(report.host_id)
         if known is not None and report.generation <= known.generation:
             continue  # already applied, or an older report arriving late

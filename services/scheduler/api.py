@@ -14,16 +14,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import TypeVar
-
-from pydantic import BaseModel, ValidationError
 
 from libs.bus import subjects
 from libs.bus.connection import STREAM_EVENTS, STREAM_HOSTS
+from libs.bus.consumer import each_valid
 from libs.bus.errors import BusError, InvalidRequest, NotFound, Unavailable
 from libs.db import session_scope
 from libs.events import CloudEvent, EventTypes
-from libs.metrics import BUS_REJECTED
 from libs.schemas.commands import ActualStateReport, LogsReply, LogsRequest
 from libs.schemas.devices import Health
 from libs.schemas.hostevents import CapabilityReport
@@ -47,7 +44,6 @@ from services.scheduler.validate import check_spec
 log = logging.getLogger(__name__)
 app: ServiceApp[SchedulerState] = ServiceApp("scheduler", state=load_state)
 Ctx = Context[SchedulerState]
-M = TypeVar("M", bound=BaseModel)
 
 
 # -- tasks and periodic work ---------------------------------------------------------------------------
@@ -85,19 +81,6 @@ async def prune_decisions(ctx: Ctx) -> None:
         await store.delete_decisions(session, lifecycle.utcnow() - keep)
 
 
-# -- helpers -------------------------------------------------------------------------------------------
-def _each(events: Sequence[CloudEvent], model: type[M], handler: str) -> list[tuple[CloudEvent, M]]:
-    """Validate each event of a batch on its own: one bad event is counted and dropped, not the batch."""
-    out = []
-    for e in events:
-        try:
-            out.append((e, model.model_validate(e.data)))
-        except ValidationError:
-            BUS_REJECTED.labels(app.name, handler, "invalid_data").inc()
-            log.warning("%s: dropped an event whose data does not validate", handler)
-    return out
-
-
 async def _lose_where(ctx: Ctx, host_id: str, reason: str, device: str | None = None) -> None:
     """Replicas on a lost host (or on one lost device of it): lost → rescheduled per restart policy."""
     async with session_scope(ctx.db) as session:
@@ -121,7 +104,7 @@ async def on_capability(events: list[CloudEvent], ctx: Ctx) -> None:
     fleet = ctx.state.fleet
     changed: list[HostView] = []
     gone: list[tuple[str, str]] = []  # (host, device) that were usable and no longer are
-    for e, rep in _each(events, CapabilityReport, "on_capability"):
+    for e, rep in each_valid(events, CapabilityReport, service=app.name, handler="on_capability"):
         cur = fleet.hosts.get(rep.host_id)
         before = cur.usable_devices() if cur is not None else set()
         view = fleet.apply_capability(rep, e.time)
@@ -139,7 +122,7 @@ async def on_capability(events: list[CloudEvent], ctx: Ctx) -> None:
 async def on_state(events: list[CloudEvent], ctx: Ctx) -> None:
     s = ctx.settings.scheduler
     actual = ctx.state.actual
-    look = {rep.host_id for _, rep in _each(events, ActualStateReport, "on_state") if actual.accept(rep)}
+    look = {rep.host_id for _, rep in each_valid(events, ActualStateReport, service=app.name, handler="on_state") if actual.accept(rep)}
     if not look:
         return
     async with session_scope(ctx.db) as session:

@@ -26,7 +26,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from libs.bus import subjects
 from libs.bus.connection import STREAM_EVENTS
 from libs.bus.consumer import Delivery, PullConsumer, envelope
-from libs.events import EVENT_TYPE_PREFIX, CloudEvent
+from libs.events import CloudEvent, EventTypes
 from libs.schemas.subscriptions import check_type_pattern
 from libs.service import Context
 from services.gateway.auth import CurrentPrincipal, tenant_filter
@@ -37,7 +37,7 @@ from services.gateway.state import GatewayState
 from services.gateway.webhooks.filters import EventFilter
 
 log = logging.getLogger(__name__)
-ALL_EVENTS = EVENT_TYPE_PREFIX + "*"
+ALL_EVENTS = EventTypes.ANY
 router = APIRouter(tags=["events"])
 SSE_EXAMPLE = (": connected\n\n"
                "id: 1289\nevent: io.xpumesh.workload.placed\n"
