@@ -29,8 +29,11 @@ import asyncpg
 import pytest
 from pydantic import SecretStr
 
+from libs.bus import subjects
+from libs.bus.connection import Bus
 from libs.config import Settings
 from libs.embedded import EmbeddedNats, EmbeddedPostgres
+from libs.events import CloudEvent
 from libs.service import ServiceApp, serve
 
 T = TypeVar("T")
@@ -38,6 +41,23 @@ REPO = Path(__file__).resolve().parents[1]
 _db_counter = itertools.count()
 # The admin key every test database is seeded with (prestart creates it from XPUMESH_BOOTSTRAP_ADMIN_KEY).
 TEST_ADMIN_KEY = "xpm_test_admin_0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+async def stream_events(bus: Bus, subject_filter: str = subjects.EVENTS_ALL, *,
+                        stream: str | None = None) -> list[tuple[str, CloudEvent]]:
+    """(NATS subject, event) of every message so far in a JetStream stream matching the filter, in order."""
+    sub = await bus.js.subscribe(subject_filter, ordered_consumer=True, stream=stream)
+    out = []
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=0.3)
+            except Exception:
+                break
+            out.append((msg.subject, CloudEvent.from_bytes(msg.data)))
+    finally:
+        await sub.unsubscribe()
+    return out
 
 
 async def assert_eventually(check: Callable[[], Any], *, timeout: float = 10.0,

@@ -27,7 +27,7 @@ from libs.schemas.scheduler import LogsQuery, LogsView, WorkloadRef, WorkloadSta
 from libs.schemas.workload import WorkloadSpec
 from services.registry.api import app as registry_app
 from services.scheduler.api import app as scheduler_app
-from tests.conftest import REPO, assert_eventually, service_env
+from tests.conftest import REPO, assert_eventually, service_env, stream_events
 from tests.integration.test_scheduler_kit import TestHost, fast, get, gpu, submit, wait_state, workload_events
 
 SLEEPER = {"default": {"command": ["sleep", "60"]}}
@@ -143,20 +143,8 @@ async def test_execution_lost_launch_is_sent_again_by_reconciliation(settings, r
 
 
 async def _launch_ids(bus: Bus, wid: str) -> list[str]:
-    sub = await bus.js.subscribe(subjects.AGENT_COMMAND_ALL, ordered_consumer=True, stream=STREAM_COMMANDS)
-    ids = []
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=0.3)
-            except Exception:
-                break
-            event = CloudEvent.from_bytes(msg.data)
-            if event.type == EventTypes.AGENT_LAUNCH and event.data["workload_id"] == wid:
-                ids.append(event.id)
-    finally:
-        await sub.unsubscribe()
-    return ids
+    return [e.id for _, e in await stream_events(bus, subjects.AGENT_COMMAND_ALL, stream=STREAM_COMMANDS)
+            if e.type == EventTypes.AGENT_LAUNCH and e.data["workload_id"] == wid]
 
 
 async def test_execution_agent_restart_adopts_what_still_runs(settings, running_service, bus, tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from libs.schemas.inventory import (
     HostStatus,
 )
 from services.inventory.api import app as inventory_app
-from tests.conftest import assert_eventually
+from tests.conftest import assert_eventually, stream_events
 
 T = TypeVar("T")
 
@@ -71,22 +71,6 @@ async def host(bus: Bus, host_id: str) -> HostDetail | None:
         return await ask(bus, "hosts.get", HostRef(id=host_id), HostDetail)
     except NotFound:
         return None
-
-
-async def stream_events(bus: Bus, subject_filter: str = subjects.EVENTS_ALL) -> list[tuple[str, CloudEvent]]:
-    """(NATS subject, event) of every event in the durable stream matching the filter."""
-    sub = await bus.js.subscribe(subject_filter, ordered_consumer=True)
-    out = []
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=0.3)
-            except Exception:
-                break
-            out.append((msg.subject, CloudEvent.from_bytes(msg.data)))
-    finally:
-        await sub.unsubscribe()
-    return out
 
 
 async def register(bus: Bus, report: CapabilityReport) -> HostDetail:

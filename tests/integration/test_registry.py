@@ -12,7 +12,7 @@ from libs.bus.connection import STREAM_EVENTS, Bus
 from libs.events import CloudEvent
 from libs.schemas.registry import MemberKind, MemberPage, MemberQuery, MemberStatus, ServiceHealth
 from services.registry.api import app as registry_app
-from tests.conftest import assert_eventually
+from tests.conftest import assert_eventually, stream_events
 
 
 async def _members(bus: Bus, **q: object) -> MemberPage:
@@ -21,19 +21,7 @@ async def _members(bus: Bus, **q: object) -> MemberPage:
 
 async def _event_types(bus: Bus, subject_filter: str) -> list[tuple[str, str | None, float]]:
     """(type, subject, arrival) of every event in the durable stream matching the filter."""
-    sub = await bus.js.subscribe(subject_filter, ordered_consumer=True)
-    out = []
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=0.3)
-            except Exception:
-                break
-            ev = CloudEvent.from_bytes(msg.data)
-            out.append((ev.type, ev.subject, ev.time.timestamp()))
-    finally:
-        await sub.unsubscribe()
-    return out
+    return [(ev.type, ev.subject, ev.time.timestamp()) for _, ev in await stream_events(bus, subject_filter)]
 
 
 async def test_registry_host_down_within_three_intervals_and_up_on_return(settings, running_service, bus) -> None:

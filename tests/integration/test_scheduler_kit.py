@@ -24,7 +24,7 @@ from libs.schemas.commands import ActualStateReport
 from libs.schemas.devices import Device, HardwareType, Health, HostFacts, device_id
 from libs.schemas.hostevents import CapabilityReport
 from libs.schemas.scheduler import WorkloadRef, WorkloadState, WorkloadSubmit, WorkloadView
-from tests.conftest import assert_eventually
+from tests.conftest import assert_eventually, stream_events
 
 FAST = SchedulerSettings(batch_debounce_s=0.05, retry_interval_s=0.5, solver_time_limit_s=0.5, resend_after_s=0.5,
                          orphan_stop_interval_s=0.5, inventory_timeout_s=0.3)
@@ -130,17 +130,4 @@ async def wait_state(bus: Bus, wid: str, *states: WorkloadState | str, timeout: 
 
 async def workload_events(bus: Bus, wid: str | None = None) -> list[CloudEvent]:
     """Every workload event in the durable stream (optionally of one workload), in order."""
-    sub = await bus.js.subscribe("xpumesh.events.workload.>", ordered_consumer=True)
-    out: list[CloudEvent] = []
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=0.3)
-            except Exception:
-                break
-            event = CloudEvent.from_bytes(msg.data)
-            if wid is None or event.subject == wid:
-                out.append(event)
-    finally:
-        await sub.unsubscribe()
-    return out
+    return [e for _, e in await stream_events(bus, subjects.WORKLOAD_EVENTS_ALL) if wid is None or e.subject == wid]
