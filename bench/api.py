@@ -50,6 +50,7 @@ from pydantic import SecretStr
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.kit import spawn, stop_all  # noqa: E402
 from libs.bus import subjects  # noqa: E402
 from libs.bus.connection import Bus  # noqa: E402
 from libs.config import Settings  # noqa: E402
@@ -89,10 +90,6 @@ def _cpu(proc: psutil.Process) -> float:
         return float(proc.cpu_percent())
     except psutil.Error:
         return 0.0
-
-
-def spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(argv, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO)
 
 
 async def until(check: Any, timeout: float, what: str) -> Any:
@@ -306,16 +303,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 out["results"].append(summary)
                 print(f"  {endpoint:38} c={c:<4} {summary['rps']:>8} req/s", file=sys.stderr, flush=True)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        pg.stop()
-        nats.stop()
+        stop_all(procs, pg, nats)
     return out
 
 

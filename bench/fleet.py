@@ -48,6 +48,7 @@ from pydantic import SecretStr
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.kit import spawn, stop_all  # noqa: E402
 from libs.bus import subjects  # noqa: E402
 from libs.bus.connection import STREAM_HOSTS, STREAM_TELEMETRY, Bus  # noqa: E402
 from libs.bus.subjects import CTL_METRICS  # noqa: E402
@@ -150,10 +151,6 @@ async def consumer(bus: Bus, stream: str, durable: str) -> dict[str, float]:
             "ack_floor": float(info.ack_floor.stream_seq if info.ack_floor else 0)}
 
 
-def spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(argv, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO)
-
-
 async def wait_health(bus: Bus, service: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -221,16 +218,7 @@ async def run_phase(args: argparse.Namespace, hosts: int, workdir: Path) -> Phas
         await db.close()
         await bus.close()
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        pg.stop()
-        nats.stop()
+        stop_all(procs, pg, nats)
     return phase
 
 

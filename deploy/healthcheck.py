@@ -30,9 +30,9 @@ import nats
 from nats.errors import TimeoutError as NatsTimeout
 from pydantic import ValidationError
 
+from libs.bus.subjects import CTL_HEALTH
 from libs.config import Settings
 from libs.schemas.registry import ServiceHealth
-from libs.bus.subjects import CTL_HEALTH
 
 
 class NatsUnreachable(Exception):

@@ -34,13 +34,14 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Generic, Literal, TypeVar, get_type_hints
+from typing import Any, Generic, Literal, get_type_hints
 
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from typing_extensions import TypeVar
 
 from libs import __version__
 from libs.bus import subjects
@@ -57,7 +58,7 @@ from libs.tracing import extract_context, setup_tracing, shutdown_tracing, trace
 
 __all__ = ["Context", "SeenIds", "ServiceApp", "consumer_config", "serve"]
 log = logging.getLogger(__name__)
-S = TypeVar("S")
+S = TypeVar("S", default=None)  # a service without state has none
 
 
 @dataclass
@@ -401,7 +402,7 @@ def default_instance_id(settings: Settings) -> str:
     return settings.instance_id or f"{socket.gethostname().split('.')[0]}-{os.getpid()}".replace(".", "-")[:64]
 
 
-async def serve(app: ServiceApp, settings: Settings, *, ready: asyncio.Event | None = None,
+async def serve(app: ServiceApp[Any], settings: Settings, *, ready: asyncio.Event | None = None,
                 stop: asyncio.Event | None = None) -> None:
     """Run one service until SIGTERM/SIGINT (or ``stop``): connect, check schema, start, drain."""
     from libs.db import make_engine, make_sessionmaker

@@ -172,7 +172,7 @@ def settings(nats_url: str, database_url: str, tmp_path: Path) -> Settings:
 
 
 class RunningService:
-    def __init__(self, app: ServiceApp, task: asyncio.Task[None], stop: asyncio.Event) -> None:
+    def __init__(self, app: ServiceApp[Any], task: asyncio.Task[None], stop: asyncio.Event) -> None:
         self.app, self.task, self.stop_event = app, task, stop
 
     async def stop(self) -> None:
@@ -185,7 +185,7 @@ async def running_service(settings: Settings) -> AsyncIterator[Callable[..., Awa
     """Start ServiceApps in this process (each with its own NATS connection); stopped after the test."""
     started: list[RunningService] = []
 
-    async def start(app: ServiceApp, s: Settings | None = None) -> RunningService:
+    async def start(app: ServiceApp[Any], s: Settings | None = None) -> RunningService:
         ready, stop = asyncio.Event(), asyncio.Event()
         task = asyncio.create_task(serve(app, s or settings, ready=ready, stop=stop))
         done, _ = await asyncio.wait({task, asyncio.create_task(ready.wait())}, timeout=20,

@@ -95,7 +95,7 @@ async def mesh(demo_nats: EmbeddedNats, demo_db: str, tmp_path_factory: pytest.T
                  inventory={"sim_device_fault_per_hour": 0.0, "sim_host_loss_per_hour": 0.0})
     stops: list[tuple[asyncio.Event, asyncio.Task[Any]]] = []
 
-    async def start(app: ServiceApp) -> None:
+    async def start(app: ServiceApp[Any]) -> None:
         ready, stop = asyncio.Event(), asyncio.Event()
         task = asyncio.create_task(serve(app, s, ready=ready, stop=stop))
         stops.append((stop, task))
