@@ -278,18 +278,15 @@ class ServiceApp(Generic[S]):
                                                    max_deliver=c.max_deliver, deliver_new=c.deliver_new))
 
     # --- lifecycle --------------------------------------------------------------------
-    async def _heartbeat_loop(self, ctx: Context[S]) -> None:
-        subject = subjects.service_heartbeat_subject(self.name, ctx.instance)
-        while True:
-            hb = Heartbeat(kind=MemberKind.SERVICE, id=f"{self.name}.{ctx.instance}", name=self.name, version=__version__,
-                           interval_s=ctx.settings.heartbeat_interval_s, site=None, meta={"pid": str(os.getpid())})
-            event = CloudEvent.new(EventTypes.SERVICE_HEARTBEAT, f"/service/{self.name}/{ctx.instance}", hb,
-                                   subject=hb.id)
-            try:
-                await ctx.bus.publish(subject, event.to_bytes())
-            except Exception as exc:
-                log.debug("heartbeat not sent: %s", type(exc).__name__)
-            await asyncio.sleep(ctx.settings.heartbeat_interval_s)
+    async def _heartbeat(self, ctx: Context[S]) -> None:
+        """One heartbeat to the registry (a lost one is harmless: the next follows within the interval)."""
+        hb = Heartbeat(kind=MemberKind.SERVICE, id=f"{self.name}.{ctx.instance}", name=self.name, version=__version__,
+                       interval_s=ctx.settings.heartbeat_interval_s, site=None, meta={"pid": str(os.getpid())})
+        event = CloudEvent.new(EventTypes.SERVICE_HEARTBEAT, f"/service/{self.name}/{ctx.instance}", hb, subject=hb.id)
+        try:
+            await ctx.bus.publish(subjects.service_heartbeat_subject(self.name, ctx.instance), event.to_bytes())
+        except Exception as exc:
+            log.debug("heartbeat not sent: %s", type(exc).__name__)
 
     async def health(self, ctx: Context[S]) -> ServiceHealth:
         checks = {"nats": ctx.bus.connected}
@@ -363,7 +360,8 @@ class ServiceApp(Generic[S]):
             tasks.append(asyncio.create_task(server.run(), name=f"http:{self.name}"))
         tasks += [asyncio.create_task(loop.run(self.name, ctx), name=f"every:{loop.name}") for loop in self.loops]
         tasks += [asyncio.create_task(t(ctx), name=f"task:{t.__name__}") for t in self.tasks]
-        tasks.append(asyncio.create_task(self._heartbeat_loop(ctx), name="heartbeat"))
+        heartbeat = Every("heartbeat", self._heartbeat, lambda s: s.heartbeat_interval_s)
+        tasks.append(asyncio.create_task(heartbeat.run(self.name, ctx), name="every:heartbeat"))
         SERVICE_UP.labels(self.name, ctx.instance).set(1)
         return tasks
 
