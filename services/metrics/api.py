@@ -1,7 +1,8 @@
 """The metrics service: telemetry in, rollups, city summaries, alerts, and the Prometheus endpoint.
 
 Consumes ``XPUMESH_TELEMETRY`` (big batches, COPY; the hot path is ``telemetry.py``), capability reports (device metadata),
-registry host up/down events and workload events; answers ``xpumesh.rpc.metrics.*``;
+the inventory's device events (device health: the inventory decides it, ``health.py``), registry host up/down events
+and workload events; answers ``xpumesh.rpc.metrics.*``;
 serves ``/metrics`` on ``metrics_port``; fires and resolves alerts through the outbox.
 """
 
@@ -34,7 +35,7 @@ from libs.schemas.metrics import (
     WorkloadQuery,
 )
 from libs.service import Context, ServiceApp
-from services.metrics import series, state, store, telemetry
+from services.metrics import health, series, state, store, telemetry
 from services.metrics.exposition import DeviceText, asgi_app, render_all
 from services.metrics.fleet import STATUS_DOWN, STATUS_UP, DeviceMeta
 from services.metrics.state import MetricsState
@@ -86,6 +87,13 @@ async def on_capability(events: list[CloudEvent], ctx: Ctx) -> None:
     r.summaries.clear()
     if len(metas) >= 1000:
         state.settle_heap()  # many new long-lived objects: out of the collector's way too
+
+
+@app.consumer(STREAM_EVENTS, durable="metrics-device-events", subject=subjects.DEVICE_EVENTS_ALL, batch=True,
+              batch_size=1024)
+async def on_device_event(events: list[CloudEvent], ctx: Ctx) -> None:
+    """The inventory's health decisions (device.added / healthy / unhealthy): stored and followed."""
+    await health.apply_device_events(ctx.state, events, app.name)
 
 
 @app.consumer(STREAM_EVENTS, durable="metrics-host-events", subject=subjects.HOST_EVENTS_ALL)

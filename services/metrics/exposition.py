@@ -109,7 +109,7 @@ class DeviceText:
             parts.append(f"# HELP {name} {doc}\n# TYPE {name} gauge\n")
             parts.append("".join(f"{name}{{{labels[d]}}} {v!r}\n" for d, v in zip(live, values, strict=True)))
         health = fleet.effective_health()
-        parts.append("# HELP xpumesh_device_healthy 1 when the device reports healthy, 0 when unhealthy.\n"
+        parts.append("# HELP xpumesh_device_healthy 1 when the inventory holds the device healthy, 0 when unhealthy.\n"
                      "# TYPE xpumesh_device_healthy gauge\n")
         parts.append("".join(f"xpumesh_device_healthy{{{labels[d]}}} {int(health[d])}\n" for d in present if health[d] >= 0))
         parts.append("# HELP xpumesh_host_up 1 while the registry reports the host up.\n# TYPE xpumesh_host_up gauge\n")

@@ -1,4 +1,5 @@
-"""The fleet as the metrics service sees it now: device metadata and latest samples.
+"""The fleet as the metrics service sees it now: device metadata, latest samples, and each device's health
+as the inventory decided it (``health.py``).
 
 Per-device values live in numpy arrays indexed by the device's integer id (the
 ``metrics.devices`` identity), so that a batch of 16,000 samples updates the state with a
@@ -16,6 +17,7 @@ import numpy as np
 
 from libs.schemas.devices import Device, Health, device_id
 
+#: A device's health as the inventory decided it (``health`` array values); anything else is unknown (-1).
 HEALTH_CODE: dict[str, int] = {Health.HEALTHY.value: 1, Health.UNHEALTHY.value: 0}
 STATUS_UNKNOWN, STATUS_UP, STATUS_DOWN = 0, 1, 2
 STATUS_NAMES = {STATUS_UNKNOWN: "unknown", STATUS_UP: "up", STATUS_DOWN: "down"}
@@ -44,7 +46,6 @@ class DeviceMeta:
     runtimes: dict[str, str] = field(default_factory=dict)
     firmware_version: str | None = None
     uuid: str | None = None
-    health: str = "unknown"
     vendor_index: int | None = None
 
     @property
@@ -99,8 +100,7 @@ class Fleet:
     host_idx: np.ndarray  # int32 index into host_list (-1: none)
     site_idx: np.ndarray  # int32 index into sites
     hw_idx: np.ndarray  # int32 index into hw
-    cap_health: np.ndarray  # int8 health from capability: 1, 0, -1 unknown
-    healthy: np.ndarray  # int8 health from the latest sample: 1, 0, -1 none yet
+    health: np.ndarray  # int8 the inventory's decision (device.added/healthy/unhealthy): 1, 0, -1 unknown
     last_ts: np.ndarray  # float64 Unix time of the latest sample (0: none)
     util: np.ndarray  # float32 %
     mem: np.ndarray  # float32 MiB used
@@ -125,7 +125,7 @@ class Fleet:
         old = self.cap
         arrays: dict[str, Any] = {
             "present": (bool, False), "host_idx": (np.int32, -1), "site_idx": (np.int32, -1), "hw_idx": (np.int32, -1),
-            "cap_health": (np.int8, -1), "healthy": (np.int8, -1), "last_ts": (np.float64, 0.0),
+            "health": (np.int8, -1), "last_ts": (np.float64, 0.0),
             "util": (np.float32, 0.0), "mem": (np.float32, 0.0), "temp": (np.float32, 0.0), "power": (np.float32, 0.0),
             "mem_total": (np.float64, 0.0),
         }
@@ -162,7 +162,10 @@ class Fleet:
         return h
 
     def put_device(self, meta: DeviceMeta) -> None:
-        """Add or replace one device's metadata (from capability, or a bare telemetry-only device)."""
+        """Add or replace one device's metadata (from capability, or a bare telemetry-only device).
+
+        Its health is left alone: only ``set_health`` (the inventory's events, or the stored value at start)
+        writes it, so a capability report applied late never overwrites a newer decision."""
         self.ensure(meta.id)
         h = self.host(meta.host_id, meta.site)
         old = self.devices.get(meta.id)
@@ -180,7 +183,6 @@ class Fleet:
         self.host_idx[meta.id] = h.idx
         self.site_idx[meta.id] = self.sites(meta.site)
         self.hw_idx[meta.id] = self.hw(meta.hardware_type)
-        self.cap_health[meta.id] = HEALTH_CODE.get(meta.health, -1)
         self.mem_total[meta.id] = float(meta.memory_mib or 0)
         self.version += 1
 
@@ -189,7 +191,6 @@ class Fleet:
         if meta is None:
             return
         self.present[device_id] = False
-        self.healthy[device_id] = -1
         self.last_ts[device_id] = 0.0
         h = self.hosts.get(meta.host_id)
         if h is not None and h.slots.get(meta.slot) == device_id:
@@ -201,9 +202,17 @@ class Fleet:
         h.status = status
         return h
 
+    def set_health(self, device_id: int, health: str) -> None:
+        """The device's health as the inventory decided it (``healthy``, ``unhealthy``, else unknown)."""
+        self.ensure(device_id)
+        self.health[device_id] = HEALTH_CODE.get(health, -1)
+
     # --- samples ----------------------------------------------------------------------
     def apply_samples(self, ids: np.ndarray, ts: np.ndarray, vals: np.ndarray) -> None:
-        """``vals`` columns: util, mem, temp, power, healthy. Older samples never overwrite newer ones."""
+        """``vals`` columns: util, mem, temp, power, healthy. Older samples never overwrite newer ones.
+
+        The samples' healthy bit is raw data (stored, counted in rollups); it does not decide the device's
+        health here: the inventory does, and says so in its device events (``set_health``)."""
         newer = ts >= self.last_ts[ids]
         if not newer.all():
             ids, ts, vals = ids[newer], ts[newer], vals[newer]
@@ -212,7 +221,6 @@ class Fleet:
         self.mem[ids] = vals[:, 1]
         self.temp[ids] = vals[:, 2]
         self.power[ids] = vals[:, 3]
-        self.healthy[ids] = vals[:, 4]
 
     def fresh_mask(self, stale_s: float, now: float | None = None) -> np.ndarray:
         now = time.time() if now is None else now
@@ -221,9 +229,8 @@ class Fleet:
         return mask
 
     def effective_health(self) -> np.ndarray:
-        """Latest telemetry health where a sample exists, else the capability's (1, 0, or -1 unknown)."""
-        out: np.ndarray = np.where(self.healthy >= 0, self.healthy, self.cap_health)
-        return out
+        """Each device's health as the inventory decided it: 1 healthy, 0 unhealthy, -1 unknown."""
+        return self.health
 
     def device_by_key(self, key: str) -> DeviceMeta | None:
         dev_id = self.by_key.get(key)

@@ -46,6 +46,7 @@ async def read_fleet(conn: asyncpg.Connection) -> Fleet:
         h.status = STATUS_CODES.get(row["status"], 0)
     for row in await conn.fetch("SELECT * FROM metrics.devices WHERE present"):
         fleet.put_device(_meta(row))
+        fleet.set_health(row["id"], row["health"])
     return fleet
 
 
@@ -55,13 +56,15 @@ def _meta(row: Mapping[str, Any]) -> DeviceMeta:
                       hardware_type=row["hardware_type"], vendor=row["vendor"], model=row["model"],
                       memory_mib=row["memory_mib"], driver_version=row["driver_version"],
                       runtimes=dict(_json(row["runtimes"]) or {}), firmware_version=row["firmware_version"],
-                      uuid=row["uuid"], health=row["health"])
+                      uuid=row["uuid"])
 
 
 async def update_capabilities(conn: asyncpg.Connection,
                               reports: Sequence[CapabilityReport]) -> tuple[list[DeviceMeta], list[int]]:
     """Upsert hosts and their devices (one statement each, arrays through unnest); devices a host no longer
-    reports are marked absent. Returns (present devices, removed device ids)."""
+    reports are marked absent. Returns (present devices, removed device ids).
+
+    A device's ``health`` is not the report's: the inventory decides it (``update_device_health``)."""
     await conn.execute(
         "INSERT INTO metrics.hosts AS t (host_id, site, hostname, generation, labels, updated_at) "
         "SELECT h, s, n, g, CAST(l AS jsonb), now() FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], "
@@ -69,25 +72,25 @@ async def update_capabilities(conn: asyncpg.Connection,
         "hostname = EXCLUDED.hostname, generation = EXCLUDED.generation, labels = EXCLUDED.labels, updated_at = now()",
         [r.host_id for r in reports], [r.site for r in reports], [r.facts.hostname[:256] for r in reports],
         [r.generation for r in reports], [json.dumps(r.labels) for r in reports])
-    cols: dict[str, list[Any]] = {k: [] for k in ("h", "sl", "vi", "s", "hw", "ve", "mo", "mem", "dr", "rt", "fw", "uu", "he")}
+    cols: dict[str, list[Any]] = {k: [] for k in ("h", "sl", "vi", "s", "hw", "ve", "mo", "mem", "dr", "rt", "fw", "uu")}
     for r in reports:
         for slot, d in zip(slots_for(r.devices), r.devices, strict=True):
             for k, v in (("h", r.host_id), ("sl", slot), ("vi", d.index), ("s", r.site), ("hw", d.hardware_type.value),
                          ("ve", d.vendor[:32]), ("mo", d.model[:128]), ("mem", d.memory_mib),
                          ("dr", (d.driver_version or None) and d.driver_version[:64]), ("rt", json.dumps(d.runtimes)),
                          ("fw", (d.firmware_version or None) and d.firmware_version[:64]),
-                         ("uu", (d.uuid or None) and d.uuid[:128]), ("he", d.health.value)):
+                         ("uu", (d.uuid or None) and d.uuid[:128])):
                 cols[k].append(v)
     rows = await conn.fetch(
         "INSERT INTO metrics.devices AS t (host_id, slot, vendor_index, site, hardware_type, vendor, model, memory_mib, "
-        "driver_version, runtimes, firmware_version, uuid, health, present, updated_at) "
-        "SELECT h, sl, vi, s, hw, ve, mo, mem, dr, CAST(rt AS jsonb), fw, uu, he, true, now() FROM unnest("
+        "driver_version, runtimes, firmware_version, uuid, present, updated_at) "
+        "SELECT h, sl, vi, s, hw, ve, mo, mem, dr, CAST(rt AS jsonb), fw, uu, true, now() FROM unnest("
         "$1::text[], $2::int[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[], $9::text[], "
-        "$10::text[], $11::text[], $12::text[], $13::text[]) AS v(h, sl, vi, s, hw, ve, mo, mem, dr, rt, fw, uu, he) "
+        "$10::text[], $11::text[], $12::text[]) AS v(h, sl, vi, s, hw, ve, mo, mem, dr, rt, fw, uu) "
         "ON CONFLICT (host_id, slot) DO UPDATE SET vendor_index = EXCLUDED.vendor_index, site = EXCLUDED.site, "
         "hardware_type = EXCLUDED.hardware_type, vendor = EXCLUDED.vendor, model = EXCLUDED.model, "
         "memory_mib = EXCLUDED.memory_mib, driver_version = EXCLUDED.driver_version, runtimes = EXCLUDED.runtimes, "
-        "firmware_version = EXCLUDED.firmware_version, uuid = EXCLUDED.uuid, health = EXCLUDED.health, present = true, "
+        "firmware_version = EXCLUDED.firmware_version, uuid = EXCLUDED.uuid, present = true, "
         "updated_at = now() RETURNING *", *cols.values())
     gone = await conn.fetch(
         "UPDATE metrics.devices AS d SET present = false, updated_at = now() FROM unnest($1::text[], $2::int[]) AS v(h, n) "
@@ -104,18 +107,42 @@ async def update_host_status(conn: asyncpg.Connection, host_id: str, site: str, 
         host_id, site, status, datetime.now(UTC))
 
 
-async def create_devices(conn: asyncpg.Connection, pairs: Sequence[tuple[str, int, str]]) -> list[DeviceMeta]:
-    """Ids for devices seen in telemetry before any capability report: (host, slot, site) → bare rows."""
+async def _create_bare_hosts(conn: asyncpg.Connection, hosts: Sequence[str], sites: Sequence[str]) -> None:
+    """Rows for hosts not known yet (the ones known keep theirs)."""
     await conn.execute(
         "INSERT INTO metrics.hosts (host_id, site, updated_at) SELECT DISTINCT h, s, now() "
         "FROM unnest($1::text[], $2::text[]) AS t(h, s) ORDER BY h ON CONFLICT (host_id) DO NOTHING",
-        [p[0] for p in pairs], [p[2] for p in pairs])
+        list(hosts), list(sites))
+
+
+async def create_devices(conn: asyncpg.Connection, pairs: Sequence[tuple[str, int, str]]) -> list[DeviceMeta]:
+    """Ids for devices seen in telemetry before any capability report: (host, slot, site) → bare rows."""
+    await _create_bare_hosts(conn, [p[0] for p in pairs], [p[2] for p in pairs])
     rows = await conn.fetch(
         "INSERT INTO metrics.devices (host_id, slot, site, updated_at) "
         "SELECT h, sl, s, now() FROM unnest($1::text[], $2::int[], $3::text[]) AS t(h, sl, s) "
         "ON CONFLICT (host_id, slot) DO UPDATE SET present = true RETURNING *",
         [p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs])
     return [_meta(r) for r in rows]
+
+
+async def update_device_health(conn: asyncpg.Connection,
+                               changes: Sequence[tuple[str, int, str, str]]) -> list[tuple[DeviceMeta, bool]]:
+    """Store the inventory's health decisions: (host, slot, site, health), one per device.
+
+    A device not known yet (its event came before its capability report or telemetry) gets a bare row,
+    as telemetry-before-capability does; a known one keeps its metadata and whether it is present.
+    Returns each device with its ``present`` flag."""
+    if not changes:
+        return []
+    await _create_bare_hosts(conn, [c[0] for c in changes], [c[2] for c in changes])
+    rows = await conn.fetch(
+        "INSERT INTO metrics.devices AS t (host_id, slot, site, health, updated_at) "
+        "SELECT h, sl, s, he, now() FROM unnest($1::text[], $2::int[], $3::text[], $4::text[]) AS v(h, sl, s, he) "
+        "ORDER BY h, sl ON CONFLICT (host_id, slot) DO UPDATE SET health = EXCLUDED.health, updated_at = now() "
+        "RETURNING *",
+        [c[0] for c in changes], [c[1] for c in changes], [c[2] for c in changes], [c[3][:16] for c in changes])
+    return [(_meta(r), bool(r["present"])) for r in rows]
 
 
 # --- rollups ------------------------------------------------------------------------------

@@ -1,4 +1,7 @@
-"""Alert rules: each fires and resolves as a durable event with a stable id."""
+"""Alert rules: each fires and resolves as a durable event with a stable id.
+
+A device's health is the inventory's decision (metrics follows its device events), so the
+unhealthy-device tests run the inventory beside metrics."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from agent.publisher import HostPublisher
 from libs.bus.connection import Bus
 from libs.events import CloudEvent, EventTypes
 from libs.schemas.metrics import AlertList, AlertQuery, AlertState, DeviceDetail, DeviceRef
+from services.inventory.api import app as inventory_app
 from services.metrics.api import app as metrics_app
 from services.registry.api import app as registry_app
 from tests.integration.test_metrics_kit import (
@@ -17,6 +21,7 @@ from tests.integration.test_metrics_kit import (
     events_of,
     eventually,
     fast_settings,
+    registered,
     rpc,
     telemetry,
 )
@@ -73,8 +78,10 @@ async def test_alert_silent_host_fires_host_down_and_resolves_on_return(settings
 
 
 async def test_alert_unhealthy_device_and_missing_telemetry(settings, running_service, bus: Bus) -> None:
+    await running_service(inventory_app)
     await running_service(metrics_app, fast_settings(settings))
     pub = await announce(bus, "h-3", "quzhou", devices("npu", 2))
+    await registered(bus, "h-3")
     await pub.telemetry(telemetry("h-3", "quzhou", [(0, 10, 10, 40, 100, 1), (1, 10, 10, 40, 100, 0)]))
     fired = await eventually(_having(bus, EventTypes.ALERT_FIRING, "device_unhealthy"))
     assert fired[0].data["id"] == "device_unhealthy/h-3/1" and fired[0].data["severity"] == "critical"
@@ -101,6 +108,7 @@ async def test_alert_site_utilization_high_for_a_duration(settings, running_serv
 
 async def test_alert_firing_survives_restart_without_a_second_event(settings, running_service, bus: Bus) -> None:
     s = fast_settings(settings)
+    await running_service(inventory_app)
     svc = await running_service(metrics_app, s)
     pub = await announce(bus, "h-1", "shaoxing", devices("gpu", 1, unhealthy=(0,)))
     await eventually(_having(bus, EventTypes.ALERT_FIRING, "device_unhealthy"))

@@ -26,9 +26,20 @@ from libs.schemas.metrics import (
     WorkloadPage,
     WorkloadQuery,
 )
+from services.inventory.api import app as inventory_app
 from services.metrics.api import app as metrics_app
 from services.registry.api import app as registry_app
-from tests.integration.test_metrics_kit import announce, devices, eventually, fast_settings, rpc, telemetry
+from tests.integration.test_metrics_kit import (
+    announce,
+    capability,
+    devices,
+    eventually,
+    fast_settings,
+    health_in_both,
+    registered,
+    rpc,
+    telemetry,
+)
 
 
 async def _summary(bus: Bus, sites: list[str] | None = None) -> FleetSummary:
@@ -42,6 +53,7 @@ async def _samples(bus: Bus) -> int:
 
 
 async def test_metrics_city_summary_matches_known_input(settings, running_service, bus: Bus) -> None:
+    await running_service(inventory_app)  # health: the inventory decides, metrics counts
     await running_service(metrics_app, fast_settings(settings))
     hz1 = await announce(bus, "hz-1", "hangzhou", devices("gpu", 4))
     hz2 = await announce(bus, "hz-2", "hangzhou", devices("npu", 2, unhealthy=(1,)))
@@ -53,7 +65,11 @@ async def test_metrics_city_summary_matches_known_input(settings, running_servic
     await nb1.telemetry(telemetry("nb-1", "ningbo", [(0, 100, 8000, 70, 300, 1)]))  # device 1 silent
     await eventually(lambda: _samples_at_least(bus, 7), message="samples ingested")
 
-    s = await _summary(bus)
+    async def health_known() -> FleetSummary | None:
+        s = await _summary(bus)
+        return s if s.totals.healthy + s.totals.unhealthy == 8 else None
+
+    s = await eventually(health_known, message="every device's health known")
     by_site = {x.site: x for x in s.sites}
     assert set(by_site) == {"hangzhou", "ningbo"}
     hz = by_site["hangzhou"]
@@ -77,6 +93,24 @@ async def test_metrics_city_summary_matches_known_input(settings, running_servic
     assert [d.util for d in page.items[0].devices] == [10, 20, 30, 40]
     detail: DeviceDetail = await rpc(bus, "device.get", DeviceRef(host_id="hz-1", slot=2), DeviceDetail)
     assert detail.device.temp_c == 52 and detail.driver_version == "550.54.14" and detail.runtimes == {"cuda": "12.4"}
+
+
+async def test_metrics_device_health_follows_the_inventory_whichever_report_came_last(
+        settings, running_service, bus: Bus) -> None:
+    await running_service(inventory_app)
+    await running_service(metrics_app, fast_settings(settings))
+    pub = await announce(bus, "h-1", "taizhou", devices("gpu", 2))
+    await registered(bus, "h-1")
+    await eventually(lambda: _health_is(bus, "h-1", 1, ("healthy", True)), message="healthy by capability in both")
+    await pub.telemetry(telemetry("h-1", "taizhou", [(0, 10, 10, 40, 100, 1), (1, 10, 10, 40, 100, 0)]))
+    await eventually(lambda: _health_is(bus, "h-1", 1, ("unhealthy", False)), message="unhealthy by telemetry in both")
+    await pub.capability(capability("h-1", "taizhou", devices("gpu", 2), generation=2))
+    await eventually(lambda: _health_is(bus, "h-1", 1, ("healthy", True)), message="healthy again by capability")
+    assert await health_in_both(bus, "h-1", 0) == ("healthy", True)
+
+
+async def _health_is(bus: Bus, host: str, slot: int, expected: tuple[str, bool]) -> bool:
+    return await health_in_both(bus, host, slot) == expected
 
 
 async def _device_count(bus: Bus, n: int) -> bool:
@@ -225,8 +259,10 @@ async def test_metrics_prometheus_endpoint_parses_with_device_labels_and_service
         settings, running_service, bus: Bus) -> None:
     s = fast_settings(settings)
     await running_service(registry_app)
+    await running_service(inventory_app)
     await running_service(metrics_app, s)
     pub = await announce(bus, "h-1", "hangzhou", devices("gpu", 2))
+    await registered(bus, "h-1")
     await pub.telemetry(telemetry("h-1", "hangzhou", [(0, 42.5, 1024, 61, 250, 1), (1, 7, 0, 35, 90, 0)]))
     await eventually(lambda: _samples_at_least(bus, 2))
 
@@ -236,7 +272,9 @@ async def test_metrics_prometheus_endpoint_parses_with_device_labels_and_service
                 r = await client.get(f"http://127.0.0.1:{s.metrics_port}/metrics", timeout=5)
         except httpx.TransportError:
             return None
-        return r.text if r.status_code == 200 and "xpumesh_service_up" in r.text else None
+        # the inventory's decision has reached metrics (only the health gauge is written as an int)
+        unhealthy = 'model="A100-SXM4-80GB",device="1"} 0\n'
+        return r.text if r.status_code == 200 and "xpumesh_service_up" in r.text and unhealthy in r.text else None
 
     text = await eventually(scrape, message="/metrics answers")
     families = {f.name: f for f in text_string_to_metric_families(text)}

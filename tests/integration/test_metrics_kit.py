@@ -8,10 +8,13 @@ from typing import Any
 from agent.publisher import HostPublisher
 from libs.bus import subjects
 from libs.bus.connection import Bus
+from libs.bus.errors import NotFound
 from libs.config import AlertSettings, MetricsSettings, Settings
 from libs.events import CloudEvent
 from libs.schemas.devices import Device, HardwareType, Health, HostFacts
 from libs.schemas.hostevents import CapabilityReport, TelemetryReport
+from libs.schemas.inventory import HostDetail, HostRef
+from libs.schemas.metrics import DeviceDetail, DeviceRef
 from tests.conftest import assert_eventually
 
 MODELS = {
@@ -52,6 +55,38 @@ async def announce(bus: Bus, host: str, site: str, devs: list[Device], interval_
     pub = HostPublisher(bus, host, site, host, interval_s=interval_s)
     await pub.capability(capability(host, site, devs))
     return pub
+
+
+async def inventory_host(bus: Bus, host: str) -> HostDetail | None:
+    """The inventory's view of a host (None: not registered yet)."""
+    try:
+        detail: HostDetail = await bus.request(subjects.rpc_subject("inventory", "hosts.get"), HostRef(id=host),
+                                               HostDetail)
+    except NotFound:
+        return None
+    return detail
+
+
+async def registered(bus: Bus, host: str, generation: int = 1) -> HostDetail:
+    """Once the inventory applied a host's capability report: its telemetry from then on decides health there
+    (the inventory drops telemetry of hosts it does not know yet)."""
+    async def applied() -> HostDetail | None:
+        h = await inventory_host(bus, host)
+        return h if h is not None and h.generation >= generation else None
+
+    found: HostDetail = await assert_eventually(applied, message=f"inventory applied {host} generation {generation}")
+    return found
+
+
+async def health_in_both(bus: Bus, host: str, slot: int) -> tuple[str | None, bool | None]:
+    """A device's health as the inventory (``hosts.get``) and metrics (``device.get``) answer it."""
+    h = await inventory_host(bus, host)
+    inventory = next((d.health.value for d in h.devices if d.slot == slot), None) if h else None
+    try:
+        detail: DeviceDetail = await rpc(bus, "device.get", DeviceRef(host_id=host, slot=slot), DeviceDetail)
+    except NotFound:
+        return inventory, None
+    return inventory, detail.device.healthy
 
 
 async def events_of(bus: Bus, etype: str) -> list[CloudEvent]:

@@ -144,6 +144,28 @@ async def test_metrics_store_fleet_reads_back_capabilities_and_host_status(setti
     assert set(fleet.devices) == {metas[0].id} and fleet.devices[metas[0].id].runtimes == {"cuda": "12.4"}
 
 
+async def test_metrics_store_device_health_is_the_inventorys_and_survives_capability_reports(
+        settings: Settings) -> None:
+    report = capability("h-1", "hangzhou", devices("gpu", 2, unhealthy=(1,)))
+    conn = await asyncpg.connect(settings.database_dsn())
+    try:
+        async with conn.transaction():
+            metas, _ = await store.update_capabilities(conn, [report])
+            stored = await store.update_device_health(conn, [("h-1", 0, "hangzhou", "unhealthy"),
+                                                             ("h-9", 3, "ningbo", "healthy")])  # not known yet
+        by_key = {m.key: (m, present) for m, present in stored}
+        assert by_key["h-1/0"][0].id == metas[0].id and by_key["h-1/0"][0].model == "A100-SXM4-80GB"
+        assert by_key["h-9/3"][1] and by_key["h-9/3"][0].hardware_type == "unknown"
+        async with conn.transaction():  # a later report neither sets nor resets what the inventory decided
+            await store.update_capabilities(conn, [report.model_copy(update={"generation": 2})])
+        fleet = await store.read_fleet(conn)
+    finally:
+        await conn.close()
+    h1_0, h1_1, h9_3 = (fleet.by_key[k] for k in ("h-1/0", "h-1/1", "h-9/3"))
+    assert [int(fleet.effective_health()[d]) for d in (h1_0, h1_1, h9_3)] == [0, -1, 1]
+    assert fleet.hosts["h-9"].site == "ningbo"
+
+
 async def test_metrics_store_alerts_upserted_listed_counted_and_queued_in_the_outbox(settings: Settings) -> None:
     t0 = datetime(2030, 5, 1, 12, tzinfo=UTC)
 
