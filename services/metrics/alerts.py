@@ -4,6 +4,9 @@ Pure evaluation (no I/O): ``AlertEngine.evaluate`` returns the transitions; the 
 writes them (alert rows + outbox events, one transaction) and only then ``apply``-s them,
 so a failed write is simply evaluated again on the next tick.
 
+``device_unhealthy`` reads the device's health as the inventory decided it (``Fleet.health``, set from
+its device events by ``health.py``); the other rules read the samples.
+
 Each alert's id is stable for what it is about — ``<rule>/<host>/<slot>`` for a device,
 ``<rule>/<host>`` for a host, ``<rule>/<site>`` for a site — so a restart or a repeat
 evaluation never creates a second alert for the same thing.
