@@ -15,7 +15,7 @@ from libs.schemas.devices import Device, HardwareType, Health, HostFacts
 from libs.schemas.hostevents import CapabilityReport, TelemetryReport
 from libs.schemas.inventory import HostDetail, HostRef
 from libs.schemas.metrics import DeviceDetail, DeviceRef
-from tests.conftest import assert_eventually
+from tests.conftest import assert_eventually, stream_events
 
 MODELS = {
     "gpu": ("nvidia", "A100-SXM4-80GB", 81920, "550.54.14", {"cuda": "12.4"}),
@@ -91,18 +91,7 @@ async def health_in_both(bus: Bus, host: str, slot: int) -> tuple[str | None, bo
 
 async def events_of(bus: Bus, etype: str) -> list[CloudEvent]:
     """Every event of a type in the durable stream so far."""
-    sub = await bus.js.subscribe(subjects.event_subject(etype, "*"), ordered_consumer=True)
-    out = []
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=0.3)
-            except Exception:
-                break
-            out.append(CloudEvent.from_bytes(msg.data))
-    finally:
-        await sub.unsubscribe()
-    return out
+    return [e for _, e in await stream_events(bus, subjects.event_subject(etype, "*"))]
 
 
 async def rpc(bus: Bus, endpoint: str, payload: Any, response: type[Any]) -> Any:
