@@ -1,5 +1,5 @@
-"""The gateway's records: API keys (hashed at rest) and idempotency responses (tenant quotas
-live in the scheduler, see ``services/scheduler/quotas.py``).
+"""The gateway's records: API keys (hashed at rest), idempotency responses and the audit log
+(tenant quotas live in the scheduler, see ``services/scheduler/quotas.py``).
 
 Keys are ``xpm_`` + 32 random bytes (urlsafe base64). Only the sha256 of a key is stored,
 with its first characters as a non-secret lookup prefix; verification compares digests in
@@ -19,8 +19,9 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from libs.schemas.audit import AuditAction, AuditActor, AuditEntry
 from libs.schemas.tenancy import ApiKey, Role
-from services.gateway.orm import api_keys, idempotency_keys
+from services.gateway.orm import api_keys, audit_log, idempotency_keys
 
 KEY_PREFIX_LEN = 12
 MIN_KEY_LEN = 24
@@ -158,3 +159,41 @@ async def delete_expired_idempotency(session: AsyncSession, ttl: timedelta) -> i
     result = await session.execute(delete(idempotency_keys).where(
         idempotency_keys.c.created_at < datetime.now(UTC) - ttl))
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+# --- audit log -----------------------------------------------------------------------------
+async def create_audit_entry(session: AsyncSession, *, request_id: str, actor: AuditActor, action: AuditAction,
+                             target: str, changes: dict[str, Any], status: int) -> int:
+    """Append one audit entry (the caller has bounded and redacted ``changes``); return its id."""
+    return int(await session.scalar(audit_log.insert().values(
+        request_id=request_id[:128], actor_key_id=actor.key_id, actor_tenant=actor.tenant, actor_role=actor.role,
+        action=str(action), target=target[:256], changes=changes, status=status).returning(audit_log.c.id)))
+
+
+async def list_audit_entries(session: AsyncSession, *, actor: str | None = None, action: AuditAction | None = None,
+                             target: str | None = None, since: datetime | None = None, until: datetime | None = None,
+                             before: int | None = None, limit: int = 100) -> tuple[list[AuditEntry], int | None]:
+    """Entries newest first (by id), filtered; ``before`` is the last id of the previous page.
+
+    Returns the page and the id to continue before, or None on the last page. ``since`` is
+    inclusive, ``until`` exclusive.
+    """
+    t = audit_log
+    q = select(t).order_by(t.c.id.desc()).limit(limit + 1)
+    if actor is not None:
+        q = q.where(t.c.actor_key_id == actor)
+    if action is not None:
+        q = q.where(t.c.action == str(action))
+    if target is not None:
+        q = q.where(t.c.target == target)
+    if since is not None:
+        q = q.where(t.c.at >= since)
+    if until is not None:
+        q = q.where(t.c.at < until)
+    if before is not None:
+        q = q.where(t.c.id < before)
+    rows = (await session.execute(q)).all()
+    items = [AuditEntry(id=r.id, at=r.at, request_id=r.request_id, action=r.action, target=r.target,
+                        actor=AuditActor(key_id=r.actor_key_id, tenant=r.actor_tenant, role=r.actor_role),
+                        changes=r.changes, status=r.status) for r in rows[:limit]]
+    return items, (items[-1].id if len(rows) > limit else None)

@@ -12,8 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from libs.bus.errors import NotFound
 from libs.bus.subjects import TOKEN_PATTERN
+from libs.schemas.audit import AuditAction
 from libs.schemas.inventory import HostDetail, HostLabels, HostPage, HostQuery, HostStatus, HostSummary
 from libs.schemas.tenancy import Role
+from services.gateway.audit import Audit, audited
 from services.gateway.auth import require_role
 from services.gateway.deps import Ctx, call
 from services.gateway.openapi import problem
@@ -96,13 +98,16 @@ class LabelChange(BaseModel):
 @router.patch("/v1/hosts/{host_id}/labels", summary="Set or remove a host's operator labels (operator, admin)",
               response_model=HostDetail, responses=NOT_FOUND,
               dependencies=[Depends(require_role(Role.OPERATOR))])
-async def patch_labels(ctx: Ctx, host_id: HostId, body: LabelChange) -> HostDetail:
-    try:
-        req = HostLabels(id=host_id, set=body.set, remove=body.remove)
-    except ValidationError as exc:
-        errors = [{"loc": "body." + ".".join(str(p) for p in e["loc"]), "msg": e["msg"]} for e in exc.errors()[:20]]
-        raise ProblemError(422, "Invalid request", f"{errors[0]['loc']}: {errors[0]['msg']}", errors=errors) from None
-    try:
-        return await call(ctx, "inventory", "hosts.labels", req, HostDetail)
-    except NotFound:
-        raise ProblemError(404, "Host not found", f"no host {host_id!r}") from None
+async def patch_labels(ctx: Ctx, host_id: HostId, body: LabelChange,
+                       audit: Annotated[Audit, Depends(audited(AuditAction.HOST_LABELS))]) -> HostDetail:
+    async with audit.remote(target=host_id, changes=body):
+        try:
+            req = HostLabels(id=host_id, set=body.set, remove=body.remove)
+        except ValidationError as exc:
+            errors = [{"loc": "body." + ".".join(str(p) for p in e["loc"]), "msg": e["msg"]} for e in exc.errors()[:20]]
+            raise ProblemError(422, "Invalid request", f"{errors[0]['loc']}: {errors[0]['msg']}",
+                               errors=errors) from None
+        try:
+            return await call(ctx, "inventory", "hosts.labels", req, HostDetail)
+        except NotFound:
+            raise ProblemError(404, "Host not found", f"no host {host_id!r}") from None

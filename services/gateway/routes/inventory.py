@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from libs.bus.errors import NotFound
 from libs.bus.subjects import TOKEN_PATTERN
+from libs.schemas.audit import AuditAction
 from libs.schemas.catalog import DeviceModel
 from libs.schemas.devices import HardwareType
 from libs.schemas.inventory import (
@@ -38,6 +39,7 @@ from libs.schemas.inventory import (
     hardware_type_or_error,
 )
 from libs.schemas.tenancy import Role
+from services.gateway.audit import Audit, audited
 from services.gateway.auth import require_role
 from services.gateway.deps import Ctx, call
 from services.gateway.openapi import problem
@@ -50,6 +52,10 @@ Operator = [Depends(require_role(Role.OPERATOR))]
 VALID_TYPES = ", ".join(t.value for t in HardwareType)
 Vendor = Annotated[str, Path(max_length=40, examples=["nvidia"])]
 ModelName = Annotated[str, Path(max_length=128, examples=["A100-SXM4-80GB"])]
+SiteAudit = Annotated[Audit, Depends(audited(AuditAction.SITE_UPSERT))]
+CatalogCreateAudit = Annotated[Audit, Depends(audited(AuditAction.CATALOG_CREATE))]
+CatalogAudit = Annotated[Audit, Depends(audited(AuditAction.CATALOG_UPSERT))]
+RuleAudit = Annotated[Audit, Depends(audited(AuditAction.RULE_UPSERT))]
 
 
 def hardware_type(value: str | None) -> str | None:
@@ -87,12 +93,13 @@ async def list_links(ctx: Ctx) -> Page[SiteLink]:
 @router.put("/v1/sites/{site_id}", summary="Create or update a site (operator, admin)", response_model=Site,
             dependencies=Operator, responses={201: {"description": "Created", "model": Site}})
 async def put_site(ctx: Ctx, site_id: Annotated[str, Path(pattern=TOKEN_PATTERN, examples=["hangzhou"])], body: Site,
-                   response: Response) -> Site:
-    if body.id != site_id:
-        raise ProblemError(422, "Invalid request", "the body's id must be the path's site id",
-                           errors=[{"loc": "body.id", "msg": "differs from the path"}])
-    result = await call(ctx, "inventory", "sites.upsert", body, Upserted)
-    response.status_code = 201 if result.created else 200
+                   response: Response, audit: SiteAudit) -> Site:
+    async with audit.remote(target=site_id, changes=body):
+        if body.id != site_id:
+            raise ProblemError(422, "Invalid request", "the body's id must be the path's site id",
+                               errors=[{"loc": "body.id", "msg": "differs from the path"}])
+        result = await call(ctx, "inventory", "sites.upsert", body, Upserted)
+        response.status_code = 201 if result.created else 200
     return body
 
 
@@ -162,24 +169,27 @@ async def get_catalog(ctx: Ctx, vendor: Vendor, model: ModelName) -> CatalogEntr
              response_model=DeviceModel, dependencies=Operator,
              responses={409: problem("The entry already exists", "Catalog entry exists",
                                      "nvidia/A100-SXM4-80GB exists; PUT it to replace it")})
-async def create_catalog(ctx: Ctx, body: DeviceModel) -> DeviceModel:
-    try:
-        await call(ctx, "inventory", "catalog.get", CatalogRef(vendor=body.vendor, model=body.model), CatalogEntry)
-    except NotFound:
-        await call(ctx, "inventory", "catalog.upsert", body, Upserted)
-        return body
-    raise ProblemError(409, "Catalog entry exists", f"{body.vendor}/{body.model} exists; PUT it to replace it")
+async def create_catalog(ctx: Ctx, body: DeviceModel, audit: CatalogCreateAudit) -> DeviceModel:
+    async with audit.remote(target=f"{body.vendor}/{body.model}", changes=body):
+        try:
+            await call(ctx, "inventory", "catalog.get", CatalogRef(vendor=body.vendor, model=body.model), CatalogEntry)
+        except NotFound:
+            await call(ctx, "inventory", "catalog.upsert", body, Upserted)
+            return body
+        raise ProblemError(409, "Catalog entry exists", f"{body.vendor}/{body.model} exists; PUT it to replace it")
 
 
 @router.put("/v1/catalog/{vendor}/{model}", summary="Create or replace a device model (operator, admin)",
             response_model=DeviceModel, dependencies=Operator,
             responses={201: {"description": "Created", "model": DeviceModel}})
-async def put_catalog(ctx: Ctx, vendor: Vendor, model: ModelName, body: DeviceModel, response: Response) -> DeviceModel:
-    if (body.vendor, body.model) != (vendor, model):
-        raise ProblemError(422, "Invalid request", "the body's vendor and model must be the path's",
-                           errors=[{"loc": "body.model", "msg": "differs from the path"}])
-    result = await call(ctx, "inventory", "catalog.upsert", body, Upserted)
-    response.status_code = 201 if result.created else 200
+async def put_catalog(ctx: Ctx, vendor: Vendor, model: ModelName, body: DeviceModel, response: Response,
+                      audit: CatalogAudit) -> DeviceModel:
+    async with audit.remote(target=f"{vendor}/{model}", changes=body):
+        if (body.vendor, body.model) != (vendor, model):
+            raise ProblemError(422, "Invalid request", "the body's vendor and model must be the path's",
+                               errors=[{"loc": "body.model", "msg": "differs from the path"}])
+        result = await call(ctx, "inventory", "catalog.upsert", body, Upserted)
+        response.status_code = 201 if result.created else 200
     return body
 
 
@@ -196,7 +206,9 @@ async def list_rules(ctx: Ctx, kind: RuleKind | None = None,
 @router.post("/v1/compat-rules", summary="Create or replace a rule (operator, admin): give 'compat' or 'driver'",
              response_model=RuleUpsert, dependencies=Operator,
              responses={201: {"description": "Created", "model": RuleUpsert}})
-async def upsert_rule(ctx: Ctx, body: RuleUpsert, response: Response) -> RuleUpsert:
-    result = await call(ctx, "inventory", "rules.upsert", body, Upserted)
-    response.status_code = 201 if result.created else 200
+async def upsert_rule(ctx: Ctx, body: RuleUpsert, response: Response, audit: RuleAudit) -> RuleUpsert:
+    target = f"compat/{body.compat.id}" if body.compat else f"driver/{body.driver.id if body.driver else ''}"
+    async with audit.remote(target=target, changes=body):
+        result = await call(ctx, "inventory", "rules.upsert", body, Upserted)
+        response.status_code = 201 if result.created else 200
     return body

@@ -10,8 +10,10 @@ from pydantic import BaseModel, ConfigDict
 from libs.bus import subjects
 from libs.db import session_scope
 from libs.events import CloudEvent, EventTypes
+from libs.schemas.audit import AuditAction
 from libs.schemas.tenancy import ApiKey, CreatedKey, KeyCreate, Role
 from services.gateway import store
+from services.gateway.audit import Audit, audited
 from services.gateway.auth import CurrentPrincipal, Principal, require_role
 from services.gateway.deps import Ctx
 from services.gateway.openapi import problem
@@ -21,6 +23,8 @@ from services.gateway.problems import ProblemError
 router = APIRouter(tags=["keys"])
 Admin = Annotated[Principal, Depends(require_role(Role.ADMIN))]
 ADMIN_ONLY: dict[int | str, dict[str, Any]] = {403: problem("Not an admin key", "Forbidden", "this needs one of the roles: admin")}
+CreateAudit = Annotated[Audit, Depends(audited(AuditAction.KEY_CREATE))]
+RevokeAudit = Annotated[Audit, Depends(audited(AuditAction.KEY_REVOKE))]
 
 
 class Me(BaseModel):
@@ -43,10 +47,11 @@ async def me(principal: CurrentPrincipal) -> Me:
 
 @router.post("/v1/keys", summary="Create an API key (admin); the secret is shown once", status_code=201,
              response_model=CreatedKey)
-async def create_key(ctx: Ctx, principal: Admin, body: KeyCreate) -> CreatedKey:
-    async with session_scope(ctx.db) as session:
+async def create_key(ctx: Ctx, principal: Admin, body: KeyCreate, audit: CreateAudit) -> CreatedKey:
+    async with audit.local(changes=body) as session:
         key, secret = await store.create_key(session, tenant=body.tenant, role=body.role, name=body.name,
                                               created_by=principal.key_id)
+        audit.target = key.id
     return CreatedKey(**key.model_dump(), key=secret)
 
 
@@ -68,9 +73,9 @@ async def list_keys(ctx: Ctx, principal: Admin, tenant: str | None = None, inclu
                responses={404: problem("No such key", "Key not found", "no key 'key_5f2c9a1b7d3e'"),
                           409: problem("The last admin key", "Last admin key",
                                        "create another admin key before revoking this one")})
-async def revoke_key(ctx: Ctx, principal: Admin,
-                     key_id: Annotated[str, Path(examples=["key_5f2c9a1b7d3e"])]) -> ApiKey:
-    async with session_scope(ctx.db) as session:
+async def revoke_key(ctx: Ctx, principal: Admin, key_id: Annotated[str, Path(examples=["key_5f2c9a1b7d3e"])],
+                     audit: RevokeAudit) -> ApiKey:
+    async with audit.local(target=key_id[:64]) as session:
         key = await store.update_key_revoked(session, key_id)
         if key is None:
             raise ProblemError(404, "Key not found", f"no key {key_id[:64]!r}")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Response
 from pydantic import BaseModel
 
 from libs.bus import subjects
 from libs.db import session_scope
 from libs.events import CloudEvent, EventTypes
+from libs.schemas.audit import AuditAction
 from libs.schemas.subscriptions import (
     CreatedSubscription,
     Delivery,
@@ -19,6 +20,7 @@ from libs.schemas.subscriptions import (
     SubscriptionStatus,
 )
 from libs.service import Context
+from services.gateway.audit import Audit, audited
 from services.gateway.auth import CurrentPrincipal, Principal
 from services.gateway.deps import Ctx
 from services.gateway.openapi import problem
@@ -32,6 +34,8 @@ router = APIRouter(tags=["subscriptions"])
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: problem(
     "No such subscription visible to this key", "Subscription not found", "no subscription 'sub_3b9f2a7c1d4e5f60'")}
 SubscriptionId = Annotated[str, Path(examples=["sub_3b9f2a7c1d4e5f60"])]
+CreateAudit = Annotated[Audit, Depends(audited(AuditAction.SUBSCRIPTION_CREATE))]
+DeleteAudit = Annotated[Audit, Depends(audited(AuditAction.SUBSCRIPTION_DELETE))]
 
 
 class SubscriptionChanged(BaseModel):
@@ -68,7 +72,8 @@ async def _announce(ctx: Context[GatewayState], sid: str) -> None:
                                      "no tenant 'globex'"),
                         409: problem("The tenant has reached its subscription limit", "Too many subscriptions",
                                      "a tenant may hold 100 subscriptions")})
-async def create_subscription(ctx: Ctx, principal: CurrentPrincipal, body: SubscriptionCreate) -> CreatedSubscription:
+async def create_subscription(ctx: Ctx, principal: CurrentPrincipal, body: SubscriptionCreate,
+                              audit: CreateAudit) -> CreatedSubscription:
     wanted = body.filters.tenant
     if principal.sees_all_tenants:
         scope = wanted
@@ -82,11 +87,12 @@ async def create_subscription(ctx: Ctx, principal: CurrentPrincipal, body: Subsc
         raise ProblemError(422, "Webhook target not allowed", str(exc)) from None
     eng = ctx.state.webhooks
     limit = ctx.settings.gateway.max_subscriptions_per_tenant
-    async with session_scope(ctx.db) as session:
+    async with audit.local(changes=body) as session:
         if await store.count_subscriptions(session, tenant=principal.tenant) >= limit:
             raise ProblemError(409, "Too many subscriptions", f"a tenant may hold {limit} subscriptions")
         sub, secret = await store.create_subscription(session, tenant=principal.tenant, created_by=principal.key_id, body=body,
                                          scope_tenant=scope)
+        audit.target = sub.id
         row = await store.read_subscription_row(session, sub.id)
         assert row is not None
         await eng.create_consumer(row)  # before commit: no consumer, no subscription
@@ -120,9 +126,10 @@ async def get_subscription(ctx: Ctx, principal: CurrentPrincipal, subscription_i
 
 @router.delete("/v1/subscriptions/{subscription_id}", summary="Delete a subscription and its delivery log",
                status_code=204, response_class=Response, responses=NOT_FOUND)
-async def delete_subscription(ctx: Ctx, principal: CurrentPrincipal, subscription_id: SubscriptionId) -> Response:
+async def delete_subscription(ctx: Ctx, principal: CurrentPrincipal, subscription_id: SubscriptionId,
+                              audit: DeleteAudit) -> Response:
     await _visible(ctx, principal, subscription_id)
-    async with session_scope(ctx.db) as session:
+    async with audit.local(target=subscription_id) as session:
         await store.delete_subscription(session, subscription_id)
     await ctx.state.webhooks.delete_consumer(subscription_id)
     await _announce(ctx, subscription_id)

@@ -10,7 +10,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path
 
+from libs.schemas.audit import AuditAction
 from libs.schemas.tenancy import TENANT_PATTERN, Quota, Role, TenantQuota, TenantRef, TenantUsage
+from services.gateway.audit import Audit, audited
 from services.gateway.auth import CurrentPrincipal, Principal, ensure_visible, require_role
 from services.gateway.deps import Ctx, call
 from services.gateway.openapi import problem
@@ -35,8 +37,9 @@ async def get_quota(ctx: Ctx, principal: CurrentPrincipal, tenant: Tenant) -> Qu
 @router.put("/v1/tenants/{tenant}/quota", summary="Set a tenant's quota (admin); omitted types are unlimited",
             response_model=Quota)
 async def put_quota(ctx: Ctx, principal: Annotated[Principal, Depends(require_role(Role.ADMIN))], tenant: Tenant,
-                    body: Quota) -> Quota:
-    return await call(ctx, "scheduler", "quotas.set", TenantQuota(tenant=tenant, **body.model_dump()), Quota)
+                    body: Quota, audit: Annotated[Audit, Depends(audited(AuditAction.QUOTA_SET))]) -> Quota:
+    async with audit.remote(target=tenant, changes=body):
+        return await call(ctx, "scheduler", "quotas.set", TenantQuota(tenant=tenant, **body.model_dump()), Quota)
 
 
 @router.get("/v1/tenants/{tenant}/usage", summary="What a tenant holds now, by hardware type and in compute units",
