@@ -3,11 +3,13 @@
 
 from agent.drivers.base import (
     VISIBLE_DEVICES_ENV,
+    WORKLOAD_ENV_NAMES,
     Driver,
     Exit,
     LaunchError,
     LaunchPlan,
     RunHandle,
+    replica_env,
     visible_devices_env,
     workload_env,
 )
@@ -17,6 +19,7 @@ from agent.drivers.sim import SimDriver
 
 __all__ = [
     "VISIBLE_DEVICES_ENV",
+    "WORKLOAD_ENV_NAMES",
     "DockerDriver",
     "Driver",
     "Exit",
@@ -26,6 +29,7 @@ __all__ = [
     "RunHandle",
     "SimDriver",
     "docker_run_args",
+    "replica_env",
     "visible_devices_env",
     "workload_env",
 ]

@@ -1,9 +1,18 @@
 """What every driver shares: the launch plan, the run handle, the Driver protocol and the
-environment a replica gets (its vendor's visible-device variables and ``XPUMESH_*``)."""
+environment a replica gets.
+
+A replica's environment is built from an allow-list, never from the agent's own
+environment (which holds the agent's credentials, e.g. ``XPUMESH_NATS_URL`` with its
+password): ``replica_env`` takes the workload's own ``env`` (less any reserved name), the
+devices' visible-device variables and the ``XPUMESH_*`` variables named in
+``WORKLOAD_ENV_NAMES``, over a base the driver gives (the process driver: ``PATH``,
+``HOME``, ``LANG``; the docker driver: nothing, the image has its own).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -12,7 +21,7 @@ from typing import NamedTuple, Protocol
 from pydantic import BaseModel, Field
 
 from libs.schemas.commands import CommandDevice
-from libs.schemas.workload import Variant, WorkloadSpec
+from libs.schemas.workload import Variant, WorkloadSpec, reserved_env_name
 
 # The variable(s) each vendor's runtime reads to pick devices, by the index the vendor's own
 # tool prints. AMD: HIP_VISIBLE_DEVICES only (ROCR_VISIBLE_DEVICES would filter first and
@@ -30,6 +39,18 @@ VISIBLE_DEVICES_ENV: dict[str, tuple[str, ...]] = {
     "mthreads": ("MUSA_VISIBLE_DEVICES",),
     "enflame": ("TOPS_VISIBLE_DEVICES",),
 }
+
+# Every XPUMESH_* variable a replica may see: those the agent sets for it (``workload_env``
+# and the executor's ``LaunchPlan.env``). Any other XPUMESH_* name (an agent setting such as
+# XPUMESH_NATS_URL or XPUMESH_DATABASE_URL) never reaches a replica, whoever puts it there.
+WORKLOAD_ENV_NAMES = frozenset({
+    "XPUMESH_WORKLOAD_ID", "XPUMESH_WORKLOAD_NAME", "XPUMESH_REPLICA", "XPUMESH_REPLICAS", "XPUMESH_ATTEMPT",
+    "XPUMESH_HOST", "XPUMESH_SITE", "XPUMESH_DEVICES", "XPUMESH_DEVICE_INDICES", "XPUMESH_VENDOR",
+    "XPUMESH_HARDWARE_TYPE", "XPUMESH_SHARE", "XPUMESH_MEMORY_MIB", "XPUMESH_PEERS",
+})
+# PATH when the agent has none; LANG when the agent has none.
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SAFE_LANG = "C.UTF-8"
 
 
 class LaunchError(Exception):
@@ -124,6 +145,26 @@ def workload_env(plan: LaunchPlan) -> dict[str, str]:
             env["XPUMESH_SHARE"] = ",".join(f"{d.share:g}" for d in devs)
         if any(d.memory_mib is not None for d in devs):
             env["XPUMESH_MEMORY_MIB"] = ",".join(str(d.memory_mib or 0) for d in devs)
+    return env
+
+
+def host_base_env(home: Path) -> dict[str, str]:
+    """The base of a replica run directly on the host: the agent's ``PATH`` and ``LANG`` (or safe
+    defaults) and ``HOME`` set to the replica's own directory; nothing else of the agent's."""
+    return {"PATH": os.environ.get("PATH") or SAFE_PATH, "HOME": str(home), "LANG": os.environ.get("LANG") or SAFE_LANG}
+
+
+def replica_env(plan: LaunchPlan, device_env: Mapping[str, str], base: Mapping[str, str] | None = None
+                ) -> dict[str, str]:
+    """The allow-listed environment of a replica (later wins): ``base``, the workload's own ``env``
+    without reserved names (the spec refuses them at submit; this drops them also from a spec
+    that skipped that check), the devices' variables, then the agent's ``XPUMESH_*`` variables
+    that ``WORKLOAD_ENV_NAMES`` lists."""
+    env = dict(base or {})
+    env.update({k: v for k, v in plan.variant.env.items() if not reserved_env_name(k)})
+    env.update(device_env)
+    ours = {**workload_env(plan), **plan.env}
+    env.update({k: v for k, v in ours.items() if k in WORKLOAD_ENV_NAMES})
     return env
 
 

@@ -20,6 +20,11 @@ an argument list (tested per vendor; nothing is run to test it):
 Inside a container whose device nodes were chosen this way the runtime numbers them from
 0, so per-device variables are only set where every device node is passed (AMD, Hygon,
 MetaX) and the variable does the choosing.
+
+The container's environment is ``agent.drivers.base.replica_env`` passed one ``--env`` at a
+time: the workload's own, the devices' and the agent's ``XPUMESH_*`` workload variables,
+never the agent's environment (no ``--env-file``, no bare ``--env NAME`` that docker would
+fill from it).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import re
 import shutil
 from datetime import UTC, datetime
 
-from agent.drivers.base import Exit, LaunchError, LaunchPlan, RunHandle, workload_env
+from agent.drivers.base import Exit, LaunchError, LaunchPlan, RunHandle, replica_env
 
 _NAME_SAFE = re.compile(r"[^a-zA-Z0-9_.-]+")
 
@@ -86,16 +91,15 @@ def docker_run_args(plan: LaunchPlan, *, docker: str = "docker") -> list[str]:
     args = [docker, "run", "--detach", "--name", container_name(plan),
             "--label", f"io.xpumesh.workload={plan.workload_id}", "--label", f"io.xpumesh.replica={plan.replica}",
             "--label", f"io.xpumesh.attempt={plan.attempt}"]
-    env = dict(plan.variant.env)
+    dev_env: dict[str, str] = {}
     vendors: dict[str, list[int]] = {}
     for d in plan.devices:
         vendors.setdefault(d.vendor, []).append(d.index)
     for vendor, indices in vendors.items():
-        dev_args, dev_env = vendor_args(vendor, sorted(indices))
-        args += dev_args
-        env.update(dev_env)
-    env.update(workload_env(plan))
-    env.update(plan.env)
+        vendor_dev_args, vendor_env = vendor_args(vendor, sorted(indices))
+        args += vendor_dev_args
+        dev_env.update(vendor_env)
+    env = replica_env(plan, dev_env)  # allow-listed: never the agent's own environment
     for k in sorted(env):
         args += ["--env", f"{k}={env[k]}"]
     args.append(image)

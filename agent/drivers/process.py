@@ -1,7 +1,8 @@
 """The process driver: run the variant's command on this host, with its devices made visible.
 
 The command runs in its own session (process group) under ``/bin/sh``, which writes the
-exit code to a file when the command ends. So a replica outlives an agent restart: the
+exit code to a file when the command ends. Its environment is allow-listed
+(``agent.drivers.base.replica_env``): nothing of the agent's own but ``PATH`` and ``LANG``. So a replica outlives an agent restart: the
 restarted agent finds it again by pid and start time, and still learns its exit code.
 Output goes to ``output.log`` in the replica's directory (opened in append mode); when it
 grows past half of ``log_max_bytes`` its tail moves to ``output.log.1``, so at most about
@@ -26,9 +27,10 @@ from agent.drivers.base import (
     LaunchError,
     LaunchPlan,
     RunHandle,
+    host_base_env,
     read_tail,
+    replica_env,
     visible_devices_env,
-    workload_env,
 )
 
 LOG = "output.log"
@@ -47,16 +49,10 @@ class ProcessDriver:
         self._children: dict[int, asyncio.subprocess.Process] = {}
 
     def environment(self, plan: LaunchPlan) -> dict[str, str]:
-        """The replica's environment: the agent's, the variant's, the devices' and ``XPUMESH_*`` (last wins)."""
-        env = dict(os.environ)
-        for name in ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "ASCEND_RT_VISIBLE_DEVICES",
-                     "MLU_VISIBLE_DEVICES", "XPU_VISIBLE_DEVICES", "MUSA_VISIBLE_DEVICES", "TOPS_VISIBLE_DEVICES"):
-            env.pop(name, None)  # never leak the agent's own device selection into a replica
-        env.update(plan.variant.env)
-        env.update(visible_devices_env(plan.devices))
-        env.update(workload_env(plan))
-        env.update(plan.env)
-        return env
+        """The replica's environment: allow-listed (``replica_env``), never the agent's own, which
+        holds its credentials; only ``PATH`` and ``LANG`` come from the agent, ``HOME`` is the
+        replica's directory."""
+        return replica_env(plan, visible_devices_env(plan.devices), host_base_env(plan.workdir))
 
     async def start(self, plan: LaunchPlan) -> RunHandle:
         argv = plan.variant.command

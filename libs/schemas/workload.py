@@ -16,6 +16,8 @@ from libs.schemas.devices import HardwareType
 from libs.versions import Requirement, SpecifierSet, Version
 
 __all__ = [
+    "DEVICE_ENV_NAMES",
+    "SIM_EXIT_CODE_ENV",
     "Demand",
     "HardwareRequest",
     "PlacementSpec",
@@ -23,10 +25,31 @@ __all__ = [
     "Variant",
     "WorkloadSpec",
     "framework_specifier",
+    "reserved_env_name",
 ]
 
 _KEY = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,126}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+
+# Variables that choose which devices a process or container sees: the agent sets the right
+# one for the devices it assigned (agent/drivers), so a workload may not set any of them.
+# NVIDIA_VISIBLE_DEVICES, ASCEND_VISIBLE_DEVICES and MTHREADS_VISIBLE_DEVICES are read by
+# the vendors' container runtimes; ROCR_VISIBLE_DEVICES and GPU_DEVICE_ORDINAL by ROCm.
+DEVICE_ENV_NAMES = frozenset({
+    "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES",
+    "GPU_DEVICE_ORDINAL", "ASCEND_RT_VISIBLE_DEVICES", "ASCEND_VISIBLE_DEVICES", "MLU_VISIBLE_DEVICES",
+    "XPU_VISIBLE_DEVICES", "MUSA_VISIBLE_DEVICES", "MTHREADS_VISIBLE_DEVICES", "TOPS_VISIBLE_DEVICES",
+})
+# The one XPUMESH_* name a workload may set: the exit code a simulated replica ends with
+# (read by the sim driver only; the agent never passes it on to a real replica).
+SIM_EXIT_CODE_ENV = "XPUMESH_SIM_EXIT_CODE"
+
+
+def reserved_env_name(name: str) -> bool:
+    """True for a name only the agent sets: ``XPUMESH_*`` (any case) and the device variables."""
+    upper = name.upper()
+    return upper.startswith("XPUMESH_") or upper in DEVICE_ENV_NAMES
 
 
 class Demand(NamedTuple):
@@ -249,7 +272,25 @@ class Variant(BaseModel):
 
     command: list[str] | None = Field(default=None, description="Command and arguments; unset keeps the image's.")
     image: str | None = Field(default=None, description="Container image reference.")
-    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra environment variables. The agent sets XPUMESH_* and the devices' visible-device "
+        "variables (CUDA_VISIBLE_DEVICES, ASCEND_RT_VISIBLE_DEVICES, HIP_VISIBLE_DEVICES…); a workload may not "
+        "set them.",
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"env name {name!r} must be letters, digits and '_', not starting with a digit")
+            if name != SIM_EXIT_CODE_ENV and reserved_env_name(name):
+                raise ValueError(f"env name {name!r} is reserved: the agent sets XPUMESH_* and the devices' "
+                                 "visible-device variables for each replica")
+            if "\x00" in value:
+                raise ValueError(f"env {name!r} holds a NUL character")
+        return v
 
 
 class PlacementSpec(BaseModel):

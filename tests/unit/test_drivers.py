@@ -8,8 +8,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+from pydantic import ValidationError
 
 from agent.drivers import (
+    WORKLOAD_ENV_NAMES,
     LaunchError,
     LaunchPlan,
     ProcessDriver,
@@ -19,7 +21,7 @@ from agent.drivers import (
 )
 from libs.schemas.commands import CommandDevice
 from libs.schemas.devices import HardwareType, device_id
-from libs.schemas.workload import Variant, WorkloadSpec
+from libs.schemas.workload import DEVICE_ENV_NAMES, Variant, WorkloadSpec
 
 TYPES = {"nvidia": "gpu", "amd": "gpu", "hygon": "dcu", "huawei": "npu", "cambricon": "mlu", "kunlunxin": "xpu",
          "iluvatar": "gpu", "metax": "gpu", "mthreads": "gpu", "enflame": "gcu"}
@@ -181,3 +183,83 @@ async def test_drivers_sim_runs_for_its_duration_with_its_exit_code(tmp_path: Pa
     code, message = await asyncio.wait_for(driver.wait(handle), timeout=5)
     assert code == 2 and message
     assert not await driver.alive(handle)
+
+
+# What an agent's environment holds in production (deploy/k8s/agent-daemonset.yaml, docker-compose.yml).
+AGENT_SECRETS = {"XPUMESH_NATS_URL": "nats://agent:nats-s3cret@nats:4222",
+                 "XPUMESH_DATABASE_URL": "postgresql://xpumesh:db-s3cret@db/xpumesh",
+                 "XPUMESH_BOOTSTRAP_ADMIN_KEY": "admin-s3cret", "XPUMESH_GATEWAY__SIGNING_TOKEN": "token-s3cret",
+                 "AWS_SECRET_ACCESS_KEY": "aws-s3cret", "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"}
+
+
+def _leaky_plan(tmp: Path, *, image: str | None) -> LaunchPlan:
+    """A plan whose variant env and plan env carry reserved names past the spec's check."""
+    plan = _plan(tmp, "nvidia", [1], command=["env"], image=image, env={"NCCL_DEBUG": "WARN"})
+    variant = Variant.model_construct(command=["env"], image=image, env={
+        "NCCL_DEBUG": "WARN", "CUDA_VISIBLE_DEVICES": "0,1,2,3", "xpumesh_host": "spoofed"})
+    return LaunchPlan(plan.workload_id, 0, 1, 2, "h1", "hz", plan.devices, variant, plan.spec, plan.workdir,
+                      {"XPUMESH_PEERS": "h2", "XPUMESH_NATS_URL": AGENT_SECRETS["XPUMESH_NATS_URL"]})
+
+
+def _no_secret(env: dict[str, str]) -> None:
+    for name, value in env.items():
+        assert not any(secret in value for secret in AGENT_SECRETS.values() if "s3cret" in secret), name
+    assert not {"XPUMESH_NATS_URL", "XPUMESH_DATABASE_URL", "XPUMESH_BOOTSTRAP_ADMIN_KEY",
+                "XPUMESH_GATEWAY__SIGNING_TOKEN", "AWS_SECRET_ACCESS_KEY", "xpumesh_host"} & set(env)
+    assert {k for k in env if k.upper().startswith("XPUMESH_")} <= WORKLOAD_ENV_NAMES
+
+
+def test_drivers_process_environment_is_allow_listed_never_the_agents(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in AGENT_SECRETS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("PATH", "/opt/agent/bin:/usr/bin:/bin")
+    monkeypatch.setenv("LANG", "en_US.UTF-8")
+    plan = _leaky_plan(tmp_path, image=None)
+    env = ProcessDriver().environment(plan)
+    _no_secret(env)
+    assert env["CUDA_VISIBLE_DEVICES"] == "1" and env["NCCL_DEBUG"] == "WARN" and env["XPUMESH_HOST"] == "h1"
+    assert env["PATH"] == "/opt/agent/bin:/usr/bin:/bin" and env["LANG"] == "en_US.UTF-8"
+    assert env["HOME"] == str(plan.workdir) and env["XPUMESH_PEERS"] == "h2"
+    assert set(env) <= {"PATH", "HOME", "LANG", "NCCL_DEBUG", *WORKLOAD_ENV_NAMES, *DEVICE_ENV_NAMES}
+    monkeypatch.delenv("PATH")
+    monkeypatch.delenv("LANG")
+    bare = ProcessDriver().environment(plan)
+    assert bare["PATH"].startswith("/usr/local/sbin:") and bare["LANG"] == "C.UTF-8"
+
+
+def test_drivers_docker_passes_only_allow_listed_variables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in AGENT_SECRETS.items():
+        monkeypatch.setenv(name, value)
+    args = docker_run_args(_leaky_plan(tmp_path, image="repo/img:1"))
+    assert not any(a.startswith("--env-file") or a == "-e" for a in args)
+    pairs = _pairs(args, "--env")
+    assert all("=" in p for p in pairs)  # a bare --env NAME would be filled from the agent's environment
+    env = dict(p.split("=", 1) for p in pairs)
+    _no_secret(env)
+    assert "CUDA_VISIBLE_DEVICES" not in env and env["NCCL_DEBUG"] == "WARN" and env["XPUMESH_PEERS"] == "h2"
+    assert not any("s3cret" in a for a in args)
+    assert set(env) <= {"NCCL_DEBUG", *WORKLOAD_ENV_NAMES, *DEVICE_ENV_NAMES}
+
+
+@pytest.mark.parametrize("name", ["XPUMESH_NATS_URL", "XPUMESH_HOST", "xpumesh_devices", "CUDA_VISIBLE_DEVICES",
+                                  "ASCEND_RT_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES",
+                                  "CUDA_VISIBLE_DEVICES=0,1,2,3", "1BAD", ""])
+def test_drivers_workload_env_refuses_reserved_and_malformed_names(name: str) -> None:
+    with pytest.raises(ValidationError, match="env"):
+        Variant(command=["env"], env={name: "x"})
+
+
+def test_drivers_workload_env_keeps_ordinary_names_and_the_sim_exit_code() -> None:
+    assert Variant(env={"NCCL_DEBUG": "WARN", "XPUMESH_SIM_EXIT_CODE": "2", "_x1": ""}).env["NCCL_DEBUG"] == "WARN"
+    with pytest.raises(ValidationError, match="NUL"):
+        Variant(env={"A": "a\x00b"})
+
+
+def test_drivers_every_vendor_device_variable_is_reserved() -> None:
+    from agent.drivers import VISIBLE_DEVICES_ENV
+    from agent.drivers.docker import vendor_args
+
+    names = {n for names in VISIBLE_DEVICES_ENV.values() for n in names}
+    names |= {n for v in VISIBLE_DEVICES_ENV for n in vendor_args(v, [0])[1]}
+    assert names <= DEVICE_ENV_NAMES
