@@ -41,6 +41,7 @@ class BusSettings(BaseModel):
     duplicate_window_s: int = Field(default=120, gt=0, description="JetStream de-duplication window for Nats-Msg-Id.")
     drain_timeout_s: float = Field(default=2.0, gt=0, description="How long shutdown waits for in-flight messages.")
     max_pending_messages: int = Field(default=65536, gt=0, description="Bound of each subscription's pending-message buffer.")
+    max_report_skew_s: float = Field(default=300.0, gt=0, description="Agents' reports whose time (or capability generation, epoch ms) is further than this ahead of the receiver's clock are refused (and counted).")
 
 
 class DatabaseSettings(BaseModel):
@@ -58,6 +59,8 @@ class RegistrySettings(BaseModel):
     missed_heartbeats: int = Field(default=3, ge=1, description="Heartbeats a member may miss before it is marked down.")
     sweep_interval_s: float = Field(default=0.5, gt=0, description="How often the registry checks for silent members.")
     flush_interval_s: float = Field(default=2.0, gt=0, description="How often last-seen times are written to PostgreSQL.")
+    max_interval_s: float = Field(default=60.0, gt=0, description="Heartbeats announcing a longer interval are refused (and counted): a member is down after missing its own intervals.")
+    max_members: int = Field(default=100_000, ge=1, description="Most members (hosts and service instances, up or down) the registry keeps; heartbeats of new members beyond it are refused (and counted).")
 
 
 class AlertSettings(BaseModel):
@@ -131,11 +134,20 @@ class GatewaySettings(BaseModel):
     key_cache_s: float = Field(default=5.0, ge=0, description="How long a verified API key is trusted before it is looked up again (a revocation elsewhere takes effect within this).")
     rate_per_s: float = Field(default=50.0, gt=0, description="Requests per second each API key may make on average (token bucket refill rate).")
     rate_burst: int = Field(default=200, ge=1, description="Requests each API key may make at once (token bucket size).")
+    login_rate_per_s: float = Field(default=1.0, gt=0, description="Requests without a valid API key (missing, malformed or unknown) each client address may make per second on average before it gets 429s; checked before any key lookup.")
+    login_burst: int = Field(default=30, ge=1, description="Requests without a valid API key each client address may make at once (token bucket size).")
+    login_tracked_addresses: int = Field(default=100_000, ge=1, description="Most client addresses (IPv6 by /64) whose attempts without a valid key are tracked at once; the least recently seen is forgotten first.")
+    trusted_proxies: list[str] = Field(default_factory=list, description="Addresses or networks (CIDR) of reverse proxies whose X-Forwarded-For names the client; by default the TCP peer is the client and X-Forwarded-For is ignored.")
+    max_priority_user: int = Field(default=500, ge=100, le=1000, description="Highest workload priority a user key may submit (above it the submit is a 403); at least 100, the default priority, so a submit that sets none always passes.")
+    max_priority_operator: int = Field(default=900, ge=100, le=1000, description="Highest workload priority an operator key may submit.")
+    max_priority_admin: int = Field(default=1000, ge=100, le=1000, description="Highest workload priority an admin key may submit.")
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, description="Largest request body accepted, chunked or not.")
     idempotency_ttl_s: float = Field(default=24 * 3600.0, gt=0, description="How long a stored Idempotency-Key response is replayed.")
     read_cache_s: float = Field(default=1.0, ge=0, description="How long hot list reads (devices, hosts) are served from the gateway's cache (0 disables).")
     read_cache_entries: int = Field(default=1024, ge=1, description="Most distinct reads kept in that cache.")
-    webhook_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one webhook delivery attempt.")
+    webhook_timeout_s: float = Field(default=10.0, gt=0, description="Deadline of one whole webhook delivery attempt (connect, send, read the answer); its lease is this plus 5 s, so it ends before another worker may take the delivery.")
+    webhook_max_response_bytes: int = Field(default=4096, ge=0, description="Most bytes of a webhook target's answer read (the status decides; the rest is dropped with the connection).")
+    webhook_tenant_concurrency: int = Field(default=8, ge=1, description="Webhook deliveries of one tenant in flight at once, over every gateway instance, so one tenant's slow targets cannot take every slot.")
     webhook_retry_schedule_s: list[float] = Field(default=[5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800, 43200], description="Delays before each retry of a failed webhook delivery (about 27.7 h in all; +/- 20 % jitter); after the last the delivery is dead-lettered.")
     webhook_concurrency: int = Field(default=32, ge=1, description="Webhook deliveries in flight at once per gateway instance.")
     webhook_ack_wait_s: float = Field(default=10.0, gt=0, description="How long an event taken from a subscription's JetStream consumer may stay unrecorded before JetStream hands it out again (after a crash).")

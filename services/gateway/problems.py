@@ -16,6 +16,8 @@ from libs.metrics import BUS_REJECTED
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
+# A workload priority above the caller's role's ceiling (gateway.max_priority_<role>).
+PRIORITY_PROBLEM = "https://xpumesh.dev/problems/priority-not-allowed"
 
 
 class Problem(BaseModel):

@@ -3,9 +3,12 @@
 The tenant always comes from the caller's key, never from the body: a submitted spec's
 ``tenant`` is overwritten, and every read is confined to the caller's tenant unless its
 role sees every tenant (admin, operator). Another tenant's workload is a 404. Stopping
-another tenant's workload needs an admin key. Specs that can never run (a model glob no
-catalog model matches, a runtime requirement no known version satisfies…) are refused by
-the scheduler with a 422 naming the field.
+another tenant's workload needs an admin key. A submitted priority above the key's role's
+ceiling (``gateway.max_priority_user`` / ``_operator`` / ``_admin``) is a 403 (counted as
+``xpumesh_bus_rejected_total{service="gateway",handler="workloads",reason="priority_not_allowed"}``),
+so a user cannot preempt other tenants' preemptible work with a top priority. Specs that
+can never run (a model glob no catalog model matches, a runtime requirement no known
+version satisfies…) are refused by the scheduler with a 422 naming the field.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from fastapi import APIRouter, Header, Path, Query, Response
 
 from libs.bus.errors import NotFound
 from libs.bus.subjects import TOKEN_PATTERN
+from libs.config import GatewaySettings
+from libs.metrics import BUS_REJECTED
 from libs.schemas.scheduler import (
     LogsQuery,
     LogsView,
@@ -28,13 +33,13 @@ from libs.schemas.scheduler import (
     WorkloadSummary,
     WorkloadView,
 )
-from libs.schemas.tenancy import QUOTA_PROBLEM
+from libs.schemas.tenancy import QUOTA_PROBLEM, Role
 from libs.schemas.workload import WorkloadSpec
-from services.gateway.auth import CurrentPrincipal, ensure_can_modify, tenant_filter
+from services.gateway.auth import CurrentPrincipal, Principal, ensure_can_modify, tenant_filter
 from services.gateway.deps import Ctx, call
 from services.gateway.openapi import problem
 from services.gateway.pagination import MAX_PAGE, Page, encode_cursor
-from services.gateway.problems import ProblemError
+from services.gateway.problems import PRIORITY_PROBLEM, ProblemError
 from services.gateway.routes.hosts import string_cursor
 from services.gateway.routes.inventory import hardware_type
 
@@ -55,6 +60,24 @@ def _not_found(wid: str) -> ProblemError:
     return ProblemError(404, "Workload not found", f"no workload {wid!r}")
 
 
+def priority_ceiling(settings: GatewaySettings, role: Role) -> int:
+    """The highest priority a key of this role may submit (a viewer cannot submit at all)."""
+    if role == Role.ADMIN:
+        return settings.max_priority_admin
+    if role == Role.OPERATOR:
+        return settings.max_priority_operator
+    return settings.max_priority_user
+
+
+def _check_priority(settings: GatewaySettings, principal: Principal, priority: int) -> None:
+    ceiling = priority_ceiling(settings, principal.role)
+    if priority > ceiling:
+        BUS_REJECTED.labels("gateway", "workloads", "priority_not_allowed").inc()
+        raise ProblemError(403, "Priority not allowed",
+                           f"a {principal.role} key may submit priority up to {ceiling}; this workload asks for "
+                           f"{priority}", type_=PRIORITY_PROBLEM, max_priority=ceiling)
+
+
 def _ref(wid: str, tenant: str | None) -> WorkloadRef:
     if not _ID.match(wid):
         raise _not_found(wid)
@@ -66,7 +89,9 @@ def _ref(wid: str, tenant: str | None) -> WorkloadRef:
              responses={201: {"description": "Accepted; placement follows (see state and explanation)",
                               "headers": {"Location": {"description": "The workload's URL",
                                                        "schema": {"type": "string"}}}},
-                        403: problem("The tenant's quota does not allow this workload (the numbers are in the answer)",
+                        403: problem("The tenant's quota does not allow this workload (the numbers are in the "
+                                     "answer), or its priority is above the key's role's ceiling (type "
+                                     f"{PRIORITY_PROBLEM}, with max_priority)",
                                      "Quota exceeded",
                                      "tenant 'acme' may hold 16 gpu devices; it holds 12 and this workload asks for 8",
                                      **_QUOTA_EXAMPLE),
@@ -78,6 +103,7 @@ async def submit_workload(ctx: Ctx, principal: CurrentPrincipal, spec: WorkloadS
                               alias="Idempotency-Key", max_length=255,
                               description="Retrying with the same key returns the same workload")] = None
                           ) -> WorkloadView:
+    _check_priority(ctx.settings.gateway, principal, spec.priority)
     spec = spec.model_copy(update={"tenant": principal.tenant})
     view = await call(ctx, "scheduler", "workloads.submit",
                       WorkloadSubmit(spec=spec, tenant=principal.tenant, idempotency_key=idempotency_key or None),
