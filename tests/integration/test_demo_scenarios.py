@@ -289,7 +289,7 @@ async def test_demo_high_priority_preempts_preemptible_work_in_a_full_pool(mesh:
     assert sorted(held) == sorted(d["id"] for d in pool)  # the pool is full
 
     high = await _submit(mesh, user, {"name": "urgent", "hardware": where[0], "placement": where[1],
-                                      "priority": 900})
+                                      "priority": 500})  # a user key's ceiling (gateway.max_priority_user)
     view = await _until(mesh, user, high, "running")
     [dev] = view["placement"][0]["devices"]
     assert dev["id"] in held
