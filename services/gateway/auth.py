@@ -14,22 +14,33 @@ the caller ask for it::
 Tenancy: ``tenant_filter(p)`` is the tenant a listing must be confined to (None: all);
 ``ensure_visible`` turns another tenant's resource into a 404 (never a 403), and
 ``ensure_can_modify`` additionally refuses operators changing other tenants' resources.
+
+Attempts without a valid key are limited before any lookup: each client address (the TCP
+peer; a ``gateway.trusted_proxies`` proxy's ``X-Forwarded-For``; IPv6 by /64) has a token
+bucket (``login_rate_per_s``, ``login_burst``) that every missing, malformed or unknown key
+takes from, and an empty bucket is a 429 with ``Retry-After`` — so a flood of random tokens
+costs no database query past the burst. A well-formed key that is not cached takes its token
+before the lookup and gets it back when it verifies; a key verified before (still in the
+cache, even expired) is looked up whatever the bucket says, so a valid key keeps working
+beside a flood from its own address. Unknown keys are remembered apart from verified ones
+(``_UNKNOWN_ENTRIES``), so they never push a verified key out of the cache.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import logging
 import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 from pydantic import BaseModel, ConfigDict
+from starlette.types import Scope
 
 from libs.config import GatewaySettings
 from libs.db import session_scope
@@ -38,6 +49,7 @@ from libs.schemas.tenancy import Role
 from libs.service import Context
 from services.gateway import store
 from services.gateway.problems import ProblemError
+from services.gateway.ratelimit import Network, TokenBuckets, client_address
 
 if TYPE_CHECKING:
     from services.gateway.state import GatewayState
@@ -46,8 +58,11 @@ log = logging.getLogger(__name__)
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-_CACHE_ENTRIES = 50_000
+_CACHE_ENTRIES = 50_000  # verified keys only
+_UNKNOWN_ENTRIES = 10_000  # digests that matched no live key
 _BUCKETS = 100_000
+_KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/=")
+MAX_KEY_LEN = 256
 
 
 class Principal(BaseModel):
@@ -73,53 +88,69 @@ class Principal(BaseModel):
         return self.role != Role.VIEWER
 
 
-@dataclass
-class _Bucket:
-    tokens: float
-    at: float
-
-
 class AuthState:
-    """Per-process caches (``GatewayState.auth``): verified keys (short TTL), token buckets, lookups in flight."""
+    """Per-process caches (``GatewayState.auth``): verified keys (short TTL), unknown keys apart, token buckets
+    per key and per client address, lookups in flight."""
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
-        self._keys: OrderedDict[str, tuple[float, Principal | None]] = OrderedDict()
-        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self._keys: OrderedDict[str, tuple[float, Principal]] = OrderedDict()
+        self._unknown: OrderedDict[str, float] = OrderedDict()
+        self.keys = TokenBuckets(settings.rate_per_s, settings.rate_burst, _BUCKETS)
+        self.logins = TokenBuckets(settings.login_rate_per_s, settings.login_burst, settings.login_tracked_addresses)
+        self.trusted_proxies: tuple[Network, ...] = tuple(
+            ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies)
         self.lookups: dict[str, asyncio.Future[Principal | None]] = {}
 
     def cached(self, digest: str) -> tuple[bool, Principal | None]:
+        """(True, principal) for a key verified within ``key_cache_s``, (True, None) for one found unknown
+        within it, else (False, None)."""
+        now = time.monotonic()
         hit = self._keys.get(digest)
-        if hit is None or hit[0] < time.monotonic():
-            return False, None
-        return True, hit[1]
+        if hit is not None and hit[0] >= now:
+            return True, hit[1]
+        unknown = self._unknown.get(digest)
+        if unknown is not None and unknown >= now:
+            return True, None
+        return False, None
+
+    def known(self, digest: str) -> bool:
+        """Whether this key verified before (its cache entry may have expired): looking it up again is no guess."""
+        return digest in self._keys
 
     def remember(self, digest: str, principal: Principal | None) -> None:
-        self._keys[digest] = (time.monotonic() + self.settings.key_cache_s, principal)
+        until = time.monotonic() + self.settings.key_cache_s
+        if principal is None:
+            self._keys.pop(digest, None)
+            self._unknown[digest] = until
+            self._unknown.move_to_end(digest)
+            while len(self._unknown) > _UNKNOWN_ENTRIES:
+                self._unknown.popitem(last=False)
+            return
+        self._unknown.pop(digest, None)
+        self._keys[digest] = (until, principal)
         self._keys.move_to_end(digest)
         while len(self._keys) > _CACHE_ENTRIES:
             self._keys.popitem(last=False)
 
     def forget_key(self, key_id: str) -> None:
         """Drop a revoked key at once (other instances drop it within ``key_cache_s``)."""
-        for digest in [d for d, (_, p) in self._keys.items() if p is not None and p.key_id == key_id]:
+        for digest in [d for d, (_, p) in self._keys.items() if p.key_id == key_id]:
             del self._keys[digest]
 
     def take(self, key_id: str) -> float:
-        """Take one token; return 0 when allowed, else the seconds until one is available."""
-        now = time.monotonic()
-        rate, burst = self.settings.rate_per_s, float(self.settings.rate_burst)
-        b = self._buckets.get(key_id)
-        if b is None:
-            b = self._buckets[key_id] = _Bucket(burst, now)
-            while len(self._buckets) > _BUCKETS:
-                self._buckets.popitem(last=False)
-        b.tokens = min(burst, b.tokens + (now - b.at) * rate)
-        b.at = now
-        if b.tokens >= 1.0:
-            b.tokens -= 1.0
-            return 0.0
-        return (1.0 - b.tokens) / rate
+        """Take one token from the key's bucket; return 0 when allowed, else the seconds until one is available."""
+        return self.keys.take(key_id)
+
+    def client(self, scope: Scope) -> str:
+        """The bucket name of the caller's address (see ``ratelimit.client_address``)."""
+        return client_address(scope, self.trusted_proxies)
+
+
+def well_formed(token: str) -> bool:
+    """A token that could be a key: 24-256 characters of the URL-safe/base64 alphabet (bootstrap keys are
+    chosen by the operator, so no prefix is required). Anything else is refused without a lookup."""
+    return store.MIN_KEY_LEN <= len(token) <= MAX_KEY_LEN and _KEY_CHARS.issuperset(token)
 
 
 def _unauthorized(title: str, detail: str) -> ProblemError:
@@ -175,21 +206,60 @@ async def principal_for_key(ctx: Context[GatewayState], secret: str) -> Principa
 
 async def authenticate(request: Request) -> Principal:
     """Authenticate once per request (the result is kept on ``request.state``) and charge the rate limit."""
-    known: Principal | None = getattr(request.state, "principal", None)
+    return await authenticate_scope(request.app.state.ctx, request.scope)
+
+
+async def authenticate_scope(ctx: Context[GatewayState], scope: Scope) -> Principal:
+    """The one authentication path (routes and middleware): the key's principal, kept in the scope's state and
+    charged to its bucket; 401 without a valid key, 429 when the key's or the address's bucket is empty."""
+    known: Principal | None = scope.get("state", {}).get("principal")
     if known is not None:
         return known
-    token = bearer_token(request)
+    auth = ctx.state.auth
+    token = bearer_token(Request(scope))
     if token is None:
-        BUS_REJECTED.labels("gateway", "auth", "missing_key").inc()
+        _failed(ctx, scope, "missing_key")
         raise _unauthorized("Missing API key", "send the header 'Authorization: Bearer <key>'")
-    ctx: Context[GatewayState] = request.app.state.ctx
-    principal = await principal_for_key(ctx, token)
+    if not well_formed(token):
+        _failed(ctx, scope, "malformed_key")
+        raise _unauthorized("Invalid API key", "the key is unknown or revoked")
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    hit, principal = auth.cached(digest)
+    if not hit and not auth.known(digest):  # a guess until it verifies: it pays before the lookup
+        client = _charge_attempt(ctx, scope)
+        principal = await principal_for_key(ctx, token)
+        if principal is not None:
+            auth.logins.give(client)
+    elif not hit:
+        principal = await principal_for_key(ctx, token)
+    elif principal is None:
+        _charge_attempt(ctx, scope)
     if principal is None:
         BUS_REJECTED.labels("gateway", "auth", "invalid_key").inc()
         raise _unauthorized("Invalid API key", "the key is unknown or revoked")
     charge(ctx, principal)
-    request.state.principal = principal
+    scope.setdefault("state", {})["principal"] = principal
     return principal
+
+
+def _failed(ctx: Context[GatewayState], scope: Scope, reason: str) -> None:
+    _charge_attempt(ctx, scope)
+    BUS_REJECTED.labels("gateway", "auth", reason).inc()
+
+
+def _charge_attempt(ctx: Context[GatewayState], scope: Scope) -> str:
+    """Take one token from the client address's bucket of attempts without a valid key (429 when empty)."""
+    auth = ctx.state.auth
+    client = auth.client(scope)
+    wait = auth.logins.take(client)
+    if wait > 0:
+        BUS_REJECTED.labels("gateway", "auth", "login_rate_limited").inc()
+        settings = ctx.settings.gateway
+        raise ProblemError(429, "Too many requests without a valid API key",
+                           f"this address may make {settings.login_rate_per_s:g} requests per second without a "
+                           f"valid key (bursts of {settings.login_burst})",
+                           headers={"Retry-After": str(max(1, math.ceil(wait)))})
+    return client
 
 
 def charge(ctx: Context[GatewayState], principal: Principal) -> None:

@@ -3,7 +3,8 @@
 Pure ASGI (no per-request task or response buffering) so streaming responses (SSE) pass
 straight through and hot reads stay cheap.
 
-- ``X-Request-Id`` on every response (the caller's, or a new one).
+- ``X-Request-Id`` on every response (the caller's, or a new one); routes find it in
+  ``request.state.request_id`` (the audit log records it).
 - Request bodies are read up front, up to ``gateway.max_body_bytes`` whether or not a
   Content-Length was sent (chunked uploads are counted as they arrive): 413 past it.
 - A body on POST/PUT/PATCH must be JSON: 415 otherwise.
@@ -27,7 +28,7 @@ from libs.db import json_has_nul, session_scope
 from libs.metrics import BUS_REJECTED
 from libs.service import Context
 from services.gateway import store
-from services.gateway.auth import charge, principal_for_key
+from services.gateway.auth import authenticate_scope
 from services.gateway.cache import CACHEABLE_PATHS, ReadCache
 from services.gateway.problems import ProblemError, problem_response
 from services.gateway.state import GatewayState
@@ -69,6 +70,7 @@ class GatewayMiddleware:
             await self.app(scope, receive, send)
             return
         request_id = (_header(scope, b"x-request-id") or uuid.uuid4().hex)[:128]
+        scope.setdefault("state", {})["request_id"] = request_id  # routes read it as request.state.request_id
         rid = request_id.encode("latin-1", "replace")
 
         started = False
@@ -127,13 +129,7 @@ class GatewayMiddleware:
         await self._idempotent(scope, replay, send, idem_key, body)
 
     async def _cached_read(self, scope: Scope, receive: Receive, send: Send) -> None:
-        token = _bearer(scope)
-        principal = await principal_for_key(self.ctx, token) if token else None
-        if principal is None:  # the route's own auth answers 401
-            await self.app(scope, receive, send)
-            return
-        charge(self.ctx, principal)
-        scope.setdefault("state", {})["principal"] = principal  # authenticated and charged once
+        principal = await authenticate_scope(self.ctx, scope)  # authenticated and charged once (401/429 raise)
         key = (principal.tenant, str(principal.role), scope["path"], scope.get("query_string", b""))
         item = self.cache.get(key)
         if item is None:
@@ -165,11 +161,7 @@ class GatewayMiddleware:
     async def _idempotent(self, scope: Scope, receive: Receive, send: Send, idem_key: str, body: bytes) -> None:
         if not (1 <= len(idem_key) <= 255) or not idem_key.isprintable():
             raise ProblemError(400, "Invalid Idempotency-Key", "use 1-255 printable characters, e.g. a UUID")
-        token = _bearer(scope)
-        principal = await principal_for_key(self.ctx, token) if token else None
-        if principal is None:  # the route's own auth answers 401
-            await self.app(scope, receive, send)
-            return
+        principal = await authenticate_scope(self.ctx, scope)
         path = scope["path"] + ("?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else "")
         digest = hashlib.sha256(b"POST\n" + path.encode() + b"\n" + body).hexdigest()
         ttl = timedelta(seconds=self.ctx.settings.gateway.idempotency_ttl_s)
@@ -257,14 +249,6 @@ class _Capture:
 
     def storable(self) -> bool:
         return 200 <= self.status < 500 and self.status not in (408, 409, 429) and self.size <= MAX_IDEMPOTENT_BODY
-
-
-def _bearer(scope: Scope) -> str | None:
-    header = _header(scope, b"authorization")
-    if not header:
-        return None
-    scheme, _, token = header.partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:

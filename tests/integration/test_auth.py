@@ -53,7 +53,7 @@ def concrete(path: str) -> str:
 
 
 async def test_auth_every_route_needs_a_key_and_viewers_cannot_write(settings, running_service) -> None:
-    url = await start_gateway(running_service, gateway_settings(settings, rate_burst=100_000))
+    url = await start_gateway(running_service, gateway_settings(settings, rate_burst=100_000, login_burst=100_000))
     routes, plain = api_routes(create_app(None))  # type: ignore[arg-type]
     assert len(routes) > 20, "the walk found the included routers"
     assert set(plain) <= PUBLIC_PLAIN, f"plain routes bypass the key check: {set(plain) - PUBLIC_PLAIN}"
