@@ -86,6 +86,7 @@ deliveries = Table(
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("next_attempt_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("leased_until", DateTime(timezone=True)),
+    Column("lease_token", String(48)),  # written with each lease; a result is recorded only under it
     Column("last_status_code", Integer),
     Column("last_error", String(256)),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
@@ -94,4 +95,21 @@ deliveries = Table(
     Index("ix_deliveries_due", "next_attempt_at", postgresql_where=Column("status") == "pending"),
     Index("ix_deliveries_order", "subscription_id", "event_subject", "stream_seq"),
     Index("ix_deliveries_list", "subscription_id", "id"),
+)
+
+audit_log = Table(
+    "audit_log", metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("request_id", String(128), nullable=False),
+    Column("actor_key_id", String(32), nullable=False),
+    Column("actor_tenant", String(64), nullable=False),
+    Column("actor_role", String(16), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(256), nullable=False),
+    Column("changes", JSONB, nullable=False, server_default="{}"),
+    Column("status", Integer, nullable=False),
+    Index("ix_audit_log_actor", "actor_key_id", "id"),
+    Index("ix_audit_log_action", "action", "id"),
+    Index("ix_audit_log_at", "at"),
 )

@@ -100,3 +100,44 @@ async def test_ssrf_public_addresses_pass() -> None:
 
     assert [str(a) for a in await resolve_public("example.com", 443, resolve=resolve)] == [
         "93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"]
+
+
+@pytest.mark.parametrize("address", [
+    "2002:7f00:1::1",  # 6to4 of 127.0.0.1
+    "2002:a00:1::",  # 6to4 of 10.0.0.1
+    "2002:a9fe:a9fe::1",  # 6to4 of 169.254.169.254 (cloud metadata)
+    "2001:0:4136:e378:8000:63bf:f5ff:fffe",  # Teredo, client 10.0.0.1
+    "64:ff9b::7f00:1",  # NAT64 of 127.0.0.1
+    "64:ff9b::c0a8:101",  # NAT64 of 192.168.1.1
+    "64:ff9b:1::a00:1",  # local-use NAT64
+    "::ffff:169.254.169.254",  # IPv4-mapped
+    "::10.0.0.1",  # IPv4-compatible
+    "::ffff:0:a00:1",  # IPv4-translated
+])
+async def test_ssrf_ipv6_carrying_a_private_ipv4_is_refused(address: str) -> None:
+    async def resolve(host: str, port: int) -> list[str]:
+        return [address]
+
+    with pytest.raises(UnsafeTarget):
+        await resolve_public("hooks.example.com", 443, resolve=resolve)
+    with pytest.raises(UnsafeTarget):
+        await resolve_public(address, 443)  # a literal address in the URL
+
+
+def test_ssrf_embedded_ipv4_is_found_in_every_transition_form() -> None:
+    from ipaddress import IPv4Address, IPv6Address
+
+    from services.gateway.webhooks.ssrf import embedded_ipv4
+
+    assert embedded_ipv4(IPv6Address("2002:7f00:1::1")) == [IPv4Address("127.0.0.1")]
+    assert IPv4Address("10.0.0.1") in embedded_ipv4(IPv6Address("2001:0:4136:e378:8000:63bf:f5ff:fffe"))
+    assert embedded_ipv4(IPv6Address("64:ff9b::7f00:1")) == [IPv4Address("127.0.0.1")]
+    assert embedded_ipv4(IPv6Address("::ffff:10.1.2.3")) == [IPv4Address("10.1.2.3")]
+    assert embedded_ipv4(IPv6Address("2606:2800:21f:cb07:6820:80da:af6b:8b2c")) == []
+
+
+async def test_ssrf_6to4_of_a_public_ipv4_passes() -> None:
+    async def resolve(host: str, port: int) -> list[str]:
+        return ["2002:808:808::1"]
+
+    assert len(await resolve_public("hooks.example.com", 443, resolve=resolve)) == 1

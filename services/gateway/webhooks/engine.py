@@ -17,6 +17,14 @@ event id as ``webhook-id`` (stable across retries). 2xx: done; 410: the subscrip
 disabled; anything else: retried on ``webhook_retry_schedule_s`` with ±20 % jitter, then
 dead-lettered. A crash mid-attempt leaves the lease to expire and the same event is sent
 again under the same id.
+
+A target cannot hold the gateway: the whole attempt (connect, send, answer) runs under one
+deadline (``webhook_timeout_s``) shorter than its lease (``LEASE_MARGIN_S`` more), so a
+target trickling bytes is cut off before anyone else may lease the delivery; at most
+``webhook_max_response_bytes`` of an answer are read, raw (never decompressed); a result
+is recorded only under the attempt's own lease token; and a tenant has at most
+``webhook_tenant_concurrency`` deliveries leased at once, so its slow targets leave the
+other slots to other tenants.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ log = logging.getLogger(__name__)
 FETCH_BATCH = 64
 DELIVERIES = Counter("xpumesh_webhook_deliveries_total", "Webhook delivery attempts, by outcome.", ["outcome"])
 ORPHAN_AGE_S = 60.0
+LEASE_MARGIN_S = 5.0  # a lease outlives its attempt's deadline by this much: time to record the result
 
 
 @dataclass(frozen=True)
@@ -183,7 +192,8 @@ class WebhookEngine:
         if free <= 0 or self.closed:
             return None
         async with session_scope(self.ctx.db) as session:
-            due = await store.update_due_leases(session, limit=free, lease_s=self.settings.webhook_timeout_s + 5.0)
+            due = await store.update_due_leases(session, limit=free, lease_s=self.settings.webhook_timeout_s + LEASE_MARGIN_S,
+                                                tenant_cap=self.settings.webhook_tenant_concurrency)
         for d in due:
             task = asyncio.create_task(self._attempt(d), name=f"webhook-attempt:{d.id}")
             self.attempts.add(task)
@@ -191,17 +201,30 @@ class WebhookEngine:
         return 0.0 if due and len(due) == free else None
 
     async def send(self, url: str, secret: str, event_id: str, payload: bytes) -> tuple[int | None, str | None]:
-        """One POST: (status code, error text) — exactly one of them is set."""
+        """One POST under one deadline, at most ``webhook_max_response_bytes`` of the answer read: (status code,
+        error text) — exactly one of them is set."""
         try:
-            resp = await self.client.post(url, content=payload,
-                                          headers=signing.headers(secret, event_id, int(time.time()), payload))
-        except httpx.TimeoutException:
+            async with asyncio.timeout(self.settings.webhook_timeout_s):
+                async with self.client.stream("POST", url, content=payload, headers=signing.headers(
+                        secret, event_id, int(time.time()), payload)) as resp:
+                    await self._read_capped(resp)
+        except (TimeoutError, httpx.TimeoutException):
             return None, "timeout"
         except UnsafeTarget as exc:  # checked at every connect (GuardedTransport): the name may have been re-pointed
             return None, str(exc)
         except httpx.HTTPError as exc:
             return None, f"connection failed ({type(exc).__name__})"
         return resp.status_code, None if 200 <= resp.status_code < 300 else f"HTTP {resp.status_code}"
+
+    async def _read_capped(self, resp: httpx.Response) -> None:
+        """Read the answer's raw bytes up to the cap; past it, stop (leaving the stream closes the connection)."""
+        left = self.settings.webhook_max_response_bytes
+        if left <= 0:
+            return
+        async for chunk in resp.aiter_raw():
+            left -= len(chunk)
+            if left <= 0:
+                return
 
     async def _attempt(self, d: store.DueDelivery) -> None:
         try:
@@ -219,12 +242,16 @@ class WebhookEngine:
                 status = DeliveryStatus.PENDING
                 delay = schedule[attempts - 1] * random.uniform(0.8, 1.2)
                 next_at = datetime.now(UTC) + timedelta(seconds=delay)
-            DELIVERIES.labels(str(status) if status != DeliveryStatus.PENDING else "retry").inc()
             async with session_scope(self.ctx.db) as session:
-                await store.update_delivery(session, d.id, status=status, attempts=attempts, code=code, error=error,
-                                   next_attempt_at=next_at)
-                if code == 410:
+                recorded = await store.update_delivery(session, d.id, status=status, attempts=attempts, code=code,
+                                                       error=error, next_attempt_at=next_at, lease_token=d.lease_token)
+                if recorded and code == 410:
                     await store.update_subscription_disabled(session, d.subscription_id, "the target answered 410 Gone")
+            if not recorded:  # our lease expired and another worker holds the delivery now: its result counts
+                DELIVERIES.labels("lease_lost").inc()
+                log.warning("webhook delivery %s: the lease expired before the result was recorded; dropped", d.id)
+                return
+            DELIVERIES.labels(str(status) if status != DeliveryStatus.PENDING else "retry").inc()
             if code == 410:
                 await self.delete_consumer(d.subscription_id)
         except asyncio.CancelledError:

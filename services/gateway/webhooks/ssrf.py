@@ -29,11 +29,46 @@ class UnsafeTarget(ValueError):
     """The URL may not be used as a webhook target; the message is safe to show the caller."""
 
 
-def _forbidden(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
+_6TO4 = ipaddress.IPv6Network("2002::/16")
+_TEREDO = ipaddress.IPv6Network("2001::/32")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+_V4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+_V4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
+
+
+def embedded_ipv4(addr: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries and leads to: IPv4-mapped, -compatible and -translated,
+    6to4 (``2002::/16``), Teredo (``2001::/32``: its server and client) and NAT64 (``64:ff9b::/96``)."""
+    low32 = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    if addr.ipv4_mapped is not None:
+        return [addr.ipv4_mapped]
+    if addr in _6TO4:
+        return [addr.sixtofour] if addr.sixtofour is not None else []
+    if addr in _TEREDO:
+        return list(addr.teredo) if addr.teredo is not None else []
+    if addr in _NAT64 or addr in _V4_COMPATIBLE or addr in _V4_TRANSLATED:
+        return [low32]
+    return []
+
+
+def _forbidden_one(addr: Address) -> bool:
     return (addr.is_loopback or addr.is_link_local or addr.is_private or addr.is_reserved or addr.is_multicast
             or addr.is_unspecified or not addr.is_global)
+
+
+def _forbidden(addr: Address) -> bool:
+    """Loopback, link-local, private, reserved, multicast, not global — or an IPv6 address that leads to such
+    an IPv4 address (whatever this Python's tables say about the IPv6 prefix itself)."""
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr in _NAT64_LOCAL:
+            return True  # local-use NAT64 (RFC 8215): translated inside the operator's network
+        inner = embedded_ipv4(addr)
+        if addr.ipv4_mapped is not None:
+            return _forbidden_one(inner[0])
+        if any(_forbidden_one(v4) for v4 in inner):
+            return True
+    return _forbidden_one(addr)
 
 
 def allowed_by_pattern(host: str, patterns: list[str]) -> bool:

@@ -4,6 +4,12 @@ A delivery is pending until it succeeds, fails for good (a 410 or a ping), is de
 after the retry schedule, or is cancelled with its subscription. Within one subscription,
 deliveries of the same CloudEvent subject go out in stream order: a delivery is due only
 when no earlier pending delivery of its subject remains.
+
+A worker leases due deliveries (``leased_until`` and a random ``lease_token``) and records an
+attempt's result only under its token (``update_delivery``): once a lease expired and
+another worker took the row, the first one's late result changes nothing. A tenant has at
+most ``tenant_cap`` deliveries under a live lease at once, counted over every instance's
+leases, so one tenant's slow targets cannot take every worker slot.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ class DueDelivery:
     attempts: int
     url: str
     secret: str
+    lease_token: str = ""
 
 
 def consumer_name(subscription_id: str) -> str:
@@ -140,39 +147,67 @@ async def create_deliveries(session: AsyncSession, rows: list[dict[str, Any]]) -
 
 
 _LEASE_DUE = text("""
-WITH due AS (
-  SELECT d.id FROM gateway.deliveries d
-  JOIN gateway.subscriptions s ON s.id = d.subscription_id AND s.status = 'active'
-  WHERE d.status = 'pending' AND d.next_attempt_at <= now()
-    AND (d.leased_until IS NULL OR d.leased_until < now())
-    AND NOT EXISTS (SELECT 1 FROM gateway.deliveries e
-                    WHERE e.subscription_id = d.subscription_id AND e.event_subject = d.event_subject
-                      AND e.status = 'pending' AND e.stream_seq < d.stream_seq)
-  ORDER BY d.next_attempt_at, d.stream_seq
+WITH busy AS (
+  SELECT s.tenant, count(*) AS n FROM gateway.deliveries d
+  JOIN gateway.subscriptions s ON s.id = d.subscription_id
+  WHERE d.status = 'pending' AND d.leased_until >= now()
+  GROUP BY s.tenant
+), tenants AS (
+  SELECT DISTINCT tenant FROM gateway.subscriptions WHERE status = 'active'
+), pick AS (
+  SELECT x.id, x.next_attempt_at, x.stream_seq FROM tenants t
+  LEFT JOIN busy b ON b.tenant = t.tenant
+  CROSS JOIN LATERAL (
+    SELECT d.id, d.next_attempt_at, d.stream_seq FROM gateway.deliveries d
+    JOIN gateway.subscriptions s ON s.id = d.subscription_id AND s.status = 'active' AND s.tenant = t.tenant
+    WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+      AND (d.leased_until IS NULL OR d.leased_until < now())
+      AND NOT EXISTS (SELECT 1 FROM gateway.deliveries e
+                      WHERE e.subscription_id = d.subscription_id AND e.event_subject = d.event_subject
+                        AND e.status = 'pending' AND e.stream_seq < d.stream_seq)
+    ORDER BY d.next_attempt_at, d.stream_seq
+    LIMIT greatest(:cap - coalesce(b.n, 0), 0)
+  ) x
+  ORDER BY x.next_attempt_at, x.stream_seq
   LIMIT :n
+), due AS (
+  SELECT d.id FROM gateway.deliveries d JOIN pick p ON p.id = d.id
+  WHERE d.status = 'pending' AND (d.leased_until IS NULL OR d.leased_until < now())
   FOR UPDATE OF d SKIP LOCKED
 )
-UPDATE gateway.deliveries AS t SET leased_until = now() + make_interval(secs => :lease)
+UPDATE gateway.deliveries AS t SET leased_until = now() + make_interval(secs => :lease),
+                                   lease_token = CAST(:token AS text) || '.' || t.id::text
 FROM due, gateway.subscriptions s
 WHERE t.id = due.id AND s.id = t.subscription_id
-RETURNING t.id, t.subscription_id, t.event_id, t.payload, t.attempts, s.url, s.secret
+RETURNING t.id, t.subscription_id, t.event_id, t.payload, t.attempts, s.url, s.secret, t.lease_token
 """)
 
 
-async def update_due_leases(session: AsyncSession, *, limit: int, lease_s: float) -> list[DueDelivery]:
-    """Take up to ``limit`` due deliveries for ``lease_s`` seconds (other instances skip them meanwhile)."""
-    rows = (await session.execute(_LEASE_DUE, {"n": limit, "lease": lease_s})).all()
-    return [DueDelivery(r.id, r.subscription_id, r.event_id, r.payload, r.attempts, r.url, r.secret) for r in rows]
+async def update_due_leases(session: AsyncSession, *, limit: int, lease_s: float,
+                            tenant_cap: int = 1_000_000) -> list[DueDelivery]:
+    """Take up to ``limit`` due deliveries for ``lease_s`` seconds (other instances skip them meanwhile), at most
+    ``tenant_cap`` under live leases per tenant; each lease gets its own token."""
+    rows = (await session.execute(_LEASE_DUE, {"n": limit, "lease": lease_s, "cap": tenant_cap,
+                                               "token": secrets.token_hex(16)})).all()
+    return [DueDelivery(r.id, r.subscription_id, r.event_id, r.payload, r.attempts, r.url, r.secret, r.lease_token)
+            for r in rows]
 
 
 async def update_delivery(session: AsyncSession, delivery_id: int, *, status: DeliveryStatus, attempts: int,
-                 code: int | None, error: str | None, next_attempt_at: datetime | None = None) -> None:
+                 code: int | None, error: str | None, next_attempt_at: datetime | None = None,
+                 lease_token: str | None = None) -> bool:
+    """Record an attempt's result and end its lease. With ``lease_token``, only while the row is pending under
+    that lease (False: the lease was lost to another worker, nothing changed)."""
     values: dict[str, Any] = {"status": str(status), "attempts": attempts, "last_status_code": code,
                               "last_error": (error or None) and error[:256], "leased_until": None,
-                              "updated_at": datetime.now(UTC)}
+                              "lease_token": None, "updated_at": datetime.now(UTC)}
     if next_attempt_at is not None:
         values["next_attempt_at"] = next_attempt_at
-    await session.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(**values))
+    q = update(deliveries).where(deliveries.c.id == delivery_id)
+    if lease_token is not None:
+        q = q.where(deliveries.c.lease_token == lease_token, deliveries.c.status == str(DeliveryStatus.PENDING))
+    result = await session.execute(q.values(**values))
+    return bool(getattr(result, "rowcount", 0))
 
 
 async def create_ping_delivery(session: AsyncSession, *, subscription_id: str, event_id: str, event_type: str,
