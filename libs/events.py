@@ -12,7 +12,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 EVENT_TYPE_PREFIX = "io.xpumesh."
 _EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,20}$")
@@ -41,6 +41,14 @@ class CloudEvent(BaseModel):
     datacontenttype: Literal["application/json"] = "application/json"
     dataschema: str | None = None
     data: dict[str, Any] = Field(default_factory=dict)
+    # The NATS subject the event arrived on, set by whoever received it (``from_bytes``): never parsed from the
+    # body and never serialised, so a handler can trust it as far as it trusts the server's permissions.
+    _received_on: str | None = PrivateAttr(default=None)
+
+    @property
+    def received_on(self) -> str | None:
+        """The transport subject this event was received on (None for an event built in this process)."""
+        return self._received_on
 
     @field_validator("time")
     @classmethod
@@ -69,16 +77,19 @@ class CloudEvent(BaseModel):
         return self.model_dump_json(exclude_none=True).encode()
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> CloudEvent:
-        """Parse and validate; raise InvalidEnvelope with a short reason (never the raw input)."""
+    def from_bytes(cls, raw: bytes, *, received_on: str | None = None) -> CloudEvent:
+        """Parse and validate; raise InvalidEnvelope with a short reason (never the raw input). ``received_on``:
+        the NATS subject the bytes arrived on (``received_on`` of the event)."""
         try:
-            return cls.model_validate_json(raw)
+            event = cls.model_validate_json(raw)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first.get("loc", ())) or "envelope"
             raise InvalidEnvelope(f"{where}: {first.get('msg', 'invalid')}") from None
         except ValueError as exc:  # model_post_init
             raise InvalidEnvelope(str(exc)[:200]) from None
+        event._received_on = received_on
+        return event
 
 
 def event_type(kind: str) -> str:

@@ -181,9 +181,9 @@ class ServiceApp(Generic[S]):
                  in_flight: int = 1, linger: Interval = 0.0) -> Callable[[EventFn], EventFn]:
         """A JetStream durable pull consumer with explicit ack (see ``libs.bus.consumer``).
 
-        The handler gets one decoded item (a ``CloudEvent`` by default), or with ``batch=True`` a list of
-        them. ``decode``, ``in_flight`` and ``linger`` (seconds, or a function of the settings) tune it for
-        high-rate streams.
+        The handler gets one decoded item (a ``CloudEvent`` by default, its subject as ``received_on``), or
+        with ``batch=True`` a list of them. ``decode``, ``in_flight`` and ``linger`` (seconds, or a function
+        of the settings) tune it for high-rate streams.
         """
         def deco(fn: EventFn) -> EventFn:
             self.consumers.append(_Consumer(stream, durable, subject, fn, batch, batch_size, max_deliver,
@@ -192,7 +192,8 @@ class ServiceApp(Generic[S]):
         return deco
 
     def subscribe(self, subject: str, *, queue: str | None = None) -> Callable[[EventFn], EventFn]:
-        """A core NATS subscription delivering validated CloudEvents (heartbeats and other lossy traffic)."""
+        """A core NATS subscription delivering validated CloudEvents (heartbeats and other lossy traffic), each
+        with the subject it arrived on as ``received_on``."""
         def deco(fn: EventFn) -> EventFn:
             self.subscriptions.append(_Subscription(subject, queue, fn))
             return fn
@@ -256,7 +257,7 @@ class ServiceApp(Generic[S]):
         handler = sub.fn.__name__
         async for msg in psub.messages:
             try:
-                event = CloudEvent.from_bytes(msg.data)
+                event = CloudEvent.from_bytes(msg.data, received_on=msg.subject)
             except InvalidEnvelope as exc:
                 reject(self.name, handler, "malformed_envelope")
                 log.warning("%s: dropped malformed event: %s", handler, exc.reason)

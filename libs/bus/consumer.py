@@ -8,16 +8,17 @@ is written here once:
 - **Pull requests are pipelined** on a private inbox: up to ``batch`` messages are always
   requested, so the next batch streams in while the current one is handled, and a message
   costs no task and no timer (nats-py's ``fetch`` spends both per message).
-- **Decoding** is the caller's ``decode(data) -> (event id, item)``; an ``InvalidEnvelope``
+- **Decoding** is the caller's ``decode(data, subject) -> (event id, item)``, given the
+  NATS subject (``envelope`` makes it the event's ``received_on``); an ``InvalidEnvelope``
   is counted (``malformed_envelope``), logged without the content and terminated: a
-  redelivery cannot mend it.
+  redelivery cannot mend it; an ``IdentityMismatch`` (``libs.bus.identity``) is acked.
 - **Dedupe** by event id in a bounded ``SeenIds``: a first delivery of an id already seen is
   acked unprocessed and counted ``duplicate``; a redelivery (of something that failed) is let
   through.
 - **Outcome** of the handler: returning acks every message it was given; raising
   ``InvalidRequest`` or a ``ValidationError`` acks them too and counts ``invalid_data``
-  (retrying cannot fix data); any other exception naks them with ``redelivery.delay(n)`` for
-  the n-th delivery, so JetStream hands them out again.
+  (``identity_mismatch`` for an ``IdentityMismatch``: retrying cannot fix data); any other
+  exception naks them with ``redelivery.delay(n)`` for the n-th delivery.
 - **Batches or messages**: the handler gets a batch; with ``each`` it is called once per
   message, in stream order, and each message's outcome is its own.
 - **Concurrency**: ``in_flight`` handler calls at once (each with its own batch); arrivals
@@ -55,6 +56,8 @@ from pydantic import BaseModel, ValidationError
 from libs.aio import wait_event
 from libs.bus.connection import Bus
 from libs.bus.errors import InvalidRequest
+from libs.bus.identity import REASON as IDENTITY_MISMATCH
+from libs.bus.identity import IdentityMismatch, host_of
 from libs.events import CloudEvent, InvalidEnvelope
 from libs.metrics import BUS_MESSAGES, BUS_REJECTED, HANDLER_SECONDS
 from libs.tracing import extract_context, tracer
@@ -100,13 +103,13 @@ class Delivery(NamedTuple, Generic[T]):
     msg: Msg
 
 
-Decoder = Callable[[bytes], tuple[str, T]]
+Decoder = Callable[[bytes, str], tuple[str, T]]  # (message data, NATS subject) -> (event id, item)
 Handler = Callable[[list[Delivery[T]]], Awaitable[None]]
 
 
-def envelope(data: bytes) -> tuple[str, CloudEvent]:
-    """The default decoder: the CloudEvent envelope by its model."""
-    event = CloudEvent.from_bytes(data)
+def envelope(data: bytes, subject: str) -> tuple[str, CloudEvent]:
+    """The default decoder: the CloudEvent envelope by its model, with the subject it arrived on."""
+    event = CloudEvent.from_bytes(data, received_on=subject)
     return event.id, event
 
 
@@ -173,21 +176,32 @@ def reject(service: str, handler: str, reason: str, n: int = 1) -> None:
 
 
 def each_valid(events: Sequence[CloudEvent], model: type[M], *, service: str, handler: str,
-               event_type: str | None = None) -> list[tuple[CloudEvent, M]]:
+               event_type: str | None = None, context: dict[str, Any] | None = None) -> list[tuple[CloudEvent, M]]:
     """The events of a batch whose data validates as ``model`` (and whose type is ``event_type``, when given),
-    each judged alone: one bad event is counted (``wrong_type``, ``invalid_data``) and dropped, not the batch."""
+    each judged alone: one bad event is counted (``wrong_type``, ``invalid_data``) and dropped, not the batch.
+
+    ``context`` is pydantic's validation context (e.g. ``libs.schemas.hostevents.ReportBounds``). An event received
+    on a host subject (``xpumesh.host.<site>.<host>.<kind>``) must report about that host: its data's ``site`` and
+    ``host_id`` are the subject's tokens, or it is counted ``identity_mismatch`` and dropped."""
     out = []
     for event in events:
         if event_type is not None and event.type != event_type:
             reject(service, handler, "wrong_type")
             continue
         try:
-            out.append((event, model.model_validate(event.data)))
+            report = model.model_validate(event.data, context=context)
         except ValidationError as exc:
             reject(service, handler, "invalid_data")
             first = exc.errors()[0]
             log.warning("%s: dropped an event whose data does not validate (%s: %s)", handler,
                         ".".join(str(p) for p in first["loc"]), first["msg"])
+            continue
+        origin = host_of(event.received_on)
+        if origin is not None and origin != (getattr(report, "site", None), getattr(report, "host_id", None)):
+            reject(service, handler, IDENTITY_MISMATCH)
+            log.warning("%s: dropped a report about a host other than its subject's (%s)", handler, event.received_on)
+            continue
+        out.append((event, report))
     return out
 
 
@@ -203,7 +217,7 @@ async def run_handler(service: str, handler: str, call: Callable[[], Awaitable[N
             await call()
             outcome = "ok"
         except (InvalidRequest, ValidationError) as exc:
-            reject(service, handler, "invalid_data")
+            reject(service, handler, IDENTITY_MISMATCH if isinstance(exc, IdentityMismatch) else "invalid_data")
             log.warning("%s: rejected event data: %s", handler,
                         exc.detail if isinstance(exc, InvalidRequest) else f"{exc.error_count()} validation errors")
             outcome = "rejected"
@@ -369,12 +383,17 @@ class PullConsumer(Generic[T]):
             if k % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
             try:
-                event_id, item = self.decode(m.data)
+                event_id, item = self.decode(m.data, m.subject)
             except InvalidEnvelope as exc:
                 self.stats.malformed += 1
                 reject(self.service, self.name, "malformed_envelope")
                 log.warning("%s: dropped malformed event: %s", self.name, exc.reason)
                 await m.term()
+                continue
+            except IdentityMismatch:
+                self.stats.rejected += 1
+                reject(self.service, self.name, IDENTITY_MISMATCH)
+                await m.ack()
                 continue
             if self.seen is not None and self.seen.seen(event_id) and (m.metadata.num_delivered or 1) == 1:
                 self.stats.duplicates += 1

@@ -38,6 +38,16 @@ def host_subject(site: str, host: str, kind: str) -> str:
     return f"{ROOT}.host.{site}.{host}.{kind}"
 
 
+def host_of(subject: str | None) -> tuple[str, str] | None:
+    """``(site, host)`` of a host subject ``xpumesh.host.<site>.<host>.<kind>``; None for any other subject."""
+    if subject is None:
+        return None
+    parts = subject.split(".")
+    if len(parts) != 5 or parts[0] != ROOT or parts[1] != "host":
+        return None
+    return parts[2], parts[3]
+
+
 HOST_CAPABILITY_ALL = f"{ROOT}.host.*.*.capability"
 HOST_STATE_ALL = f"{ROOT}.host.*.*.state"
 HOST_TELEMETRY_ALL = f"{ROOT}.host.*.*.telemetry"
@@ -63,6 +73,16 @@ SIM_CONTROL = f"{ROOT}.sim.ctl"
 # --- services ------------------------------------------------------------------------
 def service_heartbeat_subject(service: str, instance: str) -> str:
     return f"{ROOT}.svc.{service}.{instance}.heartbeat"
+
+
+def service_of(subject: str | None) -> tuple[str, str] | None:
+    """``(service, instance)`` of ``xpumesh.svc.<service>.<instance>.heartbeat``; None for any other subject."""
+    if subject is None:
+        return None
+    parts = subject.split(".")
+    if len(parts) != 5 or parts[0] != ROOT or parts[1] != "svc" or parts[4] != "heartbeat":
+        return None
+    return parts[2], parts[3]
 
 
 SERVICE_HEARTBEAT_ALL = f"{ROOT}.svc.*.*.heartbeat"

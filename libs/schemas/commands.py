@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from libs.bus.subjects import Token
 from libs.schemas.devices import HardwareType
+from libs.schemas.hostevents import ReportTime
 from libs.schemas.workload import WorkloadSpec
 
 _SAFE_ID = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -131,7 +132,7 @@ class ActualStateReport(BaseModel):
     site: Token
     boot_id: str = Field(min_length=1, max_length=64, description="Changes when the agent restarts.")
     seq: int = Field(ge=0, description="Increases with every report of one boot.")
-    ts: datetime
+    ts: ReportTime = Field(description="When the agent made the report; bounded ahead of the receiver's clock.")
     replicas: list[ReplicaReport] = Field(default_factory=list, max_length=4096)
 
 

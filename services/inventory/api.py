@@ -59,13 +59,14 @@ async def refresh_catalog(ctx: Ctx) -> None:
 @app.consumer(STREAM_HOSTS, durable="inventory-capability", subject=subjects.HOST_CAPABILITY_ALL, batch=True,
               batch_size=256)
 async def on_capability(events: list[CloudEvent], ctx: Ctx) -> None:
-    await capability.ingest(ctx.db, ctx.state, events)
+    await capability.ingest(ctx.db, ctx.state, events, max_skew_s=ctx.settings.bus.max_report_skew_s)
 
 
 @app.consumer(STREAM_TELEMETRY, durable="inventory-telemetry", subject=subjects.HOST_TELEMETRY_ALL, batch=True,
               batch_size=1000, deliver_new=True)
 async def on_telemetry(events: list[CloudEvent], ctx: Ctx) -> None:
-    await telemetry.ingest(ctx.db, ctx.state, events, max_age_s=ctx.settings.inventory.telemetry_max_age_s)
+    await telemetry.ingest(ctx.db, ctx.state, events, max_age_s=ctx.settings.inventory.telemetry_max_age_s,
+                           max_skew_s=ctx.settings.bus.max_report_skew_s)
 
 
 @app.consumer(STREAM_EVENTS, durable="inventory-host-status", subject=subjects.HOST_EVENTS_ALL)

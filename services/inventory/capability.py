@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from libs.bus.consumer import each_valid, reject
 from libs.events import CloudEvent, EventTypes
 from libs.schemas.devices import Device, Health
-from libs.schemas.hostevents import CapabilityReport
+from libs.schemas.hostevents import CapabilityReport, ReportBounds
 from libs.schemas.inventory import HostStatus
 from services.inventory import store
 from services.inventory.batches import apply_batch, count
@@ -146,13 +146,15 @@ async def apply_capabilities(session: AsyncSession, caps: Sequence[Capability], 
     return out
 
 
-def accept(events: Sequence[CloudEvent]) -> list[Capability]:
-    """The batch's well-formed capability reports; the rest are counted and dropped."""
+def accept(events: Sequence[CloudEvent], *, max_skew_s: float) -> list[Capability]:
+    """The batch's well-formed capability reports about the hosts their subjects name, with a generation at most
+    ``max_skew_s`` ahead; the rest are counted and dropped."""
     caps = []
     for event, report in each_valid(events, CapabilityReport, service=SERVICE, handler=HANDLER,
-                                    event_type=EventTypes.HOST_CAPABILITY):
+                                    event_type=EventTypes.HOST_CAPABILITY,
+                                    context=ReportBounds(max_skew_s).context()):
         try:
-            check_capability(report, event.subject)
+            check_capability(report)
         except ValueError as exc:
             reject(SERVICE, HANDLER, "invalid_data")
             log.warning("%s: rejected a report: %s", HANDLER, exc)
@@ -161,9 +163,10 @@ def accept(events: Sequence[CloudEvent]) -> list[Capability]:
     return caps
 
 
-async def ingest(sessions: async_sessionmaker[AsyncSession], state: InventoryState, events: Sequence[CloudEvent]) -> None:
+async def ingest(sessions: async_sessionmaker[AsyncSession], state: InventoryState, events: Sequence[CloudEvent], *,
+                 max_skew_s: float) -> None:
     """A batch of capability events, end to end: accepted, applied, the health cache and relay told."""
-    caps = accept(events)
+    caps = accept(events, max_skew_s=max_skew_s)
     if not caps:
         return
     cat = state.catalog

@@ -1,7 +1,9 @@
 """Checks on agents' reports beyond their schema: what the inventory's columns can hold.
 
 A report that would make PostgreSQL fail (a string longer than its column, a NUL byte in
-JSON) is rejected on its own before it reaches a batch, so it cannot fail the batch.
+JSON) is rejected on its own before it reaches a batch, so it cannot fail the batch. Whether
+a report speaks for the host its subject names is the kit's check (``libs.bus.identity``, applied
+by ``each_valid``), not the envelope's own ``subject`` field, which the sender writes.
 """
 
 from __future__ import annotations
@@ -13,10 +15,8 @@ from libs.versions import SpecifierSet
 LIMITS = {"vendor": 40, "model": 128, "driver_version": 64, "firmware_version": 64, "uuid": 128, "pci_bus_id": 64}
 
 
-def check_capability(report: CapabilityReport, event_subject: str | None) -> None:
+def check_capability(report: CapabilityReport) -> None:
     """Raise ValueError (safe to log) when the report cannot be stored as it is."""
-    if event_subject is not None and event_subject != report.host_id:
-        raise ValueError("event subject is not the report's host id")
     if len(report.facts.hostname) > 256 or len(report.agent_version) > 64:
         raise ValueError("hostname or agent_version too long")
     for i, d in enumerate(report.devices):

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from libs.bus.consumer import each_valid, reject
 from libs.events import CloudEvent, EventTypes
 from libs.schemas.devices import Health
-from libs.schemas.hostevents import TelemetryReport
+from libs.schemas.hostevents import ReportBounds, TelemetryReport
 from services.inventory import store
 from services.inventory.batches import apply_batch, count
 from services.inventory.events import device_event
@@ -101,13 +101,13 @@ async def apply_telemetry(session: AsyncSession, reports: Sequence[TelemetryRepo
     return out
 
 
-def accept(events: Sequence[CloudEvent], *, max_age_s: float) -> list[TelemetryReport]:
-    """The batch's well-formed telemetry reports; the rest are counted and dropped. A report from further
-    in the future than ``max_age_s`` (a clock far off) is refused too."""
+def accept(events: Sequence[CloudEvent], *, max_age_s: float, max_skew_s: float) -> list[TelemetryReport]:
+    """The batch's well-formed telemetry reports about the hosts their subjects name; the rest are counted and
+    dropped. A report further in the future than ``max_skew_s`` or ``max_age_s`` (a clock far off) is refused too."""
     reports = []
     latest_ok = datetime.now(UTC) + timedelta(seconds=max_age_s)
     for _, report in each_valid(events, TelemetryReport, service=SERVICE, handler=HANDLER,
-                                event_type=EventTypes.HOST_TELEMETRY):
+                                event_type=EventTypes.HOST_TELEMETRY, context=ReportBounds(max_skew_s).context()):
         # Non-finite readings are refused where the samples are serialized (apply_telemetry).
         if report.ts > latest_ok or any(s[0] < 0 for s in report.devices):
             reject(SERVICE, HANDLER, "invalid_data")
@@ -117,9 +117,9 @@ def accept(events: Sequence[CloudEvent], *, max_age_s: float) -> list[TelemetryR
 
 
 async def ingest(sessions: async_sessionmaker[AsyncSession], state: InventoryState, events: Sequence[CloudEvent], *,
-                 max_age_s: float) -> None:
+                 max_age_s: float, max_skew_s: float) -> None:
     """A batch of telemetry events, end to end: accepted, applied, the health cache and relay told."""
-    reports = accept(events, max_age_s=max_age_s)
+    reports = accept(events, max_age_s=max_age_s, max_skew_s=max_skew_s)
     if not reports:
         return
     cache = state.health

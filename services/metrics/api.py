@@ -16,7 +16,7 @@ from libs.bus.connection import STREAM_EVENTS, STREAM_HOSTS, STREAM_TELEMETRY
 from libs.bus.consumer import each_valid
 from libs.bus.errors import InvalidRequest, NotFound
 from libs.events import CloudEvent, EventTypes
-from libs.schemas.hostevents import CapabilityReport
+from libs.schemas.hostevents import CapabilityReport, ReportBounds
 from libs.schemas.metrics import (
     AlertList,
     AlertQuery,
@@ -66,7 +66,8 @@ async def on_telemetry(items: list[telemetry.Item], ctx: Ctx) -> None:
 async def on_capability(events: list[CloudEvent], ctx: Ctx) -> None:
     r = ctx.state
     newest: dict[str, CapabilityReport] = {}
-    for _, report in each_valid(events, CapabilityReport, service=app.name, handler="on_capability"):
+    bounds = ReportBounds(ctx.settings.bus.max_report_skew_s).context()  # and each report about its subject's host
+    for _, report in each_valid(events, CapabilityReport, service=app.name, handler="on_capability", context=bounds):
         known = r.fleet.hosts.get(report.host_id)
         if known is not None and report.generation <= known.generation:
             continue  # already applied, or an older report arriving late

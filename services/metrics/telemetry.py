@@ -5,7 +5,10 @@ The stream is read by the mesh's one pull consumer (``libs.bus.consumer``, decla
 
 - ``decode`` tries the strict canonical parse first (``wire.canonical``: no model, no
   envelope object) and only for anything else the full ``CloudEvent`` model, so garbage is
-  judged, counted and terminated exactly as on every other consumer;
+  judged, counted and terminated exactly as on every other consumer. A report must be about
+  the host its subject names (``libs.bus.identity``): for a canonical event ``decode``
+  compares the subject's tokens with the parsed site and host (raising ``IdentityMismatch``,
+  which the consumer acks and counts), for the others ``_report`` does after the model;
 - ``write_batch`` turns the batch into columns (``wire.Columns``), the odd envelopes through
   ``TelemetryReport`` (a report of the wrong type or with invalid data is counted and acked),
   and hands them to ``Ingest.write`` (one COPY).
@@ -22,6 +25,7 @@ import logging
 
 from pydantic import ValidationError
 
+from libs.bus import identity
 from libs.events import CloudEvent, EventTypes
 from libs.schemas.hostevents import TelemetryReport
 from services.metrics import wire
@@ -34,13 +38,16 @@ YIELD_EVERY = 512  # reports turned into columns between two turns of the event 
 Item = wire.Event | CloudEvent  # a canonical event as parsed by ``wire``, or an envelope by its model
 
 
-def decode(data: bytes) -> tuple[str, Item]:
+def decode(data: bytes, subject: str) -> tuple[str, Item]:
     """The event id and the event: the strict canonical parse, else the envelope model (which raises
-    ``InvalidEnvelope`` for garbage)."""
+    ``InvalidEnvelope`` for garbage). A canonical report about another host than ``subject``'s raises
+    ``IdentityMismatch``."""
     fast = wire.canonical(data)
     if fast is not None:
+        report = fast["data"]
+        identity.check_host(subject, report["site"], report["host_id"])
         return fast["id"], fast
-    event = CloudEvent.from_bytes(data)
+    event = CloudEvent.from_bytes(data, received_on=subject)
     return event.id, event
 
 
@@ -50,13 +57,19 @@ def _report(ingest: Ingest, event: CloudEvent) -> TelemetryReport | None:
         ingest.reject_report("wrong_type")
         return None
     try:
-        return TelemetryReport.model_validate(event.data)
+        report = TelemetryReport.model_validate(event.data)
     except ValidationError as exc:
         ingest.reject_report("invalid_data")
         first = exc.errors()[0]
         log.warning("on_telemetry: dropped an invalid telemetry report (%s: %s)",
                     ".".join(str(p) for p in first["loc"]), first["msg"])
         return None
+    try:
+        identity.check_host(event.received_on, report.site, report.host_id)
+    except identity.IdentityMismatch:
+        ingest.reject_report(identity.REASON)
+        return None
+    return report
 
 
 async def write_batch(ingest: Ingest, items: list[Item]) -> None:

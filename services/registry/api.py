@@ -1,11 +1,19 @@
-"""The registry service: heartbeats in, up/down events out, the catalog answered over the bus."""
+"""The registry service: heartbeats in, up/down events out, the catalog answered over the bus.
+
+A heartbeat speaks only for the member its subject names (``libs.bus.identity``): a host's on
+``xpumesh.host.<site>.<host>.heartbeat`` with that id and site, a service instance's on
+``xpumesh.svc.<service>.<instance>.heartbeat`` with the id ``<service>.<instance>``. It may
+announce at most ``registry.max_interval_s``, and a new member is taken only while the table
+holds fewer than ``registry.max_members``.
+"""
 
 from __future__ import annotations
 
-from libs.bus import subjects
-from libs.bus.errors import NotFound
+from libs.bus import identity, subjects
+from libs.bus.consumer import reject
+from libs.bus.errors import InvalidRequest, NotFound
 from libs.events import CloudEvent
-from libs.schemas.registry import Heartbeat, Member, MemberPage, MemberQuery, MemberRef
+from libs.schemas.registry import Heartbeat, Member, MemberKind, MemberPage, MemberQuery, MemberRef
 from libs.service import Context, ServiceApp
 from services.registry.state import RegistryState, load_state
 
@@ -13,22 +21,31 @@ app: ServiceApp[RegistryState] = ServiceApp("registry", state=load_state)
 Ctx = Context[RegistryState]
 
 
-async def _on_heartbeat(event: CloudEvent, ctx: Ctx) -> None:
+async def _on_heartbeat(event: CloudEvent, ctx: Ctx, handler: str) -> None:
     hb = Heartbeat.model_validate(event.data)
-    if hb.kind == "host" and hb.site:
-        subjects.check_token(hb.site, "site")
-    if ctx.state.table.heartbeat(hb) is not None:
+    if hb.kind == MemberKind.HOST:
+        identity.check_host(event.received_on, hb.site, hb.id)
+    else:
+        identity.check_service(event.received_on, hb.id)
+    limits = ctx.settings.registry
+    if hb.interval_s > limits.max_interval_s:
+        raise InvalidRequest(f"heartbeat interval above the registry's {limits.max_interval_s:g} s")
+    table = ctx.state.table
+    if hb.id not in table.live and len(table.live) >= limits.max_members:
+        reject(app.name, handler, "registry_full")
+        return
+    if table.heartbeat(hb) is not None:
         ctx.state.changed.set()
 
 
 @app.subscribe(subjects.HOST_HEARTBEAT_ALL, queue="registry")
 async def on_host_heartbeat(event: CloudEvent, ctx: Ctx) -> None:
-    await _on_heartbeat(event, ctx)
+    await _on_heartbeat(event, ctx, "on_host_heartbeat")
 
 
 @app.subscribe(subjects.SERVICE_HEARTBEAT_ALL, queue="registry")
 async def on_service_heartbeat(event: CloudEvent, ctx: Ctx) -> None:
-    await _on_heartbeat(event, ctx)
+    await _on_heartbeat(event, ctx, "on_service_heartbeat")
 
 
 @app.every(lambda s: s.registry.sweep_interval_s, wake=lambda ctx: ctx.state.changed, first_run="after")

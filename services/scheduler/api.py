@@ -23,7 +23,7 @@ from libs.db import session_scope
 from libs.events import CloudEvent, EventTypes
 from libs.schemas.commands import ActualStateReport, LogsReply, LogsRequest
 from libs.schemas.devices import Health
-from libs.schemas.hostevents import CapabilityReport
+from libs.schemas.hostevents import CapabilityReport, ReportBounds
 from libs.schemas.inventory import DeviceEvent
 from libs.schemas.scheduler import (
     LogsQuery,
@@ -104,7 +104,8 @@ async def on_capability(events: list[CloudEvent], ctx: Ctx) -> None:
     fleet = ctx.state.fleet
     changed: list[HostView] = []
     gone: list[tuple[str, str]] = []  # (host, device) that were usable and no longer are
-    for e, rep in each_valid(events, CapabilityReport, service=app.name, handler="on_capability"):
+    bounds = ReportBounds(ctx.settings.bus.max_report_skew_s).context()  # and each report about its subject's host
+    for e, rep in each_valid(events, CapabilityReport, service=app.name, handler="on_capability", context=bounds):
         cur = fleet.hosts.get(rep.host_id)
         before = cur.usable_devices() if cur is not None else set()
         view = fleet.apply_capability(rep, e.time)
@@ -122,7 +123,9 @@ async def on_capability(events: list[CloudEvent], ctx: Ctx) -> None:
 async def on_state(events: list[CloudEvent], ctx: Ctx) -> None:
     s = ctx.settings.scheduler
     actual = ctx.state.actual
-    look = {rep.host_id for _, rep in each_valid(events, ActualStateReport, service=app.name, handler="on_state") if actual.accept(rep)}
+    bounds = ReportBounds(ctx.settings.bus.max_report_skew_s).context()  # and each report about its subject's host
+    look = {rep.host_id for _, rep in each_valid(events, ActualStateReport, service=app.name, handler="on_state",
+                                                 context=bounds) if actual.accept(rep)}
     if not look:
         return
     async with session_scope(ctx.db) as session:
