@@ -117,6 +117,11 @@ def numa_nodes(sys_root: Path) -> int:
     return len(nodes) or 1
 
 
+def local_hostname() -> str:
+    """This host's name as the agent reports it (its host id is ``host_id_for`` of it)."""
+    return socket.gethostname() or platform.node() or "localhost"
+
+
 def collect_host_facts(proc_root: Path = Path("/proc"), sys_root: Path = Path("/sys"),
                        etc_root: Path = Path("/etc")) -> HostFacts:
     """This host's facts, from psutil, /proc, /sys and /etc."""
@@ -130,7 +135,7 @@ def collect_host_facts(proc_root: Path = Path("/proc"), sys_root: Path = Path("/
         total = re.search(r"MemTotal:\s+(\d+)\s*kB", _read(proc_root / "meminfo"))
         memory = int(total.group(1)) // 1024 if total else 0
     return HostFacts(
-        hostname=socket.gethostname() or platform.node() or "localhost",
+        hostname=local_hostname(),
         arch=platform.machine() or "unknown",
         os=os_name(etc_root),
         kernel=platform.release() or "unknown",

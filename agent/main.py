@@ -27,6 +27,7 @@ import psutil
 
 from agent.discover import collect_readings, discover
 from agent.execution import host_drivers, start_execution
+from agent.facts import local_hostname
 from agent.ports import Execution
 from agent.probes.readings import DeviceReading
 from agent.publisher import HostPublisher
@@ -168,6 +169,15 @@ class Agent:
         await self.publish_capability_if_changed()
 
 
+def agent_bus(settings: Settings) -> Bus:
+    """The agent's connection (not yet connected): its replies arrive under its own host's inbox
+    prefix, the only one deploy/nats/nats.conf lets it subscribe to. The host id is the one
+    discovery reports (``host_id_for`` of this hostname)."""
+    host = host_id_for(local_hostname())
+    return Bus(settings.bus, name=f"agent.{settings.site}",
+               inbox_prefix=subjects.inbox_prefix("host", settings.site, host))
+
+
 def run_agent(settings: Settings, *, probe_dir: str | Path | None) -> int:
     """Run the agent until SIGTERM/SIGINT; 2 for bad arguments, 1 when the bus is unreachable."""
     directory = Path(probe_dir) if probe_dir else None
@@ -188,7 +198,7 @@ def run_agent(settings: Settings, *, probe_dir: str | Path | None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        bus = Bus(settings.bus, name=f"agent.{settings.site}")
+        bus = agent_bus(settings)
         try:
             await bus.connect(settings.nats_url or "")
         except Exception as exc:  # nats raises its own errors for unreachable servers

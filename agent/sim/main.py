@@ -279,7 +279,7 @@ async def simulate(settings: Settings, hosts: int | None, seed: int, stop: async
     if not settings.nats_url:
         raise RuntimeError("XPUMESH_NATS_URL is not set")
     specs = await asyncio.to_thread(build_fleet, hosts, seed, devices_per_host)
-    bus = Bus(settings.bus, name="sim")
+    bus = Bus(settings.bus, name="sim", inbox_prefix=subjects.inbox_prefix("sim"))
     await bus.connect(settings.nats_url)
     await bus.ensure_streams()
     sim = Simulator(settings, bus, [SimHost(s, bus, interval_s=settings.heartbeat_interval_s) for s in specs],

@@ -58,9 +58,12 @@ def stream_configs(settings: BusSettings) -> list[StreamConfig]:
 class Bus:
     """One NATS connection with JetStream, shared by everything in a process."""
 
-    def __init__(self, settings: BusSettings, *, name: str) -> None:
+    def __init__(self, settings: BusSettings, *, name: str, inbox_prefix: str | None = None) -> None:
+        """``inbox_prefix`` (``subjects.inbox_prefix``) keeps the replies this connection awaits under
+        a prefix only it may subscribe to; None keeps nats-py's shared ``_INBOX`` (tests, tools)."""
         self.settings = settings
         self.name = name
+        self.inbox_prefix = inbox_prefix or subjects.INBOX_ROOT
         self.nc: NATS = NATS()
         self._js: JetStreamContext | None = None
         self._closing = False
@@ -99,6 +102,7 @@ class Bus:
             disconnected_cb=on_disconnect,
             reconnected_cb=on_reconnect,
             pending_size=64 * 1024 * 1024,
+            inbox_prefix=self.inbox_prefix,
         )
         self._js = self.nc.jetstream(timeout=self.settings.connect_timeout_s)
 

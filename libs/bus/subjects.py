@@ -101,6 +101,29 @@ GATEWAY_KEY_REVOKED = f"{ROOT}.gateway.ctl.key_revoked"
 GATEWAY_SUBSCRIPTIONS_CHANGED = f"{ROOT}.gateway.ctl.subscriptions_changed"
 
 
+# --- reply inboxes -------------------------------------------------------------------
+INBOX_ROOT = "_INBOX"
+_INBOX_NAMES = {"host": ("site", "host"), "service": ("service",), "sim": ()}
+
+
+def inbox_prefix(role: str, *names: str) -> str:
+    """The private reply-inbox prefix of one client: ``_INBOX.<role>.<names…>``.
+
+    ``inbox_prefix("host", site, host)`` for an agent, ``inbox_prefix("service", name)`` for a
+    service, ``inbox_prefix("sim")`` for the simulator. nats-py puts every reply a connection
+    awaits (request/reply, JetStream publish acknowledgements, pull consumers' inboxes) under
+    ``<prefix>.<nuid>``, so deploy/nats/nats.conf can let an agent subscribe to
+    ``_INBOX.host.<its site>.<its host>.>`` alone: it hears no other client's replies. Every name
+    is one token (dots separate them), so no two identities share a prefix.
+    """
+    expected = _INBOX_NAMES.get(role)
+    if expected is None or len(names) != len(expected):
+        raise ValueError(f"inbox prefix: role {role!r} takes {expected or 'a known role'}, got {names!r}")
+    for what, name in zip(expected, names, strict=True):
+        check_token(name, what)
+    return ".".join((INBOX_ROOT, role, *names))
+
+
 # --- durable events ------------------------------------------------------------------
 EVENTS_ALL = f"{ROOT}.events.>"
 

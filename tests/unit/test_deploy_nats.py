@@ -27,6 +27,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from agent.main import Agent as HostAgent
+from agent.main import agent_bus
 from libs.bus import subjects
 from libs.bus.connection import STREAM_HOSTS, Bus
 from libs.config import BusSettings, Settings
@@ -114,22 +115,33 @@ def _local(url: str, port: int) -> str:
     return f"nats://{parts.username}:{parts.password}@127.0.0.1:{port}"
 
 
-async def _connect(url: str) -> Conn:
+async def _echo_reply(msg: Msg) -> None:
+    """Answer with the reply subject the request came with: whose inbox the answer travels to."""
+    await msg.respond(msg.reply.encode())
+
+
+def _agent_inbox(a: ComposeAgent) -> str:
+    return subjects.inbox_prefix("host", a.site, a.host)
+
+
+async def _connect(url: str, inbox_prefix: str = subjects.INBOX_ROOT) -> Conn:
     client = Conn(nc=Client())
 
     async def on_error(exc: Exception) -> None:
         client.errors.append(str(exc))
 
-    client.nc = await nats.connect(url, error_cb=on_error, allow_reconnect=False, connect_timeout=5)
+    client.nc = await nats.connect(url, error_cb=on_error, allow_reconnect=False, connect_timeout=5,
+                                   inbox_prefix=inbox_prefix)
     return client
 
 
 @pytest.fixture
 async def clients(server: int) -> AsyncIterator[dict[str, Conn]]:
     """The service user and every compose agent, connected with their compose credentials."""
-    out = {"service": await _connect(_local(container_env(compose()["services"]["registry"])["XPUMESH_NATS_URL"], server))}
+    out = {"service": await _connect(_local(container_env(compose()["services"]["registry"])["XPUMESH_NATS_URL"], server),
+                                     subjects.inbox_prefix("service", "gateway"))}
     for a in _agents():
-        out[a.name] = await _connect(_local(a.url, server))
+        out[a.name] = await _connect(_local(a.url, server), _agent_inbox(a))
     yield out
     for c in out.values():
         await c.nc.close()
@@ -200,6 +212,43 @@ async def test_nats_agents_hear_only_their_own_commands_and_may_answer(clients: 
         await sub.next_msg(timeout=0.3)
 
 
+async def test_nats_agents_hear_no_other_clients_replies(clients: dict[str, Conn]) -> None:
+    """Replies travel under each client's own inbox prefix; an agent may subscribe to its own only."""
+    agents = _agents()
+    service = clients["service"].nc
+    a, other = agents[0], agents[1]
+    nc = clients[a.name].nc
+    heard: list[str] = []
+
+    async def eavesdrop(msg: Msg) -> None:
+        heard.append(msg.subject)
+
+    forbidden = ["_INBOX.>",  # every client's replies
+                 f"{subjects.inbox_prefix('service', 'gateway')}.>",  # a service's (workload views, logs)
+                 f"{_agent_inbox(other)}.>",  # another agent's (its JetStream acknowledgements)
+                 f"{subjects.INBOX_ROOT}.host.>"]  # every agent's
+    for subject in forbidden:
+        await nc.subscribe(subject, cb=eavesdrop)
+    await nc.flush()
+    await assert_eventually(_violations(clients[a.name], len(forbidden)), timeout=5.0,
+                            message=f"{a.name}: a permissions violation for each other client's inbox")
+
+    # a reply to the service and one to the other agent: the refused subscriptions hear neither
+    await service.subscribe(subjects.rpc_subject("registry", "probe"), cb=_echo_reply)
+    await service.subscribe(subjects.host_subject(a.site, a.host, "probe"), cb=_echo_reply)
+    await service.subscribe(subjects.host_subject(other.site, other.host, "probe"), cb=_echo_reply)
+    await _settled(service)
+    got = await service.request(subjects.rpc_subject("registry", "probe"), b"{}", timeout=5)
+    assert got.data.decode().startswith(subjects.inbox_prefix("service", "gateway") + ".")
+    got = await clients[other.name].nc.request(subjects.host_subject(other.site, other.host, "probe"), b"{}", timeout=5)
+    assert got.data.decode().startswith(_agent_inbox(other) + ".")
+    # the agent's own request/reply works, through its private inbox
+    got = await nc.request(subjects.host_subject(a.site, a.host, "probe"), b"{}", timeout=5)
+    assert got.data.decode().startswith(_agent_inbox(a) + ".")
+    await nc.flush()  # anything the server delivered to the agent before this round trip has arrived
+    assert heard == [], f"{a.name} heard other clients' replies: {heard}"
+
+
 async def test_nats_agent_capability_is_acknowledged_by_jetstream(server: int) -> None:
     """A durable publish needs the reply inbox the agent is allowed; the service user creates the streams."""
     service_url = _local(container_env(compose()["services"]["registry"])["XPUMESH_NATS_URL"], server)
@@ -207,7 +256,7 @@ async def test_nats_agent_capability_is_acknowledged_by_jetstream(server: int) -
     await service.connect(service_url)
     await service.ensure_streams()
     a = _agents()[0]
-    agent = Bus(BusSettings(max_reconnect_attempts=0), name="agent")
+    agent = Bus(BusSettings(max_reconnect_attempts=0), name="agent", inbox_prefix=_agent_inbox(a))
     await agent.connect(_local(a.url, server))
     try:
         ack = await agent.js.publish(subjects.host_subject(a.site, a.host, "capability"), b"{}")
@@ -230,7 +279,7 @@ async def test_nats_rejects_wrong_and_missing_credentials(server: int) -> None:
 
 async def test_nats_sim_user_speaks_for_simulated_hosts_and_nothing_else(server: int) -> None:
     sim = mesh_containers()["sim"]
-    client = await _connect(_local(container_env(sim)["XPUMESH_NATS_URL"], server))
+    client = await _connect(_local(container_env(sim)["XPUMESH_NATS_URL"], server), subjects.inbox_prefix("sim"))
     service = await _connect(_local(container_env(compose()["services"]["registry"])["XPUMESH_NATS_URL"], server))
     try:
         got = await service.nc.subscribe(">")
@@ -247,8 +296,15 @@ async def test_nats_sim_user_speaks_for_simulated_hosts_and_nothing_else(server:
         await client.nc.publish(subjects.host_subject("ningbo", "sim-00001", "heartbeat"), b"{}")
         await client.nc.publish(subjects.rpc_subject("registry", "members.list"), b"{}")
         await client.nc.subscribe(subjects.EVENTS_ALL)
+        await client.nc.subscribe("_INBOX.>")  # other clients' replies
         await client.nc.flush()
-        await assert_eventually(_violations(client, 2), timeout=5.0, message="sim: refused the rpc publish and events")
+        await assert_eventually(_violations(client, 3), timeout=5.0,
+                                message="sim: refused the rpc publish, events and other clients' inboxes")
+        probe = subjects.host_subject("ningbo", "sim-00001", "probe")
+        await service.nc.subscribe(probe, cb=_echo_reply)
+        await _settled(service.nc)
+        reply = await client.nc.request(probe, b"{}", timeout=5)  # through its own inbox
+        assert reply.data.decode().startswith(subjects.inbox_prefix("sim") + ".")
         seen = []
         with contextlib.suppress(NatsTimeout):
             while True:
@@ -282,7 +338,7 @@ async def test_nats_real_agent_runs_within_its_permissions(server: int, monkeypa
     await _settled(service.nc)
     settings = Settings(nats_url=_local(env["XPUMESH_NATS_URL"], server), site=env["XPUMESH_SITE"], data_dir=tmp_path,
                         heartbeat_interval_s=0.3, telemetry_interval_s=0.3)
-    bus = Bus(settings.bus, name=f"agent.{settings.site}")
+    bus = agent_bus(settings)  # as run_agent connects: its own host's inbox prefix
     await bus.connect(settings.nats_url or "")
     stop = asyncio.Event()
     caplog.set_level(logging.WARNING, logger="libs.bus.connection")
