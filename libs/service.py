@@ -409,7 +409,7 @@ async def serve(app: ServiceApp[Any], settings: Settings, *, ready: asyncio.Even
 
     setup_tracing(app.name, settings.otlp_endpoint)
     instance = subjects.check_token(default_instance_id(settings), "instance id")
-    bus = Bus(settings.bus, name=f"{app.name}.{instance}")
+    bus = Bus(settings.bus, name=f"{app.name}.{instance}", inbox_prefix=subjects.inbox_prefix("service", app.name))
     if not settings.nats_url:
         raise RuntimeError("XPUMESH_NATS_URL is not set (use `xpumesh up` to start an embedded mesh)")
     await bus.connect(settings.nats_url)
