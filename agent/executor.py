@@ -96,6 +96,8 @@ class Executor:
         self.host_id, self.site, self.drivers, self.settings = host_id, site, dict(drivers), settings
         self.state_dir = state_dir
         self._scratch = None if state_dir else Path(tempfile.mkdtemp(prefix=f"xpumesh-{host_id}-"))
+        if self._scratch is not None:
+            self._scratch.chmod(0o711)  # replicas under their own uids reach their own directories, list nothing
         self.publish, self.default_driver, self.known_devices = publish, default_driver, known_devices
         self.boot_id = uuid.uuid4().hex[:16]
         self.seq = 0

@@ -69,6 +69,8 @@ class RunHandle(BaseModel):
     pid: int | None = None
     create_time: float | None = Field(default=None, description="Process start time, so a reused pid is not mistaken.")
     container: str | None = None
+    uid: int | None = Field(default=None, description="The replica's own uid (from the agent's range), held while it lives.")
+    cgroup: str | None = Field(default=None, description="The replica's cgroup v2 directory, where it has one.")
     duration_s: float | None = None
     exit_code: int = 0
 

@@ -25,6 +25,12 @@ The container's environment is ``agent.drivers.base.replica_env`` passed one ``-
 time: the workload's own, the devices' and the agent's ``XPUMESH_*`` workload variables,
 never the agent's environment (no ``--env-file``, no bare ``--env NAME`` that docker would
 fill from it).
+
+Every container runs as its replica's own uid and gid (``--user``, from the agent's
+``UidPool``, the same range the process driver uses: without user-namespace remapping a
+container's uid is the host's), with every capability dropped (``--cap-drop ALL``), no way
+to gain privileges (``--security-opt no-new-privileges``) and never ``--privileged``. AMD
+and Hygon keep ``seccomp=unconfined``, which ROCm needs.
 """
 
 from __future__ import annotations
@@ -36,11 +42,13 @@ import shutil
 from datetime import UTC, datetime
 
 from agent.drivers.base import Exit, LaunchError, LaunchPlan, RunHandle, replica_env
+from agent.drivers.isolation import PoolExhausted, UidPool
 
 _NAME_SAFE = re.compile(r"[^a-zA-Z0-9_.-]+")
 
 
-def container_name(plan: LaunchPlan) -> str:
+def container_name(plan: LaunchPlan | RunHandle) -> str:
+    """The container's name, also what its uid is held under in the ``UidPool``."""
     return _NAME_SAFE.sub("-", f"xpumesh-{plan.workload_id}-{plan.replica}-{plan.attempt}")[:128]
 
 
@@ -83,14 +91,18 @@ def vendor_args(vendor: str, indices: list[int]) -> tuple[list[str], dict[str, s
     raise LaunchError(f"the docker driver does not know how to expose {vendor!r} devices")
 
 
-def docker_run_args(plan: LaunchPlan, *, docker: str = "docker") -> list[str]:
-    """The full ``docker run`` argument list for a plan (detached, labelled, named per attempt)."""
+def docker_run_args(plan: LaunchPlan, *, docker: str = "docker", uid: int | None = None) -> list[str]:
+    """The full ``docker run`` argument list for a plan (detached, labelled, named per attempt,
+    as ``uid`` when given, without capabilities or a way to gain them)."""
     image = plan.variant.image
     if not image:
         raise LaunchError("the variant has no image (the docker driver needs 'image')")
     args = [docker, "run", "--detach", "--name", container_name(plan),
             "--label", f"io.xpumesh.workload={plan.workload_id}", "--label", f"io.xpumesh.replica={plan.replica}",
-            "--label", f"io.xpumesh.attempt={plan.attempt}"]
+            "--label", f"io.xpumesh.attempt={plan.attempt}",
+            "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
+    if uid is not None:
+        args += ["--user", f"{uid}:{uid}"]
     dev_env: dict[str, str] = {}
     vendors: dict[str, list[int]] = {}
     for d in plan.devices:
@@ -117,21 +129,40 @@ async def _run(*argv: str, timeout: float | None = None) -> tuple[int, str]:
 class DockerDriver:
     name = "docker"
 
-    def __init__(self, docker: str | None = None) -> None:
+    def __init__(self, docker: str | None = None, *, uids: UidPool | None = None) -> None:
         self.docker = docker or shutil.which("docker") or "docker"
+        self.uids = uids
 
     async def start(self, plan: LaunchPlan) -> RunHandle:
-        args = docker_run_args(plan, docker=self.docker)
+        owner = container_name(plan)
         try:
-            rc, out = await _run(*args, timeout=300)
-        except (OSError, TimeoutError):
-            raise LaunchError("docker did not start the container") from None
-        if rc != 0:
-            raise LaunchError(f"docker run failed with code {rc}: {out[-300:]}")
+            uid = self.uids.allocate(owner) if self.uids is not None else None
+        except PoolExhausted as exc:
+            raise LaunchError(str(exc)) from None
+        try:
+            args = docker_run_args(plan, docker=self.docker, uid=uid)
+            try:
+                rc, out = await _run(*args, timeout=300)
+            except (OSError, TimeoutError):
+                raise LaunchError("docker did not start the container") from None
+            if rc != 0:
+                raise LaunchError(f"docker run failed with code {rc}: {out[-300:]}")
+        except LaunchError:
+            self._release(uid, owner)
+            raise
         return RunHandle(workload_id=plan.workload_id, replica=plan.replica, attempt=plan.attempt, driver=self.name,
-                         started_at=datetime.now(UTC), container=out.splitlines()[-1] if out else container_name(plan))
+                         started_at=datetime.now(UTC), container=out.splitlines()[-1] if out else owner, uid=uid)
+
+    def _release(self, uid: int | None, owner: str) -> None:
+        if uid is not None and self.uids is not None:
+            self.uids.release(uid, owner)
 
     async def wait(self, handle: RunHandle) -> Exit:
+        end = await self._wait(handle)
+        self._release(handle.uid, container_name(handle))
+        return end
+
+    async def _wait(self, handle: RunHandle) -> Exit:
         rc, out = await _run(self.docker, "wait", handle.container or "")
         if rc != 0:
             return Exit(None, "the container is gone")
@@ -143,6 +174,7 @@ class DockerDriver:
     async def stop(self, handle: RunHandle, grace_s: float) -> None:
         with contextlib.suppress(OSError, TimeoutError):
             await _run(self.docker, "stop", "--time", str(int(grace_s)), handle.container or "", timeout=grace_s + 30)
+            self._release(handle.uid, container_name(handle))  # stopped (the executor may cancel ``wait`` next)
 
     async def alive(self, handle: RunHandle) -> bool:
         try:
@@ -150,7 +182,10 @@ class DockerDriver:
                                  timeout=30)
         except (OSError, TimeoutError):
             return False
-        return rc == 0 and out == "true"
+        running = rc == 0 and out == "true"
+        if running and handle.uid is not None and self.uids is not None:
+            self.uids.claim(handle.uid, container_name(handle))  # adopted: its uid stays its own
+        return running
 
     async def logs(self, handle: RunHandle, tail_bytes: int) -> tuple[str, bool]:
         try:

@@ -8,12 +8,18 @@ Output goes to ``output.log`` in the replica's directory (opened in append mode)
 grows past half of ``log_max_bytes`` its tail moves to ``output.log.1``, so at most about
 ``log_max_bytes`` is kept. Stop sends SIGTERM to the whole group, then SIGKILL after the
 grace period.
+
+Given a ``UidPool`` and an agent running as root, each replica runs under its own uid from
+the pool, in a 0700 directory owned by that uid, and in its own cgroup where cgroup v2 is
+writable (``agent.drivers.isolation``): one tenant's replica can neither read another's
+``output.log`` nor signal its processes. Without root it runs as today, after one warning.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -32,21 +38,39 @@ from agent.drivers.base import (
     replica_env,
     visible_devices_env,
 )
+from agent.drivers.isolation import (
+    Cgroups,
+    PoolExhausted,
+    UidPool,
+    can_switch_uid,
+    launcher_argv,
+    prepare_workdir,
+    seal_workdir,
+)
 
 LOG = "output.log"
 EXIT = "exit_code"
 DROPPED = "output.dropped"  # present once older output was rotated away
 # "$0" is the exit file; the command and its arguments are "$@", never re-parsed by the shell.
 WRAPPER = 'code=0; "$@" || code=$?; printf "%s" "$code" > "$0.tmp" && mv "$0.tmp" "$0"; exit "$code"'
+log = logging.getLogger(__name__)
 
 
 class ProcessDriver:
     name = "process"
 
-    def __init__(self, *, log_max_bytes: int = 1024 * 1024, poll_s: float = 0.2) -> None:
+    def __init__(self, *, log_max_bytes: int = 1024 * 1024, poll_s: float = 0.2, uids: UidPool | None = None,
+                 cgroup_parent: Path | None = None) -> None:
         self.log_max_bytes = log_max_bytes
         self.poll_s = poll_s
         self._children: dict[int, asyncio.subprocess.Process] = {}
+        self.uids = uids
+        self.cgroups = Cgroups(cgroup_parent)
+        self.isolated = uids is not None and can_switch_uid()
+        if uids is not None and not self.isolated:
+            log.warning("the agent is not root, so replicas run under its own uid %d: tenants on this host can read "
+                        "each other's output and signal each other's processes (run the agent as root to give each "
+                        "replica its own uid from %d-%d)", os.geteuid(), uids.start, uids.start + uids.count - 1)
 
     def environment(self, plan: LaunchPlan) -> dict[str, str]:
         """The replica's environment: allow-listed (``replica_env``), never the agent's own, which
@@ -58,15 +82,22 @@ class ProcessDriver:
         argv = plan.variant.command
         if not argv:
             raise LaunchError("the variant has no command to run (the process driver needs 'command')")
-        plan.workdir.mkdir(parents=True, exist_ok=True)
+        uid, group = self._isolate(plan)
         for stale in (EXIT, EXIT + ".tmp"):
             (plan.workdir / stale).unlink(missing_ok=True)
-        fd = os.open(plan.workdir / LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        # the exit file is named relative to the replica's directory, its cwd
+        wrapped = ["/bin/sh", "-c", WRAPPER, EXIT, *argv]
+        if uid is not None:
+            wrapped = launcher_argv(group, uid, wrapped)
+        fd = os.open(plan.workdir / LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
+            if uid is not None:
+                os.fchown(fd, uid, uid)  # the replica reads its own output; the agent reads it as root
             proc = await asyncio.create_subprocess_exec(
-                "/bin/sh", "-c", WRAPPER, str(plan.workdir / EXIT), *argv, stdin=subprocess.DEVNULL, stdout=fd,
-                stderr=subprocess.STDOUT, cwd=plan.workdir, env=self.environment(plan), start_new_session=True)
+                *wrapped, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT, cwd=plan.workdir,
+                env=self.environment(plan), start_new_session=True)
         except OSError as exc:
+            self._release(uid, str(plan.workdir), group)
             raise LaunchError(f"could not start /bin/sh: {exc.strerror or type(exc).__name__}") from None
         finally:
             os.close(fd)
@@ -76,18 +107,52 @@ class ProcessDriver:
         except psutil.Error:
             created = None
         return RunHandle(workload_id=plan.workload_id, replica=plan.replica, attempt=plan.attempt, driver=self.name,
-                         started_at=datetime.now(UTC), workdir=str(plan.workdir), pid=proc.pid, create_time=created)
+                         started_at=datetime.now(UTC), workdir=str(plan.workdir), pid=proc.pid, create_time=created,
+                         uid=uid, cgroup=str(group) if group else None)
+
+    def _isolate(self, plan: LaunchPlan) -> tuple[int | None, Path | None]:
+        """The replica's uid and cgroup, and its directory made its own (without isolation: a plain directory)."""
+        if not self.isolated or self.uids is None:
+            plan.workdir.mkdir(parents=True, exist_ok=True)
+            return None, None
+        try:
+            uid = self.uids.allocate(str(plan.workdir))
+        except PoolExhausted as exc:
+            raise LaunchError(str(exc)) from None
+        try:
+            prepare_workdir(plan.workdir, uid)
+        except OSError as exc:
+            self.uids.release(uid, str(plan.workdir))
+            raise LaunchError(f"could not prepare the replica's directory: {exc.strerror}") from None
+        return uid, self.cgroups.create(plan.workdir.name)
+
+    def _release(self, uid: int | None, owner: str, group: Path | str | None) -> None:
+        if uid is not None and self.uids is not None:
+            self.uids.release(uid, owner)
+        Cgroups.remove(str(group) if group else None)
+
+    def _finished(self, handle: RunHandle) -> None:
+        """The replica is gone: its directory back to root, its uid back to the pool, its cgroup removed."""
+        if handle.uid is None or handle.workdir is None:
+            return
+        Cgroups.kill(handle.cgroup)
+        seal_workdir(Path(handle.workdir))
+        self._release(handle.uid, handle.workdir, handle.cgroup)
 
     async def alive(self, handle: RunHandle) -> bool:
+        """Whether it still runs; a live replica's uid is held (so a restarted agent adopts it)."""
         if handle.pid is None:
             return False
         try:
             p = psutil.Process(handle.pid)
             if handle.create_time is not None and abs(p.create_time() - handle.create_time) > 0.5:
                 return False  # the pid was reused by another process
-            return p.status() != psutil.STATUS_ZOMBIE
+            running = p.status() != psutil.STATUS_ZOMBIE
         except psutil.Error:
             return False
+        if running and handle.uid is not None and handle.workdir and self.uids is not None:
+            self.uids.claim(handle.uid, handle.workdir)
+        return running
 
     def _exit_file(self, handle: RunHandle) -> int | None:
         if handle.workdir is None:
@@ -112,6 +177,7 @@ class ProcessDriver:
             rc = None
             await self._gone(handle, None)
         self.rotate(handle)
+        self._finished(handle)
         code = self._exit_file(handle)
         if code is not None:
             return Exit(code)
@@ -122,13 +188,13 @@ class ProcessDriver:
         return Exit(None, "ended while the agent was not watching; exit code unknown")
 
     async def stop(self, handle: RunHandle, grace_s: float) -> None:
-        if handle.pid is None or not await self.alive(handle):
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(handle.pid, signal.SIGTERM)
-        await self._gone(handle, grace_s)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(handle.pid, signal.SIGKILL)
+        if handle.pid is not None and await self.alive(handle):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(handle.pid, signal.SIGTERM)
+            await self._gone(handle, grace_s)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(handle.pid, signal.SIGKILL)
+        self._finished(handle)  # the executor may cancel ``wait`` next
 
     async def _gone(self, handle: RunHandle, timeout_s: float | None) -> None:
         """Poll until the process is gone (there is no event for a process that is not our child)."""
