@@ -15,6 +15,7 @@ import importlib
 
 import httpx
 
+from libs.bus import consumer, subjects
 from libs.bus.connection import STREAM_COMMANDS, STREAM_EVENTS, STREAM_HOSTS, STREAM_TELEMETRY, Bus
 from libs.bus.consumer import live_consumers
 from libs.service import ServiceApp
@@ -56,5 +57,9 @@ async def test_consumers_every_reader_at_the_server_is_a_pull_consumer(settings,
             await assert_eventually(all_read, timeout=15, message="every server consumer read by a PullConsumer")
             declared = {(c.stream, c.durable) for app in apps for c in app.consumers}
             assert declared <= set(live_consumers())
+            # each pulls on an inbox under its service's private prefix, which no agent may subscribe to
+            inboxes = {(c.service, c._inbox) for c in list(consumer._LIVE)}
+            assert inboxes and all(i.startswith(subjects.inbox_prefix("service", svc) + ".") for svc, i in inboxes), \
+                inboxes
             with contextlib.suppress(Exception):
                 await stream.aclose()

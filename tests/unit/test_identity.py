@@ -24,6 +24,18 @@ def test_identity_subjects_name_their_sender() -> None:
     assert subjects.service_of(subjects.host_subject("hz", "h-1", "heartbeat")) is None
 
 
+def test_identity_inbox_prefix_is_one_per_identity() -> None:
+    assert subjects.inbox_prefix("host", "hangzhou", "hz-gpu-01") == "_INBOX.host.hangzhou.hz-gpu-01"
+    assert subjects.inbox_prefix("service", "gateway") == "_INBOX.service.gateway"
+    assert subjects.inbox_prefix("sim") == "_INBOX.sim"
+    # names are tokens apart: site a_b host c and site a host b_c do not share an inbox
+    assert subjects.inbox_prefix("host", "a_b", "c") != subjects.inbox_prefix("host", "a", "b_c")
+    for bad in (("host", "hangzhou"), ("host", "hz", "h.1"), ("host", "hz", ">"), ("service", "*"), ("sim", "x"),
+                ("nobody",)):
+        with pytest.raises(ValueError):
+            subjects.inbox_prefix(*bad)
+
+
 def test_identity_checks_refuse_another_sender() -> None:
     own = subjects.host_subject("hz", "h-1", "telemetry")
     identity.check_host(own, "hz", "h-1")
