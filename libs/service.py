@@ -46,7 +46,7 @@ from typing_extensions import TypeVar
 from libs import __version__
 from libs.bus import subjects
 from libs.bus.connection import ERROR_HEADER, Bus
-from libs.bus.consumer import Decoder, Delivery, PullConsumer, SeenIds, envelope, reject, run_handler
+from libs.bus.consumer import Batch, Decoder, PullConsumer, SeenIds, envelope, reject, run_handler
 from libs.bus.errors import BusError, InvalidRequest
 from libs.config import Settings
 from libs.events import CloudEvent, EventTypes, InvalidEnvelope
@@ -268,8 +268,8 @@ class ServiceApp(Generic[S]):
         """The running consumer of a declaration: its handler adapted to the consumer's batches."""
         fn = c.fn
 
-        async def handle(batch: list[Delivery[Any]]) -> None:
-            await (fn([d.item for d in batch], ctx) if c.batch else fn(batch[0].item, ctx))
+        async def handle(batch: Batch[Any]) -> None:
+            await (fn(batch.items, ctx) if c.batch else fn(batch.items[0], ctx))
 
         linger = c.linger(ctx.settings) if callable(c.linger) else c.linger
         return PullConsumer(ctx.bus, stream=c.stream, durable=c.durable, handle=handle, decode=c.decode,

@@ -25,7 +25,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from libs.bus import subjects
 from libs.bus.connection import STREAM_EVENTS
-from libs.bus.consumer import Delivery, PullConsumer, envelope
+from libs.bus.consumer import Batch, PullConsumer, envelope
 from libs.events import CloudEvent, EventTypes
 from libs.schemas.subscriptions import check_type_pattern
 from libs.service import Context
@@ -88,7 +88,7 @@ class SseReader:
                                      decode=envelope, service="gateway", name="sse", config=config, batch=batch,
                                      dedupe=0, drain_timeout_s=ctx.settings.bus.drain_timeout_s)
 
-    async def _enqueue(self, batch: list[Delivery[CloudEvent]]) -> None:
+    async def _enqueue(self, batch: Batch[CloudEvent]) -> None:
         for d in batch:
             seq = d.msg.metadata.sequence.stream
             if seq > self.last_seq and self.flt.matches(d.item, d.msg.subject):

@@ -44,7 +44,7 @@ from nats.js.errors import NotFoundError
 from prometheus_client import Counter
 
 from libs.bus.connection import STREAM_EVENTS
-from libs.bus.consumer import Delivery, PullConsumer, envelope
+from libs.bus.consumer import Batch, PullConsumer, envelope
 from libs.db import session_scope
 from libs.events import CloudEvent, EventTypes
 from libs.schemas.subscriptions import DeliveryStatus
@@ -120,7 +120,7 @@ class WebhookEngine:
             return
         flt = event_filter(sub)
 
-        async def record(batch: list[Delivery[CloudEvent]]) -> None:
+        async def record(batch: Batch[CloudEvent]) -> None:
             await self._record(sub.id, flt, batch)
 
         consumer = PullConsumer(self.ctx.bus, stream=STREAM_EVENTS, durable=store.consumer_name(sub.id), handle=record,
@@ -171,7 +171,7 @@ class WebhookEngine:
             log.info("dropping the consumer of subscription %s: it is no longer active", sid)
             await self.delete_consumer(sid)
 
-    async def _record(self, sid: str, flt: EventFilter, batch: list[Delivery[CloudEvent]]) -> None:
+    async def _record(self, sid: str, flt: EventFilter, batch: Batch[CloudEvent]) -> None:
         """Write the matching events of a batch as pending deliveries; the consumer acks the batch only after
         this returns (a database failure raises: the batch is nak'ed and handed out again)."""
         rows = [{"subscription_id": sid, "event_id": d.id, "event_type": d.item.type,
