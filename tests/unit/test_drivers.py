@@ -263,3 +263,40 @@ def test_drivers_every_vendor_device_variable_is_reserved() -> None:
     names = {n for names in VISIBLE_DEVICES_ENV.values() for n in names}
     names |= {n for v in VISIBLE_DEVICES_ENV for n in vendor_args(v, [0])[1]}
     assert names <= DEVICE_ENV_NAMES
+
+
+@pytest.mark.parametrize("vendor", sorted(TYPES))
+def test_drivers_docker_runs_as_the_replicas_uid_without_capabilities(tmp_path: Path, vendor: str) -> None:
+    args = docker_run_args(_plan(tmp_path, vendor, [0], command=["python", "train.py"]), uid=2_100_000_007)
+    image = args.index("repo/img:1")
+    options = args[:image]  # every flag is docker's, before the image; nothing after it is
+    assert _pairs(options, "--user") == ["2100000007:2100000007"]
+    assert _pairs(options, "--cap-drop") == ["ALL"] and "--cap-add" not in options
+    assert "no-new-privileges" in _pairs(options, "--security-opt")
+    assert not any(a.startswith("--privileged") or a.startswith("--userns") or a.startswith("--pid")
+                   or a.startswith("--ipc") or a == "--network=host" for a in options)
+    assert args[image + 1:] == ["python", "train.py"]
+
+
+async def test_drivers_docker_driver_gives_each_container_its_own_uid_and_frees_it(tmp_path: Path) -> None:
+    from agent.drivers import DockerDriver
+    from agent.drivers.isolation import UidPool
+
+    fake = tmp_path / "docker"  # answers `run` with a container id, `wait` with an exit code, records argv
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/calls\ncase "$1" in run) echo c-$$;; wait) echo 0;; esac\n')
+    fake.chmod(0o755)
+    pool = UidPool(2_100_000_000, 2)
+    driver = DockerDriver(str(fake), uids=pool)
+    a = await driver.start(_plan(tmp_path))
+    b = await driver.start(LaunchPlan("wl_2", 0, 1, 1, "h1", "hz", _devices("nvidia", [1]), Variant(image="i:1"),
+                                      _plan(tmp_path).spec, tmp_path / "b"))
+    assert {a.uid, b.uid} == {2_100_000_000, 2_100_000_001}
+    with pytest.raises(LaunchError, match="in use"):
+        await driver.start(LaunchPlan("wl_3", 0, 1, 1, "h1", "hz", [], Variant(image="i:1"), _plan(tmp_path).spec,
+                                      tmp_path / "c"))
+    assert (await driver.wait(a)).code == 0
+    calls = (tmp_path / "calls").read_text()
+    assert f"--user {a.uid}:{a.uid}" in calls and f"--user {b.uid}:{b.uid}" in calls
+    again = await driver.start(LaunchPlan("wl_4", 0, 1, 1, "h1", "hz", [], Variant(image="i:1"), _plan(tmp_path).spec,
+                                          tmp_path / "d"))
+    assert again.uid == a.uid  # freed when its container ended

@@ -15,7 +15,7 @@ import pytest
 from agent.drivers import ProcessDriver
 from agent.drivers.isolation import UidPool
 from agent.execution import host_drivers
-from agent.executor import Executor
+from agent.executor import Executor, Run
 from libs.config import AgentSettings
 from libs.schemas.commands import LogsRequest, ReplicaState
 from tests.conftest import assert_eventually
@@ -45,7 +45,7 @@ async def _stop_leftovers() -> AsyncIterator[None]:
         await ex.close()
 
 
-def _run(ex: Executor, wid: str):  # type: ignore[no-untyped-def]
+def _run(ex: Executor, wid: str) -> Run:
     return next(r for r in ex.runs.values() if r.workload_id == wid)
 
 
