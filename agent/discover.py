@@ -212,5 +212,14 @@ def discover_main(probe_dir: str | None, as_json: bool) -> int:
         log.exception("discovery failed")
         print(f"xpumesh agent discover: failed: {exc}", file=sys.stderr)
         return 1
-    print(result.model_dump_json(indent=2) if as_json else format_table(result))
+    print(result.model_dump_json(indent=2) if as_json else format_table(result) + "\n\n" + isolation_line())
     return 0
+
+
+def isolation_line() -> str:
+    """How this host keeps tenants' replicas apart, as the agent would run them now."""
+    from agent.drivers.isolation import isolation_status
+    from libs.config import get_settings
+
+    a = get_settings().agent
+    return "isolation  " + isolation_status(a.replica_uid_start, a.replica_uid_count, a.replica_cgroup_parent)

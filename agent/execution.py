@@ -36,10 +36,12 @@ def host_drivers(settings: AgentSettings) -> dict[str, Driver]:
     """The drivers of a real host: processes, and containers when the variant names an image; both
     run each replica under its own uid from ``agent.replica_uid_start``/``replica_uid_count``."""
     from agent.drivers.docker import DockerDriver
-    from agent.drivers.isolation import UidPool
+    from agent.drivers.isolation import UidPool, isolation_status
     from agent.drivers.process import ProcessDriver
 
     uids = UidPool(settings.replica_uid_start, settings.replica_uid_count)  # one pool: a uid is one replica's
+    log.info("%s", isolation_status(settings.replica_uid_start, settings.replica_uid_count,
+                                    settings.replica_cgroup_parent))
     return {"process": ProcessDriver(log_max_bytes=settings.log_max_bytes, uids=uids,
                                      cgroup_parent=settings.replica_cgroup_parent),
             "docker": DockerDriver(uids=uids)}

@@ -58,8 +58,9 @@ def isolation_status(uid_start: int, uid_count: int, cgroup_parent: Path | None)
     if not can_switch_uid():
         return ("replicas run as the agent's own uid (the agent is not root): tenants on this host "
                 "can read each other's output and signal each other's processes")
-    cg = Cgroups(cgroup_parent)
-    where = f"cgroup v2 under {cgroup_parent}" if cg.available() else "no cgroup (cgroup v2 not writable)"
+    root = None if cgroup_parent is None else cgroup_parent if cgroup_parent.exists() else cgroup_parent.parent
+    v2 = root is not None and (root / "cgroup.controllers").exists() and os.access(root, os.W_OK)
+    where = f"a cgroup each under {cgroup_parent}" if v2 else "no cgroups (cgroup v2 not writable here)"
     return f"replicas run as uids {uid_start}-{uid_start + uid_count - 1}, 0700 directories, {where}"
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent.drivers import ProcessDriver
-from agent.drivers.isolation import UidPool
+from agent.drivers.isolation import UidPool, isolation_status
 from agent.execution import host_drivers
 from agent.executor import Executor, Run
 from libs.config import AgentSettings
@@ -112,4 +112,5 @@ async def test_tenant_isolation_without_root_runs_as_the_agent_and_warns(tmp_pat
     with caplog.at_level(logging.WARNING, logger="agent.drivers.process"):
         driver = ProcessDriver(uids=UidPool(START, COUNT))
     assert not driver.isolated
+    assert "not root" in isolation_status(START, COUNT, None)  # and `xpumesh agent discover` says so
     assert any("not root" in r.getMessage() and "can read each other" in r.getMessage() for r in caplog.records)

@@ -120,6 +120,7 @@ def test_discover_main_prints_a_table(fixtures_dir: Path, capsys: pytest.Capture
     assert discover_main(str(fixtures_dir / "mixed"), as_json=False) == 0
     out = capsys.readouterr().out
     assert "L40S" in out and "Alveo-U250" in out and "xpumesh.io/network.roce=true" in out
+    assert "isolation  replicas run as " in out  # how tenants' replicas are kept apart (or that they are not)
 
 
 def test_discover_main_rejects_a_missing_probe_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
