@@ -26,6 +26,7 @@ under its own uid (``isolation_status`` says so for ``xpumesh agent discover``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -171,6 +172,22 @@ class Cgroups:
         if group:
             with contextlib.suppress(OSError):
                 (Path(group) / "cgroup.kill").write_text("1")
+
+    @staticmethod
+    async def empty(group: str | None, timeout_s: float = 2.0) -> None:
+        """Kill whatever is left in the group and wait (bounded) until the kernel says it is empty."""
+        if not group:
+            return
+        Cgroups.kill(group)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            try:
+                if "populated 0" in (Path(group) / "cgroup.events").read_text():
+                    return
+            except OSError:
+                return
+            await asyncio.sleep(0.02)
 
     @staticmethod
     def remove(group: str | None) -> None:

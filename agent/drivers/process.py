@@ -131,11 +131,12 @@ class ProcessDriver:
             self.uids.release(uid, owner)
         Cgroups.remove(str(group) if group else None)
 
-    def _finished(self, handle: RunHandle) -> None:
-        """The replica is gone: its directory back to root, its uid back to the pool, its cgroup removed."""
+    async def _finished(self, handle: RunHandle) -> None:
+        """The replica is gone: whatever it left in its cgroup killed, its directory back to root,
+        its uid back to the pool, its cgroup removed."""
         if handle.uid is None or handle.workdir is None:
             return
-        Cgroups.kill(handle.cgroup)
+        await Cgroups.empty(handle.cgroup)
         seal_workdir(Path(handle.workdir))
         self._release(handle.uid, handle.workdir, handle.cgroup)
 
@@ -177,7 +178,7 @@ class ProcessDriver:
             rc = None
             await self._gone(handle, None)
         self.rotate(handle)
-        self._finished(handle)
+        await self._finished(handle)
         code = self._exit_file(handle)
         if code is not None:
             return Exit(code)
@@ -194,7 +195,7 @@ class ProcessDriver:
             await self._gone(handle, grace_s)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(handle.pid, signal.SIGKILL)
-        self._finished(handle)  # the executor may cancel ``wait`` next
+        await self._finished(handle)  # the executor may cancel ``wait`` next
 
     async def _gone(self, handle: RunHandle, timeout_s: float | None) -> None:
         """Poll until the process is gone (there is no event for a process that is not our child)."""

@@ -4,12 +4,15 @@ directory; neither can read the other's output nor signal the other's processes.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from agent.drivers import ProcessDriver
@@ -114,3 +117,45 @@ async def test_tenant_isolation_without_root_runs_as_the_agent_and_warns(tmp_pat
     assert not driver.isolated
     assert "not root" in isolation_status(START, COUNT, None)  # and `xpumesh agent discover` says so
     assert any("not root" in r.getMessage() and "can read each other" in r.getMessage() for r in caplog.records)
+
+
+def _cgroup_v2_parent() -> Path | None:
+    """A writable cgroup v2 hierarchy on this machine, if any (the unified one of a hybrid host too)."""
+    for root in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")):
+        if (root / "cgroup.controllers").exists() and os.access(root, os.W_OK):
+            return root
+    return None
+
+
+async def test_tenant_isolation_replica_gets_its_own_cgroup_and_stop_ends_escapees(tmp_path: Path) -> None:
+    root = _cgroup_v2_parent()
+    if root is None:
+        pytest.skip("no writable cgroup v2 hierarchy here")
+    parent = root / f"xpumesh-test-{os.getpid()}"
+    settings = SETTINGS.model_copy(update={"replica_cgroup_parent": parent})
+    ex = Executor("h1", "hz", drivers=host_drivers(settings), settings=settings, state_dir=tmp_path / "state",
+                  publish=Reports())
+    _made.append(ex)
+    try:
+        await ex.start()
+        script = "cat /proc/self/cgroup; setsid sleep 60 & echo escapee=$!; exec sleep 60"
+        await ex.handle(_launch(["/bin/sh", "-c", script], wid="wl_a"))
+        a = _run(ex, "wl_a")
+
+        async def escapee() -> int | None:
+            text = (await ex.logs(LogsRequest(workload_id="wl_a", replica=0))).text
+            return int(text.split("escapee=")[1].split()[0]) if "escapee=" in text else None
+
+        pid = await assert_eventually(escapee, timeout=10)
+        assert a.handle is not None and a.handle.cgroup == str(parent / Path(a.handle.workdir or "").name)
+        text = (await ex.logs(LogsRequest(workload_id="wl_a", replica=0))).text
+        assert f"0::/{parent.relative_to(root) / Path(a.handle.cgroup).name}" in text  # joined before it ran
+        assert str(pid) in (Path(a.handle.cgroup) / "cgroup.procs").read_text()  # left its group, not its cgroup
+        await ex.stop_all("test over")
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        assert not await asyncio.to_thread(os.path.exists, a.handle.cgroup)  # removed once empty
+    finally:
+        await ex.close()
+        _made.remove(ex)
+        with contextlib.suppress(OSError):
+            parent.rmdir()
