@@ -43,7 +43,7 @@ def host_drivers(settings: AgentSettings) -> dict[str, Driver]:
     log.info("%s", isolation_status(settings.replica_uid_start, settings.replica_uid_count,
                                     settings.replica_cgroup_parent))
     return {"process": ProcessDriver(log_max_bytes=settings.log_max_bytes, uids=uids,
-                                     cgroup_parent=settings.replica_cgroup_parent),
+                                     cgroup_parent=settings.replica_cgroup_parent, groups=settings.replica_groups),
             "docker": DockerDriver(uids=uids)}
 
 

@@ -1,7 +1,8 @@
 """Keeping tenants on one host apart: a uid per replica, a directory only it can read, a cgroup.
 
-``UidPool`` hands each live replica its own uid (and a gid of the same number, no
-supplementary groups) from the range the operator configured (``agent.replica_uid_start``,
+``UidPool`` hands each live replica its own uid (and a gid of the same number; its only
+supplementary groups are the device groups named in ``agent.replica_groups``, e.g. ``video``
+and ``render`` for AMD's ``/dev/kfd`` and ``/dev/dri``) from the range the operator configured (``agent.replica_uid_start``,
 ``agent.replica_uid_count``), like a kubelet's user namespaces or Slurm's per-job users. The
 uid is recorded in the replica's ``RunHandle`` (persisted by the executor), and a restarted
 agent ``claim``s it again when it adopts the run. A uid is never handed out while it is
@@ -28,25 +29,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import logging
 import os
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import psutil
 
 log = logging.getLogger(__name__)
 
-# argv: cgroup dir ("" for none), uid, gid, then the command. Runs as root in the new session.
+# argv: cgroup dir ("" for none), uid, gid, supplementary gids ("1,2"), then the command. Runs as root.
 LAUNCHER = """import os, sys
 cg, uid, gid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+groups = [int(g) for g in sys.argv[4].split(",") if g]
 if cg:
     with open(os.path.join(cg, "cgroup.procs"), "w") as f:
         f.write(str(os.getpid()))
-os.setgroups([])
+os.setgroups(groups)
 os.setgid(gid)
 os.setuid(uid)
-os.execv(sys.argv[4], sys.argv[4:])
+os.execv(sys.argv[5], sys.argv[5:])
 """
 
 
@@ -121,8 +125,18 @@ def seal_workdir(workdir: Path) -> None:
         os.chmod(workdir, 0o700)
 
 
-def launcher_argv(cgroup: Path | None, uid: int, argv: list[str]) -> list[str]:
-    return [sys.executable, "-I", "-S", "-c", LAUNCHER, str(cgroup or ""), str(uid), str(uid), *argv]
+def launcher_argv(cgroup: Path | None, uid: int, argv: list[str], groups: Sequence[int] = ()) -> list[str]:
+    return [sys.executable, "-I", "-S", "-c", LAUNCHER, str(cgroup or ""), str(uid), str(uid),
+            ",".join(str(g) for g in groups), *argv]
+
+
+def group_ids(names: Iterable[str]) -> list[int]:
+    """The gids of the named groups this host has (device groups such as ``video`` and ``render``)."""
+    gids = []
+    for name in names:
+        with contextlib.suppress(KeyError):
+            gids.append(grp.getgrnam(name).gr_gid)
+    return gids
 
 
 class Cgroups:

@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import subprocess
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from agent.drivers.isolation import (
     PoolExhausted,
     UidPool,
     can_switch_uid,
+    group_ids,
     launcher_argv,
     prepare_workdir,
     seal_workdir,
@@ -60,12 +62,13 @@ class ProcessDriver:
     name = "process"
 
     def __init__(self, *, log_max_bytes: int = 1024 * 1024, poll_s: float = 0.2, uids: UidPool | None = None,
-                 cgroup_parent: Path | None = None) -> None:
+                 cgroup_parent: Path | None = None, groups: Sequence[str] = ()) -> None:
         self.log_max_bytes = log_max_bytes
         self.poll_s = poll_s
         self._children: dict[int, asyncio.subprocess.Process] = {}
         self.uids = uids
         self.cgroups = Cgroups(cgroup_parent)
+        self.groups = group_ids(groups)
         self.isolated = uids is not None and can_switch_uid()
         if uids is not None and not self.isolated:
             log.warning("the agent is not root, so replicas run under its own uid %d: tenants on this host can read "
@@ -88,7 +91,7 @@ class ProcessDriver:
         # the exit file is named relative to the replica's directory, its cwd
         wrapped = ["/bin/sh", "-c", WRAPPER, EXIT, *argv]
         if uid is not None:
-            wrapped = launcher_argv(group, uid, wrapped)
+            wrapped = launcher_argv(group, uid, wrapped, self.groups)
         fd = os.open(plan.workdir / LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             if uid is not None:

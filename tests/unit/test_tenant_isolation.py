@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from agent.drivers import ProcessDriver
-from agent.drivers.isolation import UidPool, isolation_status
+from agent.drivers.isolation import UidPool, group_ids, isolation_status
 from agent.execution import host_drivers
 from agent.executor import Executor, Run
 from libs.config import AgentSettings
@@ -67,7 +67,7 @@ async def test_tenant_isolation_replicas_cannot_read_or_signal_each_other(tmp_pa
     await assert_eventually(a_wrote, timeout=10, message="A reads its own log")
     assert a.handle is not None and a.handle.workdir and a.handle.pid
     a_log = Path(a.handle.workdir) / "output.log"
-    probe = (f"id -u; cat {a_log}; echo cat=$?; kill -0 {a.handle.pid}; echo kill=$?; "
+    probe = (f"id -u; id -G; cat {a_log}; echo cat=$?; kill -0 {a.handle.pid}; echo kill=$?; "
              f"ls {a.handle.workdir}; echo ls=$?; cat output.log >/dev/null && echo own=ok")
     await ex.handle(_launch(["/bin/sh", "-c", probe], wid="wl_b"))
     b = _run(ex, "wl_b")
@@ -79,6 +79,8 @@ async def test_tenant_isolation_replicas_cannot_read_or_signal_each_other(tmp_pa
     assert a.handle.uid is not None and b.handle is not None and b.handle.uid is not None
     assert a.handle.uid != b.handle.uid and {a.handle.uid, b.handle.uid} <= set(range(START, START + COUNT))
     assert text.splitlines()[0] == str(b.handle.uid)  # it ran as the uid its handle records
+    groups = {int(g) for g in text.splitlines()[1].split()}
+    assert groups == {b.handle.uid, *group_ids(SETTINGS.replica_groups)}  # its own gid and the device groups only
     info = os.stat(a.handle.workdir)
     assert info.st_uid == a.handle.uid and stat.S_IMODE(info.st_mode) == 0o700
     assert os.stat(b.handle.workdir or "").st_uid == 0  # B ended: its directory went back to root
