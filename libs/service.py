@@ -46,8 +46,9 @@ from typing_extensions import TypeVar
 from libs import __version__
 from libs.bus import subjects
 from libs.bus.connection import ERROR_HEADER, Bus
-from libs.bus.consumer import Batch, Decoder, PullConsumer, SeenIds, envelope, reject, run_handler
+from libs.bus.consumer import Batch, Decoder, PullConsumer, SeenIds, envelope
 from libs.bus.errors import BusError, InvalidRequest
+from libs.bus.outcomes import reject, run_handler
 from libs.config import Settings
 from libs.events import CloudEvent, EventTypes, InvalidEnvelope
 from libs.httpserve import HttpServer

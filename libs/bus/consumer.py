@@ -50,21 +50,18 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, Header
-from opentelemetry import trace
-from pydantic import BaseModel, ValidationError
 
 from libs.aio import wait_event
 from libs.bus.connection import Bus
-from libs.bus.errors import InvalidRequest
 from libs.bus.identity import REASON as IDENTITY_MISMATCH
-from libs.bus.identity import IdentityMismatch, host_of
+from libs.bus.identity import IdentityMismatch
+from libs.bus.outcomes import reject, run_handler
 from libs.events import CloudEvent, InvalidEnvelope
-from libs.metrics import BUS_MESSAGES, BUS_REJECTED, HANDLER_SECONDS
-from libs.tracing import extract_context, tracer
+from libs.metrics import BUS_MESSAGES
+from libs.tracing import tracer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-M = TypeVar("M", bound=BaseModel)
 EXPIRES_S = 1.0  # each pull request's lifetime on the server
 HEARTBEAT = "100"  # the only status that does not end a pull request
 ROUTINE = ("404", "408")  # no messages, request expired: anything else (409, 503) is trouble
@@ -200,69 +197,6 @@ class _Pulls:
         """Requests well past their deadline without a status are gone (a reconnect, a restarted server)."""
         while self.owed and self.owed[0][1] + 2 * EXPIRES_S < now:
             self.owed.popleft()
-
-
-def reject(service: str, handler: str, reason: str, n: int = 1) -> None:
-    """Count ``n`` messages (or reports inside a batch) a handler dropped as unusable, under ``reason``."""
-    BUS_REJECTED.labels(service, handler, reason).inc(n)
-    BUS_MESSAGES.labels(service, handler, "rejected").inc(n)
-
-
-def each_valid(events: Sequence[CloudEvent], model: type[M], *, service: str, handler: str,
-               event_type: str | None = None, context: dict[str, Any] | None = None) -> list[tuple[CloudEvent, M]]:
-    """The events of a batch whose data validates as ``model`` (and whose type is ``event_type``, when given),
-    each judged alone: one bad event is counted (``wrong_type``, ``invalid_data``) and dropped, not the batch.
-
-    ``context`` is pydantic's validation context (e.g. ``libs.schemas.hostevents.ReportBounds``). An event received
-    on a host subject (``xpumesh.host.<site>.<host>.<kind>``) must report about that host: its data's ``site`` and
-    ``host_id`` are the subject's tokens, or it is counted ``identity_mismatch`` and dropped."""
-    out = []
-    for event in events:
-        if event_type is not None and event.type != event_type:
-            reject(service, handler, "wrong_type")
-            continue
-        try:
-            report = model.model_validate(event.data, context=context)
-        except ValidationError as exc:
-            reject(service, handler, "invalid_data")
-            first = exc.errors()[0]
-            log.warning("%s: dropped an event whose data does not validate (%s: %s)", handler,
-                        ".".join(str(p) for p in first["loc"]), first["msg"])
-            continue
-        origin = host_of(event.received_on)
-        if origin is not None and origin != (getattr(report, "site", None), getattr(report, "host_id", None)):
-            reject(service, handler, IDENTITY_MISMATCH)
-            log.warning("%s: dropped a report about a host other than its subject's (%s)", handler, event.received_on)
-            continue
-        out.append((event, report))
-    return out
-
-
-async def run_handler(service: str, handler: str, call: Callable[[], Awaitable[None]],
-                      headers: dict[str, str] | None, tracer_: trace.Tracer) -> str:
-    """Run one handler call in a consumer span and say how it went: ``ok``; ``rejected`` for data that cannot
-    be handled (``InvalidRequest``, ``ValidationError``: counted ``invalid_data``); ``error`` for anything else
-    (logged: worth a retry). Shared by the pull consumer and core subscriptions."""
-    with tracer_.start_as_current_span(f"event {service}.{handler}", context=extract_context(headers),
-                                       kind=trace.SpanKind.CONSUMER):
-        started = time.perf_counter()
-        try:
-            await call()
-            outcome = "ok"
-        except (InvalidRequest, ValidationError) as exc:
-            reject(service, handler, IDENTITY_MISMATCH if isinstance(exc, IdentityMismatch) else "invalid_data")
-            log.warning("%s: rejected event data: %s", handler,
-                        exc.detail if isinstance(exc, InvalidRequest) else f"{exc.error_count()} validation errors")
-            outcome = "rejected"
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("%s: handler failed", handler)
-            outcome = "error"
-        HANDLER_SECONDS.labels(service, handler).observe(time.perf_counter() - started)
-    if outcome != "rejected":
-        BUS_MESSAGES.labels(service, handler, outcome).inc()
-    return outcome
 
 
 class PullConsumer(Generic[T]):

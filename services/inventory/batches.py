@@ -13,7 +13,7 @@ from typing import TypeVar
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from libs.bus.consumer import reject
+from libs.bus.outcomes import reject
 from libs.db import session_scope
 from libs.metrics import BUS_MESSAGES
 from services.inventory.state import SERVICE

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from libs.bus.consumer import each_valid, reject
+from libs.bus.outcomes import each_valid, reject
 from libs.events import CloudEvent, EventTypes
 from libs.schemas.devices import Device, Health
 from libs.schemas.hostevents import CapabilityReport, ReportBounds

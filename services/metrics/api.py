@@ -13,8 +13,8 @@ from typing import Any
 
 from libs.bus import subjects
 from libs.bus.connection import STREAM_EVENTS, STREAM_HOSTS, STREAM_TELEMETRY
-from libs.bus.consumer import each_valid
 from libs.bus.errors import InvalidRequest, NotFound
+from libs.bus.outcomes import each_valid
 from libs.events import CloudEvent, EventTypes
 from libs.schemas.hostevents import CapabilityReport, ReportBounds
 from libs.schemas.metrics import (

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from libs.bus.consumer import each_valid
+from libs.bus.outcomes import each_valid
 from libs.events import CloudEvent, EventTypes
 from libs.schemas.inventory import DeviceEvent
 from services.metrics import store

@@ -10,8 +10,8 @@ holds fewer than ``registry.max_members``.
 from __future__ import annotations
 
 from libs.bus import identity, subjects
-from libs.bus.consumer import reject
 from libs.bus.errors import InvalidRequest, NotFound
+from libs.bus.outcomes import reject
 from libs.events import CloudEvent
 from libs.schemas.registry import Heartbeat, Member, MemberKind, MemberPage, MemberQuery, MemberRef
 from libs.service import Context, ServiceApp

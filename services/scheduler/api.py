@@ -17,8 +17,8 @@ from datetime import timedelta
 
 from libs.bus import subjects
 from libs.bus.connection import STREAM_EVENTS, STREAM_HOSTS
-from libs.bus.consumer import each_valid
 from libs.bus.errors import BusError, InvalidRequest, NotFound, Unavailable
+from libs.bus.outcomes import each_valid
 from libs.db import session_scope
 from libs.events import CloudEvent, EventTypes
 from libs.schemas.commands import ActualStateReport, LogsReply, LogsRequest
