@@ -28,14 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import SecretStr
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.kit import spawn, stop_all  # noqa: E402
-from libs.config import Settings  # noqa: E402
-from libs.embedded import EmbeddedNats, EmbeddedPostgres, free_port  # noqa: E402
+from bench.kit import spawn, start_mesh, stop_all  # noqa: E402
 from xpumesh.prestart import prestart  # noqa: E402
 
 ADMIN_KEY = "xpm_bench_" + uuid.uuid4().hex
@@ -87,16 +84,9 @@ async def phase(api: httpx.AsyncClient, work: Any) -> tuple[list[float], list[in
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    nats = EmbeddedNats(workdir).start()
-    pg = EmbeddedPostgres(workdir).start()
+    mesh = start_mesh(workdir, ADMIN_KEY)
+    nats, pg, settings, env, base = mesh.nats, mesh.pg, mesh.settings, mesh.env, mesh.base_url
     procs: list[subprocess.Popen[bytes]] = []
-    port = free_port()
-    settings = Settings(nats_url=nats.url, database_url=SecretStr(pg.dsn), data_dir=workdir,
-                        bootstrap_admin_key=SecretStr(ADMIN_KEY))
-    env = dict(os.environ, XPUMESH_NATS_URL=nats.url, XPUMESH_DATABASE_URL=pg.dsn, XPUMESH_DATA_DIR=str(workdir),
-               XPUMESH_BOOTSTRAP_ADMIN_KEY=ADMIN_KEY, XPUMESH_GATEWAY_PORT=str(port), XPUMESH_LOG_LEVEL="WARNING",
-               XPUMESH_GATEWAY__RATE_PER_S="1000000", XPUMESH_GATEWAY__RATE_BURST="1000000")
-    base = f"http://127.0.0.1:{port}"
     try:
         await prestart(settings)
         procs.append(spawn([sys.executable, "-m", "xpumesh", "run", "gateway"], env, workdir / "gateway.log"))
