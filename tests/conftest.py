@@ -205,6 +205,14 @@ async def running_service(settings: Settings) -> AsyncIterator[Callable[..., Awa
                 await rs.stop()
 
 
+def spawn_agent(settings: Settings, probe_dir: Path, log: Path, **env: str) -> subprocess.Popen[bytes]:
+    """A real ``xpumesh agent run`` process in site hangzhou replaying the captures in ``probe_dir``; the caller
+    stops it (its output goes to ``log``)."""
+    return subprocess.Popen([sys.executable, "-m", "xpumesh", "agent", "run", "--probe-dir", str(probe_dir)],
+                            env=service_env(settings, XPUMESH_SITE="hangzhou", **env), stdout=log.open("wb"),
+                            stderr=subprocess.STDOUT, cwd=REPO)
+
+
 def service_env(settings: Settings, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update({

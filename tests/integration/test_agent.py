@@ -14,16 +14,10 @@ from libs.schemas.hostevents import host_id_for
 from libs.schemas.inventory import HostDetail
 from services.inventory.api import app as inventory_app
 from services.registry.api import app as registry_app
-from tests.conftest import REPO, assert_eventually, service_env
+from tests.conftest import REPO, assert_eventually, service_env, spawn_agent
 from tests.integration.test_inventory import host
 
 FIXTURE = REPO / "tests" / "fixtures" / "probes" / "nvidia-a100x8"
-
-
-def _spawn_agent(settings, probe_dir: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = service_env(settings, XPUMESH_SITE="hangzhou", XPUMESH_AGENT__REDISCOVER_INTERVAL_S="0.5")
-    return subprocess.Popen([sys.executable, "-m", "xpumesh", "agent", "run", "--probe-dir", str(probe_dir)],
-                            env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO)
 
 
 async def test_agent_registers_reports_telemetry_and_rereports_a_driver_upgrade(
@@ -33,7 +27,7 @@ async def test_agent_registers_reports_telemetry_and_rereports_a_driver_upgrade(
     probe_dir = tmp_path / "probes"
     shutil.copytree(FIXTURE, probe_dir)
     host_id = host_id_for(socket.gethostname())
-    proc = _spawn_agent(settings, probe_dir, tmp_path / "agent.log")
+    proc = spawn_agent(settings, probe_dir, tmp_path / "agent.log", XPUMESH_AGENT__REDISCOVER_INTERVAL_S="0.5")
     try:
         async def with_readings() -> HostDetail | None:
             h = await host(bus, host_id)

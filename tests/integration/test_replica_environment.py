@@ -7,8 +7,6 @@ from __future__ import annotations
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -16,7 +14,7 @@ import httpx
 
 from libs.schemas.hostevents import host_id_for
 from services.scheduler.api import app as scheduler_app
-from tests.conftest import REPO, TEST_ADMIN_KEY, service_env
+from tests.conftest import REPO, TEST_ADMIN_KEY, spawn_agent
 from tests.integration.test_api_kit import ADMIN, bearer, eventually, make_key, start_gateway
 from tests.integration.test_scheduler_kit import fast
 
@@ -37,12 +35,10 @@ async def test_replica_environment_holds_no_agent_credential_read_through_the_lo
     url = await start_gateway(running_service, s)
     probes = tmp_path / "probes"
     shutil.copytree(REPO / "tests" / "fixtures" / "probes" / "nvidia-a100x8", probes)
-    env = service_env(s, XPUMESH_SITE="hangzhou", XPUMESH_AGENT__STATE_INTERVAL_S="0.3",
-                      XPUMESH_NATS_URL=_with_password(s.nats_url or ""),
-                      XPUMESH_DATABASE_URL=f"postgresql://xpumesh:{DB_PASSWORD}@127.0.0.1:1/xpumesh")
     log = tmp_path / "agent.log"
-    proc = subprocess.Popen([sys.executable, "-m", "xpumesh", "agent", "run", "--probe-dir", str(probes)], env=env,
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO)
+    proc = spawn_agent(s, probes, log, XPUMESH_AGENT__STATE_INTERVAL_S="0.3",
+                       XPUMESH_NATS_URL=_with_password(s.nats_url or ""),
+                       XPUMESH_DATABASE_URL=f"postgresql://xpumesh:{DB_PASSWORD}@127.0.0.1:1/xpumesh")
     try:
         async with httpx.AsyncClient(base_url=url, timeout=10) as client:
             user = bearer(await make_key(client, "acme", "user"))

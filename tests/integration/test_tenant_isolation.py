@@ -8,8 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ import psutil
 import pytest
 
 from services.scheduler.api import app as scheduler_app
-from tests.conftest import REPO, service_env
+from tests.conftest import REPO, spawn_agent
 from tests.integration.test_api_kit import bearer, eventually, make_key, start_gateway
 from tests.integration.test_scheduler_kit import fast
 
@@ -42,11 +40,9 @@ async def test_tenant_isolation_two_tenants_replicas_on_one_host_cannot_read_or_
     url = await start_gateway(running_service, s)
     probes = tmp_path / "probes"
     shutil.copytree(REPO / "tests" / "fixtures" / "probes" / "nvidia-a100x8", probes)
-    env = service_env(s, XPUMESH_SITE="hangzhou", XPUMESH_AGENT__STATE_INTERVAL_S="0.3",
-                      XPUMESH_AGENT__REPLICA_UID_START=str(START), XPUMESH_AGENT__REPLICA_UID_COUNT="16")
     log = tmp_path / "agent.log"
-    proc = subprocess.Popen([sys.executable, "-m", "xpumesh", "agent", "run", "--probe-dir", str(probes)], env=env,
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO)
+    proc = spawn_agent(s, probes, log, XPUMESH_AGENT__STATE_INTERVAL_S="0.3",
+                       XPUMESH_AGENT__REPLICA_UID_START=str(START), XPUMESH_AGENT__REPLICA_UID_COUNT="16")
     try:
         async with httpx.AsyncClient(base_url=url, timeout=10) as client:
             acme = bearer(await make_key(client, "acme", "user"))
