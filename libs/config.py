@@ -27,6 +27,7 @@ class EmbeddedSettings(BaseModel):
     nats_monitor_port: int = Field(default=0, ge=0, le=65535, description="HTTP monitoring port of the embedded nats-server (0 disables).")
     postgres_port: int = Field(default=55432, ge=0, le=65535, description="Port of the embedded PostgreSQL (0 picks a free one).")
     start_timeout_s: float = Field(default=30.0, gt=0, description="How long to wait for an embedded server to accept connections.")
+    nats_secure: bool = Field(default=True, description="Run the embedded nats-server with TLS and per-role credentials (generated under the data dir at first start). Turn off only for a throwaway experiment on a machine you alone use.")
 
 
 class BusSettings(BaseModel):
@@ -41,7 +42,22 @@ class BusSettings(BaseModel):
     duplicate_window_s: int = Field(default=120, gt=0, description="JetStream de-duplication window for Nats-Msg-Id.")
     drain_timeout_s: float = Field(default=2.0, gt=0, description="How long shutdown waits for in-flight messages.")
     max_pending_messages: int = Field(default=65536, gt=0, description="Bound of each subscription's pending-message buffer.")
+    creds_file: Path | None = Field(default=None, description="NATS credentials (.creds: user JWT and NKey seed) this process connects with; `xpumesh up` sets one per process, `xpumesh agent enroll` writes a host's.")
+    tls_ca_file: Path | None = Field(default=None, description="CA bundle that verifies the NATS server's certificate (unset with a tls:// URL: the system's CAs).")
     max_report_skew_s: float = Field(default=300.0, gt=0, description="Agents' reports whose time (or capability generation, epoch ms) is further than this ahead of the receiver's clock are refused (and counted).")
+
+
+class EnrollmentSettings(BaseModel):
+    """Host enrollment: single-use tokens exchanged for a host's own NATS credentials (gateway)."""
+
+    trust_dir: Path | None = Field(default=None, description="Trust directory of the mesh's NATS operator (`xpumesh nats init`, or `<data dir>/secrets/trust` under `xpumesh up`); unset: enrollment is off (503).")
+    agent_nats_url: str | None = Field(default=None, description="NATS URL(s) an enrolled agent is told to connect to (default: this gateway's own XPUMESH_NATS_URL).")
+    agent_ca_file: Path | None = Field(default=None, description="CA certificate handed to enrolled agents to verify the NATS server (default: XPUMESH_BUS__TLS_CA_FILE).")
+    token_ttl_s: float = Field(default=900.0, gt=0, le=7 * 86400, description="Default lifetime of an enrollment token (an admin may ask for less, or up to the maximum).")
+    max_token_ttl_s: float = Field(default=86400.0, gt=0, description="Longest lifetime an admin may give an enrollment token.")
+    credential_ttl_days: float = Field(default=365.0, gt=0, description="Lifetime of an enrolled host's NATS credentials; re-enroll to rotate them before they expire.")
+    push_timeout_s: float = Field(default=5.0, gt=0, description="Timeout of pushing a revocation to the NATS server.")
+    revocation_resync_s: float = Field(default=60.0, gt=0, description="How often the gateway pushes the whole revocation list to the NATS server again (a restarted server learns it back).")
 
 
 class DatabaseSettings(BaseModel):
@@ -162,6 +178,8 @@ class GatewaySettings(BaseModel):
     sync_interval_s: float = Field(default=5.0, gt=0, description="How often each gateway instance reconciles its subscription consumers with the database.")
     sse_heartbeat_s: float = Field(default=15.0, gt=0, description="Interval of SSE keep-alive comments.")
     sse_buffer: int = Field(default=256, ge=1, description="Events buffered per SSE client; a slower client is paused, never fed unbounded memory.")
+    tls_cert_file: Path | None = Field(default=None, description="Certificate (PEM, with its chain) the gateway serves HTTPS with; unset: plain HTTP (put a TLS-terminating proxy in front beyond loopback).")
+    tls_key_file: Path | None = Field(default=None, description="Private key of that certificate.")
     sse_max_clients: int = Field(default=1000, ge=1, description="Concurrent SSE clients per gateway instance.")
 
 
@@ -218,6 +236,7 @@ class Settings(BaseSettings):
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings, description="Scheduler: placement and lifecycle.")
     agent: AgentSettings = Field(default_factory=AgentSettings, description="Host agent: discovery and execution.")
     sim: SimSettings = Field(default_factory=SimSettings, description="Fleet simulator.")
+    enroll: EnrollmentSettings = Field(default_factory=EnrollmentSettings, description="Host enrollment and NATS credentials.")
 
     def database_dsn(self) -> str:
         """The configured database URL as plain text (only for connecting)."""

@@ -18,6 +18,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from libs.bus.trust import TrustStore
+    from libs.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -78,18 +83,36 @@ def stop_process(proc: subprocess.Popen[bytes] | None, sig: int, timeout_s: floa
 
 
 class EmbeddedNats:
-    """nats-server with JetStream, storing under ``<data_dir>/nats``."""
+    """nats-server with JetStream, storing under ``<data_dir>/nats``.
 
-    def __init__(self, data_dir: Path, port: int = 0, *, monitor_port: int = 0, start_timeout_s: float = 30.0) -> None:
+    With ``trust`` and ``tls`` (``xpumesh up``'s default) it requires TLS and trusts only users
+    of the mesh's operator (``libs.bus.trust``); without them (tests) anyone on loopback may connect.
+    """
+
+    def __init__(self, data_dir: Path, port: int = 0, *, monitor_port: int = 0, start_timeout_s: float = 30.0,
+                 trust: TrustStore | None = None, tls: TlsFiles | None = None) -> None:
         self.data_dir = data_dir / "nats"
         self.port = port or free_port()
         self.monitor_port = monitor_port
         self.start_timeout_s = start_timeout_s
+        self.trust = trust
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"{'tls' if self.tls else 'nats'}://127.0.0.1:{self.port}"
+
+    def config(self) -> str:
+        lines = [f'listen: "127.0.0.1:{self.port}"', "max_payload: 8MB", "max_pending: 256MB",
+                 f'jetstream {{ store_dir: "{self.data_dir}" }}']
+        if self.tls:
+            lines.append(f'tls {{ cert_file: "{self.tls.cert}", key_file: "{self.tls.key}", timeout: 5 }}')
+        if self.trust:
+            resolver = self.data_dir / "accounts"
+            resolver.mkdir(parents=True, exist_ok=True, mode=0o700)
+            lines.append(self.trust.server_config(resolver))
+        return "\n".join(lines) + "\n"
 
     @staticmethod
     def binary() -> str:
@@ -107,9 +130,7 @@ class EmbeddedNats:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log_file = self.data_dir / "nats-server.log"
         conf = self.data_dir / "nats-server.conf"
-        conf.write_text(
-            f'listen: "127.0.0.1:{self.port}"\nmax_payload: 8MB\nmax_pending: 256MB\n'
-            f'jetstream {{ store_dir: "{self.data_dir}" }}\n')
+        conf.write_text(self.config())
         args = [self.binary(), "-c", str(conf), "-l", str(log_file)]
         if self.monitor_port:
             ensure_port_free(self.monitor_port, "NATS monitor")

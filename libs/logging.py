@@ -27,6 +27,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out)
 
 
+class _TlsEofNoise(logging.Filter):
+    """asyncio warns on every TLS connection a peer closes under nats-py; it means nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received() has no effect when using ssl" not in record.getMessage()
+
+
 def setup_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json_lines else
@@ -36,3 +43,6 @@ def setup_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
     root.setLevel(level)
     for noisy in ("nats", "asyncio", "uvicorn.error", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    aio = logging.getLogger("asyncio")
+    if not any(isinstance(f, _TlsEofNoise) for f in aio.filters):
+        aio.addFilter(_TlsEofNoise())

@@ -82,6 +82,16 @@ def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
+    if args.agent_cmd == "enroll":
+        from pathlib import Path
+
+        from agent.enroll import enroll_main
+
+        if not args.token or not args.gateway:
+            print("xpumesh agent enroll: --gateway URL and --token TOKEN are both required", file=sys.stderr)
+            return 2
+        return enroll_main(args.gateway, args.token, Path(args.dir) if args.dir else settings.data_dir / "agent",
+                           Path(args.gateway_ca) if args.gateway_ca else None)
     if args.agent_cmd == "discover":
         from agent.discover import discover_main
 
@@ -89,6 +99,19 @@ def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
     from agent.main import run_agent
 
     return run_agent(settings, probe_dir=args.probe_dir)
+
+
+def cmd_nats(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from xpumesh.credentials import init_trust
+
+    out = init_trust(Path(args.dir))
+    print(f"NATS trust written to {out.root} (seeds and credentials 0600):\n"
+          f"  server config  include {out.server_include} in your nats-server config\n"
+          f"  credentials    {out.root / 'creds'}/<role>.creds: one per service and the simulator\n"
+          f"  gateway        XPUMESH_ENROLL__TRUST_DIR={out.trust.root} lets it enroll hosts")
+    return 0
 
 
 def cmd_sim(args: argparse.Namespace, settings: Settings) -> int:
@@ -124,10 +147,21 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.set_defaults(fn=cmd_config)
 
     ag = sub.add_parser("agent", help="the host agent")
-    ag.add_argument("agent_cmd", nargs="?", choices=["run", "discover"], default="run")
+    ag.add_argument("agent_cmd", nargs="?", choices=["run", "discover", "enroll"], default="run")
     ag.add_argument("--json", action="store_true", help="discover: print JSON")
     ag.add_argument("--probe-dir", default=None, help="read captured vendor-tool outputs from this folder")
+    ag.add_argument("--gateway", default=None, help="enroll: the gateway's URL")
+    ag.add_argument("--token", default=None, help="enroll: the single-use enrollment token an admin created")
+    ag.add_argument("--dir", default=None, help="enroll: where to write agent.creds and agent.env "
+                                                "(default: <data dir>/agent)")
+    ag.add_argument("--gateway-ca", default=None, help="enroll: CA file that verifies an HTTPS gateway")
     ag.set_defaults(fn=cmd_agent)
+
+    nats_p = sub.add_parser("nats", help="NATS trust for a deployment whose nats-server runs elsewhere")
+    nats_sub = nats_p.add_subparsers(dest="nats_cmd", required=True)
+    init = nats_sub.add_parser("init", help="create an operator, accounts, the server config and per-role credentials")
+    init.add_argument("--dir", required=True, help="where to write them (kept: a second run reuses the keys)")
+    init.set_defaults(fn=cmd_nats)
 
     sim = sub.add_parser("sim", help="run a simulated fleet of agents")
     sim.add_argument("--hosts", type=int, default=None, help="number of hosts (default: the demo fleet)")

@@ -23,6 +23,7 @@ from pydantic import SecretStr
 
 from libs.config import Settings
 from libs.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres, ensure_port_free
+from xpumesh.credentials import EmbeddedSecrets, ensure_embedded_secrets
 
 log = logging.getLogger(__name__)
 SERVICES = ("registry", "inventory", "scheduler", "metrics", "gateway")
@@ -32,6 +33,7 @@ SERVICES = ("registry", "inventory", "scheduler", "metrics", "gateway")
 class Child:
     name: str
     argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)  # on top of the supervisor's environment
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     started_at: float = 0.0
@@ -51,6 +53,7 @@ class Supervisor:
         self.postgres: EmbeddedPostgres | None = None
         self.children: list[Child] = []
         self.env: dict[str, str] = dict(os.environ)
+        self.secrets: EmbeddedSecrets | None = None
         self._stopping = False
 
     def say(self, text: str) -> None:
@@ -63,10 +66,18 @@ class Supervisor:
         data.mkdir(parents=True, exist_ok=True)
         emb = self.settings.embedded
         if not self.settings.nats_url:
+            if emb.nats_secure:
+                self.secrets = ensure_embedded_secrets(data, self.services)
+            trust, tls = (self.secrets.trust, self.secrets.tls) if self.secrets else (None, None)
             self.nats = EmbeddedNats(data, emb.nats_port, monitor_port=emb.nats_monitor_port,
-                                     start_timeout_s=emb.start_timeout_s).start()
+                                     start_timeout_s=emb.start_timeout_s, trust=trust, tls=tls).start()
             self.settings.nats_url = self.nats.url
-            self.say(f"  nats        {self.nats.url} (embedded, data in {self.nats.data_dir})")
+            if self.secrets:
+                self.settings.bus.tls_ca_file = self.secrets.tls.ca
+                self.env["XPUMESH_BUS__TLS_CA_FILE"] = str(self.secrets.tls.ca)
+                self.say(f"  nats        {self.nats.url} (embedded, TLS and credentials on; secrets in {self.secrets.root})")
+            else:
+                self.say(f"  nats        {self.nats.url} (embedded, NO auth: XPUMESH_EMBEDDED__NATS_SECURE=false)")
         if self.settings.database_url is None:
             self.postgres = EmbeddedPostgres(data, emb.postgres_port, start_timeout_s=emb.start_timeout_s).start()
             self.settings.database_url = SecretStr(self.postgres.dsn)
@@ -86,12 +97,21 @@ class Supervisor:
         self.settings.bootstrap_admin_key = SecretStr(key)
         return key
 
+    def child_env(self, name: str) -> dict[str, str]:
+        """What one child gets beyond the shared environment: its own NATS credentials only."""
+        if self.secrets is None:
+            return {}
+        env = {"XPUMESH_BUS__CREDS_FILE": str(self.secrets.creds[name])}
+        if name == "gateway":  # enrollment issues host credentials: only the gateway holds the signing key
+            env["XPUMESH_ENROLL__TRUST_DIR"] = str(self.secrets.trust.root)
+        return env
+
     def spawn(self, child: Child) -> None:
         logs = self.settings.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         child.log_path = logs / f"{child.name}.log"
         child.log_file = open(child.log_path, "ab")
-        child.proc = subprocess.Popen(child.argv, env=self.env, stdin=subprocess.DEVNULL,
+        child.proc = subprocess.Popen(child.argv, env={**self.env, **child.env}, stdin=subprocess.DEVNULL,
                                       stdout=child.log_file, stderr=subprocess.STDOUT)
         child.started_at = time.monotonic()
 
@@ -99,12 +119,12 @@ class Supervisor:
         if "gateway" in self.services:
             ensure_port_free(self.settings.gateway_port, "gateway HTTP server", self.settings.gateway_host)
         for name in self.services:
-            self.children.append(Child(name, [sys.executable, "-m", "xpumesh", "run", name]))
+            self.children.append(Child(name, [sys.executable, "-m", "xpumesh", "run", name], self.child_env(name)))
         if self.demo:
             argv = [sys.executable, "-m", "xpumesh", "sim"]
             if self.demo_hosts:
                 argv += ["--hosts", str(self.demo_hosts)]
-            self.children.append(Child("sim", argv))
+            self.children.append(Child("sim", argv, self.child_env("sim")))
         for child in self.children:
             self.spawn(child)
 
@@ -193,6 +213,10 @@ def run_up(settings: Settings, *, demo: bool, demo_hosts: int | None = None) -> 
         print(f"\n  API         {base}/v1   (OpenAPI: {base}/docs)\n  dashboard   {base}/\n"
               f"  metrics     http://127.0.0.1:{settings.metrics_port}/metrics\n"
               f"  logs        {settings.data_dir.resolve() / 'logs'}", flush=True)
+        if sup.secrets:
+            print(f"  secrets     {sup.secrets.root}  (TLS CA, NATS trust, one credential per process; 0600)\n"
+                  f"  add a host  create a token (POST {base}/v1/enrollment-tokens, admin key), then on the host:\n"
+                  f"              xpumesh agent enroll --gateway {base} --token <token>", flush=True)
         if admin_key:
             print(f"\n  admin API key (shown once; keep it): {admin_key}", flush=True)
             (settings.data_dir / "bootstrap-admin-key.created").write_text("an admin key was created and shown once\n")

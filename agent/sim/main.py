@@ -281,7 +281,7 @@ async def simulate(settings: Settings, hosts: int | None, seed: int, stop: async
     specs = await asyncio.to_thread(build_fleet, hosts, seed, devices_per_host)
     bus = Bus(settings.bus, name="sim", inbox_prefix=subjects.inbox_prefix("sim"))
     await bus.connect(settings.nats_url)
-    await bus.ensure_streams()
+    await bus.wait_for_streams()  # the services create them; the simulator may not
     sim = Simulator(settings, bus, [SimHost(s, bus, interval_s=settings.heartbeat_interval_s) for s in specs],
                     seed=seed)
     await sim.subscribe()

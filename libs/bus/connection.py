@@ -55,6 +55,23 @@ def stream_configs(settings: BusSettings) -> list[StreamConfig]:
     ]
 
 
+def connect_security(settings: BusSettings, servers: list[str]) -> dict[str, Any]:
+    """The credentials and TLS arguments of ``nats.connect`` for these settings.
+
+    TLS is used when a URL says ``tls://`` or a CA file is set; the server's certificate is always
+    verified (against ``tls_ca_file``, else the system's CAs)."""
+    out: dict[str, Any] = {}
+    if settings.creds_file is not None:
+        if not settings.creds_file.is_file():
+            raise RuntimeError(f"NATS credentials file {settings.creds_file} does not exist (XPUMESH_BUS__CREDS_FILE)")
+        out["user_credentials"] = str(settings.creds_file)
+    if settings.tls_ca_file is not None or any(s.startswith("tls://") for s in servers):
+        from libs.tls import client_context
+
+        out["tls"] = client_context(settings.tls_ca_file)
+    return out
+
+
 class Bus:
     """One NATS connection with JetStream, shared by everything in a process."""
 
@@ -91,8 +108,9 @@ class Bus:
         async def on_reconnect() -> None:
             log.info("nats reconnected")
 
+        servers = [u.strip() for u in url.split(",") if u.strip()]
         self.nc = await nats.connect(
-            servers=[u.strip() for u in url.split(",") if u.strip()],
+            servers=servers,
             name=self.name,
             connect_timeout=self.settings.connect_timeout_s,
             max_reconnect_attempts=self.settings.max_reconnect_attempts,
@@ -103,6 +121,7 @@ class Bus:
             reconnected_cb=on_reconnect,
             pending_size=64 * 1024 * 1024,
             inbox_prefix=self.inbox_prefix,
+            **connect_security(self.settings, servers),
         )
         self._js = self.nc.jetstream(timeout=self.settings.connect_timeout_s)
 
@@ -113,6 +132,20 @@ class Bus:
                 await self.js.add_stream(cfg)
             except BadRequestError:
                 await self.js.update_stream(cfg)
+
+    async def wait_for_streams(self, timeout_s: float = 60.0) -> None:
+        """Wait until the mesh's streams exist (for clients that may not create them: the simulator)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        for cfg in stream_configs(self.settings):
+            while True:
+                try:
+                    await self.js.stream_info(cfg.name or "")
+                    break
+                except Exception:  # not yet created (or JetStream not yet answering)
+                    if loop.time() > deadline:
+                        raise Unavailable(f"stream {cfg.name} was not created within {timeout_s:.0f}s") from None
+                    await asyncio.sleep(0.5)
 
     async def close(self) -> None:
         if self.nc.is_closed:

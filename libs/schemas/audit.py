@@ -27,6 +27,9 @@ class AuditAction(StrEnum):
     SITE_UPSERT = "site.upsert"
     SUBSCRIPTION_CREATE = "subscription.create"
     SUBSCRIPTION_DELETE = "subscription.delete"
+    ENROLLMENT_TOKEN_CREATE = "enrollment_token.create"
+    HOST_ENROLL = "host.enroll"
+    HOST_CREDENTIAL_REVOKE = "host_credential.revoke"
 
 
 class AuditActor(BaseModel):

@@ -42,11 +42,19 @@ async def deliver_webhooks(ctx: Ctx) -> float | None:
 
 @app.every(MAINTENANCE_S, first_run="after")
 async def maintenance(ctx: Ctx) -> None:
-    """Prune finished deliveries and expired idempotency records."""
+    """Prune finished deliveries, expired idempotency records and long-expired enrollment tokens."""
     settings = ctx.settings.gateway
     async with session_scope(ctx.db) as session:
         await webhook_store.delete_finished_deliveries(session, timedelta(days=settings.webhook_keep_days))
         await store.delete_expired_idempotency(session, timedelta(seconds=settings.idempotency_ttl_s))
+        await store.delete_expired_enrollment_tokens(session, timedelta(days=1))
+
+
+@app.every(lambda s: s.enroll.revocation_resync_s)
+async def push_revocations(ctx: Ctx) -> None:
+    """Push the host-credential revocation list to the NATS server again (when this gateway enrolls hosts)."""
+    if ctx.state.enrollment.trust is not None:
+        await ctx.state.enrollment.push(ctx)
 
 
 @app.subscribe(subjects.GATEWAY_KEY_REVOKED)

@@ -58,7 +58,7 @@ AUDIT_WRITES = Counter("xpumesh_audit_writes_total", "Audit log entries the gate
                        ["outcome"])
 
 SECRET_FIELD = re.compile(r"secret|key|token|passw|credential|authori|signature|cookie|private|nkey|seed", re.I)
-_KEY_LIKE = re.compile(r"xpm_[A-Za-z0-9_-]{8,}")
+_KEY_LIKE = re.compile(r"xp[me]_[A-Za-z0-9_-]{8,}")  # API keys and enrollment tokens
 MAX_DEPTH = 4
 MAX_ITEMS = 64
 MAX_STRING = 256

@@ -56,7 +56,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
+                          "/v1/enroll"})  # enrollment: the token in the body is the credential
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _CACHE_ENTRIES = 50_000  # verified keys only
 _UNKNOWN_ENTRIES = 10_000  # digests that matched no live key
@@ -226,14 +227,14 @@ async def authenticate_scope(ctx: Context[GatewayState], scope: Scope) -> Princi
     digest = hashlib.sha256(token.encode()).hexdigest()
     hit, principal = auth.cached(digest)
     if not hit and not auth.known(digest):  # a guess until it verifies: it pays before the lookup
-        client = _charge_attempt(ctx, scope)
+        client = charge_attempt(ctx, scope)
         principal = await principal_for_key(ctx, token)
         if principal is not None:
             auth.logins.give(client)
     elif not hit:
         principal = await principal_for_key(ctx, token)
     elif principal is None:
-        _charge_attempt(ctx, scope)
+        charge_attempt(ctx, scope)
     if principal is None:
         BUS_REJECTED.labels("gateway", "auth", "invalid_key").inc()
         raise _unauthorized("Invalid API key", "the key is unknown or revoked")
@@ -243,11 +244,11 @@ async def authenticate_scope(ctx: Context[GatewayState], scope: Scope) -> Princi
 
 
 def _failed(ctx: Context[GatewayState], scope: Scope, reason: str) -> None:
-    _charge_attempt(ctx, scope)
+    charge_attempt(ctx, scope)
     BUS_REJECTED.labels("gateway", "auth", reason).inc()
 
 
-def _charge_attempt(ctx: Context[GatewayState], scope: Scope) -> str:
+def charge_attempt(ctx: Context[GatewayState], scope: Scope) -> str:
     """Take one token from the client address's bucket of attempts without a valid key (429 when empty)."""
     auth = ctx.state.auth
     client = auth.client(scope)

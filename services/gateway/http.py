@@ -11,7 +11,17 @@ from services.gateway import openapi, problems
 from services.gateway.auth import gate
 from services.gateway.middleware import GatewayMiddleware
 from services.gateway.routes import audit as audit_routes
-from services.gateway.routes import dashboard, events, hosts, keys, metrics, subscriptions, system, tenants
+from services.gateway.routes import (
+    dashboard,
+    enrollment,
+    events,
+    hosts,
+    keys,
+    metrics,
+    subscriptions,
+    system,
+    tenants,
+)
 from services.gateway.routes import inventory as inventory_routes
 from services.gateway.routes import workloads as workload_routes
 from services.gateway.state import GatewayState
@@ -43,6 +53,7 @@ def create_app(ctx: Context[GatewayState]) -> FastAPI:
     app.include_router(hosts.router)
     app.include_router(inventory_routes.router)
     app.include_router(keys.router)
+    app.include_router(enrollment.router)
     app.include_router(tenants.router)
     app.include_router(audit_routes.router)
     app.include_router(subscriptions.router)

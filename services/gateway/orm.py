@@ -113,3 +113,28 @@ audit_log = Table(
     Index("ix_audit_log_action", "action", "id"),
     Index("ix_audit_log_at", "at"),
 )
+
+enrollment_tokens = Table(
+    "enrollment_tokens", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("hash", String(64), nullable=False, unique=True),
+    Column("site", String(64), nullable=False),
+    Column("host", String(64), nullable=False),
+    Column("created_by", String(32), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("used_at", DateTime(timezone=True)),
+)
+
+host_credentials = Table(
+    "host_credentials", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("site", String(64), nullable=False),
+    Column("host", String(64), nullable=False),
+    Column("public_key", String(56), nullable=False, unique=True),
+    Column("token_id", String(32), nullable=False),
+    Column("issued_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True)),
+    Index("ix_host_credentials_host", "site", "host"),
+)

@@ -2,7 +2,8 @@
 
 Nothing here is the record of anything: API keys, idempotency records, subscriptions and
 deliveries are in PostgreSQL (``store.py``, ``webhooks/store.py``). What a gateway instance
-keeps for itself is its key cache and rate-limit buckets (``AuthState``), the webhook engine
+keeps for itself is its key cache and rate-limit buckets (``AuthState``), the enrollment signer
+(``Enrollment``: the trust directory, when this gateway holds it), the webhook engine
 (one intake consumer per active subscription, the delivery worker's attempts in flight) and
 how many Server-Sent Event streams it serves now.
 """
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 from libs.service import Context
 from services.gateway.auth import AuthState
+from services.gateway.enrollment import Enrollment
 from services.gateway.webhooks.engine import WebhookEngine
 
 
@@ -20,8 +22,10 @@ from services.gateway.webhooks.engine import WebhookEngine
 class GatewayState:
     auth: AuthState
     webhooks: WebhookEngine
+    enrollment: Enrollment
     sse_clients: int = 0  # event streams open on this instance (at most ``gateway.sse_max_clients``)
 
 
 async def load_state(ctx: Context[GatewayState]) -> GatewayState:
-    return GatewayState(auth=AuthState(ctx.settings.gateway), webhooks=WebhookEngine(ctx))
+    return GatewayState(auth=AuthState(ctx.settings.gateway), webhooks=WebhookEngine(ctx),
+                        enrollment=Enrollment.from_settings(ctx.settings))

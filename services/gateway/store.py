@@ -1,4 +1,5 @@
-"""The gateway's records: API keys (hashed at rest), idempotency responses and the audit log
+"""The gateway's records: API keys (hashed at rest), idempotency responses, the audit log, and
+host enrollment (token digests, the public keys of issued host credentials)
 (tenant quotas live in the scheduler, see ``services/scheduler/quotas.py``).
 
 Keys are ``xpm_`` + 32 random bytes (urlsafe base64). Only the sha256 of a key is stored,
@@ -20,8 +21,9 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.schemas.audit import AuditAction, AuditActor, AuditEntry
+from libs.schemas.enrollment import ENROLLMENT_TOKEN_SCHEME, EnrollmentToken, HostCredential
 from libs.schemas.tenancy import ApiKey, Role
-from services.gateway.orm import api_keys, audit_log, idempotency_keys
+from services.gateway.orm import api_keys, audit_log, enrollment_tokens, host_credentials, idempotency_keys
 
 KEY_PREFIX_LEN = 12
 MIN_KEY_LEN = 24
@@ -197,3 +199,78 @@ async def list_audit_entries(session: AsyncSession, *, actor: str | None = None,
                         actor=AuditActor(key_id=r.actor_key_id, tenant=r.actor_tenant, role=r.actor_role),
                         changes=r.changes, status=r.status) for r in rows[:limit]]
     return items, (items[-1].id if len(rows) > limit else None)
+
+
+# --- host enrollment ------------------------------------------------------------------------
+async def create_enrollment_token(session: AsyncSession, *, site: str, host: str, created_by: str,
+                                  expires_at: datetime) -> EnrollmentToken:
+    """A new single-use token for one host; only its digest is stored."""
+    secret = ENROLLMENT_TOKEN_SCHEME + secrets.token_urlsafe(32)
+    token_id = "enr_" + secrets.token_hex(6)
+    await session.execute(enrollment_tokens.insert().values(
+        id=token_id, hash=key_digest(secret), site=site, host=host, created_by=created_by, expires_at=expires_at))
+    return EnrollmentToken(id=token_id, token=secret, site=site, host=host, expires_at=expires_at)
+
+
+async def update_enrollment_token_used(session: AsyncSession, secret: str, host: str, now: datetime) -> Any | None:
+    """Spend a token made for ``host``: the row (id, site, host) when it was live and unused, else None. One
+    statement, so two redeemers racing for one token cannot both win."""
+    t = enrollment_tokens
+    return (await session.execute(
+        update(t).where(t.c.hash == key_digest(secret), t.c.host == host, t.c.used_at.is_(None), t.c.expires_at > now)
+        .values(used_at=now).returning(t.c.id, t.c.site, t.c.host))).one_or_none()
+
+
+async def delete_expired_enrollment_tokens(session: AsyncSession, older_than: timedelta) -> int:
+    """Forget tokens that expired more than ``older_than`` ago (used or not); return how many."""
+    t = enrollment_tokens
+    result = await session.execute(delete(t).where(t.c.expires_at < datetime.now(UTC) - older_than))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def _host_credential(row: Any) -> HostCredential:
+    return HostCredential(id=row.id, site=row.site, host=row.host, public_key=row.public_key,
+                          issued_at=row.issued_at, expires_at=row.expires_at, revoked_at=row.revoked_at)
+
+
+async def create_host_credential(session: AsyncSession, *, site: str, host: str, public_key: str, token_id: str,
+                                 issued_at: datetime, expires_at: datetime) -> HostCredential:
+    row = (await session.execute(host_credentials.insert().values(
+        id="hcr_" + secrets.token_hex(6), site=site, host=host, public_key=public_key, token_id=token_id,
+        issued_at=issued_at, expires_at=expires_at).returning(*host_credentials.c))).one()
+    return _host_credential(row)
+
+
+async def list_host_credentials(session: AsyncSession, *, site: str | None = None, host: str | None = None,
+                                include_revoked: bool = False, after: str | None = None,
+                                limit: int = 100) -> tuple[list[HostCredential], str | None]:
+    t = host_credentials
+    q = select(t).order_by(t.c.id).limit(limit + 1)
+    if site:
+        q = q.where(t.c.site == site)
+    if host:
+        q = q.where(t.c.host == host)
+    if not include_revoked:
+        q = q.where(t.c.revoked_at.is_(None))
+    if after:
+        q = q.where(t.c.id > after)
+    rows = (await session.execute(q)).all()
+    items = [_host_credential(r) for r in rows[:limit]]
+    return items, (items[-1].id if len(rows) > limit else None)
+
+
+async def update_host_credential_revoked(session: AsyncSession, credential_id: str,
+                                         now: datetime) -> HostCredential | None:
+    """Revoke a credential (again is a no-op that returns it); None when there is no such credential."""
+    t = host_credentials
+    await session.execute(update(t).where(t.c.id == credential_id, t.c.revoked_at.is_(None)).values(revoked_at=now))
+    row = (await session.execute(select(t).where(t.c.id == credential_id))).one_or_none()
+    return _host_credential(row) if row is not None else None
+
+
+async def list_revoked_public_keys(session: AsyncSession, now: datetime) -> dict[str, int]:
+    """Public keys of revoked credentials that have not yet expired, with their revocation time (unix s)."""
+    t = host_credentials
+    rows = (await session.execute(select(t.c.public_key, t.c.revoked_at)
+                                  .where(t.c.revoked_at.is_not(None), t.c.expires_at > now))).all()
+    return {r.public_key: int(r.revoked_at.timestamp()) for r in rows}
