@@ -27,6 +27,7 @@ class EmbeddedSettings(BaseModel):
     nats_monitor_port: int = Field(default=0, ge=0, le=65535, description="HTTP monitoring port of the embedded nats-server (0 disables).")
     postgres_port: int = Field(default=55432, ge=0, le=65535, description="Port of the embedded PostgreSQL (0 picks a free one).")
     start_timeout_s: float = Field(default=30.0, gt=0, description="How long to wait for an embedded server to accept connections.")
+    nats_host: str = Field(default="127.0.0.1", description="Interface the embedded nats-server listens on; 0.0.0.0 (or this machine's address) lets enrolled hosts elsewhere join (its certificate then also names this machine's hostname).")
     nats_secure: bool = Field(default=True, description="Run the embedded nats-server with TLS and per-role credentials (generated under the data dir at first start). Turn off only for a throwaway experiment on a machine you alone use.")
 
 

@@ -48,13 +48,14 @@ def ensure_port_free(port: int, what: str, host: str = "127.0.0.1") -> None:
                 f"stop whatever holds it or choose another port (see XPUMESH_EMBEDDED__* settings)") from None
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout_s: float, log_file: Path) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout_s: float, log_file: Path,
+                  host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else ""
             raise EmbeddedError(f"embedded {what} exited with code {proc.returncode}; its log ({log_file}) ends:\n{tail}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
             return
         time.sleep(0.05)
     raise EmbeddedError(f"embedded {what} did not accept connections on port {port} within {timeout_s:.0f}s")
@@ -90,8 +91,9 @@ class EmbeddedNats:
     """
 
     def __init__(self, data_dir: Path, port: int = 0, *, monitor_port: int = 0, start_timeout_s: float = 30.0,
-                 trust: TrustStore | None = None, tls: TlsFiles | None = None) -> None:
+                 trust: TrustStore | None = None, tls: TlsFiles | None = None, host: str = "127.0.0.1") -> None:
         self.data_dir = data_dir / "nats"
+        self.host = host
         self.port = port or free_port()
         self.monitor_port = monitor_port
         self.start_timeout_s = start_timeout_s
@@ -100,11 +102,21 @@ class EmbeddedNats:
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def local_host(self) -> str:
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "127.0.0.1", "localhost") else self.host
+
+    @property
     def url(self) -> str:
-        return f"{'tls' if self.tls else 'nats'}://127.0.0.1:{self.port}"
+        """How processes on this machine connect."""
+        return f"{'tls' if self.tls else 'nats'}://{self.local_host}:{self.port}"
+
+    def public_url(self) -> str:
+        """How hosts elsewhere connect (this machine's name when it listens on every interface)."""
+        host = socket.gethostname() if self.host in ("0.0.0.0", "::") else self.host
+        return f"{'tls' if self.tls else 'nats'}://{host}:{self.port}"
 
     def config(self) -> str:
-        lines = [f'listen: "127.0.0.1:{self.port}"', "max_payload: 8MB", "max_pending: 256MB",
+        lines = [f'listen: "{self.host}:{self.port}"', "max_payload: 8MB", "max_pending: 256MB",
                  f'jetstream {{ store_dir: "{self.data_dir}" }}']
         if self.tls:
             lines.append(f'tls {{ cert_file: "{self.tls.cert}", key_file: "{self.tls.key}", timeout: 5 }}')
@@ -126,7 +138,7 @@ class EmbeddedNats:
         return found
 
     def start(self) -> EmbeddedNats:
-        ensure_port_free(self.port, "NATS server")
+        ensure_port_free(self.port, "NATS server", self.host)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log_file = self.data_dir / "nats-server.log"
         conf = self.data_dir / "nats-server.conf"
@@ -137,7 +149,7 @@ class EmbeddedNats:
             args += ["-m", str(self.monitor_port)]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
-        wait_for_port(self.port, self.proc, "NATS server", self.start_timeout_s, log_file)
+        wait_for_port(self.port, self.proc, "NATS server", self.start_timeout_s, log_file, self.local_host)
         log.info("embedded nats-server on %s (data %s)", self.url, self.data_dir)
         return self
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -25,9 +26,12 @@ class _Server(uvicorn.Server):
 class HttpServer:
     """One running uvicorn server of one service instance."""
 
-    def __init__(self, asgi: Any, *, host: str, port: int, drain_timeout_s: float) -> None:
+    def __init__(self, asgi: Any, *, host: str, port: int, drain_timeout_s: float,
+                 tls: tuple[Path, Path] | None = None) -> None:
+        """``tls``: (certificate chain, private key) PEM files to serve HTTPS with."""
+        ssl: dict[str, Any] = {"ssl_certfile": str(tls[0]), "ssl_keyfile": str(tls[1])} if tls else {}
         config = uvicorn.Config(asgi, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=max(1, int(drain_timeout_s)))
+                                timeout_graceful_shutdown=max(1, int(drain_timeout_s)), **ssl)
         self.server = _Server(config)
         self.done = asyncio.Event()
 

@@ -34,6 +34,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, Generic, Literal, get_type_hints
 
 from nats.aio.msg import Msg
@@ -51,6 +52,7 @@ from libs.bus.errors import BusError, InvalidRequest
 from libs.bus.outcomes import reject, run_handler
 from libs.config import Settings
 from libs.events import CloudEvent, EventTypes, InvalidEnvelope
+from libs.exposure import check_exposure
 from libs.httpserve import HttpServer
 from libs.metrics import BUS_MESSAGES, HANDLER_SECONDS, SERVICE_UP, exposition
 from libs.periodic import Every, Interval
@@ -136,6 +138,7 @@ class _Http:
     factory: Callable[[Any], Any]
     host: Callable[[Settings], str]
     port: Callable[[Settings], int]
+    tls: Callable[[Settings], tuple[Path, Path] | None] | None = None
 
 
 def _hints(fn: Callable[..., Any]) -> tuple[Any, Any]:
@@ -215,9 +218,10 @@ class ServiceApp(Generic[S]):
         return deco
 
     def http(self, factory: Callable[[Any], Any], *, host: Callable[[Settings], str],
-             port: Callable[[Settings], int]) -> None:
-        """Serve ``factory(ctx)`` (an ASGI app) with uvicorn while the service runs."""
-        self.http_servers.append(_Http(factory, host, port))
+             port: Callable[[Settings], int], tls: Callable[[Settings], tuple[Path, Path] | None] | None = None) -> None:
+        """Serve ``factory(ctx)`` (an ASGI app) with uvicorn while the service runs; over HTTPS when ``tls``
+        gives a certificate and key."""
+        self.http_servers.append(_Http(factory, host, port, tls))
 
     def on_startup(self, fn: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
         self.startup.append(fn)
@@ -357,7 +361,8 @@ class ServiceApp(Generic[S]):
             tasks.append(asyncio.create_task(consumer.run(), name=f"consumer:{c.durable}"))
         for h in self.http_servers:
             server = HttpServer(h.factory(ctx), host=h.host(ctx.settings), port=h.port(ctx.settings),
-                                drain_timeout_s=ctx.settings.bus.drain_timeout_s)
+                                drain_timeout_s=ctx.settings.bus.drain_timeout_s,
+                                tls=h.tls(ctx.settings) if h.tls else None)
             ctx.servers.append(server)
             tasks.append(asyncio.create_task(server.run(), name=f"http:{self.name}"))
         tasks += [asyncio.create_task(loop.run(self.name, ctx), name=f"every:{loop.name}") for loop in self.loops]
@@ -413,6 +418,7 @@ async def serve(app: ServiceApp[Any], settings: Settings, *, ready: asyncio.Even
     bus = Bus(settings.bus, name=f"{app.name}.{instance}", inbox_prefix=subjects.inbox_prefix("service", app.name))
     if not settings.nats_url:
         raise RuntimeError("XPUMESH_NATS_URL is not set (use `xpumesh up` to start an embedded mesh)")
+    check_exposure(settings, [h.host(settings) for h in app.http_servers])
     await bus.connect(settings.nats_url)
     await bus.ensure_streams()
     ctx: Context[Any] = Context(service=app.name, instance=instance, settings=settings, bus=bus)

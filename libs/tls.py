@@ -45,7 +45,7 @@ def ensure_local_tls(root: Path, *, hosts: tuple[str, ...] = ("localhost", "127.
     now = dt.datetime.now(dt.UTC)
     if files.ca.exists() and files.cert.exists() and files.key.exists():
         cert = x509.load_pem_x509_certificate(files.cert.read_bytes())
-        if cert.not_valid_after_utc - now > dt.timedelta(days=30):
+        if cert.not_valid_after_utc - now > dt.timedelta(days=30) and set(hosts) <= _names(cert):
             return files
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -75,6 +75,15 @@ def ensure_local_tls(root: Path, *, hosts: tuple[str, ...] = ("localhost", "127.
     files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     files.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     return files
+
+
+def _names(cert: x509.Certificate) -> set[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    return {str(n) for n in san.get_values_for_type(x509.DNSName)} | \
+        {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
 
 
 def client_context(ca_file: Path | None) -> ssl.SSLContext:

@@ -106,7 +106,7 @@ def cmd_nats(args: argparse.Namespace, settings: Settings) -> int:
 
     from xpumesh.credentials import init_trust
 
-    out = init_trust(Path(args.dir))
+    out = init_trust(Path(args.dir), resolver_dir=Path(args.resolver_dir))
     print(f"NATS trust written to {out.root} (seeds and credentials 0600):\n"
           f"  server config  include {out.server_include} in your nats-server config\n"
           f"  credentials    {out.root / 'creds'}/<role>.creds: one per service and the simulator\n"
@@ -161,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     nats_sub = nats_p.add_subparsers(dest="nats_cmd", required=True)
     init = nats_sub.add_parser("init", help="create an operator, accounts, the server config and per-role credentials")
     init.add_argument("--dir", required=True, help="where to write them (kept: a second run reuses the keys)")
+    init.add_argument("--resolver-dir", default="/data/nats-accounts",
+                      help="the folder, on the NATS server, where it keeps account JWTs (must persist)")
     init.set_defaults(fn=cmd_nats)
 
     sim = sub.add_parser("sim", help="run a simulated fleet of agents")

@@ -67,10 +67,11 @@ class Supervisor:
         emb = self.settings.embedded
         if not self.settings.nats_url:
             if emb.nats_secure:
-                self.secrets = ensure_embedded_secrets(data, self.services)
+                self.secrets = ensure_embedded_secrets(data, self.services, listen_host=emb.nats_host)
             trust, tls = (self.secrets.trust, self.secrets.tls) if self.secrets else (None, None)
             self.nats = EmbeddedNats(data, emb.nats_port, monitor_port=emb.nats_monitor_port,
-                                     start_timeout_s=emb.start_timeout_s, trust=trust, tls=tls).start()
+                                     start_timeout_s=emb.start_timeout_s, trust=trust, tls=tls,
+                                     host=emb.nats_host).start()
             self.settings.nats_url = self.nats.url
             if self.secrets:
                 self.settings.bus.tls_ca_file = self.secrets.tls.ca
@@ -104,6 +105,8 @@ class Supervisor:
         env = {"XPUMESH_BUS__CREDS_FILE": str(self.secrets.creds[name])}
         if name == "gateway":  # enrollment issues host credentials: only the gateway holds the signing key
             env["XPUMESH_ENROLL__TRUST_DIR"] = str(self.secrets.trust.root)
+            if self.nats is not None and not self.settings.enroll.agent_nats_url:
+                env["XPUMESH_ENROLL__AGENT_NATS_URL"] = self.nats.public_url()
         return env
 
     def spawn(self, child: Child) -> None:

@@ -81,3 +81,13 @@ def simulator() -> Permissions:
         publish=[f"{subjects.ROOT}.host.>", "$JS.API.INFO", "$JS.API.STREAM.INFO.*"],
         subscribe=[f"{subjects.ROOT}.agent.>", subjects.SIM_CONTROL, subjects.inbox_prefix("sim") + ".>"],
         responses=True)
+
+
+def table_markdown(roles: dict[str, Permissions]) -> str:
+    """The permission table docs/deploy.md shows (tests/integration/test_nats_trust.py keeps it current)."""
+    rows = ["| user | may publish | may subscribe | answers requests |", "|---|---|---|---|"]
+    for name, p in roles.items():
+        pub = "<br>".join(f"`{x}`" for x in p.publish)
+        sub = "<br>".join(f"`{x}`" for x in p.subscribe)
+        rows.append(f"| {name} | {pub} | {sub} | {'yes' if p.responses else 'no'} |")
+    return "\n".join(rows)

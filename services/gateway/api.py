@@ -20,7 +20,9 @@ app: ServiceApp[GatewayState] = ServiceApp("gateway", state=load_state)
 Ctx = Context[GatewayState]
 MAINTENANCE_S = 300.0
 
-app.http(create_app, host=lambda s: s.gateway_host, port=lambda s: s.gateway_port)
+app.http(create_app, host=lambda s: s.gateway_host, port=lambda s: s.gateway_port,
+         tls=lambda s: (s.gateway.tls_cert_file, s.gateway.tls_key_file)
+         if s.gateway.tls_cert_file and s.gateway.tls_key_file else None)
 
 
 @app.on_shutdown

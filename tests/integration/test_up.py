@@ -11,10 +11,12 @@ import time
 from pathlib import Path
 
 import httpx
+import nats
 import psutil
 import pytest
 
 from libs.embedded import free_port
+from libs.tls import client_context
 from tests.conftest import REPO, TEST_ADMIN_KEY, assert_eventually
 
 FIVE = {"gateway", "registry", "inventory", "scheduler", "metrics"}
@@ -56,6 +58,13 @@ async def test_up_starts_all_five_services_and_stops_cleanly_on_sigint(tmp_path:
             return FIVE <= up
 
         await assert_eventually(all_up, timeout=60, interval=0.5, message="five services up")
+        # NATS is secure by default: TLS, and no session without credentials (each process has its own)
+        secrets = tmp_path / "data" / "secrets"
+        nats_url = f"tls://127.0.0.1:{env['XPUMESH_EMBEDDED__NATS_PORT']}"
+        with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+            await nats.connect(nats_url, tls=client_context(secrets / "tls" / "ca.pem"), connect_timeout=3,
+                               allow_reconnect=False, max_reconnect_attempts=0)
+        assert sorted(p.name for p in (secrets / "creds").iterdir()) == sorted(f"{n}.creds" for n in {*FIVE, "sim"})
         tree = psutil.Process(proc.pid).children(recursive=True)
         assert len(tree) >= 7  # five services, the simulator, nats-server, postgres
         started = time.monotonic()
@@ -66,6 +75,7 @@ async def test_up_starts_all_five_services_and_stops_cleanly_on_sigint(tmp_path:
         assert not alive, f"left running: {[p.pid for p in alive]}"
         output = (tmp_path / "up.log").read_text()
         assert "API" in output and "dashboard" in output
+        assert str(secrets) in output and "xpumesh agent enroll" in output
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -48,18 +48,28 @@ HEALTHCHECK = REPO / "deploy" / "healthcheck.py"
 DOCS = REPO / "docs" / "deploy.md"
 K8S_VERSION = "1.30.0"  # the oldest Kubernetes the manifests promise to work on
 XPUMESH_NAME = re.compile(r"\bXPUMESH_[A-Z0-9_]*[A-Z0-9]")
-_INTERPOLATION = re.compile(r"\$(?:\$|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::?-(?P<default>[^}]*))?\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))")
+_INTERPOLATION = re.compile(r"\$(?:\$|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::?(?P<op>[-?])(?P<default>[^}]*))?\}"
+                            r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))")
+#: What a test's .env holds: compose has no default for any secret (``${VAR:?…}``).
+TEST_SECRETS = {
+    "POSTGRES_PASSWORD": "pg-test-7f3a", "NATS_SERVICE_PASSWORD": "svc-test-91c2", "NATS_SIM_PASSWORD": "sim-test-4be0",
+    "NATS_AGENT_HZ_GPU_01_PASSWORD": "hz-test-2d81", "NATS_AGENT_NB_NPU_01_PASSWORD": "nb-test-6a17",
+    "NATS_AGENT_WZ_DCU_01_PASSWORD": "wz-test-c3e9", "XPUMESH_BOOTSTRAP_ADMIN_KEY": "xpm_test_only_5c9d1e7a3b2f4d6e",
+}
 
 
 # --- helpers (the NATS and healthcheck tests use them too) --------------------------------
 def interpolate(value: str, env: Mapping[str, str] | None = None) -> str:
-    """Compose's variable interpolation: ``${VAR:-default}``, ``${VAR}``, ``$VAR``, ``$$``."""
-    env = env or {}
+    """Compose's variable interpolation: ``${VAR:-default}``, ``${VAR:?error}``, ``${VAR}``, ``$VAR``, ``$$``
+    (``env`` defaults to ``TEST_SECRETS``; a required variable missing from it fails as compose would)."""
+    env = TEST_SECRETS if env is None else env
 
     def sub(m: re.Match[str]) -> str:
         if m.group(0) == "$$":
             return "$"
         name = m.group("braced") or m.group("bare")
+        if m.group("op") == "?" and not env.get(name):
+            raise KeyError(f"compose would refuse to start: {name} is required ({m.group('default')})")
         return env.get(name) or (m.group("default") or "")
 
     return _INTERPOLATION.sub(sub, value)

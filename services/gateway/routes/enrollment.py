@@ -54,6 +54,9 @@ async def create_enrollment_token(ctx: Ctx, principal: Admin, body: EnrollmentTo
     except EnrollmentDisabled as exc:
         raise _disabled(exc) from None
     cfg = ctx.settings.enroll
+    if body.ttl_s is not None and body.ttl_s > cfg.max_token_ttl_s:
+        raise ProblemError(422, "Invalid request", f"body.ttl_s: at most {cfg.max_token_ttl_s:g} s",
+                           errors=[{"loc": "body.ttl_s", "msg": f"at most {cfg.max_token_ttl_s:g} s"}])
     ttl = min(body.ttl_s or cfg.token_ttl_s, cfg.max_token_ttl_s)
     async with audit.local(changes=body) as session:
         token = await store.create_enrollment_token(session, site=body.site, host=body.host,
