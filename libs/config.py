@@ -51,7 +51,7 @@ class BusSettings(BaseModel):
 class EnrollmentSettings(BaseModel):
     """Host enrollment: single-use tokens exchanged for a host's own NATS credentials (gateway)."""
 
-    trust_dir: Path | None = Field(default=None, description="Trust directory of the mesh's NATS operator (`xpumesh nats init`, or `<data dir>/secrets/trust` under `xpumesh up`); unset: enrollment is off (503).")
+    trust_dir: Path | None = Field(default=None, description="Trust directory of the mesh's NATS operator (`xpumesh nats init`, or `<data dir>/secrets/trust` under `xpumesh up`); unset: enrollment is off (404).")
     agent_nats_url: str | None = Field(default=None, description="NATS URL(s) an enrolled agent is told to connect to (default: this gateway's own XPUMESH_NATS_URL).")
     agent_ca_file: Path | None = Field(default=None, description="CA certificate handed to enrolled agents to verify the NATS server (default: XPUMESH_BUS__TLS_CA_FILE).")
     token_ttl_s: float = Field(default=900.0, gt=0, le=7 * 86400, description="Default lifetime of an enrollment token (an admin may ask for less, or up to the maximum).")

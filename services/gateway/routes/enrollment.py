@@ -33,7 +33,7 @@ router = APIRouter(tags=["enrollment"])
 Admin = Annotated[Principal, Depends(require_role(Role.ADMIN))]
 TokenAudit = Annotated[Audit, Depends(audited(AuditAction.ENROLLMENT_TOKEN_CREATE))]
 RevokeAudit = Annotated[Audit, Depends(audited(AuditAction.HOST_CREDENTIAL_REVOKE))]
-DISABLED: dict[int | str, dict[str, Any]] = {503: problem(
+DISABLED: dict[int | str, dict[str, Any]] = {404: problem(
     "This gateway cannot issue credentials", "Enrollment is off",
     "host enrollment is off: this gateway has no XPUMESH_ENROLL__TRUST_DIR")}
 ENROLL_PATH = "/v1/enroll"
@@ -41,7 +41,7 @@ INVALID_TOKEN = "the token is unknown, already used, expired, or made for anothe
 
 
 def _disabled(exc: EnrollmentDisabled) -> ProblemError:
-    return ProblemError(503, "Enrollment is off", str(exc))
+    return ProblemError(404, "Enrollment is off", str(exc))
 
 
 @router.post("/v1/enrollment-tokens", status_code=201, response_model=EnrollmentToken,
