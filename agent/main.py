@@ -204,10 +204,20 @@ def run_agent(settings: Settings, *, probe_dir: str | Path | None) -> int:
         except Exception as exc:  # nats raises its own errors for unreachable servers
             print(f"xpumesh agent: cannot connect to NATS ({type(exc).__name__})")
             return 1
+        lost = bus.lost or asyncio.Event()
+
+        async def stop_when_lost() -> None:
+            await lost.wait()
+            stop.set()
+        watcher = asyncio.create_task(stop_when_lost())
         try:
             await Agent(settings, bus, probe_dir=directory).run(stop)
         finally:
+            watcher.cancel()
             await bus.close()  # drains: what was published is flushed before exit
+        if lost.is_set():
+            print(f"xpumesh agent: {bus.lost_reason()}; enroll this host again (`xpumesh agent enroll`)")
+            return 1
         return 0
 
     return asyncio.run(main())

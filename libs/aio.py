@@ -19,3 +19,17 @@ async def wait_event(event: asyncio.Event, timeout_s: float) -> bool:
     except TimeoutError:
         pass
     return event.is_set()
+
+
+async def first_of(*events: asyncio.Event) -> asyncio.Event:
+    """Wait until one of ``events`` is set; return it (the waiters of the others are cancelled)."""
+    for e in events:
+        if e.is_set():
+            return e
+    waiters = {asyncio.ensure_future(e.wait()): e for e in events}
+    try:
+        done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+    return waiters[next(iter(done))]

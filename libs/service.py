@@ -45,6 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from typing_extensions import TypeVar
 
 from libs import __version__
+from libs.aio import first_of
 from libs.bus import subjects
 from libs.bus.connection import ERROR_HEADER, Bus
 from libs.bus.consumer import Batch, Decoder, PullConsumer, SeenIds, envelope
@@ -441,10 +442,13 @@ async def serve(app: ServiceApp[Any], settings: Settings, *, ready: asyncio.Even
     log.info("%s %s ready", app.name, instance)
     if ready is not None:
         ready.set()
-    await stop.wait()
+    lost = bus.lost or asyncio.Event()
+    await first_of(stop, lost)
     log.info("%s %s stopping", app.name, instance)
     await app.stop(ctx, tasks)
     await bus.close()
     if ctx.engine is not None:
         await ctx.engine.dispose()
     shutdown_tracing()
+    if lost.is_set() and not stop.is_set():
+        raise RuntimeError(bus.lost_reason())

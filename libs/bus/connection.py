@@ -84,6 +84,8 @@ class Bus:
         self.nc: NATS = NATS()
         self._js: JetStreamContext | None = None
         self._closing = False
+        self.lost: asyncio.Event | None = None  # set when the connection closed for good, not by us
+        self.last_error: str | None = None
 
     @property
     def js(self) -> JetStreamContext:
@@ -96,8 +98,18 @@ class Bus:
         return self.nc.is_connected
 
     async def connect(self, url: str) -> None:
+        lost = self.lost = asyncio.Event()
+
         async def on_error(exc: Exception) -> None:
+            self.last_error = str(exc) or type(exc).__name__
             log.warning("nats error on %s: %s", self.name, type(exc).__name__)
+
+        async def on_closed() -> None:
+            if not self._closing:  # nats-py gave up: e.g. the server refuses our credentials now
+                if self.nc.last_error is not None:
+                    self.last_error = str(self.nc.last_error) or type(self.nc.last_error).__name__
+                log.error("nats connection of %s closed for good (last error: %s)", self.name, self.last_error)
+                lost.set()
 
         async def on_disconnect() -> None:
             if self._closing:  # our own close(): not news
@@ -119,6 +131,7 @@ class Bus:
             error_cb=on_error,
             disconnected_cb=on_disconnect,
             reconnected_cb=on_reconnect,
+            closed_cb=on_closed,
             pending_size=64 * 1024 * 1024,
             inbox_prefix=self.inbox_prefix,
             **connect_security(self.settings, servers),
@@ -132,6 +145,13 @@ class Bus:
                 await self.js.add_stream(cfg)
             except BadRequestError:
                 await self.js.update_stream(cfg)
+
+    def lost_reason(self) -> str:
+        """Why the connection is gone, for the one line a process prints before it exits."""
+        err = (self.last_error or "").lower()
+        if "authorization" in err or "authentication" in err or "expired" in err:
+            return "the NATS server refuses this process's credentials (revoked or expired?)"
+        return f"the NATS connection closed ({self.last_error or 'no error reported'})"
 
     async def wait_for_streams(self, timeout_s: float = 60.0) -> None:
         """Wait until the mesh's streams exist (for clients that may not create them: the simulator)."""

@@ -49,7 +49,7 @@ class SecureMesh:
 @pytest.fixture
 async def secure(tmp_path: Path, database_url: str, running_service: Any) -> AsyncIterator[SecureMesh]:
     data = tmp_path / "data"
-    secrets = ensure_embedded_secrets(data, ("gateway",))
+    secrets = ensure_embedded_secrets(data, ("gateway", "registry", "inventory"))
     server = EmbeddedNats(data, trust=secrets.trust, tls=secrets.tls).start()
     settings = Settings(nats_url=server.url, database_url=SecretStr(database_url), data_dir=data,
                         bootstrap_admin_key=SecretStr(TEST_ADMIN_KEY), gateway_port=free_port(),
@@ -235,3 +235,50 @@ async def test_enrollment_is_off_without_a_trust_directory(settings: Settings, r
         r = await c.post("/v1/enroll", json={"token": "xpe_" + "x" * 40, "public_key": NKey.create("user").public_key,
                                              "host": HOST})
         assert r.status_code == 404
+
+
+async def test_enrolled_agent_joins_the_secure_mesh_and_is_dropped_when_revoked(
+        secure: SecureMesh, running_service: Any, tmp_path: Path) -> None:
+    from services.inventory.api import app as inventory_app
+    from services.registry.api import app as registry_app
+
+    for name, app in (("registry", registry_app), ("inventory", inventory_app)):
+        await running_service(app, secure.settings.model_copy(update={"bus": secure.settings.bus.model_copy(
+            update={"creds_file": secure.secrets.creds[name]})}))
+    async with httpx.AsyncClient(base_url=secure.url, timeout=10) as c:
+        out = tmp_path / "agent"
+        token = (await _token(c))["token"]
+        res = await asyncio.to_thread(subprocess.run, [
+            sys.executable, "-m", "xpumesh", "agent", "enroll", "--gateway", secure.url, "--token", token,
+            "--dir", str(out)], capture_output=True, text=True, timeout=60, cwd=REPO, env=service_env(secure.settings))
+        assert res.returncode == 0, res.stderr
+        agent_env = dict(line.split("=", 1) for line in (out / "agent.env").read_text().split())
+        env = {k: v for k, v in service_env(secure.settings).items() if not k.startswith("XPUMESH_BUS__")}
+        env.update(agent_env)
+        log = tmp_path / "agent.log"
+        proc = subprocess.Popen([sys.executable, "-m", "xpumesh", "agent", "run", "--probe-dir",
+                                 str(REPO / "tests" / "fixtures" / "probes" / "nvidia-a100x8")],
+                                env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO)
+        try:
+            async def joined() -> dict[str, Any] | None:
+                r = await c.get(f"/v1/hosts/{HOST}", headers=ADMIN)
+                return r.json() if r.status_code == 200 and r.json().get("status") == "up" else None
+
+            host = await assert_eventually(joined, timeout=30, message="the enrolled agent's host is up")
+            assert host["site"] == SITE and host["device_count"] == 8
+            assert "permissions violation" not in log.read_text().lower()
+
+            cred = (await c.get("/v1/host-credentials", params={"host": HOST}, headers=ADMIN)).json()["items"][0]
+            assert (await c.delete(f"/v1/host-credentials/{cred['id']}", headers=ADMIN)).status_code == 200
+
+            async def down() -> bool:
+                r = await c.get(f"/v1/hosts/{HOST}", headers=ADMIN)
+                return r.status_code == 200 and r.json().get("status") != "up"
+
+            await assert_eventually(down, timeout=30, message="the revoked host goes silent, then down")
+            assert await asyncio.to_thread(proc.wait, 20) == 1  # it says why and stops, rather than retry forever
+            assert "refuses this process's credentials" in log.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=10)
