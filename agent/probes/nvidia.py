@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +11,7 @@ from agent.probes import nvidia_smi
 from agent.probes.base import Capture, ProbeRun, ToolProbe
 from agent.probes.records import Collector
 from agent.probes.util import pci
-from libs.schemas.devices import HardwareType, Link
+from libs.schemas.devices import HardwareType, Health, Link
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
@@ -32,6 +33,11 @@ class NvidiaProbe(ToolProbe):
         return nvidia_smi.PRIORITY.get(nvidia_smi.kind(capture), 9)
 
     def parse_capture(self, capture: Capture, collector: Collector) -> None:
+        rest = nvidia_smi.parse_unreachable(capture, collector)
+        if rest != capture.text:
+            if not rest.strip():
+                return  # nothing but GPUs the tool could not reach
+            capture = replace(capture, text=rest)
         nvidia_smi.PARSERS[nvidia_smi.kind(capture)](capture, collector)
 
     # -- NVML
@@ -66,15 +72,24 @@ class NvidiaProbe(ToolProbe):
             except Exception:
                 return None
 
+        def handle_of(index: int) -> tuple[Any, str | None]:
+            try:
+                return nvml.nvmlDeviceGetHandleByIndex(index), None
+            except Exception as exc:  # NVMLError_Unknown, GpuIsLost…
+                return None, str(exc) or type(exc).__name__
+
         cuda = attempt(nvml.nvmlSystemGetCudaDriverVersion)
         collector.set_common(driver_version=_text(attempt(nvml.nvmlSystemGetDriverVersion)),
                              runtimes={"cuda": f"{cuda // 1000}.{(cuda % 1000) // 10}"} if cuda else None)
         count = attempt(nvml.nvmlDeviceGetCount) or 0
         nvlinks: dict[int, dict[str, int]] = {}
         for index in range(count):
-            handle = attempt(nvml.nvmlDeviceGetHandleByIndex, index)
+            handle, error = handle_of(index)
             if handle is None:
-                collector.warn(f"NVML: no handle for GPU {index}")
+                words = f"NVML: no handle for GPU {index}: {error or 'no handle returned'}"
+                record = collector.add(index=index, health=Health.UNHEALTHY, extra={"error": words, "source": "nvml"})
+                record["_model_note"] = True
+                collector.warn(f"{words}; reported unhealthy")
                 continue
             info = attempt(nvml.nvmlDeviceGetPciInfo, handle)
             memory = attempt(nvml.nvmlDeviceGetMemoryInfo, handle)

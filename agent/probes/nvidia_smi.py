@@ -48,11 +48,45 @@ def kind(capture: Capture) -> str:
         return "csv"
     if capture.has("-x", "--xml-format") or text.startswith("<?xml") or "<nvidia_smi_log" in text[:500]:
         return "xml"
-    if capture.has("-q", "--query") or "NVSMI LOG" in text[:300]:
+    if capture.has("-q", "--query", "-a") or "NVSMI LOG" in text[:300]:
         return "q"
     if capture.has("-L", "--list-gpus") or re.match(r"GPU \d+: .*\(UUID:", text):
         return "list"
     return "table"
+
+
+# ---------------------------------------------------------------- GPUs the tool cannot reach
+
+# 'Unable to determine the device handle for GPU 0000:0B:00.0: Unknown Error', also written
+# 'GPU0000:07:00.0: …' and, by recent drivers, 'GPU1: 0000:34:00.0: …' (index, then bus id).
+_UNREACHABLE_RE = re.compile(
+    r"Unable to (?:determine|detect) the device handle for GPU\s*(?:(\d+):\s+)?"
+    r"([0-9A-Fa-f]{1,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.\d)?\s*:?\s*(.*)$")
+
+
+def parse_unreachable(capture: Capture, col: Collector) -> str:
+    """One unhealthy device per GPU the tool could not open, with the tool's own words quoted.
+
+    Returns the capture's text without those lines (what is left for the format's own parser).
+    """
+    kept: list[str] = []
+    found = 0
+    for line in capture.text.splitlines(keepends=True):
+        match = _UNREACHABLE_RE.search(line)
+        if not match:
+            kept.append(line)
+            continue
+        found += 1
+        index = to_int(match.group(1))
+        if index is None and found == 1:
+            index = to_int(capture.option("-i", "--id"))  # 'nvidia-smi -i 0' names the GPU it asked for
+        words = line.strip()[:300]
+        where = pci(match.group(2)) or (f"index {index}" if index is not None else "?")
+        record = col.add(index=index, pci_bus_id=pci(match.group(2)), health=Health.UNHEALTHY,
+                         extra={"error": words})
+        record["_model_note"] = True  # the warning says why no model is known
+        col.warn(f"{capture.label}: GPU {where} cannot be reached, reported unhealthy (nvidia-smi: {words!r})")
+    return "".join(kept)
 
 
 # ---------------------------------------------------------------- default table
@@ -89,7 +123,8 @@ def parse_table(capture: Capture, col: Collector) -> None:
 def parse_q(capture: Capture, col: Collector) -> None:
     lines = capture.text.splitlines()
     top = indented_kv(line for line in lines if not line.startswith((" ", "\t")) and " : " in line)
-    col.set_common(driver_version=clean(top.get("Driver Version")), runtimes=_cuda(top.get("CUDA Version")))
+    col.set_common(driver_version=_version(top, "Driver Version", "KMD Version"),
+                   runtimes=_cuda(_version(top, "CUDA Version", "CUDA UMD Version")))
     sections: list[tuple[str, list[str]]] = []
     for line in lines:
         header = re.match(r"^GPU\s+([0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.\d)\s*$", line)
@@ -111,6 +146,15 @@ def parse_q(capture: Capture, col: Collector) -> None:
             "remap_failure": kv.get("Remapped Rows/Remapping Failure Occurred"),
         })
     _check_count(capture, col, to_int(top.get("Attached GPUs")), len(sections))
+
+
+def _version(top: dict[str, str], *labels: str) -> str | None:
+    """First readable value among labels ('Driver Version' became 'KMD Version' in the 610 branch)."""
+    for label in labels:
+        value = clean((top.get(label) or "").split("[")[0])  # '13.3 [Deprecated; …]' keeps its version
+        if value:
+            return value
+    return None
 
 
 def _check_count(capture: Capture, col: Collector, attached: int | None, seen: int) -> None:
@@ -138,9 +182,12 @@ def _add(col: Collector, position: int, v: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------- -q -x
 
+_XML_TOP = {"driver_version": "driver_version", "kmd_version": "kmd_version", "cuda_version": "cuda_version",
+            "cuda_umd_version": "cuda_umd_version", "attached_gpus": "attached_gpus"}
+
 
 def parse_xml(capture: Capture, col: Collector) -> None:
-    parser: ET.XMLPullParser[ET.Element] = ET.XMLPullParser(events=("end",))
+    parser: ET.XMLPullParser[ET.Element] = ET.XMLPullParser(events=("start", "end"))
     gpus: list[ET.Element] = []
     top: dict[str, str] = {}
     try:
@@ -149,17 +196,18 @@ def parse_xml(capture: Capture, col: Collector) -> None:
     except ET.ParseError as exc:
         col.warn(f"{capture.label}: XML not well-formed ({exc}); read what came before the error")
     try:
-        for event in parser.read_events():
-            element = event[-1] if isinstance(event, tuple) else None
+        for kind_of_event, element in parser.read_events():
             if not isinstance(element, ET.Element):
                 continue
-            if element.tag == "gpu":
-                gpus.append(element)
-            elif element.tag in ("driver_version", "cuda_version", "attached_gpus"):
-                top.setdefault(element.tag, (element.text or "").strip())
+            if kind_of_event == "start":
+                if element.tag == "gpu":
+                    gpus.append(element)  # kept from its start, so a cut document still shows what it has
+            elif element.tag in _XML_TOP:
+                top.setdefault(_XML_TOP[element.tag], (element.text or "").strip())
     except ET.ParseError:
         pass
-    col.set_common(driver_version=clean(top.get("driver_version")), runtimes=_cuda(top.get("cuda_version")))
+    col.set_common(driver_version=_version(top, "driver_version", "kmd_version"),
+                   runtimes=_cuda(_version(top, "cuda_version", "cuda_umd_version")))
     for position, gpu in enumerate(gpus):
         power = gpu.findtext("gpu_power_readings/power_draw") or gpu.findtext("power_readings/power_draw")
         _add(col, position, {

@@ -1,4 +1,4 @@
-"""The nvidia-smi style device table, shared by nvidia-smi, Iluvatar ixsmi and Kunlunxin xpu-smi.
+"""The nvidia-smi style device table, shared by nvidia-smi, Iluvatar ixsmi, Kunlunxin xpu-smi and Gaudi hl-smi.
 
     | GPU  Name        Persistence-M| Bus-Id        Disp.A | Volatile Uncorr. ECC |
     | Fan  Temp  Perf  Pwr:Usage/Cap|         Memory-Usage | GPU-Util  Compute M. |
@@ -52,8 +52,9 @@ class SmiTable:
 
 _HEADER_PATTERNS = {
     "nvidia-smi": r"NVIDIA-SMI\s+([\w.\-]+)",
-    "driver": r"Driver Version:\s*([\w.\-]+)",
-    "cuda": r"CUDA Version:\s*([\w.\-/]+)",
+    "driver": r"(?:Driver|KMD) Version:\s*([\w.\-]+)",  # 610-branch drivers say 'KMD Version'
+    "cuda": r"CUDA (?:UMD )?Version:\s*([\w.\-/]+)",  # ... and 'CUDA UMD Version'
+    "hl-smi": r"HL-SMI Version:\s*([\w.\-]+)",
     "ixml": r"IX-ML:\s*([\w.\-]+)",
     "xpu-rt": r"XPU-RT Version:\s*([\w.\-]+)",
 }
@@ -68,7 +69,7 @@ def parse_smi_table(text: str) -> SmiTable:
         match = re.search(pattern, text)
         if match and match.group(1).upper() != "N/A":
             header[key] = match.group(1)
-    head = find_line(lines, lambda line: "|" in line and "Name" in line and re.search(r"\b(GPU|XPU)\b", line))
+    head = find_line(lines, lambda line: "|" in line and "Name" in line and re.search(r"\b(GPU|XPU|AIP)\b", line))
     if head < 0:
         return SmiTable(header=header, rows=[])
     persistence = "Persistence-M" in lines[head]
@@ -78,6 +79,8 @@ def parse_smi_table(text: str) -> SmiTable:
     position = 0
     for row in rows:
         first = row[0] if row else ""
+        if "Processes" in first:
+            break  # hl-smi keeps its process list inside the same box
         match = _INDEX_RE.match(first)
         if match and len(row) >= 2:
             current = _first_row(int(match.group(1)), match.group(2), row, persistence)
