@@ -113,12 +113,13 @@ def _table(capture: Capture, col: Collector) -> None:
     rows, elided, _ = box_rows(lines, after_header_rule(lines, head))
     pairs = [(rows[i], rows[i + 1]) for i in range(len(rows) - 1)
              if re.match(r"^\d+\s+\S", rows[i][0]) and len(rows[i]) >= 3 and len(rows[i + 1]) >= 3
-             and looks_like_pci(rows[i + 1][1])]
+             and (looks_like_pci(rows[i + 1][1]) or _masked_bus(rows[i + 1][1]))]
     chips: dict[int, int] = {}
     for first, _ in pairs:
         number = int(first[0].split()[0])
         chips[number] = chips.get(number, 0) + 1
     masked: list[str] = []
+    masked_bus: list[str] = []
     for first, second in pairs:
         npu, name = first[0].split(None, 1)
         ids = second[0].split()
@@ -132,6 +133,8 @@ def _table(capture: Capture, col: Collector) -> None:
         model = ascend_model(name)
         if model is None and is_masked(name):
             masked.append(npu)
+        if _masked_bus(second[1]):
+            masked_bus.append(npu)
         record = col.add(
             index=index, keys=(("npu", int(npu), chip),), model=model,
             memory_mib=int(hbm[1]) if use_hbm else (int(memory[1]) or None), pci_bus_id=pci(second[1]),
@@ -145,10 +148,22 @@ def _table(capture: Capture, col: Collector) -> None:
     if masked:
         col.warn(f"{capture.label}: NPU name masked in this output (NPU {', '.join(masked)}); "
                  "model reported as 'unknown'")
+    if masked_bus:
+        col.warn(f"{capture.label}: PCI bus id masked in this output (NPU {', '.join(sorted(set(masked_bus)))}); "
+                 "bus id not reported")
     if elided:
         col.warn(f"{capture.label}: rows elided with '...'; only {len(pairs)} NPU chip(s) could be read")
     if not pairs:
         col.warn(f"{capture.label}: no NPU rows in the device table")
+
+
+_MASKED_BUS_RE = re.compile(r"[0-9A-Fa-fxX]{1,8}:[0-9A-Fa-fxX]{2}:[0-9A-Fa-fxX]{2}\.[0-7xX]")
+
+
+def _masked_bus(cell: str) -> bool:
+    """'0000:xx:00.0': a bus id its publisher anonymised; it costs the bus id, never the NPU."""
+    text = cell.strip()
+    return bool(_MASKED_BUS_RE.fullmatch(text)) and "x" in text.lower() and not looks_like_pci(text)
 
 
 def _second_id(line: str) -> str:

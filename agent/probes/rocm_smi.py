@@ -70,7 +70,7 @@ def _vendor_of(card: dict[str, str], hint: str | None) -> str:
     series = card.get("card series", "")
     if any(word in vendor for word in ("haiguang", "hygon", "c-3000")) or series.upper().startswith("DCU"):
         return HYGON
-    if any(key.startswith("dcu") for key in card):
+    if any(key.startswith(("dcu", "hcu")) for key in card):
         return HYGON
     if "advanced micro devices" in vendor or "amd" in vendor:
         return AMD
@@ -144,14 +144,14 @@ def _link(peer: int, kind: str) -> Link:
 def _kv(capture: Capture, col: Collector, keep: str, hint: str | None) -> bool:
     cards: dict[int, dict[str, str]] = {}
     for line in capture.text.splitlines():
-        match = re.match(r"^\s*(GPU|DCU)\[(\d+)\]\s*:\s*(.*)$", line)
+        match = re.match(r"^\s*(GPU|DCU|HCU)\[(\d+)\]\s*:\s*(.*)$", line)  # hy-smi of DTK 24/25 says HCU
         if not match:
             continue
         key, found, value = match.group(3).partition(":")
         if found:
             card = cards.setdefault(int(match.group(2)), {})
-            if match.group(1) == "DCU":
-                card.setdefault("dcu", "yes")
+            if match.group(1) in ("DCU", "HCU"):
+                card.setdefault(match.group(1).lower(), "yes")
             card.setdefault(key.strip().lower(), value.strip())
     for index, card in sorted(cards.items()):
         if _vendor_of(card, hint) == keep:
@@ -182,7 +182,7 @@ def _card(capture: Capture, col: Collector, index: int, card: dict[str, str], ve
         temperature_c=num(clean(card.get("temperature (sensor edge) (c)") or card.get("temperature (sensor junction) (c)"))),
         power_w=num(clean(card.get("average graphics package power (w)")
                           or card.get("current socket graphics package power (w)"))),
-        utilization_pct=num(clean(card.get("gpu use (%)") or card.get("dcu use (%)"))),
+        utilization_pct=num(clean(card.get("gpu use (%)") or card.get("dcu use (%)") or card.get("hcu use (%)"))),
         extra={"device_id": f"0x{device_id:04x}" if device_id is not None else None,
                "card_series": clean(series) if series and not is_masked(series) else None,
                "serial": serial if unique and not is_masked(serial) else None,
@@ -207,7 +207,7 @@ def _concise(capture: Capture, col: Collector, keep: str, hint: str | None) -> b
     for line in lines:
         tokens = line.split()
         if header is None:
-            if tokens and tokens[0] in ("Device", "GPU", "DCU") and "Temp" in tokens:
+            if tokens and tokens[0] in ("Device", "GPU", "DCU", "HCU") and "Temp" in tokens:
                 header = [t for t in tokens if not t.startswith("(") and not t.endswith(")")]
             continue
         if not tokens or tokens[0].startswith("("):
@@ -221,7 +221,8 @@ def _concise(capture: Capture, col: Collector, keep: str, hint: str | None) -> b
             col.warn(f"{capture.label}: row '{line.strip()[:40]}' has {len(values)} columns, "
                      f"header has {len(header)}; read by position")
         row = dict(zip(header, values, strict=False))
-        vendor = HYGON if header[0] == "DCU" or "DCU%" in header or capture.tool == "hy-smi" else (hint or AMD)
+        vendor = HYGON if header[0] in ("DCU", "HCU") or {"DCU%", "HCU%"} & set(header) or capture.tool == "hy-smi" \
+            else (hint or AMD)
         rows += 1
         if vendor == keep:
             _concise_row(col, row, vendor)
@@ -246,7 +247,7 @@ def _concise_row(col: Collector, row: dict[str, str], vendor: str) -> None:
     col.add(index=index, keys=(("card", index),), vendor=vendor,
             model=amd_model(None, device_id, None) if vendor == AMD else None,
             temperature_c=num(row.get("Temp")), power_w=num(clean(row.get("Power") or row.get("AvgPwr"))),
-            utilization_pct=num(row.get("GPU%") or row.get("DCU%")),
+            utilization_pct=num(row.get("GPU%") or row.get("DCU%") or row.get("HCU%")),
             extra={"device_id": did_text or None, "guid": clean(guid), "node_id": row.get("Node"),
                    "power_cap": clean(row.get("PwrCap")), "mode": row.get("Mode"),
                    "memory_partition": clean(partitions[0]) if len(partitions) == 3 else None,
