@@ -24,7 +24,7 @@ class AmdProbe(ToolProbe):
     tools = ("amd-smi", "rocm-smi")
 
     def commands(self) -> list[list[str]]:
-        return [["amd-smi", "static"], ["amd-smi", "version"], ROCM_SMI_QUERY,
+        return [["amd-smi", "static", "--json"], ["amd-smi", "version"], ROCM_SMI_QUERY,
                 [READ_FILE, "/opt/rocm/.info/version"]]
 
     def accepts(self, capture: Capture) -> bool:
@@ -53,12 +53,58 @@ def parse_amd_smi(capture: Capture, col: Collector) -> None:
     stripped = text.lstrip()
     if stripped.startswith(("[", "{")):
         gpus = _json_gpus(capture, col)
+    elif capture.has("monitor", "dmon") or _MONITOR_HEAD.search(text):
+        _monitor(capture, col)
+        return
     else:
         gpus = _text_gpus(text)
     for index, kv in gpus:
         _gpu(capture, col, index, kv)
     if not gpus and not rocm:
         col.warn(f"{capture.label}: no 'GPU: N' section found")
+
+
+# 'amd-smi monitor' (alias 'dmon'): a right-aligned column table, optionally followed by 'PROCESS INFO:'.
+_MONITOR_HEAD = re.compile(r"^GPU\s+(?:XCP\s+)?[A-Z_%]+(?:\s+[A-Z_%]+)+\s*$", re.MULTILINE)
+
+
+def _monitor(capture: Capture, col: Collector) -> None:
+    lines = capture.text.splitlines()
+    head = next((n for n, line in enumerate(lines) if _MONITOR_HEAD.match(line)), -1)
+    if head < 0:
+        col.warn(f"{capture.label}: no 'amd-smi monitor' column header found")
+        return
+    ends = [match.end() for match in re.finditer(r"\S+", lines[head])]
+    names = lines[head].split()
+    found = 0
+    for line in lines[head + 1:]:
+        if not line.strip() or line.strip().endswith(":"):
+            if found:
+                break  # a blank line or 'PROCESS INFO:' closes the table
+            continue
+        if line.strip() in ("...", "…"):
+            col.warn(f"{capture.label}: rows elided with '...'; only {found} GPU(s) could be read")
+            continue
+        starts = [0, *ends[:-1]]
+        row = {name: clean(line[start:end]) for name, start, end in zip(names, starts, [*ends[:-1], len(line)],
+                                                                        strict=True)}
+        index = to_int(row.get("GPU"))
+        if index is None:
+            continue
+        found += 1
+        col.add(index=index, keys=(("card", index),), memory_mib=mib(row.get("VRAM_TOTAL")),
+                memory_used_mib=mib(row.get("VRAM_USED")), power_w=_number(row.get("POWER")),
+                temperature_c=_number(row.get("GPU_TEMP") or row.get("GPU_T")),
+                utilization_pct=_number(row.get("GFX_UTIL") or row.get("GFX%")),
+                extra={"xcp": row.get("XCP")})
+    if not found:
+        col.warn(f"{capture.label}: the monitor table has no GPU rows")
+
+
+def _number(value: str | None) -> float | None:
+    text = clean(value)
+    match = re.match(r"-?\d+(?:\.\d+)?", text or "")
+    return float(match.group()) if match else None
 
 
 def _text_gpus(text: str) -> list[tuple[int, dict[str, str]]]:
@@ -109,7 +155,7 @@ def _flatten(value: Any, prefix: str, out: dict[str, str]) -> None:
 def _gpu(capture: Capture, col: Collector, index: int, kv: dict[str, str]) -> None:
     name = clean(kv.get("ASIC/MARKET_NAME")) or clean(kv.get("BOARD/PRODUCT_NAME"))
     device_id = to_int(kv.get("ASIC/DEVICE_ID"))
-    memory = mib(kv.get("VRAM/SIZE"))
+    memory = mib(kv.get("VRAM/SIZE")) or mib(kv.get("MEM_USAGE/TOTAL_VRAM"))
     uuid = clean(kv.get("UUID"))
     serial = clean(kv.get("ASIC/ASIC_SERIAL")) or clean(kv.get("BOARD/PRODUCT_SERIAL"))
     masked = [label for label, value in (("UUID", uuid), ("serial", serial)) if is_masked(value)]
