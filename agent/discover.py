@@ -30,11 +30,14 @@ from agent.probes.base import (
 from agent.probes.cambricon import CambriconProbe
 from agent.probes.enflame import EnflameProbe
 from agent.probes.fpga import FpgaProbe
+from agent.probes.gaudi import GaudiProbe
 from agent.probes.hygon import HygonProbe
 from agent.probes.iluvatar import IluvatarProbe
+from agent.probes.intel_xpu import IntelXpuProbe
 from agent.probes.kunlunxin import KunlunxinProbe
 from agent.probes.metax import MetaxProbe
 from agent.probes.mthreads import MthreadsProbe
+from agent.probes.neuron import NeuronProbe
 from agent.probes.nvidia import NvidiaProbe
 from agent.probes.readings import DeviceReading
 from agent.probes.util import UNKNOWN_MODEL
@@ -47,7 +50,8 @@ SYSFS = Path("/sys")
 
 def default_probes(sysfs_root: Path = SYSFS) -> list[Probe]:
     return [NvidiaProbe(), AmdProbe(), HygonProbe(), AscendProbe(), CambriconProbe(), KunlunxinProbe(),
-            IluvatarProbe(), MetaxProbe(), MthreadsProbe(), EnflameProbe(), FpgaProbe(sysfs_root)]
+            IntelXpuProbe(), IluvatarProbe(), MetaxProbe(), MthreadsProbe(), EnflameProbe(), GaudiProbe(),
+            NeuronProbe(), FpgaProbe(sysfs_root)]
 
 
 async def run_probes(probe_dir: Path | None = None, *, timeout_s: float = 10.0,

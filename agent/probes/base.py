@@ -129,6 +129,10 @@ class ToolProbe:
         """Lower first: the richest output should win when outputs disagree."""
         return 50
 
+    def looks_like(self, capture: Capture) -> bool:
+        """Whether a capture routed here by its command name also reads like this vendor's output."""
+        return True
+
     def parse(self, outputs: Sequence[Capture]) -> ProbeReport:
         return self.parse_all(outputs)[0]
 
@@ -142,6 +146,9 @@ class ToolProbe:
             if not capture.text.strip():
                 collector.warn(f"{capture.label}: empty output")
                 continue
+            if capture.tool in self.tools and not self.looks_like(capture):
+                collector.warn(f"{capture.label}: does not look like {self.vendor} {capture.tool} output "
+                               "(routed here by its command name); read as such")
             try:
                 self.parse_capture(capture, collector)
             except Exception as exc:  # a parser bug must not take discovery down
@@ -344,6 +351,7 @@ async def run_probe_live(probe: Probe, runner: CommandRunner) -> ProbeRun:
                 tools_failed = tools_failed or tool_name(argv[0]) in probe.tools
             if capture is not None:
                 captures.append(capture)
+    captures = [capture for capture in captures if probe.accepts(capture)]  # one tool name, two vendors
     if not _own(probe, captures):
         if not tools_failed:
             log.debug("%s: no tool found, not available", probe.name)
@@ -356,12 +364,12 @@ async def run_probe_live(probe: Probe, runner: CommandRunner) -> ProbeRun:
 
 def run_probe_captured(probe: Probe, captures: Sequence[Capture], probe_dir: Path | None = None) -> ProbeRun:
     """Run a probe over captured outputs (``--probe-dir``)."""
+    mine = [capture for capture in captures if probe.accepts(capture)]
     collect_dir = getattr(probe, "collect_dir", None)
     if callable(collect_dir) and probe_dir is not None:
-        run: ProbeRun | None = collect_dir(probe_dir)
+        run: ProbeRun | None = collect_dir(probe_dir, mine)
         if run is not None:
             return run
-    mine = [capture for capture in captures if probe.accepts(capture)]
     if not _own(probe, mine):
         return _absent(probe)
     report, readings = _parse(probe, mine)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from agent.probes.base import Capture, ToolProbe
+from agent.probes.intel_xpu import is_intel
 from agent.probes.records import Collector
 from agent.probes.smi_table import parse_smi_table
 from agent.probes.util import (
@@ -22,6 +23,8 @@ from agent.probes.util import (
 )
 from libs.schemas.devices import HardwareType, Health
 
+_KUNLUNXIN_RE = re.compile(r"XPU-RT|Kunlun|\bDevID\b|Runtime Version|\bXPU\b")
+
 
 class KunlunxinProbe(ToolProbe):
     name = "kunlunxin"
@@ -31,6 +34,12 @@ class KunlunxinProbe(ToolProbe):
 
     def commands(self) -> list[list[str]]:
         return [["xpu-smi"]]
+
+    def accepts(self, capture: Capture) -> bool:
+        return capture.tool in self.tools and not is_intel(capture.text)  # Intel's xpu-smi has its own probe
+
+    def looks_like(self, capture: Capture) -> bool:
+        return bool(_KUNLUNXIN_RE.search(capture.text))
 
     def parse_capture(self, capture: Capture, collector: Collector) -> None:
         if re.search(r"\|\s*DevID\s*\|", capture.text):

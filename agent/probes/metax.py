@@ -1,4 +1,4 @@
-"""MetaX GPUs: mx-smi."""
+"""MetaX GPUs: mx-smi (C-series) and ht-smi (the newer tool of the X-series / Mars cards)."""
 
 from __future__ import annotations
 
@@ -21,12 +21,15 @@ class MetaxProbe(ToolProbe):
     name = "metax"
     vendor = "metax"
     hardware_type = HardwareType.GPU
-    tools = ("mx-smi",)
+    tools = ("mx-smi", "ht-smi")
 
     def commands(self) -> list[list[str]]:
-        return [["mx-smi"]]
+        return [["mx-smi"], ["ht-smi"]]
 
     def parse_capture(self, capture: Capture, collector: Collector) -> None:
+        if capture.tool == "ht-smi":
+            _ht_smi(capture, collector)
+            return
         text = capture.text
         driver = re.search(r"Kernel Mode Driver Version:\s*(\S+)", text)
         maca = re.search(r"MACA Version:\s*(\S+)", text)
@@ -67,3 +70,38 @@ class MetaxProbe(ToolProbe):
                            f"{found} could be read (rows elided or output trimmed?)")
         if not found:
             collector.warn(f"{capture.label}: the mx-smi table has no GPU rows")
+
+
+def _ht_smi(capture: Capture, col: Collector) -> None:
+    """'| 0      Mars X201 | 0           Off | 0000:98:00.0 | 0%  Disabled |' then power/temp/memory/state."""
+    text = capture.text
+    driver = re.search(r"Kernel Mode Driver Version:\s*(\S+)", text)
+    hpcc = re.search(r"HPCC Version:\s*(\S+)", text)
+    bios = re.search(r"BIOS Version:\s*(\S+)", text)
+    col.set_common(driver_version=driver.group(1) if driver else None,
+                   runtimes={"hpcc": hpcc.group(1) if hpcc else ""}, firmware_version=bios.group(1) if bios else None)
+    lines = text.splitlines()
+    head = find_line(lines, lambda line: "|" in line and "Board" in line and "Name" in line)
+    if head < 0:
+        col.warn(f"{capture.label}: no ht-smi device table found")
+        return
+    rows, _, _ = box_rows(lines, after_header_rule(lines, head))
+    found = 0
+    for position, row in enumerate(rows):
+        board = re.match(r"^(\d+)\s+(\S.*)$", row[0]) if row else None
+        gpu = re.match(r"^(\d+)\b", row[1]) if len(row) > 1 else None
+        if not board or not gpu or len(row) < 3 or not pci(row[2]) or position + 1 >= len(rows):
+            continue
+        found += 1
+        second = rows[position + 1]
+        memory = re.search(r"(\d+)\s*/\s*(\d+)\s*MiB", second[2]) if len(second) > 2 else None
+        power = re.search(r"(\d+(?:\.\d+)?)\s*W\s*/", second[0])
+        temp = re.search(r"(\d+)\s*C\b", second[1]) if len(second) > 1 else None
+        state = clean(second[3]) if len(second) > 3 else None
+        col.add(index=int(gpu.group(1)), model=metax_model(board.group(2)), pci_bus_id=pci(row[2]),
+                memory_mib=int(memory.group(2)) if memory else None,
+                memory_used_mib=int(memory.group(1)) if memory else None, health=health(state) if state else None,
+                temperature_c=float(temp.group(1)) if temp else None, power_w=float(power.group(1)) if power else None,
+                utilization_pct=num(row[3]) if len(row) > 3 else None, extra={"state": state, "board": board.group(1)})
+    if not found:
+        col.warn(f"{capture.label}: the ht-smi table has no GPU rows")

@@ -196,7 +196,8 @@ def parse_xml(capture: Capture, col: Collector) -> None:
     except ET.ParseError as exc:
         col.warn(f"{capture.label}: XML not well-formed ({exc}); read what came before the error")
     try:
-        for kind_of_event, element in parser.read_events():
+        for event in parser.read_events():
+            kind_of_event, element = (event[0], event[-1]) if isinstance(event, tuple) else ("", None)
             if not isinstance(element, ET.Element):
                 continue
             if kind_of_event == "start":
@@ -226,7 +227,7 @@ def parse_xml(capture: Capture, col: Collector) -> None:
 # ---------------------------------------------------------------- CSV queries
 
 
-def _csv_rows(capture: Capture, query_option: str, col: Collector) -> list[dict[str, str]]:
+def csv_rows(capture: Capture, query_option: str, col: Collector) -> list[dict[str, str]]:
     body = [line for line in capture.text.splitlines() if line.strip()]
     rows = list(csv.reader(body, skipinitialspace=True))
     queried = [f.strip() for f in (capture.option(query_option) or "").split(",") if f.strip()]
@@ -245,7 +246,7 @@ def _csv_rows(capture: Capture, query_option: str, col: Collector) -> list[dict[
 
 
 def parse_csv(capture: Capture, col: Collector) -> None:
-    rows = _csv_rows(capture, "--query-gpu", col)
+    rows = csv_rows(capture, "--query-gpu", col)
     if not rows:
         col.warn(f"{capture.label}: no GPU rows in the CSV")
         return
@@ -265,7 +266,7 @@ def parse_csv(capture: Capture, col: Collector) -> None:
 
 
 def parse_apps(capture: Capture, col: Collector) -> None:
-    rows = _csv_rows(capture, "--query-compute-apps", col)
+    rows = csv_rows(capture, "--query-compute-apps", col)
     seen: list[str] = []
     for row in rows:
         key = clean(row.get("gpu_uuid")) or pci(row.get("gpu_bus_id")) or ""

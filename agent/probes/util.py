@@ -18,7 +18,7 @@ UNKNOWN_MODEL = "unknown"
 _NA = {"", "n/a", "[n/a]", "na", "-", "--", "none", "not supported", "[not supported]", "unknown"}
 _MASK_RE = re.compile(r"(?i)(x{3,}|<redacted>|\*{3,})")
 
-_HEALTHY = {"ok", "healthy", "normal", "available", "good", "pass", "passed"}
+_HEALTHY = {"ok", "healthy", "normal", "available", "good", "pass", "passed", "operational"}
 _UNHEALTHY = {
     "warning", "alarm", "critical", "err!", "error", "fail", "failed", "fault", "unhealthy",
     "general warning", "major alarm", "critical alarm", "minor alarm", "abnormal", "unavailable", "lost",

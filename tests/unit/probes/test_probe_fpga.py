@@ -19,7 +19,7 @@ def _pci(root: Path, address: str, vendor: str, device: str, pci_class: str = "0
         (entry / "physfn").mkdir()
 
 
-def test_fpga_sysfs_finds_xilinx_and_intel_cards(tmp_path: Path) -> None:
+def test_fpga_sysfs_finds_xilinx_and_altera_cards(tmp_path: Path) -> None:
     _pci(tmp_path, "0000:3b:00.0", "0x10ee", "0x500c", numa="0")  # Alveo U280, management function
     _pci(tmp_path, "0000:3b:00.1", "0x10ee", "0x500d", numa="0")  # ... and its user function
     _pci(tmp_path, "0000:af:00.0", "0x8086", "0x0b30", numa="1")  # Intel PAC N3000
@@ -32,8 +32,8 @@ def test_fpga_sysfs_finds_xilinx_and_intel_cards(tmp_path: Path) -> None:
     report = run.report
     assert report.available is True
     assert [(d.vendor, d.index, d.model, d.pci_bus_id, d.numa_node) for d in report.devices] == [
-        ("intel", 0, "PAC-N3000", "0000:af:00.0", 1),
-        ("intel", 1, "altera-5052", "0000:d8:00.0", None),
+        ("altera", 0, "PAC-N3000", "0000:af:00.0", 1),
+        ("altera", 1, "altera-5052", "0000:d8:00.0", None),
         ("xilinx", 0, "Alveo-U280", "0000:3b:00.0", 0),
     ]
     assert all(d.hardware_type.value == "fpga" for d in report.devices)

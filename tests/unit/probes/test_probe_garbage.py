@@ -29,7 +29,8 @@ COMMANDS = {
     "nvidia": [["nvidia-smi"], ["nvidia-smi", "-q"], ["nvidia-smi", "-q", "-x"], ["nvidia-smi", "-L"],
                ["nvidia-smi", "--query-gpu=index,name,memory.total", "--format=csv"],
                ["nvidia-smi", "--query-compute-apps=pid,gpu_uuid", "--format=csv"], ["nvidia-smi", "topo", "-m"]],
-    "amd": [["amd-smi", "static"], ["amd-smi", "list", "--json"], ["rocm-smi"], ["rocm-smi", "--json"],
+    "amd": [["amd-smi", "static"], ["amd-smi", "list", "--json"], ["amd-smi", "monitor"], ["rocm-smi"],
+            ["rocm-smi", "--json"],
             ["cat", "/opt/rocm/.info/version"]],
     "hygon": [["hy-smi"], ["rocm-smi", "--showproductname"], ["cat", "/opt/dtk/.info/version"]],
     "huawei": [["npu-smi", "info"], ["npu-smi", "info", "-l"], ["npu-smi", "info", "-m"],
@@ -37,8 +38,13 @@ COMMANDS = {
                ["npu-smi", "info", "-t", "common", "-i", "0"], ["npu-smi", "info", "-t", "health", "-i", "0"],
                ["npu-smi", "info", "-t", "topo"], ["npu-smi", "info", "-t", "memory", "-i", "0"],
                ["cat", "/usr/local/Ascend/ascend-toolkit/latest/ascend_toolkit_install.info"]],
-    "cambricon": [["cnmon"]], "kunlunxin": [["xpu-smi"]], "iluvatar": [["ixsmi"]], "metax": [["mx-smi"]],
-    "mthreads": [["mthreads-gmi"]], "enflame": [["efsmi"]], "fpga": [["lspci", "-Dn"]],
+    "cambricon": [["cnmon"]], "kunlunxin": [["xpu-smi"]], "iluvatar": [["ixsmi"]],
+    "metax": [["mx-smi"], ["ht-smi"]], "mthreads": [["mthreads-gmi"]], "enflame": [["efsmi"]],
+    "intel": [["xpu-smi"], ["xpu-smi", "discovery"], ["xpu-smi", "discovery", "-j"],
+              ["xpu-smi", "discovery", "--dump", "1,2,11"]],
+    "gaudi": [["hl-smi"], ["hl-smi", "-L"], ["hl-smi", "-Q", "index,name,bus_id", "--format", "csv,noheader"]],
+    "neuron": [["neuron-ls"], ["neuron-ls", "-j"]],
+    "fpga": [["lspci", "-Dn"], ["xbutil", "examine"], ["xbmgmt", "examine"], ["fpgainfo", "fme"]],
 }
 
 PROBES = {probe.name: probe for probe in default_probes(Path("/nonexistent"))}
