@@ -75,6 +75,12 @@ async def run_probes(probe_dir: Path | None = None, *, timeout_s: float = 10.0,
 async def discover(probe_dir: Path | None = None, *, timeout_s: float = 10.0, probes: list[Probe] | None = None,
                    sysfs_root: Path | None = None) -> Discovery:
     """Discover this host's accelerators (or those of a capture directory) and derive its labels."""
+    return (await discover_runs(probe_dir, timeout_s=timeout_s, probes=probes, sysfs_root=sysfs_root))[0]
+
+
+async def discover_runs(probe_dir: Path | None = None, *, timeout_s: float = 10.0, probes: list[Probe] | None = None,
+                        sysfs_root: Path | None = None) -> tuple[Discovery, list[ProbeRun]]:
+    """:func:`discover`, plus each probe's run (what it read), for the human summary of the CLI."""
     root = sysfs_root or (probe_dir / "sys" if probe_dir is not None else SYSFS)
     if probes is None:
         probes = default_probes(root)
@@ -85,7 +91,8 @@ async def discover(probe_dir: Path | None = None, *, timeout_s: float = 10.0, pr
         reports.append(ProbeReport(probe="probe-dir", available=True, warnings=warnings))
     devices = [_with_numa(device, root) for device in merge_devices(r.devices for r in reports)]
     network = network_features(root / "class" / "infiniband")
-    return Discovery(host=host, devices=devices, probes=reports, labels=derive_labels(host, devices, network))
+    discovery = Discovery(host=host, devices=devices, probes=reports, labels=derive_labels(host, devices, network))
+    return discovery, list(runs)
 
 
 async def collect_readings(probe_dir: Path | None = None, *, timeout_s: float = 10.0,
@@ -180,7 +187,29 @@ def derive_labels(host: HostFacts, devices: Sequence[Device], network: dict[str,
 # ---------------------------------------------------------------- CLI entry
 
 
-def format_table(discovery: Discovery) -> str:
+def probe_lines(discovery: Discovery, runs: Sequence[ProbeRun] = ()) -> list[str]:
+    """One line per probe (what it ran or read, what it found), then one per thing it could not read, and why."""
+    by_name = {run.report.probe: run for run in runs}
+    lines = ["probes"]
+    problems: list[str] = []
+    for report in discovery.probes:
+        run = by_name.get(report.probe)
+        sources = [capture.label for capture in run.captures] if run else []
+        if not report.available and not report.devices:
+            why = "no FPGA among the PCI ids in sysfs" if report.probe == "fpga" else "its tools are not on this host"
+            lines.append(f"  {report.probe:<10} not present ({why})")
+        else:
+            kinds = Counter((d.hardware_type.value, d.model) for d in report.devices)
+            found = ", ".join(f"{n} {kind} {model}" for (kind, model), n in sorted(kinds.items())) or "no device"
+            unhealthy = sum(1 for d in report.devices if d.health.value == "unhealthy")
+            verb = "read" if any(capture.origin != "live" for capture in (run.captures if run else [])) else "ran"
+            what = f"{verb} {'; '.join(sources)}" if sources else "read sysfs" if report.probe == "fpga" else "read"
+            lines.append(f"  {report.probe:<10} {what}: {found}" + (f" ({unhealthy} unhealthy)" if unhealthy else ""))
+        problems += [f"  ! {report.probe:<8} {warning}" for warning in report.warnings]
+    return lines + problems
+
+
+def format_table(discovery: Discovery, runs: Sequence[ProbeRun] = ()) -> str:
     host = discovery.host
     lines = [f"host   {host.hostname}  {host.arch}  {host.os}  kernel {host.kernel}",
              f"cpu    {host.cpu_model}  {host.cpu_sockets} socket(s) {host.cpu_cores} cores {host.cpu_threads} threads"
@@ -195,9 +224,7 @@ def format_table(discovery: Discovery) -> str:
                          f"{d.driver_version or '-':<14} {runtimes:<18} {d.health.value}")
     else:
         lines.append("no accelerators found")
-    for report in discovery.probes:
-        for warning in report.warnings:
-            lines.append(f"warning [{report.probe}] {warning}")
+    lines += ["", *probe_lines(discovery, runs)]
     if discovery.labels:
         lines.append("")
         lines += [f"{key}={value}" for key, value in sorted(discovery.labels.items())]
@@ -211,12 +238,12 @@ def discover_main(probe_dir: str | None, as_json: bool) -> int:
         print(f"xpumesh agent discover: probe dir not found: {probe_dir}", file=sys.stderr)
         return 2
     try:
-        result = asyncio.run(discover(directory))
+        result, runs = asyncio.run(discover_runs(directory))
     except Exception as exc:
         log.exception("discovery failed")
         print(f"xpumesh agent discover: failed: {exc}", file=sys.stderr)
         return 1
-    print(result.model_dump_json(indent=2) if as_json else format_table(result) + "\n\n" + isolation_line())
+    print(result.model_dump_json(indent=2) if as_json else format_table(result, runs) + "\n\n" + isolation_line())
     return 0
 
 

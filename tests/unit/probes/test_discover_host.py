@@ -126,3 +126,20 @@ def test_discover_main_prints_a_table(fixtures_dir: Path, capsys: pytest.Capture
 def test_discover_main_rejects_a_missing_probe_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert discover_main(str(tmp_path / "absent"), as_json=True) == 2
     assert "probe dir not found" in capsys.readouterr().err
+
+
+def test_discover_main_says_what_each_probe_read_found_and_could_not_read(
+        tmp_path: Path, fixtures_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    published = fixtures_dir / "published"
+    for name in ("nvidia-smi/table-unreachable-gpu1-rtxpro6000-kmd610.57.04.txt",
+                 "npu-smi/info-910B4-1-masked-bus-id-hami47.txt"):
+        shutil.copy(published / name, tmp_path / Path(name).name)
+    assert discover_main(str(tmp_path), as_json=False) == 0
+    lines = capsys.readouterr().out.splitlines()
+    nvidia = next(line for line in lines if line.startswith("  nvidia "))
+    assert "read nvidia-smi [table-unreachable-gpu1-rtxpro6000-kmd610.57.04.txt]" in nvidia
+    assert "3 gpu RTX-PRO-6000-Blac, 1 gpu unknown (1 unhealthy)" in nvidia
+    assert any(line.startswith("  amd ") and "not present" in line for line in lines)
+    assert any(line.startswith("  ! nvidia") and "0000:34:00.0 cannot be reached" in line
+               and "Unknown Error" in line for line in lines)
+    assert any(line.startswith("  ! huawei") and "bus id masked" in line for line in lines)
