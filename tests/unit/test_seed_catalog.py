@@ -20,7 +20,7 @@ from libs.schemas.catalog import CompatRule, DeviceModel, RuntimeDriverRule
 from libs.schemas.devices import HardwareType
 from libs.versions import SpecifierSet, Version
 
-VENDORS = set("nvidia huawei hygon cambricon amd kunlunxin iluvatar metax mthreads enflame".split())
+VENDORS = set("nvidia huawei hygon cambricon amd kunlunxin iluvatar metax mthreads enflame aws habana intel".split())
 RUNTIMES = {"cuda", "cann", "rocm", "dtk", "neuware", "xre", "corex", "maca", "musa", "topsrider"}
 FRAMEWORKS = {"pytorch", "mindspore", "paddlepaddle", "tensorflow", "onnxruntime", "vllm"}
 
