@@ -9,7 +9,9 @@ back to back for ``--duration`` seconds, per endpoint:
 
 * ``GET /v1/devices?hardware_type=gpu`` (one page of 100);
 * ``POST /v1/workloads`` (a one-GPU workload, a fresh ``Idempotency-Key`` each), when the
-  gateway has that route. After each submit run, ``--latency-sample`` of the workloads it
+  gateway has that route;
+* ``POST /v1/workloads/batch`` (``--batch-size`` such workloads per request, one transaction);
+  its ``wl/s`` column is workloads accepted per second, beside the single submit's. After each submit run, ``--latency-sample`` of the workloads it
   created (spread over the run) are followed until they run: submit→placed and
   submit→running come from each workload's history (scheduler time, so the load generator's
   own delays are not in them), reported as p50/p99/max with how many had not run within
@@ -62,6 +64,7 @@ SERVICES = ("registry", "inventory", "scheduler", "gateway")
 class Result:
     endpoint: str
     concurrency: int
+    per_request: int = 1  # workloads each request submits (a batch submits many)
     latencies_ms: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
@@ -77,6 +80,8 @@ class Result:
         ok = len(self.latencies_ms)
         return {"endpoint": self.endpoint, "concurrency": self.concurrency, "requests": ok + sum(self.errors.values()),
                 "ok": ok, "errors": self.errors, "rps": round(ok / self.elapsed_s, 1) if self.elapsed_s else 0.0,
+                "workloads_per_s": round(ok * self.per_request / self.elapsed_s, 1)
+                if self.elapsed_s and self.endpoint.startswith("POST") else None,
                 "p50_ms": self.quantile(0.50), "p99_ms": self.quantile(0.99),
                 "cpu_pct": {k: round(v, 1) for k, v in sorted(self.cpu_pct.items(), key=lambda kv: -kv[1])}}
 
@@ -153,9 +158,10 @@ class RawClient:
 
 
 async def load(base: str, endpoint: str, concurrency: int, duration: float, watched: dict[str, psutil.Process],
-               client_kind: str) -> Result:
-    result = Result(endpoint, concurrency)
+               client_kind: str, batch_size: int = 1) -> Result:
     method, path = endpoint.split(" ", 1)
+    batch = path.endswith("/batch")
+    result = Result(endpoint, concurrency, per_request=batch_size if batch else 1)
     counter = iter(range(10**9))
     auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
     port = int(base.rsplit(":", 1)[1])
@@ -164,7 +170,10 @@ async def load(base: str, endpoint: str, concurrency: int, duration: float, watc
     stop_at = 0.0
 
     async def send(raw: RawClient, i: int) -> int:
-        body = json.dumps(workload_body(i)).encode() if method == "POST" else b""
+        if batch:
+            body = json.dumps({"workloads": [workload_body(i * batch_size + j) for j in range(batch_size)]}).encode()
+        else:
+            body = json.dumps(workload_body(i)).encode() if method == "POST" else b""
         headers = {**auth, "Content-Type": "application/json", "Idempotency-Key": uuid.uuid4().hex} \
             if method == "POST" else auth
         if pooled is not None:
@@ -283,15 +292,20 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             endpoints.append("POST /v1/workloads")
         elif "post" in args.endpoints:
             out["missing"].append("POST /v1/workloads (the gateway has no such route yet)")
+        if "batch" in args.endpoints and "post" in paths.get("/v1/workloads/batch", {}):
+            endpoints.append("POST /v1/workloads/batch")
+        elif "batch" in args.endpoints:
+            out["missing"].append("POST /v1/workloads/batch (the gateway has no such route yet)")
         for endpoint in endpoints:
             for c in args.concurrency:
                 print(f"  measuring {endpoint} c={c}", file=sys.stderr, flush=True)
-                res = await load(base, endpoint, c, args.duration, watched, args.client)
+                res = await load(base, endpoint, c, args.duration, watched, args.client, args.batch_size)
                 summary = res.summary()
                 if endpoint.startswith("POST") and args.latency_sample > 0:
                     summary["latency"] = await submit_latency(base, args.latency_sample, args.latency_wait)
                 out["results"].append(summary)
-                print(f"  {endpoint:38} c={c:<4} {summary['rps']:>8} req/s", file=sys.stderr, flush=True)
+                print(f"  {endpoint:38} c={c:<4} {summary['rps']:>8} req/s, {summary['workloads_per_s']} workloads/s",
+                      file=sys.stderr, flush=True)
     finally:
         stop_all(procs, pg, nats)
     return out
@@ -304,10 +318,12 @@ async def _at_least(api: httpx.AsyncClient, hosts: int) -> bool:
 def table(out: dict[str, Any]) -> str:
     lines = [f"fleet: {out['hosts']} hosts x {out['devices_per_host']} devices (populated in {out.get('populate_s')} s); "
              f"{out['cpus']} CPUs shared by the {out['client']} load generator and the mesh",
-             f"{'endpoint':38} {'clients':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'gw cpu%':>8}"]
+             f"{'endpoint':38} {'clients':>7} {'req/s':>9} {'wl/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
+             f"{'gw cpu%':>8} {'sched cpu%':>10}"]
     for r in out["results"]:
-        lines.append(f"{r['endpoint']:38} {r['concurrency']:>7} {r['rps']:>9} {r['p50_ms']!s:>8} {r['p99_ms']!s:>8} "
-                     f"{sum(r['errors'].values()):>7} {r['cpu_pct'].get('gateway', 0.0):>8}")
+        lines.append(f"{r['endpoint']:38} {r['concurrency']:>7} {r['rps']:>9} {r['workloads_per_s']!s:>9} "
+                     f"{r['p50_ms']!s:>8} {r['p99_ms']!s:>8} {sum(r['errors'].values()):>7} "
+                     f"{r['cpu_pct'].get('gateway', 0.0):>8} {r['cpu_pct'].get('scheduler', 0.0):>10}")
     for r in out["results"]:
         lat = r.get("latency")
         if lat:
@@ -328,7 +344,8 @@ def main() -> None:
     p.add_argument("--register-timeout", type=float, default=600.0)
     p.add_argument("--client", choices=["raw", "httpx"], default="raw",
                    help="load generator: a bare asyncio HTTP/1.1 client (default) or one pooled httpx.AsyncClient")
-    p.add_argument("--endpoints", nargs="+", choices=["get", "post"], default=["get", "post"],
+    p.add_argument("--batch-size", type=int, default=100, help="workloads per POST /v1/workloads/batch request")
+    p.add_argument("--endpoints", nargs="+", choices=["get", "post", "batch"], default=["get", "post", "batch"],
                    help="which endpoints to measure")
     p.add_argument("--latency-sample", type=int, default=50,
                    help="workloads followed after each submit run for submit->running (0: none)")

@@ -163,6 +163,7 @@ class GatewaySettings(BaseModel):
     max_priority_operator: int = Field(default=900, ge=100, le=1000, description="Highest workload priority an operator key may submit.")
     max_priority_admin: int = Field(default=1000, ge=100, le=1000, description="Highest workload priority an admin key may submit.")
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, description="Largest request body accepted, chunked or not.")
+    batch_submit_timeout_s: float = Field(default=30.0, gt=0, description="How long POST /v1/workloads/batch waits for the scheduler to check and store a batch (up to 1,000 workloads in one transaction).")
     idempotency_ttl_s: float = Field(default=24 * 3600.0, gt=0, description="How long a stored Idempotency-Key response is replayed.")
     read_cache_s: float = Field(default=1.0, ge=0, description="How long hot list reads (devices, hosts) are served from the gateway's cache (0 disables).")
     read_cache_entries: int = Field(default=1024, ge=1, description="Most distinct reads kept in that cache.")

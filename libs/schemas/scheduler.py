@@ -18,6 +18,7 @@ from libs.schemas.commands import ReplicaState
 from libs.schemas.workload import WorkloadSpec
 
 MAX_PAGE = 500
+MAX_BATCH = 1000  # workloads in one POST /v1/workloads/batch
 
 # Examples for the API documentation: one 8-GPU replica on an A100 host of the demo fleet.
 _SUMMARY_EXAMPLE: dict[str, Any] = {
@@ -77,6 +78,27 @@ class WorkloadSubmit(BaseModel):
     spec: WorkloadSpec
     tenant: str | None = Field(default=None, max_length=64, description="Owner, from the caller's key.")
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+
+
+class WorkloadBatch(BaseModel):
+    """The body of ``POST /v1/workloads/batch``: many workloads, accepted or refused together."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"workloads": [
+        {"name": f"sweep-{i}", "hardware": {"type": "gpu", "share": 0.25}} for i in range(3)]}]})
+
+    workloads: list[WorkloadSpec] = Field(min_length=1, max_length=MAX_BATCH, description=(
+        f"1 to {MAX_BATCH} workloads. Each is checked as a single submit would be and the tenant's quota "
+        "against their sum; one refusal refuses them all, and nothing is created."))
+
+
+class WorkloadBatchSubmit(BaseModel):
+    """A batch as the gateway hands it to the scheduler (``workloads.submit_batch``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    specs: list[WorkloadSpec] = Field(min_length=1, max_length=MAX_BATCH)
+    tenant: str | None = Field(default=None, max_length=64, description="Owner, from the caller's key.")
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
 
 
 class WorkloadRef(BaseModel):
@@ -163,6 +185,17 @@ class WorkloadView(WorkloadSummary):
     message: str | None = Field(default=None, description="Why it failed or stopped.")
     finished_at: datetime | None = None
     created: bool = Field(default=True, description="False when an Idempotency-Key returned an earlier workload.")
+
+
+class WorkloadBatchResult(BaseModel):
+    """What a batch submit created (or, retried with its Idempotency-Key, found), in the order sent."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [
+        {**_SUMMARY_EXAMPLE, "id": f"wl_18ea52ab2dac349aa6915d6{i}", "name": f"sweep-{i}", "state": "pending",
+         "sites": [], "updated_at": _SUMMARY_EXAMPLE["created_at"]} for i in range(3)], "created": True}]})
+
+    items: list[WorkloadSummary]
+    created: bool = Field(default=True, description="False when an Idempotency-Key returned an earlier batch.")
 
 
 class WorkloadPage(BaseModel):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 from libs.bus import subjects
 from libs.bus.connection import STREAM_EVENTS, STREAM_HOSTS
@@ -28,6 +29,8 @@ from libs.schemas.inventory import DeviceEvent
 from libs.schemas.scheduler import (
     LogsQuery,
     LogsView,
+    WorkloadBatchResult,
+    WorkloadBatchSubmit,
     WorkloadPage,
     WorkloadQuery,
     WorkloadRef,
@@ -175,7 +178,7 @@ async def submit(req: WorkloadSubmit, ctx: Ctx) -> WorkloadView:
     check_spec(spec, ctx.state.fleet)
     tenant = req.tenant
     if tenant is not None:
-        await quotas.check(spec, tenant, ctx.state.quotas.get(tenant), lambda: _usage(ctx, tenant))
+        await quotas.check([spec], tenant, ctx.state.quotas.get(tenant), lambda: _usage(ctx, tenant))
     async with session_scope(ctx.db) as session:
         wl, created = await store.create_workload(session, spec, req.tenant, req.idempotency_key,
                                                   lifecycle.utcnow())
@@ -184,6 +187,31 @@ async def submit(req: WorkloadSubmit, ctx: Ctx) -> WorkloadView:
     view = wl.view()
     view.created = created
     return view
+
+
+@app.endpoint("workloads.submit_batch", concurrency=4)
+async def submit_batch(req: WorkloadBatchSubmit, ctx: Ctx) -> WorkloadBatchResult:
+    """Many workloads in one transaction: each checked as ``submit`` checks one, the quota against their
+    sum; one refusal refuses the batch (every item's problems named, at ``body.workloads.<i>``)."""
+    specs = [spec.model_copy(update={"tenant": req.tenant}) for spec in req.specs]
+    errors: list[dict[str, Any]] = []
+    for i, spec in enumerate(specs):
+        try:
+            check_spec(spec, ctx.state.fleet)
+        except InvalidRequest as exc:
+            errors += [{**e, "loc": f"body.workloads.{i}.{str(e['loc']).removeprefix('body.')}"} for e in exc.errors]
+    if errors:
+        raise InvalidRequest(f"{errors[0]['loc']}: {errors[0]['msg']}", title="Workload cannot run anywhere",
+                             errors=errors)
+    tenant = req.tenant
+    if tenant is not None:
+        await quotas.check(specs, tenant, ctx.state.quotas.get(tenant), lambda: _usage(ctx, tenant))
+    async with session_scope(ctx.db) as session:
+        wls, created = await store.create_workloads(session, specs, req.tenant, req.idempotency_key,
+                                                    lifecycle.utcnow())
+    if created:
+        ctx.state.workloads_changed()
+    return WorkloadBatchResult(items=[wl.view() for wl in wls], created=created)
 
 
 @app.endpoint("workloads.get", concurrency=8)

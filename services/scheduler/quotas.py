@@ -16,7 +16,7 @@ quota is not limited, and then its usage is not read.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from sqlalchemy import func, select
@@ -85,31 +85,39 @@ class QuotaBook:
 
 
 # -- the check -------------------------------------------------------------------------------------
-async def check(spec: WorkloadSpec, tenant: str, quota: Quota, usage: Callable[[], Awaitable[TenantUsage]]) -> None:
-    """Raise QuotaExceeded with the numbers if this submission would take the tenant over its
-    quota; ``usage`` is awaited only when some limit applies to the spec."""
-    demand = spec.hardware.demand
-    hw_type = demand.hardware_type
-    devices = demand.devices_for(spec.replicas) if hw_type is not None else 0.0
-    cu = demand.compute_units_for(spec.replicas)
+async def check(specs: Sequence[WorkloadSpec], tenant: str, quota: Quota,
+                usage: Callable[[], Awaitable[TenantUsage]]) -> None:
+    """Raise QuotaExceeded with the numbers if these submissions together (one workload, or a batch)
+    would take the tenant over its quota; ``usage`` is awaited only when some limit applies to them."""
+    devices: dict[str, float] = {}
+    cu: float | None = 0.0
+    for spec in specs:
+        demand = spec.hardware.demand
+        if demand.hardware_type is not None:
+            devices[demand.hardware_type] = devices.get(demand.hardware_type, 0.0) + demand.devices_for(spec.replicas)
+        one = demand.compute_units_for(spec.replicas)
+        cu = None if one is None or cu is None else cu + one
     limits = {str(k): v for k, v in quota.devices.items()}
-    device_limit = limits.get(hw_type) if hw_type is not None else None
-    if device_limit is None and quota.compute_units is None:
+    limited = {hw: limits[hw] for hw in devices if hw in limits}
+    if not limited and quota.compute_units is None:
         return
     held = await usage()
+    what = "this workload asks" if len(specs) == 1 else f"these {len(specs)} workloads ask"
     numbers: dict[str, Any] = {
         "type": QUOTA_PROBLEM, "quota": quota.model_dump(mode="json"),
-        "usage": held.model_dump(mode="json", exclude={"tenant"}),
-        "requested": {"hardware_type": hw_type, "devices": devices, "compute_units": cu}}
-    if hw_type is not None and device_limit is not None:
-        have = held.devices.get(hw_type, 0.0)
-        if have + devices > device_limit + _EPS:
+        "usage": held.model_dump(mode="json", exclude={"tenant"})}
+    for hw_type, device_limit in sorted(limited.items()):
+        have, want = held.devices.get(hw_type, 0.0), devices[hw_type]
+        if have + want > device_limit + _EPS:
+            numbers["requested"] = {"hardware_type": hw_type, "devices": want, "compute_units": cu}
             raise QuotaExceeded(f"tenant {tenant!r} may hold {device_limit:g} {hw_type} devices; it holds {have:g} "
-                                f"and this workload asks for {devices:g}", extra=numbers)
+                                f"and {what} for {want:g}", extra=numbers)
     if quota.compute_units is not None:
-        want = cu or 0.0
-        if held.compute_units + want > quota.compute_units + _EPS or (
+        hw_one = next(iter(devices), None) if len(devices) == 1 else None
+        numbers["requested"] = {"hardware_type": hw_one, "devices": sum(devices.values(), 0.0), "compute_units": cu}
+        want_cu = cu or 0.0
+        if held.compute_units + want_cu > quota.compute_units + _EPS or (
                 cu is None and held.compute_units >= quota.compute_units):
             raise QuotaExceeded(f"tenant {tenant!r} may hold {quota.compute_units:g} compute units; it holds "
-                                f"{held.compute_units:g}" + (f" and this workload asks for {want:g}" if cu else ""),
+                                f"{held.compute_units:g}" + (f" and {what} for {want_cu:g}" if cu else ""),
                                 extra=numbers)

@@ -143,41 +143,94 @@ async def update_workloads(session: AsyncSession, wls: Iterable[Workload], now: 
     return len(out_rows)
 
 
+def _new_workload(spec: WorkloadSpec, tenant: str | None, idempotency_key: str | None,
+                  now: datetime) -> tuple[Workload, dict[str, Any]]:
+    """A pending workload and its row, not yet written."""
+    spec_json = spec.model_dump(mode="json")
+    wl = Workload(id=new_workload_id(), tenant=tenant, name=spec.name, spec=spec, state=WorkloadState.PENDING,
+                  created_at=now, updated_at=now, replicas=[Replica(replica=i) for i in range(spec.replicas)])
+    values = {"id": wl.id, "tenant": tenant, "name": spec.name, "spec": spec_json, "state": wl.state.value,
+              "hardware_type": wl.hardware_type, "priority": spec.priority, "replicas": spec.replicas,
+              "idempotency_key": idempotency_key, "request_hash": _digest(spec_json, tenant),
+              "created_at": now, "updated_at": now}
+    return wl, values
+
+
+async def _write_new(session: AsyncSession, wls: list[Workload], now: datetime) -> None:
+    """The replicas, history and submitted events of workloads whose rows were just inserted."""
+    await session.execute(insert(replicas), [{"workload_id": wl.id, "replica": r.replica, "state": "pending",
+                                              "updated_at": now} for wl in wls for r in wl.replicas])
+    for wl in wls:
+        wl.history.append((None, None, WorkloadState.PENDING.value, "submitted"))
+        wl.events.append((WorkloadState.PENDING, "submitted"))
+    await update_workloads(session, wls, now, rows=False)
+
+
+def _insert_keyed(rows: list[dict[str, Any]]) -> Any:
+    return pg_insert(workloads).values(rows).on_conflict_do_nothing(
+        index_elements=[workloads.c.tenant, workloads.c.idempotency_key],
+        index_where=workloads.c.idempotency_key.isnot(None)).returning(workloads.c.id)
+
+
 async def create_workload(session: AsyncSession, spec: WorkloadSpec, tenant: str | None, idempotency_key: str | None,
                  now: datetime) -> tuple[Workload, bool]:
     """Insert a pending workload, or return the one an earlier submit with this key created.
 
     With a tenant and a key, one ``INSERT … ON CONFLICT DO NOTHING`` decides: a retry (or a
     concurrent twin, whose commit it waits for) inserts nothing and finds the first one."""
-    spec_json = spec.model_dump(mode="json")
-    digest = _digest(spec_json, tenant)
-    wl = Workload(id=new_workload_id(), tenant=tenant, name=spec.name, spec=spec, state=WorkloadState.PENDING,
-                  created_at=now, updated_at=now, replicas=[Replica(replica=i) for i in range(spec.replicas)])
-    values = {"id": wl.id, "tenant": tenant, "name": spec.name, "spec": spec_json, "state": wl.state.value,
-              "hardware_type": wl.hardware_type, "priority": spec.priority, "replicas": spec.replicas,
-              "idempotency_key": idempotency_key, "request_hash": digest, "created_at": now, "updated_at": now}
+    wl, values = _new_workload(spec, tenant, idempotency_key, now)
     if idempotency_key is not None and tenant is not None:
-        inserted = (await session.execute(pg_insert(workloads).values(values).on_conflict_do_nothing(
-            index_elements=[workloads.c.tenant, workloads.c.idempotency_key],
-            index_where=workloads.c.idempotency_key.isnot(None)).returning(workloads.c.id))).scalar_one_or_none()
+        inserted = (await session.execute(_insert_keyed([values]))).scalar_one_or_none()
         if inserted is None:
-            existing = await _read_by_key(session, tenant, idempotency_key, digest)
+            existing = await _read_by_key(session, tenant, idempotency_key, values["request_hash"])
             if existing is None:  # the row that conflicted is gone again (its workload was deleted)
                 raise Conflict("a request with this Idempotency-Key is still being decided; retry",
                                title="Request in progress")
             return existing, False
     else:
         if idempotency_key is not None:
-            existing = await _read_by_key(session, tenant, idempotency_key, digest)
+            existing = await _read_by_key(session, tenant, idempotency_key, values["request_hash"])
             if existing is not None:
                 return existing, False
         await session.execute(insert(workloads).values(values))
-    await session.execute(insert(replicas), [{"workload_id": wl.id, "replica": r.replica, "state": "pending",
-                                              "updated_at": now} for r in wl.replicas])
-    wl.history.append((None, None, WorkloadState.PENDING.value, "submitted"))
-    wl.events.append((WorkloadState.PENDING, "submitted"))
-    await update_workloads(session, [wl], now, rows=False)
+    await _write_new(session, [wl], now)
     return wl, True
+
+
+def batch_key(idempotency_key: str, index: int) -> str:
+    """The key item ``index`` of a keyed batch is stored under."""
+    return f"{idempotency_key}#{index}"
+
+
+async def create_workloads(session: AsyncSession, specs: Sequence[WorkloadSpec], tenant: str | None,
+                           idempotency_key: str | None, now: datetime) -> tuple[list[Workload], bool]:
+    """Insert a batch of pending workloads in a few statements, or return the batch an earlier
+    request with this key created (all or nothing: a batch found only in part is a conflict).
+
+    Item ``i`` of a keyed batch is stored under ``batch_key(key, i)``, so a retry, or a concurrent
+    twin whose commit the insert waits for, inserts nothing and finds every item."""
+    built = [_new_workload(spec, tenant, batch_key(idempotency_key, i) if idempotency_key else None, now)
+             for i, spec in enumerate(specs)]
+    wls = [wl for wl, _ in built]
+    rows = [values for _, values in built]
+    if idempotency_key is None:
+        await session.execute(insert(workloads), rows)
+    else:
+        inserted = len((await session.execute(_insert_keyed(rows))).scalars().all()) if tenant is not None else 0
+        if inserted < len(rows):
+            found = [await _read_by_key(session, tenant, r["idempotency_key"], r["request_hash"]) for r in rows]
+            earlier = [wl for wl in found if wl is not None]
+            if inserted == 0 and len(earlier) == len(rows):
+                return earlier, False
+            if inserted or earlier:
+                raise Conflict("part of this batch was created by an earlier request with this Idempotency-Key; "
+                               "retry that request as it was", title="Idempotency-Key reused")
+            if tenant is not None:  # the rows that conflicted are gone again (their workloads were deleted)
+                raise Conflict("a request with this Idempotency-Key is still being decided; retry",
+                               title="Request in progress")
+            await session.execute(insert(workloads), rows)
+    await _write_new(session, wls, now)
+    return wls, True
 
 
 async def _read_by_key(session: AsyncSession, tenant: str | None, key: str, digest: str) -> Workload | None:

@@ -25,6 +25,9 @@ from libs.metrics import BUS_REJECTED
 from libs.schemas.scheduler import (
     LogsQuery,
     LogsView,
+    WorkloadBatch,
+    WorkloadBatchResult,
+    WorkloadBatchSubmit,
     WorkloadPage,
     WorkloadQuery,
     WorkloadRef,
@@ -110,6 +113,33 @@ async def submit_workload(ctx: Ctx, principal: CurrentPrincipal, spec: WorkloadS
                       WorkloadView)
     response.headers["Location"] = f"/v1/workloads/{view.id}"
     return view
+
+
+@router.post("/v1/workloads/batch", status_code=201, response_model=WorkloadBatchResult,
+             summary="Submit many workloads at once (a sweep, an array): accepted or refused together",
+             description="One request, one transaction. Every workload is checked as `POST /v1/workloads` checks "
+                         "one, and the tenant's quota against their sum; any refusal refuses them all and creates "
+                         "nothing (a 422 names each problem at `body.workloads.<i>`). The items come back in the "
+                         "order sent. With an `Idempotency-Key`, a retry returns the same workloads.",
+             responses={403: problem("The tenant's quota does not allow these workloads together, or one asks for "
+                                     "a priority above the key's role's ceiling", "Quota exceeded",
+                                     "tenant 'acme' may hold 16 gpu devices; it holds 12 and these 3 workloads ask "
+                                     "for 6", **_QUOTA_EXAMPLE),
+                        409: problem("A request with this Idempotency-Key is still running, or created part of "
+                                     "another batch", "Request in progress",
+                                     "a request with this Idempotency-Key is still being decided; retry")})
+async def submit_workload_batch(ctx: Ctx, principal: CurrentPrincipal, body: WorkloadBatch,
+                                idempotency_key: Annotated[str | None, Header(
+                                    alias="Idempotency-Key", max_length=200,
+                                    description="Retrying with the same key returns the same workloads")] = None
+                                ) -> WorkloadBatchResult:
+    for spec in body.workloads:
+        _check_priority(ctx.settings.gateway, principal, spec.priority)
+    specs = [spec.model_copy(update={"tenant": principal.tenant}) for spec in body.workloads]
+    return await call(ctx, "scheduler", "workloads.submit_batch",
+                      WorkloadBatchSubmit(specs=specs, tenant=principal.tenant,
+                                          idempotency_key=idempotency_key or None),
+                      WorkloadBatchResult, timeout=ctx.settings.gateway.batch_submit_timeout_s)
 
 
 @router.get("/v1/workloads", response_model=Page[WorkloadSummary], summary="Workloads, newest first",
