@@ -46,6 +46,9 @@ class BusSettings(BaseModel):
     creds_file: Path | None = Field(default=None, description="NATS credentials (.creds: user JWT and NKey seed) this process connects with; `xpumesh up` sets one per process, `xpumesh agent enroll` writes a host's.")
     tls_ca_file: Path | None = Field(default=None, description="CA bundle that verifies the NATS server's certificate (unset with a tls:// URL: the system's CAs).")
     max_report_skew_s: float = Field(default=300.0, gt=0, description="Agents' reports whose time (or capability generation, epoch ms) is further than this ahead of the receiver's clock are refused (and counted).")
+    redelivery_base_s: float = Field(default=1.0, gt=0, description="A message whose handler failed is redelivered after this long, doubling with every further failure…")
+    redelivery_max_s: float = Field(default=30.0, gt=0, description="…up to this long between two deliveries; consumers of events that must not be lost retry without a cap on deliveries.")
+    stuck_deliveries: int = Field(default=10, ge=2, description="A message delivered this many times without success is counted stuck (xpumesh_bus_stuck_messages) and logged as an error, while it is still retried.")
 
 
 class EnrollmentSettings(BaseModel):

@@ -17,6 +17,14 @@ BUS_REJECTED = Counter(
     "xpumesh_bus_rejected_total", "Messages rejected as malformed or invalid, by service, handler and reason.",
     ["service", "handler", "reason"],
 )
+BUS_STUCK = Gauge(
+    "xpumesh_bus_stuck_messages", "Messages a consumer has failed to handle bus.stuck_deliveries times or more and "
+    "still retries (each is also logged as an error), by service and handler.", ["service", "handler"],
+)
+BUS_STUCK_TOTAL = Counter(
+    "xpumesh_bus_stuck_total", "Messages that became stuck (see xpumesh_bus_stuck_messages), by service and handler.",
+    ["service", "handler"],
+)
 HANDLER_SECONDS = Histogram(
     "xpumesh_handler_seconds", "Time spent in a bus handler.", ["service", "handler"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),

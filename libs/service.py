@@ -50,7 +50,7 @@ from libs.bus import subjects
 from libs.bus.connection import ERROR_HEADER, Bus
 from libs.bus.consumer import Batch, Decoder, PullConsumer, SeenIds, envelope
 from libs.bus.errors import BusError, InvalidRequest
-from libs.bus.outcomes import reject, run_handler
+from libs.bus.outcomes import Redelivery, reject, run_handler
 from libs.config import Settings
 from libs.events import CloudEvent, EventTypes, InvalidEnvelope
 from libs.exposure import check_exposure
@@ -60,9 +60,15 @@ from libs.periodic import Every, Interval
 from libs.schemas.registry import Heartbeat, MemberKind, ServiceHealth
 from libs.tracing import extract_context, setup_tracing, shutdown_tracing, tracer
 
-__all__ = ["Context", "SeenIds", "ServiceApp", "consumer_config", "serve"]
+__all__ = ["LOSSY_MAX_DELIVER", "Context", "SeenIds", "ServiceApp", "consumer_config", "serve"]
 log = logging.getLogger(__name__)
 S = TypeVar("S", default=None)  # a service without state has none
+# Deliveries of a telemetry message before JetStream drops it. Telemetry alone may be dropped: a sample is
+# superseded by the next interval's, a health bit is a level that the next sample states again (the
+# inventory compares with PostgreSQL, not with the previous message), and samples past their age are
+# dropped by the writer anyway; retrying a PostgreSQL outage's worth of them without end would hold the
+# consumer's ack backlog full of stale samples while fresh ones wait.
+LOSSY_MAX_DELIVER = 5
 
 
 @dataclass
@@ -182,13 +188,16 @@ class ServiceApp(Generic[S]):
         return deco
 
     def consumer(self, stream: str, *, durable: str, subject: str, batch: bool = False, batch_size: int = 256,
-                 max_deliver: int = 5, deliver_new: bool = False, decode: Decoder[Any] = envelope,
+                 max_deliver: int = -1, deliver_new: bool = False, decode: Decoder[Any] = envelope,
                  in_flight: int = 1, linger: Interval = 0.0) -> Callable[[EventFn], EventFn]:
         """A JetStream durable pull consumer with explicit ack (see ``libs.bus.consumer``).
 
         The handler gets one decoded item (a ``CloudEvent`` by default, its subject as ``received_on``), or
         with ``batch=True`` a list of them. ``decode``, ``in_flight`` and ``linger`` (seconds, or a function
-        of the settings) tune it for high-rate streams.
+        of the settings) tune it for high-rate streams. A failed message comes back after a growing delay
+        (``bus.redelivery_base_s`` doubling up to ``bus.redelivery_max_s``) for as long as it fails: events
+        that must not be lost are never given up on. Only loss-tolerant streams (telemetry, which the next
+        interval supersedes) set ``max_deliver`` so that JetStream drops a message after that many deliveries.
         """
         def deco(fn: EventFn) -> EventFn:
             self.consumers.append(_Consumer(stream, durable, subject, fn, batch, batch_size, max_deliver,
@@ -278,9 +287,12 @@ class ServiceApp(Generic[S]):
             await (fn(batch.items, ctx) if c.batch else fn(batch.items[0], ctx))
 
         linger = c.linger(ctx.settings) if callable(c.linger) else c.linger
+        b = ctx.settings.bus
         return PullConsumer(ctx.bus, stream=c.stream, durable=c.durable, handle=handle, decode=c.decode,
                             service=self.name, name=fn.__name__, each=not c.batch, batch=c.batch_size,
-                            in_flight=c.in_flight, linger_s=float(linger), drain_timeout_s=ctx.settings.bus.drain_timeout_s,
+                            in_flight=c.in_flight, linger_s=float(linger), drain_timeout_s=b.drain_timeout_s,
+                            redelivery=Redelivery(b.redelivery_base_s, 2.0, b.redelivery_max_s),
+                            stuck_after=b.stuck_deliveries,
                             config=consumer_config(c.durable, c.subject, batch_size=c.batch_size,
                                                    max_deliver=c.max_deliver, deliver_new=c.deliver_new))
 
@@ -396,9 +408,10 @@ class ServiceApp(Generic[S]):
         SERVICE_UP.labels(self.name, ctx.instance).set(0)
 
 
-def consumer_config(durable: str, subject: str, *, batch_size: int, max_deliver: int = 5,
+def consumer_config(durable: str, subject: str, *, batch_size: int, max_deliver: int = -1,
                     deliver_new: bool = False) -> ConsumerConfig:
-    """The durable pull consumer every service declares: explicit ack, bounded redelivery and ack backlog."""
+    """The durable pull consumer every service declares: explicit ack, redelivery until handled (``max_deliver``
+    -1) unless the stream is loss-tolerant, a bounded ack backlog."""
     return ConsumerConfig(durable_name=durable, ack_policy=AckPolicy.EXPLICIT, max_deliver=max_deliver, ack_wait=30.0,
                           max_ack_pending=max(batch_size * 4, 1024), filter_subject=subject,
                           deliver_policy=DeliverPolicy.NEW if deliver_new else DeliverPolicy.ALL)

@@ -18,7 +18,8 @@ is written here once:
 - **Outcome** of the handler: returning acks every message it was given; raising
   ``InvalidRequest`` or a ``ValidationError`` acks them too and counts ``invalid_data``
   (``identity_mismatch`` for an ``IdentityMismatch``: retrying cannot fix data); any other
-  exception naks them with ``redelivery.delay(n)`` for the n-th delivery.
+  exception naks them with ``redelivery.delay(n)`` for the n-th delivery (doubling up to a cap);
+  after ``stuck_after`` failures a message is counted stuck (``outcomes.Stuck``) and still retried.
 - **Batches or messages**: the handler gets a batch; with ``each`` it is called once per
   message, in stream order, and each message's outcome is its own.
 - **Concurrency**: ``in_flight`` handler calls at once (each with its own batch); arrivals
@@ -55,7 +56,7 @@ from libs.aio import wait_event
 from libs.bus.connection import Bus
 from libs.bus.identity import REASON as IDENTITY_MISMATCH
 from libs.bus.identity import IdentityMismatch
-from libs.bus.outcomes import reject, run_handler
+from libs.bus.outcomes import Redelivery, Stuck, reject, run_handler
 from libs.events import CloudEvent, InvalidEnvelope
 from libs.metrics import BUS_MESSAGES
 from libs.tracing import tracer
@@ -143,18 +144,6 @@ def envelope(data: bytes, subject: str) -> tuple[str, CloudEvent]:
     return event.id, event
 
 
-@dataclass(frozen=True)
-class Redelivery:
-    """How long a nak'ed message waits before its ``n``-th redelivery: ``base_s * factor**(n-1)``, capped."""
-
-    base_s: float = 1.0
-    factor: float = 1.0
-    max_s: float = 60.0
-
-    def delay(self, delivered: int) -> float:
-        return min(self.max_s, self.base_s * self.factor ** max(0, delivered - 1))
-
-
 @dataclass
 class ConsumerStats:
     received: int = 0
@@ -163,6 +152,7 @@ class ConsumerStats:
     malformed: int = 0
     rejected: int = 0
     failed: int = 0
+    stuck: int = 0  # messages failed ``stuck_after`` times or more, still retried
     last_error: str | None = None
 
 
@@ -209,12 +199,13 @@ class PullConsumer(Generic[T]):
     def __init__(self, bus: Bus, *, stream: str, durable: str, handle: Handler[T], decode: Decoder[T],
                  service: str, name: str, config: ConsumerConfig | None = None, batch: int = 256,
                  each: bool = False, in_flight: int = 1, linger_s: float = 0.0, dedupe: int = 100_000,
-                 redelivery: Redelivery = Redelivery(), drain_timeout_s: float = 5.0) -> None:
+                 redelivery: Redelivery = Redelivery(), stuck_after: int = 0, drain_timeout_s: float = 5.0) -> None:
         self.bus, self.stream, self.durable, self.config = bus, stream, durable, config
         self.handle, self.decode, self.service, self.name = handle, decode, service, name
         self.batch, self.in_flight, self.linger_s = max(1, batch), max(1, in_flight), linger_s
         self.each = each
         self.redelivery, self.drain_timeout_s = redelivery, drain_timeout_s
+        self.stuck = Stuck(service, name, stuck_after, redelivery)
         self.seen = SeenIds(dedupe) if dedupe > 0 else None
         self.stats = ConsumerStats()
         self._pulls = _Pulls(self.batch)
@@ -399,8 +390,14 @@ class PullConsumer(Generic[T]):
             self.stats.handled += len(take)
         for k, m in enumerate(take.msgs, 1):
             if outcome == "error":
-                await m.nak(delay=self.redelivery.delay(m.metadata.num_delivered or 1))
+                delivered = m.metadata.num_delivered or 1
+                if delivered >= self.stuck.after > 0:
+                    self.stats.stuck += self.stuck.failed(m.metadata.sequence.stream, delivered)
+                await m.nak(delay=self.redelivery.delay(delivered))
             else:
+                if self.stuck.seqs:
+                    self.stats.stuck -= self.stuck.handled(m.metadata.sequence.stream, m.metadata.num_delivered)
                 await m.ack()
             if k % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
+

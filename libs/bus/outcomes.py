@@ -6,7 +6,10 @@
 - ``each_valid``: the events of a batch that validate, each judged alone, and that speak only for the host
   of the subject they arrived on;
 - ``reject``: the one counter of dropped messages (``xpumesh_bus_rejected_total`` by reason, and the
-  message counter's ``rejected``).
+  message counter's ``rejected``);
+- ``Redelivery``: how long a failed message waits before it comes back (doubling, capped); ``Stuck``: the
+  messages that failed so often that someone should look (``xpumesh_bus_stuck_messages``, an error logged),
+  while they are still retried.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from opentelemetry import trace
@@ -24,7 +28,7 @@ from libs.bus.errors import InvalidRequest
 from libs.bus.identity import REASON as IDENTITY_MISMATCH
 from libs.bus.identity import IdentityMismatch, host_of
 from libs.events import CloudEvent
-from libs.metrics import BUS_MESSAGES, BUS_REJECTED, HANDLER_SECONDS
+from libs.metrics import BUS_MESSAGES, BUS_REJECTED, BUS_STUCK, BUS_STUCK_TOTAL, HANDLER_SECONDS
 from libs.tracing import extract_context
 
 log = logging.getLogger(__name__)
@@ -92,3 +96,47 @@ async def run_handler(service: str, handler: str, call: Callable[[], Awaitable[N
     if outcome != "rejected":
         BUS_MESSAGES.labels(service, handler, outcome).inc()
     return outcome
+
+
+@dataclass(frozen=True)
+class Redelivery:
+    """How long a nak'ed message waits before its ``n``-th redelivery: ``base_s * factor**(n-1)``, capped."""
+
+    base_s: float = 1.0
+    factor: float = 2.0
+    max_s: float = 30.0
+
+    def delay(self, delivered: int) -> float:
+        return min(self.max_s, self.base_s * self.factor ** max(0, delivered - 1))
+
+
+class Stuck:
+    """One consumer's stuck messages: failed ``after`` deliveries or more (0: never counted), still retried.
+
+    Counted once when a message becomes stuck (``xpumesh_bus_stuck_total``, an error logged with its stream
+    sequence) and held in the gauge ``xpumesh_bus_stuck_messages`` until it is handled at last."""
+
+    def __init__(self, service: str, handler: str, after: int, redelivery: Redelivery, limit: int = 100_000) -> None:
+        self.service, self.handler, self.after, self.redelivery, self.limit = service, handler, after, redelivery, limit
+        self.seqs: set[int] = set()  # stream sequences of the stuck messages (bounded by ``limit``)
+
+    def failed(self, seq: int, delivered: int) -> int:
+        """A stuck message failed again; 1 when it is newly stuck, else 0."""
+        if seq in self.seqs:
+            return 0
+        if len(self.seqs) < self.limit:  # beyond the bound only the counter and the log say so
+            self.seqs.add(seq)
+            BUS_STUCK.labels(self.service, self.handler).inc()
+        BUS_STUCK_TOTAL.labels(self.service, self.handler).inc()
+        log.error("%s: stream message %d failed %d deliveries; still retried, every %.0f s at most", self.handler,
+                  seq, delivered, self.redelivery.max_s)
+        return 1
+
+    def handled(self, seq: int, delivered: int | None) -> int:
+        """A message was settled for good; 1 when it had been stuck, else 0."""
+        if seq not in self.seqs:
+            return 0
+        self.seqs.discard(seq)
+        BUS_STUCK.labels(self.service, self.handler).dec()
+        log.warning("%s: stream message %d handled after %d deliveries", self.handler, seq, delivered or 0)
+        return 1

@@ -31,7 +31,7 @@ from libs.schemas.inventory import (
     SiteSummaryList,
     Upserted,
 )
-from libs.service import Context, ServiceApp
+from libs.service import LOSSY_MAX_DELIVER, Context, ServiceApp
 from services.inventory import capability, store, telemetry
 from services.inventory.checks import check_specifiers
 from services.inventory.state import SERVICE, InventoryState, load_state, read_catalog
@@ -63,7 +63,7 @@ async def on_capability(events: list[CloudEvent], ctx: Ctx) -> None:
 
 
 @app.consumer(STREAM_TELEMETRY, durable="inventory-telemetry", subject=subjects.HOST_TELEMETRY_ALL, batch=True,
-              batch_size=1000, deliver_new=True)
+              batch_size=1000, deliver_new=True, max_deliver=LOSSY_MAX_DELIVER)
 async def on_telemetry(events: list[CloudEvent], ctx: Ctx) -> None:
     await telemetry.ingest(ctx.db, ctx.state, events, max_age_s=ctx.settings.inventory.telemetry_max_age_s,
                            max_skew_s=ctx.settings.bus.max_report_skew_s)

@@ -34,7 +34,7 @@ from libs.schemas.metrics import (
     WorkloadPage,
     WorkloadQuery,
 )
-from libs.service import Context, ServiceApp
+from libs.service import LOSSY_MAX_DELIVER, Context, ServiceApp
 from services.metrics import health, series, state, store, telemetry
 from services.metrics.exposition import DeviceText, asgi_app, render_all
 from services.metrics.fleet import STATUS_DOWN, STATUS_UP, DeviceMeta
@@ -55,7 +55,7 @@ async def stop(ctx: Ctx) -> None:
 # --- consumers ------------------------------------------------------------------------
 @app.consumer(STREAM_TELEMETRY, durable="metrics-telemetry", subject=subjects.HOST_TELEMETRY_ALL, batch=True,
               batch_size=telemetry.BATCH, decode=telemetry.decode, in_flight=telemetry.INGEST_WRITES,
-              linger=lambda s: s.metrics.ingest_linger_s)
+              linger=lambda s: s.metrics.ingest_linger_s, max_deliver=LOSSY_MAX_DELIVER)
 async def on_telemetry(items: list[telemetry.Item], ctx: Ctx) -> None:
     """The hot path (``telemetry.py``): canonical events as columns, one COPY a batch."""
     await telemetry.write_batch(ctx.state.ingest, items)
