@@ -5,14 +5,13 @@ Bus endpoints (``xpumesh.rpc.scheduler.<name>``): ``workloads.submit``, ``worklo
 quotas ``quotas.list``, ``quotas.get``, ``quotas.set`` (checked at submit, see ``quotas``).
 Consumers: agents' capability and state reports (``XPUMESH_HOSTS``), the registry's
 ``host.up``/``host.down`` and the inventory's ``device.unhealthy``/``device.healthy``.
-Periodic: reference-data refresh, quota reread, decision pruning. Tasks: batch placement
+Periodic: reference-data refresh, quota reread, decision pruning, the lost-work sweep (``hosts``). Tasks: batch placement
 (its own wake and debounce, see ``placer``) and the outbox relay. State: ``state.SchedulerState``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -39,8 +38,7 @@ from libs.schemas.scheduler import (
 )
 from libs.schemas.tenancy import Quota, QuotaQuery, TenantQuota, TenantQuotas, TenantRef, TenantUsage
 from libs.service import Context, ServiceApp
-from services.scheduler import lifecycle, quotas, reconcile, reference, store
-from services.scheduler.fleet import HostView
+from services.scheduler import hosts, lifecycle, quotas, reconcile, reference, store
 from services.scheduler.state import SchedulerState, load_state
 from services.scheduler.validate import check_spec
 
@@ -84,42 +82,18 @@ async def prune_decisions(ctx: Ctx) -> None:
         await store.delete_decisions(session, lifecycle.utcnow() - keep)
 
 
-async def _lose_where(ctx: Ctx, host_id: str, reason: str, device: str | None = None) -> None:
-    """Replicas on a lost host (or on one lost device of it): lost → rescheduled per restart policy."""
-    async with session_scope(ctx.db) as session:
-        added, hit = await reconcile.lose_replicas(session, host_id, reason, device=device,
-                                                   ttl_s=ctx.settings.scheduler.command_ttl_s)
-    if added:
-        ctx.state.workloads_changed()
-        log.info("%s: %d workloads lost replicas", reason, hit)
-    ctx.state.placer.poke()
-
-
-async def _save_hosts(ctx: Ctx, views: Sequence[HostView]) -> None:
-    if views:
-        async with session_scope(ctx.db) as session:
-            await store.update_hosts(session, views)
+@app.every(lambda s: s.scheduler.lost_sweep_interval_s, first_run="after")
+async def lost_work_sweep(ctx: Ctx) -> None:
+    """Work left on hosts the registry or the fleet view holds down, or on unusable devices: moved off."""
+    await hosts.sweep(ctx)
 
 
 # -- consumers -----------------------------------------------------------------------------------------
 @app.consumer(STREAM_HOSTS, durable="scheduler-capability", subject=subjects.HOST_CAPABILITY_ALL, batch=True)
 async def on_capability(events: list[CloudEvent], ctx: Ctx) -> None:
-    fleet = ctx.state.fleet
-    changed: list[HostView] = []
-    gone: list[tuple[str, str]] = []  # (host, device) that were usable and no longer are
     bounds = ReportBounds(ctx.settings.bus.max_report_skew_s).context()  # and each report about its subject's host
-    for e, rep in each_valid(events, CapabilityReport, service=app.name, handler="on_capability", context=bounds):
-        cur = fleet.hosts.get(rep.host_id)
-        before = cur.usable_devices() if cur is not None else set()
-        view = fleet.apply_capability(rep, e.time)
-        if view is not None:
-            changed.append(view)
-            gone += [(view.id, d) for d in sorted(before - view.usable_devices())]
-    await _save_hosts(ctx, changed)
-    for host_id, dev in gone:  # the agent itself says a device failed or left: move work off it
-        await _lose_where(ctx, host_id, f"device {dev} unhealthy or gone", device=dev)
-    if changed:
-        ctx.state.placer.poke()
+    await hosts.capability(ctx, each_valid(events, CapabilityReport, service=app.name, handler="on_capability",
+                                           context=bounds))
 
 
 @app.consumer(STREAM_HOSTS, durable="scheduler-state", subject=subjects.HOST_STATE_ALL, batch=True)
@@ -127,13 +101,14 @@ async def on_state(events: list[CloudEvent], ctx: Ctx) -> None:
     s = ctx.settings.scheduler
     actual = ctx.state.actual
     bounds = ReportBounds(ctx.settings.bus.max_report_skew_s).context()  # and each report about its subject's host
-    look = {rep.host_id for _, rep in each_valid(events, ActualStateReport, service=app.name, handler="on_state",
-                                                 context=bounds) if actual.accept(rep)}
-    if not look:
+    fresh = actual.fresh(rep for _, rep in each_valid(events, ActualStateReport, service=app.name,
+                                                     handler="on_state", context=bounds))
+    if not fresh:
         return
     async with session_scope(ctx.db) as session:
-        added, unwanted = await reconcile.reconcile_hosts(session, actual, look, resend_after_s=s.resend_after_s,
+        added, unwanted = await reconcile.reconcile_hosts(session, fresh, resend_after_s=s.resend_after_s,
                                                           ttl_s=s.command_ttl_s)
+    actual.keep(fresh)  # after the commit: a failed write leaves the reports to be reconciled again
     if added:
         ctx.state.workloads_changed()
     await reconcile.stop_unwanted(ctx.bus, actual, unwanted, s)
@@ -146,14 +121,7 @@ async def on_host_event(event: CloudEvent, ctx: Ctx) -> None:
     host_id, kind = event.data.get("id"), event.data.get("kind", "host")
     if not isinstance(host_id, str) or kind != "host":
         raise InvalidRequest("host event names no host")
-    up = event.type == EventTypes.HOST_UP
-    view = ctx.state.fleet.set_liveness(host_id, up, event.time)
-    if view is not None:
-        await _save_hosts(ctx, [view])
-    if up:
-        ctx.state.placer.poke()
-    else:
-        await _lose_where(ctx, host_id, f"host {host_id} down")
+    await hosts.liveness(ctx, host_id, event.type == EventTypes.HOST_UP, event.time)
 
 
 @app.consumer(STREAM_EVENTS, durable="scheduler-devices", subject=subjects.DEVICE_EVENTS_ALL)
@@ -162,13 +130,7 @@ async def on_device_event(event: CloudEvent, ctx: Ctx) -> None:
         return
     dev = DeviceEvent.model_validate(event.data)
     health = Health.UNHEALTHY if event.type == EventTypes.DEVICE_UNHEALTHY else Health.HEALTHY
-    view = ctx.state.fleet.set_device_health(dev.host_id, dev.id, health, event.time)
-    if view is not None:
-        await _save_hosts(ctx, [view])
-    if health == Health.UNHEALTHY:
-        await _lose_where(ctx, dev.host_id, f"device {dev.id} unhealthy", device=dev.id)
-    else:
-        ctx.state.placer.poke()
+    await hosts.device_health(ctx, dev.host_id, dev.id, health, event.time)
 
 
 # -- endpoints -----------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -132,46 +132,66 @@ class Fleet:
         return cu
 
     # -- changes -------------------------------------------------------------------------------
-    def apply_capability(self, report: CapabilityReport, at: datetime) -> HostView | None:
-        """Apply a report unless an equal or newer generation is known; returns the changed host."""
-        cur = self.hosts.get(report.host_id)
+    # A change is made in two steps: ``*_view`` works out the host's next view without touching the fleet,
+    # the caller writes it to ``scheduler.hosts`` (with whatever else the change implies, in one
+    # transaction), and ``apply`` puts the written views in place. Memory never holds what the database
+    # lost: a redelivered report whose write failed is worked out again, not skipped as already applied.
+    def capability_view(self, report: CapabilityReport, at: datetime, cur: HostView | None = None) -> HostView | None:
+        """The host after this report (``cur``: a view not yet applied, e.g. from the same batch), or None
+        when an equal or newer generation is known."""
+        cur = cur or self.hosts.get(report.host_id)
         if cur is not None and (report.generation < cur.generation
                                 or (report.generation == cur.generation and at <= cur.reported_at)):
             return None
         if cur is None:
-            cur = self.hosts[report.host_id] = HostView(report.host_id, report.site, report.generation, report, at)
-        else:
-            cur.site, cur.generation, cur.report, cur.reported_at = report.site, report.generation, report, at
-            cur.index_devices()
-        if at > cur.liveness_at:  # a host that just reported is alive, unless the registry said otherwise since
-            cur.up = True
-        self._changed(cur.id)
-        return cur
+            return HostView(report.host_id, report.site, report.generation, report, at)
+        # a host that just reported is alive, unless the registry said otherwise since
+        return replace(cur, site=report.site, generation=report.generation, report=report, reported_at=at,
+                       up=True if at > cur.liveness_at else cur.up, health=dict(cur.health))
 
-    def set_liveness(self, host_id: str, up: bool, at: datetime) -> HostView | None:
+    def liveness_view(self, host_id: str, up: bool, at: datetime) -> HostView | None:
+        """The host after the registry said it is up or down at ``at``; None for an unknown host or older news.
+        The time is kept even when the status stays, so an older event arriving later (a redelivery) loses."""
         cur = self.hosts.get(host_id)
         if cur is None or at < cur.liveness_at:
             return None
-        cur.liveness_at = at
-        if cur.up == up:
-            return None
-        cur.up = up
-        self._changed(host_id)
-        return cur
+        return replace(cur, up=up, liveness_at=at, health=dict(cur.health))
 
-    def set_device_health(self, host_id: str, dev_id: str, health: Health, at: datetime) -> HostView | None:
+    def health_view(self, host_id: str, dev_id: str, health: Health, at: datetime) -> HostView | None:
+        """The host after a device's health was said at ``at``; None for an unknown host or older news."""
         cur = self.hosts.get(host_id)
         if cur is None:
             return None
         said = cur.health.get(dev_id)
         if said is not None and said[1] > at:
             return None
-        before = cur.device_health(dev_id)
-        cur.health[dev_id] = (health, at)
-        if cur.device_health(dev_id) == before:
+        return replace(cur, health={**cur.health, dev_id: (health, at)})
+
+    def apply(self, views: Iterable[HostView]) -> None:
+        """Put views in place once they are written."""
+        for view in views:
+            self.hosts[view.id] = view
+            self._changed(view.id)
+
+    # the two steps at once, for a fleet without a database (tools, tests of the snapshot)
+    def apply_capability(self, report: CapabilityReport, at: datetime) -> HostView | None:
+        view = self.capability_view(report, at)
+        if view is not None:
+            self.apply([view])
+        return view
+
+    def set_liveness(self, host_id: str, up: bool, at: datetime) -> HostView | None:
+        was, view = self.host_up(host_id), self.liveness_view(host_id, up, at)
+        if view is not None:
+            self.apply([view])
+        return view if view is not None and view.up != was else None
+
+    def set_device_health(self, host_id: str, dev_id: str, health: Health, at: datetime) -> HostView | None:
+        cur, view = self.hosts.get(host_id), self.health_view(host_id, dev_id, health, at)
+        if view is None or cur is None:
             return None
-        self._changed(host_id)
-        return cur
+        self.apply([view])
+        return view if view.device_health(dev_id) != cur.device_health(dev_id) else None
 
     def _changed(self, host_id: str) -> None:
         # the host's snapshot inputs are made now, a host at a time as reports arrive, rather than all at

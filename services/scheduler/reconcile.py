@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -47,17 +47,24 @@ class Actual:
         self.stops_sent: dict[tuple[str, str, int, int], float] = {}
         self.max_hosts = max_hosts
 
-    def accept(self, report: ActualStateReport) -> bool:
-        """Keep a report unless a newer one from the host is known (every kept report is reconciled)."""
-        cur = self.reports.get(report.host_id)
+    def newer(self, report: ActualStateReport, than: ActualStateReport | None = None) -> bool:
+        """Whether a report is newer than the host's known one (or ``than``) and there is room for it."""
+        cur = than or self.reports.get(report.host_id)
         if cur is not None:
-            newer = report.seq > cur.seq if report.boot_id == cur.boot_id else report.ts > cur.ts
-            if not newer:
-                return False
-        elif len(self.reports) >= self.max_hosts:
-            return False
-        self.reports[report.host_id] = report
-        return True
+            return report.seq > cur.seq if report.boot_id == cur.boot_id else report.ts > cur.ts
+        return len(self.reports) < self.max_hosts
+
+    def fresh(self, reports: Iterable[ActualStateReport]) -> dict[str, ActualStateReport]:
+        """The newest of these reports per host, where newer than the known one (not kept yet: ``keep``
+        them once what they imply is committed, so a failed write leaves them to be reconciled again)."""
+        out: dict[str, ActualStateReport] = {}
+        for rep in reports:
+            if self.newer(rep) and (rep.host_id not in out or self.newer(rep, out[rep.host_id])):
+                out[rep.host_id] = rep
+        return out
+
+    def keep(self, reports: dict[str, ActualStateReport]) -> None:
+        self.reports.update(reports)
 
     def orphans(self, desired: set[Key]) -> list[tuple[str, ReplicaReport]]:
         out = []
@@ -114,10 +121,11 @@ def _apply(wl: Workload, r: Replica, report: ActualStateReport, now: datetime, r
     lifecycle.lose(wl, [r], f"host {r.host_id} no longer runs replica {r.replica}", now, ttl_s)
 
 
-async def reconcile_hosts(session: AsyncSession, actual: Actual, hosts: Iterable[str], *, resend_after_s: float,
+async def reconcile_hosts(session: AsyncSession, reports: Mapping[str, ActualStateReport], *, resend_after_s: float,
                           ttl_s: float) -> tuple[int, list[tuple[str, ReplicaReport]]]:
-    """Bring desired and actual together for these hosts. Returns (outbox rows added, unwanted live work)."""
-    host_ids = [h for h in hosts if h in actual.reports]
+    """Bring desired and actual (the hosts' ``reports``) together. Returns (outbox rows added, unwanted live
+    work)."""
+    host_ids = sorted(reports)
     if not host_ids:
         return 0, []
     now = lifecycle.utcnow()
@@ -125,7 +133,7 @@ async def reconcile_hosts(session: AsyncSession, actual: Actual, hosts: Iterable
     desired: dict[str, set[Key]] = {}
     look: set[str] = set()
     for row in rows:
-        report = actual.reports[row.host_id]
+        report = reports[row.host_id]
         desired.setdefault(row.host_id, set()).add((row.workload_id, row.replica, row.attempt))
         seen = _report_index(report).get((row.workload_id, row.replica, row.attempt))
         if _needs_look(row, seen, report, now, resend_after_s):
@@ -135,14 +143,15 @@ async def reconcile_hosts(session: AsyncSession, actual: Actual, hosts: Iterable
         wls = await store.read_workloads(session, look)
         for wl in wls.values():
             for r in wl.replicas:
-                if r.active and r.host_id in actual.reports:
-                    _apply(wl, r, actual.reports[r.host_id], now, resend_after_s, ttl_s)
+                seen_by = reports.get(r.host_id or "")
+                if r.active and seen_by is not None:
+                    _apply(wl, r, seen_by, now, resend_after_s, ttl_s)
         added = await store.update_workloads(
             session, [wl for wl in wls.values() if wl.dirty or wl.history or wl.commands or wl.events], now)
     unwanted = []
     for host_id in host_ids:
         mine = desired.get(host_id, set())
-        for rep in actual.reports[host_id].replicas:
+        for rep in reports[host_id].replicas:
             if rep.state.live and (rep.workload_id, rep.replica, rep.attempt) not in mine:
                 unwanted.append((host_id, rep))
     return added, unwanted

@@ -14,7 +14,8 @@ transaction (``store``), so several scheduler instances may run side by side.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 
 from libs.db import session_scope
 from libs.db.outbox import OutboxRelay
@@ -34,6 +35,8 @@ class SchedulerState:
     quotas: QuotaBook
     relay: OutboxRelay
     placer: Placer
+    # orders changes of the fleet view (each is worked out, written, then applied: ``hosts``)
+    fleet_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def workloads_changed(self) -> None:
         """After a commit that changed workloads: relay what it wrote to the outbox, and place again."""
