@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class MemberKind(StrEnum):
@@ -30,7 +30,18 @@ class Heartbeat(BaseModel):
     version: str = Field(default="", max_length=64)
     interval_s: float = Field(gt=0, le=3600, description="The sender's heartbeat interval; down after missing 3.")
     address: str | None = Field(default=None, max_length=256)
-    meta: dict[str, str] = Field(default_factory=dict)
+    meta: dict[str, str] = Field(default_factory=dict, max_length=32,
+                                 description="At most 32 entries; keys of at most 64, values of at most 256 characters.")
+
+    @model_validator(mode="after")
+    def _storable(self) -> Heartbeat:
+        """What the registry stores must fit PostgreSQL: no NUL anywhere (no text column holds one), a bounded meta."""
+        texts = [self.id, self.name, self.site or "", self.version, self.address or "", *self.meta, *self.meta.values()]
+        if any("\x00" in t for t in texts):
+            raise ValueError("heartbeat fields must not contain NUL characters")
+        if any(len(k) > 64 for k in self.meta) or any(len(v) > 256 for v in self.meta.values()):
+            raise ValueError("meta keys are at most 64 and values at most 256 characters")
+        return self
 
 
 class Member(BaseModel):

@@ -20,12 +20,13 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from libs.bus.outcomes import each_valid, reject
+from libs.db.batches import apply_batch
 from libs.events import CloudEvent, EventTypes
 from libs.schemas.devices import Device, Health
 from libs.schemas.hostevents import CapabilityReport, ReportBounds
 from libs.schemas.inventory import HostStatus
 from services.inventory import store
-from services.inventory.batches import apply_batch, count
+from services.inventory.batches import count
 from services.inventory.checks import check_capability
 from services.inventory.events import device_event
 from services.inventory.state import SERVICE, Catalog, InventoryState
@@ -176,7 +177,7 @@ async def ingest(sessions: async_sessionmaker[AsyncSession], state: InventorySta
 
     started = time.perf_counter()
     events_out = 0
-    for applied in await apply_batch(sessions, HANDLER, caps, apply):
+    for applied in await apply_batch(sessions, SERVICE, HANDLER, caps, apply):
         for host_id, health in applied.health.items():
             state.health.put(host_id, applied.sites[host_id], health)
         count(HANDLER, "stale", applied.stale)

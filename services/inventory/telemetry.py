@@ -20,11 +20,12 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from libs.bus.outcomes import each_valid, reject
+from libs.db.batches import apply_batch
 from libs.events import CloudEvent, EventTypes
 from libs.schemas.devices import Health
 from libs.schemas.hostevents import ReportBounds, TelemetryReport
 from services.inventory import store
-from services.inventory.batches import apply_batch, count
+from services.inventory.batches import count
 from services.inventory.events import device_event
 from services.inventory.state import SERVICE, HealthCache, InventoryState
 
@@ -128,7 +129,7 @@ async def ingest(sessions: async_sessionmaker[AsyncSession], state: InventorySta
         return await apply_telemetry(session, batch, cache, max_age_s=max_age_s)
 
     flips = 0
-    for out in await apply_batch(sessions, HANDLER, reports, apply):
+    for out in await apply_batch(sessions, SERVICE, HANDLER, reports, apply):
         cache.apply(out.cache_updates)
         flips += out.flips
         count(HANDLER, "unknown_host", out.unknown_host)

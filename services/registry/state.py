@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from libs.config import RegistrySettings
 from libs.db import session_scope
+from libs.db.batches import apply_batch
 from libs.db.outbox import OutboxRelay
 from libs.service import Context
 from services.registry import store
@@ -34,7 +35,8 @@ class RegistryState:
 
     async def write(self, sessions: async_sessionmaker[AsyncSession], settings: RegistrySettings) -> None:
         """Sweep for silent members, then store what is waiting. A failed write puts it back (and raises), so
-        the next run stores it."""
+        the next run stores it; a member the database refuses for its data is dropped alone (counted
+        ``database_rejected``), so it cannot hold back every other member's transitions."""
         table = self.table
         table.sweep(settings.missed_heartbeats)
         flush_touched = time.monotonic() - self.last_flush >= settings.flush_interval_s
@@ -42,11 +44,16 @@ class RegistryState:
             return
         transitions, touched = table.take_writes(include_touched=flush_touched)
         try:
-            async with session_scope(sessions) as session:
-                await store.update_members(session, transitions)
-                await store.update_last_seen(session, touched)
+            if transitions:  # one bad member is dropped (and counted), never the batch retried for ever
+                await apply_batch(sessions, "registry", "writer", transitions, store.update_members)
         except Exception:
             table.put_back(transitions, touched)
+            raise
+        try:
+            async with session_scope(sessions) as session:
+                await store.update_last_seen(session, touched)
+        except Exception:
+            table.put_back([], touched)
             raise
         if flush_touched:
             self.last_flush = time.monotonic()
