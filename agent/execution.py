@@ -99,6 +99,9 @@ class HostExecution:
         if msg.reply:
             await self.bus.nc.publish(msg.reply, body, headers=headers)
 
+    def report_soon(self) -> None:
+        self.executor.report_soon()
+
     async def close(self) -> None:
         for s in self._subs:
             with contextlib.suppress(Exception):

@@ -307,6 +307,10 @@ class Executor:
                 shutil.rmtree(run.handle.workdir, ignore_errors=True)
 
     # -- reports and logs ------------------------------------------------------------------------
+    def report_soon(self) -> None:
+        """Send a state report now rather than at the next interval (after a reconnect, say)."""
+        self._changed.set()
+
     def report(self) -> ActualStateReport:
         self.seq += 1
         return ActualStateReport(host_id=self.host_id, site=self.site, boot_id=self.boot_id, seq=self.seq, ts=_now(),

@@ -2,7 +2,9 @@
 
 One ``Agent`` is one host. It publishes a capability report at start and whenever what it
 reports changes (a device appears or disappears, health flips, a driver is upgraded, a
-label changes); discovery is re-run every ``agent.rediscover_interval_s``. It heartbeats
+label changes); discovery is re-run every ``agent.rediscover_interval_s``. The last report
+goes out again every ``agent.capability_resend_s`` and after a reconnect to NATS (with a
+state report), for any consumer that lost it. It heartbeats
 every ``heartbeat_interval_s`` and sends one telemetry message per ``telemetry_interval_s``
 with every device's readings and the host's CPU and memory (psutil).
 
@@ -30,7 +32,7 @@ from agent.execution import host_drivers, start_execution
 from agent.facts import local_hostname
 from agent.ports import Execution
 from agent.probes.readings import DeviceReading
-from agent.publisher import HostPublisher
+from agent.publisher import HostPublisher, Reconnects
 from libs import __version__
 from libs.bus import subjects
 from libs.bus.connection import Bus
@@ -78,6 +80,7 @@ class Agent:
         self.publisher: HostPublisher | None = None
         self.generation = 0
         self._published: str | None = None  # fingerprint of the last report JetStream acknowledged
+        self._publishing = asyncio.Lock()
 
     @property
     def host_id(self) -> str:
@@ -105,7 +108,12 @@ class Agent:
         return d
 
     async def publish_capability_if_changed(self) -> bool:
-        """Publish when what would be reported differs from what JetStream last acknowledged."""
+        """Publish when what would be reported differs from what JetStream last acknowledged (one at a time:
+        the loops that call this start together)."""
+        async with self._publishing:
+            return await self._publish_if_changed()
+
+    async def _publish_if_changed(self) -> bool:
         d = self.discovery
         if d is None:
             return False
@@ -119,6 +127,11 @@ class Agent:
         self._published = fp
         log.info("capability generation %d published (%d devices)", self.generation, len(d.devices))
         return True
+
+    async def resend_capability(self) -> None:
+        """The last acknowledged report again, or a new one when what would be reported changed meanwhile."""
+        if not await self.publish_capability_if_changed():
+            await self._pub().resend_capability()
 
     async def telemetry_once(self) -> None:
         d = self.discovery
@@ -152,9 +165,19 @@ class Agent:
         s = self.settings
         execution: Execution = await start_execution(self.bus, self, drivers=host_drivers(s.agent), settings=s.agent,
                                                      state_dir=s.data_dir / "agent" / pub.host_id)
-        loops = [Every("heartbeat", lambda _: pub.heartbeat(), s.heartbeat_interval_s),
+        reconnects = Reconnects(self.bus)
+
+        async def heartbeat(_: object) -> None:
+            await pub.heartbeat()
+            if reconnects.happened():  # what was sent while the connection was down may be lost
+                execution.report_soon()
+                await self.resend_capability()
+
+        loops = [Every("heartbeat", heartbeat, s.heartbeat_interval_s),
                  Every("discovery", lambda _: self._rediscover(), s.agent.rediscover_interval_s),
-                 Every("telemetry", lambda _: self._telemetry(), s.telemetry_interval_s)]
+                 Every("telemetry", lambda _: self._telemetry(), s.telemetry_interval_s),
+                 Every("capability", lambda _: self.resend_capability(), s.agent.capability_resend_s,
+                       first_run="after")]
         tasks = [asyncio.create_task(loop.run("agent", self), name=loop.name) for loop in loops]
         log.info("agent for %s at %s running", pub.host_id, pub.site)
         await stop.wait()

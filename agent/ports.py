@@ -40,6 +40,10 @@ class Execution(Protocol):
         """Handle one command message (a launch or stop CloudEvent); returns the counted outcome."""
         ...
 
+    def report_soon(self) -> None:
+        """Send a state report now rather than at the next interval."""
+        ...
+
     async def close(self) -> None:
         """Stop listening; replicas keep running and a restarted agent adopts them."""
         ...

@@ -65,6 +65,8 @@ class HostPublisher:
         self.source = f"/agent/{site}/{host_id}"
         self._heartbeat: EventTemplate | None = None  # made on first use: a simulated fleet has thousands
         self._telemetry: EventTemplate | None = None
+        self._capability: CloudEvent | None = None  # the last report JetStream acknowledged
+        self._resends = 0
 
     def heartbeat_template(self) -> EventTemplate:
         if self._heartbeat is None:
@@ -87,6 +89,19 @@ class HostPublisher:
         event = CloudEvent.new(EventTypes.HOST_CAPABILITY, self.source, report, subject=self.host_id,
                                id=f"cap-{self.host_id}-{report.generation}")
         await self.bus.publish_event(event, subject=subjects.host_subject(self.site, self.host_id, "capability"))
+        self._capability = event
+
+    async def resend_capability(self) -> bool:
+        """The last acknowledged report again (periodically, and after a reconnect), for whoever lost it: the
+        same generation and time, so a consumer that has it skips it as not newer, under an id of its own, so
+        that no consumer's dedupe takes it for the first send. False when nothing was sent yet."""
+        first = self._capability
+        if first is None:
+            return False
+        self._resends += 1
+        event = first.model_copy(update={"id": f"{first.id}-r{self._resends}"})
+        await self.bus.publish_event(event, subject=subjects.host_subject(self.site, self.host_id, "capability"))
+        return True
 
     async def telemetry(self, report: TelemetryReport) -> None:
         await self.telemetry_json(report.model_dump_json().encode())
@@ -102,3 +117,19 @@ class HostPublisher:
         event = CloudEvent.new(EventTypes.HOST_STATE, self.source, report, subject=self.host_id,
                                id=f"state-{self.host_id}-{report.boot_id}-{report.seq}")
         await self.bus.publish_event(event, subject=subjects.host_subject(self.site, self.host_id, "state"))
+
+
+class Reconnects:
+    """Tells whether the connection was re-established since the last look (nats-py counts reconnects)."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.seen = self._count()
+
+    def _count(self) -> int:
+        return int(self.bus.nc.stats.get("reconnects", 0))
+
+    def happened(self) -> bool:
+        now = self._count()
+        changed, self.seen = now != self.seen, now
+        return changed

@@ -132,6 +132,7 @@ class AgentSettings(BaseModel):
     rediscover_interval_s: float = Field(default=60.0, gt=0, description="How often the agent re-runs discovery to notice hardware, driver or health changes.")
     probe_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one vendor tool run during discovery.")
     state_interval_s: float = Field(default=10.0, gt=0, description="How often the agent reports what actually runs (it also reports on every change).")
+    capability_resend_s: float = Field(default=300.0, gt=0, description="How often the agent (and each simulated host) sends its last capability report again, unchanged, for any consumer that lost it; it is also sent again, with a state report, after every reconnect to NATS.")
     stop_grace_s: float = Field(default=10.0, ge=0, description="How long a stopped process may take after SIGTERM before SIGKILL.")
     log_max_bytes: int = Field(default=1024 * 1024, ge=1024, description="Output kept per replica (older output is rotated away).")
     finished_keep: int = Field(default=256, ge=1, description="Finished replicas the agent remembers (for logs and exit codes).")

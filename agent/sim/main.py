@@ -8,6 +8,8 @@ through one pump that publishes them concurrently in batches.
 
 Faults: random device faults and host losses at the configured rates, and on demand
 through ``xpumesh.sim.ctl`` (``SimControl``: fault, repair, host_down, host_up, list, stats).
+Each host's last capability report goes out again every ``agent.capability_resend_s`` (spread
+over the interval) and, for every host, after a reconnect to NATS, as a real agent's does.
 Commands to hosts (``xpumesh.agent.<site>.<host>.cmd``) arrive by one subscription for the
 whole fleet and go through the same ``agent.execution`` path as a real agent's; a host gets
 its execution (sim driver: replicas that run for a while) on its first command, so hosts
@@ -33,6 +35,7 @@ from pydantic import ValidationError
 from agent.drivers.sim import SimDriver
 from agent.execution import start_execution
 from agent.ports import Execution
+from agent.publisher import Reconnects
 from agent.sim.fleet import build_fleet
 from agent.sim.host import SimHost, diurnal
 from libs.aio import wait_event
@@ -88,7 +91,8 @@ class Simulator:
         self.rng = random.Random(seed)
         self.stats = SimStats()
         self.executions: dict[str, Execution] = {}  # host id -> its execution, from its first command
-        self._pending: dict[str, None] = {}  # hosts whose capability must be (re)published, in order
+        self._pending: dict[str, bool] = {}  # hosts whose capability must go out, in order: True a new report,
+        # False the last one again (``HostPublisher.resend_capability``)
         self._wake = asyncio.Event()
         self._timers: list[tuple[float, int, str, str, int]] = []  # (due, seq, action, host, slot)
         self._seq = 0
@@ -96,30 +100,41 @@ class Simulator:
 
     # -------------------------------------------------------------- capability pump
     def want_capability(self, host: SimHost) -> None:
-        self._pending[host.host_id] = None
+        self._pending[host.host_id] = True
         self._wake.set()
 
-    async def _publish_capability(self, host: SimHost) -> None:
-        await asyncio.wait_for(host.publisher.capability(host.capability_report()),
-                               timeout=self.settings.sim.publish_timeout_s)
+    def want_resend(self, host: SimHost) -> None:
+        self._pending.setdefault(host.host_id, False)
+        self._wake.set()
+
+    async def _publish_capability(self, host: SimHost, fresh: bool) -> None:
+        timeout = self.settings.sim.publish_timeout_s
+        if fresh or not await asyncio.wait_for(host.publisher.resend_capability(), timeout=timeout):
+            await asyncio.wait_for(host.publisher.capability(host.capability_report()), timeout=timeout)
 
     async def capability_pump(self) -> None:
         while True:
             if not self._pending:
                 self._wake.clear()
                 await self._wake.wait()
-            batch = [self.by_id[h] for h in list(self._pending)[:CAPABILITY_BATCH]]
-            for h in batch:
-                self._pending.pop(h.host_id, None)
-            results = await asyncio.gather(*(self._publish_capability(h) for h in batch if h.up),
+            batch = [(self.by_id[h], self._pending.pop(h)) for h in list(self._pending)[:CAPABILITY_BATCH]]
+            up = [(h, fresh) for h, fresh in batch if h.up]
+            results = await asyncio.gather(*(self._publish_capability(h, fresh) for h, fresh in up),
                                            return_exceptions=True)
-            failed = [h for h, r in zip([h for h in batch if h.up], results, strict=True) if isinstance(r, BaseException)]
+            failed = [(h, fresh) for (h, fresh), r in zip(up, results, strict=True) if isinstance(r, BaseException)]
             self.stats.capabilities += len(results) - len(failed)
             if failed:
                 self.stats.capability_failures += len(failed)
-                for h in failed:
-                    self._pending.setdefault(h.host_id, None)
+                for h, fresh in failed:
+                    self._pending[h.host_id] = fresh or self._pending.get(h.host_id, False)
                 await asyncio.sleep(0.5)
+
+    def resend_all(self) -> None:
+        """Every host's last capability again and a state report from every host with work."""
+        for h in self.hosts:
+            self.want_resend(h)
+        for execution in self.executions.values():
+            execution.report_soon()
 
     # -------------------------------------------------------------- faults
     def _timer(self, due: float, action: str, host: SimHost, slot: int = -1) -> None:
@@ -180,8 +195,11 @@ class Simulator:
         pump = asyncio.create_task(self.capability_pump(), name="sim-capability")
         hb_slices = max(1, round(self.settings.heartbeat_interval_s / TICK_S))
         tm_slices = max(1, round(self.settings.telemetry_interval_s / TICK_S))
+        cap_slices = max(1, round(self.settings.agent.capability_resend_s / TICK_S))
         hb_groups = [self.hosts[i::hb_slices] for i in range(hb_slices)]
         tm_groups = [self.hosts[i::tm_slices] for i in range(tm_slices)]
+        cap_groups = [self.hosts[i::cap_slices] for i in range(cap_slices)]  # empty slices when there are few hosts
+        reconnects = Reconnects(self.bus)
         loop = asyncio.get_running_loop()
         start = loop.time()
         tick = 0
@@ -197,6 +215,10 @@ class Simulator:
                     if h.up:
                         await h.send_telemetry(now, load)
                         self.stats.telemetry += 1
+                for h in cap_groups[tick % cap_slices]:
+                    self.want_resend(h)
+                if reconnects.happened():  # what went out while the connection was down may be lost
+                    self.resend_all()
                 await self._random_events(now_mono)
                 tick += 1
                 self.stats.ticks = tick
@@ -253,7 +275,7 @@ class Simulator:
     async def _on_command(self, msg: Msg) -> None:
         parts = msg.subject.split(".")
         host = self.by_id.get(parts[3]) if len(parts) == 5 else None
-        if host is None:
+        if host is None or not host.up:  # a lost host hears nothing either: its work runs on, unaware
             return
         execution = self.executions.get(host.host_id)
         if execution is None:
