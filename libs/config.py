@@ -205,6 +205,7 @@ class SchedulerSettings(BaseModel):
     history_limit: int = Field(default=200, ge=1, description="Most history entries a workload's detail returns (newest).")
     logs_timeout_s: float = Field(default=3.0, gt=0, description="How long a log request waits for the agent.")
     command_ttl_s: float = Field(default=600.0, gt=0, description="Agent: a command older than this on arrival is dropped (the scheduler re-sends what is still wanted).")
+    state_replay_timeout_s: float = Field(default=10.0, gt=0, description="How long a starting scheduler reads hosts' latest state reports back from JetStream before it places anything (what agents run survives a restart).")
     lost_sweep_interval_s: float = Field(default=10.0, gt=0, description="How often work is looked for on hosts the registry or the scheduler holds down, and on unusable devices, and moved off (a safety net under host.down and device events).")
 
 

@@ -16,22 +16,34 @@ so stale reports (after a restart, or delayed) never undo newer knowledge.
 
 ``lose_replicas`` is the other way work leaves a host: the host went down, or one of its
 devices turned unhealthy or left.
+
+``replay_state`` reads every host's latest state report back from ``XPUMESH_HOSTS`` when the
+scheduler starts (reports live only in memory), so a restarted scheduler knows at once what
+agents run, unwanted work and the devices it holds included, instead of after their next
+periodic report.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from libs.bus.connection import Bus
-from libs.bus.subjects import agent_command_subject
+from libs.bus import subjects
+from libs.bus.connection import STREAM_HOSTS, Bus
+from libs.bus.consumer import Batch, PullConsumer, envelope
+from libs.bus.outcomes import each_valid
 from libs.config import SchedulerSettings
+from libs.events import CloudEvent
 from libs.schemas.commands import ActualStateReport, ReplicaReport, StopCommand, command_id
+from libs.schemas.hostevents import ReportBounds
 from services.scheduler import lifecycle, store
 from services.scheduler.lifecycle import Replica, Workload
 
@@ -172,7 +184,7 @@ async def stop_unwanted(bus: Bus, actual: Actual, unwanted: list[tuple[str, Repl
                           attempt=rep.attempt, reason="not wanted by the scheduler", issued_at=now,
                           expires_at=now + timedelta(seconds=s.command_ttl_s))
         try:
-            await bus.publish_event(lifecycle.command_event(cmd), subject=agent_command_subject(site, host_id))
+            await bus.publish_event(lifecycle.command_event(cmd), subject=subjects.agent_command_subject(site, host_id))
             log.info("stopping unwanted %s/%d attempt %d on %s", rep.workload_id, rep.replica, rep.attempt, host_id)
         except Exception as exc:  # the next report repeats it
             log.warning("stop for unwanted work on %s not sent: %s", host_id, type(exc).__name__)
@@ -192,3 +204,44 @@ async def lose_replicas(session: AsyncSession, host_id: str, reason: str, *, dev
                 and (device is None or any(d["id"] == device for d in r.devices))]
         lifecycle.lose(wl, lost, reason, now, ttl_s)
     return await store.update_workloads(session, wls.values(), now), len(wls)
+
+
+async def replay_state(bus: Bus, *, max_skew_s: float, timeout_s: float) -> list[ActualStateReport]:
+    """Every host's latest state report in ``XPUMESH_HOSTS`` (read by an ephemeral consumer, last per subject);
+    what arrived within ``timeout_s`` when the stream is slow."""
+    name = "scheduler_replay_" + secrets.token_hex(6)
+    config = ConsumerConfig(name=name, ack_policy=AckPolicy.ALL, deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                            filter_subject=subjects.HOST_STATE_ALL, inactive_threshold=30.0, mem_storage=True,
+                            num_replicas=1)
+    info = await bus.js.add_consumer(STREAM_HOSTS, config)
+    reports: list[ActualStateReport] = []
+    if not info.num_pending:
+        await bus.js.delete_consumer(STREAM_HOSTS, name)
+        return reports
+    bounds = ReportBounds(max_skew_s).context()
+
+    async def take(batch: Batch[CloudEvent]) -> None:
+        reports.extend(rep for _, rep in each_valid(batch.items, ActualStateReport, service="scheduler",
+                                                    handler="replay_state", context=bounds))
+
+    consumer = PullConsumer(bus, stream=STREAM_HOSTS, durable=name, handle=take, decode=envelope,
+                            service="scheduler", name="replay_state", batch=1024, dedupe=0)
+    await consumer.start()
+    run = asyncio.create_task(consumer.run(), name="replay_state")
+    try:
+        deadline = time.monotonic() + timeout_s
+        # polled: malformed messages count as received but never reach the handler, which could not say
+        while consumer.stats.received < info.num_pending and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        if consumer.stats.received < info.num_pending:
+            log.warning("state reports read back: %d of %d within %.0f s", consumer.stats.received,
+                        info.num_pending, timeout_s)
+    finally:
+        await consumer.stop()
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        try:
+            await bus.js.delete_consumer(STREAM_HOSTS, name)
+        except Exception as exc:  # it goes by itself after 30 s idle
+            log.debug("replay consumer not deleted: %s", type(exc).__name__)
+    return reports

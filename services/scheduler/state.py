@@ -3,7 +3,8 @@
 * ``fleet``: hosts as agents and the registry describe them, and the reference data (catalog,
   rules, site links) placement needs; loaded from ``scheduler.hosts`` and the seed files, then
   kept current by the consumers and the reference refresh;
-* ``actual``: the latest state report per host (what agents really run);
+* ``actual``: the latest state report per host (what agents really run), read back from the
+  stream at start (``reconcile.replay_state``) and then kept current by ``scheduler-state``;
 * ``quotas``: every tenant's quota, read from ``tenant_quotas`` at start and on every refresh;
 * ``relay``: the outbox relay, told (``poke``) after every commit that wrote outbox rows;
 * ``placer``: the batch placer, told after anything that may let queued work through.
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from libs.db import session_scope
 from libs.db.outbox import OutboxRelay
 from libs.service import Context
-from services.scheduler import quotas, reference, store
+from services.scheduler import quotas, reconcile, reference, store
 from services.scheduler.fleet import Fleet
 from services.scheduler.orm import outbox
 from services.scheduler.placer import Placer
@@ -58,5 +59,21 @@ async def load_state(ctx: Context[SchedulerState]) -> SchedulerState:
     relay = OutboxRelay("scheduler", ctx.db, outbox, ctx.bus)
     placer = Placer(fleet, actual, ctx.db, ctx.settings.scheduler, on_commit=relay.poke,
                     quotas=book.placement_limits)
+    await _replay_state(ctx, actual)
     placer.poke()  # place what was queued before the start
     return SchedulerState(fleet, actual, book, relay, placer)
+
+
+async def _replay_state(ctx: Context[SchedulerState], actual: Actual) -> None:
+    """What agents run, as their latest reports say, before anything is placed; reconciled once more, so
+    unwanted work is stopped now rather than at the hosts' next report."""
+    s = ctx.settings.scheduler
+    fresh = actual.fresh(await reconcile.replay_state(ctx.bus, max_skew_s=ctx.settings.bus.max_report_skew_s,
+                                                      timeout_s=s.state_replay_timeout_s))
+    if not fresh:
+        return
+    async with session_scope(ctx.db) as session:
+        _, unwanted = await reconcile.reconcile_hosts(session, fresh, resend_after_s=s.resend_after_s,
+                                                      ttl_s=s.command_ttl_s)
+    actual.keep(fresh)
+    await reconcile.stop_unwanted(ctx.bus, actual, unwanted, s)

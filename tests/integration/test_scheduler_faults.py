@@ -157,3 +157,34 @@ async def test_scheduler_faults_sweep_moves_work_off_a_host_whose_down_event_it_
 async def _has_down(bus: Bus, host_id: str) -> bool:
     return any(e.type == "io.xpumesh.host.down" and e.subject == host_id
                for _, e in await stream_events(bus, subjects.HOST_EVENTS_ALL))
+
+
+async def test_scheduler_faults_restart_knows_unwanted_work_at_once_and_never_double_books_its_device(
+        settings, running_service, bus: Bus, database_url: str, tmp_path: Path) -> None:
+    """Work an agent runs that nobody wants (its stop was lost while the scheduler restarted) holds its device.
+    Before: state reports lived only in memory, so the restarted scheduler saw the device free and placed new
+    work on it next to the old, until the host's next periodic report (here an hour away)."""
+    s = _settings(settings)
+    s = s.model_copy(update={"agent": s.agent.model_copy(update={"state_interval_s": 3600.0})})
+    sched = await running_service(scheduler_app, s)
+    host = await TestHost(bus, s, "hz-1", [gpu(0)], tmp_path).start()
+    try:
+        old = await submit(bus, {"name": "old", "hardware": {"type": "gpu"}, "variants": SLEEPER})
+        await wait_state(bus, old.id, WorkloadState.RUNNING)
+        await sched.stop()
+        conn = await asyncpg.connect(database_url)
+        try:  # stopped while the scheduler was away; the stop command never reached the host
+            await conn.execute("UPDATE scheduler.replicas SET state = 'stopped' WHERE workload_id = $1", old.id)
+            await conn.execute("UPDATE scheduler.workloads SET state = 'stopped' WHERE id = $1", old.id)
+        finally:
+            await conn.close()
+        await running_service(scheduler_app, s)
+        new = await submit(bus, {"name": "new", "hardware": {"type": "gpu"}, "variants": SLEEPER})
+
+        await wait_state(bus, new.id, WorkloadState.RUNNING, timeout=15)
+        runs = {r.workload_id: r for r in host.executor.runs.values()}
+        old_run, new_run = runs[old.id], runs[new.id]
+        assert old_run.finished_at is not None and new_run.started_at is not None, (old_run, new_run)
+        assert old_run.finished_at <= new_run.started_at, "the new workload started beside the unwanted one"
+    finally:
+        await host.stop()
