@@ -16,14 +16,16 @@ from agent.publisher import HostPublisher
 from libs.bus import subjects
 from libs.bus.connection import STREAM_EVENTS, Bus
 from libs.config import Settings
+from libs.schemas.commands import ActualStateReport
 from libs.schemas.devices import Health
-from libs.schemas.scheduler import WorkloadState
+from libs.schemas.scheduler import WorkloadState, WorkloadView
 from services.registry.api import app as registry_app
 from services.scheduler.api import app as scheduler_app
 from tests.conftest import assert_eventually, stream_events
 from tests.integration.test_scheduler_kit import TestHost, fast, get, gpu, submit, wait_state
 
 SLEEPER = {"default": {"command": ["sleep", "60"]}}
+STUBBORN = {"default": {"command": ["sh", "-c", "trap '' TERM; sleep 60"]}}  # stops only when killed
 
 
 async def fail_writes(database_url: str, table: str, n: int) -> None:
@@ -188,3 +190,81 @@ async def test_scheduler_faults_restart_knows_unwanted_work_at_once_and_never_do
         assert old_run.finished_at <= new_run.started_at, "the new workload started beside the unwanted one"
     finally:
         await host.stop()
+
+
+class Partition:
+    """Cuts a ``TestHost`` off the bus while its work runs on: its heartbeats, state reports and the
+    commands sent to it are lost until ``heal``."""
+
+    def __init__(self, host: TestHost) -> None:
+        self.host, self.cut = host, False
+        execution = host.execution
+        assert execution is not None
+        command, report = execution.command, host.report_state
+
+        async def gated_command(data: bytes) -> str:
+            return "lost" if self.cut else await command(data)
+
+        async def gated_report(rep: ActualStateReport) -> None:
+            if not self.cut:
+                await report(rep)
+
+        execution.command = gated_command  # type: ignore[method-assign]
+        host.report_state = gated_report  # type: ignore[method-assign]
+
+    def heal(self) -> None:
+        self.cut = False
+        self.host.executor.report_soon()  # as the agent does after a reconnect
+
+
+async def test_scheduler_faults_cut_off_host_stops_its_moved_replica_when_it_returns(
+        settings, running_service, bus: Bus, tmp_path: Path) -> None:
+    """A host cut off from the bus keeps running its replica; the registry declares it down and the replica
+    runs again elsewhere. When the host comes back, its old copy must stop, and nothing new may be placed
+    on the device it still holds in between."""
+    s = _settings(settings, lost_sweep_interval_s=0.5)
+    await running_service(registry_app, s)
+    await running_service(scheduler_app, s)
+    a = await TestHost(bus, s, "hz-1", [gpu(0)], tmp_path).start()
+    beating = asyncio.Event()
+    beating.set()
+    beat = asyncio.create_task(_heartbeats(a.publisher, s.heartbeat_interval_s, beating))
+    b: TestHost | None = None
+    try:
+        view = await submit(bus, {"name": "w", "hardware": {"type": "gpu"}, "variants": STUBBORN})
+        await wait_state(bus, view.id, WorkloadState.RUNNING)
+        cut = Partition(a)
+        cut.cut = True
+        beating.clear()
+        await assert_eventually(lambda: _has_down(bus, "hz-1"), timeout=10, message="the registry's host.down")
+        b = await TestHost(bus, s, "hz-2", [gpu(0)], tmp_path).start()
+        moved = await assert_eventually(lambda: _running_on(bus, view.id, "hz-2"), timeout=15,
+                                        message="the replica running again on hz-2")
+        old = [r for r in a.executor.runs.values() if r.workload_id == view.id]
+        assert old and all(r.state.live for r in old), "the cut-off host's copy runs on while it is away"
+
+        other = await submit(bus, {"name": "other", "hardware": {"type": "gpu"}, "variants": SLEEPER})
+        assert (await get(bus, other.id)).state == WorkloadState.PENDING  # hz-2 is full, hz-1 away
+
+        beating.set()
+        cut.heal()
+        await assert_eventually(lambda: all(not r.state.live for r in a.executor.runs.values()
+                                            if r.workload_id == view.id),
+                                timeout=10, message="the returning host's old copy stopped")
+        await wait_state(bus, other.id, WorkloadState.RUNNING, timeout=15)
+        first = min(r.finished_at for r in old if r.finished_at is not None)
+        started = [r.started_at for r in a.executor.runs.values() if r.workload_id == other.id]
+        assert started and started[0] is not None and started[0] >= first, "placed beside the old copy"
+        assert (await get(bus, view.id)).placement[0].host_id == moved.placement[0].host_id == "hz-2"
+    finally:
+        beat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beat
+        await a.stop()
+        if b is not None:
+            await b.stop()
+
+
+async def _running_on(bus: Bus, wid: str, host_id: str) -> WorkloadView | None:
+    v = await get(bus, wid)
+    return v if v.state == WorkloadState.RUNNING and v.placement and v.placement[0].host_id == host_id else None
