@@ -210,7 +210,7 @@ class Partition:
                 await report(rep)
 
         execution.command = gated_command  # type: ignore[method-assign]
-        host.report_state = gated_report  # type: ignore[method-assign]
+        host.report_state = gated_report  # type: ignore[method-assign,assignment]
 
     def heal(self) -> None:
         self.cut = False
