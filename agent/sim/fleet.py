@@ -152,10 +152,12 @@ def site_counts(total: int) -> dict[str, int]:
     return counts
 
 
-def build_fleet(hosts: int | None = None, seed: int = 7, devices_per_host: int | None = None) -> list[HostSpec]:
+def build_fleet(hosts: int | None = None, seed: int = 7, devices_per_host: int | None = None,
+                prefix: str = "") -> list[HostSpec]:
     """The demo fleet (``DEFAULT_HOSTS`` hosts over 11 cities) or one of the size asked for.
 
     ``devices_per_host`` (benchmarks): only accelerator hosts, each with that many devices.
+    ``prefix`` starts every host id, so that several simulators can share one mesh.
     """
     rng = random.Random(seed)
     out: list[HostSpec] = []
@@ -172,7 +174,7 @@ def build_fleet(hosts: int | None = None, seed: int = 7, devices_per_host: int |
             profile = PROFILES[name]
             if devices_per_host is not None:
                 profile = replace(profile, count=devices_per_host)
-            host_id = f"{site}-{name}-{i:05d}"
+            host_id = f"{prefix}{site}-{name}-{i:05d}"
             facts = _facts(profile, host_id)
             devices = _devices(profile, host_id, rng)
             labels = derive_labels(facts, devices, dict(profile.network))

@@ -1,0 +1,179 @@
+"""What must hold after every fault, read from the system of record (PostgreSQL) and the recorders.
+
+* every workload a client got a 2xx for exists, and is terminal, placed/starting/running, or
+  pending with an explanation (``unsettled`` lists the others);
+* every workload event committed to the scheduler's outbox reached the webhook receiver and the
+  SSE reader (``missing_events``; repeats are counted, not faults);
+* no device holds more than one whole device's worth of active replicas (``double_booked``);
+* what a simulated host really runs (its latest state report) is work the scheduler placed there
+  (``unfenced``: a host that came back must not run on beside the copy that replaced it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from services.scheduler.reconcile import replay_state
+from tests.faults.mesh import ACTIVE, QUEUED, TERMINAL, EventLog, FaultMesh, Load
+
+
+@dataclass
+class Row:
+    """One line of the fault table."""
+
+    scenario: str
+    accepted: int = 0
+    lost: int = 0
+    missing_webhook: int = 0
+    missing_sse: int = 0
+    duplicates_webhook: int = 0
+    duplicates_sse: int = 0
+    detection_s: float | None = None
+    reschedule_s: float | None = None
+    recovery_s: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+async def unsettled(mesh: FaultMesh, load: Load) -> dict[str, str]:
+    """Accepted workloads that are missing, or neither terminal, active nor queued with an explanation."""
+    ids = list(load.accepted)
+    rows = await mesh.sql("SELECT id, state, explanation FROM scheduler.workloads WHERE id = ANY($1)", ids)
+    found = {r["id"]: r for r in rows}
+    out: dict[str, str] = {}
+    for wid in ids:
+        r = found.get(wid)
+        if r is None:
+            out[wid] = "missing"
+        elif r["state"] in TERMINAL or r["state"] in ACTIVE:
+            continue
+        elif r["state"] in QUEUED and r["explanation"]:
+            continue
+        else:
+            out[wid] = str(r["state"])
+    return out
+
+
+async def committed_events(mesh: FaultMesh) -> set[str]:
+    rows = await mesh.sql("SELECT event_id FROM scheduler.outbox WHERE subject LIKE 'xpumesh.events.workload.%' "
+                          "AND sent_at IS NOT NULL")
+    return {r["event_id"] for r in rows}
+
+
+async def unsent_events(mesh: FaultMesh) -> int:
+    rows = await mesh.sql("SELECT count(*) AS n FROM scheduler.outbox WHERE sent_at IS NULL")
+    return int(rows[0]["n"])
+
+
+async def double_booked(mesh: FaultMesh) -> list[str]:
+    rows = await mesh.sql(
+        "SELECT d->>'id' AS device, sum(coalesce((d->>'share')::float, 1.0)) AS used "
+        "FROM scheduler.replicas r, jsonb_array_elements(r.devices) d "
+        "WHERE r.state = ANY($1) GROUP BY 1 HAVING sum(coalesce((d->>'share')::float, 1.0)) > 1.0001",
+        list(ACTIVE))
+    return [f"{r['device']} ({r['used']:.2f})" for r in rows]
+
+
+async def unfenced(mesh: FaultMesh, prefix: str, since: float) -> list[str]:
+    """Live replicas the hosts starting with ``prefix`` report, in reports made after ``since`` (epoch), that
+    the scheduler has not placed there (an older report does not say what runs now)."""
+    reports = [r for r in await replay_state(mesh.bus, max_skew_s=3600, timeout_s=5) if r.ts.timestamp() > since]
+    rows = await mesh.sql("SELECT workload_id, replica, attempt, host_id FROM scheduler.replicas "
+                          "WHERE state = ANY($1) AND host_id LIKE $2", list(ACTIVE), prefix + "%")
+    placed = {(r["host_id"], r["workload_id"], r["replica"], r["attempt"]) for r in rows}
+    return [f"{rep.host_id}:{r.workload_id}/{r.replica}#{r.attempt}" for rep in reports
+            if rep.host_id.startswith(prefix) for r in rep.replicas
+            if r.state.live and (rep.host_id, r.workload_id, r.replica, r.attempt) not in placed]
+
+
+async def settle(check: Callable[[], Awaitable[object]], timeout_s: float, interval_s: float = 0.5) -> object:
+    """``check`` until it returns something falsy (nothing wrong) or time runs out; its last answer."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        wrong = await check()
+        if not wrong or time.monotonic() > deadline:
+            return wrong
+        await asyncio.sleep(interval_s)
+
+
+async def verify(mesh: FaultMesh, load: Load, events: EventLog, row: Row, *, timeout_s: float = 30.0) -> Row:
+    """Fill ``row`` with what the invariants say once the mesh has settled (waiting up to ``timeout_s``)."""
+    row.accepted = len(load.accepted)
+    bad = await settle(lambda: unsettled(mesh, load), timeout_s)
+    assert isinstance(bad, dict)
+    row.lost = sum(1 for v in bad.values() if v == "missing")
+    if bad:
+        row.notes.append(f"unsettled: {dict(list(bad.items())[:5])}")
+
+    async def missing() -> tuple[set[str], set[str]] | None:
+        want = await committed_events(mesh)
+        m = (want - set(events.webhook), want - set(events.sse))
+        return m if (m[0] or m[1] or await unsent_events(mesh)) else None
+
+    gaps = await settle(missing, timeout_s)
+    want = await committed_events(mesh)
+    row.missing_webhook = len(want - set(events.webhook))
+    row.missing_sse = len(want - set(events.sse))
+    row.duplicates_webhook = len(events.webhook) - len(set(events.webhook))
+    row.duplicates_sse = len(events.sse) - len(set(events.sse))
+    if gaps:
+        row.notes.append(f"unsent outbox rows: {await unsent_events(mesh)}")
+    lacking = sorted(want - set(events.webhook))[:5]
+    if lacking:
+        rows = await mesh.sql("SELECT event_id, status, attempts, last_error, stream_seq FROM gateway.deliveries "
+                              "WHERE event_id = ANY($1)", lacking)
+        row.notes.append(f"webhook deliveries of missing events: {[tuple(r) for r in rows]} of {lacking}")
+    booked = await settle(lambda: double_booked(mesh), 5)
+    if booked:
+        row.notes.append(f"double-booked: {booked}")
+    return row
+
+
+async def host_loss(mesh: FaultMesh, prefix: str, since: float, on_hosts: set[tuple[str, int]],
+                    timeout_s: float = 30.0) -> tuple[float, float | None]:
+    """(Seconds from ``since`` (epoch) until the registry held every ``prefix`` host down, seconds from then
+    until the last replica of ``on_hosts`` that still runs was placed on another host)."""
+    since_dt = datetime.fromtimestamp(since).astimezone()
+
+    async def downs() -> list[float] | None:
+        rows = await mesh.sql("SELECT status, status_changed_at FROM registry.members "
+                              "WHERE kind = 'host' AND name LIKE $1", prefix + "%")
+        if not rows or any(r["status"] != "down" or r["status_changed_at"] < since_dt for r in rows):
+            return None
+        return [r["status_changed_at"].timestamp() for r in rows]
+
+    deadline = time.monotonic() + timeout_s
+    got = None
+    while got is None and time.monotonic() < deadline:
+        got = await downs()
+        if got is None:
+            await asyncio.sleep(0.2)
+    assert got is not None, f"hosts {prefix}* not declared down within {timeout_s}s"
+    down_at = max(got)
+    if not on_hosts:
+        return down_at - since, None
+
+    async def moved() -> float | None:
+        rows = await mesh.sql(
+            "SELECT h.workload_id, h.replica, min(h.at) AS at FROM scheduler.history h "
+            "JOIN scheduler.replicas r ON r.workload_id = h.workload_id AND r.replica = h.replica "
+            "WHERE h.to_state = 'placed' AND h.at > $1 AND r.host_id NOT LIKE $2 "
+            "GROUP BY 1, 2", since_dt, prefix + "%")
+        at = {(r["workload_id"], r["replica"]): r["at"].timestamp() for r in rows}
+        states = await mesh.sql("SELECT workload_id, replica, state FROM scheduler.replicas "
+                                "WHERE workload_id = ANY($1)", list({w for w, _ in on_hosts}))
+        gone = {(r["workload_id"], r["replica"]) for r in states if r["state"] in TERMINAL}
+        todo = [k for k in on_hosts if k not in gone]
+        if any(k not in at for k in todo):
+            return None
+        return max((at[k] for k in todo), default=down_at)
+
+    last = None
+    while last is None and time.monotonic() < deadline:
+        last = await moved()
+        if last is None:
+            await asyncio.sleep(0.2)
+    return down_at - since, (None if last is None else max(0.0, last - down_at))
