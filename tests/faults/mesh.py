@@ -34,6 +34,7 @@ from libs.config import Settings
 from libs.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from tests.conftest import REPO, TEST_ADMIN_KEY
 from tests.faults.proxy import TcpProxy
+from tests.integration.test_api_kit import FAST_WEBHOOK_ENV
 
 SERVICES = ("registry", "inventory", "scheduler", "metrics", "gateway")
 SIM_B = "sim-b"  # the simulator whose hosts are lost; its hosts' ids start with B_PREFIX
@@ -55,12 +56,7 @@ ENV = {
     "XPUMESH_BUS__REDELIVERY_MAX_S": "4",
     "XPUMESH_GATEWAY__RATE_PER_S": "100000",
     "XPUMESH_GATEWAY__RATE_BURST": "100000",
-    "XPUMESH_GATEWAY__WEBHOOK_ALLOW_HOSTS": '["127.0.0.1"]',
-    "XPUMESH_GATEWAY__WEBHOOK_ACK_WAIT_S": "2",
-    "XPUMESH_GATEWAY__WEBHOOK_TIMEOUT_S": "2",
-    "XPUMESH_GATEWAY__WEBHOOK_POLL_S": "0.1",
-    "XPUMESH_GATEWAY__WEBHOOK_RETRY_SCHEDULE_S": "[0.2, 0.5, 1, 1, 1]",
-    "XPUMESH_GATEWAY__SYNC_INTERVAL_S": "0.5",
+    **FAST_WEBHOOK_ENV,
     "XPUMESH_SIM__DEVICE_FAULT_PER_HOUR": "0",
     "XPUMESH_SIM__HOST_LOSS_PER_HOUR": "0",
 }

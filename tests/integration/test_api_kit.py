@@ -22,6 +22,16 @@ T = TypeVar("T")
 
 eventually = assert_eventually  # the name these tests use
 
+# A gateway process that delivers webhooks within a second or two (for tests that kill and restart it).
+FAST_WEBHOOK_ENV = {
+    "XPUMESH_GATEWAY__WEBHOOK_ALLOW_HOSTS": '["127.0.0.1"]',
+    "XPUMESH_GATEWAY__WEBHOOK_ACK_WAIT_S": "2",
+    "XPUMESH_GATEWAY__WEBHOOK_TIMEOUT_S": "2",
+    "XPUMESH_GATEWAY__WEBHOOK_POLL_S": "0.1",
+    "XPUMESH_GATEWAY__WEBHOOK_RETRY_SCHEDULE_S": "[0.2, 0.5, 1, 1, 1]",
+    "XPUMESH_GATEWAY__SYNC_INTERVAL_S": "0.5",
+}
+
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}

@@ -12,16 +12,9 @@ from standardwebhooks.webhooks import Webhook
 from libs.bus.connection import Bus
 from libs.events import CloudEvent, EventTypes
 from tests.conftest import assert_eventually
-from tests.integration.test_api_kit import ADMIN, base_url, eventually, webhook_receiver
+from tests.integration.test_api_kit import ADMIN, FAST_WEBHOOK_ENV, base_url, eventually, webhook_receiver
 
-GATEWAY_ENV = {
-    "XPUMESH_GATEWAY__WEBHOOK_ALLOW_HOSTS": '["127.0.0.1"]',
-    "XPUMESH_GATEWAY__WEBHOOK_ACK_WAIT_S": "2",
-    "XPUMESH_GATEWAY__WEBHOOK_TIMEOUT_S": "2",
-    "XPUMESH_GATEWAY__WEBHOOK_POLL_S": "0.1",
-    "XPUMESH_GATEWAY__WEBHOOK_RETRY_SCHEDULE_S": "[0.2, 0.5, 1, 1, 1]",
-    "XPUMESH_GATEWAY__SYNC_INTERVAL_S": "0.5",
-}
+GATEWAY_ENV = FAST_WEBHOOK_ENV
 
 
 async def test_subscriptions_sigkill_mid_stream_loses_nothing_and_keeps_ids(settings, spawn_service,
