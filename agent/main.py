@@ -100,7 +100,9 @@ class Agent:
         return self.publisher
 
     async def discover(self) -> Discovery:
-        d = await discover(self.probe_dir, timeout_s=self.settings.agent.probe_timeout_s)
+        a = self.settings.agent
+        d = await discover(self.probe_dir, timeout_s=a.probe_timeout_s, reserved_cpus=a.reserved_cpus,
+                           reserved_memory_mib=round(a.reserved_memory_gib * 1024))
         if self.publisher is None:
             self.publisher = HostPublisher(self.bus, host_id_for(d.host.hostname), self.settings.site, d.host.hostname,
                                            interval_s=self.settings.heartbeat_interval_s)

@@ -139,6 +139,8 @@ class AgentSettings(BaseModel):
     replica_uid_start: int = Field(default=2_100_000_000, ge=1, le=4_294_967_294, description="First uid of the range replicas run under, one uid per live replica (the agent must be root; no real user may own a uid of the range).")
     replica_uid_count: int = Field(default=4096, ge=1, le=1_000_000, description="How many uids the range holds: the most replicas one host runs at once.")
     replica_groups: list[str] = Field(default=["video", "render"], description="Host groups a replica's uid also gets, for device nodes only a group may open (AMD's /dev/kfd and /dev/dri); names this host lacks are skipped.")
+    reserved_cpus: int = Field(default=1, ge=0, description="Logical CPUs kept for the system and the agent: the host reports its usable CPUs less these as allocatable, and replicas never get them.")
+    reserved_memory_gib: float = Field(default=2.0, ge=0, description="Host memory (GiB) kept for the system and the agent: the host reports its memory less this as allocatable.")
     replica_cgroup_parent: Path | None = Field(default=Path("/sys/fs/cgroup/xpumesh.slice"), description="Cgroup v2 directory under which each replica gets its own cgroup (skipped, with a log line, where cgroup v2 is not writable; unset: none).")
 
 
