@@ -49,6 +49,18 @@ class CommandDevice(BaseModel):
     memory_mib: int | None = Field(default=None, ge=0, description="Memory reserved on the device.")
 
 
+class ReplicaResources(BaseModel):
+    """What a placed replica holds of its host besides devices, and the alternative it was placed with."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    alternative: int = Field(default=0, ge=0, le=16, description="Index of the workload's hardware alternative taken.")
+    cpu: int = Field(default=0, ge=0, description="Logical CPUs it holds (the agent pins that many where it can).")
+    memory_mib: int = Field(default=0, ge=0, description="Host memory it holds (also its limit where the driver sets one).")
+    numa_node: int | None = Field(default=None, ge=0, description="With placement.numa 'single': the node of its "
+                                  "devices and CPUs.")
+
+
 class LaunchCommand(BaseModel):
     """Run one attempt of one replica on this host."""
 
@@ -64,6 +76,7 @@ class LaunchCommand(BaseModel):
     replicas: int = Field(ge=1, description="Replicas of the workload (world size).")
     peers: list[str] = Field(default_factory=list, max_length=4096, description="Host of each replica at placement time.")
     devices: list[CommandDevice] = Field(max_length=64)
+    resources: ReplicaResources = Field(default_factory=ReplicaResources)
     spec: WorkloadSpec
     issued_at: datetime
     expires_at: datetime

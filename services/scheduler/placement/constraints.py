@@ -1,5 +1,5 @@
-"""Placement rules beyond capacity, one object each: spread over hosts, spread over sites,
-one link group, tenant quota (its accounting in ``quota``).
+"""Placement rules beyond device capacity, one object each: a host's CPUs and memory, spread over
+hosts, spread over sites, one link group, tenant quota (its accounting in ``quota``).
 
 Each rule answers the same questions, in the spirit of Nomad's feasibility iterators:
 
@@ -53,6 +53,65 @@ class Rule(Protocol):
     def mask(self, item: Item, pools: IntArray, need: IntArray) -> BoolArray: ...
 
     def take(self, item: Item, c: Choice, sign: int = 1) -> None: ...
+
+
+class HostResources:
+    """A host's free CPUs and memory: an option on a device pool also takes the item's ``cpu`` from its host's
+    CPU pool and ``host_mem`` from the host (``Capacity.apply`` does the accounting, ``Capacity.host_fits``
+    says whether it fits now); CPU-only work takes its CPUs from the CPU pool itself. The model bounds, per
+    host its candidates could overrun, the CPUs and memory all chosen options take (``ModelInput.host_left``)."""
+
+    def __init__(self, cap: Capacity) -> None:
+        self.capacity = cap
+
+    def start(self, group: Sequence[Item]) -> None:
+        """No per-workload state."""
+
+    def restricts(self, item: Item) -> bool:
+        return item.cpu > 0 or item.host_mem > 0
+
+    def allows(self, item: Item, pool: int, n: int) -> bool:
+        return self.capacity.host_fits(item, pool)
+
+    def mask(self, item: Item, pools: IntArray, need: IntArray) -> BoolArray:
+        return self.capacity.hosts_fit(item, pools)
+
+    def take(self, item: Item, c: Choice, sign: int = 1) -> None:
+        """Capacity tracks what was taken."""
+
+    @staticmethod
+    def usage(snap: FleetSnapshot, item: Item, c: Choice) -> tuple[int, int]:
+        """(CPUs, MiB) an option takes of its host."""
+        return (c.n if snap.is_cpu_pool(c.pool) else item.cpu), item.host_mem
+
+    @staticmethod
+    def encode(m: Model, snap: FleetSnapshot, mi: ModelInput, options: Sequence[tuple[int, Choice]]) -> None:
+        """``sum cpu * x <= cpu left`` and ``sum mem * x <= memory left`` per host whose options could overrun it."""
+        terms: dict[int, tuple[list[int], list[int], list[int]]] = {}
+        most: dict[tuple[int, int], tuple[int, int]] = {}  # (host, item) → the most one option of it takes
+        items = mi.items
+        for x, c in options:
+            h = int(snap.pool_host[c.pool])
+            cpu, mem = HostResources.usage(snap, items[c.item], c)
+            if not cpu and not mem:
+                continue
+            vs, cs, ms = terms.setdefault(h, ([], [], []))
+            vs.append(x)
+            cs.append(cpu)
+            ms.append(mem)
+            a, b = most.get((h, c.item), (0, 0))
+            most[(h, c.item)] = (max(a, cpu), max(b, mem))
+        need: dict[int, tuple[int, int]] = {}
+        for (h, _i), (cpu, mem) in most.items():
+            a, b = need.get(h, (0, 0))
+            need[h] = (a + cpu, b + mem)
+        for h, (vs, cs, ms) in terms.items():
+            cpu_left, mem_left = mi.host_left.get(h, (int(snap.host_cpu_free[h]), int(snap.host_mem_free[h])))
+            cpu_need, mem_need = need[h]
+            if cpu_need > cpu_left:
+                m.linear(vs, cs, NEG, max(0, cpu_left))
+            if mem_need > mem_left:
+                m.linear(vs, ms, NEG, max(0, mem_left))
 
 
 class HostSpread:
@@ -226,4 +285,4 @@ class TenantQuota:
 
 
 #: Every rule, in the order the CP-SAT model encodes them.
-MODEL_RULES = (HostSpread, SiteSpread, LinkGroup, TenantQuota)
+MODEL_RULES = (HostResources, HostSpread, SiteSpread, LinkGroup, TenantQuota)

@@ -27,7 +27,14 @@ from typing import Literal
 import numpy as np
 
 from services.scheduler.placement.capacity import Capacity, Choice, PlacementCosts, Weights, cu_need
-from services.scheduler.placement.constraints import HostSpread, LinkGroup, Rule, SiteSpread, TenantQuota
+from services.scheduler.placement.constraints import (
+    HostResources,
+    HostSpread,
+    LinkGroup,
+    Rule,
+    SiteSpread,
+    TenantQuota,
+)
 from services.scheduler.placement.feasibility import Eligibility, FeasibilityCache
 from services.scheduler.placement.snapshot import EPS, FleetSnapshot, IntArray
 from services.scheduler.placement.workloads import SHARE_SCALE, Item, Kind
@@ -344,8 +351,8 @@ def greedy_pass(
     ctx = _Ctx(snap, feas, costs, weights)
     cap = Capacity(snap)
     res = GreedyResult()
-    rules: list[Rule] = [HostSpread(snap), SiteSpread(ctx.pool_site, res.site_cap), LinkGroup(cap),
-                         TenantQuota(snap, quotas_left, ctx.hw_names, ctx.prof_hw)]
+    rules: list[Rule] = [HostResources(cap), HostSpread(snap), SiteSpread(ctx.pool_site, res.site_cap),
+                         LinkGroup(cap), TenantQuota(snap, quotas_left, ctx.hw_names, ctx.prof_hw)]
     i = 0
     while i < len(items):
         w = items[i].workload
@@ -392,6 +399,8 @@ def greedy_pass(
 
 
 def _fits_now(cap: Capacity, item: Item, c: Choice) -> bool:
+    if not cap.host_fits(item, c.pool):
+        return False
     if item.kind == Kind.SHARE:
         return bool(cap.free_share[c.device] + EPS >= item.share / SHARE_SCALE and cap.free_mem[c.device] >= c.mem)
     return bool(cap.pool_free[c.pool] >= c.n)
