@@ -29,6 +29,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from agent.cpusets import CpuAllocator, host_numa, usable_cpus
 from agent.drivers.base import Driver, LaunchError, LaunchPlan, RunHandle
 from libs.bus.errors import NotFound
 from libs.config import AgentSettings
@@ -44,6 +45,7 @@ from libs.schemas.commands import (
     ReplicaState,
     StopCommand,
 )
+from libs.schemas.devices import format_cpu_list, parse_cpu_list
 from libs.service import SeenIds
 
 log = logging.getLogger(__name__)
@@ -92,7 +94,7 @@ class Run:
 class Executor:
     def __init__(self, host_id: str, site: str, *, drivers: Mapping[str, Driver], settings: AgentSettings,
                  state_dir: Path | None = None, publish: Publish | None = None, default_driver: str | None = None,
-                 known_devices: Callable[[], Collection[str]] | None = None) -> None:
+                 known_devices: Callable[[], Collection[str]] | None = None, cpus: CpuAllocator | None = None) -> None:
         self.host_id, self.site, self.drivers, self.settings = host_id, site, dict(drivers), settings
         self.state_dir = state_dir
         self._scratch = None if state_dir else Path(tempfile.mkdtemp(prefix=f"xpumesh-{host_id}-"))
@@ -106,6 +108,7 @@ class Executor:
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
         self._reporter: asyncio.Task[None] | None = None
+        self.cpus = cpus  # None: this host's, made at the first pin
 
     # -- lifecycle -------------------------------------------------------------------------------
     @property
@@ -220,7 +223,8 @@ class Executor:
             plan, driver = self._plan(cmd)
             run.driver = driver.name
             self._save()
-            run.handle = await driver.start(plan)
+            handle = await driver.start(plan)
+            run.handle = handle.model_copy(update={"cpus": format_cpu_list(plan.cpus)}) if plan.cpus else handle
         except LaunchError as exc:
             self._finish(run, ReplicaState.FAILED, None, str(exc))
             return "failed"
@@ -241,7 +245,10 @@ class Executor:
                 if d.id not in known:
                     raise LaunchError(f"device {d.id} is not on this host")
         first = cmd.devices[0] if cmd.devices else None
-        variant = cmd.spec.variant_for(first.vendor, first.hardware_type) if first else cmd.spec.variant_for("", "")
+        alts = cmd.spec.alternatives
+        alt = cmd.resources.alternative if cmd.resources.alternative < len(alts) else 0
+        variant = (cmd.spec.variant_for(first.vendor, first.hardware_type, alt) if first
+                   else cmd.spec.variant_for("", "cpu" if alts[alt].is_cpu else "", alt))
         if variant is None:
             raise LaunchError(f"no variant for {first.vendor if first else 'this host'}; "
                               f"the spec has {sorted(cmd.spec.variants)}")
@@ -252,7 +259,24 @@ class Executor:
         workdir = self.root / "runs" / f"{cmd.workload_id}-{cmd.replica}-{cmd.attempt}"
         return LaunchPlan(cmd.workload_id, cmd.replica, cmd.attempt, cmd.replicas, self.host_id, self.site,
                           cmd.devices, variant, cmd.spec, workdir,
-                          {"XPUMESH_PEERS": ",".join(cmd.peers)} if cmd.replicas > 1 else {}), driver
+                          {"XPUMESH_PEERS": ",".join(cmd.peers)} if cmd.replicas > 1 else {},
+                          cpus=self._pin(cmd), memory_mib=cmd.resources.memory_mib or None), driver
+
+    def _pin(self, cmd: LaunchCommand) -> tuple[int, ...]:
+        """The CPUs for a replica (``agent.cpusets``): none when it holds none, or when this host has fewer free."""
+        want = cmd.resources.cpu
+        if want <= 0:
+            return ()
+        if self.cpus is None:
+            self.cpus = CpuAllocator(usable_cpus(self.settings.reserved_cpus), host_numa())
+        busy = {c for r in self.runs.values() if r.state.live and r.handle is not None and r.handle.cpus
+                for c in parse_cpu_list(r.handle.cpus)}
+        picked = self.cpus.pick(want, busy, cmd.resources.numa_node)
+        if picked is None:
+            log.warning("%s/%d holds %d CPUs but this host has fewer free to pin (of %d): it runs unpinned",
+                        cmd.workload_id, cmd.replica, want, len(self.cpus.cpus))
+            return ()
+        return tuple(picked)
 
     async def _stop(self, cmd: StopCommand) -> str:
         targets = [r for r in self.runs.values() if (r.workload_id, r.replica) == (cmd.workload_id, cmd.replica)

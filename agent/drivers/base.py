@@ -21,6 +21,7 @@ from typing import NamedTuple, Protocol
 from pydantic import BaseModel, Field
 
 from libs.schemas.commands import CommandDevice
+from libs.schemas.devices import format_cpu_list
 from libs.schemas.workload import Variant, WorkloadSpec, reserved_env_name
 
 # The variable(s) each vendor's runtime reads to pick devices, by the index the vendor's own
@@ -46,7 +47,8 @@ VISIBLE_DEVICES_ENV: dict[str, tuple[str, ...]] = {
 WORKLOAD_ENV_NAMES = frozenset({
     "XPUMESH_WORKLOAD_ID", "XPUMESH_WORKLOAD_NAME", "XPUMESH_REPLICA", "XPUMESH_REPLICAS", "XPUMESH_ATTEMPT",
     "XPUMESH_HOST", "XPUMESH_SITE", "XPUMESH_DEVICES", "XPUMESH_DEVICE_INDICES", "XPUMESH_VENDOR",
-    "XPUMESH_HARDWARE_TYPE", "XPUMESH_SHARE", "XPUMESH_MEMORY_MIB", "XPUMESH_PEERS",
+    "XPUMESH_HARDWARE_TYPE", "XPUMESH_SHARE", "XPUMESH_MEMORY_MIB", "XPUMESH_PEERS", "XPUMESH_CPUS",
+    "XPUMESH_HOST_MEMORY_MIB",
 })
 # PATH when the agent has none; LANG when the agent has none.
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -71,6 +73,7 @@ class RunHandle(BaseModel):
     container: str | None = None
     uid: int | None = Field(default=None, description="The replica's own uid (from the agent's range), held while it lives.")
     cgroup: str | None = Field(default=None, description="The replica's cgroup v2 directory, where it has one.")
+    cpus: str | None = Field(default=None, description="The CPUs it is pinned to (a Linux CPU list), held while it lives.")
     duration_s: float | None = None
     exit_code: int = 0
 
@@ -95,6 +98,8 @@ class LaunchPlan:
     spec: WorkloadSpec
     workdir: Path
     env: dict[str, str] = field(default_factory=dict)
+    cpus: tuple[int, ...] = ()  # the logical CPUs to pin it to (none: unpinned)
+    memory_mib: int | None = None  # its host memory limit, where the driver can set one
 
 
 class Driver(Protocol):
@@ -140,6 +145,10 @@ def workload_env(plan: LaunchPlan) -> dict[str, str]:
         "XPUMESH_DEVICES": ",".join(d.id for d in devs),
         "XPUMESH_DEVICE_INDICES": ",".join(str(d.index) for d in devs),
     }
+    if plan.cpus:
+        env["XPUMESH_CPUS"] = format_cpu_list(plan.cpus)
+    if plan.memory_mib:
+        env["XPUMESH_HOST_MEMORY_MIB"] = str(plan.memory_mib)
     if devs:
         env["XPUMESH_VENDOR"] = devs[0].vendor
         env["XPUMESH_HARDWARE_TYPE"] = str(devs[0].hardware_type)

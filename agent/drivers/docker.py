@@ -31,6 +31,9 @@ Every container runs as its replica's own uid and gid (``--user``, from the agen
 container's uid is the host's), with every capability dropped (``--cap-drop ALL``), no way
 to gain privileges (``--security-opt no-new-privileges``) and never ``--privileged``. AMD
 and Hygon keep ``seccomp=unconfined``, which ROCm needs.
+
+A replica that holds CPUs and host memory gets ``--cpuset-cpus`` (the CPUs the agent picked)
+and ``--memory`` (its host memory, a hard limit).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from datetime import UTC, datetime
 
 from agent.drivers.base import Exit, LaunchError, LaunchPlan, RunHandle, replica_env
 from agent.drivers.isolation import PoolExhausted, UidPool
+from libs.schemas.devices import format_cpu_list
 
 _NAME_SAFE = re.compile(r"[^a-zA-Z0-9_.-]+")
 
@@ -103,6 +107,10 @@ def docker_run_args(plan: LaunchPlan, *, docker: str = "docker", uid: int | None
             "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
     if uid is not None:
         args += ["--user", f"{uid}:{uid}"]
+    if plan.cpus:
+        args += ["--cpuset-cpus", format_cpu_list(plan.cpus)]
+    if plan.memory_mib:
+        args += ["--memory", f"{plan.memory_mib}m"]
     dev_env: dict[str, str] = {}
     vendors: dict[str, list[int]] = {}
     for d in plan.devices:

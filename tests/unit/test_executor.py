@@ -208,3 +208,31 @@ async def test_executor_stop_event_envelope_is_accepted(tmp_path: Path) -> None:
     cmd = _stop()
     assert await ex.handle_event(CloudEvent.new(EventTypes.AGENT_STOP, "/scheduler", cmd, id=cmd.command_id)) == "stopped"
     await ex.close()
+
+
+async def test_executor_pins_cpu_replicas_to_cpus_no_other_live_replica_holds(tmp_path: Path) -> None:
+    from agent.cpusets import CpuAllocator
+    from libs.schemas.commands import ReplicaResources
+
+    reports = Reports()
+    ex = _executor(tmp_path, reports, cpus=CpuAllocator(range(8), {0: [0, 1, 2, 3], 1: [4, 5, 6, 7]}))
+    await ex.start()
+    spec = WorkloadSpec(name="etl", hardware={"type": "cpu"}, resources={"cpu": 3},
+                        variants={"cpu": {"command": ["sleep", "30"]}, "default": {"command": ["false"]}})
+
+    def cmd(replica: int, cpu: int, node: int | None = None) -> LaunchCommand:
+        now = datetime.now(UTC)
+        return LaunchCommand(command_id=f"launch-{next(_n)}", host_id="h1", site="hz", workload_id="wl_c",
+                             replica=replica, attempt=1, replicas=3, devices=[],
+                             resources=ReplicaResources(cpu=cpu, memory_mib=512, numa_node=node), spec=spec,
+                             issued_at=now, expires_at=now + timedelta(seconds=60))
+
+    assert await ex.handle(cmd(0, 3)) == "launched"
+    assert await ex.handle(cmd(1, 3)) == "launched"
+    assert await ex.handle(cmd(2, 2, node=0)) == "launched"
+    held = {r.replica: r.handle.cpus for r in ex.runs.values() if r.handle is not None}
+    # the first fills most of node 0, the second cannot fit there and takes node 1, the third the rest of node 0
+    assert held == {0: "0-2", 1: "4-6", 2: None}  # node 0 has one CPU left: the third runs unpinned
+    await ex.handle(_stop("wl_c", 0))
+    assert await ex.handle(cmd(2, 2, node=0).model_copy(update={"attempt": 2})) == "launched"
+    assert next(r.handle.cpus for r in ex.runs.values() if (r.replica, r.attempt) == (2, 2) and r.handle) == "0-1"
