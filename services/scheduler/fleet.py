@@ -238,7 +238,7 @@ class Fleet:
             id=dev_id, host_id=h.id, hardware_type=d.hardware_type, vendor=d.vendor, model=d.model,
             memory_mib=d.memory_mib or 0, compute_units=self.compute_units(d.vendor, d.model),
             driver_version=d.driver_version, runtimes=dict(d.runtimes), health=h.device_health(dev_id),
-            link_group=h.links.get(dev_id)) for dev_id, d in h.devices.items())
+            link_group=h.links.get(dev_id), numa_node=d.numa_node) for dev_id, d in h.devices.items())
         return host_info(h.id, h.site, h.up, h.report), devices
 
     def _host_inputs(self, h: HostView) -> tuple[HostInfo, tuple[DeviceInfo, ...]]:

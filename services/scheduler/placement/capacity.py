@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from services.scheduler.placement.numa import fitting_nodes, free_devices_by_node, node_count
 from services.scheduler.placement.snapshot import EPS, BoolArray, FleetSnapshot, FloatArray, IntArray
 from services.scheduler.placement.workloads import SHARE_SCALE, Item, Kind
 
@@ -302,11 +303,20 @@ def select_devices(
     taken: set[int] = set()
     out: list[Selected] = []
     failed: list[int] = []
-    # Shares name their device; whole requests then pick from what is left, link-bound first.
-    order = sorted(choices, key=lambda c: (items[c.item].kind != Kind.SHARE, not items[c.item].link, -c.n))
+    numa_used: dict[tuple[int, int], int] = {}  # (host, node) → CPUs single-node items took in this batch
+    # Shares name their device; whole requests then pick from what is left, link-bound and single-node first.
+    order = sorted(choices, key=lambda c: (items[c.item].kind != Kind.SHARE, not items[c.item].link,
+                                           not items[c.item].numa, -c.n))
     for c in order:
         item = items[c.item]
         host = int(snap.pool_host[c.pool])
+        if item.numa and item.kind != Kind.SHARE:
+            got = _select_numa(snap, item, c, taken, numa_used)
+            if got is None:
+                failed.append(c.item)
+            else:
+                out.append(got)
+            continue
         if item.kind == Kind.SHARE:
             d = c.device
             fs = free_share.get(d, float(snap.dev_free_share[d]))
@@ -331,6 +341,31 @@ def select_devices(
         taken.update(devs)
         out.append(Selected(c.item, host, devs, [1.0] * len(devs), [int(snap.dev_mem[d]) for d in devs]))
     return out, failed
+
+
+def _select_numa(snap: FleetSnapshot, item: Item, c: Choice, taken: set[int],
+                 numa_used: dict[tuple[int, int], int]) -> Selected | None:
+    """A single-node item's devices and node: the fullest node that still has its CPUs and devices."""
+    host = int(snap.pool_host[c.pool])
+    nodes = fitting_nodes(snap, item, c.pool, numa_used, taken)
+    if not nodes:
+        return None
+    node = nodes[0]
+    multi = node_count(snap, host) > 1
+    devs: list[int] = []
+    if not snap.is_cpu_pool(c.pool):
+        avail = free_devices_by_node(snap, c.pool, taken).get(node, []) if multi else [
+            d for d in snap.pool_devices(c.pool) if d not in taken and snap.dev_usable[d]
+            and snap.dev_free_share[d] >= 1 - EPS and snap.dev_free_mem[d] >= snap.dev_mem[d]]
+        picked = _pick(snap, avail, c.n, item.link)
+        if picked is None:
+            return None
+        devs = picked
+        taken.update(devs)
+    cpu = item.n if item.cpu_only else item.cpu
+    numa_used[(host, node)] = numa_used.get((host, node), 0) + cpu
+    return Selected(c.item, host, devs, [1.0] * len(devs), [int(snap.dev_mem[d]) for d in devs],
+                    numa_node=node if multi or snap.hosts[host].numa_cpus else None)
 
 
 def _pick(snap: FleetSnapshot, avail: list[int], n: int, link: bool) -> list[int] | None:

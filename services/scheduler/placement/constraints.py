@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from services.scheduler.placement.capacity import Capacity, Choice
+from services.scheduler.placement.numa import fitting_nodes
 from services.scheduler.placement.quota import QuotaLeft, units
 from services.scheduler.placement.snapshot import BoolArray, FleetSnapshot, I32Array, IntArray
 from services.scheduler.placement.workloads import UNITS_PER_DEVICE, Item, Kind
@@ -58,7 +59,8 @@ class Rule(Protocol):
 class HostResources:
     """A host's free CPUs and memory: an option on a device pool also takes the item's ``cpu`` from its host's
     CPU pool and ``host_mem`` from the host (``Capacity.apply`` does the accounting, ``Capacity.host_fits``
-    says whether it fits now); CPU-only work takes its CPUs from the CPU pool itself. The model bounds, per
+    says whether it fits now); CPU-only work takes its CPUs from the CPU pool itself. With
+    ``placement.numa: single`` a pool counts only where one NUMA node of its host has room (``numa``). The model bounds, per
     host its candidates could overrun, the CPUs and memory all chosen options take (``ModelInput.host_left``)."""
 
     def __init__(self, cap: Capacity) -> None:
@@ -68,13 +70,19 @@ class HostResources:
         """No per-workload state."""
 
     def restricts(self, item: Item) -> bool:
-        return item.cpu > 0 or item.host_mem > 0
+        return item.cpu > 0 or item.host_mem > 0 or item.numa
 
     def allows(self, item: Item, pool: int, n: int) -> bool:
-        return self.capacity.host_fits(item, pool)
+        return self.capacity.host_fits(item, pool) and (not item.numa or bool(fitting_nodes(
+            self.capacity.snap, item, pool)))
 
     def mask(self, item: Item, pools: IntArray, need: IntArray) -> BoolArray:
-        return self.capacity.hosts_fit(item, pools)
+        ok = self.capacity.hosts_fit(item, pools)
+        if item.numa:
+            snap = self.capacity.snap
+            ok &= np.fromiter((bool(fitting_nodes(snap, item, int(q))) for q in pools), dtype=np.bool_,
+                              count=len(pools))
+        return ok
 
     def take(self, item: Item, c: Choice, sign: int = 1) -> None:
         """Capacity tracks what was taken."""

@@ -17,6 +17,7 @@ from services.scheduler.placement.feasibility import (
     HOST_STAGES,
     MEM_FREE,
     NO_DEVICES,
+    NUMA_FREE,
     PASSED,
     PROFILE_STAGES,
     STAGE_NAMES,
@@ -25,6 +26,7 @@ from services.scheduler.placement.feasibility import (
     FeasibilityCache,
     host_stage_texts,
 )
+from services.scheduler.placement.numa import fitting_nodes
 from services.scheduler.placement.snapshot import EPS
 from services.scheduler.placement.workloads import SHARE_SCALE, Item, Kind
 
@@ -81,7 +83,13 @@ class Explainer:
         cpu_ok, mem_ok = self._host_fits(item)
         code[fits & ~cpu_ok] = CPU_FREE * stride + CPU_FREE
         code[fits & cpu_ok & ~mem_ok] = MEM_FREE * stride + MEM_FREE
-        code[fits & cpu_ok & mem_ok] = PASSED * stride
+        ok = fits & cpu_ok & mem_ok
+        if item.numa:
+            numa_ok = np.array([bool(fitting_nodes(snap, item, q)) if ok[q] else False for q in range(snap.n_pools)],
+                               dtype=np.bool_)
+            code[ok & ~numa_ok] = NUMA_FREE * stride + NUMA_FREE
+            ok &= numa_ok
+        code[ok] = PASSED * stride
         host_code = np.full(snap.n_hosts, -1, dtype=np.int64)
         np.maximum.at(host_code, snap.pool_host, code)
         down = host_code < 0  # hosts without devices: host filters first, then "no devices"
@@ -97,7 +105,7 @@ class Explainer:
                 passed += c
                 continue
             label = names[tid] if stage == CAPACITY or stage in PROFILE_STAGES else texts[stage] \
-                if stage in (*HOST_STAGES, NO_DEVICES, CPU_FREE, MEM_FREE) else STAGE_NAMES[stage]
+                if stage in (*HOST_STAGES, NO_DEVICES, CPU_FREE, MEM_FREE, NUMA_FREE) else STAGE_NAMES[stage]
             counts[label] = counts.get(label, 0) + c
         return counts, passed
 

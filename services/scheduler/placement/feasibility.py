@@ -26,7 +26,7 @@ from services.scheduler.placement.workloads import Signature
 # removes all of its devices (and its CPU pool).
 HOST_DOWN, SITE, HOST_LABELS, CPU_ARCH, CPU_FEATURES, CPU_SIZE, MEM_SIZE, NO_DEVICES = 0, 1, 2, 3, 4, 5, 6, 7
 HW_TYPE, VENDOR, MODEL, VARIANT, MEMORY, COMPUTE_UNITS, RUNTIME, FRAMEWORK = 8, 9, 10, 11, 12, 13, 14, 15
-UNHEALTHY, CAPACITY, CPU_FREE, MEM_FREE, PASSED = 16, 17, 18, 19, 20
+UNHEALTHY, CAPACITY, CPU_FREE, MEM_FREE, NUMA_FREE, PASSED = 16, 17, 18, 19, 20, 21
 HOST_STAGES = (HOST_DOWN, SITE, HOST_LABELS, CPU_ARCH, CPU_FEATURES, CPU_SIZE, MEM_SIZE)
 PROFILE_STAGES = range(HW_TYPE, FRAMEWORK + 1)
 STAGE_NAMES = {
@@ -37,6 +37,7 @@ STAGE_NAMES = {
     VARIANT: "no variant", MEMORY: "device memory too small", COMPUTE_UNITS: "no compute units in catalog",
     RUNTIME: "runtime", FRAMEWORK: "framework", UNHEALTHY: "unhealthy devices", CAPACITY: "capacity",
     CPU_FREE: "not enough free CPU", MEM_FREE: "not enough free host memory",
+    NUMA_FREE: "no NUMA node with room for its devices and CPUs",
 }
 
 

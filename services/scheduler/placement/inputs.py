@@ -65,6 +65,7 @@ class DeviceInfo:
     runtimes: Mapping[str, str] = field(default_factory=dict)
     health: Health = Health.HEALTHY
     link_group: str | None = None
+    numa_node: int | None = None  # the host's NUMA node it hangs off, where known
 
     @property
     def usable(self) -> bool:

@@ -95,6 +95,7 @@ class FleetSnapshot:
     host_mem_free: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     host_cpu_pool: I32Array = field(default_factory=lambda: np.zeros(0, dtype=np.int32))  # its CPU pool, -1: none
     numa_free: dict[tuple[int, int], int] = field(default_factory=dict)  # (host, node) → free CPUs, where known
+    dev_numa: I32Array = field(default_factory=lambda: np.zeros(0, dtype=np.int32))  # NUMA node, -1: unknown
     shared: dict[object, object] = field(default_factory=dict)  # caches over the immutable parts, kept by children
     pool_free: IntArray = field(init=False)
     pool_usable: IntArray = field(init=False)
@@ -103,6 +104,8 @@ class FleetSnapshot:
     def __post_init__(self) -> None:
         if self.n_dev_pools < 0:
             self.n_dev_pools = len(self.pool_host)
+        if len(self.dev_numa) != len(self.dev_ids):
+            self.dev_numa = np.full(len(self.dev_ids), -1, dtype=np.int32)
         n = len(self.hosts)
         if len(self.host_cpu) != n:  # built without host resources: nothing limits them
             self.host_cpu = np.full(n, UNLIMITED, dtype=np.int64)
@@ -243,7 +246,8 @@ class FleetSnapshot:
             dev_cu=self.dev_cu, dev_free_share=free_share, dev_free_mem=free_mem, allocations=allocations,
             dev_allocs=dev_allocs, bandwidth_gbps=self.bandwidth_gbps, latency_ms=self.latency_ms,
             n_dev_pools=self.n_dev_pools, host_cpu=self.host_cpu, host_mem=self.host_mem, host_cpu_free=cpu_free,
-            host_mem_free=hmem_free, host_cpu_pool=self.host_cpu_pool, numa_free=numa_free, shared=self.shared,
+            host_mem_free=hmem_free, host_cpu_pool=self.host_cpu_pool, numa_free=numa_free, dev_numa=self.dev_numa,
+            shared=self.shared,
         )
         if not evicted:  # carry the cached aggregates forward instead of rescanning every allocation
             added = allocations[len(self.allocations):]
@@ -390,4 +394,6 @@ def build_snapshot(
         dev_free_mem=free_mem, allocations=alloc_list, dev_allocs=dev_allocs, bandwidth_gbps=bandwidth,
         latency_ms=latency, n_dev_pools=n_dev_pools, host_cpu=host_cpu, host_mem=host_mem, host_cpu_free=cpu_free,
         host_mem_free=hmem_free, host_cpu_pool=host_cpu_pool, numa_free=numa_free,
+        dev_numa=np.fromiter((-1 if r[3].numa_node is None else r[3].numa_node for r in rows), dtype=np.int32,
+                             count=n),
     )
