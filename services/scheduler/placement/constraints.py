@@ -1,5 +1,6 @@
 """Placement rules beyond device capacity, one object each: a host's CPUs and memory, spread over
-hosts, spread over sites, one link group, tenant quota (its accounting in ``quota``).
+hosts, spread over sites, one device model (and site) per gang, one link group, tenant quota (its
+accounting in ``quota``).
 
 Each rule answers the same questions, in the spirit of Nomad's feasibility iterators:
 
@@ -19,6 +20,7 @@ rule: it is what options are built from (``capacity``).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -205,6 +207,57 @@ class SiteSpread:
                 m.linear(xs, [1] * len(xs), 0, mi.site_cap[wl])
 
 
+class UniformGang:
+    """A gang's replicas on one device model and, unless ``spread`` is 'site', one site (``Item.uniform``;
+    ``placement.mixed_models: true`` turns it off). The greedy pass fixes the key with the first replica it
+    places (or tries the one ``forced``); the model makes every replica item take the same key:
+    ``sum x[i, key] == sum x[i+1, key]`` for each key and each pair of consecutive items."""
+
+    def __init__(self, snap: FleetSnapshot) -> None:
+        self.snap = snap
+        self.key: tuple[str, int] | None = None
+        self.forced: tuple[str, int] | None = None
+
+    @staticmethod
+    def pool_key(snap: FleetSnapshot, item: Item, pool: int) -> tuple[str, int]:
+        model = snap.profiles[snap.pool_profile[pool]].model
+        return model, -1 if item.spread == "site" else int(snap.host_site[snap.pool_host[pool]])
+
+    def start(self, group: Sequence[Item]) -> None:
+        self.key = self.forced
+
+    def restricts(self, item: Item) -> bool:
+        return item.uniform and self.key is not None
+
+    def allows(self, item: Item, pool: int, n: int) -> bool:
+        return self.pool_key(self.snap, item, pool) == self.key
+
+    def mask(self, item: Item, pools: IntArray, need: IntArray) -> BoolArray:
+        return np.fromiter((self.pool_key(self.snap, item, int(q)) == self.key for q in pools), dtype=np.bool_,
+                           count=len(pools))
+
+    def take(self, item: Item, c: Choice, sign: int = 1) -> None:
+        if sign > 0 and item.uniform and self.key is None:
+            self.key = self.pool_key(self.snap, item, c.pool)
+
+    @staticmethod
+    def encode(m: Model, snap: FleetSnapshot, mi: ModelInput, options: Sequence[tuple[int, Choice]]) -> None:
+        by_item: dict[int, dict[tuple[str, int], list[int]]] = {}
+        items = mi.items
+        for x, c in options:
+            item = items[c.item]
+            if item.uniform:
+                by_item.setdefault(c.item, {}).setdefault(UniformGang.pool_key(snap, item, c.pool), []).append(x)
+        by_wl: dict[int, list[int]] = {}
+        for i in sorted(by_item):
+            by_wl.setdefault(items[i].workload, []).append(i)
+        for its in by_wl.values():
+            for a, b in itertools.pairwise(its):
+                for key in set(by_item[a]) | set(by_item[b]):
+                    xa, xb = by_item[a].get(key, []), by_item[b].get(key, [])
+                    m.linear([*xa, *xb], [1] * len(xa) + [-1] * len(xb), 0, 0)
+
+
 class LinkGroup:
     """``topology: same_link_group``: a replica's whole devices share one link group. The
     candidates already satisfy it (and ``select_devices`` picks the group), so the CP-SAT
@@ -293,4 +346,4 @@ class TenantQuota:
 
 
 #: Every rule, in the order the CP-SAT model encodes them.
-MODEL_RULES = (HostResources, HostSpread, SiteSpread, LinkGroup, TenantQuota)
+MODEL_RULES = (HostResources, HostSpread, SiteSpread, UniformGang, LinkGroup, TenantQuota)

@@ -389,6 +389,9 @@ def _results(batch: Sequence[PendingWorkload], items: Sequence[Item], snap: Flee
                          "by higher-priority or better-fitting work")
         if it.gang:
             extra.insert(0, f"gang of {spec.replicas}: all replicas must fit at once")
+        if it.uniform:
+            extra.insert(1, "on one device model" + (" and one site" if it.spread != "site" else "")
+                         + f": no model has room for all {spec.replicas} (placement.mixed_models: true lets them mix)")
         for line in shortfalls(it, quota_after):
             extra.insert(0, line)
         if spec.placement.spread != "none" and spec.replicas > 1:

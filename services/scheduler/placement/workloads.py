@@ -157,6 +157,6 @@ def expand(batch: Sequence[PendingWorkload]) -> list[Item]:
                 data_site=pl.data_site, data_gib=pl.data_gib, units=units * len(reps),
                 cpu=0 if cpu_only else demand.cpu * len(reps), host_mem=demand.host_memory_mib * len(reps),
                 cpu_only=cpu_only, numa=pl.numa == "single",
-                uniform=gang and len(groups) > 1 and not pl.mixed_models, alternative=alt,
+                uniform=gang and len(groups) > 1 and not pl.mixed_models and not cpu_only, alternative=alt,
             ))
     return items
