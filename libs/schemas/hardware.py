@@ -7,10 +7,12 @@ replica (logical CPUs and host memory), given once for the workload and optional
 alternative. ``Demand`` is what validation, the quota check and placement read, built in one
 place (``HardwareRequest.demand``).
 
-Defaults: a replica that says nothing takes ``DEFAULT_CPU`` logical CPU and
-``DEFAULT_MEMORY_GIB`` GiB of host memory (as Nomad gives every task a small default
-reservation), so it always holds a little of its host; a CPU-only request names its CPUs in
-``resources.cpu``.
+Defaults: a replica that says nothing takes ``DEFAULT_MEMORY_GIB`` GiB of host memory and, when it
+asks for devices, ``DEFAULT_CPU`` (no) logical CPUs: it is not pinned and shares the host's CPUs
+with the system, as a Kubernetes pod without requests reserves none. A whole CPU by
+default would let the CPU count, not the devices, cap how many replicas a host takes (a host with
+few CPUs left, or many replicas sharing its devices, would strand its devices). CPU-only work
+holds at least ``DEFAULT_CPU_ONLY`` CPU and names its CPUs in ``resources.cpu``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from libs.schemas.devices import HardwareType
 __all__ = [
     "ARCH_ALIASES",
     "DEFAULT_CPU",
+    "DEFAULT_CPU_ONLY",
     "DEFAULT_MEMORY_GIB",
     "Demand",
     "HardwareRequest",
@@ -35,7 +38,8 @@ __all__ = [
 
 _KEY = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
 _FEATURE = re.compile(r"^[a-z0-9][a-z0-9_.]{0,31}$")
-DEFAULT_CPU = 1
+DEFAULT_CPU = 0
+DEFAULT_CPU_ONLY = 1
 DEFAULT_MEMORY_GIB = 1.0
 MAX_MODELS = 16
 # What people write for an architecture, as the kernel names it (``uname -m``).
@@ -86,7 +90,9 @@ class ResourceRequest(BaseModel):
 
     cpu: int | None = Field(default=None, ge=0, le=4096,
                             description=f"Logical CPUs per replica (whole CPUs, which the agent pins where it can). "
-                            f"Unset: {DEFAULT_CPU}. 0: no CPU reserved (nothing pinned).", examples=[32])
+                            f"Unset: {DEFAULT_CPU} beside devices (no CPU reserved, nothing pinned), "
+                            f"{DEFAULT_CPU_ONLY} for CPU-only work (which always holds at least that).",
+                            examples=[32])
     memory_gib: float | None = Field(default=None, ge=0, le=65536,
                                      description=f"Host memory per replica (GiB), also its limit where the driver "
                                      f"can set one. Unset: {DEFAULT_MEMORY_GIB:g}.", examples=[256])
@@ -253,7 +259,7 @@ class HardwareRequest(BaseModel):
         mem_gib = mine.memory_gib if mine.memory_gib is not None else (
             base.memory_gib if base.memory_gib is not None else DEFAULT_MEMORY_GIB)
         if self.is_cpu:
-            cpu = max(1, cpu)
+            cpu = max(DEFAULT_CPU_ONLY, cpu)
         shared = self.is_shared
         if self.compute_units is not None or self.is_cpu:
             devices = 0.0

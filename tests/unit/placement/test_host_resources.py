@@ -56,6 +56,20 @@ def test_host_resources_demo_bug_cpu_count_one_is_placed():
     assert a.cpu == 1 and a.host_id in ("x86", "arm") and not d.pending
 
 
+def test_host_resources_device_replicas_naming_no_cpus_share_a_host_with_one_cpu_left():
+    """Two GPU replicas that name no CPUs on a host with one allocatable CPU: both run (a default of one whole
+    CPU each left the second pending, "1 host: not enough free CPU", with seven GPUs idle)."""
+    snap = build_snapshot([host("small", cpus=1, memory_mib=16 * 1024, **X86)], devices("small", "a100", 8), ())
+    batch = [wl(f"r{i}", hardware={"type": "gpu"}) for i in range(2)]
+    for d in (place(batch, snap), place_greedy(batch, snap)):
+        check_valid(d, snap, batch)
+        assert not d.pending and sorted(a.cpu for a in d.assignments) == [0, 0]
+    asks = [wl("pinned", hardware={"type": "gpu"}, resources={"cpu": 1}),
+            wl("also", hardware={"type": "gpu"}, resources={"cpu": 1})]
+    d = place(asks, snap)
+    assert len(d.assignments) == 1 and len(d.pending) == 1  # a CPU asked for is still held whole
+
+
 def test_host_resources_cpu_features_and_arch_filter_and_explain():
     snap = _fleet()
     batch = [wl("amx", hardware={"type": "cpu", "arch": "aarch64", "cpu_features": ["amx_tile"]})]

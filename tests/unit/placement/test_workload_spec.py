@@ -100,8 +100,10 @@ def test_workload_spec_demand_is_what_one_replica_asks_for(hardware: dict[str, A
                                                        else 3 * demand.compute_units)
 
 
-def test_workload_spec_resources_default_to_one_cpu_and_one_gib() -> None:
+def test_workload_spec_resources_default_to_no_cpu_beside_devices_one_for_cpu_work_and_one_gib() -> None:
     d = spec(hardware={"type": "gpu", "count": 2}).demand()
+    assert (d.cpu, d.host_memory_mib) == (0, 1024)
+    d = spec(hardware={"type": "cpu"}).demand()
     assert (d.cpu, d.host_memory_mib) == (1, 1024)
     d = spec(hardware={"type": "gpu"}, resources={"cpu": 32, "memory_gib": 256}).demand()
     assert (d.cpu, d.host_memory_mib) == (32, 256 * 1024)
