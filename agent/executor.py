@@ -31,6 +31,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from agent.cpusets import CpuAllocator, host_numa, usable_cpus
 from agent.drivers.base import Driver, LaunchError, LaunchPlan, RunHandle
+from agent.shares import DeviceFacts, ShareMechanisms
 from libs.bus.errors import NotFound
 from libs.config import AgentSettings
 from libs.events import CloudEvent, EventTypes
@@ -43,6 +44,7 @@ from libs.schemas.commands import (
     LogsRequest,
     ReplicaReport,
     ReplicaState,
+    ShareEnforcement,
     StopCommand,
 )
 from libs.schemas.devices import format_cpu_list, parse_cpu_list
@@ -83,6 +85,7 @@ class Run:
     def report(self) -> ReplicaReport:
         return ReplicaReport(workload_id=self.workload_id, replica=self.replica, attempt=self.attempt, state=self.state,
                              driver=self.driver, device_ids=self.device_ids, shares=self.shares,
+                             share_enforcement=self.handle.share_enforcement if self.handle else None,
                              exit_code=self.exit_code, message=self.message[:500], started_at=self.started_at,
                              finished_at=self.finished_at, changed_at=self.changed_at)
 
@@ -94,7 +97,8 @@ class Run:
 class Executor:
     def __init__(self, host_id: str, site: str, *, drivers: Mapping[str, Driver], settings: AgentSettings,
                  state_dir: Path | None = None, publish: Publish | None = None, default_driver: str | None = None,
-                 known_devices: Callable[[], Collection[str]] | None = None, cpus: CpuAllocator | None = None) -> None:
+                 known_devices: Callable[[], Collection[str]] | None = None, cpus: CpuAllocator | None = None,
+                 share_facts: Callable[[], Mapping[str, DeviceFacts]] | None = None) -> None:
         self.host_id, self.site, self.drivers, self.settings = host_id, site, dict(drivers), settings
         self.state_dir = state_dir
         self._scratch = None if state_dir else Path(tempfile.mkdtemp(prefix=f"xpumesh-{host_id}-"))
@@ -109,6 +113,9 @@ class Executor:
         self._changed = asyncio.Event()
         self._reporter: asyncio.Task[None] | None = None
         self.cpus = cpus  # None: this host's, made at the first pin
+        self.share_facts = share_facts
+        self.shares = ShareMechanisms(mps_pipe_directory=settings.mps_pipe_directory,
+                                      hami_core_library=settings.hami_core_library)
 
     # -- lifecycle -------------------------------------------------------------------------------
     @property
@@ -224,7 +231,9 @@ class Executor:
             run.driver = driver.name
             self._save()
             handle = await driver.start(plan)
-            run.handle = handle.model_copy(update={"cpus": format_cpu_list(plan.cpus)}) if plan.cpus else handle
+            run.handle = handle.model_copy(update={"cpus": format_cpu_list(plan.cpus) if plan.cpus else None,
+                                                   "share_enforcement": plan.share.enforcement,
+                                                   "mig_uuid": plan.share.mig_uuid})
         except LaunchError as exc:
             self._finish(run, ReplicaState.FAILED, None, str(exc))
             return "failed"
@@ -257,10 +266,18 @@ class Executor:
         if driver is None:
             raise LaunchError(f"this host has no {name} driver")
         workdir = self.root / "runs" / f"{cmd.workload_id}-{cmd.replica}-{cmd.attempt}"
+        if self.share_facts is not None:
+            self.shares.facts = dict(self.share_facts())
+        held = {r.handle.mig_uuid for r in self.runs.values() if r.state.live and r.handle and r.handle.mig_uuid}
+        share = self.shares.handoff(cmd.devices, workdir, container=name == "docker", mig_busy=held)
+        if share.enforcement is not None:
+            log.info("%s/%d: its device share is %s", cmd.workload_id, cmd.replica,
+                     "advisory only (no MIG instance free, no MPS daemon, no HAMi-core library)"
+                     if share.enforcement == ShareEnforcement.ADVISORY else f"enforced by {share.enforcement}")
         return LaunchPlan(cmd.workload_id, cmd.replica, cmd.attempt, cmd.replicas, self.host_id, self.site,
                           cmd.devices, variant, cmd.spec, workdir,
                           {"XPUMESH_PEERS": ",".join(cmd.peers)} if cmd.replicas > 1 else {},
-                          cpus=self._pin(cmd), memory_mib=cmd.resources.memory_mib or None), driver
+                          cpus=self._pin(cmd), memory_mib=cmd.resources.memory_mib or None, share=share), driver
 
     def _pin(self, cmd: LaunchCommand) -> tuple[int, ...]:
         """The CPUs for a replica (``agent.cpusets``): none when it holds none, or when this host has fewer free."""

@@ -33,6 +33,7 @@ from agent.facts import local_hostname
 from agent.ports import Execution
 from agent.probes.readings import DeviceReading
 from agent.publisher import HostPublisher, Reconnects
+from agent.shares import DeviceFacts, device_facts
 from libs import __version__
 from libs.bus import subjects
 from libs.bus.connection import Bus
@@ -93,6 +94,10 @@ class Agent:
     def device_ids(self) -> Collection[str]:
         devices = self.discovery.devices if self.discovery is not None else []
         return {device_id(self.host_id, d.vendor, d.index) for d in devices}
+
+    def share_facts(self) -> dict[str, DeviceFacts]:
+        """What shares need of the devices discovered last (memory, MIG instances), by device id."""
+        return device_facts(self.host_id, self.discovery.devices if self.discovery is not None else [])
 
     def _pub(self) -> HostPublisher:
         if self.publisher is None:
@@ -166,7 +171,8 @@ class Agent:
         pub = self._pub()
         s = self.settings
         execution: Execution = await start_execution(self.bus, self, drivers=host_drivers(s.agent), settings=s.agent,
-                                                     state_dir=s.data_dir / "agent" / pub.host_id)
+                                                     state_dir=s.data_dir / "agent" / pub.host_id,
+                                                     share_facts=self.share_facts)
         reconnects = Reconnects(self.bus)
 
         async def heartbeat(_: object) -> None:

@@ -20,7 +20,8 @@ from typing import NamedTuple, Protocol
 
 from pydantic import BaseModel, Field
 
-from libs.schemas.commands import CommandDevice
+from agent.shares import Handoff
+from libs.schemas.commands import CommandDevice, ShareEnforcement
 from libs.schemas.devices import format_cpu_list
 from libs.schemas.workload import Variant, WorkloadSpec, reserved_env_name
 
@@ -74,6 +75,8 @@ class RunHandle(BaseModel):
     uid: int | None = Field(default=None, description="The replica's own uid (from the agent's range), held while it lives.")
     cgroup: str | None = Field(default=None, description="The replica's cgroup v2 directory, where it has one.")
     cpus: str | None = Field(default=None, description="The CPUs it is pinned to (a Linux CPU list), held while it lives.")
+    share_enforcement: ShareEnforcement | None = Field(default=None, description="What holds it to its device share.")
+    mig_uuid: str | None = Field(default=None, description="The MIG instance it holds, while it lives.")
     duration_s: float | None = None
     exit_code: int = 0
 
@@ -100,6 +103,7 @@ class LaunchPlan:
     env: dict[str, str] = field(default_factory=dict)
     cpus: tuple[int, ...] = ()  # the logical CPUs to pin it to (none: unpinned)
     memory_mib: int | None = None  # its host memory limit, where the driver can set one
+    share: Handoff = field(default_factory=Handoff)  # how it is held to its device share (agent.shares)
 
 
 class Driver(Protocol):
@@ -129,6 +133,12 @@ def visible_devices_env(devices: Sequence[CommandDevice]) -> dict[str, str]:
         for name in VISIBLE_DEVICES_ENV.get(vendor, ()):
             env[name] = value
     return env
+
+
+def device_env(plan: LaunchPlan, visible: Mapping[str, str]) -> dict[str, str]:
+    """The devices' variables: ``visible`` (the vendor's visible-device variables), then those of the share's
+    handoff, which replace any they name (a MIG instance's UUID in place of the GPU's index)."""
+    return {**visible, **plan.share.env}
 
 
 def workload_env(plan: LaunchPlan) -> dict[str, str]:
@@ -172,8 +182,11 @@ def replica_env(plan: LaunchPlan, device_env: Mapping[str, str], base: Mapping[s
     that skipped that check), the devices' variables, then the agent's ``XPUMESH_*`` variables
     that ``WORKLOAD_ENV_NAMES`` lists."""
     env = dict(base or {})
-    env.update({k: v for k, v in plan.variant.env.items() if not reserved_env_name(k)})
+    own = {k: v for k, v in plan.variant.env.items() if not reserved_env_name(k)}
+    env.update(own)
     env.update(device_env)
+    if "LD_PRELOAD" in device_env and own.get("LD_PRELOAD"):  # the share's limiter first, then the workload's
+        env["LD_PRELOAD"] = f"{device_env['LD_PRELOAD']}:{own['LD_PRELOAD']}"
     ours = {**workload_env(plan), **plan.env}
     env.update({k: v for k, v in ours.items() if k in WORKLOAD_ENV_NAMES})
     return env

@@ -39,6 +39,7 @@ from agent.drivers.base import (
     LaunchError,
     LaunchPlan,
     RunHandle,
+    device_env,
     host_base_env,
     read_tail,
     replica_env,
@@ -86,7 +87,7 @@ class ProcessDriver:
         """The replica's environment: allow-listed (``replica_env``), never the agent's own, which
         holds its credentials; only ``PATH`` and ``LANG`` come from the agent, ``HOME`` is the
         replica's directory."""
-        return replica_env(plan, visible_devices_env(plan.devices), host_base_env(plan.workdir))
+        return replica_env(plan, device_env(plan, visible_devices_env(plan.devices)), host_base_env(plan.workdir))
 
     def argv(self, plan: LaunchPlan, argv: list[str], uid: int | None = None, group: Path | None = None) -> list[str]:
         """What is executed: the exit-code wrapper, under the replica's uid and cgroup when isolated, pinned to its

@@ -35,6 +35,16 @@ def command_id(kind: str, workload_id: str, replica: int, attempt: int, n: int) 
     return _SAFE_ID.sub("-", f"{kind}.{workload_id}.{replica}.{attempt}.{n}")[:128]
 
 
+class ShareEnforcement(StrEnum):
+    """What holds a replica to its share of a device (``agent.shares``): a MIG instance, NVIDIA MPS's client
+    limits, HAMi-core's limiter, or nothing (``advisory``: the replica is told its share in ``XPUMESH_SHARE``)."""
+
+    MIG = "mig"
+    MPS = "mps"
+    HAMI_CORE = "hami-core"
+    ADVISORY = "advisory"
+
+
 class CommandDevice(BaseModel):
     """One device a replica runs on, with what the agent needs to expose it."""
 
@@ -59,6 +69,10 @@ class ReplicaResources(BaseModel):
     memory_mib: int = Field(default=0, ge=0, description="Host memory it holds (also its limit where the driver sets one).")
     numa_node: int | None = Field(default=None, ge=0, description="With placement.numa 'single': the node of its "
                                   "devices and CPUs.")
+    share_enforcement: ShareEnforcement | None = Field(
+        default=None, description="With a share of a device: what holds it to the share on its host, as its agent "
+        "reports once it starts ('mig', 'mps', 'hami-core'; 'advisory': nothing, it is only told). None: whole "
+        "devices, or not reported yet.")
 
 
 class LaunchCommand(BaseModel):
@@ -128,6 +142,8 @@ class ReplicaReport(BaseModel):
     driver: str = Field(max_length=32)
     device_ids: list[str] = Field(default_factory=list, max_length=64)
     shares: list[float] = Field(default_factory=list, max_length=64)
+    share_enforcement: ShareEnforcement | None = Field(default=None, description="What holds it to its share "
+                                                       "(None: whole devices).")
     exit_code: int | None = None
     message: str = Field(default="", max_length=500)
     started_at: datetime | None = None

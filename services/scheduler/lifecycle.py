@@ -263,13 +263,14 @@ def observe(wl: Workload, r: Replica, rep: ReplicaReport, now: datetime, ttl_s: 
     """Apply what the agent says about the replica's current attempt; True when anything changed."""
     if rep.attempt != r.attempt or not r.active or wl.state.terminal:
         return False
+    noted = _note_enforcement(r, rep, now)
     if rep.state == ReplicaState.STARTING:
         if r.state != "placed":
-            return False
+            return noted
         wl.replica_move(r, "starting", "agent is starting it", now, started_at=rep.started_at)
     elif rep.state == ReplicaState.RUNNING:
         if r.state == "running":
-            return False
+            return noted
         wl.replica_move(r, "running", f"running on {r.host_id}", now, started_at=rep.started_at or now)
     elif rep.state == ReplicaState.SUCCEEDED:
         replica_ended(wl, r, True, rep.exit_code, rep.message, now, ttl_s)
@@ -277,6 +278,15 @@ def observe(wl: Workload, r: Replica, rep: ReplicaReport, now: datetime, ttl_s: 
         msg = rep.message or ("stopped on the host" if rep.state == ReplicaState.STOPPED else "")
         replica_ended(wl, r, False, rep.exit_code, msg, now, ttl_s)
     settle(wl, f"replica {r.replica} {r.state}", now)
+    return True
+
+
+def _note_enforcement(r: Replica, rep: ReplicaReport, now: datetime) -> bool:
+    """Record what the agent says holds the replica to its device share (``ReplicaResources.share_enforcement``)."""
+    value = str(rep.share_enforcement) if rep.share_enforcement is not None else None
+    if value is None or not r.resources or r.resources.get("share_enforcement") == value:
+        return False
+    r.set(now, resources={**r.resources, "share_enforcement": value})
     return True
 
 
