@@ -115,7 +115,8 @@ class Executor:
         self.cpus = cpus  # None: this host's, made at the first pin
         self.share_facts = share_facts
         self.shares = ShareMechanisms(mps_pipe_directory=settings.mps_pipe_directory,
-                                      hami_core_library=settings.hami_core_library)
+                                      hami_core_library=settings.hami_core_library,
+                                      ascend_vnpu=settings.ascend_vnpu)
 
     # -- lifecycle -------------------------------------------------------------------------------
     @property

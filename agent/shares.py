@@ -21,6 +21,15 @@ this order, and says which in the replica's report (``ShareEnforcement``):
   container one (Project-HAMi/HAMi-core, README "Usage" and
   ``src/multiprocess/multiprocess_memory_limit.c``). It is cooperative: a process that clears
   ``LD_PRELOAD`` before it starts CUDA escapes it.
+* ``vnpu``: a Huawei Ascend chip whose model has published vNPU templates, under the docker
+  driver with ``agent.ascend_vnpu`` on (the Ascend Docker Runtime is docker's runtime and
+  vNPU restore is off): the smallest template with at least the share of the chip's AI cores,
+  as ``ASCEND_VNPU_SPECS`` with the chip in ``ASCEND_VISIBLE_DEVICES``; the runtime cuts the
+  vNPU as the container starts and destroys it when it ends (Huawei MindCluster, "Mounting
+  vNPUs Using Ascend Docker Runtime", dynamic virtualization). Templates: Atlas inference
+  chips (Ascend310P, 8 AI cores) vir01, vir02, vir04; Atlas training chips (Ascend910, 30 or
+  32 AI cores, counted as 32) vir02, vir04, vir08, vir16. Other chips (Ascend910B) have none
+  here.
 * ``advisory``: anything else: ``XPUMESH_SHARE`` and ``XPUMESH_MEMORY_MIB`` tell the replica,
   nothing holds it to them.
 
@@ -75,11 +84,32 @@ def parse_mig_instances(text: str) -> list[MigInstance]:
     return out
 
 
+# Ascend chip model prefix → (AI cores, dynamic vNPU templates as (name, AI cores)), from Huawei's
+# MindCluster documentation of ASCEND_VNPU_SPECS; the longest matching prefix wins.
+VNPU_TEMPLATES: dict[str, tuple[int, tuple[tuple[str, int], ...]]] = {
+    "Ascend310P": (8, (("vir01", 1), ("vir02", 2), ("vir04", 4))),
+    "Ascend910": (32, (("vir02", 2), ("vir04", 4), ("vir08", 8), ("vir16", 16))),
+}
+NO_VNPU = ("Ascend910B", "Ascend910_93")  # Atlas A2/A3 chips: not in that template list
+
+
+def vnpu_template(model: str, share: float) -> str | None:
+    """The smallest dynamic vNPU template of ``model`` with at least ``share`` of its AI cores, or None."""
+    if not model or model.startswith(NO_VNPU):
+        return None
+    prefix = max((p for p in VNPU_TEMPLATES if model.startswith(p)), key=len, default=None)
+    if prefix is None:
+        return None
+    cores, templates = VNPU_TEMPLATES[prefix]
+    return next((name for name, n in templates if n >= share * cores - 1e-9), None)
+
+
 @dataclass(frozen=True)
 class DeviceFacts:
     """What the agent's probe said of one device that matters to shares."""
 
     memory_mib: int = 0
+    model: str = ""
     compute_slices: int = 7  # MIG compute slices of a whole GPU (A100, H100: 7)
     mig: tuple[MigInstance, ...] = ()
 
@@ -88,7 +118,7 @@ def device_facts(host_id: str, devices: Sequence[Device]) -> dict[str, DeviceFac
     """What the probe reported of each device that shares need, by device id: its memory, and its MIG
     instances (``mig_instances``, set by the NVIDIA probe from ``nvidia-smi -L``)."""
     return {device_id(host_id, d.vendor, d.index): DeviceFacts(
-        memory_mib=d.memory_mib or 0, mig=tuple(parse_mig_instances(d.extra.get("mig_instances", ""))))
+        memory_mib=d.memory_mib or 0, model=d.model, mig=tuple(parse_mig_instances(d.extra.get("mig_instances", ""))))
         for d in devices}
 
 
@@ -102,6 +132,7 @@ class Handoff:
     mounts: tuple[str, ...] = ()  # host paths a container gets at the same path (the library, the MPS pipes)
     ipc_host: bool = False  # MPS clients in a container share the host's IPC namespace with the daemon
     mig_uuid: str | None = None
+    vnpu: str | None = None  # the Ascend vNPU template the container runtime cuts for it
 
 
 def _percent(share: float) -> int:
@@ -119,9 +150,10 @@ class ShareMechanisms:
     """Picks each shared replica's enforcement from what this host has (see the module docstring)."""
 
     def __init__(self, *, mps_pipe_directory: Path | None, hami_core_library: Path | None,
-                 facts: Mapping[str, DeviceFacts] | None = None) -> None:
+                 ascend_vnpu: bool = False, facts: Mapping[str, DeviceFacts] | None = None) -> None:
         self.mps_pipe_directory = mps_pipe_directory
         self.hami_core_library = hami_core_library
+        self.ascend_vnpu = ascend_vnpu
         self.facts = dict(facts or {})
 
     def mps_running(self) -> bool:
@@ -147,6 +179,11 @@ class ShareMechanisms:
                 return self._mps(devices, container)
             if self.hami_core_present():
                 return self._hami(devices, workdir, container)
+        if vendors == {"huawei"} and container and self.ascend_vnpu and len(devices) == 1:
+            spec = vnpu_template(self.facts.get(shared[0].id, DeviceFacts()).model, shared[0].share)
+            if spec is not None:
+                return Handoff(ShareEnforcement.VNPU, {"ASCEND_VISIBLE_DEVICES": str(shared[0].index),
+                                                       "ASCEND_VNPU_SPECS": spec}, vnpu=spec)
         return Handoff(ShareEnforcement.ADVISORY)
 
     def _memory(self, d: CommandDevice) -> int:

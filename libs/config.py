@@ -144,6 +144,7 @@ class AgentSettings(BaseModel):
     replica_cgroup_parent: Path | None = Field(default=Path("/sys/fs/cgroup/xpumesh.slice"), description="Cgroup v2 directory under which each replica gets its own cgroup (skipped, with a log line, where cgroup v2 is not writable; unset: none).")
     mps_pipe_directory: Path | None = Field(default=None, description="The NVIDIA MPS control daemon's pipe directory (its CUDA_MPS_PIPE_DIRECTORY; NVIDIA's default is /tmp/nvidia-mps). Set, and the daemon's 'control' pipe there, a replica with a share of a GPU gets CUDA_MPS_ACTIVE_THREAD_PERCENTAGE and CUDA_MPS_PINNED_DEVICE_MEM_LIMIT from its share. Unset: MPS is not used.")
     hami_core_library: Path | None = Field(default=Path("/usr/local/vgpu/libvgpu.so"), description="HAMi-core's libvgpu.so (where HAMi's device plugin puts it). Present (and no MPS daemon), a replica with a share of a GPU runs with it in LD_PRELOAD and CUDA_DEVICE_MEMORY_LIMIT_<i>/CUDA_DEVICE_SM_LIMIT from its share. Unset or absent: not used.")
+    ascend_vnpu: bool = Field(default=False, description="The Ascend Docker Runtime is docker's runtime here, with dynamic vNPUs (vNPU restore off): a containerised replica with a share of an Ascend310P or Ascend910 chip gets the smallest vNPU template with its share of the AI cores (ASCEND_VNPU_SPECS). Off: Ascend shares are advisory.")
 
 
 class SimSettings(BaseModel):

@@ -38,7 +38,9 @@ and ``--memory`` (its host memory, a hard limit).
 A share of a GPU is handed over as ``agent.shares`` decides: a MIG instance by its UUID in
 ``--gpus``; MPS with the control daemon's pipe directory mounted and ``--ipc host`` (MPS clients
 share the daemon's IPC namespace); HAMi-core with its library mounted read-only at the same
-path; the limiter variables in ``--env`` like the rest.
+path; an Ascend vNPU as ``ASCEND_VISIBLE_DEVICES`` and ``ASCEND_VNPU_SPECS`` for the Ascend
+Docker Runtime, which mounts the vNPU itself (no ``/dev/davinciN`` of ours); the limiter
+variables in ``--env`` like the rest.
 """
 
 from __future__ import annotations
@@ -123,6 +125,8 @@ def docker_run_args(plan: LaunchPlan, *, docker: str = "docker", uid: int | None
         vendors.setdefault(d.vendor, []).append(d.index)
     share = plan.share
     for vendor, indices in vendors.items():
+        if vendor == "huawei" and share.vnpu:
+            continue  # the Ascend Docker Runtime mounts the vNPU it cuts (ASCEND_VISIBLE_DEVICES, ASCEND_VNPU_SPECS)
         vendor_dev_args, vendor_env = vendor_args(vendor, sorted(indices), share.mig_uuid if vendor == "nvidia"
                                                   else None)
         args += vendor_dev_args

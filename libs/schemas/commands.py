@@ -37,11 +37,12 @@ def command_id(kind: str, workload_id: str, replica: int, attempt: int, n: int) 
 
 class ShareEnforcement(StrEnum):
     """What holds a replica to its share of a device (``agent.shares``): a MIG instance, NVIDIA MPS's client
-    limits, HAMi-core's limiter, or nothing (``advisory``: the replica is told its share in ``XPUMESH_SHARE``)."""
+    limits, HAMi-core's limiter, an Ascend vNPU, or nothing (``advisory``: the replica is told its share in ``XPUMESH_SHARE``)."""
 
     MIG = "mig"
     MPS = "mps"
     HAMI_CORE = "hami-core"
+    VNPU = "vnpu"
     ADVISORY = "advisory"
 
 
@@ -71,7 +72,7 @@ class ReplicaResources(BaseModel):
                                   "devices and CPUs.")
     share_enforcement: ShareEnforcement | None = Field(
         default=None, description="With a share of a device: what holds it to the share on its host, as its agent "
-        "reports once it starts ('mig', 'mps', 'hami-core'; 'advisory': nothing, it is only told). None: whole "
+        "reports once it starts ('mig', 'mps', 'hami-core', 'vnpu'; 'advisory': nothing, it is only told). None: whole "
         "devices, or not reported yet.")
 
 

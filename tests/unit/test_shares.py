@@ -12,7 +12,14 @@ from agent.drivers import LaunchPlan, ProcessDriver, docker_run_args
 from agent.probes.base import Capture
 from agent.probes.nvidia_smi import parse_list
 from agent.probes.records import Collector
-from agent.shares import DeviceFacts, Handoff, ShareMechanisms, device_facts, parse_mig_instances
+from agent.shares import (
+    DeviceFacts,
+    Handoff,
+    ShareMechanisms,
+    device_facts,
+    parse_mig_instances,
+    vnpu_template,
+)
 from libs.schemas.commands import CommandDevice, ShareEnforcement
 from libs.schemas.devices import Device, HardwareType, device_id
 from libs.schemas.workload import Variant, WorkloadSpec
@@ -157,3 +164,33 @@ def test_shares_percentages_stay_within_one_and_a_hundred(tmp_path: Path, share:
     mech = ShareMechanisms(mps_pipe_directory=_mps_dir(tmp_path), hami_core_library=None)
     pct = int(mech.handoff([_gpu(share=share)], tmp_path, container=False).env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"])
     assert 1 <= pct <= 100 and pct == max(1, round(share * 100))
+
+
+def test_shares_ascend_vnpu_takes_the_smallest_template_with_the_share_of_ai_cores() -> None:
+    assert [vnpu_template("Ascend310P3", s) for s in (0.1, 0.125, 0.25, 0.5, 0.6)] == [
+        "vir01", "vir01", "vir02", "vir04", None]  # 8 AI cores: 1, 2 or 4 of them
+    assert [vnpu_template("Ascend910", s) for s in (0.05, 0.25, 0.5, 0.75)] == ["vir02", "vir08", "vir16", None]
+    assert vnpu_template("Ascend910B3", 0.25) is None and vnpu_template("MLU370-X8", 0.25) is None
+
+
+def test_shares_ascend_vnpu_only_in_a_container_with_the_runtime_switched_on(tmp_path: Path) -> None:
+    npu = _gpu(index=3, share=0.25, memory_mib=6144, vendor="huawei")
+    facts = {npu.id: DeviceFacts(memory_mib=24576, model="Ascend310P3")}
+    on = ShareMechanisms(mps_pipe_directory=None, hami_core_library=None, ascend_vnpu=True, facts=facts)
+    h = on.handoff([npu], tmp_path, container=True)
+    assert (h.enforcement, h.vnpu, h.env) == (ShareEnforcement.VNPU, "vir02",
+                                              {"ASCEND_VISIBLE_DEVICES": "3", "ASCEND_VNPU_SPECS": "vir02"})
+    assert on.handoff([npu], tmp_path, container=False).enforcement == ShareEnforcement.ADVISORY
+    off = ShareMechanisms(mps_pipe_directory=None, hami_core_library=None, facts=facts)
+    assert off.handoff([npu], tmp_path, container=True).enforcement == ShareEnforcement.ADVISORY
+    b3 = ShareMechanisms(mps_pipe_directory=None, hami_core_library=None, ascend_vnpu=True,
+                         facts={npu.id: DeviceFacts(model="Ascend910B3")})
+    assert b3.handoff([npu], tmp_path, container=True).enforcement == ShareEnforcement.ADVISORY
+
+    args = docker_run_args(_plan(tmp_path, [npu], h, image="repo/cann:8"))
+    env = _pairs(args, "--env")
+    assert "ASCEND_VISIBLE_DEVICES=3" in env and "ASCEND_VNPU_SPECS=vir02" in env
+    assert not any(d.startswith("/dev/davinci") for d in _pairs(args, "--device"))  # the runtime mounts the vNPU
+    whole = docker_run_args(_plan(tmp_path, [_gpu(index=3, share=1.0, vendor="huawei")], Handoff(),
+                                  image="repo/cann:8"))
+    assert "/dev/davinci3" in _pairs(whole, "--device")
