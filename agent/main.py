@@ -33,7 +33,7 @@ from agent.facts import local_hostname
 from agent.ports import Execution
 from agent.probes.readings import DeviceReading
 from agent.publisher import HostPublisher, Reconnects
-from agent.shares import DeviceFacts, device_facts
+from agent.shares import DeviceFacts, ShareMechanisms, device_facts
 from libs import __version__
 from libs.bus import subjects
 from libs.bus.connection import Bus
@@ -108,6 +108,10 @@ class Agent:
         a = self.settings.agent
         d = await discover(self.probe_dir, timeout_s=a.probe_timeout_s, reserved_cpus=a.reserved_cpus,
                            reserved_memory_mib=round(a.reserved_memory_gib * 1024))
+        mechanisms = ShareMechanisms(mps_pipe_directory=a.mps_pipe_directory, hami_core_library=a.hami_core_library,
+                                     ascend_vnpu=a.ascend_vnpu)
+        d = d.model_copy(update={"host": d.host.model_copy(
+            update={"share_enforcement": mechanisms.summary(d.devices)})})
         if self.publisher is None:
             self.publisher = HostPublisher(self.bus, host_id_for(d.host.hostname), self.settings.site, d.host.hostname,
                                            interval_s=self.settings.heartbeat_interval_s)

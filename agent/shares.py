@@ -45,8 +45,8 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from libs.schemas.commands import CommandDevice, ShareEnforcement
-from libs.schemas.devices import Device, device_id
+from libs.schemas.commands import CommandDevice
+from libs.schemas.devices import Device, ShareEnforcement, device_id
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,21 @@ class ShareMechanisms:
 
     def hami_core_present(self) -> bool:
         return self.hami_core_library is not None and self.hami_core_library.is_file()
+
+    def summary(self, devices: Sequence[Device]) -> dict[str, list[ShareEnforcement]]:
+        """Per vendor of ``devices``, what may hold a share of one of them here, in the order tried (for the
+        host's facts: ``HostFacts.share_enforcement``)."""
+        found: dict[str, set[ShareEnforcement]] = {}
+        for d in devices:
+            mechs = found.setdefault(d.vendor, set())
+            if d.vendor == "nvidia":
+                mechs |= {m for m, here in ((ShareEnforcement.MIG, bool(d.extra.get("mig_instances"))),
+                                            (ShareEnforcement.MPS, self.mps_running()),
+                                            (ShareEnforcement.HAMI_CORE, self.hami_core_present())) if here}
+            elif d.vendor == "huawei" and self.ascend_vnpu and vnpu_template(d.model, 1 / 32) is not None:
+                mechs.add(ShareEnforcement.VNPU)
+        order = list(ShareEnforcement)  # the order handoff tries them in, advisory last
+        return {v: sorted(m | {ShareEnforcement.ADVISORY}, key=order.index) for v, m in sorted(found.items())}
 
     def handoff(self, devices: Sequence[CommandDevice], workdir: Path, *, container: bool,
                 mig_busy: Collection[str] = ()) -> Handoff:

@@ -21,7 +21,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from libs.bus.subjects import Token
-from libs.schemas.devices import HardwareType
+from libs.schemas.devices import HardwareType, ShareEnforcement
 from libs.schemas.hostevents import ReportTime
 from libs.schemas.workload import WorkloadSpec
 
@@ -33,17 +33,6 @@ STATE_SCHEMA_VERSION = 1
 def command_id(kind: str, workload_id: str, replica: int, attempt: int, n: int) -> str:
     """Unique per send: JetStream dedupes by it, so a deliberate re-send needs a new ``n``."""
     return _SAFE_ID.sub("-", f"{kind}.{workload_id}.{replica}.{attempt}.{n}")[:128]
-
-
-class ShareEnforcement(StrEnum):
-    """What holds a replica to its share of a device (``agent.shares``): a MIG instance, NVIDIA MPS's client
-    limits, HAMi-core's limiter, an Ascend vNPU, or nothing (``advisory``: the replica is told its share in ``XPUMESH_SHARE``)."""
-
-    MIG = "mig"
-    MPS = "mps"
-    HAMI_CORE = "hami-core"
-    VNPU = "vnpu"
-    ADVISORY = "advisory"
 
 
 class CommandDevice(BaseModel):

@@ -123,6 +123,18 @@ class NumaNode(BaseModel):
         return parse_cpu_list(self.cpus)
 
 
+class ShareEnforcement(StrEnum):
+    """What holds a replica to its share of a device (``agent.shares``), in the order the agent tries them: a MIG
+    instance, NVIDIA MPS's client limits, HAMi-core's limiter, an Ascend vNPU, or nothing (``advisory``: the
+    replica is only told its share, in ``XPUMESH_SHARE``)."""
+
+    MIG = "mig"
+    MPS = "mps"
+    HAMI_CORE = "hami-core"
+    VNPU = "vnpu"
+    ADVISORY = "advisory"
+
+
 class HostFacts(BaseModel):
     """The host itself: CPU, memory, OS, and what of its CPUs and memory replicas may take."""
 
@@ -149,6 +161,10 @@ class HostFacts(BaseModel):
                                         "agent may use, less agent.reserved_cpus); unset: not reported.")
     memory_allocatable_mib: int | None = Field(default=None, ge=0, description="Host memory replicas may take (less "
                                                "agent.reserved_memory_gib); unset: not reported.")
+    share_enforcement: dict[str, list[ShareEnforcement]] = Field(
+        default_factory=dict, max_length=32, description="Per vendor of this host's devices, what may hold a replica "
+        "to a share of one, in the order the agent tries them (always ending with 'advisory'; 'vnpu' under the "
+        "docker driver only); empty: not reported (simulated hosts).")
 
 
 class ProbeReport(BaseModel):

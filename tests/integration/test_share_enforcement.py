@@ -1,7 +1,8 @@
 """A share of a GPU handed over through NVIDIA MPS, end to end: a real agent process (replaying an
 8 x A100 host's captures) whose MPS control daemon pipe exists runs a half-GPU replica through the
 process driver; the replica's own environment carries the MPS client limits from its share, and the
-workload's placement says the share is enforced by 'mps'. A whole-GPU replica beside it reports none."""
+workload's placement says the share is enforced by 'mps'; the host's facts say what may hold a share of
+its GPUs. A whole-GPU replica beside it reports none."""
 
 from __future__ import annotations
 
@@ -14,19 +15,23 @@ from typing import Any
 import httpx
 import psutil
 
+from services.inventory.api import app as inventory_app
+from services.registry.api import app as registry_app
 from services.scheduler.api import app as scheduler_app
-from tests.conftest import REPO, spawn_agent
+from tests.conftest import REPO, TEST_ADMIN_KEY, spawn_agent
 from tests.integration.test_api_kit import bearer, eventually, make_key, start_gateway
 from tests.integration.test_scheduler_kit import fast
 
 START = 2_100_100_000
+ADMIN = {"Authorization": f"Bearer {TEST_ADMIN_KEY}"}
 PRINT_ENV = "env | grep -E '^(CUDA_|XPUMESH_SHARE|XPUMESH_MEMORY)' | sort; echo done=1"
 
 
 async def test_share_enforcement_half_gpu_through_mps_gets_its_limits_and_says_so(
         settings, running_service, tmp_path: Path) -> None:
     s = fast(settings)
-    await running_service(scheduler_app, s)
+    for app in (registry_app, inventory_app, scheduler_app):
+        await running_service(app, s)
     url = await start_gateway(running_service, s)
     probes = tmp_path / "probes"
     shutil.copytree(REPO / "tests" / "fixtures" / "probes" / "nvidia-a100x8", probes)
@@ -54,6 +59,17 @@ async def test_share_enforcement_half_gpu_through_mps_gets_its_limits_and_says_s
                     return None
                 text = (await client.get(f"/v1/workloads/{wid}/logs", headers=key)).json().get("text", "")
                 return (view, str(text)) if "done=1" in text else None
+
+            async def host_facts() -> dict[str, Any] | None:
+                r = await client.get("/v1/hosts", headers=ADMIN)
+                items = r.json().get("items", []) if r.status_code == 200 else []
+                if not items:
+                    return None
+                facts: dict[str, Any] = (await client.get(f"/v1/hosts/{items[0]['id']}", headers=ADMIN)).json()["facts"]
+                return facts
+
+            facts = await eventually(host_facts, timeout=30, message="the host registered")
+            assert facts["share_enforcement"] == {"nvidia": ["mps", "advisory"]}, facts  # no HAMi-core library here
 
             half = await submit("half", {"type": "gpu", "vendor": "nvidia", "share": 0.5, "memory_gib": 20})
             whole = await submit("whole", {"type": "gpu", "vendor": "nvidia"})

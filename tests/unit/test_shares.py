@@ -194,3 +194,18 @@ def test_shares_ascend_vnpu_only_in_a_container_with_the_runtime_switched_on(tmp
     whole = docker_run_args(_plan(tmp_path, [_gpu(index=3, share=1.0, vendor="huawei")], Handoff(),
                                   image="repo/cann:8"))
     assert "/dev/davinci3" in _pairs(whole, "--device")
+
+
+def test_shares_host_summary_says_per_vendor_what_may_hold_a_share(tmp_path: Path) -> None:
+    def dev(vendor: str, model: str, index: int = 0, **extra: str) -> Device:
+        kind = {"nvidia": HardwareType.GPU, "huawei": HardwareType.NPU}.get(vendor, HardwareType.MLU)
+        return Device(index=index, hardware_type=kind, vendor=vendor, model=model, extra=dict(extra))
+
+    host = [dev("nvidia", "A100-SXM4-40GB", 0, mig_instances=f"1g.10gb={MIG_A}"), dev("nvidia", "A100-SXM4-40GB", 1),
+            dev("huawei", "Ascend310P3"), dev("cambricon", "MLU370-X8")]
+    bare = ShareMechanisms(mps_pipe_directory=None, hami_core_library=None)
+    assert bare.summary(host) == {"cambricon": ["advisory"], "huawei": ["advisory"], "nvidia": ["mig", "advisory"]}
+    full = ShareMechanisms(mps_pipe_directory=_mps_dir(tmp_path), hami_core_library=_hami(tmp_path), ascend_vnpu=True)
+    assert full.summary(host) == {"cambricon": ["advisory"], "huawei": ["vnpu", "advisory"],
+                                  "nvidia": ["mig", "mps", "hami-core", "advisory"]}
+    assert full.summary([dev("huawei", "Ascend910B3")]) == {"huawei": ["advisory"]}
