@@ -44,10 +44,9 @@ from libs.schemas.commands import (
     LogsRequest,
     ReplicaReport,
     ReplicaState,
-    ShareEnforcement,
     StopCommand,
 )
-from libs.schemas.devices import format_cpu_list, parse_cpu_list
+from libs.schemas.devices import ShareEnforcement, format_cpu_list, parse_cpu_list
 from libs.service import SeenIds
 
 log = logging.getLogger(__name__)
@@ -273,7 +272,7 @@ class Executor:
         share = self.shares.handoff(cmd.devices, workdir, container=name == "docker", mig_busy=held)
         if share.enforcement is not None:
             log.info("%s/%d: its device share is %s", cmd.workload_id, cmd.replica,
-                     "advisory only (no MIG instance free, no MPS daemon, no HAMi-core library)"
+                     "advisory only (this host has no mechanism that holds it to it)"
                      if share.enforcement == ShareEnforcement.ADVISORY else f"enforced by {share.enforcement}")
         return LaunchPlan(cmd.workload_id, cmd.replica, cmd.attempt, cmd.replicas, self.host_id, self.site,
                           cmd.devices, variant, cmd.spec, workdir,

@@ -21,8 +21,8 @@ from typing import NamedTuple, Protocol
 from pydantic import BaseModel, Field
 
 from agent.shares import Handoff
-from libs.schemas.commands import CommandDevice, ShareEnforcement
-from libs.schemas.devices import format_cpu_list
+from libs.schemas.commands import CommandDevice
+from libs.schemas.devices import ShareEnforcement, format_cpu_list
 from libs.schemas.workload import Variant, WorkloadSpec, reserved_env_name
 
 # The variable(s) each vendor's runtime reads to pick devices, by the index the vendor's own

@@ -20,8 +20,8 @@ from agent.shares import (
     parse_mig_instances,
     vnpu_template,
 )
-from libs.schemas.commands import CommandDevice, ShareEnforcement
-from libs.schemas.devices import Device, HardwareType, device_id
+from libs.schemas.commands import CommandDevice
+from libs.schemas.devices import Device, HardwareType, ShareEnforcement, device_id
 from libs.schemas.workload import Variant, WorkloadSpec
 
 MIG_LIST = Path(__file__).resolve().parents[1] / "fixtures" / "probes" / "mig" / "nvidia-smi-L-a100x2-mig.txt"
