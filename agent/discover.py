@@ -73,19 +73,24 @@ async def run_probes(probe_dir: Path | None = None, *, timeout_s: float = 10.0,
 
 
 async def discover(probe_dir: Path | None = None, *, timeout_s: float = 10.0, probes: list[Probe] | None = None,
-                   sysfs_root: Path | None = None) -> Discovery:
-    """Discover this host's accelerators (or those of a capture directory) and derive its labels."""
-    return (await discover_runs(probe_dir, timeout_s=timeout_s, probes=probes, sysfs_root=sysfs_root))[0]
+                   sysfs_root: Path | None = None, reserved_cpus: int = 1, reserved_memory_mib: int = 2048
+                   ) -> Discovery:
+    """Discover this host's accelerators (or those of a capture directory) and derive its labels; the host
+    reports its CPUs and memory less the reserves as allocatable."""
+    return (await discover_runs(probe_dir, timeout_s=timeout_s, probes=probes, sysfs_root=sysfs_root,
+                                reserved_cpus=reserved_cpus, reserved_memory_mib=reserved_memory_mib))[0]
 
 
 async def discover_runs(probe_dir: Path | None = None, *, timeout_s: float = 10.0, probes: list[Probe] | None = None,
-                        sysfs_root: Path | None = None) -> tuple[Discovery, list[ProbeRun]]:
+                        sysfs_root: Path | None = None, reserved_cpus: int = 1, reserved_memory_mib: int = 2048
+                        ) -> tuple[Discovery, list[ProbeRun]]:
     """:func:`discover`, plus each probe's run (what it read), for the human summary of the CLI."""
     root = sysfs_root or (probe_dir / "sys" if probe_dir is not None else SYSFS)
     if probes is None:
         probes = default_probes(root)
     (runs, warnings), host = await asyncio.gather(
-        run_probes(probe_dir, timeout_s=timeout_s, probes=probes), asyncio.to_thread(collect_host_facts))
+        run_probes(probe_dir, timeout_s=timeout_s, probes=probes), asyncio.to_thread(
+        collect_host_facts, reserved_cpus=reserved_cpus, reserved_memory_mib=reserved_memory_mib))
     reports = [run.report for run in runs]
     if warnings:
         reports.append(ProbeReport(probe="probe-dir", available=True, warnings=warnings))
@@ -213,7 +218,11 @@ def format_table(discovery: Discovery, runs: Sequence[ProbeRun] = ()) -> str:
     host = discovery.host
     lines = [f"host   {host.hostname}  {host.arch}  {host.os}  kernel {host.kernel}",
              f"cpu    {host.cpu_model}  {host.cpu_sockets} socket(s) {host.cpu_cores} cores {host.cpu_threads} threads"
-             f"  memory {host.memory_mib} MiB  numa {host.numa_nodes}", ""]
+             f"  memory {host.memory_mib} MiB  numa {host.numa_nodes}",
+             f"       vendor {host.cpu_vendor or '-'}  allocatable {host.cpu_allocatable} CPUs "
+             f"{host.memory_allocatable_mib} MiB  features {' '.join(host.cpu_features) or '-'}"]
+    lines += [f"       numa node {n.id}: CPUs {n.cpus or '-'}  memory {n.memory_mib} MiB" for n in host.numa]
+    lines.append("")
     if discovery.devices:
         lines.append(f"{'IDX':>3}  {'VENDOR':<10} {'TYPE':<5} {'MODEL':<22} {'MEMORY':>10}  {'DRIVER':<14} "
                      f"{'RUNTIMES':<18} HEALTH")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from nats.aio.msg import Msg
@@ -21,6 +22,7 @@ from pydantic import ValidationError
 from agent.drivers.base import Driver
 from agent.executor import Executor
 from agent.ports import ExecutionHost
+from agent.shares import DeviceFacts
 from libs.bus import subjects
 from libs.bus.connection import ERROR_HEADER, Bus
 from libs.bus.errors import BusError, InvalidRequest
@@ -112,12 +114,14 @@ class HostExecution:
 
 async def start_execution(bus: Bus, host: ExecutionHost, *, drivers: dict[str, Driver], settings: AgentSettings,
                           state_dir: Path | None = None, default_driver: str | None = None,
-                          listen: bool = True) -> HostExecution:
+                          listen: bool = True, share_facts: Callable[[], Mapping[str, DeviceFacts]] | None = None
+                          ) -> HostExecution:
     """Run work on ``host``: log requests answered, what a previous agent left running adopted (with a
     ``state_dir``), then, with ``listen``, commands taken from the host's subject. Without ``listen``
     the caller feeds ``command`` itself (the simulator, from one subscription for every host)."""
     executor = Executor(host.host_id, host.site, drivers=drivers, settings=settings, state_dir=state_dir,
-                        publish=host.report_state, default_driver=default_driver, known_devices=host.device_ids)
+                        publish=host.report_state, default_driver=default_driver, known_devices=host.device_ids,
+                        share_facts=share_facts)
     execution = HostExecution(bus, executor)
     await execution._serve_logs()
     await bus.nc.flush()

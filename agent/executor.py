@@ -29,7 +29,9 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from agent.cpusets import CpuAllocator, host_numa, usable_cpus
 from agent.drivers.base import Driver, LaunchError, LaunchPlan, RunHandle
+from agent.shares import DeviceFacts, ShareMechanisms
 from libs.bus.errors import NotFound
 from libs.config import AgentSettings
 from libs.events import CloudEvent, EventTypes
@@ -44,6 +46,7 @@ from libs.schemas.commands import (
     ReplicaState,
     StopCommand,
 )
+from libs.schemas.devices import ShareEnforcement, format_cpu_list, parse_cpu_list
 from libs.service import SeenIds
 
 log = logging.getLogger(__name__)
@@ -81,6 +84,7 @@ class Run:
     def report(self) -> ReplicaReport:
         return ReplicaReport(workload_id=self.workload_id, replica=self.replica, attempt=self.attempt, state=self.state,
                              driver=self.driver, device_ids=self.device_ids, shares=self.shares,
+                             share_enforcement=self.handle.share_enforcement if self.handle else None,
                              exit_code=self.exit_code, message=self.message[:500], started_at=self.started_at,
                              finished_at=self.finished_at, changed_at=self.changed_at)
 
@@ -92,7 +96,8 @@ class Run:
 class Executor:
     def __init__(self, host_id: str, site: str, *, drivers: Mapping[str, Driver], settings: AgentSettings,
                  state_dir: Path | None = None, publish: Publish | None = None, default_driver: str | None = None,
-                 known_devices: Callable[[], Collection[str]] | None = None) -> None:
+                 known_devices: Callable[[], Collection[str]] | None = None, cpus: CpuAllocator | None = None,
+                 share_facts: Callable[[], Mapping[str, DeviceFacts]] | None = None) -> None:
         self.host_id, self.site, self.drivers, self.settings = host_id, site, dict(drivers), settings
         self.state_dir = state_dir
         self._scratch = None if state_dir else Path(tempfile.mkdtemp(prefix=f"xpumesh-{host_id}-"))
@@ -106,6 +111,11 @@ class Executor:
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
         self._reporter: asyncio.Task[None] | None = None
+        self.cpus = cpus  # None: this host's, made at the first pin
+        self.share_facts = share_facts
+        self.shares = ShareMechanisms(mps_pipe_directory=settings.mps_pipe_directory,
+                                      hami_core_library=settings.hami_core_library,
+                                      ascend_vnpu=settings.ascend_vnpu)
 
     # -- lifecycle -------------------------------------------------------------------------------
     @property
@@ -220,7 +230,10 @@ class Executor:
             plan, driver = self._plan(cmd)
             run.driver = driver.name
             self._save()
-            run.handle = await driver.start(plan)
+            handle = await driver.start(plan)
+            run.handle = handle.model_copy(update={"cpus": format_cpu_list(plan.cpus) if plan.cpus else None,
+                                                   "share_enforcement": plan.share.enforcement,
+                                                   "mig_uuid": plan.share.mig_uuid})
         except LaunchError as exc:
             self._finish(run, ReplicaState.FAILED, None, str(exc))
             return "failed"
@@ -241,7 +254,10 @@ class Executor:
                 if d.id not in known:
                     raise LaunchError(f"device {d.id} is not on this host")
         first = cmd.devices[0] if cmd.devices else None
-        variant = cmd.spec.variant_for(first.vendor, first.hardware_type) if first else cmd.spec.variant_for("", "")
+        alts = cmd.spec.alternatives
+        alt = cmd.resources.alternative if cmd.resources.alternative < len(alts) else 0
+        variant = (cmd.spec.variant_for(first.vendor, first.hardware_type, alt) if first
+                   else cmd.spec.variant_for("", "cpu" if alts[alt].is_cpu else "", alt))
         if variant is None:
             raise LaunchError(f"no variant for {first.vendor if first else 'this host'}; "
                               f"the spec has {sorted(cmd.spec.variants)}")
@@ -250,9 +266,34 @@ class Executor:
         if driver is None:
             raise LaunchError(f"this host has no {name} driver")
         workdir = self.root / "runs" / f"{cmd.workload_id}-{cmd.replica}-{cmd.attempt}"
+        if self.share_facts is not None:
+            self.shares.facts = dict(self.share_facts())
+        held = {r.handle.mig_uuid for r in self.runs.values() if r.state.live and r.handle and r.handle.mig_uuid}
+        share = self.shares.handoff(cmd.devices, workdir, container=name == "docker", mig_busy=held)
+        if share.enforcement is not None:
+            log.info("%s/%d: its device share is %s", cmd.workload_id, cmd.replica,
+                     "advisory only (this host has no mechanism that holds it to it)"
+                     if share.enforcement == ShareEnforcement.ADVISORY else f"enforced by {share.enforcement}")
         return LaunchPlan(cmd.workload_id, cmd.replica, cmd.attempt, cmd.replicas, self.host_id, self.site,
                           cmd.devices, variant, cmd.spec, workdir,
-                          {"XPUMESH_PEERS": ",".join(cmd.peers)} if cmd.replicas > 1 else {}), driver
+                          {"XPUMESH_PEERS": ",".join(cmd.peers)} if cmd.replicas > 1 else {},
+                          cpus=self._pin(cmd), memory_mib=cmd.resources.memory_mib or None, share=share), driver
+
+    def _pin(self, cmd: LaunchCommand) -> tuple[int, ...]:
+        """The CPUs for a replica (``agent.cpusets``): none when it holds none, or when this host has fewer free."""
+        want = cmd.resources.cpu
+        if want <= 0:
+            return ()
+        if self.cpus is None:
+            self.cpus = CpuAllocator(usable_cpus(self.settings.reserved_cpus), host_numa())
+        busy = {c for r in self.runs.values() if r.state.live and r.handle is not None and r.handle.cpus
+                for c in parse_cpu_list(r.handle.cpus)}
+        picked = self.cpus.pick(want, busy, cmd.resources.numa_node)
+        if picked is None:
+            log.warning("%s/%d holds %d CPUs but this host has fewer free to pin (of %d): it runs unpinned",
+                        cmd.workload_id, cmd.replica, want, len(self.cpus.cpus))
+            return ()
+        return tuple(picked)
 
     async def _stop(self, cmd: StopCommand) -> str:
         targets = [r for r in self.runs.values() if (r.workload_id, r.replica) == (cmd.workload_id, cmd.replica)

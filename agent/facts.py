@@ -1,7 +1,12 @@
-"""The host's own facts: name, architecture, OS, kernel, CPU, memory, NUMA nodes.
+"""The host's own facts: name, architecture, OS, kernel, CPU (vendor, model, features), memory, NUMA
+nodes with their CPUs and memory, and what of the CPUs and memory replicas may take.
 
 Every source is optional: a missing or unreadable file gives a fallback value, never an
 exception. The roots are parameters so tests can point them at fake trees.
+
+Allocatable CPUs are the logical CPUs the agent itself may run on (its affinity mask, which a
+container's cpuset narrows) less ``reserved_cpus``; allocatable memory is the host's less
+``reserved_memory_mib`` (as kubelet's system-reserved), never below 0.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from pathlib import Path
 
 import psutil
 
-from libs.schemas.devices import HostFacts
+from libs.schemas.devices import HostFacts, NumaNode, format_cpu_list, parse_cpu_list
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
@@ -27,6 +32,21 @@ ARM_CPUS = {
     (0x41, 0xD4F): "ARM Neoverse-V2", (0x41, 0xD08): "ARM Cortex-A72", (0x70, 0x662): "Phytium FT-2000+/64",
     (0x70, 0x663): "Phytium S2500", (0xC0, 0xAC3): "Ampere Altra-Max", (0x41, 0xD0D): "ARM Cortex-A77",
 }
+
+
+# CPU vendors: x86 vendor_id strings and arm64 implementer codes, as lower-case keys.
+X86_VENDORS = {"GenuineIntel": "intel", "AuthenticAMD": "amd", "HygonGenuine": "hygon", "CentaurHauls": "zhaoxin",
+               "  Shanghai  ": "zhaoxin"}
+ARM_VENDORS = {0x41: "arm", 0x48: "huawei", 0x70: "phytium", 0xC0: "ampere", 0x51: "qualcomm", 0x46: "fujitsu",
+               0x4E: "nvidia", 0x61: "apple"}
+# The features workloads ask for (/proc/cpuinfo 'flags' on x86, 'Features' on arm64); the rest are not reported.
+CPU_FEATURES = frozenset({
+    "sse4_2", "avx", "avx2", "fma", "f16c", "bmi2", "aes", "sha_ni", "avx512f", "avx512dq", "avx512cd", "avx512bw",
+    "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx512ifma", "avx512vbmi", "avx_vnni", "amx_tile",
+    "amx_bf16", "amx_int8", "vaes", "vpclmulqdq", "gfni",
+    "asimd", "asimdhp", "asimddp", "fphp", "sve", "sve2", "sme", "bf16", "i8mm", "sm3", "sm4", "sha2", "sha3",
+    "sha512", "atomics", "crc32", "pmull", "dcpop",
+})
 
 
 def _read(path: Path) -> str:
@@ -117,14 +137,63 @@ def numa_nodes(sys_root: Path) -> int:
     return len(nodes) or 1
 
 
+def cpu_vendor(blocks: list[dict[str, str]]) -> str:
+    """'intel', 'amd', 'hygon', 'huawei', 'phytium'…, or '' when /proc/cpuinfo does not say."""
+    for block in blocks:
+        raw = block.get("vendor_id")
+        if raw:
+            return X86_VENDORS.get(raw, X86_VENDORS.get(raw.strip(), raw.strip().lower()[:32]))
+        implementer = block.get("cpu implementer")
+        if implementer:
+            try:
+                return ARM_VENDORS.get(int(implementer, 16), f"arm-{int(implementer, 16):02x}")
+            except ValueError:
+                return ""
+    return ""
+
+
+def cpu_features(blocks: list[dict[str, str]]) -> list[str]:
+    """The features of ``CPU_FEATURES`` the first CPU lists."""
+    for block in blocks:
+        flags = block.get("flags") or block.get("features")
+        if flags:
+            return sorted(CPU_FEATURES & set(flags.lower().split()))
+    return []
+
+
+def numa_layout(sys_root: Path) -> list[NumaNode]:
+    """Each NUMA node's CPUs (``cpulist``) and memory (``meminfo``'s MemTotal); empty when /sys has no nodes."""
+    out: list[NumaNode] = []
+    for path in sorted((sys_root / "devices" / "system" / "node").glob("node[0-9]*"),
+                       key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else -1):
+        if not path.is_dir() or not path.name[4:].isdigit():
+            continue
+        try:
+            cpus = format_cpu_list(parse_cpu_list(_read(path / "cpulist")))
+        except ValueError:
+            cpus = ""
+        total = re.search(r"MemTotal:\s+(\d+)\s*kB", _read(path / "meminfo"))
+        out.append(NumaNode(id=int(path.name[4:]), cpus=cpus, memory_mib=int(total.group(1)) // 1024 if total else 0))
+    return out
+
+
+def usable_cpus(threads: int) -> int:
+    """Logical CPUs this process may run on (its affinity: a container's cpuset narrows it)."""
+    try:
+        return len(os.sched_getaffinity(0)) or threads
+    except (AttributeError, OSError):
+        return threads
+
+
 def local_hostname() -> str:
     """This host's name as the agent reports it (its host id is ``host_id_for`` of it)."""
     return socket.gethostname() or platform.node() or "localhost"
 
 
 def collect_host_facts(proc_root: Path = Path("/proc"), sys_root: Path = Path("/sys"),
-                       etc_root: Path = Path("/etc")) -> HostFacts:
-    """This host's facts, from psutil, /proc, /sys and /etc."""
+                       etc_root: Path = Path("/etc"), *, reserved_cpus: int = 1,
+                       reserved_memory_mib: int = 2048) -> HostFacts:
+    """This host's facts, from psutil, /proc, /sys and /etc; allocatable CPUs and memory less the reserves."""
     blocks = _cpuinfo_blocks(proc_root)
     threads = psutil.cpu_count(logical=True) or os.cpu_count() or len(blocks) or 1
     cores = psutil.cpu_count(logical=False) or threads
@@ -146,4 +215,9 @@ def collect_host_facts(proc_root: Path = Path("/proc"), sys_root: Path = Path("/
         cpu_mhz=cpu_mhz(blocks),
         memory_mib=memory,
         numa_nodes=numa_nodes(sys_root),
+        cpu_vendor=cpu_vendor(blocks),
+        cpu_features=cpu_features(blocks),
+        numa=numa_layout(sys_root),
+        cpu_allocatable=max(0, min(threads, usable_cpus(threads)) - reserved_cpus),
+        memory_allocatable_mib=max(0, memory - reserved_memory_mib),
     )

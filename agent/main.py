@@ -33,6 +33,7 @@ from agent.facts import local_hostname
 from agent.ports import Execution
 from agent.probes.readings import DeviceReading
 from agent.publisher import HostPublisher, Reconnects
+from agent.shares import DeviceFacts, ShareMechanisms, device_facts
 from libs import __version__
 from libs.bus import subjects
 from libs.bus.connection import Bus
@@ -94,13 +95,23 @@ class Agent:
         devices = self.discovery.devices if self.discovery is not None else []
         return {device_id(self.host_id, d.vendor, d.index) for d in devices}
 
+    def share_facts(self) -> dict[str, DeviceFacts]:
+        """What shares need of the devices discovered last (memory, MIG instances), by device id."""
+        return device_facts(self.host_id, self.discovery.devices if self.discovery is not None else [])
+
     def _pub(self) -> HostPublisher:
         if self.publisher is None:
             raise RuntimeError("the agent has not discovered its host yet")
         return self.publisher
 
     async def discover(self) -> Discovery:
-        d = await discover(self.probe_dir, timeout_s=self.settings.agent.probe_timeout_s)
+        a = self.settings.agent
+        d = await discover(self.probe_dir, timeout_s=a.probe_timeout_s, reserved_cpus=a.reserved_cpus,
+                           reserved_memory_mib=round(a.reserved_memory_gib * 1024))
+        mechanisms = ShareMechanisms(mps_pipe_directory=a.mps_pipe_directory, hami_core_library=a.hami_core_library,
+                                     ascend_vnpu=a.ascend_vnpu)
+        d = d.model_copy(update={"host": d.host.model_copy(
+            update={"share_enforcement": mechanisms.summary(d.devices)})})
         if self.publisher is None:
             self.publisher = HostPublisher(self.bus, host_id_for(d.host.hostname), self.settings.site, d.host.hostname,
                                            interval_s=self.settings.heartbeat_interval_s)
@@ -164,7 +175,8 @@ class Agent:
         pub = self._pub()
         s = self.settings
         execution: Execution = await start_execution(self.bus, self, drivers=host_drivers(s.agent), settings=s.agent,
-                                                     state_dir=s.data_dir / "agent" / pub.host_id)
+                                                     state_dir=s.data_dir / "agent" / pub.host_id,
+                                                     share_facts=self.share_facts)
         reconnects = Reconnects(self.bus)
 
         async def heartbeat(_: object) -> None:

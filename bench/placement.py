@@ -78,7 +78,7 @@ from services.scheduler.placement.workloads import Kind, expand
 def demand_devices(trace: Sequence[PendingWorkload]) -> float:
     total = 0.0
     for w in trace:
-        hw = w.spec.hardware
+        hw = w.spec.primary
         per = hw.share if hw.is_shared else (hw.compute_units / 400 if hw.compute_units else hw.count)
         total += (per or 1) * w.spec.replicas
     return total
@@ -97,7 +97,7 @@ def hours_placed(decision: PlacementDecision, specs: dict[str, WorkloadSpec], sn
         h = (spec.duration_s or 0) / 3600
         dh = sum(a.shares) * h
         dev += dh
-        if spec.hardware.compute_units is None:
+        if spec.primary.compute_units is None:
             fixed += dh
         cu += sum(float(snap.dev_cu[snap.dev_index[d]]) * s for d, s in zip(a.device_ids, a.shares, strict=True)) * h
     return dev, fixed, cu

@@ -139,7 +139,12 @@ class AgentSettings(BaseModel):
     replica_uid_start: int = Field(default=2_100_000_000, ge=1, le=4_294_967_294, description="First uid of the range replicas run under, one uid per live replica (the agent must be root; no real user may own a uid of the range).")
     replica_uid_count: int = Field(default=4096, ge=1, le=1_000_000, description="How many uids the range holds: the most replicas one host runs at once.")
     replica_groups: list[str] = Field(default=["video", "render"], description="Host groups a replica's uid also gets, for device nodes only a group may open (AMD's /dev/kfd and /dev/dri); names this host lacks are skipped.")
+    reserved_cpus: int = Field(default=1, ge=0, description="Logical CPUs kept for the system and the agent: the host reports its usable CPUs less these as allocatable, and replicas never get them.")
+    reserved_memory_gib: float = Field(default=2.0, ge=0, description="Host memory (GiB) kept for the system and the agent: the host reports its memory less this as allocatable.")
     replica_cgroup_parent: Path | None = Field(default=Path("/sys/fs/cgroup/xpumesh.slice"), description="Cgroup v2 directory under which each replica gets its own cgroup (skipped, with a log line, where cgroup v2 is not writable; unset: none).")
+    mps_pipe_directory: Path | None = Field(default=None, description="The NVIDIA MPS control daemon's pipe directory (its CUDA_MPS_PIPE_DIRECTORY; NVIDIA's default is /tmp/nvidia-mps). Set, and the daemon's 'control' pipe there, a replica with a share of a GPU gets CUDA_MPS_ACTIVE_THREAD_PERCENTAGE and CUDA_MPS_PINNED_DEVICE_MEM_LIMIT from its share. Unset: MPS is not used.")
+    hami_core_library: Path | None = Field(default=Path("/usr/local/vgpu/libvgpu.so"), description="HAMi-core's libvgpu.so (where HAMi's device plugin puts it). Present (and no MPS daemon), a replica with a share of a GPU runs with it in LD_PRELOAD and CUDA_DEVICE_MEMORY_LIMIT_<i>/CUDA_DEVICE_SM_LIMIT from its share. Unset or absent: not used.")
+    ascend_vnpu: bool = Field(default=False, description="The Ascend Docker Runtime is docker's runtime here, with dynamic vNPUs (vNPU restore off): a containerised replica with a share of an Ascend310P or Ascend910 chip gets the smallest vNPU template with its share of the AI cores (ASCEND_VNPU_SPECS). Off: Ascend shares are advisory.")
 
 
 class SimSettings(BaseModel):

@@ -20,7 +20,9 @@ from typing import NamedTuple, Protocol
 
 from pydantic import BaseModel, Field
 
+from agent.shares import Handoff
 from libs.schemas.commands import CommandDevice
+from libs.schemas.devices import ShareEnforcement, format_cpu_list
 from libs.schemas.workload import Variant, WorkloadSpec, reserved_env_name
 
 # The variable(s) each vendor's runtime reads to pick devices, by the index the vendor's own
@@ -46,7 +48,8 @@ VISIBLE_DEVICES_ENV: dict[str, tuple[str, ...]] = {
 WORKLOAD_ENV_NAMES = frozenset({
     "XPUMESH_WORKLOAD_ID", "XPUMESH_WORKLOAD_NAME", "XPUMESH_REPLICA", "XPUMESH_REPLICAS", "XPUMESH_ATTEMPT",
     "XPUMESH_HOST", "XPUMESH_SITE", "XPUMESH_DEVICES", "XPUMESH_DEVICE_INDICES", "XPUMESH_VENDOR",
-    "XPUMESH_HARDWARE_TYPE", "XPUMESH_SHARE", "XPUMESH_MEMORY_MIB", "XPUMESH_PEERS",
+    "XPUMESH_HARDWARE_TYPE", "XPUMESH_SHARE", "XPUMESH_MEMORY_MIB", "XPUMESH_PEERS", "XPUMESH_CPUS",
+    "XPUMESH_HOST_MEMORY_MIB",
 })
 # PATH when the agent has none; LANG when the agent has none.
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -71,6 +74,9 @@ class RunHandle(BaseModel):
     container: str | None = None
     uid: int | None = Field(default=None, description="The replica's own uid (from the agent's range), held while it lives.")
     cgroup: str | None = Field(default=None, description="The replica's cgroup v2 directory, where it has one.")
+    cpus: str | None = Field(default=None, description="The CPUs it is pinned to (a Linux CPU list), held while it lives.")
+    share_enforcement: ShareEnforcement | None = Field(default=None, description="What holds it to its device share.")
+    mig_uuid: str | None = Field(default=None, description="The MIG instance it holds, while it lives.")
     duration_s: float | None = None
     exit_code: int = 0
 
@@ -95,6 +101,9 @@ class LaunchPlan:
     spec: WorkloadSpec
     workdir: Path
     env: dict[str, str] = field(default_factory=dict)
+    cpus: tuple[int, ...] = ()  # the logical CPUs to pin it to (none: unpinned)
+    memory_mib: int | None = None  # its host memory limit, where the driver can set one
+    share: Handoff = field(default_factory=Handoff)  # how it is held to its device share (agent.shares)
 
 
 class Driver(Protocol):
@@ -126,6 +135,12 @@ def visible_devices_env(devices: Sequence[CommandDevice]) -> dict[str, str]:
     return env
 
 
+def device_env(plan: LaunchPlan, visible: Mapping[str, str]) -> dict[str, str]:
+    """The devices' variables: ``visible`` (the vendor's visible-device variables), then those of the share's
+    handoff, which replace any they name (a MIG instance's UUID in place of the GPU's index)."""
+    return {**visible, **plan.share.env}
+
+
 def workload_env(plan: LaunchPlan) -> dict[str, str]:
     """``XPUMESH_*`` variables every replica gets, whatever the driver."""
     devs = plan.devices
@@ -140,6 +155,10 @@ def workload_env(plan: LaunchPlan) -> dict[str, str]:
         "XPUMESH_DEVICES": ",".join(d.id for d in devs),
         "XPUMESH_DEVICE_INDICES": ",".join(str(d.index) for d in devs),
     }
+    if plan.cpus:
+        env["XPUMESH_CPUS"] = format_cpu_list(plan.cpus)
+    if plan.memory_mib:
+        env["XPUMESH_HOST_MEMORY_MIB"] = str(plan.memory_mib)
     if devs:
         env["XPUMESH_VENDOR"] = devs[0].vendor
         env["XPUMESH_HARDWARE_TYPE"] = str(devs[0].hardware_type)
@@ -163,8 +182,11 @@ def replica_env(plan: LaunchPlan, device_env: Mapping[str, str], base: Mapping[s
     that skipped that check), the devices' variables, then the agent's ``XPUMESH_*`` variables
     that ``WORKLOAD_ENV_NAMES`` lists."""
     env = dict(base or {})
-    env.update({k: v for k, v in plan.variant.env.items() if not reserved_env_name(k)})
+    own = {k: v for k, v in plan.variant.env.items() if not reserved_env_name(k)}
+    env.update(own)
     env.update(device_env)
+    if "LD_PRELOAD" in device_env and own.get("LD_PRELOAD"):  # the share's limiter first, then the workload's
+        env["LD_PRELOAD"] = f"{device_env['LD_PRELOAD']}:{own['LD_PRELOAD']}"
     ours = {**workload_env(plan), **plan.env}
     env.update({k: v for k, v in ours.items() if k in WORKLOAD_ENV_NAMES})
     return env

@@ -31,6 +31,16 @@ Every container runs as its replica's own uid and gid (``--user``, from the agen
 container's uid is the host's), with every capability dropped (``--cap-drop ALL``), no way
 to gain privileges (``--security-opt no-new-privileges``) and never ``--privileged``. AMD
 and Hygon keep ``seccomp=unconfined``, which ROCm needs.
+
+A replica that holds CPUs and host memory gets ``--cpuset-cpus`` (the CPUs the agent picked)
+and ``--memory`` (its host memory, a hard limit).
+
+A share of a GPU is handed over as ``agent.shares`` decides: a MIG instance by its UUID in
+``--gpus``; MPS with the control daemon's pipe directory mounted and ``--ipc host`` (MPS clients
+share the daemon's IPC namespace); HAMi-core with its library mounted read-only at the same
+path; an Ascend vNPU as ``ASCEND_VISIBLE_DEVICES`` and ``ASCEND_VNPU_SPECS`` for the Ascend
+Docker Runtime, which mounts the vNPU itself (no ``/dev/davinciN`` of ours); the limiter
+variables in ``--env`` like the rest.
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ from datetime import UTC, datetime
 
 from agent.drivers.base import Exit, LaunchError, LaunchPlan, RunHandle, replica_env
 from agent.drivers.isolation import PoolExhausted, UidPool
+from libs.schemas.devices import format_cpu_list
 
 _NAME_SAFE = re.compile(r"[^a-zA-Z0-9_.-]+")
 
@@ -60,9 +71,10 @@ def _ro(paths: list[str]) -> list[str]:
     return [arg for p in paths for arg in ("-v", f"{p}:{p}:ro")]
 
 
-def vendor_args(vendor: str, indices: list[int]) -> tuple[list[str], dict[str, str]]:
-    """Device arguments and container environment for one vendor's devices."""
-    ids = ",".join(str(i) for i in indices)
+def vendor_args(vendor: str, indices: list[int], mig: str | None = None) -> tuple[list[str], dict[str, str]]:
+    """Device arguments and container environment for one vendor's devices (``mig``: the one MIG instance of
+    an NVIDIA GPU the replica holds, given to the container toolkit by its UUID)."""
+    ids = mig or ",".join(str(i) for i in indices)
     if vendor == "nvidia":
         return ["--gpus", f'"device={ids}"'], {}
     if vendor == "huawei":
@@ -103,15 +115,30 @@ def docker_run_args(plan: LaunchPlan, *, docker: str = "docker", uid: int | None
             "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
     if uid is not None:
         args += ["--user", f"{uid}:{uid}"]
+    if plan.cpus:
+        args += ["--cpuset-cpus", format_cpu_list(plan.cpus)]
+    if plan.memory_mib:
+        args += ["--memory", f"{plan.memory_mib}m"]
     dev_env: dict[str, str] = {}
     vendors: dict[str, list[int]] = {}
     for d in plan.devices:
         vendors.setdefault(d.vendor, []).append(d.index)
+    share = plan.share
     for vendor, indices in vendors.items():
-        vendor_dev_args, vendor_env = vendor_args(vendor, sorted(indices))
+        if vendor == "huawei" and share.vnpu:
+            continue  # the Ascend Docker Runtime mounts the vNPU it cuts (ASCEND_VISIBLE_DEVICES, ASCEND_VNPU_SPECS)
+        vendor_dev_args, vendor_env = vendor_args(vendor, sorted(indices), share.mig_uuid if vendor == "nvidia"
+                                                  else None)
         args += vendor_dev_args
         dev_env.update(vendor_env)
-    env = replica_env(plan, dev_env)  # allow-listed: never the agent's own environment
+    if share.ipc_host:
+        args += ["--ipc", "host"]
+    for path in share.mounts:
+        args += ["-v", f"{path}:{path}" + ("" if share.ipc_host and path == share.env.get("CUDA_MPS_PIPE_DIRECTORY")
+                                           else ":ro")]
+    # inside the container the toolkit numbers its GPUs from 0: a MIG instance needs no visibility variable
+    limits = {k: v for k, v in share.env.items() if not (share.mig_uuid and k == "CUDA_VISIBLE_DEVICES")}
+    env = replica_env(plan, {**dev_env, **limits})  # allow-listed: never the agent's own environment
     for k in sorted(env):
         args += ["--env", f"{k}={env[k]}"]
     args.append(image)

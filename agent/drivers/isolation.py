@@ -19,7 +19,10 @@ when that is a writable cgroup v2 hierarchy (else it logs once why not and goes 
 The launcher (``launcher_argv``: a few lines of Python run as root) moves itself into the
 group, drops to the replica's uid and gid and only then execs the command, so nothing the
 replica starts is ever outside its group or runs as root. Stopping a replica also writes
-``cgroup.kill``, which ends processes that left the process group.
+``cgroup.kill``, which ends processes that left the process group. A replica that holds CPUs
+and host memory gets them as its group's ``cpuset.cpus`` and ``memory.max`` where the parent
+delegates the ``cpuset`` and ``memory`` controllers; its CPUs are also its affinity
+(``pin_argv``, as ``taskset -c``), with or without a cgroup.
 
 Without root none of this is possible: the agent logs a warning once and runs replicas
 under its own uid (``isolation_status`` says so for ``xpumesh agent discover``).
@@ -125,6 +128,22 @@ def seal_workdir(workdir: Path) -> None:
         os.chmod(workdir, 0o700)
 
 
+# argv: a Linux CPU list, then the command. Pins itself (inherited by all it starts), then execs.
+PINNER = """import os, sys
+cpus = set()
+for part in sys.argv[1].split(","):
+    lo, _, hi = part.partition("-")
+    cpus.update(range(int(lo), int(hi or lo) + 1))
+os.sched_setaffinity(0, cpus)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def pin_argv(cpus: str, argv: list[str]) -> list[str]:
+    """``argv`` run pinned to ``cpus`` (a Linux CPU list), as ``taskset -c`` does, without needing util-linux."""
+    return [sys.executable, "-I", "-S", "-c", PINNER, cpus, *argv]
+
+
 def launcher_argv(cgroup: Path | None, uid: int, argv: list[str], groups: Sequence[int] = ()) -> list[str]:
     return [sys.executable, "-I", "-S", "-c", LAUNCHER, str(cgroup or ""), str(uid), str(uid),
             ",".join(str(g) for g in groups), *argv]
@@ -180,6 +199,27 @@ class Cgroups:
             self._once(f"no cgroup for replicas: cannot create {group} ({exc.strerror})")
             return None
         return group
+
+    @staticmethod
+    def limit(group: Path, cpus: str | None, memory_mib: int | None) -> list[str]:
+        """Pin the group to ``cpus`` (``cpuset.cpus``) and cap its memory (``memory.max``) where the parent
+        delegates those controllers (enabled here in its ``cgroup.subtree_control`` when it can be); returns what
+        was set, e.g. ``["cpuset.cpus=0-3", "memory.max=8589934592"]``."""
+        wanted = [("cpuset", "cpuset.cpus", cpus), ("memory", "memory.max",
+                                                      None if not memory_mib else str(memory_mib * 1024 * 1024))]
+        done = []
+        for controller, name, value in wanted:
+            if value is None:
+                continue
+            with contextlib.suppress(OSError):
+                if controller not in (group.parent / "cgroup.subtree_control").read_text().split():
+                    (group.parent / "cgroup.subtree_control").write_text(f"+{controller}")
+            try:
+                (group / name).write_text(value)
+                done.append(f"{name}={value}")
+            except OSError:
+                pass
+        return done
 
     @staticmethod
     def kill(group: str | None) -> None:

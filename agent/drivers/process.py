@@ -13,6 +13,11 @@ Given a ``UidPool`` and an agent running as root, each replica runs under its ow
 the pool, in a 0700 directory owned by that uid, and in its own cgroup where cgroup v2 is
 writable (``agent.drivers.isolation``): one tenant's replica can neither read another's
 ``output.log`` nor signal its processes. Without root it runs as today, after one warning.
+
+A replica that holds CPUs is pinned to them (its affinity, as ``taskset -c``; also its
+cgroup's ``cpuset.cpus`` where it has one); its host memory is its cgroup's ``memory.max``
+where the ``memory`` controller is delegated, and only advisory (``XPUMESH_HOST_MEMORY_MIB``)
+elsewhere.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from agent.drivers.base import (
     LaunchError,
     LaunchPlan,
     RunHandle,
+    device_env,
     host_base_env,
     read_tail,
     replica_env,
@@ -46,9 +52,11 @@ from agent.drivers.isolation import (
     can_switch_uid,
     group_ids,
     launcher_argv,
+    pin_argv,
     prepare_workdir,
     seal_workdir,
 )
+from libs.schemas.devices import format_cpu_list
 
 LOG = "output.log"
 EXIT = "exit_code"
@@ -79,7 +87,17 @@ class ProcessDriver:
         """The replica's environment: allow-listed (``replica_env``), never the agent's own, which
         holds its credentials; only ``PATH`` and ``LANG`` come from the agent, ``HOME`` is the
         replica's directory."""
-        return replica_env(plan, visible_devices_env(plan.devices), host_base_env(plan.workdir))
+        return replica_env(plan, device_env(plan, visible_devices_env(plan.devices)), host_base_env(plan.workdir))
+
+    def argv(self, plan: LaunchPlan, argv: list[str], uid: int | None = None, group: Path | None = None) -> list[str]:
+        """What is executed: the exit-code wrapper, under the replica's uid and cgroup when isolated, pinned to its
+        CPUs when it holds some (the pin comes first, so the launcher and all it starts inherit it)."""
+        wrapped = ["/bin/sh", "-c", WRAPPER, EXIT, *argv]
+        if uid is not None:
+            wrapped = launcher_argv(group, uid, wrapped, self.groups)
+        if plan.cpus:
+            wrapped = pin_argv(format_cpu_list(plan.cpus), wrapped)
+        return wrapped
 
     async def start(self, plan: LaunchPlan) -> RunHandle:
         argv = plan.variant.command
@@ -89,9 +107,7 @@ class ProcessDriver:
         for stale in (EXIT, EXIT + ".tmp"):
             (plan.workdir / stale).unlink(missing_ok=True)
         # the exit file is named relative to the replica's directory, its cwd
-        wrapped = ["/bin/sh", "-c", WRAPPER, EXIT, *argv]
-        if uid is not None:
-            wrapped = launcher_argv(group, uid, wrapped, self.groups)
+        wrapped = self.argv(plan, argv, uid, group)
         fd = os.open(plan.workdir / LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             if uid is not None:
@@ -127,7 +143,10 @@ class ProcessDriver:
         except OSError as exc:
             self.uids.release(uid, str(plan.workdir))
             raise LaunchError(f"could not prepare the replica's directory: {exc.strerror}") from None
-        return uid, self.cgroups.create(plan.workdir.name)
+        group = self.cgroups.create(plan.workdir.name)
+        if group is not None and (plan.cpus or plan.memory_mib):
+            Cgroups.limit(group, format_cpu_list(plan.cpus) if plan.cpus else None, plan.memory_mib)
+        return uid, group
 
     def _release(self, uid: int | None, owner: str, group: Path | str | None) -> None:
         if uid is not None and self.uids is not None:

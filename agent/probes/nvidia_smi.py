@@ -295,10 +295,14 @@ def parse_list(capture: Capture, col: Collector) -> None:
             found += 1
             current = col.add(index=int(gpu.group(1)), model=nvidia_model(gpu.group(2)), uuid=gpu.group(3).strip())
             continue
-        if current is not None and re.match(r"^\s+MIG \S+\s+Device\s+\d+:", line):
+        mig = re.match(r"^\s+MIG (\S+)\s+Device\s+\d+:(?:.*\(UUID: (MIG-[^)\s]+)\))?", line)
+        if current is not None and mig:
             extra = current.setdefault("extra", {})
             extra["mig_mode"] = "Enabled"
             extra["mig_devices"] = str(int(extra.get("mig_devices", "0")) + 1)
+            if mig.group(2):  # the instance's profile and UUID, for a share handed over as a MIG instance
+                extra["mig_instances"] = ";".join(filter(None, (extra.get("mig_instances"),
+                                                                f"{mig.group(1)}={mig.group(2)}")))
     if not found:
         col.warn(f"{capture.label}: no 'GPU N: name (UUID: …)' line found")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agent.discover import derive_labels
-from libs.schemas.devices import Device, HardwareType, Health, HostFacts, Link
+from libs.schemas.devices import Device, HardwareType, Health, HostFacts, Link, NumaNode, format_cpu_list
 from libs.sites import DEMO_SITES
 
 Stack = tuple[str, dict[str, str], float]  # driver, runtimes, weight
@@ -131,11 +131,35 @@ def _devices(profile: Profile, host_id: str, rng: random.Random) -> list[Device]
     return out
 
 
+# CPU model prefix → (vendor key, the features of agent.facts.CPU_FEATURES that line has), from the vendors'
+# product pages (Sapphire Rapids: AMX and AVX-512; Cascade Lake: AVX-512 with VNNI; Zen 3 and Hygon C86
+# (Zen 1): AVX2 only; Kunpeng 920 and Phytium S2500 (ARMv8.2): NEON (asimd), no SVE).
+CPU_LINES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "Intel(R) Xeon(R) Platinum 84": ("intel", ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                                               "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")),
+    "Intel(R) Xeon(R) Gold 62": ("intel", ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni")),
+    "AMD EPYC 7": ("amd", ("avx", "avx2", "fma", "sha_ni")),
+    "Hygon C86": ("hygon", ("avx", "avx2", "fma", "sha_ni")),
+    "HiSilicon Kunpeng": ("huawei", ("asimd", "asimdhp", "asimddp", "fphp", "atomics", "crc32", "sha2")),
+    "Phytium": ("phytium", ("asimd", "atomics", "crc32", "sha2")),
+}
+SIM_RESERVED_CPUS = 2  # what a simulated agent keeps back of its host (its own settings' defaults are smaller)
+SIM_RESERVED_MEMORY_MIB = 8192
+
+
 def _facts(profile: Profile, host_id: str) -> HostFacts:
+    """A host's facts as its agent would report them: two sockets, one NUMA node each holding half the CPUs
+    and memory, allocatable less the simulated agent's reserve."""
     threads = profile.cpu_threads
+    vendor, features = next((v for k, v in CPU_LINES.items() if profile.cpu_model.startswith(k)), ("", ()))
+    half = threads // 2
+    numa = [NumaNode(id=0, cpus=format_cpu_list(range(half)), memory_mib=profile.host_memory_mib // 2),
+            NumaNode(id=1, cpus=format_cpu_list(range(half, threads)), memory_mib=profile.host_memory_mib // 2)]
     return HostFacts(hostname=host_id, arch=profile.arch, os=profile.os, kernel=profile.kernel,
                      cpu_model=profile.cpu_model, cpu_sockets=2, cpu_cores=threads // 2, cpu_threads=threads,
-                     memory_mib=profile.host_memory_mib, numa_nodes=2)
+                     memory_mib=profile.host_memory_mib, numa_nodes=2, cpu_vendor=vendor,
+                     cpu_features=sorted(features), numa=numa, cpu_allocatable=max(0, threads - SIM_RESERVED_CPUS),
+                     memory_allocatable_mib=max(0, profile.host_memory_mib - SIM_RESERVED_MEMORY_MIB))
 
 
 def site_counts(total: int) -> dict[str, int]:

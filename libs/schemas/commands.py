@@ -21,7 +21,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from libs.bus.subjects import Token
-from libs.schemas.devices import HardwareType
+from libs.schemas.devices import HardwareType, ShareEnforcement
 from libs.schemas.hostevents import ReportTime
 from libs.schemas.workload import WorkloadSpec
 
@@ -49,6 +49,22 @@ class CommandDevice(BaseModel):
     memory_mib: int | None = Field(default=None, ge=0, description="Memory reserved on the device.")
 
 
+class ReplicaResources(BaseModel):
+    """What a placed replica holds of its host besides devices, and the alternative it was placed with."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    alternative: int = Field(default=0, ge=0, le=16, description="Index of the workload's hardware alternative taken.")
+    cpu: int = Field(default=0, ge=0, description="Logical CPUs it holds (the agent pins that many where it can).")
+    memory_mib: int = Field(default=0, ge=0, description="Host memory it holds (also its limit where the driver sets one).")
+    numa_node: int | None = Field(default=None, ge=0, description="With placement.numa 'single': the node of its "
+                                  "devices and CPUs.")
+    share_enforcement: ShareEnforcement | None = Field(
+        default=None, description="With a share of a device: what holds it to the share on its host, as its agent "
+        "reports once it starts ('mig', 'mps', 'hami-core', 'vnpu'; 'advisory': nothing, it is only told). None: whole "
+        "devices, or not reported yet.")
+
+
 class LaunchCommand(BaseModel):
     """Run one attempt of one replica on this host."""
 
@@ -64,6 +80,7 @@ class LaunchCommand(BaseModel):
     replicas: int = Field(ge=1, description="Replicas of the workload (world size).")
     peers: list[str] = Field(default_factory=list, max_length=4096, description="Host of each replica at placement time.")
     devices: list[CommandDevice] = Field(max_length=64)
+    resources: ReplicaResources = Field(default_factory=ReplicaResources)
     spec: WorkloadSpec
     issued_at: datetime
     expires_at: datetime
@@ -115,6 +132,8 @@ class ReplicaReport(BaseModel):
     driver: str = Field(max_length=32)
     device_ids: list[str] = Field(default_factory=list, max_length=64)
     shares: list[float] = Field(default_factory=list, max_length=64)
+    share_enforcement: ShareEnforcement | None = Field(default=None, description="What holds it to its share "
+                                                       "(None: whole devices).")
     exit_code: int | None = None
     message: str = Field(default="", max_length=500)
     started_at: datetime | None = None

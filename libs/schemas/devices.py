@@ -7,9 +7,10 @@ so they are versioned through the event type that carries them
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 def device_id(host_id: str, vendor: str, index: int) -> str:
@@ -73,8 +74,69 @@ class Device(BaseModel):
     extra: dict[str, str] = Field(default_factory=dict, description="Vendor-specific facts worth keeping (chip id, board id, MIG mode…).")
 
 
+def parse_cpu_list(text: str) -> list[int]:
+    """A Linux CPU list (``0-3,8,10-11``, as in ``cpulist`` and ``cpuset.cpus``) as CPU numbers; ValueError
+    when malformed. At most 65,536 CPUs."""
+    out: list[int] = []
+    for part in text.strip().split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, sep, hi = part.partition("-")
+        a, b = int(lo), int(hi) if sep else int(lo)
+        if a < 0 or b < a or b - a > 65535 or len(out) + b - a > 65535:
+            raise ValueError(f"bad CPU range {part!r}")
+        out.extend(range(a, b + 1))
+    return sorted(set(out))
+
+
+def format_cpu_list(cpus: Iterable[int]) -> str:
+    """CPU numbers as a Linux CPU list: ``[0, 1, 2, 3, 8]`` → ``0-3,8``."""
+    nums = sorted(set(cpus))
+    parts: list[str] = []
+    i = 0
+    while i < len(nums):
+        j = i
+        while j + 1 < len(nums) and nums[j + 1] == nums[j] + 1:
+            j += 1
+        parts.append(str(nums[i]) if i == j else f"{nums[i]}-{nums[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+class NumaNode(BaseModel):
+    """One NUMA node of a host: its logical CPUs and memory."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: int = Field(ge=0)
+    cpus: str = Field(default="", max_length=4096, description="Its logical CPUs as a Linux CPU list, e.g. '0-47,96-143'.")
+    memory_mib: int = Field(default=0, ge=0)
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpus(cls, v: str) -> str:
+        parse_cpu_list(v)  # raises ValueError with the reason
+        return v
+
+    def cpu_ids(self) -> list[int]:
+        return parse_cpu_list(self.cpus)
+
+
+class ShareEnforcement(StrEnum):
+    """What holds a replica to its share of a device (``agent.shares``), in the order the agent tries them: a MIG
+    instance, NVIDIA MPS's client limits, HAMi-core's limiter, an Ascend vNPU, or nothing (``advisory``: the
+    replica is only told its share, in ``XPUMESH_SHARE``)."""
+
+    MIG = "mig"
+    MPS = "mps"
+    HAMI_CORE = "hami-core"
+    VNPU = "vnpu"
+    ADVISORY = "advisory"
+
+
 class HostFacts(BaseModel):
-    """The host itself: CPU, memory, OS."""
+    """The host itself: CPU, memory, OS, and what of its CPUs and memory replicas may take."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -89,6 +151,20 @@ class HostFacts(BaseModel):
     cpu_mhz: float | None = None
     memory_mib: int = Field(ge=0)
     numa_nodes: int = Field(default=1, ge=0)
+    cpu_vendor: str = Field(default="", max_length=32, description="Lower-case CPU vendor key: intel, amd, hygon, "
+                            "zhaoxin, huawei (Kunpeng), phytium, ampere, arm…; empty when unknown.")
+    cpu_features: list[str] = Field(default_factory=list, max_length=128,
+                                    description="CPU features workloads ask for (avx2, avx512f, amx_tile, sve, asimd…), "
+                                    "as /proc/cpuinfo names them; only the ones in agent.facts.CPU_FEATURES.")
+    numa: list[NumaNode] = Field(default_factory=list, max_length=64, description="NUMA nodes with their CPUs and memory.")
+    cpu_allocatable: int | None = Field(default=None, ge=0, description="Logical CPUs replicas may take (the CPUs the "
+                                        "agent may use, less agent.reserved_cpus); unset: not reported.")
+    memory_allocatable_mib: int | None = Field(default=None, ge=0, description="Host memory replicas may take (less "
+                                               "agent.reserved_memory_gib); unset: not reported.")
+    share_enforcement: dict[str, list[ShareEnforcement]] = Field(
+        default_factory=dict, max_length=32, description="Per vendor of this host's devices, what may hold a replica "
+        "to a share of one, in the order the agent tries them (always ending with 'advisory'; 'vnpu' under the "
+        "docker driver only); empty: not reported (simulated hosts).")
 
 
 class ProbeReport(BaseModel):

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from libs.bus.subjects import TOKEN_PATTERN
-from libs.schemas.commands import ReplicaState
+from libs.schemas.commands import ReplicaResources, ReplicaState
 from libs.schemas.workload import WorkloadSpec
 
 MAX_PAGE = 500
@@ -145,6 +145,8 @@ class ReplicaView(BaseModel):
     host_id: str | None = None
     site: str | None = None
     devices: list[ReplicaDevice] = Field(default_factory=list)
+    resources: ReplicaResources | None = Field(default=None, description="What it holds of its host (CPUs, "
+                                               "memory), the hardware alternative it took and its NUMA node.")
     exit_code: int | None = None
     message: str | None = None
     started_at: datetime | None = None
@@ -236,7 +238,9 @@ def event_data(view: WorkloadView, **extra: Any) -> dict[str, Any]:
         "hardware_type": view.hardware_type, "priority": view.priority, "restarts": view.restarts,
         "placements": [{"replica": r.replica, "attempt": r.attempt, "host_id": r.host_id, "site": r.site,
                         "devices": [d.id for d in r.devices], "shares": [d.share for d in r.devices],
-                        "state": r.state, "exit_code": r.exit_code}
+                        "state": r.state, "exit_code": r.exit_code,
+                        **({"alternative": r.resources.alternative, "cpu": r.resources.cpu,
+                            "memory_mib": r.resources.memory_mib} if r.resources is not None else {})}
                        for r in view.placement if r.host_id is not None],
     }
     if view.explanation is not None:

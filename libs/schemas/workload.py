@@ -8,11 +8,20 @@ agree; errors name the field and the reason.
 from __future__ import annotations
 
 import re
-from typing import Literal, NamedTuple, Self
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 
 from libs.schemas.devices import HardwareType
+from libs.schemas.hardware import Demand, HardwareRequest, ResourceRequest
 from libs.versions import Requirement, SpecifierSet, Version
 
 __all__ = [
@@ -21,6 +30,7 @@ __all__ = [
     "Demand",
     "HardwareRequest",
     "PlacementSpec",
+    "ResourceRequest",
     "RuntimeSpec",
     "Variant",
     "WorkloadSpec",
@@ -50,139 +60,6 @@ def reserved_env_name(name: str) -> bool:
     """True for a name only the agent sets: ``XPUMESH_*`` (any case) and the device variables."""
     upper = name.upper()
     return upper.startswith("XPUMESH_") or upper in DEVICE_ENV_NAMES
-
-
-class Demand(NamedTuple):
-    """What one replica asks for, read from the spec in this one place (``HardwareRequest.demand``).
-
-    Validation, the quota check at submit and placement all start from it:
-
-    * ``hardware_type``: the type asked for, None for 'any';
-    * ``devices``: whole devices per replica, or the fraction of one device when ``shared``;
-      0 for a compute-unit request (placement chooses how many devices reach it);
-    * ``shared``: the replica takes a fraction of one device;
-    * ``compute_units``: per replica, only with type 'any' (None otherwise);
-    * ``memory_gib``: per device; with a share, what is reserved on the shared device.
-    """
-
-    hardware_type: str | None
-    devices: float
-    shared: bool
-    compute_units: float | None
-    memory_gib: float | None
-
-    def devices_for(self, replicas: int) -> float:
-        """Devices ``replicas`` replicas hold at once (shares as fractions)."""
-        return replicas * self.devices
-
-    def compute_units_for(self, replicas: int) -> float | None:
-        return None if self.compute_units is None else replicas * self.compute_units
-
-
-class HardwareRequest(BaseModel):
-    """What each replica needs: whole devices, a fraction of one, or an amount of compute."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {"type": "gpu", "vendor": "nvidia", "model": "A100*", "count": 8},
-                {"type": "npu", "count": 2, "memory_gib": 32},
-                {"type": "gpu", "share": 0.5, "memory_gib": 20},
-                {"type": "any", "compute_units": 600},
-            ]
-        },
-    )
-
-    type: HardwareType | Literal["any"] = Field(
-        description="Hardware type, or 'any' to let the scheduler pick (then give compute_units or count).",
-        examples=["gpu", "npu", "any"],
-    )
-    vendor: str | None = Field(
-        default=None,
-        description="Lower-case vendor key (nvidia, huawei, amd, hygon, cambricon…). Unset: any vendor.",
-        examples=["nvidia", "huawei"],
-    )
-    model: str | None = Field(
-        default=None,
-        description="Model name glob, matched case-insensitively against the catalog model name.",
-        examples=["A100*", "Ascend910B*"],
-    )
-    count: int = Field(default=1, ge=1, le=64, description="Devices per replica, all on one host.", examples=[1, 8])
-    memory_gib: float | None = Field(
-        default=None,
-        gt=0,
-        description="Minimum memory per device (GiB). With share, the memory reserved on the shared device.",
-        examples=[40, 16.5],
-    )
-    share: float | None = Field(
-        default=None,
-        gt=0,
-        le=1,
-        description="Fraction of one device in (0, 1], for sharing a device. A share below 1 implies count 1.",
-        examples=[0.25, 0.5],
-    )
-    compute_units: float | None = Field(
-        default=None,
-        gt=0,
-        description="Vendor-neutral amount of compute per replica (1 CU = 1 dense FP16 TFLOPS). Only with "
-        "type 'any': the scheduler picks devices of one kind on one host whose compute units add up to it.",
-        examples=[300, 1000],
-    )
-
-    @field_validator("type", mode="before")
-    @classmethod
-    def _type_known(cls, v: object) -> object:
-        allowed = [t.value for t in HardwareType] + ["any"]
-        if not isinstance(v, str) or v not in allowed:
-            raise ValueError(f"type must be one of {', '.join(allowed)}; got {v!r}")
-        return v
-
-    @field_validator("vendor")
-    @classmethod
-    def _vendor_key(cls, v: str | None) -> str | None:
-        if v is not None and not _KEY.match(v):
-            raise ValueError(f"vendor must be a lower-case key like 'nvidia' or 'huawei', got {v!r}")
-        return v
-
-    @field_validator("model")
-    @classmethod
-    def _model_glob(cls, v: str | None) -> str | None:
-        if v is not None and not v.strip():
-            raise ValueError("model must not be empty; leave it unset to accept any model")
-        return v
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Self:
-        if self.share is not None and self.share < 1 and self.count != 1:
-            raise ValueError(f"share {self.share} < 1 shares one device, so count must be 1 (got count={self.count})")
-        if self.compute_units is not None:
-            if self.type != "any":
-                raise ValueError(f"compute_units is only allowed with type 'any' (got type {self.type!r}); "
-                                 "ask for count devices of a given type instead")
-            if self.share is not None:
-                raise ValueError("compute_units and share cannot be combined")
-            if self.count != 1:
-                raise ValueError("compute_units and count cannot be combined: the scheduler chooses the device count")
-        return self
-
-    @property
-    def is_shared(self) -> bool:
-        """True when a replica takes a fraction of one device rather than whole devices."""
-        return self.share is not None and self.share < 1
-
-    @property
-    def demand(self) -> Demand:
-        """What one replica asks for (see ``Demand``)."""
-        shared = self.is_shared
-        if self.compute_units is not None:
-            devices = 0.0
-        elif shared:
-            devices = float(self.share or 1.0)
-        else:
-            devices = float(self.count)
-        return Demand(None if self.type == "any" else str(self.type), devices, shared, self.compute_units,
-                      self.memory_gib)
 
 
 class RuntimeSpec(BaseModel):
@@ -322,6 +199,15 @@ class PlacementSpec(BaseModel):
         examples=[{"arch": "aarch64"}],
     )
 
+    numa: Literal["any", "single"] = Field(
+        default="any",
+        description="'single': each replica's devices and CPUs from one NUMA node of its host (as Kubernetes' "
+        "Topology Manager single-numa-node policy); the node is reported in the placement.")
+    mixed_models: bool = Field(
+        default=False,
+        description="A gang's replicas get one device model (and, unless spread is 'site', one site); true lets "
+        "them mix models and sites.")
+
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         both = sorted(set(self.sites) & set(self.avoid_sites))
@@ -332,8 +218,12 @@ class PlacementSpec(BaseModel):
         return self
 
 
+MAX_ALTERNATIVES = 8
+_ALTERNATIVES = TypeAdapter(list[HardwareRequest])
+
+
 class WorkloadSpec(BaseModel):
-    """A request to run replicas of one program on accelerators."""
+    """A request to run replicas of one program on accelerators or CPUs."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -348,13 +238,33 @@ class WorkloadSpec(BaseModel):
                     "replicas": 4,
                     "gang": True,
                     "priority": 500,
-                }
+                },
+                {
+                    "name": "etl",
+                    "hardware": {"type": "cpu", "arch": "aarch64"},
+                    "resources": {"cpu": 16, "memory_gib": 64},
+                    "placement": {"numa": "single"},
+                },
+                {
+                    "name": "pretrain",
+                    "hardware": [{"type": "gpu", "model": "H100*", "count": 8},
+                                 {"type": "npu", "model": "Ascend910B*", "count": 8, "resources": {"cpu": 48}},
+                                 {"type": "gpu", "vendor": "amd", "model": "MI300X*", "count": 8}],
+                    "resources": {"cpu": 32, "memory_gib": 512},
+                    "replicas": 2,
+                    "gang": True,
+                },
             ]
         },
     )
 
     name: str = Field(description="Human-readable name (letters, digits, '.', '_', '-').", examples=["llama-finetune"])
-    hardware: HardwareRequest
+    hardware: HardwareRequest | list[HardwareRequest] = Field(
+        description="What each replica needs, or an ordered list of alternatives (at most "
+        f"{MAX_ALTERNATIVES}): the first that can be placed is taken, and the placement names it.")
+    resources: ResourceRequest = Field(default_factory=ResourceRequest,
+                                       description="Logical CPUs and host memory per replica (an alternative may "
+                                       "give its own).")
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     variants: dict[str, Variant] = Field(
         default_factory=dict,
@@ -392,31 +302,77 @@ class WorkloadSpec(BaseModel):
                 raise ValueError(f"variant key {key!r} must be a lower-case vendor, hardware type or 'default'")
         return v
 
+    @field_validator("hardware", mode="wrap")
+    @classmethod
+    def _hardware(cls, v: Any, handler: ValidatorFunctionWrapHandler) -> HardwareRequest | list[HardwareRequest]:
+        # one form at a time, so an error names hardware.<field> or hardware.<i>.<field>, not the union's arms
+        if isinstance(v, HardwareRequest):
+            return v
+        if isinstance(v, list):
+            alts = _ALTERNATIVES.validate_python(v)
+            if not 1 <= len(alts) <= MAX_ALTERNATIVES:
+                raise ValueError(f"hardware lists 1 to {MAX_ALTERNATIVES} alternatives, got {len(alts)}")
+            return alts
+        return HardwareRequest.model_validate(v)
+
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        if self.placement.topology == "same_host" and self.replicas > 1:
-            if self.placement.spread != "none":
-                raise ValueError(
-                    f"placement.topology 'same_host' contradicts placement.spread {self.placement.spread!r}")
-            if self.hardware.is_shared:
-                raise ValueError("placement.topology 'same_host' with hardware.share < 1 is not supported; "
-                                 "ask for count devices instead")
-        hw = self.hardware
-        if self.variants and hw.type != "any" and hw.vendor is not None:
-            if not ({hw.vendor, str(hw.type), "default"} & set(self.variants)):
-                raise ValueError(
-                    f"variants has no entry for vendor {hw.vendor!r}, type {str(hw.type)!r} or 'default'"
-                )
+        alts = self.alternatives
+        multi = len(alts) > 1
+        for i, hw in enumerate(alts):
+            where = f"hardware[{i}]" if multi else "hardware"
+            if self.placement.topology == "same_host" and self.replicas > 1:
+                if self.placement.spread != "none":
+                    raise ValueError(
+                        f"placement.topology 'same_host' contradicts placement.spread {self.placement.spread!r}")
+                if hw.is_shared:
+                    raise ValueError(f"placement.topology 'same_host' with {where}.share < 1 is not supported; "
+                                     "ask for count devices instead")
+            if hw.variant is not None:
+                if hw.variant not in self.variants:
+                    raise ValueError(f"{where}.variant {hw.variant!r} is not a key of variants")
+            elif self.variants and hw.is_cpu:
+                if not ({"cpu", "default"} & set(self.variants)):
+                    raise ValueError(f"variants has no entry for type 'cpu' or 'default' ({where})")
+            elif self.variants and hw.type != "any" and hw.vendor is not None:
+                if not ({hw.vendor, str(hw.type), "default"} & set(self.variants)):
+                    raise ValueError(
+                        f"variants has no entry for vendor {hw.vendor!r}, type {str(hw.type)!r} or 'default'"
+                        + (f" ({where})" if multi else ""))
+        if self.resources.cpu == 0 and any(hw.is_cpu and (hw.resources is None or hw.resources.cpu is None)
+                                           for hw in alts):
+            raise ValueError("resources.cpu 0 leaves CPU-only work without a CPU")
         return self
 
-    def variant_for(self, vendor: str, hardware_type: HardwareType | str) -> Variant | None:
-        """The variant that runs on this vendor/type: vendor first, then hardware type, then default.
+    @property
+    def alternatives(self) -> list[HardwareRequest]:
+        """The hardware alternatives in order (one when ``hardware`` is a single request)."""
+        return self.hardware if isinstance(self.hardware, list) else [self.hardware]
+
+    @property
+    def primary(self) -> HardwareRequest:
+        """The first (preferred) alternative."""
+        return self.alternatives[0]
+
+    def demand(self, alternative: int = 0) -> Demand:
+        """What one replica asks for under an alternative (its resources, else the workload's, else defaults)."""
+        return self.alternatives[alternative].demand_with(self.resources)
+
+    def variant_for(self, vendor: str, hardware_type: HardwareType | str, alternative: int | None = None
+                    ) -> Variant | None:
+        """The variant that runs on this vendor/type: the alternative's own ``variant`` when it names one, else
+        vendor, then hardware type, then default (CPU-only work: 'cpu', then default; the CPU's vendor is not
+        looked up, so an 'amd' variant meant for ROCm never runs on an EPYC host's CPUs).
 
         With no variants at all, an empty Variant (run as is) is returned.
         """
         if not self.variants:
             return Variant()
-        for key in (vendor, str(hardware_type), "default"):
+        alts = self.alternatives
+        if alternative is not None and 0 <= alternative < len(alts) and alts[alternative].variant is not None:
+            return self.variants.get(alts[alternative].variant or "")
+        keys = ("cpu", "default") if str(hardware_type) == "cpu" else (vendor, str(hardware_type), "default")
+        for key in keys:
             if key in self.variants:
                 return self.variants[key]
         return None

@@ -88,6 +88,25 @@ class HostView:
                    up=row["up"], liveness_at=row["liveness_at"] or _EPOCH, health=health)
 
 
+def host_info(host_id: str, site: str, up: bool, report: CapabilityReport) -> HostInfo:
+    """A host as placement sees it: its labels, CPU (architecture, vendor, model, features) and what of its CPUs
+    and memory replicas may take, per NUMA node too (the agent's reserve is taken from the first nodes)."""
+    f = report.facts
+    numa: tuple[int, ...] = ()
+    if f.cpu_allocatable is not None and f.numa:
+        per = [len(n.cpu_ids()) for n in sorted(f.numa, key=lambda n: n.id)]
+        reserve = max(0, sum(per) - f.cpu_allocatable)
+        left = []
+        for n in per:
+            take = min(n, reserve)
+            reserve -= take
+            left.append(n - take)
+        numa = tuple(left)
+    return HostInfo(host_id, site, up, dict(report.labels), f.arch, cpus=f.cpu_allocatable,
+                    memory_mib=f.memory_allocatable_mib, cpu_vendor=f.cpu_vendor, cpu_model=f.cpu_model,
+                    cpu_features=frozenset(f.cpu_features), numa_cpus=numa)
+
+
 class Fleet:
     """Hosts by id plus the reference data placement needs. Not thread-safe: one event loop owns it."""
 
@@ -219,8 +238,8 @@ class Fleet:
             id=dev_id, host_id=h.id, hardware_type=d.hardware_type, vendor=d.vendor, model=d.model,
             memory_mib=d.memory_mib or 0, compute_units=self.compute_units(d.vendor, d.model),
             driver_version=d.driver_version, runtimes=dict(d.runtimes), health=h.device_health(dev_id),
-            link_group=h.links.get(dev_id)) for dev_id, d in h.devices.items())
-        return HostInfo(h.id, h.site, h.up, dict(h.report.labels), h.report.facts.arch), devices
+            link_group=h.links.get(dev_id), numa_node=d.numa_node) for dev_id, d in h.devices.items())
+        return host_info(h.id, h.site, h.up, h.report), devices
 
     def _host_inputs(self, h: HostView) -> tuple[HostInfo, tuple[DeviceInfo, ...]]:
         hit = self._inputs.get(h.id)

@@ -25,6 +25,7 @@ from libs.schemas.commands import (
     CommandDevice,
     LaunchCommand,
     ReplicaReport,
+    ReplicaResources,
     ReplicaState,
     StopCommand,
     command_id,
@@ -45,6 +46,7 @@ class Replica:
     host_id: str | None = None
     site: str | None = None
     devices: list[dict[str, Any]] = field(default_factory=list)
+    resources: dict[str, Any] = field(default_factory=dict)  # ReplicaResources as JSON ({} before placement)
     decision_id: int | None = None
     exit_code: int | None = None
     message: str | None = None
@@ -72,6 +74,8 @@ class Replica:
         return ReplicaView(replica=self.replica, attempt=self.attempt, state=self.state,
                            host_id=self.host_id if placed else None, site=self.site if placed else None,
                            devices=[ReplicaDevice.model_validate(d) for d in self.devices] if placed else [],
+                           resources=ReplicaResources.model_validate(self.resources) if placed and self.resources
+                           else None,
                            exit_code=self.exit_code, message=self.message, started_at=self.started_at,
                            finished_at=self.finished_at)
 
@@ -98,7 +102,8 @@ class Workload:
 
     @property
     def hardware_type(self) -> str:
-        return str(self.spec.hardware.type)
+        """The first alternative's type (the one a listing filters by)."""
+        return str(self.spec.primary.type)
 
     @property
     def sites(self) -> list[str]:
@@ -141,7 +146,7 @@ def launch_command(wl: Workload, r: Replica, now: datetime, ttl_s: float) -> Lau
         command_id=command_id("launch", wl.id, r.replica, r.attempt, r.sends), host_id=r.host_id, site=r.site,
         workload_id=wl.id, replica=r.replica, attempt=r.attempt, replicas=wl.spec.replicas,
         peers=[x.host_id or "" for x in wl.replicas], devices=[CommandDevice.model_validate(d) for d in r.devices],
-        spec=wl.spec, issued_at=now, expires_at=now + timedelta(seconds=ttl_s))
+        resources=ReplicaResources.model_validate(r.resources), spec=wl.spec, issued_at=now, expires_at=now + timedelta(seconds=ttl_s))
 
 
 def stop_command(wl_id: str, r: Replica, reason: str, now: datetime, ttl_s: float,
@@ -177,13 +182,16 @@ def settle(wl: Workload, reason: str, now: datetime) -> None:
     wl.move(WorkloadState(target), reason, now)
 
 
-def assign(wl: Workload, placed: list[tuple[Replica, str, str, list[dict[str, Any]]]], decision_id: int,
-           now: datetime, ttl_s: float) -> None:
-    """Place replicas (replica, host, site, devices) and launch them; launches name every replica's host."""
-    for r, host_id, site, devices in placed:
-        wl.replica_move(r, "placed", f"placed on {host_id}", now, attempt=r.attempt + 1, host_id=host_id, site=site,
-                        devices=devices, decision_id=decision_id, exit_code=None, message=None, sends=1,
-                        sent_at=now, started_at=None, finished_at=None)
+def assign(wl: Workload, placed: list[tuple[Replica, str, str, list[dict[str, Any]], ReplicaResources]],
+           decision_id: int, now: datetime, ttl_s: float) -> None:
+    """Place replicas (replica, host, site, devices, what they hold of the host) and launch them; launches name
+    every replica's host. A placement with another than the first hardware alternative says which."""
+    for r, host_id, site, devices, res in placed:
+        alt = f" with alternative {res.alternative} ({wl.spec.alternatives[res.alternative].describe()})" \
+            if res.alternative else ""
+        wl.replica_move(r, "placed", f"placed on {host_id}{alt}", now, attempt=r.attempt + 1, host_id=host_id,
+                        site=site, devices=devices, resources=res.model_dump(mode="json"), decision_id=decision_id,
+                        exit_code=None, message=None, sends=1, sent_at=now, started_at=None, finished_at=None)
     for r, *_ in placed:
         wl.commands.append(launch_command(wl, r, now, ttl_s))
 
@@ -255,13 +263,14 @@ def observe(wl: Workload, r: Replica, rep: ReplicaReport, now: datetime, ttl_s: 
     """Apply what the agent says about the replica's current attempt; True when anything changed."""
     if rep.attempt != r.attempt or not r.active or wl.state.terminal:
         return False
+    noted = _note_enforcement(r, rep, now)
     if rep.state == ReplicaState.STARTING:
         if r.state != "placed":
-            return False
+            return noted
         wl.replica_move(r, "starting", "agent is starting it", now, started_at=rep.started_at)
     elif rep.state == ReplicaState.RUNNING:
         if r.state == "running":
-            return False
+            return noted
         wl.replica_move(r, "running", f"running on {r.host_id}", now, started_at=rep.started_at or now)
     elif rep.state == ReplicaState.SUCCEEDED:
         replica_ended(wl, r, True, rep.exit_code, rep.message, now, ttl_s)
@@ -269,6 +278,15 @@ def observe(wl: Workload, r: Replica, rep: ReplicaReport, now: datetime, ttl_s: 
         msg = rep.message or ("stopped on the host" if rep.state == ReplicaState.STOPPED else "")
         replica_ended(wl, r, False, rep.exit_code, msg, now, ttl_s)
     settle(wl, f"replica {r.replica} {r.state}", now)
+    return True
+
+
+def _note_enforcement(r: Replica, rep: ReplicaReport, now: datetime) -> bool:
+    """Record what the agent says holds the replica to its device share (``ReplicaResources.share_enforcement``)."""
+    value = str(rep.share_enforcement) if rep.share_enforcement is not None else None
+    if value is None or not r.resources or r.resources.get("share_enforcement") == value:
+        return False
+    r.set(now, resources={**r.resources, "share_enforcement": value})
     return True
 
 

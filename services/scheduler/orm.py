@@ -61,6 +61,7 @@ replicas = Table(
     Column("host_id", String(64)),
     Column("site", String(64)),
     Column("devices", JSONB, nullable=False, server_default="[]"),
+    Column("resources", JSONB, nullable=False, server_default="{}"),  # ReplicaResources: CPUs, memory, alternative
     Column("decision_id", BigInteger),
     Column("exit_code", Integer),
     Column("message", Text),

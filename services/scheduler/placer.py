@@ -21,6 +21,7 @@ from typing import Any
 from libs.aio import wait_event
 from libs.config import SchedulerSettings
 from libs.db import session_scope
+from libs.schemas.commands import ReplicaResources
 from libs.schemas.scheduler import Explanation
 from services.scheduler import lifecycle, store
 from services.scheduler.fleet import Fleet
@@ -30,11 +31,12 @@ from services.scheduler.placement import (
     Allocation,
     Assignment,
     FleetSnapshot,
+    HostHold,
     PendingWorkload,
     PlacementDecision,
     PlacementRules,
     Quotas,
-    place,
+    place_alternatives,
 )
 from services.scheduler.reconcile import Actual
 
@@ -53,20 +55,25 @@ class BatchResult:
 
 def _allocations(rows: list[Any], actual: Actual) -> list[Allocation]:
     by_wl: dict[str, list[AllocatedDevice]] = {}
+    holds: dict[str, list[HostHold]] = {}
     meta: dict[str, tuple[int, bool, str | None]] = {}
     desired: set[tuple[str, int, int]] = set()
     for r in rows:
         desired.add((r.workload_id, r.replica, r.attempt))
         meta[r.workload_id] = (r.priority, r.preemptible == "true", r.tenant)
+        devs = by_wl.setdefault(r.workload_id, [])
         for d in r.devices:
-            by_wl.setdefault(r.workload_id, []).append(
-                AllocatedDevice(d["id"], float(d.get("share", 1.0)), d.get("memory_mib")))
-    out = [Allocation(w, *meta[w], tuple(devs)) for w, devs in by_wl.items()]
+            devs.append(AllocatedDevice(d["id"], float(d.get("share", 1.0)), d.get("memory_mib")))
+        res = r.resources or {}
+        if r.host_id and (res.get("cpu") or res.get("memory_mib")):
+            holds.setdefault(r.workload_id, []).append(
+                HostHold(r.host_id, int(res.get("cpu") or 0), int(res.get("memory_mib") or 0), res.get("numa_node")))
+    out = [Allocation(w, *meta[w], tuple(devs), tuple(holds.get(w, ()))) for w, devs in by_wl.items()]
     for host_id, rep in actual.orphans(desired):  # running but unwanted: holds its devices until stopped
-        devs = tuple(AllocatedDevice(d, s) for d, s in zip(rep.device_ids, rep.shares or [1.0] * len(rep.device_ids),
+        held = tuple(AllocatedDevice(d, s) for d, s in zip(rep.device_ids, rep.shares or [1.0] * len(rep.device_ids),
                                                             strict=False))
         out.append(Allocation(f"orphan:{host_id}:{rep.workload_id}:{rep.replica}:{rep.attempt}", 1001, False, None,
-                              devs))
+                              held))
     return out
 
 
@@ -90,8 +97,12 @@ def _batch(wls: dict[str, Workload], order: list[str]) -> tuple[list[PendingWork
 def _decide(base: FleetSnapshot, allocations: list[Allocation], batch: list[PendingWorkload],
             rules: PlacementRules, quotas: Quotas | None, s: SchedulerSettings) -> PlacementDecision:
     """Runs in a worker thread: reads only immutable inputs (the fleet's snapshot, this round's rows)."""
-    return place(batch, base.with_allocations(allocations), rules=rules, quotas=quotas,
-                 time_limit_s=s.solver_time_limit_s, max_candidates=s.max_candidates)
+    return place_alternatives(batch, base.with_allocations(allocations), rules=rules, quotas=quotas,
+                              time_limit_s=s.solver_time_limit_s, max_candidates=s.max_candidates)
+
+
+def _resources(a: Assignment) -> ReplicaResources:
+    return ReplicaResources(alternative=a.alternative, cpu=a.cpu, memory_mib=a.host_memory_mib, numa_node=a.numa_node)
 
 
 class Placer:
@@ -173,7 +184,8 @@ class Placer:
                 session, placer=decision.placer, solver_status=decision.solver_status,
                 objective=float(decision.objective), batch=result.batch,
                 assignments=[{"workload_id": a.workload_id, "replica": missing[a.workload_id][a.replica],
-                              "host_id": a.host_id, "devices": list(a.device_ids), "shares": list(a.shares)}
+                              "host_id": a.host_id, "devices": list(a.device_ids), "shares": list(a.shares),
+                              "cpu": a.cpu, "memory_mib": a.host_memory_mib, "alternative": a.alternative}
                              for a in decision.assignments],
                 preemptions=[{"workload_id": p.workload_id, "priority": p.priority, "devices": list(p.device_ids),
                               "for_workload": p.for_workload} for p in decision.preemptions],
@@ -197,7 +209,7 @@ class Placer:
                 if any(reps[todo[a.replica]].state != "pending" for a in assigned):
                     continue
                 lifecycle.assign(wl, [(reps[todo[a.replica]], a.host_id, self.fleet.hosts[a.host_id].site,
-                                       self._devices(a)) for a in assigned], decision_id, now, ttl)
+                                       self._devices(a), _resources(a)) for a in assigned], decision_id, now, ttl)
                 result.placed += len(assigned)
                 lifecycle.settle(wl, f"placed by decision {decision_id} ({decision.solver_status})", now)
             for p in decision.pending:

@@ -92,7 +92,7 @@ async def check(specs: Sequence[WorkloadSpec], tenant: str, quota: Quota,
     devices: dict[str, float] = {}
     cu: float | None = 0.0
     for spec in specs:
-        demand = spec.hardware.demand
+        demand = spec.demand()  # the first alternative: the one asked for first
         if demand.hardware_type is not None:
             devices[demand.hardware_type] = devices.get(demand.hardware_type, 0.0) + demand.devices_for(spec.replicas)
         one = demand.compute_units_for(spec.replicas)

@@ -59,7 +59,8 @@ def _digest(spec_json: dict[str, Any], tenant: str | None) -> str:
 # -- loading and saving ----------------------------------------------------------------------------
 def _replica(row: Any) -> Replica:
     return Replica(replica=row.replica, attempt=row.attempt, state=row.state, host_id=row.host_id, site=row.site,
-                   devices=list(row.devices or []), decision_id=row.decision_id, exit_code=row.exit_code,
+                   devices=list(row.devices or []), resources=dict(row.resources or {}), decision_id=row.decision_id,
+                   exit_code=row.exit_code,
                    message=row.message, sends=row.sends, sent_at=row.sent_at, started_at=row.started_at,
                    finished_at=row.finished_at, updated_at=row.updated_at)
 
@@ -119,7 +120,7 @@ async def update_workloads(session: AsyncSession, wls: Iterable[Workload], now: 
         for r in wl.replicas:
             if r.dirty:
                 rep_rows.append({"b_wid": wl.id, "b_replica": r.replica, "attempt": r.attempt, "state": r.state,
-                                 "host_id": r.host_id, "site": r.site, "devices": r.devices,
+                                 "host_id": r.host_id, "site": r.site, "devices": r.devices, "resources": r.resources,
                                  "decision_id": r.decision_id, "exit_code": r.exit_code, "message": r.message,
                                  "sends": r.sends, "sent_at": r.sent_at, "started_at": r.started_at,
                                  "finished_at": r.finished_at, "updated_at": r.updated_at or now})
@@ -310,7 +311,8 @@ async def list_active_replicas(session: AsyncSession, host_ids: Sequence[str] | 
         cond = cond & replicas.c.host_id.in_(list(host_ids))
     return list((await session.execute(
         select(replicas.c.workload_id, replicas.c.replica, replicas.c.attempt, replicas.c.state, replicas.c.host_id,
-               replicas.c.devices, replicas.c.sent_at, replicas.c.updated_at, workloads.c.priority,
+               replicas.c.devices, replicas.c.resources, replicas.c.sent_at, replicas.c.updated_at,
+               workloads.c.priority,
                workloads.c.tenant, workloads.c.spec["preemptible"].astext.label("preemptible"))
         .join(workloads, workloads.c.id == replicas.c.workload_id).where(cond))).all())
 

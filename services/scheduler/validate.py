@@ -15,7 +15,7 @@ from typing import Any
 
 from libs.bus.errors import InvalidRequest
 from libs.schemas.catalog import DeviceModel
-from libs.schemas.workload import WorkloadSpec, framework_specifier
+from libs.schemas.workload import HardwareRequest, WorkloadSpec, framework_specifier
 from libs.versions import SpecifierSet
 from services.scheduler.fleet import Fleet
 
@@ -24,29 +24,32 @@ def _names(m: DeviceModel) -> list[str]:
     return [m.model.lower(), *(a.lower() for a in m.aliases)]
 
 
-def _hardware_errors(spec: WorkloadSpec, catalog: list[DeviceModel]) -> tuple[list[dict[str, Any]], list[DeviceModel]]:
-    hw = spec.hardware
+def _hardware_errors(hw: HardwareRequest, loc: str, catalog: list[DeviceModel]
+                     ) -> tuple[list[dict[str, Any]], list[DeviceModel]]:
     errors: list[dict[str, Any]] = []
+    if hw.is_cpu:  # vendor and model name the host's CPU, which the catalog does not list
+        return errors, []
     models = catalog
     if hw.type != "any":
         models = [m for m in models if str(m.hardware_type) == str(hw.type)]
     if hw.vendor is not None:
         if not any(m.vendor == hw.vendor for m in catalog):
-            errors.append({"loc": "body.hardware.vendor", "msg": f"no device model from vendor {hw.vendor!r} is in the catalog"})
+            errors.append({"loc": f"{loc}.vendor", "msg": f"no device model from vendor {hw.vendor!r} is in the catalog"})
             return errors, []
         of_vendor = [m for m in models if m.vendor == hw.vendor]
         if not of_vendor and models:
-            errors.append({"loc": "body.hardware.vendor",
+            errors.append({"loc": f"{loc}.vendor",
                            "msg": f"vendor {hw.vendor!r} makes no {hw.type} in the catalog"})
             return errors, []
         models = of_vendor
-    if hw.model is not None:
-        glob = hw.model.lower()
-        matched = [m for m in models if any(fnmatch.fnmatchcase(n, glob) for n in _names(m))]
+    if hw.models:
+        globs = [g.lower() for g in hw.models]
+        matched = [m for m in models if any(fnmatch.fnmatchcase(n, g) for n in _names(m) for g in globs)]
         if not matched:
             scope = " ".join(x for x in (hw.vendor, str(hw.type) if hw.type != "any" else None) if x)
-            errors.append({"loc": "body.hardware.model",
-                           "msg": f"{hw.model!r} matches no {scope + ' ' if scope else ''}model in the catalog"})
+            shown = hw.models[0] if len(hw.models) == 1 else "|".join(hw.models)
+            errors.append({"loc": f"{loc}.model",
+                           "msg": f"{shown!r} matches no {scope + ' ' if scope else ''}model in the catalog"})
             return errors, []
         models = matched
     demand = hw.demand
@@ -54,15 +57,35 @@ def _hardware_errors(spec: WorkloadSpec, catalog: list[DeviceModel]) -> tuple[li
         biggest = max(m.device_memory_gib for m in models)
         if biggest + 1e-9 < demand.memory_gib:
             what = "reserved on a shared device" if demand.shared else "per device"
-            errors.append({"loc": "body.hardware.memory_gib",
+            errors.append({"loc": f"{loc}.memory_gib",
                            "msg": f"{demand.memory_gib:g} GiB {what} is more than any matching model has "
                                   f"(largest: {biggest:g} GiB)"})
     return errors, models
 
 
-def _runtime_errors(spec: WorkloadSpec, fleet: Fleet, models: list[DeviceModel]) -> list[dict[str, Any]]:
+def _resource_errors(spec: WorkloadSpec, i: int, loc: str, fleet: Fleet) -> list[dict[str, Any]]:
+    """A replica asking more CPUs or host memory than any host that reports them has allocatable can never run
+    (hosts that report nothing are not counted; with none reporting, nothing is checked)."""
+    cpus = [f.cpu_allocatable for h in fleet.hosts.values() if (f := h.report.facts).cpu_allocatable is not None]
+    mems = [f.memory_allocatable_mib for h in fleet.hosts.values()
+            if (f := h.report.facts).memory_allocatable_mib is not None]
+    demand, own = spec.demand(i), spec.alternatives[i].resources
+    where = f"{loc}.resources" if own is not None else "body.resources"
     errors: list[dict[str, Any]] = []
-    hw, rt = spec.hardware, spec.runtime
+    if cpus and demand.cpu > max(cpus):
+        errors.append({"loc": f"{where}.cpu", "msg": f"{demand.cpu} CPUs per replica is more than any host has "
+                                                     f"allocatable (largest: {max(cpus)})"})
+    if mems and demand.host_memory_mib > max(mems):
+        errors.append({"loc": f"{where}.memory_gib",
+                       "msg": f"{demand.host_memory_mib / 1024:g} GiB of host memory per replica is more than any "
+                              f"host has allocatable (largest: {max(mems) / 1024:g} GiB)"})
+    return errors
+
+
+def _runtime_errors(spec: WorkloadSpec, hw: HardwareRequest, fleet: Fleet, models: list[DeviceModel]
+                    ) -> list[dict[str, Any]]:
+    errors: list[dict[str, Any]] = []
+    rt = spec.runtime
     for i, req in enumerate(rt.requirements()):
         # The driver table lists concrete runtime releases; without one, the framework rules' ranges.
         known = [SpecifierSet.parse(r.runtime_versions) for r in fleet.driver_rules if r.runtime == req.name] or [
@@ -70,7 +93,7 @@ def _runtime_errors(spec: WorkloadSpec, fleet: Fleet, models: list[DeviceModel])
         if known and not any(k.overlaps(req.specifier) for k in known):
             errors.append({"loc": f"body.runtime.requires.{i}",
                            "msg": f"no known {req.name} version satisfies {req.name}{req.specifier}"})
-    if rt.framework is None:
+    if rt.framework is None or hw.is_cpu:  # CPU-only work brings its framework in its image
         return errors
     rows = [c for c in fleet.compat if c.framework == rt.framework]
     if not rows:
@@ -97,9 +120,14 @@ def _runtime_errors(spec: WorkloadSpec, fleet: Fleet, models: list[DeviceModel])
 
 
 def check_spec(spec: WorkloadSpec, fleet: Fleet) -> None:
-    """Raise InvalidRequest naming every field that can never be satisfied."""
-    errors, models = _hardware_errors(spec, fleet.catalog)
-    errors += _runtime_errors(spec, fleet, models)
+    """Raise InvalidRequest naming every field that can never be satisfied (in any hardware alternative:
+    one that can never be placed is a mistake, not a fallback)."""
+    errors: list[dict[str, Any]] = []
+    alts = spec.alternatives
+    for i, hw in enumerate(alts):
+        loc = f"body.hardware.{i}" if isinstance(spec.hardware, list) else "body.hardware"
+        hw_errors, models = _hardware_errors(hw, loc, fleet.catalog)
+        errors += hw_errors + _runtime_errors(spec, hw, fleet, models) + _resource_errors(spec, i, loc, fleet)
     if errors:
         first = errors[0]
         raise InvalidRequest(f"{first['loc']}: {first['msg']}", title="Workload cannot run anywhere", errors=errors)

@@ -253,29 +253,69 @@ async def test_demo_two_half_a100_shares_run_on_one_device(mesh: Mesh, user: dic
     assert device["vendor"] == "nvidia" and device["model"].startswith("A100"), device
 
 
-async def test_demo_gang_of_four_by_eight_gpus_lands_all_or_none(mesh: Mesh, user: dict[str, str]) -> None:
+async def _eight_gpu_hosts(mesh: Mesh) -> dict[str, str]:
+    """The fleet's 8-GPU hosts and each one's GPU model."""
     gpus = await _all_devices(mesh, hardware_type="gpu")
-    per_host: dict[str, int] = {}
+    per_host: dict[str, list[str]] = {}
     for d in gpus:
-        per_host[d["host_id"]] = per_host.get(d["host_id"], 0) + 1
-    eight = sorted(h for h, n in per_host.items() if n >= 8)
+        per_host.setdefault(d["host_id"], []).append(d["model"])
+    return {h: models[0] for h, models in sorted(per_host.items()) if len(models) >= 8}
+
+
+async def test_demo_gang_of_four_by_eight_gpus_lands_all_or_none(mesh: Mesh, user: dict[str, str]) -> None:
+    eight = await _eight_gpu_hosts(mesh)
     assert len(eight) == 4, f"the scenario wants exactly four 8-GPU hosts, the fleet has {eight}"
+    assert len(set(eight.values())) > 1, f"the scenario wants 8-GPU hosts of more than one model: {eight}"
+    mixed = {"type": "gpu", "count": 8}, {"mixed_models": True}
 
     # One replica more than there are 8-GPU hosts: four could run, so the gang places none of them.
-    too_big = await _submit(mesh, user, {"name": "gang-5x8", "hardware": {"type": "gpu", "count": 8},
+    too_big = await _submit(mesh, user, {"name": "gang-5x8", "hardware": mixed[0], "placement": mixed[1],
                                          "replicas": 5, "gang": True})
     waiting = await _waiting(mesh, user, too_big, "gang of 5")
     assert waiting["state"] == "pending" and all(p["host_id"] is None and not p["devices"]
                                                  for p in waiting["placement"]), _describe(waiting)
 
-    fits = await _submit(mesh, user, {"name": "gang-4x8", "hardware": {"type": "gpu", "count": 8},
+    # The four hosts are of two models: only a gang that lets its replicas mix models takes all four.
+    fits = await _submit(mesh, user, {"name": "gang-4x8", "hardware": mixed[0], "placement": mixed[1],
                                       "replicas": 4, "gang": True})
     view = await _until(mesh, user, fits, "running")
-    assert sorted(p["host_id"] for p in view["placement"]) == eight
+    assert sorted(p["host_id"] for p in view["placement"]) == sorted(eight)
     for replica in view["placement"]:
         devices = await _devices_of(mesh, replica)
         assert len(devices) == 8 and all(d["vendor"] == "nvidia" for d in devices)
+        assert {d["model"] for d in devices} == {eight[replica["host_id"]]}
     still = await _view(mesh, user, too_big)
+    assert still["state"] == "pending" and all(p["host_id"] is None for p in still["placement"]), _describe(still)
+
+
+async def test_demo_gang_without_a_model_lands_on_one_model_or_waits_saying_so(mesh: Mesh, user: dict[str, str]
+                                                                               ) -> None:
+    eight = await _eight_gpu_hosts(mesh)
+    by_model: dict[str, list[str]] = {}
+    for host, model in eight.items():
+        by_model.setdefault(model, []).append(host)
+    assert len(by_model) > 1 and all(len(h) >= 2 for h in by_model.values()), by_model
+    gpus8 = {"type": "gpu", "count": 8}
+
+    # Four 8-GPU hosts exist, but no model has four of them: a uniform gang waits, and says why.
+    four = await _submit(mesh, user, {"name": "gang-4x8-uniform", "hardware": gpus8, "replicas": 4, "gang": True})
+    waiting = await _waiting(mesh, user, four, "no model has room for all 4")
+    assert "mixed_models" in waiting["explanation"]["reason"], _describe(waiting)
+    assert waiting["state"] == "pending" and all(p["host_id"] is None and not p["devices"]
+                                                 for p in waiting["placement"]), _describe(waiting)
+
+    # Two replicas fit one model: they land on two hosts of that model, never one H100 and one A100.
+    two = await _submit(mesh, user, {"name": "gang-2x8", "hardware": gpus8, "replicas": 2, "gang": True})
+    view = await _until(mesh, user, two, "running")
+    hosts = sorted(p["host_id"] for p in view["placement"])
+    assert len(set(hosts)) == 2 and len({eight[h] for h in hosts}) == 1, (hosts, eight)
+    models: set[str] = set()
+    for replica in view["placement"]:
+        devices = await _devices_of(mesh, replica)
+        assert len(devices) == 8
+        models |= {d["model"] for d in devices}
+    assert models == {eight[hosts[0]]}, models
+    still = await _view(mesh, user, four)
     assert still["state"] == "pending" and all(p["host_id"] is None for p in still["placement"]), _describe(still)
 
 

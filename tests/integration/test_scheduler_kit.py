@@ -49,8 +49,10 @@ class TestHost:
     __test__ = False  # not a test class
 
     def __init__(self, bus: Bus, settings: Settings, host_id: str, devices: list[Device], root: Path, *,
-                 site: str = "hangzhou", driver: str = "process") -> None:
+                 site: str = "hangzhou", driver: str = "process", arch: str = "x86_64", cpus: int | None = None,
+                 memory_gib: int | None = None) -> None:
         self.bus, self.settings, self.host_id, self.site, self.devices = bus, settings, host_id, site, devices
+        self.arch, self.cpus, self.memory_gib = arch, cpus, memory_gib  # allocatable; None: not reported
         self.root = root / host_id
         self.driver = driver
         self.publisher = HostPublisher(bus, host_id, site, host_id, interval_s=settings.heartbeat_interval_s)
@@ -73,8 +75,10 @@ class TestHost:
 
     async def publish_capability(self) -> None:
         self.generation += 1
-        facts = HostFacts(hostname=self.host_id, arch="x86_64", os="Ubuntu 22.04.4 LTS", kernel="6.5.0",
-                          cpu_model="Xeon", cpu_sockets=2, cpu_cores=32, cpu_threads=64, memory_mib=512 * 1024)
+        facts = HostFacts(hostname=self.host_id, arch=self.arch, os="Ubuntu 22.04.4 LTS", kernel="6.5.0",
+                          cpu_model="Xeon", cpu_sockets=2, cpu_cores=32, cpu_threads=64, memory_mib=512 * 1024,
+                          cpu_allocatable=self.cpus,
+                          memory_allocatable_mib=None if self.memory_gib is None else self.memory_gib * 1024)
         await self.publisher.capability(CapabilityReport(host_id=self.host_id, site=self.site,
                                                          generation=self.generation, facts=facts,
                                                          devices=self.devices))

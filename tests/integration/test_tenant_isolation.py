@@ -60,8 +60,9 @@ async def test_tenant_isolation_two_tenants_replicas_on_one_host_cannot_read_or_
                 text = r.json().get("text", "") if r.status_code == 200 else ""
                 return str(text) if marker in text else None
 
-            a = await submit(acme, "acme-secret", "echo acme-secret-data; id -u; exec sleep 60")
-            a_text = await eventually(lambda: logs(acme, a, "acme-secret-data"), timeout=30, message="A runs")
+            a = await submit(acme, "acme-secret", "echo acme-secret-data; id -u; echo a=up; exec sleep 60")
+            # waiting for the line after the uid: the log may be read between the first line and the second
+            a_text = await eventually(lambda: logs(acme, a, "a=up"), timeout=30, message="A runs")
             a_pid = await eventually(lambda: _replica_pid(f"{a}-0-1"), timeout=10, message="A's process")
             probe = (f"id -u; cat ../{a}-0-1/output.log; echo cat=$?; ls ..; echo ls=$?; "
                      f"kill -0 {a_pid}; echo kill=$?; cat output.log >/dev/null && echo own=ok")

@@ -208,3 +208,76 @@ async def test_executor_stop_event_envelope_is_accepted(tmp_path: Path) -> None:
     cmd = _stop()
     assert await ex.handle_event(CloudEvent.new(EventTypes.AGENT_STOP, "/scheduler", cmd, id=cmd.command_id)) == "stopped"
     await ex.close()
+
+
+async def test_executor_pins_cpu_replicas_to_cpus_no_other_live_replica_holds(tmp_path: Path) -> None:
+    from agent.cpusets import CpuAllocator
+    from libs.schemas.commands import ReplicaResources
+
+    reports = Reports()
+    ex = _executor(tmp_path, reports, cpus=CpuAllocator(range(8), {0: [0, 1, 2, 3], 1: [4, 5, 6, 7]}))
+    await ex.start()
+    spec = WorkloadSpec(name="etl", hardware={"type": "cpu"}, resources={"cpu": 3},
+                        variants={"cpu": {"command": ["sleep", "30"]}, "default": {"command": ["false"]}})
+
+    def cmd(replica: int, cpu: int, node: int | None = None) -> LaunchCommand:
+        now = datetime.now(UTC)
+        return LaunchCommand(command_id=f"launch-{next(_n)}", host_id="h1", site="hz", workload_id="wl_c",
+                             replica=replica, attempt=1, replicas=3, devices=[],
+                             resources=ReplicaResources(cpu=cpu, memory_mib=512, numa_node=node), spec=spec,
+                             issued_at=now, expires_at=now + timedelta(seconds=60))
+
+    assert await ex.handle(cmd(0, 3)) == "launched"
+    assert await ex.handle(cmd(1, 3)) == "launched"
+    assert await ex.handle(cmd(2, 2, node=0)) == "launched"
+    held = {r.replica: r.handle.cpus for r in ex.runs.values() if r.handle is not None}
+    # the first fills most of node 0, the second cannot fit there and takes node 1, the third the rest of node 0
+    assert held == {0: "0-2", 1: "4-6", 2: None}  # node 0 has one CPU left: the third runs unpinned
+    await ex.handle(_stop("wl_c", 0))
+    assert await ex.handle(cmd(2, 2, node=0).model_copy(update={"attempt": 2})) == "launched"
+    assert next(r.handle.cpus for r in ex.runs.values() if (r.replica, r.attempt) == (2, 2) and r.handle) == "0-1"
+
+
+async def test_executor_hands_a_share_its_mig_instance_once_and_reports_the_enforcement(tmp_path: Path) -> None:
+    from agent.shares import DeviceFacts, MigInstance
+
+    mig = "MIG-6e95ef19-5145-571b-b040-7e731f1c1af3"
+    gpu = device_id("h1", "nvidia", 0)
+    reports = Reports()
+    ex = _executor(tmp_path, reports, share_facts=lambda: {gpu: DeviceFacts(memory_mib=40960,
+                                                                            mig=(MigInstance(mig, "3g.20gb"),))})
+    await ex.start()
+    spec = WorkloadSpec(name="infer", hardware={"type": "gpu", "share": 0.25},
+                        variants={"default": {"command": [sys.executable, "-c",
+                                                          "import os, time; print(os.environ['CUDA_VISIBLE_DEVICES'], "
+                                                          "flush=True); time.sleep(30)"]}})
+
+    def cmd(wid: str, attempt: int = 1) -> LaunchCommand:
+        now = datetime.now(UTC)
+        return LaunchCommand(command_id=f"launch-{next(_n)}", host_id="h1", site="hz", workload_id=wid, replica=0,
+                             attempt=attempt, replicas=1, devices=[CommandDevice(
+                                 id=gpu, index=0, vendor="nvidia", hardware_type=HardwareType.GPU, share=0.25,
+                                 memory_mib=10240)], spec=spec, issued_at=now, expires_at=now + timedelta(seconds=60))
+
+    assert await ex.handle(cmd("wl_m1")) == "launched"
+    assert await ex.handle(cmd("wl_m2")) == "launched"  # the one instance is held: the second is advisory here
+
+    def enforcement() -> dict[str, str | None] | None:
+        if not reports.items:
+            return None
+        got = {r.workload_id: str(r.share_enforcement) if r.share_enforcement else None
+               for r in reports.items[-1].replicas}
+        return got if len(got) == 2 else None
+
+    got = await assert_eventually(enforcement, timeout=10)
+    assert got == {"wl_m1": "mig", "wl_m2": "advisory"}
+    logs = await assert_eventually(lambda: _logged(ex, "wl_m1"), timeout=10)
+    assert logs.strip() == mig
+    await ex.handle(_stop("wl_m1"))
+    assert await ex.handle(cmd("wl_m3")) == "launched"  # freed with its replica
+    assert next(r.handle.mig_uuid for r in ex.runs.values() if r.workload_id == "wl_m3" and r.handle) == mig
+
+
+async def _logged(ex: Executor, wid: str) -> str | None:
+    text = (await ex.logs(LogsRequest(workload_id=wid, replica=0))).text
+    return text or None

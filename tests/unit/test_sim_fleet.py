@@ -94,3 +94,17 @@ def test_sim_host_reports_validate_and_faults_show_in_both() -> None:
     assert [s[5] for s in tel.devices] == [1, 1, 1, 0, 1, 1, 1, 1]
     assert all(0 <= s[1] <= 100 and s[2] <= spec.devices[0].memory_mib for s in tel.devices)  # type: ignore[operator]
     assert host.repair(3) and not host.repair(3)
+
+
+def test_sim_hosts_report_cpus_memory_and_numa_like_an_agent() -> None:
+    fleet = build_fleet()
+    for h in fleet:
+        f = h.facts
+        assert f.cpu_allocatable is not None and 0 < f.cpu_allocatable < f.cpu_threads
+        assert f.memory_allocatable_mib is not None and 0 < f.memory_allocatable_mib < f.memory_mib
+        assert sum(len(n.cpu_ids()) for n in f.numa) == f.cpu_threads
+        assert f.cpu_vendor, f.cpu_model
+    by_arch = {(h.facts.arch, h.facts.cpu_vendor) for h in fleet}
+    assert {("aarch64", "huawei"), ("aarch64", "phytium"), ("x86_64", "hygon"), ("x86_64", "intel")} <= by_arch
+    amx = [h for h in fleet if "amx_tile" in h.facts.cpu_features]
+    assert amx and all(h.facts.cpu_model.startswith("Intel(R) Xeon(R) Platinum 84") for h in amx)

@@ -44,6 +44,9 @@ memory per device), ``preemptions``, ``pending`` (reason text + host counts per 
 baselines), ``objective``, ``hint`` (``scored`` | ``best_fit``),
 ``timings_s`` per stage and per-sub-problem stats.
 
+``place_alternatives(batch, snapshot, **place_kw)`` tries each workload's ordered hardware
+alternatives (``alternatives``): what the scheduler calls.
+
 ``place_greedy(batch, snapshot, *, rules, quotas, strategy="best_fit"|"first_fit")`` is the
 baseline with the same input and output types. ``snapshot.with_decision(decision, batch)``
 applies a decision (assignments become allocations, preemptions free theirs).
@@ -51,6 +54,7 @@ Nothing here does I/O; with ``workers=1`` results are deterministic unless the t
 cuts a search short.
 """
 
+from services.scheduler.placement.alternatives import place_alternatives
 from services.scheduler.placement.capacity import DEFAULT_WEIGHTS, Weights
 from services.scheduler.placement.engine import place, place_greedy
 from services.scheduler.placement.quota import Quotas
@@ -67,6 +71,7 @@ from services.scheduler.placement.snapshot import (
     Allocation,
     DeviceInfo,
     FleetSnapshot,
+    HostHold,
     HostInfo,
     SiteLink,
     build_snapshot,
@@ -80,6 +85,7 @@ __all__ = [
     "Assignment",
     "DeviceInfo",
     "FleetSnapshot",
+    "HostHold",
     "HostInfo",
     "Pending",
     "PendingWorkload",
@@ -92,5 +98,6 @@ __all__ = [
     "Weights",
     "build_snapshot",
     "place",
+    "place_alternatives",
     "place_greedy",
 ]

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from services.scheduler.placement.numa import fitting_nodes, free_devices_by_node, node_count
 from services.scheduler.placement.snapshot import EPS, BoolArray, FleetSnapshot, FloatArray, IntArray
 from services.scheduler.placement.workloads import SHARE_SCALE, Item, Kind
 
@@ -40,6 +41,8 @@ class Weights:
     data_cap: int = 200
     balance: int = 20  # * the site's utilisation (0..1)
     pressure: int = 100  # flexible requests: * the class's relative pressure (see PlacementCosts)
+    cpu_on_accelerators: int = 300  # CPU-only work on a host with devices (CPU-only hosts first)
+    cpu_strand: int = 400  # * how much more of a host's CPUs than of its devices a placement takes (0..1)
     gap: int = 200  # the solver stops when it cannot gain more than this (two fragments)
 
 
@@ -101,6 +104,11 @@ class PlacementCosts:
         self.pressure = np.zeros(len(classes), dtype=np.int64)
         self.prof_cu = np.array([p.compute_units for p in snap.profiles], dtype=np.float64)
         self._flex: dict[int, bool] = {}
+        self.is_cpu_class = np.zeros(len(classes), dtype=np.bool_)
+        for (hw, _vendor), c in classes.items():
+            self.is_cpu_class[c] = hw == "cpu"
+        # per host: devices (usable) and whether it has any, for the CPU terms
+        self.host_devices = np.bincount(snap.dev_host[snap.dev_usable], minlength=snap.n_hosts).astype(np.int64)
 
     def site_cost(self, item: Item) -> IntArray:
         """Integer cost per site for this item (data transfer + balance)."""
@@ -131,6 +139,8 @@ class PlacementCosts:
             if len(cls) == 1:
                 demand[cls[0]] += it.n if it.kind != Kind.SHARE else it.share / SHARE_SCALE
         supply = np.bincount(self.pool_class, weights=self.snap.pool_free, minlength=len(self.pressure))
+        demand[self.is_cpu_class] = 0.0  # CPUs are not devices: their pressure is not compared with devices'
+        supply[self.is_cpu_class] = 0.0
         ratio = demand / np.maximum(supply, 1.0)
         mean = demand.sum() / max(supply.sum(), 1.0)  # the fleet-wide ratio
         rel = np.minimum(ratio / mean, 3.0) if mean > 0 else np.zeros_like(ratio)
@@ -146,7 +156,28 @@ class PlacementCosts:
             cu = self.prof_cu[self.snap.pool_profile[pools]]
             over = (need * cu - item.cu * len(item.replicas)) / np.maximum(cu, EPS)
             cost = cost + np.round(np.clip(over, 0, 8) * self.weights.share_waste).astype(np.int64)
+        hosts = self.snap.pool_host[pools]
+        if item.cpu_only:  # leave accelerator hosts' CPUs to the work on their devices
+            cost = cost + (self.host_devices[hosts] > 0) * self.weights.cpu_on_accelerators
+        elif item.cpu > 0:
+            cost = cost + self.cpu_strand_cost(item, pools, need)
         return cost
+
+    def cpu_strand_cost(self, item: Item, pools: IntArray, need: IntArray | None) -> IntArray:
+        """Taking a larger part of a host's CPUs than of its devices strands its other devices (they have no
+        CPUs left to run with): ``cpu_strand`` x (share of the host's CPUs - share of its devices), when positive."""
+        snap = self.snap
+        hosts = snap.pool_host[pools]
+        total = snap.host_cpu[hosts]
+        known = total < (1 << 39)
+        if not known.any():
+            return np.zeros(len(pools), dtype=np.int64)
+        devs = need if need is not None and item.kind != Kind.SHARE else (
+            np.full(len(pools), item.n if item.kind != Kind.SHARE else item.share / SHARE_SCALE))
+        cpu_part = item.cpu / np.maximum(total, 1)
+        dev_part = devs / np.maximum(self.host_devices[hosts], 1)
+        over = np.clip(cpu_part - dev_part, 0, 1) * known
+        return np.round(over * self.weights.cpu_strand).astype(np.int64)
 
 
 def _site_usable(snap: FleetSnapshot) -> FloatArray:
@@ -169,6 +200,7 @@ class Capacity:
         self.pool_free = snap.pool_free.copy()
         self.free_share = snap.dev_free_share.copy()
         self.free_mem = snap.dev_free_mem.copy()
+        self.host_mem_free = snap.host_mem_free.copy()
         self.fresh_taken: dict[int, int] = {}  # pool → whole devices turned into shared ones
         self._whole: dict[int, list[int]] = {}
         self.new_partial: list[int] = []
@@ -210,8 +242,34 @@ class Capacity:
             self._touched_arr = np.array(self._touched_order, dtype=np.int64)
         return self._touched_arr
 
+    def host_fits(self, item: Item, pool: int) -> bool:
+        """The pool's host has the item's CPUs (besides a CPU pool's own) and host memory free now."""
+        snap = self.snap
+        h = int(snap.pool_host[pool])
+        if self.host_mem_free[h] < item.host_mem:
+            return False
+        cp = int(snap.host_cpu_pool[h])
+        return item.cpu == 0 or cp < 0 or pool == cp or bool(self.pool_free[cp] >= item.cpu)
+
+    def hosts_fit(self, item: Item, pools: IntArray) -> BoolArray:
+        """``host_fits`` for many pools."""
+        snap = self.snap
+        hosts = snap.pool_host[pools]
+        ok = self.host_mem_free[hosts] >= item.host_mem
+        if item.cpu:
+            cp = snap.host_cpu_pool[hosts]
+            ok &= (cp < 0) | (cp == pools) | (self.pool_free[np.maximum(cp, 0)] >= item.cpu)
+        return ok
+
     def apply(self, item: Item, c: Choice, sign: int = 1) -> None:
-        """Take (sign=1) or give back (sign=-1) the capacity of a choice."""
+        """Take (sign=1) or give back (sign=-1) the capacity of a choice: devices, and the host's CPUs and memory."""
+        snap = self.snap
+        h = int(snap.pool_host[c.pool])
+        self.host_mem_free[h] -= sign * item.host_mem
+        cp = int(snap.host_cpu_pool[h])
+        if item.cpu and cp >= 0 and cp != c.pool:
+            self.pool_free[cp] -= sign * item.cpu
+            self._touch(cp)
         if item.kind == Kind.SHARE:
             if c.fresh:  # an untouched device becomes a shared one (or back)
                 self.pool_free[c.pool] -= sign
@@ -233,6 +291,7 @@ class Selected:
     devices: list[int]
     shares: list[float]
     mems: list[int]
+    numa_node: int | None = None
 
 
 def select_devices(
@@ -244,11 +303,20 @@ def select_devices(
     taken: set[int] = set()
     out: list[Selected] = []
     failed: list[int] = []
-    # Shares name their device; whole requests then pick from what is left, link-bound first.
-    order = sorted(choices, key=lambda c: (items[c.item].kind != Kind.SHARE, not items[c.item].link, -c.n))
+    numa_used: dict[tuple[int, int], int] = {}  # (host, node) → CPUs single-node items took in this batch
+    # Shares name their device; whole requests then pick from what is left, link-bound and single-node first.
+    order = sorted(choices, key=lambda c: (items[c.item].kind != Kind.SHARE, not items[c.item].link,
+                                           not items[c.item].numa, -c.n))
     for c in order:
         item = items[c.item]
         host = int(snap.pool_host[c.pool])
+        if item.numa and item.kind != Kind.SHARE:
+            got = _select_numa(snap, item, c, taken, numa_used)
+            if got is None:
+                failed.append(c.item)
+            else:
+                out.append(got)
+            continue
         if item.kind == Kind.SHARE:
             d = c.device
             fs = free_share.get(d, float(snap.dev_free_share[d]))
@@ -261,6 +329,9 @@ def select_devices(
             taken.add(d)
             out.append(Selected(c.item, host, [d], [c.share / SHARE_SCALE], [c.mem]))
             continue
+        if snap.is_cpu_pool(c.pool):  # CPU-only work: CPUs of the host, no devices
+            out.append(Selected(c.item, host, [], [], []))
+            continue
         avail = [d for d in snap.pool_devices(c.pool) if d not in taken and snap.dev_usable[d]
                  and snap.dev_free_share[d] >= 1 - EPS and snap.dev_free_mem[d] >= snap.dev_mem[d]]
         devs = _pick(snap, avail, c.n, item.link)
@@ -270,6 +341,31 @@ def select_devices(
         taken.update(devs)
         out.append(Selected(c.item, host, devs, [1.0] * len(devs), [int(snap.dev_mem[d]) for d in devs]))
     return out, failed
+
+
+def _select_numa(snap: FleetSnapshot, item: Item, c: Choice, taken: set[int],
+                 numa_used: dict[tuple[int, int], int]) -> Selected | None:
+    """A single-node item's devices and node: the fullest node that still has its CPUs and devices."""
+    host = int(snap.pool_host[c.pool])
+    nodes = fitting_nodes(snap, item, c.pool, numa_used, taken)
+    if not nodes:
+        return None
+    node = nodes[0]
+    multi = node_count(snap, host) > 1
+    devs: list[int] = []
+    if not snap.is_cpu_pool(c.pool):
+        avail = free_devices_by_node(snap, c.pool, taken).get(node, []) if multi else [
+            d for d in snap.pool_devices(c.pool) if d not in taken and snap.dev_usable[d]
+            and snap.dev_free_share[d] >= 1 - EPS and snap.dev_free_mem[d] >= snap.dev_mem[d]]
+        picked = _pick(snap, avail, c.n, item.link)
+        if picked is None:
+            return None
+        devs = picked
+        taken.update(devs)
+    cpu = item.n if item.cpu_only else item.cpu
+    numa_used[(host, node)] = numa_used.get((host, node), 0) + cpu
+    return Selected(c.item, host, devs, [1.0] * len(devs), [int(snap.dev_mem[d]) for d in devs],
+                    numa_node=node if multi or snap.hosts[host].numa_cpus else None)
 
 
 def _pick(snap: FleetSnapshot, avail: list[int], n: int, link: bool) -> list[int] | None:

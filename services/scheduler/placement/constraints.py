@@ -1,5 +1,6 @@
-"""Placement rules beyond capacity, one object each: spread over hosts, spread over sites,
-one link group, tenant quota (its accounting in ``quota``).
+"""Placement rules beyond device capacity, one object each: a host's CPUs and memory, spread over
+hosts, spread over sites, one device model (and site) per gang, one link group, tenant quota (its
+accounting in ``quota``).
 
 Each rule answers the same questions, in the spirit of Nomad's feasibility iterators:
 
@@ -19,12 +20,14 @@ rule: it is what options are built from (``capacity``).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from services.scheduler.placement.capacity import Capacity, Choice
+from services.scheduler.placement.numa import fitting_nodes
 from services.scheduler.placement.quota import QuotaLeft, units
 from services.scheduler.placement.snapshot import BoolArray, FleetSnapshot, I32Array, IntArray
 from services.scheduler.placement.workloads import UNITS_PER_DEVICE, Item, Kind
@@ -53,6 +56,72 @@ class Rule(Protocol):
     def mask(self, item: Item, pools: IntArray, need: IntArray) -> BoolArray: ...
 
     def take(self, item: Item, c: Choice, sign: int = 1) -> None: ...
+
+
+class HostResources:
+    """A host's free CPUs and memory: an option on a device pool also takes the item's ``cpu`` from its host's
+    CPU pool and ``host_mem`` from the host (``Capacity.apply`` does the accounting, ``Capacity.host_fits``
+    says whether it fits now); CPU-only work takes its CPUs from the CPU pool itself. With
+    ``placement.numa: single`` a pool counts only where one NUMA node of its host has room (``numa``). The model bounds, per
+    host its candidates could overrun, the CPUs and memory all chosen options take (``ModelInput.host_left``)."""
+
+    def __init__(self, cap: Capacity) -> None:
+        self.capacity = cap
+
+    def start(self, group: Sequence[Item]) -> None:
+        """No per-workload state."""
+
+    def restricts(self, item: Item) -> bool:
+        return item.cpu > 0 or item.host_mem > 0 or item.numa
+
+    def allows(self, item: Item, pool: int, n: int) -> bool:
+        return self.capacity.host_fits(item, pool) and (not item.numa or bool(fitting_nodes(
+            self.capacity.snap, item, pool)))
+
+    def mask(self, item: Item, pools: IntArray, need: IntArray) -> BoolArray:
+        ok = self.capacity.hosts_fit(item, pools)
+        if item.numa:
+            snap = self.capacity.snap
+            ok &= np.fromiter((bool(fitting_nodes(snap, item, int(q))) for q in pools), dtype=np.bool_,
+                              count=len(pools))
+        return ok
+
+    def take(self, item: Item, c: Choice, sign: int = 1) -> None:
+        """Capacity tracks what was taken."""
+
+    @staticmethod
+    def usage(snap: FleetSnapshot, item: Item, c: Choice) -> tuple[int, int]:
+        """(CPUs, MiB) an option takes of its host."""
+        return (c.n if snap.is_cpu_pool(c.pool) else item.cpu), item.host_mem
+
+    @staticmethod
+    def encode(m: Model, snap: FleetSnapshot, mi: ModelInput, options: Sequence[tuple[int, Choice]]) -> None:
+        """``sum cpu * x <= cpu left`` and ``sum mem * x <= memory left`` per host whose options could overrun it."""
+        terms: dict[int, tuple[list[int], list[int], list[int]]] = {}
+        most: dict[tuple[int, int], tuple[int, int]] = {}  # (host, item) → the most one option of it takes
+        items = mi.items
+        for x, c in options:
+            h = int(snap.pool_host[c.pool])
+            cpu, mem = HostResources.usage(snap, items[c.item], c)
+            if not cpu and not mem:
+                continue
+            vs, cs, ms = terms.setdefault(h, ([], [], []))
+            vs.append(x)
+            cs.append(cpu)
+            ms.append(mem)
+            a, b = most.get((h, c.item), (0, 0))
+            most[(h, c.item)] = (max(a, cpu), max(b, mem))
+        need: dict[int, tuple[int, int]] = {}
+        for (h, _i), (cpu, mem) in most.items():
+            a, b = need.get(h, (0, 0))
+            need[h] = (a + cpu, b + mem)
+        for h, (vs, cs, ms) in terms.items():
+            cpu_left, mem_left = mi.host_left.get(h, (int(snap.host_cpu_free[h]), int(snap.host_mem_free[h])))
+            cpu_need, mem_need = need[h]
+            if cpu_need > cpu_left:
+                m.linear(vs, cs, NEG, max(0, cpu_left))
+            if mem_need > mem_left:
+                m.linear(vs, ms, NEG, max(0, mem_left))
 
 
 class HostSpread:
@@ -136,6 +205,57 @@ class SiteSpread:
         for (wl, _site), xs in terms.items():
             if len(xs) > mi.site_cap.get(wl, len(xs)):
                 m.linear(xs, [1] * len(xs), 0, mi.site_cap[wl])
+
+
+class UniformGang:
+    """A gang's replicas on one device model and, unless ``spread`` is 'site', one site (``Item.uniform``;
+    ``placement.mixed_models: true`` turns it off). The greedy pass fixes the key with the first replica it
+    places (or tries the one ``forced``); the model makes every replica item take the same key:
+    ``sum x[i, key] == sum x[i+1, key]`` for each key and each pair of consecutive items."""
+
+    def __init__(self, snap: FleetSnapshot) -> None:
+        self.snap = snap
+        self.key: tuple[str, int] | None = None
+        self.forced: tuple[str, int] | None = None
+
+    @staticmethod
+    def pool_key(snap: FleetSnapshot, item: Item, pool: int) -> tuple[str, int]:
+        model = snap.profiles[snap.pool_profile[pool]].model
+        return model, -1 if item.spread == "site" else int(snap.host_site[snap.pool_host[pool]])
+
+    def start(self, group: Sequence[Item]) -> None:
+        self.key = self.forced
+
+    def restricts(self, item: Item) -> bool:
+        return item.uniform and self.key is not None
+
+    def allows(self, item: Item, pool: int, n: int) -> bool:
+        return self.pool_key(self.snap, item, pool) == self.key
+
+    def mask(self, item: Item, pools: IntArray, need: IntArray) -> BoolArray:
+        return np.fromiter((self.pool_key(self.snap, item, int(q)) == self.key for q in pools), dtype=np.bool_,
+                           count=len(pools))
+
+    def take(self, item: Item, c: Choice, sign: int = 1) -> None:
+        if sign > 0 and item.uniform and self.key is None:
+            self.key = self.pool_key(self.snap, item, c.pool)
+
+    @staticmethod
+    def encode(m: Model, snap: FleetSnapshot, mi: ModelInput, options: Sequence[tuple[int, Choice]]) -> None:
+        by_item: dict[int, dict[tuple[str, int], list[int]]] = {}
+        items = mi.items
+        for x, c in options:
+            item = items[c.item]
+            if item.uniform:
+                by_item.setdefault(c.item, {}).setdefault(UniformGang.pool_key(snap, item, c.pool), []).append(x)
+        by_wl: dict[int, list[int]] = {}
+        for i in sorted(by_item):
+            by_wl.setdefault(items[i].workload, []).append(i)
+        for its in by_wl.values():
+            for a, b in itertools.pairwise(its):
+                for key in set(by_item[a]) | set(by_item[b]):
+                    xa, xb = by_item[a].get(key, []), by_item[b].get(key, [])
+                    m.linear([*xa, *xb], [1] * len(xa) + [-1] * len(xb), 0, 0)
 
 
 class LinkGroup:
@@ -226,4 +346,4 @@ class TenantQuota:
 
 
 #: Every rule, in the order the CP-SAT model encodes them.
-MODEL_RULES = (HostSpread, SiteSpread, LinkGroup, TenantQuota)
+MODEL_RULES = (HostResources, HostSpread, SiteSpread, UniformGang, LinkGroup, TenantQuota)

@@ -17,6 +17,7 @@ from services.scheduler.placement.capacity import (
     pool_cost,
     select_devices,
 )
+from services.scheduler.placement.constraints import HostResources
 from services.scheduler.placement.explain import Explainer, format_reason
 from services.scheduler.placement.feasibility import FeasibilityCache
 from services.scheduler.placement.greedy import GreedyResult, Strategy, greedy_pass
@@ -38,9 +39,33 @@ from services.scheduler.placement.workloads import UNITS_PER_DEVICE, Item, Kind,
 _NO_RULES = PlacementRules()
 
 
+def _binding_hosts(items: Sequence[Item], g: GreedyResult, snap: FleetSnapshot,
+                   left: Mapping[int, tuple[int, int]]) -> set[int]:
+    """Hosts whose CPUs or memory the candidates of all items together could overrun."""
+    need: dict[int, list[int]] = {}
+    for it in items:
+        most: dict[int, tuple[int, int]] = {}
+        for c in g.candidates.get(it.idx, ()):
+            h = int(snap.pool_host[c.pool])
+            cpu, mem = HostResources.usage(snap, it, c)
+            a, b = most.get(h, (0, 0))
+            most[h] = (max(a, cpu), max(b, mem))
+        for h, (cpu, mem) in most.items():
+            acc = need.setdefault(h, [0, 0])
+            acc[0] += cpu
+            acc[1] += mem
+    out = set()
+    for h, (cpu, mem) in need.items():
+        cpu_left, mem_left = left.get(h, (int(snap.host_cpu_free[h]), int(snap.host_mem_free[h])))
+        if cpu > cpu_left or mem > mem_left:
+            out.add(h)
+    return out
+
+
 def _split(items: Sequence[Item], g: GreedyResult, binding: set[tuple[str, str]],
-           pool_hw: Mapping[int, str]) -> list[list[int]]:
-    """Items that share a workload, a candidate pool or a binding quota, as independent sub-problems."""
+           pool_hw: Mapping[int, str], snap: FleetSnapshot, hosts: set[int]) -> list[list[int]]:
+    """Items that share a workload, a candidate pool, a binding quota or a host whose CPUs or memory they could
+    overrun, as independent sub-problems."""
     uf = UnionFind(len(items))
     owner: dict[object, int] = {}
     for it in items:
@@ -52,6 +77,8 @@ def _split(items: Sequence[Item], g: GreedyResult, binding: set[tuple[str, str]]
             keys.append(c.pool)
             if it.tenant is not None and (it.tenant, pool_hw[c.pool]) in binding:
                 keys.append(("q", it.tenant, pool_hw[c.pool]))
+            if hosts and int(snap.pool_host[c.pool]) in hosts:
+                keys.append(("h", int(snap.pool_host[c.pool])))
         for k in keys:
             o = owner.setdefault(k, it.idx)
             if o != it.idx:
@@ -84,10 +111,12 @@ def place(
     max_candidates: int = 4,
     weights: Weights = DEFAULT_WEIGHTS,
     workers: int = 1,
+    no_preempt_for: frozenset[str] = frozenset(),
 ) -> PlacementDecision:
-    """Place a batch with CP-SAT over bounded candidates (see the package docstring)."""
+    """Place a batch with CP-SAT over bounded candidates (see the package docstring); nothing is preempted
+    for the workloads of ``no_preempt_for`` (those that have another hardware alternative to try first)."""
     return _run(batch, snapshot, rules or _NO_RULES, quotas, time_limit_s, max_candidates, weights,
-                workers, strategy="scored", optimise=True)
+                workers, strategy="scored", optimise=True, no_preempt_for=no_preempt_for)
 
 
 def place_greedy(
@@ -105,7 +134,7 @@ def place_greedy(
 
 def _run(batch: Sequence[PendingWorkload], snap: FleetSnapshot, rules: PlacementRules, quotas: Quotas | None,
          time_limit_s: float, max_candidates: int, weights: Weights, workers: int, *, strategy: Strategy,
-         optimise: bool) -> PlacementDecision:
+         optimise: bool, no_preempt_for: frozenset[str] = frozenset()) -> PlacementDecision:
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     items = expand(batch)
@@ -150,7 +179,8 @@ def _run(batch: Sequence[PendingWorkload], snap: FleetSnapshot, rules: Placement
     timings["select"] = t4 - t3
     preemptions: list[Preemption] = []
     if optimise and time_limit_s > 0:
-        _preempt(items, snap, feas, by_item, preemptions, batch, max_candidates, t0 + time_limit_s, left)
+        _preempt(items, snap, feas, by_item, preemptions, batch, max_candidates, t0 + time_limit_s, left,
+                 no_preempt_for)
     t5 = time.perf_counter()
     timings["preempt"] = t5 - t4
     assignments, pending = _results(batch, items, snap, feas, by_item, g, left)
@@ -169,12 +199,17 @@ def _optimise(items: Sequence[Item], g: GreedyResult, snap: FleetSnapshot, costs
     bound = binding(items, g.candidates, pool_hw, quotas_left)
     fixed, full = _perfect(items, g, snap)
     quota_model = dict(quotas_left)
+    host_left: dict[int, tuple[int, int]] = {}
     for i in fixed:
         c = g.choices[i]
         choices[i] = c
         key = (items[i].tenant or "", pool_hw[c.pool])
         if key in quota_model:
             quota_model[key] -= c.n * UNITS_PER_DEVICE
+        h = int(snap.pool_host[c.pool])
+        cpu, mem = HostResources.usage(snap, items[i], c)
+        a, b = host_left.get(h, (int(snap.host_cpu_free[h]), int(snap.host_mem_free[h])))
+        host_left[h] = (a - cpu, b - mem)
     if fixed:
         stats.append(SubproblemStats("greedy-exact-fills", len(fixed), len(fixed), "FIXED", 0.0, 0.0, 0.0))
     g = _without(g, fixed, full, snap)
@@ -182,7 +217,7 @@ def _optimise(items: Sequence[Item], g: GreedyResult, snap: FleetSnapshot, costs
     for it in items:  # a gang with a replica that has nowhere to go cannot be placed at all
         if it.workload in stuck:
             g.candidates[it.idx] = []
-    groups = _split(items, g, bound, pool_hw)
+    groups = _split(items, g, bound, pool_hw, snap, _binding_hosts(items, g, snap, host_left))
     wl_items: dict[int, int] = {}
     for it in items:
         wl_items[it.workload] = wl_items.get(it.workload, 0) + 1
@@ -200,7 +235,7 @@ def _optimise(items: Sequence[Item], g: GreedyResult, snap: FleetSnapshot, costs
         budget = (deadline - time.perf_counter()) * opts / total_opts
         total_opts -= opts
         mi = ModelInput(items, grp, {i: g.candidates[i] for i in grp}, {i: g.choices[i] for i in grp if i in g.choices},
-                        pool_hw, {k: quota_model[k] for k in bound}, g.site_cap, wl_items)
+                        pool_hw, {k: quota_model[k] for k in bound}, g.site_cap, wl_items, host_left)
         hw_names = sorted({pool_hw[c.pool] for i in grp for c in g.candidates[i]})
         name = f"{'+'.join(hw_names)}#{n}"
         if budget <= 1e-3:
@@ -274,7 +309,7 @@ def _without(g: GreedyResult, fixed: set[int], full: set[int], snap: FleetSnapsh
 
 def _preempt(items: Sequence[Item], snap: FleetSnapshot, feas: FeasibilityCache, by_item: dict[int, Selected],
              preemptions: list[Preemption], batch: Sequence[PendingWorkload], max_candidates: int,
-             deadline: float, quotas_left: QuotaLeft) -> None:
+             deadline: float, quotas_left: QuotaLeft, no_preempt_for: frozenset[str] = frozenset()) -> None:
     floor = snap.min_preemptible_priority()
     if floor is None:
         return
@@ -286,13 +321,18 @@ def _preempt(items: Sequence[Item], snap: FleetSnapshot, feas: FeasibilityCache,
     prof_hw = [str(p.hardware_type) for p in snap.profiles]
     for w, its in by_workload.items():  # items are in priority order, so workloads are too
         missing = [it for it in its if it.idx not in by_item]
-        if not missing or its[0].priority <= floor:
+        if not missing or its[0].priority <= floor or batch[w].id in no_preempt_for:
             continue
         left = deadline - time.perf_counter()
         if left <= 0.005:
             break
         if pre is None:
-            pre = Preemptor(snap, feas, {d for s in by_item.values() for d in s.devices})
+            used: dict[int, tuple[int, int]] = {}
+            for s in by_item.values():
+                it = items[s.item]
+                cpu_used, mem_used = used.get(s.host, (0, 0))
+                used[s.host] = (cpu_used + it.cpu_per_replica * len(it.replicas), mem_used + it.host_mem)
+            pre = Preemptor(snap, feas, {d for s in by_item.values() for d in s.devices}, used)
         gang = its[0].gang
         want = its if gang else missing
         tenant = its[0].tenant
@@ -331,7 +371,8 @@ def _results(batch: Sequence[PendingWorkload], items: Sequence[Item], snap: Flee
         for k, r in enumerate(it.replicas):
             sl = slice(k * per, (k + 1) * per)
             assignments.append(Assignment(wid, r, host, tuple(snap.dev_ids[d] for d in s.devices[sl]),
-                                          tuple(s.shares[sl]), tuple(s.mems[sl])))
+                                          tuple(s.shares[sl]), tuple(s.mems[sl]), it.cpu_per_replica,
+                                          it.mem_per_replica, it.alternative, s.numa_node))
     quota_after = left_after(items, snap, by_item, quotas_left)
     explainer = Explainer(feas)
     pending: list[Pending] = []
@@ -348,6 +389,9 @@ def _results(batch: Sequence[PendingWorkload], items: Sequence[Item], snap: Flee
                          "by higher-priority or better-fitting work")
         if it.gang:
             extra.insert(0, f"gang of {spec.replicas}: all replicas must fit at once")
+        if it.uniform:
+            extra.insert(1, "on one device model" + (" and one site" if it.spread != "site" else "")
+                         + f": no model has room for all {spec.replicas} (placement.mixed_models: true lets them mix)")
         for line in shortfalls(it, quota_after):
             extra.insert(0, line)
         if spec.placement.spread != "none" and spec.replicas > 1:

@@ -13,18 +13,27 @@ import numpy as np
 from services.scheduler.placement.capacity import cu_need
 from services.scheduler.placement.feasibility import (
     CAPACITY,
+    CPU_FREE,
+    HOST_STAGES,
+    MEM_FREE,
     NO_DEVICES,
+    NUMA_FREE,
     PASSED,
+    PROFILE_STAGES,
     STAGE_NAMES,
     UNHEALTHY,
     Eligibility,
     FeasibilityCache,
+    host_stage_texts,
 )
+from services.scheduler.placement.numa import fitting_nodes
 from services.scheduler.placement.snapshot import EPS
 from services.scheduler.placement.workloads import SHARE_SCALE, Item, Kind
 
 
 def _capacity_text(item: Item) -> str:
+    if item.cpu_only:
+        return f"fewer than {item.n} free CPUs"
     hw = item.sig.hw_type if item.sig.hw_type != "any" else "accelerator"
     if item.kind == Kind.SHARE:
         return f"no {hw} with {item.share / SHARE_SCALE:g} of a device free"
@@ -43,7 +52,8 @@ class Explainer:
 
     def host_counts(self, item: Item) -> tuple[dict[str, int], int]:
         """(reason → hosts excluded, hosts that passed every filter with room at batch start)."""
-        key = (item.sig, item.kind, item.n, item.share, item.mem_mib, item.cu, len(item.replicas), item.link)
+        key = (item.sig, item.kind, item.n, item.share, item.mem_mib, item.cu, len(item.replicas), item.link,
+               item.cpu, item.host_mem)
         hit = self._cache.get(key)
         if hit is None:
             hit = self._cache[key] = self._counts(item, self.feas.get(item.sig))
@@ -51,7 +61,8 @@ class Explainer:
 
     def _counts(self, item: Item, elig: Eligibility) -> tuple[dict[str, int], int]:
         snap = self.snap
-        texts: list[str] = [STAGE_NAMES.get(s, "") for s in range(PASSED + 1)]
+        own = host_stage_texts(item.sig)
+        texts: list[str] = [own.get(s, STAGE_NAMES.get(s, "")) for s in range(PASSED + 1)]
         text_id = {t: i for i, t in enumerate(texts)}
         stride = 1 << 20
         # per pool: stage * stride + text id; a host keeps its maximum
@@ -69,7 +80,16 @@ class Explainer:
         cap_id = text_id.setdefault(cap_text, len(text_id))
         fits = self._fits(item, elig) & rest
         code[rest & ~fits] = CAPACITY * stride + cap_id
-        code[fits] = PASSED * stride
+        cpu_ok, mem_ok = self._host_fits(item)
+        code[fits & ~cpu_ok] = CPU_FREE * stride + CPU_FREE
+        code[fits & cpu_ok & ~mem_ok] = MEM_FREE * stride + MEM_FREE
+        ok = fits & cpu_ok & mem_ok
+        if item.numa:
+            numa_ok = np.array([bool(fitting_nodes(snap, item, q)) if ok[q] else False for q in range(snap.n_pools)],
+                               dtype=np.bool_)
+            code[ok & ~numa_ok] = NUMA_FREE * stride + NUMA_FREE
+            ok &= numa_ok
+        code[ok] = PASSED * stride
         host_code = np.full(snap.n_hosts, -1, dtype=np.int64)
         np.maximum.at(host_code, snap.pool_host, code)
         down = host_code < 0  # hosts without devices: host filters first, then "no devices"
@@ -84,9 +104,19 @@ class Explainer:
             if stage == PASSED:
                 passed += c
                 continue
-            label = names[tid] if stage in (CAPACITY, *range(4, 12)) else STAGE_NAMES[stage]
+            label = names[tid] if stage == CAPACITY or stage in PROFILE_STAGES else texts[stage] \
+                if stage in (*HOST_STAGES, NO_DEVICES, CPU_FREE, MEM_FREE, NUMA_FREE) else STAGE_NAMES[stage]
             counts[label] = counts.get(label, 0) + c
         return counts, passed
+
+    def _host_fits(self, item: Item) -> tuple[np.ndarray, np.ndarray]:
+        """Per pool: the host has the CPUs (besides a CPU pool's own) and the memory the item needs free."""
+        snap = self.snap
+        host = snap.pool_host
+        cpu_pool = snap.host_cpu_pool[host]
+        cpu_free = np.where(cpu_pool >= 0, snap.pool_free[np.maximum(cpu_pool, 0)], snap.host_cpu_free[host])
+        cpu_ok = (cpu_free >= item.cpu) | (np.arange(snap.n_pools) >= snap.n_dev_pools)
+        return cpu_ok, snap.host_mem_free[host] >= item.host_mem
 
     def _fits(self, item: Item, elig: Eligibility) -> np.ndarray:
         snap = self.snap

@@ -17,21 +17,39 @@ from dataclasses import dataclass
 import numpy as np
 
 from libs.schemas.devices import HardwareType
+from libs.schemas.hardware import normal_arch
 from services.scheduler.placement.rules import PlacementRules
 from services.scheduler.placement.snapshot import EPS, BoolArray, FleetSnapshot, IntArray, Profile
 from services.scheduler.placement.workloads import Signature
 
 # Stage indices, in the order filters run. A host is counted under the first stage that
-# removes all of its devices.
-HOST_DOWN, SITE, HOST_LABELS, NO_DEVICES = 0, 1, 2, 3
-HW_TYPE, VENDOR, MODEL, VARIANT, MEMORY, COMPUTE_UNITS, RUNTIME, FRAMEWORK = 4, 5, 6, 7, 8, 9, 10, 11
-UNHEALTHY, CAPACITY, PASSED = 12, 13, 14
+# removes all of its devices (and its CPU pool).
+HOST_DOWN, SITE, HOST_LABELS, CPU_ARCH, CPU_FEATURES, CPU_SIZE, MEM_SIZE, NO_DEVICES = 0, 1, 2, 3, 4, 5, 6, 7
+HW_TYPE, VENDOR, MODEL, VARIANT, MEMORY, COMPUTE_UNITS, RUNTIME, FRAMEWORK = 8, 9, 10, 11, 12, 13, 14, 15
+UNHEALTHY, CAPACITY, CPU_FREE, MEM_FREE, NUMA_FREE, PASSED = 16, 17, 18, 19, 20, 21
+HOST_STAGES = (HOST_DOWN, SITE, HOST_LABELS, CPU_ARCH, CPU_FEATURES, CPU_SIZE, MEM_SIZE)
+PROFILE_STAGES = range(HW_TYPE, FRAMEWORK + 1)
 STAGE_NAMES = {
     HOST_DOWN: "host down", SITE: "site not allowed", HOST_LABELS: "host labels do not match",
+    CPU_ARCH: "CPU architecture", CPU_FEATURES: "CPU features", CPU_SIZE: "fewer CPUs than asked",
+    MEM_SIZE: "less host memory than asked",
     NO_DEVICES: "no devices", HW_TYPE: "hardware type", VENDOR: "vendor", MODEL: "model",
     VARIANT: "no variant", MEMORY: "device memory too small", COMPUTE_UNITS: "no compute units in catalog",
     RUNTIME: "runtime", FRAMEWORK: "framework", UNHEALTHY: "unhealthy devices", CAPACITY: "capacity",
+    CPU_FREE: "not enough free CPU", MEM_FREE: "not enough free host memory",
+    NUMA_FREE: "no NUMA node with room for its devices and CPUs",
 }
+
+
+def host_stage_texts(sig: Signature) -> dict[int, str]:
+    """The texts of the host stages for one signature ("CPU architecture not aarch64")."""
+    out = {CPU_ARCH: f"CPU architecture not {sig.arch}",
+           CPU_FEATURES: f"CPU lacks {'/'.join(sorted(sig.cpu_features))}",
+           CPU_SIZE: f"fewer than {sig.host_cpu} allocatable CPUs",
+           MEM_SIZE: f"less than {sig.host_mem_mib / 1024:g} GiB allocatable host memory"}
+    if sig.hw_type == "cpu":
+        out[NO_DEVICES] = "does not report its CPUs"
+    return out
 
 
 @dataclass(slots=True)
@@ -106,12 +124,13 @@ class FeasibilityCache:
 
     @staticmethod
     def _profile_key(sig: Signature) -> tuple[object, ...]:
-        return (sig.hw_type, sig.vendor, sig.model, sig.min_mem_mib, sig.requires, sig.framework,
+        return (sig.hw_type, sig.vendor, sig.models, sig.min_mem_mib, sig.requires, sig.framework,
                 sig.framework_spec, sig.variants, sig.needs_cu)
 
     @staticmethod
     def _host_key(sig: Signature) -> tuple[object, ...]:
-        return (sig.sites, sig.avoid_sites, sig.host_labels)
+        return (sig.sites, sig.avoid_sites, sig.host_labels, sig.arch, sig.cpu_features, sig.host_cpu,
+                sig.host_mem_mib)
 
     def _profiles(self, sig: Signature, key: tuple[object, ...]) -> tuple[IntArray, list[str]]:
         hit = self._profile.get(key)
@@ -127,15 +146,20 @@ class FeasibilityCache:
 
     def _profile_check(self, sig: Signature, prof: Profile) -> tuple[int, str]:
         hw = str(prof.hardware_type)
+        cpu = prof.hardware_type == HardwareType.CPU
         if sig.hw_type == "any":
-            if prof.hardware_type == HardwareType.CPU:
+            if cpu:
                 return HW_TYPE, "no accelerator"
         elif hw != sig.hw_type:
             return HW_TYPE, f"no {sig.hw_type}"
         if sig.vendor is not None and prof.vendor != sig.vendor:
-            return VENDOR, f"no {sig.vendor} device"
-        if sig.model is not None and not fnmatch.fnmatchcase(prof.model.lower(), sig.model.lower()):
-            return MODEL, f"model not {sig.model}"
+            return VENDOR, f"CPU not {sig.vendor}" if cpu else f"no {sig.vendor} device"
+        if sig.models and not any(fnmatch.fnmatchcase(prof.model.lower(), g.lower()) for g in sig.models):
+            return MODEL, f"{'CPU ' if cpu else ''}model not {'|'.join(sig.models)}"
+        if cpu:  # CPU-only work: variants 'cpu' or 'default'; frameworks and runtimes come with the image
+            if sig.variants and not ({"cpu", "default"} & sig.variants):
+                return VARIANT, "no variant for cpu"
+            return PASSED, ""
         if sig.variants and not ({prof.vendor, hw, "default"} & sig.variants):
             return VARIANT, f"no variant for {prof.vendor} {hw}"
         if prof.memory_mib < sig.min_mem_mib:
@@ -158,6 +182,15 @@ class FeasibilityCache:
             return hit
         snap = self.snap
         stage = np.full(snap.n_hosts, PASSED, dtype=np.int64)
+        if sig.host_cpu or sig.host_mem_mib:
+            stage[snap.host_mem < sig.host_mem_mib] = MEM_SIZE
+            stage[snap.host_cpu < sig.host_cpu] = CPU_SIZE
+        if sig.arch is not None or sig.cpu_features:
+            for h, host in enumerate(snap.hosts):
+                if sig.arch is not None and normal_arch(host.arch) != sig.arch:
+                    stage[h] = CPU_ARCH
+                elif not sig.cpu_features <= host.cpu_features:
+                    stage[h] = CPU_FEATURES
         if sig.host_labels:
             for h, host in enumerate(snap.hosts):
                 for k, v in sig.host_labels:

@@ -27,7 +27,15 @@ from typing import Literal
 import numpy as np
 
 from services.scheduler.placement.capacity import Capacity, Choice, PlacementCosts, Weights, cu_need
-from services.scheduler.placement.constraints import HostSpread, LinkGroup, Rule, SiteSpread, TenantQuota
+from services.scheduler.placement.constraints import (
+    HostResources,
+    HostSpread,
+    LinkGroup,
+    Rule,
+    SiteSpread,
+    TenantQuota,
+    UniformGang,
+)
 from services.scheduler.placement.feasibility import Eligibility, FeasibilityCache
 from services.scheduler.placement.snapshot import EPS, FleetSnapshot, IntArray
 from services.scheduler.placement.workloads import SHARE_SCALE, Item, Kind
@@ -344,8 +352,9 @@ def greedy_pass(
     ctx = _Ctx(snap, feas, costs, weights)
     cap = Capacity(snap)
     res = GreedyResult()
-    rules: list[Rule] = [HostSpread(snap), SiteSpread(ctx.pool_site, res.site_cap), LinkGroup(cap),
-                         TenantQuota(snap, quotas_left, ctx.hw_names, ctx.prof_hw)]
+    uniform = UniformGang(snap)
+    rules: list[Rule] = [HostResources(cap), HostSpread(snap), SiteSpread(ctx.pool_site, res.site_cap), uniform,
+                         LinkGroup(cap), TenantQuota(snap, quotas_left, ctx.hw_names, ctx.prof_hw)]
     i = 0
     while i < len(items):
         w = items[i].workload
@@ -355,43 +364,76 @@ def greedy_pass(
         group = items[i:j]
         if group[0].spread == "site":
             res.site_cap.setdefault(w, math.ceil(len(group) / ctx.eligible_sites(feas.get(group[0].sig))))
-        for rule in rules:
-            rule.start(group)
-        taken: list[Choice] = []
-        failed = False
-        for item in group:
-            elig = feas.get(item.sig)
-            if item.kind == Kind.SHARE:
-                opts = _share_options(ctx, item, elig, cap, strategy, max_candidates, rules)
-            else:
-                opts = _whole_options(ctx, item, elig, cap, strategy, max_candidates, rules,
-                                      snapshot_extra=max(2, max_candidates // 2) if max_candidates > 1 else 0)
-            if strategy == "scored":  # the solver's candidates, even when only one is kept
-                res.candidates[item.idx] = opts
-            if not opts or not _fits_now(cap, item, opts[0]):
-                res.failed[item.idx] = "no room"
-                failed = True
-                continue
-            c = opts[0]
-            cap.apply(item, c)
-            for rule in rules:
-                rule.take(item, c)
-            taken.append(c)
+        taken, failed = _place_group(ctx, group, cap, rules, res, strategy, max_candidates)
+        if failed and group[0].uniform:  # another model (and site) may hold the whole gang
+            tried = {uniform.pool_key(snap, group[0], c.pool) for c in taken[:1]}
+            keys = [k for k in dict.fromkeys(uniform.pool_key(snap, group[0], c.pool)
+                                             for c in res.candidates.get(group[0].idx, ())) if k not in tried]
+            first = {it.idx: list(res.candidates.get(it.idx, ())) for it in group}
+            for key in keys[:UNIFORM_RETRIES]:
+                _undo(items, cap, rules, taken)
+                uniform.forced = key
+                taken, failed = _place_group(ctx, group, cap, rules, res, strategy, max_candidates)
+                uniform.forced = None
+                for it in group:  # the solver sees every model tried
+                    seen = {(c.pool, c.n, c.device) for c in first[it.idx]}
+                    first[it.idx] += [c for c in res.candidates.get(it.idx, ()) if (c.pool, c.n, c.device) not in seen]
+                if not failed:
+                    break
+            res.candidates.update(first)
         if failed and items[i].gang:
-            for c in reversed(taken):
-                cap.apply(items[c.item], c, sign=-1)
-                for rule in rules:
-                    rule.take(items[c.item], c, sign=-1)
+            _undo(items, cap, rules, taken)
             for item in group:
                 res.failed.setdefault(item.idx, "gang")
         else:
             for c in taken:
+                res.failed.pop(c.item, None)
                 res.choices[c.item] = c
         i = j
     return res
 
 
+UNIFORM_RETRIES = 3  # other (model, site) keys a uniform gang is tried on when its first one fails
+
+
+def _place_group(ctx: _Ctx, group: Sequence[Item], cap: Capacity, rules: Sequence[Rule], res: GreedyResult,
+                 strategy: Strategy, max_candidates: int) -> tuple[list[Choice], bool]:
+    """One workload's items, in order: what was taken, and whether one found no room."""
+    for rule in rules:
+        rule.start(group)
+    taken: list[Choice] = []
+    failed = False
+    for item in group:
+        elig = ctx.feas.get(item.sig)
+        if item.kind == Kind.SHARE:
+            opts = _share_options(ctx, item, elig, cap, strategy, max_candidates, rules)
+        else:
+            opts = _whole_options(ctx, item, elig, cap, strategy, max_candidates, rules,
+                                  snapshot_extra=max(2, max_candidates // 2) if max_candidates > 1 else 0)
+        if strategy == "scored" or item.uniform:  # the solver's candidates (and the models a gang may retry on)
+            res.candidates[item.idx] = opts
+        if not opts or not _fits_now(cap, item, opts[0]):
+            res.failed[item.idx] = "no room"
+            failed = True
+            continue
+        c = opts[0]
+        cap.apply(item, c)
+        for rule in rules:
+            rule.take(item, c)
+        taken.append(c)
+    return taken, failed
+
+
+def _undo(items: Sequence[Item], cap: Capacity, rules: Sequence[Rule], taken: list[Choice]) -> None:
+    for c in reversed(taken):
+        cap.apply(items[c.item], c, sign=-1)
+        for rule in rules:
+            rule.take(items[c.item], c, sign=-1)
+
+
 def _fits_now(cap: Capacity, item: Item, c: Choice) -> bool:
+    if not cap.host_fits(item, c.pool):
+        return False
     if item.kind == Kind.SHARE:
         return bool(cap.free_share[c.device] + EPS >= item.share / SHARE_SCALE and cap.free_mem[c.device] >= c.mem)
     return bool(cap.pool_free[c.pool] >= c.n)

@@ -6,7 +6,9 @@ preemptible with priority < P (and the device is not taken by this batch). A sma
 model over the best ``max_candidates`` pools chooses where its replicas go and which
 allocations to stop, minimising disruption: per stopped allocation
 ``1000 + (priority + 1) * devices it holds``, so fewer, lower-priority, smaller victims win.
-Gangs get all replicas or nothing. Fractional-share requests do not preempt.
+A host's CPUs and memory count too: a replica also needs its ``cpu`` and ``host_mem`` free on
+its host, or given back by stopped work there (CPU-only work takes CPUs only, and stopping
+it gives them back). Gangs get all replicas or nothing. Fractional-share requests do not preempt.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from ortools.sat.python import cp_model
 
 from services.scheduler.placement.capacity import Choice, cu_need
 from services.scheduler.placement.feasibility import FeasibilityCache
-from services.scheduler.placement.snapshot import FleetSnapshot
-from services.scheduler.placement.workloads import Item, Kind
+from services.scheduler.placement.snapshot import UNLIMITED, Allocation, FleetSnapshot
+from services.scheduler.placement.workloads import CPUS_PER_DEVICE_WEIGHT, Item, Kind
 
 _NEVER = 1 << 30
+_UNLIMITED_HALF = UNLIMITED // 2
 
 
 @dataclass(slots=True)
@@ -32,7 +35,8 @@ class PreemptResult:
 
 
 class Preemptor:
-    def __init__(self, snap: FleetSnapshot, feas: FeasibilityCache, taken: set[int]) -> None:
+    def __init__(self, snap: FleetSnapshot, feas: FeasibilityCache, taken: set[int],
+                 host_used: Mapping[int, tuple[int, int]] | None = None) -> None:
         self.snap = snap
         self.feas = feas
         n = snap.n_devices
@@ -53,6 +57,32 @@ class Preemptor:
         self.evicted: set[int] = set()
         self.prof_cu = np.array([p.compute_units for p in snap.profiles], dtype=np.float64)
         self.prof_hw = np.array([str(p.hardware_type) for p in snap.profiles], dtype=object)
+        # the hosts' CPUs and memory: free now (after this batch's placements), and who holds the rest
+        self.cpu_free = snap.host_cpu_free.copy()
+        self.mem_free = snap.host_mem_free.copy()
+        for h, (cpu, mem) in (host_used or {}).items():
+            self.cpu_free[h] -= cpu
+            self.mem_free[h] -= mem
+        self.host_allocs: dict[int, list[tuple[int, int, int]]] = {}  # host → (allocation, CPUs, MiB)
+        for ai, a in enumerate(snap.allocations):
+            for hold in a.hosts:
+                at = snap.host_index.get(hold.host_id)
+                if at is not None and (hold.cpu or hold.memory_mib):
+                    self.host_allocs.setdefault(at, []).append((ai, hold.cpu, hold.memory_mib))
+
+    def _reclaimable(self, ai: int, prio: int) -> bool:
+        a = self.snap.allocations[ai]
+        return a.preemptible and a.priority < prio and ai not in self.evicted
+
+    def _host_room(self, prio: int) -> tuple[np.ndarray, np.ndarray]:
+        """CPUs and memory per host once every allocation priority ``prio`` may reclaim is stopped."""
+        cpu, mem = self.cpu_free.copy(), self.mem_free.copy()
+        for h, held in self.host_allocs.items():
+            for ai, c, m in held:
+                if self._reclaimable(ai, prio):
+                    cpu[h] += c
+                    mem[h] += m
+        return cpu, mem
 
     def try_place(self, items: Sequence[Item], gang: bool, max_candidates: int, time_limit_s: float,
                   quota_units: Mapping[str, int] | None = None) -> PreemptResult | None:
@@ -67,12 +97,22 @@ class Preemptor:
         reclaim = (self.block < prio) & elig.pool_ok[snap.dev_pool]
         cnt = np.bincount(snap.dev_pool[reclaim], minlength=snap.n_pools)
         busy = np.bincount(snap.dev_pool[reclaim & (self.block >= 0)], minlength=snap.n_pools)
+        room_cpu, room_mem = self._host_room(prio)
+        hosts = snap.pool_host
+        cpu_pool = np.arange(snap.n_pools) >= snap.n_dev_pools
         if item0.kind == Kind.CU:
             need = cu_need(item0, self.prof_cu[snap.pool_profile])
             ok = (need > 0) & (cnt >= need)
+        elif item0.cpu_only:
+            need = np.full(snap.n_pools, item0.n, dtype=np.int64)
+            ok = cpu_pool & elig.pool_ok & (room_cpu[hosts] >= need)
+            busy = (self.cpu_free[hosts] < need).astype(np.int64)
         else:
             need = np.full(snap.n_pools, item0.n, dtype=np.int64)
             ok = cnt >= need
+        if not item0.cpu_only:
+            ok &= room_cpu[hosts] >= item0.cpu
+        ok &= room_mem[hosts] >= item0.host_mem
         for hw, left in (quota_units or {}).items():
             ok &= ~((self.prof_hw[snap.pool_profile] == hw) & (need * 100 * len(items) > left))
         pools = np.flatnonzero(ok)
@@ -90,6 +130,7 @@ class Preemptor:
     def _solve(self, items: Sequence[Item], gang: bool, pools: list[int], need: np.ndarray,
                reclaim: np.ndarray, time_limit_s: float) -> PreemptResult | None:
         snap = self.snap
+        prio = items[0].priority
         model = cp_model.CpModel()
         x = {(r, q): model.new_bool_var("") for r in range(len(items)) for q in pools}
         for r in range(len(items)):
@@ -106,8 +147,17 @@ class Preemptor:
                 if len(vs) > 1:
                     model.add_at_most_one(vs)
         evict: dict[int, cp_model.IntVar] = {}
+
+        def evict_var(ai: int) -> cp_model.IntVar:
+            e = evict.get(ai)
+            if e is None:
+                e = evict[ai] = model.new_bool_var("")
+            return e
+
         freed: dict[int, cp_model.IntVar] = {}
         for q in pools:
+            if snap.is_cpu_pool(q):
+                continue
             devs = [d for d in snap.pool_devices(q) if reclaim[d]]
             free_now = sum(1 for d in devs if self.block[d] < 0)
             terms = []
@@ -116,14 +166,23 @@ class Preemptor:
                     continue
                 f = freed[d] = model.new_bool_var("")
                 for ai in snap.dev_allocs.get(d, ()):
-                    e = evict.get(ai)
-                    if e is None:
-                        e = evict[ai] = model.new_bool_var("")
-                    model.add_implication(f, e)
+                    model.add_implication(f, evict_var(ai))
                 terms.append(f)
             model.add(sum(int(need[q]) * x[r, q] for r in range(len(items))) <= free_now + sum(terms))
+        # the hosts' CPUs and memory: what the replicas take <= free + what stopped work gives back
+        for h in {int(snap.pool_host[q]) for q in pools}:
+            on_host = [(r, q) for (r, q) in x if int(snap.pool_host[q]) == h]
+            cpu_use = [(int(need[q]) if snap.is_cpu_pool(q) else items[r].cpu, x[r, q]) for r, q in on_host]
+            mem_use = [(items[r].host_mem, x[r, q]) for r, q in on_host]
+            holders = [(ai, c, m) for ai, c, m in self.host_allocs.get(h, []) if self._reclaimable(ai, prio)]
+            if self.cpu_free[h] < _UNLIMITED_HALF and any(c for c, _ in cpu_use):
+                model.add(sum(c * v for c, v in cpu_use)
+                          <= int(self.cpu_free[h]) + sum(c * evict_var(ai) for ai, c, _ in holders if c))
+            if self.mem_free[h] < _UNLIMITED_HALF and any(m for m, _ in mem_use):
+                model.add(sum(m * v for m, v in mem_use)
+                          <= int(self.mem_free[h]) + sum(m * evict_var(ai) for ai, _, m in holders if m))
         placed = sum(x.values())
-        disruption = sum((1000 + (snap.allocations[ai].priority + 1) * len(snap.allocations[ai].devices)) * e
+        disruption = sum((1000 + (snap.allocations[ai].priority + 1) * _size(snap.allocations[ai])) * e
                          for ai, e in evict.items())
         model.minimize(disruption - (1 << 30) * placed)
         solver = cp_model.CpSolver()
@@ -136,9 +195,12 @@ class Preemptor:
         for (r, q), v in x.items():
             if not solver.value(v):
                 continue
+            n = int(need[q])
+            if snap.is_cpu_pool(q):
+                chosen.append((Choice(items[r].idx, q, -1, n, 0, 0), []))
+                continue
             devs = [d for d in snap.pool_devices(q) if reclaim[d] and (
                 self.block[d] < 0 or (d in freed and solver.value(freed[d])))]
-            n = int(need[q])
             pick = [d for d in devs if self.block[d] < 0][:n]
             pick += [d for d in devs if self.block[d] >= 0][: n - len(pick)]
             if len(pick) < n:
@@ -152,8 +214,18 @@ class Preemptor:
             return None
         evicted = {ai: items[0].workload for ai, e in evict.items() if solver.value(e)}
         self.evicted.update(evicted)
-        # devices the stopped work held elsewhere become free for later preemptors
+        for c, _devs in chosen:  # what the placed replicas take of their hosts
+            h = int(snap.pool_host[c.pool])
+            item = next(it for it in items if it.idx == c.item)
+            self.cpu_free[h] -= c.n if snap.is_cpu_pool(c.pool) else item.cpu
+            self.mem_free[h] -= item.host_mem
+        # devices, CPUs and memory the stopped work held elsewhere become free for later preemptors
         for ai in evicted:
+            for hold in snap.allocations[ai].hosts:
+                at = snap.host_index.get(hold.host_id)
+                if at is not None:
+                    self.cpu_free[at] += hold.cpu
+                    self.mem_free[at] += hold.memory_mib
             for ad in snap.allocations[ai].devices:
                 held = snap.dev_index.get(ad.device_id)
                 if held is None or held in self.taken or not snap.dev_usable[held] or self.block[held] == -1:
@@ -161,3 +233,10 @@ class Preemptor:
                 if all(a in self.evicted for a in snap.dev_allocs.get(held, ())):
                     self.block[held] = -1
         return PreemptResult(chosen, evicted)
+
+
+def _size(a: Allocation) -> int:
+    """Devices an allocation holds; CPU-only work counts 16 CPUs as one device (at least one)."""
+    if a.devices:
+        return len(a.devices)
+    return max(1, sum(h.cpu for h in a.hosts) // CPUS_PER_DEVICE_WEIGHT)

@@ -65,6 +65,10 @@ def left_after(items: Sequence[Item], snap: FleetSnapshot, by_item: Mapping[int,
         for it in items:
             s = by_item.get(it.idx)
             if s is not None and it.tenant is not None:
+                if not s.devices:  # CPU-only work: its CPUs count as 'cpu'
+                    if (it.tenant, "cpu") in out:
+                        out[(it.tenant, "cpu")] -= it.n * UNITS_PER_DEVICE
+                    continue
                 key = (it.tenant, str(snap.profiles[snap.dev_profile[s.devices[0]]].hardware_type))
                 if key in out:
                     out[key] -= round(sum(s.shares) * UNITS_PER_DEVICE)

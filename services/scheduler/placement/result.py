@@ -15,6 +15,10 @@ class Assignment:
     device_ids: tuple[str, ...]
     shares: tuple[float, ...]  # 1.0 for whole devices
     memory_mib: tuple[int, ...]  # memory reserved per device (whole devices: all of it)
+    cpu: int = 0  # logical CPUs of the host it holds
+    host_memory_mib: int = 0  # host memory it holds
+    alternative: int = 0  # which of the workload's hardware alternatives it was placed with
+    numa_node: int | None = None  # with placement.numa 'single': the node its devices and CPUs are on
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,13 @@ turns them into column arrays:
   (hardware type, vendor, model, memory, compute units, driver, runtimes). Feasibility
   of runtime/framework/model filters is decided once per profile, capacity once per pool,
   so the hot paths never touch per-device Python objects;
+* a host that reports its allocatable CPUs has one more pool, its *CPU pool* (profile: type
+  ``cpu``, the CPU's vendor and model; no device rows), whose free count is the host's free
+  logical CPUs: CPU-only work takes CPUs from it like whole devices from a device pool, and
+  work on the host's devices takes its ``cpu`` from it too (``host_cpu_free``). Host memory
+  is one more number per host (``host_mem_free``). A host that reports neither is not limited
+  by them (and takes no CPU-only work). CPU pools come after every device pool
+  (``n_dev_pools``);
 * free capacity per device is a share fraction (1.0 = untouched) and free memory (MiB);
   ``pool_free`` counts whole free, healthy devices per pool;
 * allocations (running work) are kept with their priority, preemptibility and tenant so
@@ -17,102 +24,39 @@ turns them into column arrays:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import numpy as np
-import numpy.typing as npt
 
-from libs.schemas.devices import HardwareType, Health
+from libs.schemas.devices import HardwareType
+from services.scheduler.placement.inputs import (
+    UNLIMITED,
+    AllocatedDevice,
+    Allocation,
+    BoolArray,
+    DeviceInfo,
+    FloatArray,
+    HostHold,
+    HostInfo,
+    I32Array,
+    IntArray,
+    Profile,
+    SiteLink,
+    apply_allocations,
+    index_allocs,
+    numa_totals,
+    take_holds,
+)
 
 if TYPE_CHECKING:
     from services.scheduler.placement.result import PlacementDecision
     from services.scheduler.placement.workloads import PendingWorkload
 
-IntArray = npt.NDArray[np.int64]
-I32Array = npt.NDArray[np.int32]
-FloatArray = npt.NDArray[np.float64]
-BoolArray = npt.NDArray[np.bool_]
-
 EPS = 1e-9
 #: Bandwidth assumed between two sites with no SiteLink row (Gbit/s).
 DEFAULT_BANDWIDTH_GBPS = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class HostInfo:
-    id: str
-    site: str
-    up: bool = True
-    labels: Mapping[str, str] = field(default_factory=dict)
-    arch: str = "x86_64"
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceInfo:
-    """One device as the scheduler sees it. ``compute_units`` comes from the catalog."""
-
-    id: str
-    host_id: str
-    hardware_type: HardwareType
-    vendor: str
-    model: str
-    memory_mib: int = 0
-    compute_units: float = 0.0
-    driver_version: str | None = None
-    runtimes: Mapping[str, str] = field(default_factory=dict)
-    health: Health = Health.HEALTHY
-    link_group: str | None = None
-
-    @property
-    def usable(self) -> bool:
-        """Unhealthy devices are never placed on; ``unknown`` (probe could not tell) is usable."""
-        return self.health != Health.UNHEALTHY
-
-
-class AllocatedDevice(NamedTuple):
-    device_id: str
-    share: float = 1.0
-    memory_mib: int | None = None  # None: share * device memory
-
-
-@dataclass(frozen=True, slots=True)
-class Allocation:
-    """Running (or already placed) work holding devices."""
-
-    workload_id: str
-    priority: int
-    preemptible: bool
-    tenant: str | None
-    devices: tuple[AllocatedDevice, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class SiteLink:
-    """Measured network between two sites (symmetric)."""
-
-    a: str
-    b: str
-    bandwidth_gbps: float
-    latency_ms: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class Profile:
-    """Everything feasibility needs to know about a device that is not per-device state."""
-
-    hardware_type: HardwareType
-    vendor: str
-    model: str
-    memory_mib: int
-    compute_units: float
-    driver_version: str | None
-    runtimes: tuple[tuple[str, str], ...]
-
-    @property
-    def runtime_map(self) -> dict[str, str]:
-        return dict(self.runtimes)
 
 
 @dataclass(eq=False)
@@ -144,12 +88,31 @@ class FleetSnapshot:
     dev_allocs: dict[int, tuple[int, ...]]  # device → indices into allocations (tuples: the GC skips them)
     bandwidth_gbps: FloatArray  # [site, site]; inf on the diagonal
     latency_ms: FloatArray
+    n_dev_pools: int = -1  # pools [0, n_dev_pools) hold devices, the rest are CPU pools; -1: all device pools
+    host_cpu: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # allocatable (UNLIMITED: unknown)
+    host_mem: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # MiB
+    host_cpu_free: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    host_mem_free: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    host_cpu_pool: I32Array = field(default_factory=lambda: np.zeros(0, dtype=np.int32))  # its CPU pool, -1: none
+    numa_free: dict[tuple[int, int], int] = field(default_factory=dict)  # (host, node) → free CPUs, where known
+    dev_numa: I32Array = field(default_factory=lambda: np.zeros(0, dtype=np.int32))  # NUMA node, -1: unknown
     shared: dict[object, object] = field(default_factory=dict)  # caches over the immutable parts, kept by children
     pool_free: IntArray = field(init=False)
     pool_usable: IntArray = field(init=False)
     host_free: IntArray = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.n_dev_pools < 0:
+            self.n_dev_pools = len(self.pool_host)
+        if len(self.dev_numa) != len(self.dev_ids):
+            self.dev_numa = np.full(len(self.dev_ids), -1, dtype=np.int32)
+        n = len(self.hosts)
+        if len(self.host_cpu) != n:  # built without host resources: nothing limits them
+            self.host_cpu = np.full(n, UNLIMITED, dtype=np.int64)
+            self.host_mem = np.full(n, UNLIMITED, dtype=np.int64)
+            self.host_cpu_free = self.host_cpu.copy()
+            self.host_mem_free = self.host_mem.copy()
+            self.host_cpu_pool = np.full(n, -1, dtype=np.int32)
         self.refresh_free()
 
     # -- derived state -------------------------------------------------------------------------
@@ -159,6 +122,13 @@ class FleetSnapshot:
         self.pool_free = np.bincount(self.dev_pool[whole], minlength=len(self.pool_host)).astype(np.int64)
         self.pool_usable = np.bincount(self.dev_pool[self.dev_usable], minlength=len(self.pool_host)).astype(np.int64)
         self.host_free = np.bincount(self.dev_host[whole], minlength=len(self.hosts)).astype(np.int64)
+        if self.n_dev_pools < len(self.pool_host):  # CPU pools: the host's free and allocatable CPUs
+            cpu_hosts = self.pool_host[self.n_dev_pools:]
+            self.pool_free[self.n_dev_pools:] = self.host_cpu_free[cpu_hosts]
+            self.pool_usable[self.n_dev_pools:] = self.host_cpu[cpu_hosts]
+
+    def is_cpu_pool(self, pool: int) -> bool:
+        return pool >= self.n_dev_pools
 
     def whole_free_mask(self) -> BoolArray:
         return self.dev_usable & (self.dev_free_share >= 1 - EPS) & (self.dev_free_mem >= self.dev_mem)
@@ -195,16 +165,24 @@ class FleetSnapshot:
         if cached is None:
             cached = {}
             for alloc in self.allocations:
-                if alloc.tenant is None:
-                    continue
-                for dev in alloc.devices:
-                    d = self.dev_index.get(dev.device_id)
-                    if d is None:
-                        continue
-                    key = (alloc.tenant, str(self.profiles[self.dev_profile[d]].hardware_type))
-                    cached[key] = cached.get(key, 0.0) + dev.share
+                self._add_usage(cached, alloc)
             self.__dict__["_tenant_usage"] = cached
         return dict(cached)
+
+    def _add_usage(self, usage: dict[tuple[str, str], float], alloc: Allocation) -> None:
+        """Devices per type (shares as fractions), and for CPU-only work (no devices) its CPUs as 'cpu'."""
+        if alloc.tenant is None:
+            return
+        for dev in alloc.devices:
+            d = self.dev_index.get(dev.device_id)
+            if d is None:
+                continue
+            key = (alloc.tenant, str(self.profiles[self.dev_profile[d]].hardware_type))
+            usage[key] = usage.get(key, 0.0) + dev.share
+        if not alloc.devices:
+            for hold in alloc.hosts:
+                key = (alloc.tenant, "cpu")
+                usage[key] = usage.get(key, 0.0) + hold.cpu
 
     def min_preemptible_priority(self) -> int | None:
         """The lowest priority of any preemptible allocation (None: nothing can be preempted)."""
@@ -225,6 +203,8 @@ class FleetSnapshot:
         specs = {w.id: w.spec for w in batch}
         free_share = self.dev_free_share.copy()
         free_mem = self.dev_free_mem.copy()
+        cpu_free, hmem_free = self.host_cpu_free.copy(), self.host_mem_free.copy()
+        numa_free = dict(self.numa_free)
         evicted = {p.workload_id for p in decision.preemptions}
         allocations = [a for a in self.allocations if a.workload_id not in evicted]
         for alloc in self.allocations:
@@ -234,18 +214,26 @@ class FleetSnapshot:
                     if d is not None:
                         free_share[d] = min(1.0, free_share[d] + dev.share)
                         free_mem[d] = min(int(self.dev_mem[d]), int(free_mem[d]) + self._alloc_mem(d, dev))
+                take_holds(alloc.hosts, self.host_index, cpu_free, hmem_free, numa_free, 1)
         # copy-on-write: only the entries of devices that get a new allocation are new lists
-        dev_allocs = _index_allocs(allocations, self.dev_index) if evicted else dict(self.dev_allocs)
+        dev_allocs = index_allocs(allocations, self.dev_index) if evicted else dict(self.dev_allocs)
         by_workload: dict[str, list[AllocatedDevice]] = {}
+        holds: dict[str, list[HostHold]] = {}
         for a in decision.assignments:
+            by_workload.setdefault(a.workload_id, [])
             for dev_id, share, mem in zip(a.device_ids, a.shares, a.memory_mib, strict=True):
                 d = self.dev_index[dev_id]
                 free_share[d] = max(0.0, free_share[d] - share)
                 free_mem[d] = max(0, int(free_mem[d]) - mem)
-                by_workload.setdefault(a.workload_id, []).append(AllocatedDevice(dev_id, share, mem))
+                by_workload[a.workload_id].append(AllocatedDevice(dev_id, share, mem))
+            if a.cpu or a.host_memory_mib:
+                hold = HostHold(a.host_id, a.cpu, a.host_memory_mib, a.numa_node)
+                holds.setdefault(a.workload_id, []).append(hold)
+                take_holds((hold,), self.host_index, cpu_free, hmem_free, numa_free, -1)
         for wid, devs in by_workload.items():
             spec = specs[wid]
-            allocations.append(Allocation(wid, spec.priority, spec.preemptible, spec.tenant, tuple(devs)))
+            allocations.append(Allocation(wid, spec.priority, spec.preemptible, spec.tenant, tuple(devs),
+                                          tuple(holds.get(wid, ()))))
             for dev in devs:
                 d = self.dev_index[dev.device_id]
                 dev_allocs[d] = (*dev_allocs.get(d, ()), len(allocations) - 1)
@@ -257,6 +245,8 @@ class FleetSnapshot:
             dev_pool=self.dev_pool, dev_link=self.dev_link, dev_usable=self.dev_usable, dev_mem=self.dev_mem,
             dev_cu=self.dev_cu, dev_free_share=free_share, dev_free_mem=free_mem, allocations=allocations,
             dev_allocs=dev_allocs, bandwidth_gbps=self.bandwidth_gbps, latency_ms=self.latency_ms,
+            n_dev_pools=self.n_dev_pools, host_cpu=self.host_cpu, host_mem=self.host_mem, host_cpu_free=cpu_free,
+            host_mem_free=hmem_free, host_cpu_pool=self.host_cpu_pool, numa_free=numa_free, dev_numa=self.dev_numa,
             shared=self.shared,
         )
         if not evicted:  # carry the cached aggregates forward instead of rescanning every allocation
@@ -265,10 +255,7 @@ class FleetSnapshot:
             if usage is not None:
                 usage = dict(usage)
                 for alloc in added:
-                    for dev in alloc.devices if alloc.tenant is not None else ():
-                        key = (alloc.tenant, str(self.profiles[self.dev_profile[self.dev_index[dev.device_id]]]
-                                                 .hardware_type))
-                        usage[key] = usage.get(key, 0.0) + dev.share
+                    self._add_usage(usage, alloc)
                 child.__dict__["_tenant_usage"] = usage
             if "_min_preemptible" in self.__dict__:
                 child.__dict__["_min_preemptible"] = min(
@@ -280,44 +267,17 @@ class FleetSnapshot:
         """This snapshot (built without allocations) with ``allocations`` holding their devices: what
         ``build_snapshot`` gives for the same fleet and allocations, sharing this one's arrays and caches."""
         alloc_list = list(allocations)
-        free_share, free_mem, dev_allocs = _apply_allocations(alloc_list, self.dev_index, self.dev_mem)
+        free_share, free_mem, dev_allocs = apply_allocations(alloc_list, self.dev_index, self.dev_mem)
+        cpu_free, mem_free, numa_free = self.host_cpu.copy(), self.host_mem.copy(), numa_totals(self.hosts)
+        for alloc in alloc_list:
+            take_holds(alloc.hosts, self.host_index, cpu_free, mem_free, numa_free, -1)
         return replace(self, dev_free_share=free_share, dev_free_mem=free_mem, allocations=alloc_list,
-                       dev_allocs=dev_allocs)
+                       dev_allocs=dev_allocs, host_cpu_free=cpu_free, host_mem_free=mem_free, numa_free=numa_free)
 
     def _alloc_mem(self, d: int, dev: AllocatedDevice) -> int:
         if dev.memory_mib is not None:
             return dev.memory_mib
         return round(dev.share * int(self.dev_mem[d]))
-
-
-def _apply_allocations(allocations: Sequence[Allocation], dev_index: Mapping[str, int], dev_mem: npt.NDArray[np.int64]
-                       ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], dict[int, tuple[int, ...]]]:
-    """Free share and memory per device once ``allocations`` hold theirs, and which allocations hold each
-    device. Devices the snapshot does not have are ignored."""
-    free_share = np.ones(len(dev_mem), dtype=np.float64)
-    free_mem = dev_mem.copy()
-    out: dict[int, list[int]] = {}
-    for ai, alloc in enumerate(allocations):
-        for dev in alloc.devices:
-            d = dev_index.get(dev.device_id)
-            if d is None:
-                continue
-            out.setdefault(d, []).append(ai)
-            free_share[d] -= dev.share
-            free_mem[d] -= dev.memory_mib if dev.memory_mib is not None else round(dev.share * dev_mem[d])
-    np.clip(free_share, 0.0, 1.0, out=free_share)
-    np.clip(free_mem, 0, None, out=free_mem)
-    return free_share, free_mem, {d: tuple(ais) for d, ais in out.items()}
-
-
-def _index_allocs(allocations: Sequence[Allocation], dev_index: Mapping[str, int]) -> dict[int, tuple[int, ...]]:
-    out: dict[int, list[int]] = {}
-    for ai, alloc in enumerate(allocations):
-        for dev in alloc.devices:
-            d = dev_index.get(dev.device_id)
-            if d is not None:
-                out.setdefault(d, []).append(ai)
-    return {d: tuple(ais) for d, ais in out.items()}
 
 
 def build_snapshot(
@@ -370,6 +330,18 @@ def build_snapshot(
     dev_mem = prof_mem[dev_profile] if n else np.zeros(0, dtype=np.int64)
     dev_cu = prof_cu[dev_profile] if n else np.zeros(0, dtype=np.float64)
 
+    # CPU pools, one per host that reports its allocatable CPUs, after every device pool
+    cpu_hosts = [h for h, host in enumerate(host_list) if host.cpus is not None]
+    cpu_profile: list[int] = []
+    for h in cpu_hosts:
+        host = host_list[h]
+        prof = Profile(HardwareType.CPU, host.cpu_vendor, host.cpu_model, 0, 0.0, None, ())
+        p = profile_ids.get(prof)
+        if p is None:
+            p = profile_ids[prof] = len(profiles)
+            profiles.append(prof)
+        cpu_profile.append(p)
+
     # Pools: consecutive runs of (host, profile).
     if n:
         pool_key = dev_host.astype(np.int64) * max(1, len(profiles)) + dev_profile
@@ -384,8 +356,23 @@ def build_snapshot(
         pool_host = np.zeros(0, dtype=np.int32)
         pool_profile = np.zeros(0, dtype=np.int32)
 
+    n_dev_pools = len(pool_host)
+    host_cpu_pool = np.full(len(host_list), -1, dtype=np.int32)
+    if cpu_hosts:
+        host_cpu_pool[cpu_hosts] = np.arange(n_dev_pools, n_dev_pools + len(cpu_hosts), dtype=np.int32)
+        pool_host = np.r_[pool_host, np.array(cpu_hosts, dtype=np.int32)].astype(np.int32)
+        pool_profile = np.r_[pool_profile, np.array(cpu_profile, dtype=np.int32)].astype(np.int32)
+        pool_start = np.r_[pool_start, np.full(len(cpu_hosts), n, dtype=np.int64)].astype(np.int64)
+    host_cpu = np.fromiter((UNLIMITED if h.cpus is None else h.cpus for h in host_list), dtype=np.int64,
+                           count=len(host_list))
+    host_mem = np.fromiter((UNLIMITED if h.memory_mib is None else h.memory_mib for h in host_list),
+                           dtype=np.int64, count=len(host_list))
+
     alloc_list = list(allocations)
-    free_share, free_mem, dev_allocs = _apply_allocations(alloc_list, dev_index, dev_mem)
+    free_share, free_mem, dev_allocs = apply_allocations(alloc_list, dev_index, dev_mem)
+    cpu_free, hmem_free, numa_free = host_cpu.copy(), host_mem.copy(), numa_totals(host_list)
+    for alloc in alloc_list:
+        take_holds(alloc.hosts, host_index, cpu_free, hmem_free, numa_free, -1)
 
     s = len(sites)
     bandwidth = np.full((s, s), DEFAULT_BANDWIDTH_GBPS, dtype=np.float64)
@@ -405,5 +392,8 @@ def build_snapshot(
         dev_ids=dev_ids, dev_index=dev_index, dev_host=dev_host, dev_profile=dev_profile, dev_pool=dev_pool,
         dev_link=dev_link, dev_usable=dev_usable, dev_mem=dev_mem, dev_cu=dev_cu, dev_free_share=free_share,
         dev_free_mem=free_mem, allocations=alloc_list, dev_allocs=dev_allocs, bandwidth_gbps=bandwidth,
-        latency_ms=latency,
+        latency_ms=latency, n_dev_pools=n_dev_pools, host_cpu=host_cpu, host_mem=host_mem, host_cpu_free=cpu_free,
+        host_mem_free=hmem_free, host_cpu_pool=host_cpu_pool, numa_free=numa_free,
+        dev_numa=np.fromiter((-1 if r[3].numa_node is None else r[3].numa_node for r in rows), dtype=np.int32,
+                             count=n),
     )

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ortools.sat.python import cp_model_helper as cmh
 
@@ -49,6 +49,8 @@ class ModelInput:
     quotas_left: dict[tuple[str, str], int]  # only the binding ones
     site_cap: dict[int, int]  # workload → max replicas per site (spread=site)
     wl_items: Mapping[int, int]  # workload → its items in the whole batch
+    host_left: Mapping[int, tuple[int, int]] = field(default_factory=dict)  # host → (CPUs, MiB) left, where fixed
+    #                                                                          items took some
 
 
 class _Proto:

@@ -14,14 +14,17 @@ from libs.versions import Requirement, SpecifierSet
 SHARE_SCALE = 1000  # share fractions become integers in 1/1000 of a device
 UNITS_PER_DEVICE = 100  # reward and quota units: one whole device
 CU_PER_DEVICE_WEIGHT = 300.0  # weighs a compute-unit request against whole-device ones in the objective
+CPUS_PER_DEVICE_WEIGHT = 16  # weighs CPU-only work against devices in the objective: 16 CPUs ~ one device
 
 
 @dataclass(frozen=True, slots=True)
 class PendingWorkload:
-    """A workload waiting for placement; ``id`` is the scheduler's workload id."""
+    """A workload waiting for placement; ``id`` is the scheduler's workload id, ``alternative`` the index of
+    the hardware alternative (``WorkloadSpec.alternatives``) to place it with."""
 
     id: str
     spec: WorkloadSpec
+    alternative: int = 0
 
 
 class Kind(IntEnum):
@@ -36,7 +39,7 @@ class Signature:
 
     hw_type: str  # a HardwareType value or 'any'
     vendor: str | None
-    model: str | None
+    models: tuple[str, ...]  # globs, any may match (empty: any model)
     min_mem_mib: int  # whole devices: device memory must be at least this
     requires: tuple[Requirement, ...]
     framework: str | None
@@ -46,6 +49,10 @@ class Signature:
     avoid_sites: frozenset[str]
     host_labels: tuple[tuple[str, str], ...]
     needs_cu: bool
+    arch: str | None = None
+    cpu_features: frozenset[str] = frozenset()
+    host_cpu: int = 0  # CPUs one replica needs of its host (hosts with fewer allocatable never fit)
+    host_mem_mib: int = 0
 
 
 @dataclass(slots=True)
@@ -69,25 +76,43 @@ class Item:
     data_site: str | None
     data_gib: float
     units: int  # reward size: devices * UNITS_PER_DEVICE (share: fraction thereof)
+    cpu: int = 0  # logical CPUs taken from the host's CPU pool besides devices (CPU-only work: 0, n is its CPUs)
+    host_mem: int = 0  # MiB of host memory, for all of the item's replicas
+    cpu_only: bool = False  # takes n CPUs of a CPU pool and no device
+    numa: bool = False  # placement.numa 'single'
+    uniform: bool = False  # a gang whose replicas need one device model (and one site unless spread is 'site')
+    alternative: int = 0
+
+    @property
+    def cpu_per_replica(self) -> int:
+        return (self.n if self.cpu_only else self.cpu) // max(1, len(self.replicas))
+
+    @property
+    def mem_per_replica(self) -> int:
+        return self.host_mem // max(1, len(self.replicas))
 
 
-def signature_of(spec: WorkloadSpec) -> Signature:
-    hw, rt, pl = spec.hardware, spec.runtime, spec.placement
-    demand = hw.demand
+def signature_of(spec: WorkloadSpec, alternative: int = 0) -> Signature:
+    hw, rt, pl = spec.alternatives[alternative], spec.runtime, spec.placement
+    demand = spec.demand(alternative)
     return Signature(
         hw_type=str(hw.type),
         vendor=hw.vendor,
-        model=hw.model,
+        models=hw.models,
         min_mem_mib=math.ceil(demand.memory_gib * 1024) if demand.memory_gib and not demand.shared else 0,
         requires=tuple(rt.requirements()),
         framework=rt.framework,
         framework_spec=framework_specifier(rt.framework_version) if rt.framework_version else (
             SpecifierSet() if rt.framework else None),
-        variants=frozenset(spec.variants),
+        variants=frozenset() if hw.variant is not None else frozenset(spec.variants),  # a named variant runs anywhere
         sites=frozenset(pl.sites),
         avoid_sites=frozenset(pl.avoid_sites),
         host_labels=tuple(sorted(pl.host_labels.items())),
         needs_cu=demand.compute_units is not None,
+        arch=hw.arch,
+        cpu_features=frozenset(hw.cpu_features),
+        host_cpu=demand.cpu,
+        host_mem_mib=demand.host_memory_mib,
     )
 
 
@@ -97,12 +122,16 @@ def expand(batch: Sequence[PendingWorkload]) -> list[Item]:
     sigs: dict[Signature, Signature] = {}
     items: list[Item] = []
     for w in order:
-        spec = batch[w].spec
+        spec, alt = batch[w].spec, batch[w].alternative
         pl = spec.placement
-        demand = spec.hardware.demand
-        sig = signature_of(spec)
+        demand = spec.demand(alt)
+        sig = signature_of(spec, alt)
         sig = sigs.setdefault(sig, sig)
-        if demand.compute_units is not None:
+        cpu_only = spec.alternatives[alt].is_cpu
+        if cpu_only:
+            kind, n, share = Kind.WHOLE, demand.cpu, 0
+            units = max(1, demand.cpu * UNITS_PER_DEVICE // CPUS_PER_DEVICE_WEIGHT)
+        elif demand.compute_units is not None:
             # Reward weight only: one device is taken as ~CU_PER_DEVICE_WEIGHT compute units.
             kind, n, share = Kind.CU, 0, 0
             units = UNITS_PER_DEVICE * max(1, math.ceil(demand.compute_units / CU_PER_DEVICE_WEIGHT))
@@ -119,11 +148,15 @@ def expand(batch: Sequence[PendingWorkload]) -> list[Item]:
             groups = [tuple(range(spec.replicas))]
         else:
             groups = [(r,) for r in range(spec.replicas)]
+        gang = spec.gang and spec.replicas > 1
         for reps in groups:
             items.append(Item(
                 idx=len(items), workload=w, replicas=reps, kind=kind, n=n * len(reps), share=share, mem_mib=mem,
-                cu=float(demand.compute_units or 0.0), link=pl.topology == "same_link_group", priority=spec.priority,
-                tenant=spec.tenant, gang=spec.gang and spec.replicas > 1, spread=pl.spread, sig=sig,
+                cu=float(demand.compute_units or 0.0), link=pl.topology == "same_link_group" and not cpu_only,
+                priority=spec.priority, tenant=spec.tenant, gang=gang, spread=pl.spread, sig=sig,
                 data_site=pl.data_site, data_gib=pl.data_gib, units=units * len(reps),
+                cpu=0 if cpu_only else demand.cpu * len(reps), host_mem=demand.host_memory_mib * len(reps),
+                cpu_only=cpu_only, numa=pl.numa == "single",
+                uniform=gang and len(groups) > 1 and not pl.mixed_models and not cpu_only, alternative=alt,
             ))
     return items

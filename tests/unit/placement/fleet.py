@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Iterable
 from typing import Any
 
@@ -33,8 +34,8 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 
 def host(hid: str, site: str = "bj", up: bool = True, labels: dict[str, str] | None = None,
-         arch: str = "x86_64") -> HostInfo:
-    return HostInfo(hid, site, up, labels or {}, arch)
+         arch: str = "x86_64", **kw: Any) -> HostInfo:
+    return HostInfo(hid, site, up, labels or {}, arch, **kw)
 
 
 def devices(hid: str, profile: str, n: int, *, link: str | None = "nv0", unhealthy: Iterable[int] = (),
@@ -62,17 +63,22 @@ def wl(wid: str, **spec: Any) -> PendingWorkload:
 
 
 def check_valid(decision: Any, snap: FleetSnapshot, batch: list[PendingWorkload]) -> None:
-    """Invariants every decision must keep: capacity, health, gangs, one host per replica."""
+    """Invariants every decision must keep: capacity (devices, the hosts' CPUs and memory), health, gangs,
+    one host per replica."""
     specs = {w.id: w.spec for w in batch}
     evicted = {p.workload_id for p in decision.preemptions}
     share = snap.dev_free_share.copy()
     mem = snap.dev_free_mem.copy()
+    cpu_free, host_mem = snap.host_cpu_free.copy(), snap.host_mem_free.copy()
     for alloc in snap.allocations:
         if alloc.workload_id in evicted:
             for ad in alloc.devices:
                 d = snap.dev_index[ad.device_id]
                 share[d] += ad.share
                 mem[d] += ad.memory_mib if ad.memory_mib is not None else round(ad.share * snap.dev_mem[d])
+            for hold in alloc.hosts:
+                cpu_free[snap.host_index[hold.host_id]] += hold.cpu
+                host_mem[snap.host_index[hold.host_id]] += hold.memory_mib
     seen: set[tuple[str, int]] = set()
     for a in decision.assignments:
         assert (a.workload_id, a.replica) not in seen, "replica placed twice"
@@ -80,16 +86,29 @@ def check_valid(decision: Any, snap: FleetSnapshot, batch: list[PendingWorkload]
         h = snap.host_index[a.host_id]
         assert snap.host_up[h], f"{a.host_id} is down"
         spec = specs[a.workload_id]
-        if spec.hardware.compute_units is None:
-            assert len(a.device_ids) == spec.hardware.count
+        hw = spec.alternatives[a.alternative]
+        demand = spec.demand(a.alternative)
+        assert (a.cpu, a.host_memory_mib) == (demand.cpu, demand.host_memory_mib)
+        cpu_free[h] -= a.cpu
+        host_mem[h] -= a.host_memory_mib
+        if hw.is_cpu:
+            assert not a.device_ids and snap.host_cpu_pool[h] >= 0, "CPU-only work on a host without CPUs"
+        elif hw.compute_units is None:
+            assert len(a.device_ids) == hw.count
         for dev_id, s, m in zip(a.device_ids, a.shares, a.memory_mib, strict=True):
             d = snap.dev_index[dev_id]
+            prof = snap.profiles[snap.dev_profile[d]]
+            assert hw.type == "any" or str(prof.hardware_type) == str(hw.type), "device of another type"
+            assert not hw.models or any(fnmatch.fnmatchcase(prof.model.lower(), g.lower()) for g in hw.models), \
+                f"{prof.model} matches none of {hw.models}"
             assert snap.dev_host[d] == h, "device not on the assigned host"
             assert snap.dev_usable[d], f"{dev_id} is unhealthy"
             share[d] -= s
             mem[d] -= m
     assert (share > -1e-6).all(), "device share oversubscribed"
     assert (mem >= 0).all(), "device memory oversubscribed"
+    assert (cpu_free >= 0).all(), "host CPUs oversubscribed"
+    assert (host_mem >= 0).all(), "host memory oversubscribed"
     by_wl: dict[str, int] = {}
     for wid, _r in seen:
         by_wl[wid] = by_wl.get(wid, 0) + 1

@@ -11,6 +11,7 @@ from services.scheduler.placement import (
     AllocatedDevice,
     Allocation,
     DeviceInfo,
+    HostHold,
     HostInfo,
     build_snapshot,
     place,
@@ -22,9 +23,19 @@ from tests.unit.placement.fleet import PROFILES, check_valid, wl
 def _random_case(seed: int):
     rng = random.Random(seed)
     hosts, devs, allocs = [], [], []
+    cpus = seed % 2 == 1  # odd seeds: hosts report CPUs and memory, work asks for them, some is CPU-only
     for h in range(rng.randint(3, 12)):
         hid = f"h{h}"
-        hosts.append(HostInfo(hid, rng.choice(["bj", "sh", "gz"]), up=rng.random() > 0.1))
+        site, up = rng.choice(["bj", "sh", "gz"]), rng.random() > 0.1
+        if cpus:
+            hosts.append(HostInfo(hid, site, up=up, cpus=rng.choice([8, 32, 64]), memory_mib=rng.choice([16, 64]) * 1024,
+                                  arch=rng.choice(["x86_64", "aarch64"])))
+            if rng.random() < 0.3:  # a CPU-only host, part of it in use
+                allocs.append(Allocation(f"cpu{h}", rng.choice([10, 500]), rng.random() < 0.5, "t1", (),
+                                         (HostHold(hid, rng.randint(1, 8), 4096),)))
+                continue
+        else:
+            hosts.append(HostInfo(hid, site, up=up))
         prof = rng.choice(list(PROFILES))
         n = rng.choice([1, 2, 4, 8])
         for i in range(n):
@@ -33,7 +44,8 @@ def _random_case(seed: int):
         used = rng.randint(0, n)
         if used:
             allocs.append(Allocation(f"run{h}", rng.choice([10, 100, 500]), rng.random() < 0.5, "t1",
-                                     tuple(AllocatedDevice(f"{hid}/{i}") for i in range(used))))
+                                     tuple(AllocatedDevice(f"{hid}/{i}") for i in range(used)),
+                                     (HostHold(hid, rng.randint(1, 24), 8192),) if cpus else ()))
         if used < n and rng.random() < 0.3:
             allocs.append(Allocation(f"share{h}", 50, True, "t2", (AllocatedDevice(f"{hid}/{used}", 0.5),)))
     batch = []
@@ -46,6 +58,10 @@ def _random_case(seed: int):
             spec["hardware"] = {"type": "gpu", "share": rng.choice([0.25, 0.5]), "memory_gib": rng.choice([8, 30])}
         else:
             spec["hardware"] = {"type": "any", "compute_units": rng.choice([300, 700, 1500])}
+        if cpus:
+            spec["resources"] = {"cpu": rng.choice([1, 4, 16]), "memory_gib": rng.choice([1, 8, 24])}
+            if rng.random() < 0.25:
+                spec["hardware"] = {"type": "cpu", **({"arch": "aarch64"} if rng.random() < 0.3 else {})}
         if rng.random() < 0.3 and "share" not in spec["hardware"]:
             spec["replicas"] = rng.randint(2, 3)
             spec["gang"] = rng.random() < 0.5

@@ -94,7 +94,45 @@ def test_workload_spec_tenant_can_be_overridden_by_the_gateway():
 ])
 def test_workload_spec_demand_is_what_one_replica_asks_for(hardware: dict[str, Any], demand: Demand) -> None:
     s = spec(hardware=hardware, replicas=3)
-    assert s.hardware.demand == demand
-    assert s.hardware.demand.devices_for(s.replicas) == 3 * demand.devices
-    assert s.hardware.demand.compute_units_for(s.replicas) == (None if demand.compute_units is None
-                                                              else 3 * demand.compute_units)
+    assert s.demand() == demand
+    assert s.demand().devices_for(s.replicas) == 3 * demand.devices
+    assert s.demand().compute_units_for(s.replicas) == (None if demand.compute_units is None
+                                                       else 3 * demand.compute_units)
+
+
+def test_workload_spec_resources_default_to_no_cpu_beside_devices_one_for_cpu_work_and_one_gib() -> None:
+    d = spec(hardware={"type": "gpu", "count": 2}).demand()
+    assert (d.cpu, d.host_memory_mib) == (0, 1024)
+    d = spec(hardware={"type": "cpu"}).demand()
+    assert (d.cpu, d.host_memory_mib) == (1, 1024)
+    d = spec(hardware={"type": "gpu"}, resources={"cpu": 32, "memory_gib": 256}).demand()
+    assert (d.cpu, d.host_memory_mib) == (32, 256 * 1024)
+
+
+def test_workload_spec_cpu_only_work_takes_its_cpus_from_resources() -> None:
+    s = spec(hardware={"type": "cpu", "arch": "arm64", "cpu_features": ["SVE"]}, resources={"cpu": 16})
+    hw = s.primary
+    assert (hw.arch, hw.cpu_features, s.demand().cpu, s.demand().devices) == ("aarch64", ["sve"], 16, 0.0)
+    for bad, field in (({"type": "cpu", "count": 4}, "count"), ({"type": "cpu", "share": 0.5}, "share")):
+        with pytest.raises(ValidationError, match=field):
+            spec(hardware=bad)
+    with pytest.raises(ValidationError, match="without a CPU"):
+        spec(hardware={"type": "cpu"}, resources={"cpu": 0})
+
+
+def test_workload_spec_alternatives_are_ordered_and_each_may_carry_resources_and_variant() -> None:
+    s = spec(hardware=[{"type": "gpu", "model": ["H100*", "H800*"], "count": 8},
+                       {"type": "npu", "model": "Ascend910B*", "count": 16, "resources": {"cpu": 48},
+                        "variant": "ascend"}],
+             resources={"cpu": 32, "memory_gib": 512},
+             variants={"ascend": {"image": "ascend:1"}, "default": {"image": "cuda:1"}})
+    assert [a.models for a in s.alternatives] == [("H100*", "H800*"), ("Ascend910B*",)]
+    assert (s.demand(0).cpu, s.demand(1).cpu, s.demand(1).host_memory_mib) == (32, 48, 512 * 1024)
+    variant = s.variant_for("huawei", "npu", 1)
+    assert variant is not None and variant.image == "ascend:1"
+    with pytest.raises(ValidationError, match=r"hardware\.1\.count"):
+        spec(hardware=[{"type": "gpu"}, {"type": "gpu", "count": 0}])
+    with pytest.raises(ValidationError, match="1 to 8 alternatives"):
+        spec(hardware=[])
+    with pytest.raises(ValidationError, match="not a key of variants"):
+        spec(hardware=[{"type": "gpu", "variant": "rocm"}])

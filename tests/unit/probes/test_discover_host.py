@@ -14,7 +14,7 @@ import pytest
 
 from agent.discover import default_probes, derive_labels, discover, discover_main, label_value
 from agent.facts import collect_host_facts
-from libs.schemas.devices import Device, HardwareType, HostFacts
+from libs.schemas.devices import Device, HardwareType, HostFacts, format_cpu_list, parse_cpu_list
 
 MIB = 1024 * 1024
 
@@ -81,6 +81,38 @@ def test_facts_read_arm64_cpuinfo_os_release_and_numa(tmp_path: Path) -> None:
     assert facts.cpu_sockets == 2
     assert facts.numa_nodes == 4
     assert facts.os == "openEuler 22.03 (LTS-SP3)"
+    assert facts.cpu_vendor == "huawei"  # implementer 0x48: HiSilicon
+
+
+def test_facts_read_vendor_features_numa_layout_and_allocatable(tmp_path: Path) -> None:
+    proc, sys_root = tmp_path / "proc", tmp_path / "sys"
+    proc.mkdir()
+    flags = "fpu sse4_2 avx avx2 avx512f avx512bw amx_tile amx_bf16 not_a_feature"
+    blocks = [f"processor\t: {n}\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum 8468\n"
+              f"flags\t\t: {flags}\n" for n in range(4)]
+    (proc / "cpuinfo").write_text("\n".join(blocks))
+    (proc / "meminfo").write_text("MemTotal:       16777216 kB\n")
+    for node, (cpus, kib) in enumerate([("0-1", 8388608), ("2-3", 8388608)]):
+        d = sys_root / "devices" / "system" / "node" / f"node{node}"
+        d.mkdir(parents=True)
+        (d / "cpulist").write_text(cpus + "\n")
+        (d / "meminfo").write_text(f"Node {node} MemTotal:       {kib} kB\nNode {node} MemFree: 1 kB\n")
+    facts = collect_host_facts(proc_root=proc, sys_root=sys_root, etc_root=tmp_path / "etc", reserved_cpus=1,
+                               reserved_memory_mib=1024)
+    assert facts.cpu_vendor == "intel"
+    assert facts.cpu_features == ["amx_bf16", "amx_tile", "avx", "avx2", "avx512bw", "avx512f", "sse4_2"]
+    assert [(n.id, n.cpu_ids(), n.memory_mib) for n in facts.numa] == [(0, [0, 1], 8192), (1, [2, 3], 8192)]
+    # allocatable: the CPUs this process may use (psutil/affinity: the real host's) less the reserve
+    assert facts.cpu_allocatable == max(0, min(facts.cpu_threads, len(os.sched_getaffinity(0))) - 1)
+    assert facts.memory_allocatable_mib == facts.memory_mib - 1024
+
+
+def test_cpu_lists_parse_and_format_round_trip() -> None:
+    assert parse_cpu_list("0-3,8,10-11\n") == [0, 1, 2, 3, 8, 10, 11]
+    assert format_cpu_list([11, 0, 1, 2, 3, 8, 10]) == "0-3,8,10-11"
+    for bad in ("3-1", "a", "-1", "0-70000"):
+        with pytest.raises(ValueError):
+            parse_cpu_list(bad)
 
 
 def _host() -> HostFacts:
