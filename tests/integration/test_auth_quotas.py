@@ -19,7 +19,7 @@ def spec(**hardware: object) -> dict[str, Any]:
     return {"name": "job", "replicas": 2, "hardware": hardware}
 
 
-NO_QUOTA = {"devices": {}, "compute_units": None, "cpu": None, "memory_gib": None}
+NO_QUOTA: dict[str, Any] = {"devices": {}, "compute_units": None, "cpu": None, "memory_gib": None}
 
 
 async def test_auth_quotas_are_set_by_admins_and_read_by_their_tenant(settings, running_service, bus: Bus) -> None:
