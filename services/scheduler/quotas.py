@@ -215,11 +215,13 @@ def _refusal(tenant: str, spec: WorkloadSpec, tried: list[tuple[int, str, Amount
         lines.append(line)
     alt0, _r0, extra0 = tried[0]
     hw_type = spec.demand(alt0).hardware_type
+    asked: Amounts = {k: running.get(k, 0.0) - base.get(k, 0.0) for k in running}  # the batch's earlier ones
+    add(asked, extra0)  # and this one with its first alternative
     requested: dict[str, Any] = {
         "hardware_type": hw_type if hw_type != CPU else None,
-        "devices": sum(v for k, v in extra0.items() if k not in (COMPUTE_UNITS, CPU, MEMORY_GIB)),
-        "compute_units": extra0.get(COMPUTE_UNITS), "cpu": extra0.get(CPU, 0.0),
-        "memory_gib": extra0.get(MEMORY_GIB, 0.0), "alternative": alt0}
+        "devices": round(sum(v for k, v in asked.items() if k not in (COMPUTE_UNITS, CPU, MEMORY_GIB)), 6),
+        "compute_units": asked.get(COMPUTE_UNITS) or None, "cpu": asked.get(CPU, 0.0),
+        "memory_gib": asked.get(MEMORY_GIB, 0.0), "alternative": alt0}
     numbers: dict[str, Any] = {"type": QUOTA_PROBLEM, "quota": quota.model_dump(mode="json"),
                                "usage": now.model_dump(mode="json", exclude={"tenant"}), "requested": requested}
     prefix = "no hardware alternative fits the quota: " if len(spec.alternatives) > 1 else ""
