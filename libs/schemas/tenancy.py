@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Self
+from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from libs.schemas.devices import HardwareType
 
@@ -103,18 +103,21 @@ class Limit(BaseModel):
     max: float | None = Field(default=None, ge=0, description="Most held at once, borrowing included; null: no "
                               "limit.", examples=[16])
 
-    @model_validator(mode="before")
-    @classmethod
-    def _bare_number(cls, v: Any) -> Any:
-        if isinstance(v, int | float) and not isinstance(v, bool):
-            return {"min": 0.0, "max": v}
-        return v
-
     @model_validator(mode="after")
     def _ordered(self) -> Self:
         if self.max is not None and self.min > self.max:
             raise ValueError(f"min {self.min:g} is above max {self.max:g}")
         return self
+
+
+def _bare_number(v: Any) -> Any:
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return {"min": 0.0, "max": v}
+    return v
+
+
+#: A ``Limit`` as given: the object, or a bare number meaning the max.
+LimitIn = Annotated[Limit, BeforeValidator(_bare_number, json_schema_input_type=Annotated[float, Field(ge=0)] | Limit)]
 
 
 class Quota(BaseModel):
@@ -124,18 +127,17 @@ class Quota(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"devices": {"gpu": {"min": 8, "max": 16}, "npu": {"min": 0, "max": 8}},
-         "compute_units": {"min": 0, "max": 5000}, "cpu": {"min": 64, "max": 512}, "memory_gib": None},
-        {"devices": {"gpu": 16, "npu": 8}, "compute_units": 5000}]})
+         "compute_units": {"min": 0, "max": 5000}, "cpu": {"min": 64, "max": 512}, "memory_gib": None}]})
 
-    devices: dict[HardwareType, Limit] = Field(
+    devices: dict[HardwareType, LimitIn] = Field(
         default_factory=dict, description="Hardware type → {min, max} devices (shares count as fractions); a bare "
         "number is the max. 'cpu' here is read as the cpu field (logical CPUs).",
         examples=[{"gpu": {"min": 8, "max": 16}}])
-    compute_units: Limit | None = Field(default=None, description="Compute units (1 CU = 1 dense FP16 TFLOPS) "
+    compute_units: LimitIn | None = Field(default=None, description="Compute units (1 CU = 1 dense FP16 TFLOPS) "
                                         "held at once; null: no guarantee, no limit.", examples=[{"max": 5000}])
-    cpu: Limit | None = Field(default=None, description="Logical CPUs of hosts held at once (every replica's "
+    cpu: LimitIn | None = Field(default=None, description="Logical CPUs of hosts held at once (every replica's "
                               "resources.cpu).", examples=[{"min": 64, "max": 512}])
-    memory_gib: Limit | None = Field(default=None, description="Host memory (GiB) held at once (every replica's "
+    memory_gib: LimitIn | None = Field(default=None, description="Host memory (GiB) held at once (every replica's "
                                      "resources.memory_gib).", examples=[{"max": 2048}])
 
     @model_validator(mode="before")
@@ -200,15 +202,17 @@ class ResourceUsage(BaseModel):
                             "lent by others, reclaimable while the work on it is preemptible.")
 
 
+_USAGE_EXAMPLE: dict[str, Any] = {
+    "tenant": "acme", "devices": {"gpu": 12, "npu": 0.5}, "compute_units": 3744.0, "cpu": 96, "memory_gib": 768.0,
+    "resources": {"gpu": {"min": 8, "max": 16, "used": 12, "borrowed": 4},
+                  "cpu": {"min": 0, "max": None, "used": 96, "borrowed": 96}},
+    "borrowing": ["wl_18ea52ab2dac349aa6915d61"], "dominant_share": 0.125}
+
+
 class TenantUsage(BaseModel):
     """What a tenant holds now: the reply of the scheduler's ``workloads.usage`` endpoint."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [
-        {"tenant": "acme", "devices": {"gpu": 12, "npu": 0.5}, "compute_units": 3744.0, "cpu": 96,
-         "memory_gib": 768.0,
-         "resources": {"gpu": {"min": 8, "max": 16, "used": 12, "borrowed": 4},
-                       "cpu": {"min": 0, "max": None, "used": 96, "borrowed": 96}},
-         "borrowing": ["wl_01J9Z3K8Q2"], "dominant_share": 0.125}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [_USAGE_EXAMPLE]})
 
     tenant: str
     devices: dict[str, float] = Field(default_factory=dict, description="Hardware type → devices held (shares as fractions).")
@@ -226,5 +230,10 @@ class TenantUsage(BaseModel):
 
 class TenantUsages(BaseModel):
     """Every tenant's usage and quota: the reply of the scheduler's ``quotas.usage``."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [
+        _USAGE_EXAMPLE, {"tenant": "globex", "devices": {}, "compute_units": 0.0, "cpu": 0, "memory_gib": 0.0,
+                         "resources": {"gpu": {"min": 4, "max": 8, "used": 0, "borrowed": 0}}, "borrowing": [],
+                         "dominant_share": 0.0}]}]})
 
     items: list[TenantUsage]

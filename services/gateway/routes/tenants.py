@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Body, Depends, Path
 
 from libs.schemas.audit import AuditAction
 from libs.schemas.tenancy import (
@@ -31,6 +31,11 @@ from services.gateway.problems import ProblemError
 
 router = APIRouter(tags=["tenants"])
 Tenant = Annotated[str, Path(pattern=TENANT_PATTERN, description="Tenant name.", examples=["acme"])]
+QUOTA_EXAMPLES: dict[str, Any] = {
+    "elastic": {"summary": "Guarantees and limits", "value": {
+        "devices": {"gpu": {"min": 8, "max": 16}}, "cpu": {"min": 64, "max": 512}, "memory_gib": {"max": 4096}}},
+    "limits only": {"summary": "The former form: bare numbers are limits (max), nothing guaranteed",
+                    "value": {"devices": {"gpu": 16, "npu": 8}, "compute_units": 5000}}}
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: problem("No such tenant visible to this key", "Tenant not found", "no tenant 'globex'")}
 
 
@@ -49,7 +54,7 @@ async def get_quota(ctx: Ctx, principal: CurrentPrincipal, tenant: Tenant) -> Qu
             "min and a limit max; omitted resources have neither. A bare number is a max (the former form)",
             response_model=Quota)
 async def put_quota(ctx: Ctx, principal: Annotated[Principal, Depends(require_role(Role.ADMIN))], tenant: Tenant,
-                    body: Quota, audit: Annotated[Audit, Depends(audited(AuditAction.QUOTA_SET))]) -> Quota:
+                    body: Annotated[Quota, Body(openapi_examples=QUOTA_EXAMPLES)], audit: Annotated[Audit, Depends(audited(AuditAction.QUOTA_SET))]) -> Quota:
     async with audit.remote(target=tenant, changes=body):
         return await call(ctx, "scheduler", "quotas.set", TenantQuota(tenant=tenant, **body.model_dump()), Quota)
 
