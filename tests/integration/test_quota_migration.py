@@ -28,7 +28,8 @@ async def test_quota_migration_turns_former_quotas_into_limits_and_back(database
                 "('acme', CAST(:d AS jsonb), 1000), ('globex', '{}', NULL)"), {"d": json.dumps({"gpu": 4, "npu": 2.5})})
         await upgrade("scheduler", database_url)
         async with engine.begin() as conn:
-            rows = dict((await conn.execute(text("SELECT tenant, limits FROM scheduler.tenant_quotas"))).all())
+            rows = {r.tenant: r.limits for r in (await conn.execute(text(
+                "SELECT tenant, limits FROM scheduler.tenant_quotas"))).all()}
             assert rows == {"acme": {"gpu": {"min": 0, "max": 4}, "npu": {"min": 0, "max": 2.5},
                                      "compute_units": {"min": 0, "max": 1000}}, "globex": {}}
             await conn.execute(text(
