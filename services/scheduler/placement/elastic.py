@@ -15,7 +15,8 @@ works with the guarantees (``Guarantees``: tenant → resource → min).
   guarantee (used + asked <= min, for every guaranteed resource it asks for, at least one) may
   stop other tenants' *preemptible borrowed* work whatever its priority; the engine does this
   through the preemption model (``preempt.Preemptor`` with a victim set). Non-preemptible work is
-  never reclaimed.
+  never reclaimed. The other way round, work within a tenant's guarantee (``protected_work``) is
+  not preempted by other tenants' higher-priority work, only by the tenant's own.
 * **Fair order** (``fair_order``). Within one priority the queue is ordered by dominant-resource
   fairness: the workload whose tenant has the lowest dominant share goes next, then its demand
   is added to that tenant (progressive filling). The dominant share is the largest fraction of
@@ -185,6 +186,14 @@ def _turn(used: Mapping[str, Amounts], guarantees: Guarantees, cap: Amounts, que
           heads: Mapping[str, int], t: str) -> tuple[float, int]:
     """Who goes next: the lowest dominant share, then the oldest head of its queue."""
     return dominant_share(used.get(t, {}), guarantees.get(t, {}), cap), queues[t][heads[t]]
+
+
+def protected_work(snap: FleetSnapshot, guarantees: Guarantees) -> dict[int, str]:
+    """Allocations within the guarantee of a tenant that has one (allocation → tenant): only that tenant's
+    own work may preempt them by priority, so a borrower cannot take a guarantee away."""
+    b = classify(snap, guarantees)
+    return {ai: a.tenant for ai, a in enumerate(snap.allocations)
+            if a.tenant is not None and a.tenant in guarantees and ai not in b.borrowed and a.preemptible}
 
 
 def fair_order(batch: Sequence[PendingWorkload], snap: FleetSnapshot, guarantees: Guarantees,

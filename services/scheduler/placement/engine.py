@@ -18,7 +18,7 @@ from services.scheduler.placement.capacity import (
     select_devices,
 )
 from services.scheduler.placement.constraints import HostResources
-from services.scheduler.placement.elastic import Guarantees
+from services.scheduler.placement.elastic import Guarantees, protected_work
 from services.scheduler.placement.explain import Explainer, format_reason
 from services.scheduler.placement.feasibility import FeasibilityCache
 from services.scheduler.placement.greedy import GreedyResult, Strategy, greedy_pass
@@ -185,7 +185,7 @@ def _run(batch: Sequence[PendingWorkload], snap: FleetSnapshot, rules: Placement
     preemptions: list[Preemption] = []
     if optimise and time_limit_s > 0:
         _preempt(items, snap, feas, by_item, preemptions, batch, max_candidates, t0 + time_limit_s, left,
-                 no_preempt_for)
+                 no_preempt_for, protected_work(snap, guarantees) if guarantees else None)
         if guarantees:
             reclaim(items, snap, feas, by_item, preemptions, batch, max_candidates, t0 + time_limit_s,
                     left_after(items, snap, by_item, left), guarantees, no_preempt_for)
@@ -317,7 +317,8 @@ def _without(g: GreedyResult, fixed: set[int], full: set[int], snap: FleetSnapsh
 
 def _preempt(items: Sequence[Item], snap: FleetSnapshot, feas: FeasibilityCache, by_item: dict[int, Selected],
              preemptions: list[Preemption], batch: Sequence[PendingWorkload], max_candidates: int,
-             deadline: float, quotas_left: QuotaLeft, no_preempt_for: frozenset[str] = frozenset()) -> None:
+             deadline: float, quotas_left: QuotaLeft, no_preempt_for: frozenset[str] = frozenset(),
+             protected: dict[int, str] | None = None) -> None:
     floor = snap.min_preemptible_priority()
     if floor is None:
         return
@@ -340,7 +341,7 @@ def _preempt(items: Sequence[Item], snap: FleetSnapshot, feas: FeasibilityCache,
                 it = items[s.item]
                 cpu_used, mem_used = used.get(s.host, (0, 0))
                 used[s.host] = (cpu_used + it.cpu_per_replica * len(it.replicas), mem_used + it.host_mem)
-            pre = Preemptor(snap, feas, {d for s in by_item.values() for d in s.devices}, used)
+            pre = Preemptor(snap, feas, {d for s in by_item.values() for d in s.devices}, used, protected=protected)
         gang = its[0].gang
         want = its if gang else missing
         tenant = its[0].tenant

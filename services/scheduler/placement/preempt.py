@@ -12,7 +12,8 @@ it gives them back). Gangs get all replicas or nothing. Fractional-share request
 
 With ``victims`` (allocation indices) the same model *reclaims* instead: only those allocations
 may be stopped, whatever their priority (the elastic-quota reclaim of borrowed work, see
-``elastic``); everything else blocks its devices.
+``elastic``); everything else blocks its devices. ``protected`` (allocation → tenant) is work
+within its tenant's guarantee: only that tenant's own work may preempt it by priority.
 """
 
 from __future__ import annotations
@@ -42,9 +43,18 @@ class PreemptResult:
 class Preemptor:
     def __init__(self, snap: FleetSnapshot, feas: FeasibilityCache, taken: set[int],
                  host_used: Mapping[int, tuple[int, int]] | None = None,
-                 victims: AbstractSet[int] | None = None) -> None:
+                 victims: AbstractSet[int] | None = None, protected: Mapping[int, str] | None = None) -> None:
         self.snap = snap
         self.victims = victims
+        self.protected = protected or {}
+        self.tenant: str | None = None  # whose workload is being placed now
+        self._guard_by: dict[str, np.ndarray] = {}  # tenant → devices holding its protected work
+        for ai, t in self.protected.items():
+            for ad in snap.allocations[ai].devices:
+                d = snap.dev_index.get(ad.device_id)
+                if d is not None:
+                    self._guard_by.setdefault(t, np.zeros(snap.n_devices, dtype=np.bool_))[d] = True
+        self._guards: dict[str | None, np.ndarray] = {}
         self.feas = feas
         n = snap.n_devices
         # block[d]: the lowest priority that may NOT reclaim d (max priority of its allocations,
@@ -84,7 +94,21 @@ class Preemptor:
         a = self.snap.allocations[ai]
         if self.victims is not None:
             return ai in self.victims and a.preemptible and ai not in self.evicted
+        owner = self.protected.get(ai)
+        if owner is not None and owner != self.tenant:
+            return False
         return a.preemptible and a.priority < prio and ai not in self.evicted
+
+    def _guarded(self) -> np.ndarray:
+        """Devices holding protected work of tenants other than the one being placed."""
+        hit = self._guards.get(self.tenant)
+        if hit is None:
+            hit = np.zeros(self.snap.n_devices, dtype=np.bool_)
+            for t, mask in self._guard_by.items():
+                if t != self.tenant:
+                    hit |= mask
+            self._guards[self.tenant] = hit
+        return hit
 
     def _priority(self, item: Item) -> int:
         """The priority the item preempts with: 1 when reclaiming (every victim has block 0)."""
@@ -110,7 +134,10 @@ class Preemptor:
             return None
         elig = self.feas.get(item0.sig)
         prio = self._priority(item0)
+        self.tenant = item0.tenant
         reclaim = (self.block < prio) & elig.pool_ok[snap.dev_pool]
+        if self._guard_by:
+            reclaim &= ~self._guarded()
         cnt = np.bincount(snap.dev_pool[reclaim], minlength=snap.n_pools)
         busy = np.bincount(snap.dev_pool[reclaim & (self.block >= 0)], minlength=snap.n_pools)
         room_cpu, room_mem = self._host_room(prio)

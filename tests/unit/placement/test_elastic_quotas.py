@@ -132,3 +132,20 @@ def test_elastic_reclaim_not_for_work_that_would_borrow() -> None:
     # b asks 6 with a min of 4: above its guarantee it borrows only idle capacity, it does not reclaim
     d = place([wl("b-big", tenant="b", hardware={"type": "gpu", "count": 6})], snap, guarantees={"b": {"gpu": 4}})
     assert d.preemptions == []
+
+
+def test_elastic_work_within_a_guarantee_is_not_preempted_by_another_tenants_priority() -> None:
+    ids = [f"h0/a100{i}" for i in range(8)]
+    snap, _ = _snap([_alloc("b-own", "b", ids[:4], priority=10), _alloc("b-more", "b", ids[4:8], priority=10)])
+    urgent = [wl("a-urgent", tenant="a", hardware={"type": "gpu", "count": 4}, priority=900)]
+    # b is guaranteed 4: a's urgent work may take b's borrowed half, never the half within b's min
+    d = place(urgent, snap, guarantees={"b": {"gpu": 4}})
+    assert [p.workload_id for p in d.preemptions] == ["b-more"]
+    # with b's whole use guaranteed, nothing of it is taken
+    d = place(urgent, snap, guarantees={"b": {"gpu": 8}})
+    assert d.preemptions == [] and d.pending[0].workload_id == "a-urgent"
+    # b's own higher-priority work still preempts b's guaranteed work, as priorities do within a tenant
+    mine = [wl("b-urgent", tenant="b", hardware={"type": "gpu", "count": 4}, priority=900)]
+    assert len(place(mine, snap, guarantees={"b": {"gpu": 8}}).preemptions) == 1
+    # without guarantees priority decides as before
+    assert len(place(urgent, snap).preemptions) == 1
