@@ -29,15 +29,15 @@ Pure functions over the snapshot; nothing here does I/O.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 
 import numpy as np
 
 from libs.schemas.hardware import Demand
 from libs.schemas.workload import WorkloadSpec
-from services.scheduler.placement.snapshot import UNLIMITED, Allocation, FleetSnapshot
+from services.scheduler.placement.snapshot import UNLIMITED, FleetSnapshot, FloatArray
 from services.scheduler.placement.workloads import PendingWorkload
 
 #: tenant → resource (hardware type, 'compute_units', 'cpu', 'memory_gib') → guaranteed amount
@@ -67,24 +67,46 @@ def spec_amounts(spec: WorkloadSpec, alternative: int = 0) -> Amounts:
     return demand_amounts(spec.demand(alternative), spec.replicas)
 
 
-def allocation_amounts(snap: FleetSnapshot, alloc: Allocation) -> Amounts:
-    """What one allocation holds, per resource."""
-    out: Amounts = {}
-    for dev in alloc.devices:
-        d = snap.dev_index.get(dev.device_id)
-        if d is None:
-            continue
-        hw = str(snap.profiles[snap.dev_profile[d]].hardware_type)
-        out[hw] = out.get(hw, 0.0) + dev.share
-        cu = float(snap.dev_cu[d]) * dev.share
-        if cu:
-            out[COMPUTE_UNITS] = out.get(COMPUTE_UNITS, 0.0) + cu
-    for hold in alloc.hosts:
-        if hold.cpu:
-            out[CPU] = out.get(CPU, 0.0) + hold.cpu
-        if hold.memory_mib:
-            out[MEMORY_GIB] = out.get(MEMORY_GIB, 0.0) + hold.memory_mib / 1024
-    return out
+def _amounts(snap: FleetSnapshot) -> tuple[list[str], FloatArray]:
+    """What every allocation holds, as a matrix (allocation x resource) with the resource names; kept with the
+    snapshot."""
+    hit = snap.__dict__.get("_elastic_amounts")
+    if hit is not None:
+        return hit
+    hw = sorted({str(p.hardware_type) for p in snap.profiles} - {CPU})
+    names = [*hw, COMPUTE_UNITS, CPU, MEMORY_GIB]
+    col = {n: i for i, n in enumerate(names)}
+    prof_col = np.array([col.get(str(p.hardware_type), -1) for p in snap.profiles] or [-1], dtype=np.int64)
+    held_by, devs, shares, hold_by, cpus, mems = [], [], [], [], [], []
+    index = snap.dev_index
+    for ai, a in enumerate(snap.allocations):
+        for dev in a.devices:
+            d = index.get(dev.device_id)
+            if d is not None:
+                held_by.append(ai)
+                devs.append(d)
+                shares.append(dev.share)
+        for hold in a.hosts:
+            hold_by.append(ai)
+            cpus.append(hold.cpu)
+            mems.append(hold.memory_mib)
+    m = np.zeros((len(snap.allocations), len(names)), dtype=np.float64)
+    if devs:
+        by, d_arr, sh = np.array(held_by), np.array(devs), np.array(shares, dtype=np.float64)
+        c = prof_col[snap.dev_profile[d_arr]]
+        ok = c >= 0
+        np.add.at(m, (by[ok], c[ok]), sh[ok])
+        np.add.at(m, (by, np.full(len(by), col[COMPUTE_UNITS])), sh * snap.dev_cu[d_arr])
+    if hold_by:
+        by = np.array(hold_by)
+        np.add.at(m, (by, np.full(len(by), col[CPU])), np.array(cpus, dtype=np.float64))
+        np.add.at(m, (by, np.full(len(by), col[MEMORY_GIB])), np.array(mems, dtype=np.float64) / 1024)
+    snap.__dict__["_elastic_amounts"] = (names, m)
+    return names, m
+
+
+def _row(names: Sequence[str], values: FloatArray) -> Amounts:
+    return {n: float(v) for n, v in zip(names, values, strict=True) if v > 0}
 
 
 def add(into: Amounts, more: Mapping[str, float], sign: float = 1.0) -> None:
@@ -132,7 +154,12 @@ class Borrowing:
 
     used: dict[str, Amounts] = field(default_factory=dict)
     borrowed: set[int] = field(default_factory=set)
-    amounts: list[Amounts] = field(default_factory=list)  # per allocation
+    names: list[str] = field(default_factory=list)
+    matrix: FloatArray = field(default_factory=lambda: np.zeros((0, 0)))  # allocation x resource
+
+    def amounts(self, ai: int) -> Amounts:
+        """What allocation ``ai`` holds, per resource."""
+        return _row(self.names, self.matrix[ai])
 
     def borrowed_workloads(self, snap: FleetSnapshot) -> set[str]:
         return {snap.allocations[ai].workload_id for ai in self.borrowed}
@@ -145,23 +172,45 @@ def guaranteed(guarantees: Guarantees) -> set[str]:
 
 def classify(snap: FleetSnapshot, guarantees: Guarantees, named: Mapping[str, set[str]] | None = None) -> Borrowing:
     """Usage per tenant and the borrowed allocations (see the module docstring). ``named``: tenant → resources
-    its quota names, looked at besides the guaranteed ones."""
-    out = Borrowing(amounts=[allocation_amounts(snap, a) for a in snap.allocations])
-    looked = guaranteed(guarantees)
-    by_tenant: dict[str, list[int]] = {}
+    its quota names, looked at besides the guaranteed ones. Vectorised: one pass over the allocations, then
+    per-tenant running sums in the fill order."""
+    names, m = _amounts(snap)
+    out = Borrowing(names=names, matrix=m)
+    codes: dict[str, int] = {}
+    tenant = np.full(len(snap.allocations), -1, dtype=np.int64)
+    pre = np.zeros(len(snap.allocations), dtype=np.int64)
+    prio = np.zeros(len(snap.allocations), dtype=np.int64)
     for ai, a in enumerate(snap.allocations):
         if a.tenant is not None:
-            by_tenant.setdefault(a.tenant, []).append(ai)
-    for tenant, ais in by_tenant.items():
-        mins = guarantees.get(tenant, {})
-        keys = looked | set(mins) | set((named or {}).get(tenant, ()))
-        ais.sort(key=lambda ai: (snap.allocations[ai].preemptible, -snap.allocations[ai].priority, ai))
-        used = out.used.setdefault(tenant, {})
-        for ai in ais:
-            held = out.amounts[ai]
-            add(used, held)
-            if any(v > 0 and used[r] > mins.get(r, 0.0) + _EPS for r, v in held.items() if r in keys):
-                out.borrowed.add(ai)
+            tenant[ai] = codes.setdefault(a.tenant, len(codes))
+            pre[ai] = a.preemptible
+            prio[ai] = a.priority
+    if not codes:
+        return out
+    order = np.lexsort((np.arange(len(tenant)), -prio, pre, tenant))
+    order = order[tenant[order] >= 0]
+    t_sorted, held = tenant[order], m[order]
+    cum = np.cumsum(held, axis=0)
+    starts = np.flatnonzero(np.r_[True, t_sorted[1:] != t_sorted[:-1]])
+    before = np.vstack([np.zeros((1, len(names))), cum[starts[1:] - 1]]) if len(starts) else np.zeros((0, len(names)))
+    group = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(t_sorted)]))
+    running = cum - before[group]
+    looked = guaranteed(guarantees)
+    mins = np.zeros((len(codes), len(names)))
+    watch = np.zeros((len(codes), len(names)), dtype=np.bool_)
+    col = {n: i for i, n in enumerate(names)}
+    for t, c in codes.items():
+        own = guarantees.get(t, {})
+        for r in looked | set(own) | set((named or {}).get(t, ())):
+            if r in col:
+                watch[c, col[r]] = True
+                mins[c, col[r]] = own.get(r, 0.0)
+    over = (running > mins[t_sorted] + _EPS) & (held > 0) & watch[t_sorted]
+    out.borrowed = {int(ai) for ai in order[over.any(axis=1)]}
+    totals = running[np.r_[starts[1:] - 1, len(t_sorted) - 1]] if len(starts) else np.zeros((0, len(names)))
+    inverse = {c: t for t, c in codes.items()}
+    for g, start in enumerate(starts):
+        out.used[inverse[int(t_sorted[start])]] = _row(names, totals[g])
     return out
 
 
@@ -180,12 +229,6 @@ def victims(snap: FleetSnapshot, borrowing: Borrowing, tenant: str) -> set[int]:
     """Allocations reclaimable for ``tenant``: other tenants' preemptible borrowed work."""
     return {ai for ai in borrowing.borrowed
             if snap.allocations[ai].preemptible and snap.allocations[ai].tenant not in (None, tenant)}
-
-
-def _turn(used: Mapping[str, Amounts], guarantees: Guarantees, cap: Amounts, queues: Mapping[str, list[int]],
-          heads: Mapping[str, int], t: str) -> tuple[float, int]:
-    """Who goes next: the lowest dominant share, then the oldest head of its queue."""
-    return dominant_share(used.get(t, {}), guarantees.get(t, {}), cap), queues[t][heads[t]]
 
 
 def protected_work(snap: FleetSnapshot, guarantees: Guarantees) -> dict[int, str]:
@@ -214,13 +257,21 @@ def fair_order(batch: Sequence[PendingWorkload], snap: FleetSnapshot, guarantees
         queues: dict[str, list[int]] = {}
         for i in by_prio[prio]:
             queues.setdefault(batch[i].spec.tenant or "", []).append(i)
-        heads = {t: 0 for t in queues}
-        while heads:
-            t = min(heads, key=partial(_turn, used, guarantees, cap, queues, heads))
-            i = queues[t][heads[t]]
+        if len(queues) == 1:  # one tenant: its own order
+            out += [batch[i] for i in by_prio[prio]]
+            for t, idx in queues.items():
+                for i in idx:
+                    add(used.setdefault(t, {}), asks[i])
+            continue
+        # a heap of (dominant share, the oldest head's batch index, tenant, position in its queue): a tenant's
+        # share changes only when it takes a turn, so only its entry is pushed again
+        heap = [(dominant_share(used.get(t, {}), guarantees.get(t, {}), cap), idx[0], t, 0) for t, idx in queues.items()]
+        heapq.heapify(heap)
+        while heap:
+            _share, i, t, k = heapq.heappop(heap)
             out.append(batch[i])
             add(used.setdefault(t, {}), asks[i])
-            heads[t] += 1
-            if heads[t] == len(queues[t]):
-                del heads[t]
+            if k + 1 < len(queues[t]):
+                share = dominant_share(used[t], guarantees.get(t, {}), cap)
+                heapq.heappush(heap, (share, queues[t][k + 1], t, k + 1))
     return out

@@ -46,7 +46,7 @@ def reclaim(items: Sequence[Item], snap: FleetSnapshot, feas: FeasibilityCache, 
     for ai in gone:
         t = snap.allocations[ai].tenant
         if t is not None:
-            add(used.setdefault(t, {}), borrowing.amounts[ai], -1.0)
+            add(used.setdefault(t, {}), borrowing.amounts(ai), -1.0)
     by_workload: dict[int, list[Item]] = {}
     for it in items:
         by_workload.setdefault(it.workload, []).append(it)
@@ -96,7 +96,7 @@ def reclaim(items: Sequence[Item], snap: FleetSnapshot, feas: FeasibilityCache, 
             a = snap.allocations[ai]
             gone.add(ai)
             if a.tenant is not None:
-                add(used.setdefault(a.tenant, {}), borrowing.amounts[ai], -1.0)
+                add(used.setdefault(a.tenant, {}), borrowing.amounts(ai), -1.0)
             preemptions.append(Preemption(
                 a.workload_id, a.priority, tuple(d.device_id for d in a.devices), batch[w].id,
                 reason=f"reclaimed for {batch[w].id} of tenant {tenant}, within its guarantee ({why}): "
