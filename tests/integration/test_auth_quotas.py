@@ -106,7 +106,7 @@ async def test_auth_quotas_refuse_a_submission_over_the_limit_with_the_numbers(s
         assert "may hold 6 gpu devices; it holds 0 and this workload asks for 8" in problem["detail"]
         assert problem["quota"]["devices"] == {"gpu": {"min": 0.0, "max": 6.0}}
         assert problem["usage"]["devices"] == {} and problem["usage"]["compute_units"] == 0.0
-        assert problem["requested"] == {"hardware_type": "gpu", "devices": 8.0, "compute_units": None, "cpu": 2.0,
+        assert problem["requested"] == {"hardware_type": "gpu", "devices": 8.0, "compute_units": None, "cpu": 0.0,
                                         "memory_gib": 2.0, "alternative": 0}
 
         assert (await submit(user, spec(type="any", compute_units=250))).status_code == 201
