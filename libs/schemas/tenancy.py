@@ -1,8 +1,9 @@
 """Tenants, roles, API keys and quotas: the models the gateway, the CLI and the scheduler share.
 
 A tenant owns workloads and event subscriptions; an API key belongs to one tenant and
-carries one role. Quotas bound what a tenant may hold at once, by hardware type (devices,
-shares count as fractions) and in vendor-neutral compute units.
+carries one role. Quotas are elastic: per resource (devices by hardware type, shares count as
+fractions; vendor-neutral compute units; logical CPUs; host memory) a guaranteed ``min`` and a
+limit ``max``; ``TenantUsage`` says what a tenant holds of each and how much of it is borrowed.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import StrEnum
+from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from libs.schemas.devices import HardwareType
 
@@ -85,25 +87,84 @@ class CreatedKey(ApiKey):
 QUOTA_PROBLEM = "https://xpumesh.dev/problems/quota-exceeded"
 
 
+#: Resource names of a quota besides the hardware types of ``Quota.devices``.
+COMPUTE_UNITS, CPU, MEMORY_GIB = "compute_units", "cpu", "memory_gib"
+
+
+class Limit(BaseModel):
+    """An elastic quota on one resource: ``min`` guaranteed (reclaimed from borrowers when needed), ``max`` the
+    most held at once (null: no limit). A bare number is read as ``{"min": 0, "max": number}``, the meaning a
+    quota had before guarantees existed."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"min": 8, "max": 16}]})
+
+    min: float = Field(default=0.0, ge=0, description="Guaranteed: held whenever the tenant asks for it, if need "
+                       "be by reclaiming other tenants' preemptible borrowed work.", examples=[8])
+    max: float | None = Field(default=None, ge=0, description="Most held at once, borrowing included; null: no "
+                              "limit.", examples=[16])
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min:g} is above max {self.max:g}")
+        return self
+
+
+def _bare_number(v: Any) -> Any:
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return {"min": 0.0, "max": v}
+    return v
+
+
+#: A ``Limit`` as given: the object, or a bare number meaning the max.
+LimitIn = Annotated[Limit, BeforeValidator(_bare_number, json_schema_input_type=Annotated[float, Field(ge=0)] | Limit)]
+
+
 class Quota(BaseModel):
-    """Most a tenant may hold at once. An absent hardware type or compute_units null means no limit."""
+    """A tenant's elastic quota, per resource: devices per hardware type (shares count as fractions),
+    vendor-neutral compute units, logical CPUs and host memory. An absent resource has no guarantee and no
+    limit. Each value is a ``Limit`` ({min, max}) or a bare number (the limit, as before guarantees)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "examples": [{"devices": {"gpu": 16, "npu": 8}, "compute_units": 5000}]})
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"devices": {"gpu": {"min": 8, "max": 16}, "npu": {"min": 0, "max": 8}},
+         "compute_units": {"min": 0, "max": 5000}, "cpu": {"min": 64, "max": 512}, "memory_gib": None}]})
 
-    devices: dict[HardwareType, float] = Field(default_factory=dict,
-                                               description="Hardware type → most devices (shares count as fractions).",
-                                               examples=[{"gpu": 16, "npu": 8}])
-    compute_units: float | None = Field(default=None, ge=0, description="Most compute units (1 CU = 1 dense FP16 "
-                                        "TFLOPS) held at once; null: no limit.", examples=[5000])
+    devices: dict[HardwareType, LimitIn] = Field(
+        default_factory=dict, description="Hardware type → {min, max} devices (shares count as fractions); a bare "
+        "number is the max. 'cpu' here is read as the cpu field (logical CPUs).",
+        examples=[{"gpu": {"min": 8, "max": 16}}])
+    compute_units: LimitIn | None = Field(default=None, description="Compute units (1 CU = 1 dense FP16 TFLOPS) "
+                                        "held at once; null: no guarantee, no limit.", examples=[{"max": 5000}])
+    cpu: LimitIn | None = Field(default=None, description="Logical CPUs of hosts held at once (every replica's "
+                              "resources.cpu).", examples=[{"min": 64, "max": 512}])
+    memory_gib: LimitIn | None = Field(default=None, description="Host memory (GiB) held at once (every replica's "
+                                     "resources.memory_gib).", examples=[{"max": 2048}])
 
-    @field_validator("devices")
+    @model_validator(mode="before")
     @classmethod
-    def _non_negative(cls, v: dict[HardwareType, float]) -> dict[HardwareType, float]:
-        for hw, n in v.items():
-            if n < 0:
-                raise ValueError(f"devices[{hw}] must be >= 0")
+    def _cpu_devices(cls, v: Any) -> Any:
+        """Before CPUs were a resource of their own, CPU-only work counted its CPUs as devices of type 'cpu'."""
+        if isinstance(v, dict) and isinstance(v.get("devices"), dict) and "cpu" in v["devices"]:
+            devices = dict(v["devices"])
+            cpu = devices.pop("cpu")
+            if v.get("cpu") is not None:
+                raise ValueError("give logical CPUs once: in cpu, not also in devices.cpu")
+            v = {**v, "devices": devices, "cpu": cpu}
         return v
+
+    def limits(self) -> dict[str, Limit]:
+        """Resource name (a hardware type, 'compute_units', 'cpu', 'memory_gib') → its limit, where one is set."""
+        out: dict[str, Limit] = {str(hw): lim for hw, lim in self.devices.items()}
+        for name, lim in ((COMPUTE_UNITS, self.compute_units), (CPU, self.cpu), (MEMORY_GIB, self.memory_gib)):
+            if lim is not None:
+                out[name] = lim
+        return out
+
+    @classmethod
+    def of(cls, limits: dict[str, Limit]) -> Quota:
+        """The quota of ``limits()``'s form."""
+        named = {k: limits[k] for k in (COMPUTE_UNITS, CPU, MEMORY_GIB) if k in limits}
+        return cls.model_validate({"devices": {k: v for k, v in limits.items() if k not in named}, **named})
 
 
 class TenantQuota(Quota):
@@ -131,12 +192,48 @@ class TenantRef(BaseModel):
         return check_tenant(v)
 
 
+class ResourceUsage(BaseModel):
+    """One resource of a tenant: its limits, what it holds and how much of that is above its guarantee."""
+
+    min: float = Field(default=0.0, description="Guaranteed amount (0: none).")
+    max: float | None = Field(default=None, description="Most held at once; null: no limit.")
+    used: float = Field(default=0.0, ge=0, description="Held now by the tenant's active replicas.")
+    borrowed: float = Field(default=0.0, ge=0, description="Of ``used``, the part above ``min``: idle capacity "
+                            "lent by others, reclaimable while the work on it is preemptible.")
+
+
+_USAGE_EXAMPLE: dict[str, Any] = {
+    "tenant": "acme", "devices": {"gpu": 12, "npu": 0.5}, "compute_units": 3744.0, "cpu": 96, "memory_gib": 768.0,
+    "resources": {"gpu": {"min": 8, "max": 16, "used": 12, "borrowed": 4},
+                  "cpu": {"min": 0, "max": None, "used": 96, "borrowed": 96}},
+    "borrowing": ["wl_18ea52ab2dac349aa6915d61"], "dominant_share": 0.125}
+
+
 class TenantUsage(BaseModel):
     """What a tenant holds now: the reply of the scheduler's ``workloads.usage`` endpoint."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [
-        {"tenant": "acme", "devices": {"gpu": 12, "npu": 0.5}, "compute_units": 3744.0}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [_USAGE_EXAMPLE]})
 
     tenant: str
     devices: dict[str, float] = Field(default_factory=dict, description="Hardware type → devices held (shares as fractions).")
     compute_units: float = Field(default=0.0, ge=0, description="Compute units held.")
+    cpu: float = Field(default=0.0, ge=0, description="Logical CPUs held.")
+    memory_gib: float = Field(default=0.0, ge=0, description="Host memory held (GiB).")
+    resources: dict[str, ResourceUsage] = Field(
+        default_factory=dict, description="Per resource with a quota or in use: min, max, used and borrowed "
+        "(hardware types, 'compute_units', 'cpu', 'memory_gib').")
+    borrowing: list[str] = Field(default_factory=list, description="Workloads running above the tenant's "
+                                 "guarantee (borrowed); the preemptible ones may be reclaimed.")
+    dominant_share: float = Field(default=0.0, ge=0, description="Largest share of the fleet's capacity of any "
+                                  "resource the tenant holds above its guarantee: the order among borrowers.")
+
+
+class TenantUsages(BaseModel):
+    """Every tenant's usage and quota: the reply of the scheduler's ``quotas.usage``."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [
+        _USAGE_EXAMPLE, {"tenant": "globex", "devices": {}, "compute_units": 0.0, "cpu": 0, "memory_gib": 0.0,
+                         "resources": {"gpu": {"min": 4, "max": 8, "used": 0, "borrowed": 0}}, "borrowing": [],
+                         "dominant_share": 0.0}]}]})
+
+    items: list[TenantUsage]

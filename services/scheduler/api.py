@@ -2,7 +2,8 @@
 
 Bus endpoints (``xpumesh.rpc.scheduler.<name>``): ``workloads.submit``, ``workloads.get``,
 ``workloads.list``, ``workloads.stop``, ``workloads.logs``, ``workloads.usage``, and the tenant
-quotas ``quotas.list``, ``quotas.get``, ``quotas.set`` (checked at submit, see ``quotas``).
+quotas ``quotas.list``, ``quotas.get``, ``quotas.set``, ``quotas.usage`` (limits checked at submit,
+guarantees honoured by the placer; see ``quotas``).
 Consumers: agents' capability and state reports (``XPUMESH_HOSTS``), the registry's
 ``host.up``/``host.down`` and the inventory's ``device.unhealthy``/``device.healthy``.
 Periodic: reference-data refresh, quota reread, decision pruning, the lost-work sweep (``hosts``). Tasks: batch placement
@@ -36,7 +37,15 @@ from libs.schemas.scheduler import (
     WorkloadSubmit,
     WorkloadView,
 )
-from libs.schemas.tenancy import Quota, QuotaQuery, TenantQuota, TenantQuotas, TenantRef, TenantUsage
+from libs.schemas.tenancy import (
+    Quota,
+    QuotaQuery,
+    TenantQuota,
+    TenantQuotas,
+    TenantRef,
+    TenantUsage,
+    TenantUsages,
+)
 from libs.service import Context, ServiceApp
 from services.scheduler import hosts, lifecycle, quotas, reconcile, reference, store
 from services.scheduler.state import SchedulerState, load_state
@@ -228,12 +237,20 @@ async def workload_logs(req: LogsQuery, ctx: Ctx) -> LogsView:
 
 async def _usage(ctx: Ctx, tenant: str) -> TenantUsage:
     async with session_scope(ctx.db) as session:
-        return await quotas.tenant_usage(session, ctx.state.fleet, tenant)
+        return (await quotas.usage_views(session, ctx.state.fleet, ctx.state.quotas, tenant))[0]
 
 
 @app.endpoint("workloads.usage", concurrency=8)
 async def tenant_usage(req: TenantRef, ctx: Ctx) -> TenantUsage:
+    """What a tenant holds per resource, with its quota (min, max), what of it is borrowed, and which work."""
     return await _usage(ctx, req.tenant)
+
+
+@app.endpoint("quotas.usage", concurrency=4)
+async def quota_usage(req: QuotaQuery, ctx: Ctx) -> TenantUsages:
+    """``workloads.usage`` for one tenant, or for every tenant with a quota or active work."""
+    async with session_scope(ctx.db) as session:
+        return TenantUsages(items=await quotas.usage_views(session, ctx.state.fleet, ctx.state.quotas, req.tenant))
 
 
 @app.endpoint("quotas.list", concurrency=8)
@@ -253,7 +270,7 @@ async def get_quota(req: TenantRef, ctx: Ctx) -> Quota:
 
 @app.endpoint("quotas.set")
 async def set_quota(req: TenantQuota, ctx: Ctx) -> Quota:
-    """Set a tenant's quota; hardware types it omits are unlimited."""
+    """Set a tenant's quota; resources it omits have no guarantee and no limit."""
     quota = Quota.model_validate(req.model_dump(exclude={"tenant"}))
     async with session_scope(ctx.db) as session:
         await quotas.update_quota(session, req.tenant, quota)

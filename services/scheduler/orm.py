@@ -116,8 +116,7 @@ hosts = Table(
 tenant_quotas = Table(
     "tenant_quotas", metadata,
     Column("tenant", String(64), primary_key=True),
-    Column("devices", JSONB, nullable=False, server_default="{}"),
-    Column("compute_units", Float),
+    Column("limits", JSONB, nullable=False, server_default="{}"),  # resource → {"min": .., "max": ..}
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 

@@ -3,9 +3,12 @@
 One batch: read the queued workloads (highest priority, then oldest) and what holds
 devices (desired replicas plus whatever agents report running that nobody wants); in a
 worker thread, lay them over the fleet's allocation-free snapshot (rebuilt, also in a worker
-thread, only when the fleet changed) and run ``place`` (CP-SAT is CPU-bound); then, in one
+thread, only when the fleet changed), order the batch fairly among tenants (dominant-resource
+fairness above their guarantees, ``placement.elastic``) and run ``place`` with the tenants' device
+limits and guarantees (CP-SAT is CPU-bound); then, in one
 transaction, record the decision (status, objective, assignments, preemptions, pending),
-preempt, assign and explain. The fleet may have changed while the solver ran, so every
+preempt or reclaim (the reason goes to the stopped workload's event), assign (saying when the
+work borrows above its tenant's guarantee) and explain. The fleet may have changed while the solver ran, so every
 assignment is checked again against the fleet and the rows (a gang is applied whole or
 not at all). Launch and stop commands leave through the outbox with the state changes.
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +41,7 @@ from services.scheduler.placement import (
     Quotas,
     place_alternatives,
 )
+from services.scheduler.placement.elastic import Guarantees, classify, fair_order
 from services.scheduler.reconcile import Actual
 
 log = logging.getLogger(__name__)
@@ -53,13 +57,13 @@ class BatchResult:
     batch: list[str] = field(default_factory=list)
 
 
-def _allocations(rows: list[Any], actual: Actual) -> list[Allocation]:
+def allocations_of(rows: list[Any]) -> list[Allocation]:
+    """One allocation per workload from its active replicas' rows (``store.list_active_replicas``), in the
+    rows' order (oldest workload first)."""
     by_wl: dict[str, list[AllocatedDevice]] = {}
     holds: dict[str, list[HostHold]] = {}
     meta: dict[str, tuple[int, bool, str | None]] = {}
-    desired: set[tuple[str, int, int]] = set()
     for r in rows:
-        desired.add((r.workload_id, r.replica, r.attempt))
         meta[r.workload_id] = (r.priority, r.preemptible == "true", r.tenant)
         devs = by_wl.setdefault(r.workload_id, [])
         for d in r.devices:
@@ -68,7 +72,12 @@ def _allocations(rows: list[Any], actual: Actual) -> list[Allocation]:
         if r.host_id and (res.get("cpu") or res.get("memory_mib")):
             holds.setdefault(r.workload_id, []).append(
                 HostHold(r.host_id, int(res.get("cpu") or 0), int(res.get("memory_mib") or 0), res.get("numa_node")))
-    out = [Allocation(w, *meta[w], tuple(devs), tuple(holds.get(w, ()))) for w, devs in by_wl.items()]
+    return [Allocation(w, *meta[w], tuple(devs), tuple(holds.get(w, ()))) for w, devs in by_wl.items()]
+
+
+def _allocations(rows: list[Any], actual: Actual) -> list[Allocation]:
+    out = allocations_of(rows)
+    desired = {(r.workload_id, r.replica, r.attempt) for r in rows}
     for host_id, rep in actual.orphans(desired):  # running but unwanted: holds its devices until stopped
         held = tuple(AllocatedDevice(d, s) for d, s in zip(rep.device_ids, rep.shares or [1.0] * len(rep.device_ids),
                                                             strict=False))
@@ -95,10 +104,20 @@ def _batch(wls: dict[str, Workload], order: list[str]) -> tuple[list[PendingWork
 
 
 def _decide(base: FleetSnapshot, allocations: list[Allocation], batch: list[PendingWorkload],
-            rules: PlacementRules, quotas: Quotas | None, s: SchedulerSettings) -> PlacementDecision:
-    """Runs in a worker thread: reads only immutable inputs (the fleet's snapshot, this round's rows)."""
-    return place_alternatives(batch, base.with_allocations(allocations), rules=rules, quotas=quotas,
-                              time_limit_s=s.solver_time_limit_s, max_candidates=s.max_candidates)
+            rules: PlacementRules, quotas: Quotas | None, guarantees: Guarantees, named: Mapping[str, set[str]],
+            s: SchedulerSettings) -> tuple[PlacementDecision, set[str]]:
+    """Runs in a worker thread: reads only immutable inputs (the fleet's snapshot, this round's rows). The
+    batch is ordered fairly among tenants (``fair_order``); returns the decision and which of the workloads
+    it places run above their tenant's guarantee (borrowed)."""
+    snap = base.with_allocations(allocations)
+    ordered = fair_order(batch, snap, guarantees)
+    decision = place_alternatives(ordered, snap, rules=rules, quotas=quotas, guarantees=guarantees or None,
+                                  time_limit_s=s.solver_time_limit_s, max_candidates=s.max_candidates)
+    placed = {a.workload_id for a in decision.assignments}
+    if not placed or not (guarantees or named):
+        return decision, set()
+    after = snap.with_decision(decision, ordered)
+    return decision, classify(after, guarantees, named).borrowed_workloads(after) & placed
 
 
 def _resources(a: Assignment) -> ReplicaResources:
@@ -107,9 +126,11 @@ def _resources(a: Assignment) -> ReplicaResources:
 
 class Placer:
     def __init__(self, fleet: Fleet, actual: Actual, sessions: Any, settings: SchedulerSettings,
-                 on_commit: Callable[[], None], quotas: Callable[[], Quotas | None]) -> None:
+                 on_commit: Callable[[], None], quotas: Callable[[], Quotas | None],
+                 guarantees: Callable[[], Guarantees] = dict, named: Callable[[], Mapping[str, set[str]]] = dict
+                 ) -> None:
         self.fleet, self.actual, self.sessions, self.settings = fleet, actual, sessions, settings
-        self.on_commit, self.quotas = on_commit, quotas
+        self.on_commit, self.quotas, self.guarantees, self.named = on_commit, quotas, guarantees, named
         self.wake = asyncio.Event()
         self.batches = 0
         self.last: BatchResult | None = None
@@ -150,8 +171,9 @@ class Placer:
             return BatchResult()
         allocations = _allocations(rows, self.actual)
         base = await self.fleet.base()
-        decision = await asyncio.to_thread(_decide, base, allocations, batch, self.fleet.rules, self.quotas(), s)
-        result = await self.apply(decision, batch, missing)
+        decision, borrowed = await asyncio.to_thread(_decide, base, allocations, batch, self.fleet.rules,
+                                                     self.quotas(), self.guarantees(), self.named(), s)
+        result = await self.apply(decision, batch, missing, borrowed)
         self.batches += 1
         self.last = result
         log.info("placed batch of %d: %d replicas placed, %d workloads pending, %d preempted (%s, %.3fs)",
@@ -173,7 +195,7 @@ class Placer:
         return out
 
     async def apply(self, decision: PlacementDecision, batch: list[PendingWorkload],
-                    missing: dict[str, list[int]]) -> BatchResult:
+                    missing: dict[str, list[int]], borrowed: set[str] | frozenset[str] = frozenset()) -> BatchResult:
         s = self.settings
         ttl = s.command_ttl_s
         now = lifecycle.utcnow()
@@ -198,7 +220,7 @@ class Placer:
                 if wl is not None and any(r.active for r in wl.replicas):
                     winner = wls.get(victim.for_workload)
                     prio = f" (priority {winner.spec.priority} > {victim.priority})" if winner is not None else ""
-                    lifecycle.preempt(wl, f"preempted for {victim.for_workload}{prio}", now, ttl)
+                    lifecycle.preempt(wl, victim.reason or f"preempted for {victim.for_workload}{prio}", now, ttl)
                     result.preempted += 1
             for wid, assigned in decision.by_workload().items():
                 wl = wls.get(wid)
@@ -211,7 +233,8 @@ class Placer:
                 lifecycle.assign(wl, [(reps[todo[a.replica]], a.host_id, self.fleet.hosts[a.host_id].site,
                                        self._devices(a), _resources(a)) for a in assigned], decision_id, now, ttl)
                 result.placed += len(assigned)
-                lifecycle.settle(wl, f"placed by decision {decision_id} ({decision.solver_status})", now)
+                lent = "; borrowing idle capacity above the tenant's guaranteed min" if wid in borrowed else ""
+                lifecycle.settle(wl, f"placed by decision {decision_id} ({decision.solver_status}){lent}", now)
             for p in decision.pending:
                 wl = wls.get(p.workload_id)
                 if wl is None or not wl.state.queued:

@@ -5,7 +5,8 @@
   kept current by the consumers and the reference refresh;
 * ``actual``: the latest state report per host (what agents really run), read back from the
   stream at start (``reconcile.replay_state``) and then kept current by ``scheduler-state``;
-* ``quotas``: every tenant's quota, read from ``tenant_quotas`` at start and on every refresh;
+* ``quotas``: every tenant's elastic quota, read from ``tenant_quotas`` at start and on every refresh
+  (the placer reads its device limits, guarantees and named resources at each batch);
 * ``relay``: the outbox relay, told (``poke``) after every commit that wrote outbox rows;
 * ``placer``: the batch placer, told after anything that may let queued work through.
 
@@ -58,7 +59,7 @@ async def load_state(ctx: Context[SchedulerState]) -> SchedulerState:
     actual = Actual()
     relay = OutboxRelay("scheduler", ctx.db, outbox, ctx.bus)
     placer = Placer(fleet, actual, ctx.db, ctx.settings.scheduler, on_commit=relay.poke,
-                    quotas=book.placement_limits)
+                    quotas=book.placement_limits, guarantees=book.guarantees, named=book.named)
     await _replay_state(ctx, actual)
     placer.poke()  # place what was queued before the start
     return SchedulerState(fleet, actual, book, relay, placer)

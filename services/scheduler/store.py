@@ -304,17 +304,22 @@ async def list_queued_ids(session: AsyncSession, limit: int) -> list[str]:
     return [r.id for r in rows]
 
 
-async def list_active_replicas(session: AsyncSession, host_ids: Sequence[str] | None = None) -> list[Any]:
-    """Placed/starting/running replicas with what allocations need, optionally only on some hosts."""
+async def list_active_replicas(session: AsyncSession, host_ids: Sequence[str] | None = None,
+                               tenant: str | None = None) -> list[Any]:
+    """Placed/starting/running replicas with what allocations need, optionally only on some hosts or of one
+    tenant; oldest workload first."""
     cond: Any = replicas.c.state.in_(ACTIVE)
     if host_ids is not None:
         cond = cond & replicas.c.host_id.in_(list(host_ids))
+    if tenant is not None:
+        cond = cond & (workloads.c.tenant == tenant)
     return list((await session.execute(
         select(replicas.c.workload_id, replicas.c.replica, replicas.c.attempt, replicas.c.state, replicas.c.host_id,
                replicas.c.devices, replicas.c.resources, replicas.c.sent_at, replicas.c.updated_at,
                workloads.c.priority,
                workloads.c.tenant, workloads.c.spec["preemptible"].astext.label("preemptible"))
-        .join(workloads, workloads.c.id == replicas.c.workload_id).where(cond))).all())
+        .join(workloads, workloads.c.id == replicas.c.workload_id).where(cond)
+        .order_by(replicas.c.workload_id, replicas.c.replica))).all())
 
 
 async def create_decision(session: AsyncSession, **values: Any) -> int:

@@ -80,8 +80,8 @@ async def mesh(mesh_settings: Settings) -> AsyncIterator[str]:
     """The mesh as processes with a simulated fleet; yields the gateway's base URL once every city reports."""
     settings = mesh_settings
     procs = []
-    for argv in (["run", "registry"], ["run", "inventory"], ["run", "metrics"], ["run", "gateway"],
-                 ["sim", "--hosts", str(HOSTS)]):
+    for argv in (["run", "registry"], ["run", "inventory"], ["run", "metrics"], ["run", "scheduler"],
+                 ["run", "gateway"], ["sim", "--hosts", str(HOSTS)]):
         log = open(settings.data_dir / f"{argv[-1]}.log", "wb")
         procs.append((subprocess.Popen([sys.executable, "-m", "xpumesh", *argv], env=service_env(settings),
                                        stdout=log, stderr=subprocess.STDOUT, cwd=REPO), log))
@@ -213,3 +213,47 @@ async def test_dashboard_drill_down_city_host_device(mesh: str, browser: Browser
     await page.locator(".tabs a", has_text="Workloads").click()
     await expect(page.locator(".workloads h2")).to_contain_text("every tenant")
     await _shot(page, "workloads")
+
+
+async def test_dashboard_quotas_show_min_max_used_and_borrowed_per_tenant(mesh: str, browser: Browser) -> None:
+    admin = {"Authorization": f"Bearer {TEST_ADMIN_KEY}"}
+    async with httpx.AsyncClient(base_url=mesh, headers=admin, timeout=10) as api:
+        r = await api.put("/v1/tenants/lab/quota", json={"devices": {"gpu": {"min": 1, "max": 4}}})
+        assert r.status_code == 200, r.text
+        r = await api.put("/v1/tenants/studio/quota", json={"devices": {"npu": {"min": 2, "max": 8}}, "cpu": 64})
+        assert r.status_code == 200, r.text
+        key = (await api.post("/v1/keys", json={"tenant": "lab", "role": "user", "name": "dashboard"})).json()["key"]
+        lab = {"Authorization": f"Bearer {key}"}
+        r = await api.post("/v1/workloads", headers=lab, json={
+            "name": "borrower", "hardware": {"type": "gpu", "count": 2}, "preemptible": True, "duration_s": 600})
+        assert r.status_code == 201, r.text
+
+        async def held() -> dict[str, Any] | None:
+            body = (await api.get("/v1/tenants/lab/usage")).json()
+            return body if body["resources"].get("gpu", {}).get("used") == 2 else None
+
+        usage = await eventually(held, timeout=30, interval=0.5, message="lab's workload holds 2 gpus")
+    assert usage["resources"]["gpu"] == {"min": 1.0, "max": 4.0, "used": 2.0, "borrowed": 1.0}
+    page = await _open(browser, mesh)
+    await page.locator(".tabs a", has_text="Quotas").click()
+    await expect(page).to_have_url(f"{mesh}/#/quotas")
+    await expect(page.locator(".quotas h2")).to_contain_text("every tenant")
+    row = page.locator('.quota-table tr[data-tenant="lab"][data-resource="gpu"]')
+    await expect(row.locator("td.q-used")).to_have_text("2")
+    await expect(row.locator("td.q-lent")).to_have_text("1")
+    await expect(row).to_have_class("borrowing")
+    studio = page.locator('.quota-table tr[data-tenant="studio"][data-resource="npu"]')
+    await expect(studio.locator("td.n").nth(0)).to_have_text("2")
+    await expect(studio.locator("td.n").nth(1)).to_have_text("8")
+    await expect(page.locator('.quota-table tr[data-tenant="studio"][data-resource="cpu"] td.n').nth(1)).to_have_text("64")
+    await expect(page.locator('.quota-notes li[data-tenant="lab"]')).to_contain_text("1 workload borrowing")
+    await _shot(page, "quotas")
+    assert not page.errors, page.errors  # type: ignore[attr-defined]
+    # a tenant's own key sees its own quota only
+    own = await browser.new_page(viewport={"width": 1400, "height": 900})
+    await own.goto(mesh + "/#/quotas")
+    await own.fill("#key", key)
+    await own.click("#signin-submit")
+    await expect(own.locator(".quotas h2")).to_contain_text("Quota of tenant lab")
+    await expect(own.locator('.quota-table tr[data-tenant="lab"]').first).to_be_visible()
+    await expect(own.locator('.quota-table tr[data-tenant="studio"]')).to_have_count(0)

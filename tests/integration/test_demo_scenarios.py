@@ -428,3 +428,51 @@ async def test_demo_losing_a_simulated_host_reschedules_its_work(mesh: Mesh, use
         assert all(d["vendor"] == "huawei" and d["model"].startswith("Ascend910B") for d in devices)
     finally:
         assert (await _sim(mesh, action="host_up", host_id=lost)).ok
+
+
+async def test_demo_a_tenant_borrows_above_its_min_and_is_reclaimed_when_the_lender_submits(
+        mesh: Mesh, user: dict[str, str]) -> None:
+    borrower = (await mesh.client.get("/v1/me", headers=user)).json()["tenant"]
+    r = await mesh.client.post("/v1/keys", json={"tenant": f"{borrower}-lender", "role": "user", "name": "lender"})
+    assert r.status_code == 201, r.text
+    lender_tenant, lender = r.json()["tenant"], {"Authorization": f"Bearer {r.json()['key']}"}
+    quotas = {borrower: {"devices": {"gpu": {"min": 0, "max": 16}}}, lender_tenant: {"devices": {"gpu": {"min": 2}}}}
+    for tenant, quota in quotas.items():
+        assert (await mesh.client.put(f"/v1/tenants/{tenant}/quota", json=quota)).status_code == 200
+    try:
+        pool = await _all_devices(mesh, model="L40S", site="ningbo")
+        assert len(pool) >= 2, "the scenario's pool (ningbo's L40S devices) is too small"
+        where = {"hardware": {"type": "gpu", "model": "L40S"}, "placement": {"sites": ["ningbo"]}}
+        lent = [await _submit(mesh, user, {"name": f"borrow-{i}", **where, "preemptible": True})
+                for i in range(len(pool))]
+        for wid in lent:  # the lender's idle GPUs: every one of them borrowed
+            view = await _until(mesh, user, wid, "running")
+            assert any("borrowing idle capacity" in h["reason"] for h in view["history"]), _describe(view)
+        usage = (await mesh.client.get(f"/v1/tenants/{borrower}/usage", headers=user)).json()
+        assert usage["resources"]["gpu"] == {"min": 0.0, "max": 16.0, "used": float(len(pool)),
+                                             "borrowed": float(len(pool))}
+        assert sorted(usage["borrowing"]) == sorted(lent)
+
+        mine = await _submit(mesh, lender, {"name": "guaranteed", **{**where, "hardware": {
+            "type": "gpu", "model": "L40S", "count": 2}}})
+        view = await _until(mesh, lender, mine, "running")
+        assert len(view["placement"][0]["devices"]) == 2
+
+        async def two_reclaimed() -> list[dict[str, Any]] | None:
+            views = [await _view(mesh, user, wid) for wid in lent]
+            gone = [v for v in views if any(h["to_state"] == "preempted" for h in v["history"])]
+            return gone if len(gone) == 2 else None
+
+        gone = await assert_eventually(two_reclaimed, timeout=15, interval=0.2, message="two borrowed jobs reclaimed")
+        for v in gone:
+            why = next(h["reason"] for h in v["history"] if h["to_state"] == "preempted")
+            assert why.startswith(f"reclaimed for {mine} of tenant {lender_tenant}, within its guarantee "
+                                  "(gpu 2 of min 2)"), why
+        usage = (await mesh.client.get(f"/v1/tenants/{lender_tenant}/usage", headers=lender)).json()
+        assert usage["resources"]["gpu"] == {"min": 2.0, "max": None, "used": 2.0, "borrowed": 0.0}
+    finally:
+        for tenant in quotas:
+            await mesh.client.put(f"/v1/tenants/{tenant}/quota", json={})
+        page = await mesh.client.get("/v1/workloads", headers=lender)
+        for w in page.json()["items"]:
+            await mesh.client.delete(f"/v1/workloads/{w['id']}", headers=lender)

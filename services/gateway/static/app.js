@@ -1,4 +1,4 @@
-// The dashboard: sign-in, routing (#/, #/site/<id>, #/device/<host>/<slot>, #/workloads),
+// The dashboard: sign-in, routing (#/, #/site/<id>, #/device/<host>/<slot>, #/workloads, #/quotas),
 // data refresh and live updates.
 //
 // Live: events come from GET /v1/events (Server-Sent Events, read with fetch so the key travels
@@ -7,6 +7,7 @@
 // the event stream is unavailable everything is polled every 5 s and the header says so.
 
 import { ApiError, get, session, stream } from "./api.js";
+import { quotasView } from "./quotas.js";
 import { RANGES, deviceView, overview, siteView, state as stateEl, totalsBar, workloadsView } from "./views.js";
 
 const POLL_MS = 5000;
@@ -15,7 +16,7 @@ const EVENT_TYPES = ["io.xpumesh.alert.*", "io.xpumesh.device.*", "io.xpumesh.ho
 const $ = (id) => document.getElementById(id);
 const data = { me: null, sites: null, summary: null, alerts: null, typeSeries: null, typeSeriesAt: 0 };
 const page = { route: null, hosts: null, cursor: null, siteSeries: null, device: null, series: null, range: "1h",
-  workloads: null, wlCursor: null, wlFilter: "" };
+  workloads: null, wlCursor: null, wlFilter: "", quotas: null };
 let streamAbort = null;
 let refreshTimer = null;
 let pollTimer = null;
@@ -140,6 +141,8 @@ async function refreshPage(full) {
     const body = await get("/v1/metrics/workloads", { state: page.wlFilter, limit: Math.max(100, page.workloads?.length || 0) });
     page.workloads = body.items;
     page.wlCursor = body.next_cursor;
+  } else if (r.name === "quotas") {
+    page.quotas = (await get("/v1/quotas")).items;
   }
 }
 
@@ -151,6 +154,7 @@ function parseRoute() {
   if (parts[0] === "site" && parts[1]) return { name: "site", site: parts[1] };
   if (parts[0] === "device" && parts[1] && /^\d+$/.test(parts[2] || "")) return { name: "device", host: parts[1], slot: Number(parts[2]) };
   if (parts[0] === "workloads") return { name: "workloads" };
+  if (parts[0] === "quotas") return { name: "quotas" };
   return { name: "overview" };
 }
 
@@ -164,6 +168,8 @@ function render() {
     node = page.device ? deviceView(page.device, page.series, page.range, go, setRange) : stateEl("Loading…", "loading");
   } else if (r.name === "workloads") {
     node = workloadsView({ items: page.workloads, more: !!page.wlCursor, me: data.me, filter: page.wlFilter }, setFilter, loadMoreWorkloads);
+  } else if (r.name === "quotas") {
+    node = quotasView({ items: page.quotas, me: data.me });
   } else {
     node = overview(data, go);
   }
@@ -171,7 +177,7 @@ function render() {
   $("view").replaceChildren(node);
   window.scrollTo(0, y);
   for (const a of document.querySelectorAll(".tabs a")) {
-    a.classList.toggle("on", a.dataset.tab === (r.name === "workloads" ? "workloads" : "overview"));
+    a.classList.toggle("on", a.dataset.tab === (["workloads", "quotas"].includes(r.name) ? r.name : "overview"));
   }
 }
 
@@ -179,7 +185,7 @@ async function route() {
   const r = parseRoute();
   const same = page.route && JSON.stringify(page.route) === JSON.stringify(r);
   page.route = r;
-  if (!same) Object.assign(page, { hosts: null, cursor: null, siteSeries: null, device: null, series: null, workloads: null, wlCursor: null });
+  if (!same) Object.assign(page, { hosts: null, cursor: null, siteSeries: null, device: null, series: null, workloads: null, wlCursor: null, quotas: null });
   render();
   try {
     await refreshPage(true);

@@ -18,12 +18,14 @@ from services.scheduler.placement.capacity import (
     select_devices,
 )
 from services.scheduler.placement.constraints import HostResources
+from services.scheduler.placement.elastic import Guarantees, protected_work
 from services.scheduler.placement.explain import Explainer, format_reason
 from services.scheduler.placement.feasibility import FeasibilityCache
 from services.scheduler.placement.greedy import GreedyResult, Strategy, greedy_pass
 from services.scheduler.placement.hint import with_baseline
 from services.scheduler.placement.preempt import Preemptor
 from services.scheduler.placement.quota import QuotaLeft, Quotas, binding, left_after, quotas_left, shortfalls
+from services.scheduler.placement.reclaim import reclaim
 from services.scheduler.placement.result import (
     Assignment,
     Pending,
@@ -112,11 +114,13 @@ def place(
     weights: Weights = DEFAULT_WEIGHTS,
     workers: int = 1,
     no_preempt_for: frozenset[str] = frozenset(),
+    guarantees: Guarantees | None = None,
 ) -> PlacementDecision:
     """Place a batch with CP-SAT over bounded candidates (see the package docstring); nothing is preempted
-    for the workloads of ``no_preempt_for`` (those that have another hardware alternative to try first)."""
+    for the workloads of ``no_preempt_for`` (those that have another hardware alternative to try first).
+    ``guarantees`` (tenant → resource → min): tenants within theirs reclaim others' borrowed work."""
     return _run(batch, snapshot, rules or _NO_RULES, quotas, time_limit_s, max_candidates, weights,
-                workers, strategy="scored", optimise=True, no_preempt_for=no_preempt_for)
+                workers, strategy="scored", optimise=True, no_preempt_for=no_preempt_for, guarantees=guarantees)
 
 
 def place_greedy(
@@ -134,7 +138,8 @@ def place_greedy(
 
 def _run(batch: Sequence[PendingWorkload], snap: FleetSnapshot, rules: PlacementRules, quotas: Quotas | None,
          time_limit_s: float, max_candidates: int, weights: Weights, workers: int, *, strategy: Strategy,
-         optimise: bool, no_preempt_for: frozenset[str] = frozenset()) -> PlacementDecision:
+         optimise: bool, no_preempt_for: frozenset[str] = frozenset(),
+         guarantees: Guarantees | None = None) -> PlacementDecision:
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     items = expand(batch)
@@ -180,7 +185,10 @@ def _run(batch: Sequence[PendingWorkload], snap: FleetSnapshot, rules: Placement
     preemptions: list[Preemption] = []
     if optimise and time_limit_s > 0:
         _preempt(items, snap, feas, by_item, preemptions, batch, max_candidates, t0 + time_limit_s, left,
-                 no_preempt_for)
+                 no_preempt_for, protected_work(snap, guarantees) if guarantees else None)
+        if guarantees:
+            reclaim(items, snap, feas, by_item, preemptions, batch, max_candidates, t0 + time_limit_s,
+                    left_after(items, snap, by_item, left), guarantees, no_preempt_for)
     t5 = time.perf_counter()
     timings["preempt"] = t5 - t4
     assignments, pending = _results(batch, items, snap, feas, by_item, g, left)
@@ -309,7 +317,8 @@ def _without(g: GreedyResult, fixed: set[int], full: set[int], snap: FleetSnapsh
 
 def _preempt(items: Sequence[Item], snap: FleetSnapshot, feas: FeasibilityCache, by_item: dict[int, Selected],
              preemptions: list[Preemption], batch: Sequence[PendingWorkload], max_candidates: int,
-             deadline: float, quotas_left: QuotaLeft, no_preempt_for: frozenset[str] = frozenset()) -> None:
+             deadline: float, quotas_left: QuotaLeft, no_preempt_for: frozenset[str] = frozenset(),
+             protected: dict[int, str] | None = None) -> None:
     floor = snap.min_preemptible_priority()
     if floor is None:
         return
@@ -332,7 +341,7 @@ def _preempt(items: Sequence[Item], snap: FleetSnapshot, feas: FeasibilityCache,
                 it = items[s.item]
                 cpu_used, mem_used = used.get(s.host, (0, 0))
                 used[s.host] = (cpu_used + it.cpu_per_replica * len(it.replicas), mem_used + it.host_mem)
-            pre = Preemptor(snap, feas, {d for s in by_item.values() for d in s.devices}, used)
+            pre = Preemptor(snap, feas, {d for s in by_item.values() for d in s.devices}, used, protected=protected)
         gang = its[0].gang
         want = its if gang else missing
         tenant = its[0].tenant

@@ -9,11 +9,17 @@ allocations to stop, minimising disruption: per stopped allocation
 A host's CPUs and memory count too: a replica also needs its ``cpu`` and ``host_mem`` free on
 its host, or given back by stopped work there (CPU-only work takes CPUs only, and stopping
 it gives them back). Gangs get all replicas or nothing. Fractional-share requests do not preempt.
+
+With ``victims`` (allocation indices) the same model *reclaims* instead: only those allocations
+may be stopped, whatever their priority (the elastic-quota reclaim of borrowed work, see
+``elastic``); everything else blocks its devices. ``protected`` (allocation → tenant) is work
+within its tenant's guarantee: only that tenant's own work may preempt it by priority.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,8 +42,19 @@ class PreemptResult:
 
 class Preemptor:
     def __init__(self, snap: FleetSnapshot, feas: FeasibilityCache, taken: set[int],
-                 host_used: Mapping[int, tuple[int, int]] | None = None) -> None:
+                 host_used: Mapping[int, tuple[int, int]] | None = None,
+                 victims: AbstractSet[int] | None = None, protected: Mapping[int, str] | None = None) -> None:
         self.snap = snap
+        self.victims = victims
+        self.protected = protected or {}
+        self.tenant: str | None = None  # whose workload is being placed now
+        self._guard_by: dict[str, np.ndarray] = {}  # tenant → devices holding its protected work
+        for ai, t in self.protected.items():
+            for ad in snap.allocations[ai].devices:
+                d = snap.dev_index.get(ad.device_id)
+                if d is not None:
+                    self._guard_by.setdefault(t, np.zeros(snap.n_devices, dtype=np.bool_))[d] = True
+        self._guards: dict[str | None, np.ndarray] = {}
         self.feas = feas
         n = snap.n_devices
         # block[d]: the lowest priority that may NOT reclaim d (max priority of its allocations,
@@ -46,7 +63,10 @@ class Preemptor:
         for d, ais in snap.dev_allocs.items():
             for ai in ais:
                 a = snap.allocations[ai]
-                block[d] = max(block[d], a.priority if a.preemptible else _NEVER)
+                if victims is not None:
+                    block[d] = max(block[d], 0 if ai in victims and a.preemptible else _NEVER)
+                else:
+                    block[d] = max(block[d], a.priority if a.preemptible else _NEVER)
         whole = snap.whole_free_mask()
         block[~whole & (block < 0)] = _NEVER  # used but not by a known allocation
         block[~snap.dev_usable] = _NEVER
@@ -72,7 +92,27 @@ class Preemptor:
 
     def _reclaimable(self, ai: int, prio: int) -> bool:
         a = self.snap.allocations[ai]
+        if self.victims is not None:
+            return ai in self.victims and a.preemptible and ai not in self.evicted
+        owner = self.protected.get(ai)
+        if owner is not None and owner != self.tenant:
+            return False
         return a.preemptible and a.priority < prio and ai not in self.evicted
+
+    def _guarded(self) -> np.ndarray:
+        """Devices holding protected work of tenants other than the one being placed."""
+        hit = self._guards.get(self.tenant)
+        if hit is None:
+            hit = np.zeros(self.snap.n_devices, dtype=np.bool_)
+            for t, mask in self._guard_by.items():
+                if t != self.tenant:
+                    hit |= mask
+            self._guards[self.tenant] = hit
+        return hit
+
+    def _priority(self, item: Item) -> int:
+        """The priority the item preempts with: 1 when reclaiming (every victim has block 0)."""
+        return 1 if self.victims is not None else item.priority
 
     def _host_room(self, prio: int) -> tuple[np.ndarray, np.ndarray]:
         """CPUs and memory per host once every allocation priority ``prio`` may reclaim is stopped."""
@@ -93,8 +133,11 @@ class Preemptor:
         if item0.kind == Kind.SHARE:
             return None
         elig = self.feas.get(item0.sig)
-        prio = item0.priority
+        prio = self._priority(item0)
+        self.tenant = item0.tenant
         reclaim = (self.block < prio) & elig.pool_ok[snap.dev_pool]
+        if self._guard_by:
+            reclaim &= ~self._guarded()
         cnt = np.bincount(snap.dev_pool[reclaim], minlength=snap.n_pools)
         busy = np.bincount(snap.dev_pool[reclaim & (self.block >= 0)], minlength=snap.n_pools)
         room_cpu, room_mem = self._host_room(prio)
@@ -130,7 +173,7 @@ class Preemptor:
     def _solve(self, items: Sequence[Item], gang: bool, pools: list[int], need: np.ndarray,
                reclaim: np.ndarray, time_limit_s: float) -> PreemptResult | None:
         snap = self.snap
-        prio = items[0].priority
+        prio = self._priority(items[0])
         model = cp_model.CpModel()
         x = {(r, q): model.new_bool_var("") for r in range(len(items)) for q in pools}
         for r in range(len(items)):

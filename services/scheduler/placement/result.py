@@ -29,6 +29,7 @@ class Preemption:
     priority: int
     device_ids: tuple[str, ...]
     for_workload: str
+    reason: str = ""  # set when borrowed work is reclaimed (else the placer says "preempted for ...")
 
 
 @dataclass(frozen=True, slots=True)
