@@ -10,6 +10,7 @@ import signal
 import httpx
 from standardwebhooks.webhooks import Webhook
 
+from libs.bus import subjects
 from libs.bus.connection import STREAM_EVENTS, Bus
 from libs.events import CloudEvent, EventTypes
 from tests.conftest import assert_eventually
@@ -128,3 +129,31 @@ async def test_subscriptions_event_held_by_another_reader_still_goes_out_before_
     mine = set(want)
     firsts = [i for i in dict.fromkeys(rx.ids()) if i in mine]
     assert firsts == want, "events published after a held one went out before it"
+
+
+async def test_subscriptions_event_with_a_nul_is_skipped_and_later_ones_still_go_out(settings, spawn_service,
+                                                                                    bus: Bus) -> None:
+    """PostgreSQL stores no NUL: an event carrying one in its id or subject would fail its batch on every
+    redelivery and, as every later event waits for the earlier ones to be recorded, hold them all."""
+    spawn_service("gateway", **GATEWAY_ENV)
+    async with httpx.AsyncClient(base_url=base_url(settings), timeout=5) as c, webhook_receiver() as rx:
+        async def subscribed() -> bool:
+            try:
+                r = await c.post("/v1/subscriptions", json={"url": rx.url, "types": ["io.xpumesh.workload.*"]},
+                                 headers=ADMIN)
+            except httpx.TransportError:
+                return False
+            assert r.status_code == 201, r.text
+            return True
+
+        await eventually(subscribed, timeout=30, interval=0.2, message="gateway up, subscription made")
+        nul = "\u0000"
+        poison = json.dumps({"specversion": "1.0", "id": f"nul{nul}", "source": "/scheduler",
+                             "type": EventTypes.workload("running"), "subject": f"wl-{nul}",
+                             "data": {"tenant": "acme"}}).encode()
+        await bus.js.publish(subjects.event_subject(EventTypes.workload("running"), "hangzhou"), poison)
+        after = CloudEvent.new(EventTypes.workload("running"), "/scheduler", {"tenant": "acme"}, subject="wl-after")
+        await bus.publish_event(after, site="hangzhou")
+        await assert_eventually(lambda: after.id in rx.ids(), timeout=20, interval=0.2,
+                                message="the event after the NUL-laden one delivered")
+    assert all(nul not in i for i in rx.ids())
