@@ -191,7 +191,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             tasks[0].cancel()  # the load stops; the readers go on while the mesh settles
             with contextlib.suppress(asyncio.CancelledError):
                 await tasks[0]
-            bad = await settle(lambda: unsettled(mesh, load), args.settle_s)
+            bad = await settle(lambda: unsettled(mesh, load.accepted), args.settle_s)
 
             async def undelivered() -> tuple[set[str], set[str]] | None:
                 want = await committed_events(mesh)
