@@ -118,6 +118,30 @@ async def settle_on(mesh: FaultMesh, prefix: str, timeout_s: float = 20.0) -> se
     return on
 
 
+async def test_faults_2_s_delay_between_a_simulator_and_nats(world: World) -> None:
+    """A slow link that stays up: the simulator's heartbeats, reports and commands all arrive 2 s late."""
+    mesh = world.mesh
+    await asyncio.sleep(WARMUP_S)
+    on_b = await settle_on(mesh, B_PREFIX)
+    mesh.proxies[SIM_B].delay(2.0)
+    await asyncio.sleep(8)
+    mesh.proxies[SIM_B].heal()
+    end, healed = time.monotonic(), utc_now()
+    row = Row("2 s delay simulator-NATS 8 s", recovery_s=round(await mesh.wait_recovered(end), 1),
+              notes=[f"{len(on_b)} replicas on slowed hosts"])
+    back = await settle(lambda: _hosts_down(mesh, B_PREFIX), 15)
+    assert not back, f"hosts still down after the delay ended: {back}"
+    left = await settle(lambda: unfenced(mesh, B_PREFIX, healed + 2), 15)
+    assert not left, f"slowed hosts still run work placed elsewhere: {left}"
+    assert_row(await world.settled(row))
+
+
+async def _hosts_down(mesh: FaultMesh, prefix: str) -> list[str]:
+    rows = await mesh.sql("SELECT name FROM registry.members WHERE kind = 'host' AND status <> 'up' AND name LIKE $1",
+                          prefix + "%")
+    return [r["name"] for r in rows]
+
+
 async def test_faults_sigkill_of_a_simulator_moves_its_hosts_work(world: World) -> None:
     mesh = world.mesh
     await asyncio.sleep(WARMUP_S)
