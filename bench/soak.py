@@ -149,6 +149,7 @@ def report(soak: Soak, load: Load, events: EventLog, args: argparse.Namespace, *
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="xpumesh-soak-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     env = {
         "XPUMESH_HEARTBEAT_INTERVAL_S": str(args.heartbeat_s),
         "XPUMESH_TELEMETRY_INTERVAL_S": str(args.telemetry_s),
