@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -149,6 +150,14 @@ async def verify(mesh: FaultMesh, load: Load, events: EventLog, row: Row, *, tim
             "WHERE d.event_id = ANY($1)", lacking)
         if ahead:
             row.notes.append(f"earlier pending deliveries of their subjects: {[tuple(r) for r in ahead]}")
+        sent = await mesh.sql("SELECT event_id, created_at, sent_at FROM scheduler.outbox WHERE event_id = ANY($1)",
+                              lacking)
+        row.notes.append(f"their outbox rows (written, published): {[tuple(r) for r in sent]}")
+        with contextlib.suppress(Exception):
+            for info in await mesh.bus.js.consumers_info("XPUMESH_EVENTS"):
+                if (info.name or "").startswith("gw_"):
+                    row.notes.append(f"consumer {info.name}: pending {info.num_pending}, unacked {info.num_ack_pending}, "
+                                     f"redelivered {info.num_redelivered}, ack floor {info.ack_floor}")
         subs = await mesh.sql("SELECT s.id, s.tenant, s.status, now() AS now, (SELECT count(*) FROM gateway.deliveries d "
                               "WHERE d.status = 'pending' AND d.leased_until >= now()) AS leased, "
                               "(SELECT count(*) FROM gateway.deliveries d WHERE d.status = 'pending' "

@@ -142,23 +142,6 @@ async def _hosts_down(mesh: FaultMesh, prefix: str) -> list[str]:
     return [r["name"] for r in rows]
 
 
-async def test_faults_sigkill_of_a_simulator_moves_its_hosts_work(world: World) -> None:
-    mesh = world.mesh
-    await asyncio.sleep(WARMUP_S)
-    on_b = await settle_on(mesh, B_PREFIX)
-    killed = utc_now()
-    mesh.procs[SIM_B].kill()
-    detection, reschedule = await host_loss(mesh, B_PREFIX, killed, on_b)
-    mesh.procs[SIM_B].start()
-    end = time.monotonic()
-    row = Row("SIGKILL simulator (4 hosts)", detection_s=round(detection, 1),
-              reschedule_s=None if reschedule is None else round(reschedule, 1),
-              recovery_s=round(await mesh.wait_recovered(end), 1), notes=[f"{len(on_b)} replicas on lost hosts"])
-    assert on_b, "the lost hosts ran nothing: the scenario proves nothing"
-    assert reschedule is not None, f"work of the lost hosts not placed elsewhere: {on_b}"
-    assert_row(await world.settled(row))
-
-
 async def test_faults_partition_of_a_simulator_fences_its_old_work_on_return(world: World) -> None:
     mesh = world.mesh
     await asyncio.sleep(WARMUP_S)
@@ -173,6 +156,23 @@ async def test_faults_partition_of_a_simulator_fences_its_old_work_on_return(wor
               recovery_s=round(await mesh.wait_recovered(end), 1), notes=[f"{len(on_b)} replicas on cut-off hosts"])
     left = await settle(lambda: unfenced(mesh, B_PREFIX, healed + 2), 15)
     assert not left, f"returning hosts still run work placed elsewhere: {left}"
+    assert_row(await world.settled(row))
+
+
+async def test_faults_sigkill_of_a_simulator_moves_its_hosts_work(world: World) -> None:
+    mesh = world.mesh
+    await asyncio.sleep(WARMUP_S)
+    on_b = await settle_on(mesh, B_PREFIX)
+    killed = utc_now()
+    mesh.procs[SIM_B].kill()
+    detection, reschedule = await host_loss(mesh, B_PREFIX, killed, on_b)
+    mesh.procs[SIM_B].start()
+    end = time.monotonic()
+    row = Row("SIGKILL simulator (4 hosts)", detection_s=round(detection, 1),
+              reschedule_s=None if reschedule is None else round(reschedule, 1),
+              recovery_s=round(await mesh.wait_recovered(end), 1), notes=[f"{len(on_b)} replicas on lost hosts"])
+    assert on_b, "the lost hosts ran nothing: the scenario proves nothing"
+    assert reschedule is not None, f"work of the lost hosts not placed elsewhere: {on_b}"
     assert_row(await world.settled(row))
 
 
