@@ -149,7 +149,6 @@ def report(soak: Soak, load: Load, events: EventLog, args: argparse.Namespace, *
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="xpumesh-soak-"))
-    workdir.mkdir(parents=True, exist_ok=True)
     env = {
         "XPUMESH_HEARTBEAT_INTERVAL_S": str(args.heartbeat_s),
         "XPUMESH_TELEMETRY_INTERVAL_S": str(args.telemetry_s),
@@ -232,6 +231,8 @@ def main() -> None:
     p.add_argument("--settle-s", type=float, default=120.0, help="how long the mesh may take to settle at the end")
     p.add_argument("--workdir", default=None, help="where the mesh keeps its data and logs (default: a temp dir)")
     args = p.parse_args()
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
     print(json.dumps(asyncio.run(run(args)), separators=(",", ":")))
 
 
