@@ -27,7 +27,9 @@ import random
 import signal
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from nats.aio.msg import Msg
 from pydantic import ValidationError
@@ -42,6 +44,7 @@ from libs.aio import wait_event
 from libs.bus import subjects
 from libs.bus.connection import Bus
 from libs.config import Settings
+from libs.schemas.commands import ActualStateReport
 from libs.schemas.sim import SimControl, SimControlReply, SimHostInfo
 
 log = logging.getLogger(__name__)
@@ -96,6 +99,8 @@ class Simulator:
         self._wake = asyncio.Event()
         self._timers: list[tuple[float, int, str, str, int]] = []  # (due, seq, action, host, slot)
         self._seq = 0
+        self._unreported = {h.host_id for h in hosts}  # hosts that have not yet said what they run since this start
+        self._boot_id = uuid.uuid4().hex[:16]
         self.device_count = sum(len(h.spec.devices) for h in hosts)
 
     # -------------------------------------------------------------- capability pump
@@ -128,6 +133,15 @@ class Simulator:
                 for h, fresh in failed:
                     self._pending[h.host_id] = fresh or self._pending.get(h.host_id, False)
                 await asyncio.sleep(0.5)
+
+    async def _report_nothing(self, h: SimHost) -> None:
+        """A host's first state report of this start, with its first heartbeat, when it has no work yet: what
+        the scheduler last heard of it (from a killed simulator) ran before, and would hold its devices until a
+        report said otherwise; a host without work sends no other."""
+        self._unreported.discard(h.host_id)
+        if h.host_id not in self.executions:
+            await h.report_state(ActualStateReport(host_id=h.host_id, site=h.site, boot_id=self._boot_id, seq=0,
+                                                   ts=datetime.now(UTC), replicas=[]))
 
     def resend_all(self) -> None:
         """Every host's last capability again and a state report from every host with work."""
@@ -211,6 +225,8 @@ class Simulator:
                     if h.up:
                         await h.publisher.heartbeat()
                         self.stats.heartbeats += 1
+                        if h.host_id in self._unreported:
+                            await self._report_nothing(h)
                 for h in tm_groups[tick % tm_slices]:
                     if h.up:
                         await h.send_telemetry(now, load)

@@ -12,8 +12,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -38,9 +39,9 @@ class Row:
     notes: list[str] = field(default_factory=list)
 
 
-async def unsettled(mesh: FaultMesh, load: Load) -> dict[str, str]:
+async def unsettled(mesh: FaultMesh, accepted: Iterable[str]) -> dict[str, str]:
     """Accepted workloads that are missing, or neither terminal, active nor queued with an explanation."""
-    ids = list(load.accepted)
+    ids = list(accepted)
     rows = await mesh.sql("SELECT id, state, explanation FROM scheduler.workloads WHERE id = ANY($1)", ids)
     found = {r["id"]: r for r in rows}
     out: dict[str, str] = {}
@@ -57,14 +58,23 @@ async def unsettled(mesh: FaultMesh, load: Load) -> dict[str, str]:
     return out
 
 
-async def committed_events(mesh: FaultMesh) -> set[str]:
+async def db_now(mesh: FaultMesh) -> datetime:
+    """PostgreSQL's clock, the one outbox rows are stamped with."""
+    rows = await mesh.sql("SELECT now() AS now")
+    now: datetime = rows[0]["now"]
+    return now
+
+
+async def committed_events(mesh: FaultMesh, before: datetime | None = None) -> set[str]:
+    """Workload events the scheduler's outbox has published (those written by ``before``, when given)."""
     rows = await mesh.sql("SELECT event_id FROM scheduler.outbox WHERE subject LIKE 'xpumesh.events.workload.%' "
-                          "AND sent_at IS NOT NULL")
+                          "AND sent_at IS NOT NULL AND created_at <= coalesce($1, 'infinity'::timestamptz)", before)
     return {r["event_id"] for r in rows}
 
 
-async def unsent_events(mesh: FaultMesh) -> int:
-    rows = await mesh.sql("SELECT count(*) AS n FROM scheduler.outbox WHERE sent_at IS NULL")
+async def unsent_events(mesh: FaultMesh, before: datetime | None = None) -> int:
+    rows = await mesh.sql("SELECT count(*) AS n FROM scheduler.outbox WHERE sent_at IS NULL "
+                          "AND created_at <= coalesce($1, 'infinity'::timestamptz)", before)
     return int(rows[0]["n"])
 
 
@@ -100,32 +110,67 @@ async def settle(check: Callable[[], Awaitable[object]], timeout_s: float, inter
 
 
 async def verify(mesh: FaultMesh, load: Load, events: EventLog, row: Row, *, timeout_s: float = 30.0) -> Row:
-    """Fill ``row`` with what the invariants say once the mesh has settled (waiting up to ``timeout_s``)."""
-    row.accepted = len(load.accepted)
-    bad = await settle(lambda: unsettled(mesh, load), timeout_s)
+    """Fill ``row`` with what the invariants say once the mesh has settled (waiting up to ``timeout_s``).
+
+    The load goes on meanwhile, so the checks hold a fixed target: the workloads accepted and the events
+    written to the outbox up to now. Against everything committed at each look, some events would always be
+    on their way under load, and the last look would count them missing."""
+    cut = await db_now(mesh)
+    accepted = list(load.accepted)
+    row.accepted = len(accepted)
+    bad = await settle(lambda: unsettled(mesh, accepted), timeout_s)
     assert isinstance(bad, dict)
     row.lost = sum(1 for v in bad.values() if v == "missing")
     if bad:
         row.notes.append(f"unsettled: {dict(list(bad.items())[:5])}")
 
     async def missing() -> tuple[set[str], set[str]] | None:
-        want = await committed_events(mesh)
+        want = await committed_events(mesh, cut)
         m = (want - set(events.webhook), want - set(events.sse))
-        return m if (m[0] or m[1] or await unsent_events(mesh)) else None
+        return m if (m[0] or m[1] or await unsent_events(mesh, cut)) else None
 
     gaps = await settle(missing, timeout_s)
-    want = await committed_events(mesh)
+    want = await committed_events(mesh, cut)
     row.missing_webhook = len(want - set(events.webhook))
     row.missing_sse = len(want - set(events.sse))
     row.duplicates_webhook = len(events.webhook) - len(set(events.webhook))
     row.duplicates_sse = len(events.sse) - len(set(events.sse))
     if gaps:
-        row.notes.append(f"unsent outbox rows: {await unsent_events(mesh)}")
+        row.notes.append(f"unsent outbox rows: {await unsent_events(mesh, cut)}")
     lacking = sorted(want - set(events.webhook))[:5]
     if lacking:
-        rows = await mesh.sql("SELECT event_id, status, attempts, last_error, stream_seq FROM gateway.deliveries "
+        rows = await mesh.sql("SELECT event_id, status, attempts, last_error, stream_seq, event_subject, "
+                              "leased_until, next_attempt_at FROM gateway.deliveries "
                               "WHERE event_id = ANY($1)", lacking)
         row.notes.append(f"webhook deliveries of missing events: {[tuple(r) for r in rows]} of {lacking}")
+        ahead = await mesh.sql(
+            "SELECT e.event_id, e.status, e.attempts, e.stream_seq, e.leased_until, e.next_attempt_at "
+            "FROM gateway.deliveries d JOIN gateway.deliveries e ON e.subscription_id = d.subscription_id "
+            "AND e.event_subject = d.event_subject AND e.status = 'pending' AND e.stream_seq < d.stream_seq "
+            "WHERE d.event_id = ANY($1)", lacking)
+        if ahead:
+            row.notes.append(f"earlier pending deliveries of their subjects: {[tuple(r) for r in ahead]}")
+        sent = await mesh.sql("SELECT event_id, created_at, sent_at FROM scheduler.outbox WHERE event_id = ANY($1)",
+                              lacking)
+        row.notes.append(f"their outbox rows (written, published): {[tuple(r) for r in sent]}")
+        with contextlib.suppress(Exception):
+            for info in await mesh.bus.js.consumers_info("XPUMESH_EVENTS"):
+                if (info.name or "").startswith("gw_"):
+                    row.notes.append(f"consumer {info.name}: pending {info.num_pending}, unacked {info.num_ack_pending}, "
+                                     f"redelivered {info.num_redelivered}, ack floor {info.ack_floor}")
+        subs = await mesh.sql("SELECT s.id, s.tenant, s.status, now() AS now, (SELECT count(*) FROM gateway.deliveries d "
+                              "WHERE d.status = 'pending' AND d.leased_until >= now()) AS leased, "
+                              "(SELECT count(*) FROM gateway.deliveries d WHERE d.status = 'pending' "
+                              "AND d.next_attempt_at <= now() AND (d.leased_until IS NULL OR d.leased_until < now())) AS due "
+                              "FROM gateway.subscriptions s")
+        row.notes.append(f"subscriptions (id, tenant, status, now, pending leased, pending due): {[tuple(r) for r in subs]}")
+        free = await mesh.sql("SELECT event_id FROM gateway.deliveries WHERE event_id = ANY($1) "
+                              "FOR UPDATE SKIP LOCKED", lacking)
+        if len(free) < len(rows):
+            busy = await mesh.sql("SELECT pid, application_name, state, now() - xact_start AS age, left(query, 160) "
+                                  "AS query FROM pg_stat_activity WHERE state <> 'idle' AND pid <> pg_backend_pid() "
+                                  "AND xact_start IS NOT NULL")
+            row.notes.append(f"{len(rows) - len(free)} of them locked; open transactions: {[tuple(r) for r in busy]}")
     booked = await settle(lambda: double_booked(mesh), 5)
     if booked:
         row.notes.append(f"double-booked: {booked}")

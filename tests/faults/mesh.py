@@ -176,20 +176,43 @@ class EventLog:
 
 @dataclass
 class FaultMesh:
+    """The mesh as processes under ``workdir``. ``env`` overrides the processes' settings (``ENV``);
+    ``proxied``: each process reaches NATS through a ``TcpProxy`` of its own (off, it connects directly:
+    no link can be cut, and the test process forwards no traffic)."""
+
     workdir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    proxied: bool = True
     nats: EmbeddedNats = field(init=False)
     pg: EmbeddedPostgres = field(init=False)
     settings: Settings = field(init=False)
     procs: dict[str, Process] = field(default_factory=dict)
     proxies: dict[str, TcpProxy] = field(default_factory=dict)
     gateway_port: int = 0
+    hosts: int = 0
     bus: Bus = field(init=False)
+    base_env: dict[str, str] = field(init=False)
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.gateway_port}"
 
     async def start(self, *, hosts_a: int = 10, hosts_b: int = 4, devices: int = 4) -> None:
+        """The services, then simulator B (its hosts are the ones lost), then simulator A."""
+        await self.start_services()
+        await self.add_sim(SIM_B, hosts_b, devices, prefix=B_PREFIX, seed=3)
+        # B first: the scheduler breaks ties between equal hosts by the order it learnt them, so the hosts
+        # to be lost are the first to get work, and every host-loss scenario has work to move
+        self.procs[SIM_B].start()
+        deadline = time.monotonic() + 60
+        while await self.known_hosts(B_PREFIX) < hosts_b:
+            assert time.monotonic() < deadline, f"{B_PREFIX}* hosts unknown to the scheduler after 60 s"
+            await asyncio.sleep(0.2)
+        await self.add_sim("sim-a", hosts_a, devices)
+        self.procs["sim-a"].start()
+
+    async def start_services(self) -> None:
+        """NATS, PostgreSQL (migrated), the test process's bus connection and every service, healthy."""
         from xpumesh.prestart import prestart
 
         self.nats = EmbeddedNats(self.workdir).start()
@@ -201,33 +224,33 @@ class FaultMesh:
         self.bus = Bus(self.settings.bus, name="faults")
         await self.bus.connect(self.nats.url)
         await self.bus.ensure_streams()
-        base = {k: v for k, v in os.environ.items() if not k.startswith("XPUMESH_")}
-        base.update(ENV, XPUMESH_DATABASE_URL=self.pg.dsn, XPUMESH_DATA_DIR=str(self.workdir),
-                    XPUMESH_BOOTSTRAP_ADMIN_KEY=TEST_ADMIN_KEY, XPUMESH_GATEWAY_PORT=str(self.gateway_port),
-                    XPUMESH_METRICS_PORT=str(free_port()))
-        logs = self.workdir / "logs"
-        logs.mkdir(exist_ok=True)
-        py = sys.executable
-        argv = {s: [py, "-m", "xpumesh", "run", s] for s in SERVICES}
-        argv["sim-a"] = [py, "-m", "agent.sim.main", "--hosts", str(hosts_a), "--devices-per-host", str(devices)]
-        argv[SIM_B] = [py, "-m", "agent.sim.main", "--hosts", str(hosts_b), "--devices-per-host", str(devices),
-                       "--seed", "3", "--host-prefix", B_PREFIX]
-        for name, args in argv.items():
-            proxy = await TcpProxy("127.0.0.1", self.nats.port).start()
-            self.proxies[name] = proxy
-            self.procs[name] = Process(name, args, dict(base, XPUMESH_NATS_URL=proxy.url), logs / f"{name}.log")
+        self.base_env = {k: v for k, v in os.environ.items() if not k.startswith("XPUMESH_")}
+        self.base_env.update(ENV, XPUMESH_DATABASE_URL=self.pg.dsn, XPUMESH_DATA_DIR=str(self.workdir),
+                             XPUMESH_BOOTSTRAP_ADMIN_KEY=TEST_ADMIN_KEY, XPUMESH_GATEWAY_PORT=str(self.gateway_port),
+                             XPUMESH_METRICS_PORT=str(free_port()))
+        self.base_env.update(self.env)
+        (self.workdir / "logs").mkdir(exist_ok=True)
         for name in SERVICES:
+            await self.add_process(name, [sys.executable, "-m", "xpumesh", "run", name])
             self.procs[name].start()
         await self.wait_healthy(SERVICES, timeout_s=90)
-        # B first: the scheduler breaks ties between equal hosts by the order it learnt them, so the hosts
-        # to be lost are the first to get work, and every host-loss scenario has work to move
-        self.procs[SIM_B].start()
-        deadline = time.monotonic() + 60
-        while await self.known_hosts(B_PREFIX) < hosts_b:
-            assert time.monotonic() < deadline, f"{B_PREFIX}* hosts unknown to the scheduler after 60 s"
-            await asyncio.sleep(0.2)
-        self.procs["sim-a"].start()
-        self.hosts = hosts_a + hosts_b
+
+    async def add_sim(self, name: str, hosts: int, devices: int, *, prefix: str = "", seed: int = 7) -> Process:
+        """A fleet simulator of ``hosts`` hosts (ids starting with ``prefix``), not started yet."""
+        self.hosts += hosts
+        return await self.add_process(name, [sys.executable, "-m", "agent.sim.main", "--hosts", str(hosts),
+                                             "--devices-per-host", str(devices), "--seed", str(seed),
+                                             "--host-prefix", prefix])
+
+    async def add_process(self, name: str, argv: list[str]) -> Process:
+        url = self.nats.url
+        if self.proxied:
+            proxy = await TcpProxy("127.0.0.1", self.nats.port).start()
+            self.proxies[name] = proxy
+            url = proxy.url
+        self.procs[name] = Process(name, argv, dict(self.base_env, XPUMESH_NATS_URL=url),
+                                   self.workdir / "logs" / f"{name}.log")
+        return self.procs[name]
 
     async def stop(self) -> None:
         for p in self.procs.values():

@@ -118,21 +118,28 @@ async def settle_on(mesh: FaultMesh, prefix: str, timeout_s: float = 20.0) -> se
     return on
 
 
-async def test_faults_sigkill_of_a_simulator_moves_its_hosts_work(world: World) -> None:
+async def test_faults_2_s_delay_between_a_simulator_and_nats(world: World) -> None:
+    """A slow link that stays up: the simulator's heartbeats, reports and commands all arrive 2 s late."""
     mesh = world.mesh
     await asyncio.sleep(WARMUP_S)
     on_b = await settle_on(mesh, B_PREFIX)
-    killed = utc_now()
-    mesh.procs[SIM_B].kill()
-    detection, reschedule = await host_loss(mesh, B_PREFIX, killed, on_b)
-    mesh.procs[SIM_B].start()
-    end = time.monotonic()
-    row = Row("SIGKILL simulator (4 hosts)", detection_s=round(detection, 1),
-              reschedule_s=None if reschedule is None else round(reschedule, 1),
-              recovery_s=round(await mesh.wait_recovered(end), 1), notes=[f"{len(on_b)} replicas on lost hosts"])
-    assert on_b, "the lost hosts ran nothing: the scenario proves nothing"
-    assert reschedule is not None, f"work of the lost hosts not placed elsewhere: {on_b}"
+    mesh.proxies[SIM_B].delay(2.0)
+    await asyncio.sleep(8)
+    mesh.proxies[SIM_B].heal()
+    end, healed = time.monotonic(), utc_now()
+    row = Row("2 s delay simulator-NATS 8 s", recovery_s=round(await mesh.wait_recovered(end), 1),
+              notes=[f"{len(on_b)} replicas on slowed hosts"])
+    back = await settle(lambda: _hosts_down(mesh, B_PREFIX), 15)
+    assert not back, f"hosts still down after the delay ended: {back}"
+    left = await settle(lambda: unfenced(mesh, B_PREFIX, healed + 2), 15)
+    assert not left, f"slowed hosts still run work placed elsewhere: {left}"
     assert_row(await world.settled(row))
+
+
+async def _hosts_down(mesh: FaultMesh, prefix: str) -> list[str]:
+    rows = await mesh.sql("SELECT name FROM registry.members WHERE kind = 'host' AND status <> 'up' AND name LIKE $1",
+                          prefix + "%")
+    return [r["name"] for r in rows]
 
 
 async def test_faults_partition_of_a_simulator_fences_its_old_work_on_return(world: World) -> None:
@@ -149,6 +156,23 @@ async def test_faults_partition_of_a_simulator_fences_its_old_work_on_return(wor
               recovery_s=round(await mesh.wait_recovered(end), 1), notes=[f"{len(on_b)} replicas on cut-off hosts"])
     left = await settle(lambda: unfenced(mesh, B_PREFIX, healed + 2), 15)
     assert not left, f"returning hosts still run work placed elsewhere: {left}"
+    assert_row(await world.settled(row))
+
+
+async def test_faults_sigkill_of_a_simulator_moves_its_hosts_work(world: World) -> None:
+    mesh = world.mesh
+    await asyncio.sleep(WARMUP_S)
+    on_b = await settle_on(mesh, B_PREFIX)
+    killed = utc_now()
+    mesh.procs[SIM_B].kill()
+    detection, reschedule = await host_loss(mesh, B_PREFIX, killed, on_b)
+    mesh.procs[SIM_B].start()
+    end = time.monotonic()
+    row = Row("SIGKILL simulator (4 hosts)", detection_s=round(detection, 1),
+              reschedule_s=None if reschedule is None else round(reschedule, 1),
+              recovery_s=round(await mesh.wait_recovered(end), 1), notes=[f"{len(on_b)} replicas on lost hosts"])
+    assert on_b, "the lost hosts ran nothing: the scenario proves nothing"
+    assert reschedule is not None, f"work of the lost hosts not placed elsewhere: {on_b}"
     assert_row(await world.settled(row))
 
 

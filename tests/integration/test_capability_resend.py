@@ -93,3 +93,26 @@ async def test_capability_resend_simulated_hosts_send_their_reports_again(settin
     finally:
         stop.set()
         await run
+
+
+async def test_capability_resend_fresh_simulator_says_its_hosts_run_nothing(settings, bus: Bus) -> None:
+    """A simulator started again (after a SIGKILL) has hosts without work, which send no state report of
+    their own: the scheduler kept their last report from before, live replicas and all, and held those
+    devices for work nobody wants. Each host now says once, with its first heartbeat, that it runs nothing."""
+    hosts = [SimHost(spec, bus, interval_s=settings.heartbeat_interval_s) for spec in build_fleet(3)]
+    sim = Simulator(settings, bus, hosts)
+    stop = asyncio.Event()
+    run = asyncio.create_task(sim.run(stop))
+
+    async def states(host_id: str) -> list[CloudEvent]:
+        return [e for _, e in await stream_events(bus, subjects.HOST_STATE_ALL, stream=STREAM_HOSTS)
+                if e.subject == host_id]
+
+    try:
+        for h in hosts:
+            (report, *_) = await assert_eventually(partial(states, h.host_id), timeout=10,
+                                                   message=f"a state report from {h.host_id}")
+            assert report.data["host_id"] == h.host_id and report.data["replicas"] == []
+    finally:
+        stop.set()
+        await run

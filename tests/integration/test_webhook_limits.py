@@ -158,11 +158,11 @@ async def test_webhook_late_result_of_an_expired_lease_changes_nothing(settings)
                 subscription_id="sub_race", event_id="ev-1", event_type="io.xpumesh.workload.placed",
                 stream_seq=1, payload=b"{}"))
         async with session_scope(sessions) as s:
-            (first,) = await store.update_due_leases(s, limit=10, lease_s=0.05)
+            (first,) = await store.update_due_leases(s, limit=10, lease_s=0.05, floors={"sub_race": 1})
 
         async def taken_again() -> store.DueDelivery | None:
             async with session_scope(sessions) as s:
-                due = await store.update_due_leases(s, limit=10, lease_s=60.0)
+                due = await store.update_due_leases(s, limit=10, lease_s=60.0, floors={"sub_race": 1})
             return due[0] if due else None
 
         second = await assert_eventually(taken_again, timeout=5, message="the expired lease is taken again")

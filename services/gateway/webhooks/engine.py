@@ -6,9 +6,13 @@ Intake: each active subscription has a durable pull consumer on ``STREAM_EVENTS`
 PostgreSQL, and only then are their messages acked: a gateway killed at any point loses
 nothing (JetStream hands unacked messages out again after ``webhook_ack_wait_s``; a
 redelivered event id is ignored by the unique key; a batch the database refused is nak'ed
-and comes back). The consumer lets one batch be unacknowledged at a time and the intake
-records one batch at a time, so rows are written in stream order even with several
-gateway instances.
+and comes back). Rows are not always written in stream order: a killed gateway's unacked
+messages come back only after ``webhook_ack_wait_s`` while a new instance records later
+ones, a nak'ed batch waits out its back-off, and several instances record at once. So each
+intake follows its consumer's ack floor (``_follow_floor``): every event up to that stream
+sequence has been recorded (rows are committed before their messages are acked), and a
+delivery is leased only at or below it. With the per-subject gate of ``store`` this keeps
+the first delivery of each subject's events in stream order through crashes.
 
 Delivery: ``deliver_due`` (run by the gateway's periodic loop, woken when rows land or an
 attempt ends) leases due rows (``SKIP LOCKED``, so instances share the work) and
@@ -43,8 +47,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from prometheus_client import Counter
 
+from libs.aio import wait_event
 from libs.bus.connection import STREAM_EVENTS
 from libs.bus.consumer import Batch, PullConsumer, envelope
+from libs.bus.outcomes import Redelivery, reject
 from libs.db import session_scope
 from libs.events import CloudEvent, EventTypes
 from libs.schemas.subscriptions import DeliveryStatus
@@ -60,10 +66,15 @@ ORPHAN_AGE_S = 60.0
 LEASE_MARGIN_S = 5.0  # a lease outlives its attempt's deadline by this much: time to record the result
 
 
+FLOOR_RETRY_S = (0.02, 1.0)  # first and longest wait before asking again while the ack floor is behind the rows
+
+
 @dataclass(frozen=True)
 class _Intake:
     consumer: PullConsumer[CloudEvent]
     task: asyncio.Task[None]
+    floor: asyncio.Task[None]
+    recorded: asyncio.Event  # rows were written: the ack floor moves once their messages are acked
 
 
 def event_filter(sub: store.SubscriptionRow) -> EventFilter:
@@ -79,6 +90,10 @@ class WebhookEngine:
         self.ctx = ctx
         self.settings = ctx.settings.gateway
         self.intakes: dict[str, _Intake] = {}
+        # per subscription: the stream sequence up to which every event is recorded (the consumer's ack floor),
+        # and the highest sequence this instance recorded
+        self.floors: dict[str, int] = {}
+        self.recorded: dict[str, int] = {}
         self.attempts: set[asyncio.Task[None]] = set()
         self.wake = asyncio.Event()  # deliveries were recorded or an attempt ended: look for due ones now
         self.resync = asyncio.Event()  # a subscription changed on some instance: reconcile now
@@ -119,22 +134,55 @@ class WebhookEngine:
         if running is not None and not running.task.done():
             return
         flt = event_filter(sub)
+        recorded = asyncio.Event()
 
         async def record(batch: Batch[CloudEvent]) -> None:
             await self._record(sub.id, flt, batch)
+            recorded.set()
 
+        b = self.ctx.settings.bus
         consumer = PullConsumer(self.ctx.bus, stream=STREAM_EVENTS, durable=store.consumer_name(sub.id), handle=record,
                                 decode=envelope, service="gateway", name="webhook_intake", batch=FETCH_BATCH,
-                                dedupe=0, drain_timeout_s=self.ctx.settings.bus.drain_timeout_s)
+                                dedupe=0, redelivery=Redelivery(b.redelivery_base_s, 2.0, b.redelivery_max_s),
+                                drain_timeout_s=b.drain_timeout_s)
         await consumer.start()
-        self.intakes[sub.id] = _Intake(consumer, asyncio.create_task(consumer.run(), name=f"webhook-intake:{sub.id}"))
+        self.intakes[sub.id] = _Intake(
+            consumer, asyncio.create_task(consumer.run(), name=f"webhook-intake:{sub.id}"),
+            asyncio.create_task(self._follow_floor(sub.id, recorded), name=f"webhook-floor:{sub.id}"), recorded)
 
     async def stop_intake(self, sid: str) -> None:
         intake = self.intakes.pop(sid, None)
         if intake is not None:
             await intake.consumer.stop()
             intake.task.cancel()
-            await asyncio.gather(intake.task, return_exceptions=True)
+            intake.floor.cancel()
+            await asyncio.gather(intake.task, intake.floor, return_exceptions=True)
+        self.floors.pop(sid, None)
+        self.recorded.pop(sid, None)
+
+    async def _follow_floor(self, sid: str, recorded: asyncio.Event) -> None:
+        """Keep ``floors[sid]`` at the subscription consumer's ack floor: asked after rows are recorded, again
+        (backing off) while it is behind them, and every ``sync_interval_s`` for rows other instances record."""
+        wait = FLOOR_RETRY_S[0]
+        while True:
+            recorded.clear()
+            floor: int | None = None
+            try:
+                info = await self.ctx.bus.js.consumer_info(STREAM_EVENTS, store.consumer_name(sid))
+                floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # NATS away, the consumer being recreated: ask again
+                log.debug("webhook intake %s: no consumer info (%s)", sid, type(exc).__name__)
+            if floor is not None and floor > self.floors.get(sid, -1):
+                self.floors[sid] = floor
+                self.wake.set()
+            if floor is None or floor < self.recorded.get(sid, 0):
+                await asyncio.sleep(wait)  # the acks are on their way, or an earlier event is not recorded yet
+                wait = min(wait * 2, FLOOR_RETRY_S[1])
+            else:
+                wait = FLOOR_RETRY_S[0]
+                await wait_event(recorded, self.settings.sync_interval_s)
 
     async def reconcile(self) -> None:
         """Run an intake for every active subscription and none for the rest."""
@@ -174,14 +222,23 @@ class WebhookEngine:
     async def _record(self, sid: str, flt: EventFilter, batch: Batch[CloudEvent]) -> None:
         """Write the matching events of a batch as pending deliveries; the consumer acks the batch only after
         this returns (a database failure raises: the batch is nak'ed and handed out again)."""
-        rows = [{"subscription_id": sid, "event_id": d.id, "event_type": d.item.type,
-                 "event_subject": (d.item.subject or "")[:256], "stream_seq": d.msg.metadata.sequence.stream,
-                 "payload": d.msg.data}
-                for d in batch if flt.matches(d.item, d.msg.subject)]
+        rows: list[dict[str, Any]] = []
+        top = 0
+        for d in batch:
+            if not flt.matches(d.item, d.msg.subject):
+                continue
+            if "\x00" in d.id or "\x00" in d.item.type or "\x00" in (d.item.subject or ""):
+                reject("gateway", "webhook_intake", "nul")  # PostgreSQL stores no NUL: it would refuse the batch for good
+                continue
+            seq = d.msg.metadata.sequence.stream
+            top = max(top, seq)
+            rows.append({"subscription_id": sid, "event_id": d.id, "event_type": d.item.type,
+                         "event_subject": (d.item.subject or "")[:256], "stream_seq": seq, "payload": d.msg.data})
         if not rows:
             return
         async with session_scope(self.ctx.db) as session:
             await store.create_deliveries(session, rows)
+        self.recorded[sid] = max(self.recorded.get(sid, 0), top)
         self.wake.set()
 
     # --- delivery ---------------------------------------------------------------------------
@@ -193,7 +250,7 @@ class WebhookEngine:
             return None
         async with session_scope(self.ctx.db) as session:
             due = await store.update_due_leases(session, limit=free, lease_s=self.settings.webhook_timeout_s + LEASE_MARGIN_S,
-                                                tenant_cap=self.settings.webhook_tenant_concurrency)
+                                                tenant_cap=self.settings.webhook_tenant_concurrency, floors=self.floors)
         for d in due:
             task = asyncio.create_task(self._attempt(d), name=f"webhook-attempt:{d.id}")
             self.attempts.add(task)

@@ -3,7 +3,9 @@
 A delivery is pending until it succeeds, fails for good (a 410 or a ping), is dead-lettered
 after the retry schedule, or is cancelled with its subscription. Within one subscription,
 deliveries of the same CloudEvent subject go out in stream order: a delivery is due only
-when no earlier pending delivery of its subject remains.
+when every earlier event of the subscription is recorded (its stream sequence is at or below
+the subscription's recorded floor, which the engine follows) and no earlier pending delivery
+of its subject remains.
 
 A worker leases due deliveries (``leased_until`` and a random ``lease_token``) and records an
 attempt's result only under its token (``update_delivery``): once a lease expired and
@@ -14,6 +16,7 @@ leases, so one tenant's slow targets cannot take every worker slot.
 
 from __future__ import annotations
 
+import json
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -162,6 +165,7 @@ WITH busy AS (
     JOIN gateway.subscriptions s ON s.id = d.subscription_id AND s.status = 'active' AND s.tenant = t.tenant
     WHERE d.status = 'pending' AND d.next_attempt_at <= now()
       AND (d.leased_until IS NULL OR d.leased_until < now())
+      AND d.stream_seq <= coalesce((CAST(:floors AS jsonb) ->> d.subscription_id)::bigint, -1)
       AND NOT EXISTS (SELECT 1 FROM gateway.deliveries e
                       WHERE e.subscription_id = d.subscription_id AND e.event_subject = d.event_subject
                         AND e.status = 'pending' AND e.stream_seq < d.stream_seq)
@@ -183,12 +187,14 @@ RETURNING t.id, t.subscription_id, t.event_id, t.payload, t.attempts, s.url, s.s
 """)
 
 
-async def update_due_leases(session: AsyncSession, *, limit: int, lease_s: float,
+async def update_due_leases(session: AsyncSession, *, limit: int, lease_s: float, floors: dict[str, int],
                             tenant_cap: int = 1_000_000) -> list[DueDelivery]:
     """Take up to ``limit`` due deliveries for ``lease_s`` seconds (other instances skip them meanwhile), at most
-    ``tenant_cap`` under live leases per tenant; each lease gets its own token."""
+    ``tenant_cap`` under live leases per tenant; each lease gets its own token. ``floors``: per subscription, the
+    stream sequence up to which every event is recorded; deliveries above it (or of a subscription not in it)
+    wait."""
     rows = (await session.execute(_LEASE_DUE, {"n": limit, "lease": lease_s, "cap": tenant_cap,
-                                               "token": secrets.token_hex(16)})).all()
+                                               "floors": json.dumps(floors), "token": secrets.token_hex(16)})).all()
     return [DueDelivery(r.id, r.subscription_id, r.event_id, r.payload, r.attempts, r.url, r.secret, r.lease_token)
             for r in rows]
 
