@@ -97,7 +97,9 @@ async def test_audit_every_admin_action_leaves_one_redacted_entry(settings, runn
         assert (await _one(c, "rid-sub-create"))["target"] == sub["id"]
         assert (await _one(c, "rid-sub-create"))["changes"]["url"] == "http://127.0.0.1:9/…"
         assert (await _one(c, "rid-labels"))["changes"] == {"set": {"team": "vision"}, "remove": ["old"]}
-        assert (await _one(c, "rid-quota"))["changes"] == {"devices": {"gpu": 4.0}, "compute_units": 100.0}
+        assert (await _one(c, "rid-quota"))["changes"] == {  # a bare number is a limit (max) with no guarantee
+            "devices": {"gpu": {"min": 0.0, "max": 4.0}}, "compute_units": {"min": 0.0, "max": 100.0},
+            "cpu": None, "memory_gib": None}
         assert (await _one(c, "rid-catalog-put"))["changes"]["memory_gib"] == 96
 
         # failures are recorded with their status; a body naming an actor changes nothing
@@ -200,4 +202,4 @@ async def test_audit_failed_write_is_counted_and_a_local_change_is_not_made(sett
         finally:
             await conn.execute("ALTER TABLE IF EXISTS gateway.audit_log_away RENAME TO audit_log")
             await conn.close()
-        assert (await c.get("/v1/tenants/acme/quota", headers=ADMIN)).json()["devices"] == {"gpu": 1.0}
+        assert (await c.get("/v1/tenants/acme/quota", headers=ADMIN)).json()["devices"] == {"gpu": {"min": 0.0, "max": 1.0}}
