@@ -23,7 +23,7 @@ from services.scheduler.placement.explain import Explainer, format_reason
 from services.scheduler.placement.feasibility import FeasibilityCache
 from services.scheduler.placement.greedy import GreedyResult, Strategy, greedy_pass
 from services.scheduler.placement.hint import with_baseline
-from services.scheduler.placement.preempt import Preemptor
+from services.scheduler.placement.preempt import Preemptor, host_usage, take
 from services.scheduler.placement.quota import QuotaLeft, Quotas, binding, left_after, quotas_left, shortfalls
 from services.scheduler.placement.reclaim import reclaim
 from services.scheduler.placement.result import (
@@ -327,7 +327,6 @@ def _preempt(items: Sequence[Item], snap: FleetSnapshot, feas: FeasibilityCache,
         by_workload.setdefault(it.workload, []).append(it)
     pre: Preemptor | None = None
     quota = left_after(items, snap, by_item, quotas_left)
-    prof_hw = [str(p.hardware_type) for p in snap.profiles]
     for w, its in by_workload.items():  # items are in priority order, so workloads are too
         missing = [it for it in its if it.idx not in by_item]
         if not missing or its[0].priority <= floor or batch[w].id in no_preempt_for:
@@ -336,12 +335,8 @@ def _preempt(items: Sequence[Item], snap: FleetSnapshot, feas: FeasibilityCache,
         if left <= 0.005:
             break
         if pre is None:
-            used: dict[int, tuple[int, int]] = {}
-            for s in by_item.values():
-                it = items[s.item]
-                cpu_used, mem_used = used.get(s.host, (0, 0))
-                used[s.host] = (cpu_used + it.cpu_per_replica * len(it.replicas), mem_used + it.host_mem)
-            pre = Preemptor(snap, feas, {d for s in by_item.values() for d in s.devices}, used, protected=protected)
+            pre = Preemptor(snap, feas, {d for s in by_item.values() for d in s.devices}, host_usage(by_item, items),
+                            protected=protected)
         gang = its[0].gang
         want = its if gang else missing
         tenant = its[0].tenant
@@ -349,15 +344,7 @@ def _preempt(items: Sequence[Item], snap: FleetSnapshot, feas: FeasibilityCache,
         res = pre.try_place(want, gang, max_candidates, min(left, 1.0), limits)
         if res is None:
             continue
-        if gang:
-            for it in its:
-                by_item.pop(it.idx, None)
-        for c, devs in res.chosen:
-            by_item[c.item] = Selected(c.item, int(snap.pool_host[c.pool]), devs, [1.0] * len(devs),
-                                       [int(snap.dev_mem[d]) for d in devs])
-            key = (tenant or "", prof_hw[snap.pool_profile[c.pool]])
-            if key in quota:
-                quota[key] -= len(devs) * UNITS_PER_DEVICE
+        take(res, snap, by_item, its, gang, quota, tenant or "")
         for ai in res.evicted:
             a = snap.allocations[ai]
             preemptions.append(Preemption(a.workload_id, a.priority, tuple(d.device_id for d in a.devices),

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 from ortools.sat.python import cp_model
 
-from services.scheduler.placement.capacity import Choice, cu_need
+from services.scheduler.placement.capacity import Choice, Selected, cu_need
 from services.scheduler.placement.feasibility import FeasibilityCache
 from services.scheduler.placement.snapshot import UNLIMITED, Allocation, FleetSnapshot
-from services.scheduler.placement.workloads import CPUS_PER_DEVICE_WEIGHT, Item, Kind
+from services.scheduler.placement.workloads import CPUS_PER_DEVICE_WEIGHT, UNITS_PER_DEVICE, Item, Kind
 
 _NEVER = 1 << 30
 _UNLIMITED_HALF = UNLIMITED // 2
@@ -38,6 +38,32 @@ _UNLIMITED_HALF = UNLIMITED // 2
 class PreemptResult:
     chosen: list[tuple[Choice, list[int]]]  # choice and its concrete devices
     evicted: dict[int, int]  # allocation index → workload index it made room for
+
+
+
+def host_usage(by_item: Mapping[int, Selected], items: Sequence[Item]) -> dict[int, tuple[int, int]]:
+    """CPUs and host memory per host that this round's selections already take (a Preemptor leaves them)."""
+    used: dict[int, tuple[int, int]] = {}
+    for s in by_item.values():
+        it = items[s.item]
+        cpu, mem = used.get(s.host, (0, 0))
+        used[s.host] = (cpu + it.cpu_per_replica * len(it.replicas), mem + it.host_mem)
+    return used
+
+
+def take(res: PreemptResult, snap: FleetSnapshot, by_item: dict[int, Selected], its: Sequence[Item], gang: bool,
+         quota: dict[tuple[str, str], int], tenant: str) -> None:
+    """Record what a preemption placed: its selections replace the workload's (a gang's whole), and the
+    devices it took count against the tenant's device limits left in ``quota``."""
+    if gang:
+        for it in its:
+            by_item.pop(it.idx, None)
+    for c, devs in res.chosen:
+        by_item[c.item] = Selected(c.item, int(snap.pool_host[c.pool]), devs, [1.0] * len(devs),
+                                   [int(snap.dev_mem[d]) for d in devs])
+        key = (tenant, str(snap.profiles[snap.pool_profile[c.pool]].hardware_type))
+        if key in quota:
+            quota[key] -= len(devs) * UNITS_PER_DEVICE
 
 
 class Preemptor:

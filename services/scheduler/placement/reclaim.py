@@ -25,11 +25,11 @@ from services.scheduler.placement.elastic import (
     victims,
 )
 from services.scheduler.placement.feasibility import FeasibilityCache
-from services.scheduler.placement.preempt import Preemptor
+from services.scheduler.placement.preempt import Preemptor, host_usage, take
 from services.scheduler.placement.quota import QuotaLeft
 from services.scheduler.placement.result import Preemption
 from services.scheduler.placement.snapshot import FleetSnapshot
-from services.scheduler.placement.workloads import UNITS_PER_DEVICE, Item, PendingWorkload
+from services.scheduler.placement.workloads import Item, PendingWorkload
 
 
 def reclaim(items: Sequence[Item], snap: FleetSnapshot, feas: FeasibilityCache, by_item: dict[int, Selected],
@@ -53,7 +53,6 @@ def reclaim(items: Sequence[Item], snap: FleetSnapshot, feas: FeasibilityCache, 
     for w, its in by_workload.items():  # what this batch placed counts as used
         if all(it.idx in by_item for it in its) and its[0].tenant is not None:
             add(used.setdefault(its[0].tenant, {}), spec_amounts(batch[w].spec, batch[w].alternative))
-    prof_hw = [str(p.hardware_type) for p in snap.profiles]
     for w, its in by_workload.items():
         missing = [it for it in its if it.idx not in by_item]
         tenant = its[0].tenant
@@ -71,25 +70,13 @@ def reclaim(items: Sequence[Item], snap: FleetSnapshot, feas: FeasibilityCache, 
         allowed = victims(snap, borrowing, tenant) - gone
         if not allowed:
             continue
-        host_used: dict[int, tuple[int, int]] = {}
-        for s in by_item.values():
-            it = items[s.item]
-            cpu, mem = host_used.get(s.host, (0, 0))
-            host_used[s.host] = (cpu + it.cpu_per_replica * len(it.replicas), mem + it.host_mem)
-        pre = Preemptor(snap, feas, {d for s in by_item.values() for d in s.devices}, host_used, victims=allowed)
+        pre = Preemptor(snap, feas, {d for s in by_item.values() for d in s.devices}, host_usage(by_item, items),
+                        victims=allowed)
         limits = {hw: v for (t, hw), v in quota.items() if t == tenant}
         res = pre.try_place(want, gang, max_candidates, min(left, 1.0), limits)
         if res is None:
             continue
-        if gang:
-            for it in its:
-                by_item.pop(it.idx, None)
-        for c, devs in res.chosen:
-            by_item[c.item] = Selected(c.item, int(snap.pool_host[c.pool]), devs, [1.0] * len(devs),
-                                       [int(snap.dev_mem[d]) for d in devs])
-            key = (tenant, prof_hw[snap.pool_profile[c.pool]])
-            if key in quota:
-                quota[key] -= len(devs) * UNITS_PER_DEVICE
+        take(res, snap, by_item, its, gang, quota, tenant)
         add(used.setdefault(tenant, {}), asked)
         why = _within(tenant, asked, used[tenant], guarantees[tenant])
         for ai in res.evicted:
