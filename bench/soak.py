@@ -42,6 +42,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from libs.aio import cancel_all  # noqa: E402
 from libs.bus import subjects  # noqa: E402
 from libs.events import EventTypes  # noqa: E402
 from tests.faults.checks import committed_events, unsent_events, unsettled  # noqa: E402
@@ -205,11 +206,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             return report(soak, load, events, args, bad=bad, missing=gaps, unsent=await unsent_events(mesh),
                           counts=counts, started=started)
     finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_all(tasks)
         await mesh.stop()
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
+from typing import Any
 
 
 async def wait_event(event: asyncio.Event, timeout_s: float) -> bool:
@@ -33,3 +35,11 @@ async def first_of(*events: asyncio.Event) -> asyncio.Event:
         for w in waiters:
             w.cancel()
     return waiters[next(iter(done))]
+
+
+async def cancel_all(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel these tasks and wait for each to end, whatever it raised."""
+    pending = list(tasks)
+    for t in pending:
+        t.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)

@@ -10,7 +10,6 @@ placed elsewhere within ``RESCHEDULE_S`` after. The table of results is printed 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from libs.aio import cancel_all
 from tests.faults.checks import Row, host_loss, settle, unfenced, verify
 from tests.faults.mesh import ACTIVE, B_PREFIX, SERVICES, SIM_B, EventLog, FaultMesh, Load, utc_now
 from tests.faults.poison import every_subject, payloads
@@ -66,11 +66,7 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
             await asyncio.sleep(WARMUP_S)
             yield World(mesh, load, events)
     finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_all(tasks)
         await mesh.stop()
 
 

@@ -19,22 +19,28 @@ from tests.integration.test_api_kit import ADMIN, FAST_WEBHOOK_ENV, base_url, ev
 GATEWAY_ENV = FAST_WEBHOOK_ENV
 
 
+async def _subscribe(c: httpx.AsyncClient, url: str) -> dict[str, str]:
+    """A subscription to every workload event, made once the gateway answers."""
+    async def subscribed() -> dict[str, str] | None:
+        try:
+            r = await c.post("/v1/subscriptions", json={"url": url, "types": ["io.xpumesh.workload.*"]},
+                             headers=ADMIN)
+        except httpx.TransportError:
+            return None
+        assert r.status_code == 201, r.text
+        body: dict[str, str] = r.json()
+        return body
+
+    sub = await eventually(subscribed, timeout=30, interval=0.2, message="gateway up, subscription made")
+    assert sub is not None
+    return sub
+
+
 async def test_subscriptions_sigkill_mid_stream_loses_nothing_and_keeps_ids(settings, spawn_service,
                                                                            bus: Bus) -> None:
     proc = spawn_service("gateway", **GATEWAY_ENV)
     async with httpx.AsyncClient(base_url=base_url(settings), timeout=5) as c, webhook_receiver() as rx:
-        async def subscribed() -> dict[str, str] | None:
-            try:
-                r = await c.post("/v1/subscriptions", json={"url": rx.url, "types": ["io.xpumesh.workload.*"]},
-                                 headers=ADMIN)
-            except httpx.TransportError:
-                return None
-            assert r.status_code == 201, r.text
-            body: dict[str, str] = r.json()
-            return body
-
-        sub = await eventually(subscribed, timeout=30, interval=0.2, message="gateway up, subscription made")
-        assert sub is not None
+        sub = await _subscribe(c, rx.url)
         published: list[CloudEvent] = []
 
         async def publish(n: int) -> None:
@@ -79,18 +85,7 @@ async def test_subscriptions_event_held_by_another_reader_still_goes_out_before_
     which this gateway records meanwhile: they wait for it, so the subject's first deliveries keep stream order."""
     spawn_service("gateway", **GATEWAY_ENV)
     async with httpx.AsyncClient(base_url=base_url(settings), timeout=5) as c, webhook_receiver() as rx:
-        async def subscribed() -> dict[str, str] | None:
-            try:
-                r = await c.post("/v1/subscriptions", json={"url": rx.url, "types": ["io.xpumesh.workload.*"]},
-                                 headers=ADMIN)
-            except httpx.TransportError:
-                return None
-            assert r.status_code == 201, r.text
-            body: dict[str, str] = r.json()
-            return body
-
-        sub = await eventually(subscribed, timeout=30, interval=0.2, message="gateway up, subscription made")
-        assert sub is not None
+        sub = await _subscribe(c, rx.url)
 
         def event(n: int) -> CloudEvent:
             return CloudEvent.new(EventTypes.workload("running"), "/scheduler", {"tenant": "acme", "n": n},
