@@ -112,12 +112,14 @@ class HostExecution:
 
 async def start_execution(bus: Bus, host: ExecutionHost, *, drivers: dict[str, Driver], settings: AgentSettings,
                           state_dir: Path | None = None, default_driver: str | None = None,
-                          listen: bool = True) -> HostExecution:
+                          listen: bool = True, responder: str | None = None) -> HostExecution:
     """Run work on ``host``: log requests answered, what a previous agent left running adopted (with a
     ``state_dir``), then, with ``listen``, commands taken from the host's subject. Without ``listen``
-    the caller feeds ``command`` itself (the simulator, from one subscription for every host)."""
+    the caller feeds ``command`` itself (the simulator, from one subscription for every host). ``responder``:
+    the base URL of the simulator's HTTP responder, which answers for simulated service replicas."""
     executor = Executor(host.host_id, host.site, drivers=drivers, settings=settings, state_dir=state_dir,
-                        publish=host.report_state, default_driver=default_driver, known_devices=host.device_ids)
+                        publish=host.report_state, default_driver=default_driver, known_devices=host.device_ids,
+                        responder=responder)
     execution = HostExecution(bus, executor)
     await execution._serve_logs()
     await bus.nc.flush()

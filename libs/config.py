@@ -140,6 +140,10 @@ class AgentSettings(BaseModel):
     replica_uid_count: int = Field(default=4096, ge=1, le=1_000_000, description="How many uids the range holds: the most replicas one host runs at once.")
     replica_groups: list[str] = Field(default=["video", "render"], description="Host groups a replica's uid also gets, for device nodes only a group may open (AMD's /dev/kfd and /dev/dri); names this host lacks are skipped.")
     replica_cgroup_parent: Path | None = Field(default=Path("/sys/fs/cgroup/xpumesh.slice"), description="Cgroup v2 directory under which each replica gets its own cgroup (skipped, with a log line, where cgroup v2 is not writable; unset: none).")
+    service_address: str = Field(default="127.0.0.1", description="Address of this host that the gateway reaches its service replicas on; each replica gets a free port on it (passed as PORT and XPUMESH_PORT, with XPUMESH_HOST_ADDRESS).")
+    readiness_interval_s: float = Field(default=1.0, gt=0, description="How often the agent probes each service replica's readiness path.")
+    readiness_timeout_s: float = Field(default=1.0, gt=0, description="Timeout of one readiness probe; a probe that times out or answers 4xx/5xx makes the replica not ready.")
+    cpu_device: bool = Field(default=False, description="Report this host's CPUs as one device of type cpu (vendor 'cpu'), so workloads asking for hardware type cpu (a share of it for several replicas) can be placed here; the demo's local host sets it.")
 
 
 class SimSettings(BaseModel):

@@ -116,6 +116,8 @@ class EventTypes:
     DEVICE_HEALTHY = event_type("device.healthy")
     ALERT_FIRING = event_type("alert.firing")
     ALERT_RESOLVED = event_type("alert.resolved")
+    # scheduler → gateways: a service's ready replicas changed (data: libs.schemas.endpoints.EndpointSet)
+    ENDPOINT_CHANGED = event_type("endpoint.changed")
     # liveness (core NATS, to the registry)
     HOST_HEARTBEAT = event_type("host.heartbeat")
     SERVICE_HEARTBEAT = event_type("service.heartbeat")

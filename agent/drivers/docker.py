@@ -103,6 +103,9 @@ def docker_run_args(plan: LaunchPlan, *, docker: str = "docker", uid: int | None
             "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
     if uid is not None:
         args += ["--user", f"{uid}:{uid}"]
+    if plan.service is not None:  # the service's port, published on the free host port the agent picked
+        svc = plan.service
+        args += ["--publish", f"{svc.address}:{svc.host_port}:{svc.listen_port}"]
     dev_env: dict[str, str] = {}
     vendors: dict[str, list[int]] = {}
     for d in plan.devices:

@@ -136,6 +136,7 @@ def events_of(kind: str) -> str:
 HOST_EVENTS_ALL = events_of("host")
 DEVICE_EVENTS_ALL = events_of("device")
 WORKLOAD_EVENTS_ALL = events_of("workload")
+ENDPOINT_EVENTS_ALL = events_of("endpoint")
 
 
 def event_subject(event_type: str, site: str | None = None) -> str:

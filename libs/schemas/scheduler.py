@@ -108,6 +108,25 @@ class WorkloadRef(BaseModel):
     tenant: str | None = Field(default=None, max_length=64, description="Confine to this tenant; None: any.")
 
 
+class WorkloadPatch(BaseModel):
+    """The body of ``PATCH /v1/workloads/{id}``: what may change on a running service."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"replicas": 3}]})
+
+    replicas: int = Field(ge=1, le=4096, description="The service's new number of replicas: new ones are placed, "
+                          "the highest-numbered ones stopped.")
+
+
+class WorkloadScale(BaseModel):
+    """A patch as the gateway hands it to the scheduler (``workloads.scale``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=TOKEN_PATTERN)
+    tenant: str | None = Field(default=None, max_length=64, description="Confine to this tenant; None: any.")
+    replicas: int = Field(ge=1, le=4096)
+
+
 class WorkloadQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -149,6 +168,10 @@ class ReplicaView(BaseModel):
     message: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    ready: bool | None = Field(default=None, description="A service replica: in rotation (its readiness probe "
+                               "passes) or not; None for a job.")
+    endpoint: str | None = Field(default=None, description="A service replica: the base URL it answers on.")
+    simulated: bool = Field(default=False, description="A simulated replica (the simulator's built-in responder).")
 
 
 class HistoryEntry(BaseModel):
