@@ -27,9 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
-
 import httpx
+from pydantic import TypeAdapter, ValidationError
 
 from agent.drivers.base import Driver, LaunchError, LaunchPlan, RunHandle, ServicePort
 from agent.services import PortBook, Readiness, base_url

@@ -1,7 +1,8 @@
 """The scheduler service: workloads in, placements and agent commands out, agents' reports reconciled.
 
 Bus endpoints (``xpumesh.rpc.scheduler.<name>``): ``workloads.submit``, ``workloads.get``,
-``workloads.list``, ``workloads.stop``, ``workloads.logs``, ``workloads.usage``, and the tenant
+``workloads.list``, ``workloads.stop``, ``workloads.scale`` (a service's replicas), ``workloads.logs``,
+``workloads.usage``, ``endpoints.list`` (every service's ready replicas, ``endpoints``), and the tenant
 quotas ``quotas.list``, ``quotas.get``, ``quotas.set`` (checked at submit, see ``quotas``).
 Consumers: agents' capability and state reports (``XPUMESH_HOSTS``), the registry's
 ``host.up``/``host.down`` and the inventory's ``device.unhealthy``/``device.healthy``.
@@ -23,6 +24,7 @@ from libs.db import session_scope
 from libs.events import CloudEvent, EventTypes
 from libs.schemas.commands import ActualStateReport, LogsReply, LogsRequest
 from libs.schemas.devices import Health
+from libs.schemas.endpoints import EndpointList, EndpointsQuery
 from libs.schemas.hostevents import CapabilityReport, ReportBounds
 from libs.schemas.inventory import DeviceEvent
 from libs.schemas.scheduler import (
@@ -33,12 +35,13 @@ from libs.schemas.scheduler import (
     WorkloadPage,
     WorkloadQuery,
     WorkloadRef,
+    WorkloadScale,
     WorkloadSubmit,
     WorkloadView,
 )
 from libs.schemas.tenancy import Quota, QuotaQuery, TenantQuota, TenantQuotas, TenantRef, TenantUsage
 from libs.service import Context, ServiceApp
-from services.scheduler import hosts, lifecycle, quotas, reconcile, reference, store
+from services.scheduler import endpoints, hosts, lifecycle, quotas, reconcile, reference, store
 from services.scheduler.state import SchedulerState, load_state
 from services.scheduler.validate import check_spec
 
@@ -204,6 +207,41 @@ async def stop_workload(req: WorkloadRef, ctx: Ctx) -> WorkloadView:
     if added:
         ctx.state.workloads_changed()
     return await get_workload(req, ctx)
+
+
+@app.endpoint("workloads.scale")
+async def scale_workload(req: WorkloadScale, ctx: Ctx) -> WorkloadView:
+    """Change a running service's replica count (new replicas checked against the tenant's quota)."""
+    s = ctx.settings.scheduler
+    now = lifecycle.utcnow()
+    async with session_scope(ctx.db) as session:
+        wl = (await store.read_workloads(session, [req.id])).get(req.id)
+        if wl is None or (req.tenant is not None and wl.tenant != req.tenant):
+            raise NotFound(f"no workload {req.id!r}", title="Workload not found")
+        if wl.spec.kind != "service":
+            raise InvalidRequest("only a service's replicas can be changed; submit a new job instead",
+                                 title="Not a service", errors=[{"loc": "body.replicas", "msg": "not a service"}])
+        if wl.state.terminal:
+            raise InvalidRequest(f"the service has ended ({wl.state.value})", title="Service ended",
+                                 errors=[{"loc": "body.replicas", "msg": f"the service is {wl.state.value}"}])
+        more = req.replicas - len(wl.replicas)
+        if more > 0 and wl.tenant is not None:
+            tenant = wl.tenant
+            await quotas.check([wl.spec.model_copy(update={"replicas": more})], tenant, ctx.state.quotas.get(tenant),
+                               lambda: _usage(ctx, tenant))
+        added, removed = lifecycle.scale(wl, req.replicas, now, s.command_ttl_s)
+        outbox = await store.update_workload_replicas(session, wl, added, removed, now) if added or removed else 0
+    if outbox:
+        ctx.state.workloads_changed()
+    return await get_workload(WorkloadRef(id=req.id, tenant=req.tenant), ctx)
+
+
+@app.endpoint("endpoints.list", concurrency=4)
+async def list_endpoints(req: EndpointsQuery, ctx: Ctx) -> EndpointList:
+    """Every running service's set of ready replicas (a gateway reads them once at start)."""
+    async with session_scope(ctx.db) as session:
+        services = await store.list_services(session, req.tenant)
+    return EndpointList(items=[endpoints.endpoint_set(wl) for wl in services])
 
 
 @app.endpoint("workloads.logs", concurrency=8)

@@ -1,0 +1,42 @@
+"""Service workloads: their kind, and per replica its readiness and the URL it answers on.
+
+Why: a service's replicas take requests through the gateway only while ready, at the address
+their agent reported; the scheduler is the record of both, so a restarted scheduler (and a
+gateway reading the endpoint sets at start) knows them without waiting for every agent's next
+report. ``endpoint_version`` orders the ``endpoint.changed`` events of one service, so a
+gateway holding a newer set ignores an older one.
+
+Revision ID: scheduler_0003
+Revises: scheduler_0002
+Create Date: 2026-12-07
+"""
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "scheduler_0003"
+down_revision: str | None = "scheduler_0002"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+S = "scheduler"
+
+
+def upgrade() -> None:
+    op.add_column("workloads", sa.Column("kind", sa.String(16), nullable=False, server_default="job"), schema=S)
+    op.add_column("workloads", sa.Column("endpoint_version", sa.BigInteger, nullable=False, server_default="0"),
+                  schema=S)
+    op.create_index("ix_workloads_services", "workloads", ["id"], schema=S,
+                    postgresql_where=sa.text("kind = 'service' AND state NOT IN ('succeeded', 'failed', 'stopped')"))
+    op.add_column("replicas", sa.Column("ready", sa.Boolean), schema=S)
+    op.add_column("replicas", sa.Column("endpoint", sa.Text), schema=S)
+    op.add_column("replicas", sa.Column("simulated", sa.Boolean, nullable=False, server_default="false"), schema=S)
+
+
+def downgrade() -> None:
+    for column in ("simulated", "endpoint", "ready"):
+        op.drop_column("replicas", column, schema=S)
+    op.drop_index("ix_workloads_services", "workloads", schema=S)
+    op.drop_column("workloads", "endpoint_version", schema=S)
+    op.drop_column("workloads", "kind", schema=S)
