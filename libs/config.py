@@ -191,6 +191,13 @@ class GatewaySettings(BaseModel):
     tls_cert_file: Path | None = Field(default=None, description="Certificate (PEM, with its chain) the gateway serves HTTPS with; unset: plain HTTP (put a TLS-terminating proxy in front beyond loopback).")
     tls_key_file: Path | None = Field(default=None, description="Private key of that certificate.")
     sse_max_clients: int = Field(default=1000, ge=1, description="Concurrent SSE clients per gateway instance.")
+    endpoint_connect_timeout_s: float = Field(default=2.0, gt=0, description="How long the gateway waits to connect to a service replica behind /v1/endpoints/ (a failed connect is retried on another ready replica).")
+    endpoint_request_timeout_s: float = Field(default=60.0, gt=0, description="How long a request through /v1/endpoints/ may wait for the replica's response headers (then 504).")
+    endpoint_idle_timeout_s: float = Field(default=30.0, gt=0, description="Longest silence between two chunks of a streamed request or response through /v1/endpoints/ (SSE and chunked streams may run longer than the request timeout while they keep moving).")
+    endpoint_retries: int = Field(default=2, ge=0, le=16, description="Other ready replicas a request through /v1/endpoints/ is tried on when connecting to one fails (nothing was sent yet, so any method is retried).")
+    endpoint_max_connections: int = Field(default=1000, ge=1, description="Connections to service replicas one gateway instance holds at once (beyond them requests wait for one, within the connect timeout).")
+    endpoint_retry_after_s: int = Field(default=2, ge=1, description="Retry-After of the 503 answered when a service has no ready replica.")
+    endpoint_resync_s: float = Field(default=60.0, gt=0, description="How often each gateway instance reads every service's ready replicas from the scheduler again (it follows endpoint.changed events in between; this bounds what a missed event could leave stale).")
 
 
 class SchedulerSettings(BaseModel):

@@ -28,6 +28,14 @@ app.http(create_app, host=lambda s: s.gateway_host, port=lambda s: s.gateway_por
 @app.on_shutdown
 async def stop_webhooks(ctx: Ctx) -> None:
     await ctx.state.webhooks.close()
+    await ctx.state.proxy.aclose()
+
+
+@app.task
+async def follow_endpoints(ctx: Ctx) -> None:
+    """Keep the routing table of /v1/endpoints/: every service's ready replicas, from the scheduler's
+    snapshot and its endpoint.changed events."""
+    await ctx.state.follower.run(ctx.settings.gateway.endpoint_resync_s)
 
 
 @app.every(lambda s: s.gateway.sync_interval_s, wake=lambda ctx: ctx.state.webhooks.resync)

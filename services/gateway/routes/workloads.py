@@ -29,8 +29,10 @@ from libs.schemas.scheduler import (
     WorkloadBatchResult,
     WorkloadBatchSubmit,
     WorkloadPage,
+    WorkloadPatch,
     WorkloadQuery,
     WorkloadRef,
+    WorkloadScale,
     WorkloadState,
     WorkloadSubmit,
     WorkloadSummary,
@@ -176,6 +178,24 @@ async def stop_workload(ctx: Ctx, principal: CurrentPrincipal, workload_id: Work
     ensure_can_modify(principal, current.tenant, _not_found(workload_id))
     try:
         return await call(ctx, "scheduler", "workloads.stop", _ref(workload_id, current.tenant), WorkloadView)
+    except NotFound:
+        raise _not_found(workload_id) from None
+
+
+@router.patch("/v1/workloads/{workload_id}", response_model=WorkloadView, responses={
+                  **_NOT_FOUND, 422: problem("Not a service, or the service has ended", "Not a service",
+                                             "only a service's replicas can be changed; submit a new job instead")},
+              summary="Change a running service's number of replicas",
+              description="New replicas are placed and come into rotation when ready; with fewer, the "
+                          "highest-numbered replicas leave rotation and are stopped. New replicas count against "
+                          "the tenant's quota (403).")
+async def patch_workload(ctx: Ctx, principal: CurrentPrincipal, workload_id: WorkloadId,
+                         body: WorkloadPatch) -> WorkloadView:
+    current = await get_workload(ctx, principal, workload_id)
+    ensure_can_modify(principal, current.tenant, _not_found(workload_id))
+    try:
+        return await call(ctx, "scheduler", "workloads.scale",
+                          WorkloadScale(id=workload_id, tenant=current.tenant, replicas=body.replicas), WorkloadView)
     except NotFound:
         raise _not_found(workload_id) from None
 
