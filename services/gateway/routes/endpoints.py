@@ -10,10 +10,11 @@ kept from events): no request asks another service anything.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from libs.schemas.tenancy import Role
@@ -31,7 +32,11 @@ Name = Annotated[str, Path(max_length=191, description="The service's name (its 
 Rest = Annotated[str, Path(description="Path passed on to the replica.", examples=["v1/embeddings"])]
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The replica's answer, streamed as it comes (any status, headers and body; "
-                         "X-Xpumesh-Replica names the replica)", "content": {"*/*": {"schema": {}}}},
+                         "X-Xpumesh-Replica names the replica). The example is what xpumesh/examples/echo.py says.",
+          "content": {"*/*": {"schema": {}, "example": {
+              "replica": "1", "host": "hz-cpu-01", "workload": "wl_18ea52ab2dac349aa6915d69", "method": "GET",
+              "path": "/hello?q=1", "body_bytes": 0, "body_sha256": hashlib.sha256(b"").hexdigest(),
+              "authorization": None}}}},
     404: problem("No such endpoint for this key (or one it may not call)", "Endpoint not found",
                  "no endpoint 'echo'"),
     502: problem("No ready replica could be reached, or the replica failed the request", "Replica unreachable",
@@ -53,6 +58,12 @@ class EndpointInfo(BaseModel):
 
 
 class EndpointPage(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [
+        {"name": "echo", "tenant": "acme", "url": "/v1/endpoints/echo/", "replicas_ready": 3, "simulated": 0,
+         "workloads": ["wl_18ea52ab2dac349aa6915d69"], "callers": []},
+        {"name": "embed", "tenant": "beta", "url": "/v1/endpoints/beta:embed/", "replicas_ready": 16,
+         "simulated": 16, "workloads": ["wl_18ea52ab2dac349aa6915d70"], "callers": ["acme"]}]}]})
+
     items: list[EndpointInfo]
 
 
@@ -87,13 +98,17 @@ async def list_endpoints(ctx: Ctx, principal: CurrentPrincipal) -> EndpointPage:
     return EndpointPage(items=sorted(items, key=lambda i: (i.tenant or "", i.name)))
 
 
-@router.api_route("/v1/endpoints/{name}/{path:path}", methods=METHODS, responses=_RESPONSES,
-                  response_class=Response, summary="Call a service: a ready replica answers",
-                  description="`name` is a service of the caller's tenant, or `<owner>:<name>` for one another "
-                              "tenant opened to the caller's (`service.callers`). Proxied to a ready replica with "
-                              "the fewest requests in flight; request and response bodies stream both ways "
-                              "(chunked, Server-Sent Events).")
 async def call_endpoint(ctx: Ctx, principal: CurrentPrincipal, request: Request, name: Name, path: Rest) -> Response:
     owner, _, local = name.rpartition(":")
     ep = _resolve(ctx, principal, owner or principal.tenant, local)
     return await forward(request, ctx.state.endpoints, ctx.state.proxy, ctx.settings.gateway, ep, path)
+
+
+for _method in METHODS:  # one operation per method, each with its own id
+    router.add_api_route(
+        "/v1/endpoints/{name}/{path:path}", call_endpoint, methods=[_method], responses=_RESPONSES,
+        response_class=Response, operation_id=f"call_endpoint_{_method.lower()}",
+        summary="Call a service: a ready replica answers",
+        description="`name` is a service of the caller's tenant, or `<owner>:<name>` for one another tenant opened "
+                    "to the caller's (`service.callers`). Proxied to a ready replica with the fewest requests in "
+                    "flight; request and response bodies stream both ways (chunked, Server-Sent Events).")
