@@ -155,6 +155,8 @@ class SimSettings(BaseModel):
     host_return_s: float = Field(default=120.0, gt=0, description="How long a randomly lost host stays silent.")
     day_s: float = Field(default=86400.0, gt=0, description="Length of one simulated day of diurnal load (shorter: faster cycles).")
     publish_timeout_s: float = Field(default=5.0, gt=0, description="How long one batch of capability publishes may wait for JetStream.")
+    responder_host: str = Field(default="127.0.0.1", description="Address of the simulator's HTTP responder, which answers requests to every simulated service replica (the gateway must reach it).")
+    responder_port: int = Field(default=0, ge=0, le=65535, description="Port of that responder (0: a free one).")
 
 
 class GatewaySettings(BaseModel):

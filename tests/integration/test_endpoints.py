@@ -4,12 +4,14 @@ spread by least outstanding requests, streaming both ways, retried on a replica 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 import httpx
 
 import xpumesh.examples.echo as echo
+from agent.sim.main import simulate
 from libs.bus import subjects
 from libs.embedded import free_port
 from libs.events import CloudEvent, EventTypes
@@ -243,3 +246,42 @@ async def test_endpoints_refuse_other_tenants_viewers_and_invoke_only_keys_elsew
             assert (await client.get(f"/v1/workloads/{wid}", headers=ADMIN)).json()["spec"]["replicas"] == 1
     finally:
         await host.stop()
+
+
+async def test_endpoints_balance_over_simulated_replicas_answered_by_the_simulators_responder(
+        settings, running_service, bus) -> None:
+    s = fast(settings)
+    await running_service(scheduler_app, s)
+    url = await start_gateway(running_service, s)
+    stop, ready = asyncio.Event(), asyncio.Event()
+    sim = asyncio.create_task(simulate(s, 22, 7, stop, ready=ready))
+    await asyncio.wait_for(ready.wait(), timeout=20)
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=20) as client:
+            acme = bearer(await make_key(client, "acme", "user"))
+            spec = {"name": "fleet", "kind": "service", "replicas": 16, "hardware": {"type": "gpu", "share": 0.25},
+                    "service": {"port": 8000}, "variants": {"default": {"image": "example/serve:1"}}}
+            r = await client.post("/v1/workloads", json=spec, headers=acme)
+            assert r.status_code == 201, r.text
+            wid = r.json()["id"]
+            info = await _ready(client, acme, "fleet", 16)
+            assert info["simulated"] == 16
+            view = (await client.get(f"/v1/workloads/{wid}", headers=acme)).json()
+            assert all(p["simulated"] and p["ready"] and p["endpoint"] for p in view["placement"])
+
+            async def call(i: int) -> httpx.Response:
+                return await client.post(f"/v1/endpoints/fleet/v1/infer?i={i}", json={"i": i}, headers=acme)
+
+            answers = await asyncio.gather(*(call(i) for i in range(160)))
+            assert {a.status_code for a in answers} == {200}
+            bodies = [a.json() for a in answers]
+            assert all(b["simulated"] and b["path"] == "/v1/infer" and b["workload"] == wid for b in bodies)
+            per_replica = Counter(b["replica"] for b in bodies)
+            assert len(per_replica) == 16 and max(per_replica.values()) <= 20  # spread, none starved or piled on
+            hosts = {str(p["replica"]): p["host_id"] for p in view["placement"]}
+            assert all(b["host"] == hosts[b["replica"]] for b in bodies)  # each answered by its own replica's host
+            sse = await client.get("/v1/endpoints/fleet/stream", headers=acme)
+            assert sse.text.count("data: token") == 3
+    finally:
+        stop.set()
+        await asyncio.wait_for(sim, timeout=15)
