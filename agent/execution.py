@@ -102,6 +102,9 @@ class HostExecution:
     def report_soon(self) -> None:
         self.executor.report_soon()
 
+    async def stop_all(self, reason: str) -> None:
+        await self.executor.stop_all(reason)
+
     async def close(self) -> None:
         for s in self._subs:
             with contextlib.suppress(Exception):

@@ -39,7 +39,7 @@ from libs.bus.connection import Bus
 from libs.config import Settings
 from libs.periodic import Every
 from libs.schemas.commands import ActualStateReport
-from libs.schemas.devices import Device, Discovery, Health, device_id
+from libs.schemas.devices import Device, Discovery, HardwareType, Health, HostFacts, device_id
 from libs.schemas.hostevents import CapabilityReport, DeviceSample, TelemetryReport, host_id_for
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,14 @@ def fingerprint(d: Discovery) -> str:
     """What, if changed, needs a new capability report (not volatile facts such as CPU MHz)."""
     facts = d.host.model_dump(exclude={"cpu_mhz"})
     return json.dumps([facts, [x.model_dump(mode="json") for x in d.devices], d.labels], sort_keys=True)
+
+
+def cpu_device(host: HostFacts) -> Device:
+    """The host's CPUs as one device of type cpu (``agent.cpu_device``): vendor 'cpu', so its id
+    ``<host>:cpu:0`` never meets an accelerator's; its memory is the host's."""
+    return Device(index=0, hardware_type=HardwareType.CPU, vendor="cpu", model=host.cpu_model or "cpu",
+                  memory_mib=host.memory_mib, driver_version="", health=Health.HEALTHY,
+                  extra={"threads": str(host.cpu_threads)})
 
 
 def samples_for(devices: list[Device], readings: list[DeviceReading]) -> list[DeviceSample]:
@@ -101,6 +109,8 @@ class Agent:
 
     async def discover(self) -> Discovery:
         d = await discover(self.probe_dir, timeout_s=self.settings.agent.probe_timeout_s)
+        if self.settings.agent.cpu_device:
+            d = d.model_copy(update={"devices": [*d.devices, cpu_device(d.host)]})
         if self.publisher is None:
             self.publisher = HostPublisher(self.bus, host_id_for(d.host.hostname), self.settings.site, d.host.hostname,
                                            interval_s=self.settings.heartbeat_interval_s)
@@ -185,6 +195,8 @@ class Agent:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if s.agent.stop_replicas_on_exit:
+            await execution.stop_all("the agent stopped")
         await execution.close()
 
     async def _telemetry(self) -> None:

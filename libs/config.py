@@ -143,6 +143,7 @@ class AgentSettings(BaseModel):
     service_address: str = Field(default="127.0.0.1", description="Address of this host that the gateway reaches its service replicas on; each replica gets a free port on it (passed as PORT and XPUMESH_PORT, with XPUMESH_HOST_ADDRESS).")
     readiness_interval_s: float = Field(default=1.0, gt=0, description="How often the agent probes each service replica's readiness path.")
     readiness_timeout_s: float = Field(default=1.0, gt=0, description="Timeout of one readiness probe; a probe that times out or answers 4xx/5xx makes the replica not ready.")
+    stop_replicas_on_exit: bool = Field(default=False, description="Stop every replica when the agent stops (the demo's local host, so nothing outlives 'xpumesh up'); by default replicas run on and a restarted agent adopts them.")
     cpu_device: bool = Field(default=False, description="Report this host's CPUs as one device of type cpu (vendor 'cpu'), so workloads asking for hardware type cpu (a share of it for several replicas) can be placed here; the demo's local host sets it.")
 
 
