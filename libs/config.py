@@ -221,6 +221,8 @@ class SchedulerSettings(BaseModel):
     command_ttl_s: float = Field(default=600.0, gt=0, description="Agent: a command older than this on arrival is dropped (the scheduler re-sends what is still wanted).")
     state_replay_timeout_s: float = Field(default=10.0, gt=0, description="How long a starting scheduler reads hosts' latest state reports back from JetStream before it places anything (what agents run survives a restart).")
     lost_sweep_interval_s: float = Field(default=10.0, gt=0, description="How often work is looked for on hosts the registry or the scheduler holds down, and on unusable devices, and moved off (a safety net under host.down and device events).")
+    rollout_interval_s: float = Field(default=1.0, gt=0, description="How often rolling updates of services are looked at: a new service whose replicas are all ready takes over from the one it replaces.")
+    rollout_drain_s: float = Field(default=2.0, ge=0, description="How long a replaced service stays out of rotation but running before it is stopped, so requests the gateways already sent it can finish.")
 
 
 class Settings(BaseSettings):

@@ -37,11 +37,12 @@ from libs.schemas.scheduler import (
     WorkloadRef,
     WorkloadScale,
     WorkloadSubmit,
+    WorkloadUpdate,
     WorkloadView,
 )
 from libs.schemas.tenancy import Quota, QuotaQuery, TenantQuota, TenantQuotas, TenantRef, TenantUsage
 from libs.service import Context, ServiceApp
-from services.scheduler import endpoints, hosts, lifecycle, quotas, reconcile, reference, store
+from services.scheduler import endpoints, hosts, lifecycle, quotas, reconcile, reference, rollouts, store
 from services.scheduler.state import SchedulerState, load_state
 from services.scheduler.validate import check_spec
 
@@ -89,6 +90,15 @@ async def prune_decisions(ctx: Ctx) -> None:
 async def lost_work_sweep(ctx: Ctx) -> None:
     """Work left on hosts the registry or the fleet view holds down, or on unusable devices: moved off."""
     await hosts.sweep(ctx)
+
+
+@app.every(lambda s: s.scheduler.rollout_interval_s, first_run="after")
+async def rollout(ctx: Ctx) -> None:
+    """Rolling updates: a ready new version takes over, the old one drains and stops (``rollouts``)."""
+    async with session_scope(ctx.db) as session:
+        added = await rollouts.advance(session, ctx.settings.scheduler)
+    if added:
+        ctx.state.workloads_changed()
 
 
 # -- consumers -----------------------------------------------------------------------------------------
@@ -234,6 +244,36 @@ async def scale_workload(req: WorkloadScale, ctx: Ctx) -> WorkloadView:
     if outbox:
         ctx.state.workloads_changed()
     return await get_workload(WorkloadRef(id=req.id, tenant=req.tenant), ctx)
+
+
+@app.endpoint("workloads.update")
+async def update_workload(req: WorkloadUpdate, ctx: Ctx) -> WorkloadView:
+    """A rolling update: a new service with the changed spec beside the running one (which it replaces once
+    every replica of it is ready; ``rollouts``). The tenant's quota must hold both during the update."""
+    async with session_scope(ctx.db) as session:
+        current = (await store.read_workloads(session, [req.id], lock=False)).get(req.id)
+    if current is None or (req.tenant is not None and current.tenant != req.tenant):
+        raise NotFound(f"no workload {req.id!r}", title="Workload not found")
+    problems = []
+    if current.spec.kind != "service" or current.state.terminal:
+        problems.append(("body.spec", "only a running service can be updated"))
+    if req.spec.kind != "service":
+        problems.append(("body.spec.kind", "a rolling update keeps kind 'service'"))
+    if req.spec.name != current.spec.name:
+        problems.append(("body.spec.name", f"a rolling update keeps the name {current.spec.name!r} (the endpoint)"))
+    if problems:
+        raise InvalidRequest(problems[0][1], title="Cannot update", errors=[{"loc": loc, "msg": msg}
+                                                                           for loc, msg in problems])
+    spec = req.spec.model_copy(update={"tenant": current.tenant})
+    check_spec(spec, ctx.state.fleet)
+    tenant = current.tenant
+    if tenant is not None:
+        await quotas.check([spec], tenant, ctx.state.quotas.get(tenant), lambda: _usage(ctx, tenant))
+    async with session_scope(ctx.db) as session:
+        wl, _ = await store.create_workload(session, spec, current.tenant, None, lifecycle.utcnow(),
+                                            replaces=current.id)
+    ctx.state.workloads_changed()
+    return wl.view()
 
 
 @app.endpoint("endpoints.list", concurrency=4)

@@ -14,14 +14,19 @@ import time
 from typing import Any
 
 from libs.schemas.endpoints import EndpointReplica, EndpointSet
-from services.scheduler.lifecycle import Workload
+from services.scheduler.lifecycle import Replica, Workload
 
 
 def signature(wl: Workload) -> tuple[Any, ...]:
     """What a gateway needs of a service's set (equal signatures: nothing to publish)."""
     callers = tuple(wl.spec.service.callers) if wl.spec.service is not None else ()
     return (not wl.state.terminal, wl.name, callers,
-            tuple((r.replica, r.attempt, r.host_id, r.endpoint, r.simulated) for r in wl.replicas if r.in_rotation))
+            tuple((r.replica, r.attempt, r.host_id, r.endpoint, r.simulated) for r in in_rotation(wl)))
+
+
+def in_rotation(wl: Workload) -> list[Replica]:
+    """The replicas that take requests: none while the service drains (a rolling update replaced it)."""
+    return [] if wl.draining_since is not None else [r for r in wl.replicas if r.in_rotation]
 
 
 def changed(wl: Workload) -> bool:
@@ -43,4 +48,4 @@ def endpoint_set(wl: Workload) -> EndpointSet:
         callers=list(wl.spec.service.callers) if wl.spec.service is not None else [],
         version=wl.endpoint_version, active=not wl.state.terminal,
         replicas=[EndpointReplica(replica=r.replica, attempt=r.attempt, host_id=r.host_id or "", url=r.endpoint or "",
-                                  simulated=r.simulated) for r in wl.replicas if r.in_rotation])
+                                  simulated=r.simulated) for r in in_rotation(wl)])

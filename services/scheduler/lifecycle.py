@@ -101,6 +101,8 @@ class Workload:
     message: str | None = None
     finished_at: datetime | None = None
     endpoint_version: int = 0
+    replaces: str | None = None  # a rolling update: the service this one takes over from once ready
+    draining_since: datetime | None = None  # replaced: out of rotation since, stopped after the drain
     # the endpoint set last published (None: none yet); store.update_workloads publishes a new one on change
     endpoints_published: tuple[Any, ...] | None = None
     dirty: bool = False
@@ -122,7 +124,7 @@ class Workload:
             priority=self.spec.priority, replicas=self.spec.replicas, sites=self.sites, restarts=self.restarts,
             created_at=self.created_at, updated_at=self.updated_at, spec=self.spec,
             placement=[r.view() for r in self.replicas], explanation=self.explanation, message=self.message,
-            finished_at=self.finished_at)
+            finished_at=self.finished_at, replaces=self.replaces, draining=self.draining_since is not None)
 
     # -- recording -----------------------------------------------------------------------------
     def move(self, to: WorkloadState, reason: str, now: datetime) -> None:

@@ -72,7 +72,8 @@ def _workload(row: Any, reps: list[Replica]) -> Workload:
                   replicas=sorted(reps, key=lambda r: r.replica), restarts=row.restarts,
                   reschedules=row.reschedules,
                   explanation=Explanation.model_validate(row.explanation) if row.explanation else None,
-                  message=row.message, finished_at=row.finished_at, endpoint_version=row.endpoint_version)
+                  message=row.message, finished_at=row.finished_at, endpoint_version=row.endpoint_version,
+                  replaces=row.replaces, draining_since=row.draining_since)
     if row.endpoint_version:  # a set was published: the one these rows imply
         wl.endpoints_published = endpoints.signature(wl)
     return wl
@@ -122,7 +123,7 @@ async def update_workloads(session: AsyncSession, wls: Iterable[Workload], now: 
                             "reschedules": wl.reschedules, "sites": wl.sites,
                             "explanation": wl.explanation.model_dump(mode="json") if wl.explanation else None,
                             "message": wl.message, "updated_at": wl.updated_at, "finished_at": wl.finished_at,
-                            "endpoint_version": wl.endpoint_version})
+                            "endpoint_version": wl.endpoint_version, "draining_since": wl.draining_since})
         for r in wl.replicas:
             if r.dirty:
                 rep_rows.append({"b_wid": wl.id, "b_replica": r.replica, "attempt": r.attempt, "state": r.state,
@@ -156,14 +157,15 @@ async def update_workloads(session: AsyncSession, wls: Iterable[Workload], now: 
 
 
 def _new_workload(spec: WorkloadSpec, tenant: str | None, idempotency_key: str | None,
-                  now: datetime) -> tuple[Workload, dict[str, Any]]:
-    """A pending workload and its row, not yet written."""
+                  now: datetime, replaces: str | None = None) -> tuple[Workload, dict[str, Any]]:
+    """A pending workload and its row, not yet written (``replaces``: the service a rolling update takes over)."""
     spec_json = spec.model_dump(mode="json")
     wl = Workload(id=new_workload_id(), tenant=tenant, name=spec.name, spec=spec, state=WorkloadState.PENDING,
-                  created_at=now, updated_at=now, replicas=[Replica(replica=i) for i in range(spec.replicas)])
+                  created_at=now, updated_at=now, replicas=[Replica(replica=i) for i in range(spec.replicas)],
+                  replaces=replaces)
     values = {"id": wl.id, "tenant": tenant, "name": spec.name, "spec": spec_json, "state": wl.state.value,
               "hardware_type": wl.hardware_type, "priority": spec.priority, "replicas": spec.replicas,
-              "kind": spec.kind,
+              "kind": spec.kind, "replaces": replaces,
               "idempotency_key": idempotency_key, "request_hash": _digest(spec_json, tenant),
               "created_at": now, "updated_at": now}
     return wl, values
@@ -186,12 +188,12 @@ def _insert_keyed(rows: list[dict[str, Any]]) -> Any:
 
 
 async def create_workload(session: AsyncSession, spec: WorkloadSpec, tenant: str | None, idempotency_key: str | None,
-                 now: datetime) -> tuple[Workload, bool]:
+                 now: datetime, *, replaces: str | None = None) -> tuple[Workload, bool]:
     """Insert a pending workload, or return the one an earlier submit with this key created.
 
     With a tenant and a key, one ``INSERT … ON CONFLICT DO NOTHING`` decides: a retry (or a
     concurrent twin, whose commit it waits for) inserts nothing and finds the first one."""
-    wl, values = _new_workload(spec, tenant, idempotency_key, now)
+    wl, values = _new_workload(spec, tenant, idempotency_key, now, replaces)
     if idempotency_key is not None and tenant is not None:
         inserted = (await session.execute(_insert_keyed([values]))).scalar_one_or_none()
         if inserted is None:
@@ -343,6 +345,16 @@ async def update_workload_replicas(session: AsyncSession, wl: Workload, added: S
         await session.execute(insert(replicas), [{"workload_id": wl.id, "replica": r.replica, "state": "pending",
                                                   "updated_at": now} for r in added])
     return await update_workloads(session, [wl], now)
+
+
+async def list_rollouts(session: AsyncSession) -> list[tuple[str, str]]:
+    """(new, old) of rolling updates whose new service runs on while the old one has not ended."""
+    old = workloads.alias("old")
+    live = ("succeeded", "failed", "stopped")
+    rows = (await session.execute(
+        select(workloads.c.id, workloads.c.replaces).join(old, old.c.id == workloads.c.replaces)
+        .where(workloads.c.replaces.isnot(None) & workloads.c.state.notin_(live) & old.c.state.notin_(live)))).all()
+    return [(r.id, r.replaces) for r in rows]
 
 
 async def list_services(session: AsyncSession, tenant: str | None = None) -> list[Workload]:

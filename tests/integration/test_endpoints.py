@@ -285,3 +285,65 @@ async def test_endpoints_balance_over_simulated_replicas_answered_by_the_simulat
     finally:
         stop.set()
         await asyncio.wait_for(sim, timeout=15)
+
+
+async def test_endpoints_keep_answering_through_a_replica_kill_and_a_rolling_update(
+        settings, running_service, bus, tmp_path: Path) -> None:
+    s = _settings(settings)
+    s = s.model_copy(update={"scheduler": s.scheduler.model_copy(update={"rollout_interval_s": 0.2,
+                                                                         "rollout_drain_s": 0.5})})
+    await running_service(scheduler_app, s)
+    url = await start_gateway(running_service, s)
+    host = await TestHost(bus, s, "hz-cpu-1", [cpu_device()], tmp_path).start()
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=20) as client:
+            acme = bearer(await make_key(client, "acme", "user"))
+            v1 = service_spec(replicas=3)  # the host's one cpu holds both versions during the update
+            v1["hardware"] = {"type": "cpu", "share": 0.1}
+            v1["variants"]["default"]["env"] = {"VERSION": "1"}
+            r = await client.post("/v1/workloads", json=v1, headers=acme)
+            assert r.status_code == 201, r.text
+            old = r.json()["id"]
+            await _ready(client, acme, "echo", 3)
+            codes: list[int] = []
+            versions: list[str] = []
+
+            async def call() -> None:
+                a = await client.get("/v1/endpoints/echo/v", headers=acme)
+                codes.append(a.status_code)
+                if a.status_code == 200:
+                    versions.append(a.json()["version"])
+
+            for _ in range(5):
+                await call()
+            victim = next(run for run in host.executor.runs.values() if run.replica == 1 and run.state.live)
+            assert victim.handle is not None and victim.handle.pid is not None
+            os.killpg(victim.handle.pid, 9)  # between two requests: none is in flight to it
+            for _ in range(40):
+                await call()
+            await _ready(client, acme, "echo", 3)  # the killed replica is back, on a new port
+            assert set(codes) == {200}, codes
+
+            v2 = {**v1, "variants": {"default": {"command": v1["variants"]["default"]["command"],
+                                                 "env": {"VERSION": "2"}}}}
+            up = await client.patch(f"/v1/workloads/{old}", json={"spec": v2}, headers=acme)
+            assert up.status_code == 200, up.text
+            new = up.json()["id"]
+            assert new != old and up.json()["replaces"] == old
+            renamed = await client.patch(f"/v1/workloads/{old}", json={"spec": {**v2, "name": "other"}},
+                                         headers=acme)
+            assert renamed.status_code == 422, renamed.text
+
+            async def rolled() -> bool:
+                await call()
+                state = (await client.get(f"/v1/workloads/{old}", headers=acme)).json()["state"]
+                return state == "stopped"
+            await eventually(rolled, timeout=30, interval=0.02, message="the old version stopped")
+            for _ in range(10):
+                await call()
+            assert set(codes) == {200}, [c for c in codes if c != 200]  # not one failed request
+            assert versions[0] == "1" and set(versions[-10:]) == {"2"} and "2" in versions
+            info = await _ready(client, acme, "echo", 3)
+            assert info["workloads"] == [new]
+    finally:
+        await host.stop()

@@ -4,7 +4,7 @@ It listens on ``$XPUMESH_HOST_ADDRESS:$PORT`` (127.0.0.1:8000 without them) and 
 
 * ``GET /healthz`` → ``ok`` (its readiness path);
 * ``GET|POST /stream?n=N`` → N Server-Sent Events, one every 50 ms (token streaming);
-* anything else → JSON naming the replica, host, method, path and the body's length and SHA-256.
+* anything else → JSON naming the replica, host, ``$VERSION``, method, path and the body's length and SHA-256.
 
 Standard library only, so any Python 3 runs it.
 """
@@ -57,6 +57,7 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
             return
         answer = {"replica": os.environ.get("XPUMESH_REPLICA"), "host": os.environ.get("XPUMESH_HOST"),
+                  "version": os.environ.get("VERSION"),
                   "workload": os.environ.get("XPUMESH_WORKLOAD_ID"), "method": self.command, "path": self.path,
                   "body_bytes": len(body), "body_sha256": hashlib.sha256(body).hexdigest(),
                   "authorization": self.headers.get("Authorization")}
