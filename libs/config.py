@@ -200,6 +200,8 @@ class GatewaySettings(BaseModel):
     endpoint_retries: int = Field(default=2, ge=0, le=16, description="Other ready replicas a request through /v1/endpoints/ is tried on when connecting to one fails (nothing was sent yet, so any method is retried).")
     endpoint_max_connections: int = Field(default=1000, ge=1, description="Connections to service replicas one gateway instance holds at once (beyond them requests wait for one, within the connect timeout).")
     endpoint_retry_after_s: int = Field(default=2, ge=1, description="Retry-After of the 503 answered when a service has no ready replica.")
+    endpoint_load_sample_s: float = Field(default=0.25, gt=0, description="How often each gateway instance samples its requests in flight per service (for autoscaling).")
+    endpoint_load_interval_s: float = Field(default=2.0, gt=0, description="How often each gateway instance reports its mean requests in flight per service to the scheduler's autoscaler.")
     endpoint_resync_s: float = Field(default=60.0, gt=0, description="How often each gateway instance reads every service's ready replicas from the scheduler again (it follows endpoint.changed events in between; this bounds what a missed event could leave stale).")
 
 
@@ -221,6 +223,9 @@ class SchedulerSettings(BaseModel):
     command_ttl_s: float = Field(default=600.0, gt=0, description="Agent: a command older than this on arrival is dropped (the scheduler re-sends what is still wanted).")
     state_replay_timeout_s: float = Field(default=10.0, gt=0, description="How long a starting scheduler reads hosts' latest state reports back from JetStream before it places anything (what agents run survives a restart).")
     lost_sweep_interval_s: float = Field(default=10.0, gt=0, description="How often work is looked for on hosts the registry or the scheduler holds down, and on unusable devices, and moved off (a safety net under host.down and device events).")
+    autoscale_interval_s: float = Field(default=5.0, gt=0, description="How often services with min_replicas/max_replicas are sized to their requests in flight (the gateways' load reports).")
+    autoscale_down_after_s: float = Field(default=60.0, ge=0, description="How long a service's load must call for fewer replicas before it is scaled down (more are added at once).")
+    autoscale_load_max_age_s: float = Field(default=10.0, gt=0, description="Load reports older than this (a gateway instance gone) no longer count.")
     rollout_interval_s: float = Field(default=1.0, gt=0, description="How often rolling updates of services are looked at: a new service whose replicas are all ready takes over from the one it replaces.")
     rollout_drain_s: float = Field(default=2.0, ge=0, description="How long a replaced service stays out of rotation but running before it is stopped, so requests the gateways already sent it can finish.")
 

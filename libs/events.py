@@ -118,6 +118,8 @@ class EventTypes:
     ALERT_RESOLVED = event_type("alert.resolved")
     # scheduler → gateways: a service's ready replicas changed (data: libs.schemas.endpoints.EndpointSet)
     ENDPOINT_CHANGED = event_type("endpoint.changed")
+    # gateway → scheduler (core NATS): requests in flight per service, for autoscaling
+    ENDPOINT_LOAD = event_type("endpoint.load")
     # liveness (core NATS, to the registry)
     HOST_HEARTBEAT = event_type("host.heartbeat")
     SERVICE_HEARTBEAT = event_type("service.heartbeat")

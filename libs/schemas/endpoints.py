@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["EndpointList", "EndpointReplica", "EndpointSet", "EndpointsQuery"]
+__all__ = ["EndpointList", "EndpointLoad", "EndpointReplica", "EndpointSet", "EndpointsQuery", "WorkloadLoad"]
 
 
 class EndpointReplica(BaseModel):
@@ -53,3 +53,21 @@ class EndpointsQuery(BaseModel):
 
 class EndpointList(BaseModel):
     items: list[EndpointSet]
+
+
+class WorkloadLoad(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    workload_id: str = Field(max_length=64)
+    in_flight: float = Field(ge=0, le=1e9, description="Requests in flight to its replicas, averaged over the interval.")
+
+
+class EndpointLoad(BaseModel):
+    """What one gateway instance sends its services, every ``gateway.endpoint_load_interval_s`` (core NATS on
+    ``xpumesh.gateway.ctl.endpoint_load.<instance>``): the scheduler's autoscaler sums the instances' reports."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interval_s: float = Field(gt=0, le=3600)
+    items: list[WorkloadLoad] = Field(default_factory=list, max_length=100_000,
+                                      description="Every service it routes to (0 included).")

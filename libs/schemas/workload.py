@@ -357,6 +357,25 @@ class ServiceSpec(BaseModel):
     callers: list[str] = Field(default_factory=list, max_length=64, description="Other tenants whose keys may call "
                                "this service's endpoint ('*': every tenant). The owning tenant's keys always may.",
                                examples=[["beta"], ["*"]])
+    min_replicas: int | None = Field(default=None, ge=1, le=4096, description="Autoscaling: the fewest replicas "
+                                     "(with max_replicas). Unset: the service keeps 'replicas'.", examples=[1])
+    max_replicas: int | None = Field(default=None, ge=1, le=4096, description="Autoscaling: the most replicas.",
+                                     examples=[8])
+    target_in_flight: float = Field(default=4.0, gt=0, le=10_000, description="Autoscaling: requests in flight per "
+                                    "replica to aim for (measured by the gateways, averaged over their report "
+                                    "interval): more replicas above it, fewer once below it for a while.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Self:
+        if (self.min_replicas is None) != (self.max_replicas is None):
+            raise ValueError("min_replicas and max_replicas go together")
+        if self.min_replicas is not None and self.max_replicas is not None and self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas {self.min_replicas} is above max_replicas {self.max_replicas}")
+        return self
+
+    @property
+    def autoscaled(self) -> bool:
+        return self.min_replicas is not None and self.max_replicas is not None
 
     @field_validator("readiness_path")
     @classmethod
@@ -448,6 +467,11 @@ class WorkloadSpec(BaseModel):
             raise ValueError("'service' is only allowed with kind 'service'")
         if self.kind == "service" and self.gang:
             raise ValueError("a service cannot be a gang: its replicas are independent")
+        svc = self.service
+        if svc is not None and svc.min_replicas is not None and svc.max_replicas is not None \
+                and not svc.min_replicas <= self.replicas <= svc.max_replicas:
+            raise ValueError(f"replicas {self.replicas} must lie between service.min_replicas {svc.min_replicas} "
+                             f"and service.max_replicas {svc.max_replicas}")
         if self.placement.topology == "same_host" and self.replicas > 1:
             if self.placement.spread != "none":
                 raise ValueError(

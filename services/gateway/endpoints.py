@@ -10,7 +10,8 @@ instance needs every event, so the consumer is not shared). A set replaces the o
 when its ``version`` is newer, so a snapshot and an event crossing each other settle on the newest.
 
 ``pick`` chooses the ready replica with the fewest requests this instance has in flight to it;
-among equals it rotates, so an idle endpoint's requests spread over every replica.
+among equals it rotates, so an idle endpoint's requests spread over every replica. ``LoadMeter``
+averages those requests in flight per service for the scheduler's autoscaler.
 """
 
 from __future__ import annotations
@@ -30,7 +31,14 @@ from libs.bus.connection import STREAM_EVENTS, Bus
 from libs.bus.consumer import Batch, PullConsumer, envelope
 from libs.events import CloudEvent, EventTypes
 from libs.metrics import BUS_REJECTED
-from libs.schemas.endpoints import EndpointList, EndpointReplica, EndpointSet, EndpointsQuery
+from libs.schemas.endpoints import (
+    EndpointList,
+    EndpointLoad,
+    EndpointReplica,
+    EndpointSet,
+    EndpointsQuery,
+    WorkloadLoad,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +122,11 @@ class EndpointTable:
         order = [candidates[(ep.turn + i) % n] for i in range(n)]
         return min(order, key=lambda r: self.outstanding.get(r.url, 0))
 
+    def in_flight(self) -> dict[str, int]:
+        """Requests this instance has in flight now, per service (every service held, 0 included)."""
+        return {wid: sum(self.outstanding.get(r.url, 0) for r in s.replicas)
+                for ep in self.by_name.values() for wid, s in ep.sets.items()}
+
     def begin(self, url: str) -> None:
         self.outstanding[url] = self.outstanding.get(url, 0) + 1
 
@@ -123,6 +136,32 @@ class EndpointTable:
             self.outstanding[url] = left
         else:
             self.outstanding.pop(url, None)
+
+
+class LoadMeter:
+    """Requests in flight per service, sampled every ``gateway.endpoint_load_sample_s`` and averaged over each
+    report interval: what the scheduler's autoscaler reads (``EndpointLoad``)."""
+
+    def __init__(self, table: EndpointTable) -> None:
+        self.table = table
+        self.sums: dict[str, float] = {}
+        self.samples = 0
+        self.since = time.monotonic()
+
+    def sample(self) -> None:
+        for wid, n in self.table.in_flight().items():
+            self.sums[wid] = self.sums.get(wid, 0.0) + n
+        self.samples += 1
+
+    def report(self) -> EndpointLoad:
+        """The means since the last report (every service held now, 0 included), and start over."""
+        now = time.monotonic()
+        current = self.table.in_flight()
+        n = max(1, self.samples)
+        items = [WorkloadLoad(workload_id=wid, in_flight=self.sums.get(wid, 0.0) / n) for wid in current]
+        interval = max(1e-3, now - self.since)
+        self.sums, self.samples, self.since = {}, 0, now
+        return EndpointLoad(interval_s=min(interval, 3600.0), items=items)
 
 
 class EndpointFollower:

@@ -24,7 +24,7 @@ from libs.db import session_scope
 from libs.events import CloudEvent, EventTypes
 from libs.schemas.commands import ActualStateReport, LogsReply, LogsRequest
 from libs.schemas.devices import Health
-from libs.schemas.endpoints import EndpointList, EndpointsQuery
+from libs.schemas.endpoints import EndpointList, EndpointLoad, EndpointsQuery
 from libs.schemas.hostevents import CapabilityReport, ReportBounds
 from libs.schemas.inventory import DeviceEvent
 from libs.schemas.scheduler import (
@@ -42,7 +42,17 @@ from libs.schemas.scheduler import (
 )
 from libs.schemas.tenancy import Quota, QuotaQuery, TenantQuota, TenantQuotas, TenantRef, TenantUsage
 from libs.service import Context, ServiceApp
-from services.scheduler import endpoints, hosts, lifecycle, quotas, reconcile, reference, rollouts, store
+from services.scheduler import (
+    autoscale,
+    endpoints,
+    hosts,
+    lifecycle,
+    quotas,
+    reconcile,
+    reference,
+    rollouts,
+    store,
+)
 from services.scheduler.state import SchedulerState, load_state
 from services.scheduler.validate import check_spec
 
@@ -99,6 +109,23 @@ async def rollout(ctx: Ctx) -> None:
         added = await rollouts.advance(session, ctx.settings.scheduler)
     if added:
         ctx.state.workloads_changed()
+
+
+@app.every(lambda s: s.scheduler.autoscale_interval_s, first_run="after")
+async def autoscale_services(ctx: Ctx) -> None:
+    """Services with min_replicas/max_replicas sized to the gateways' requests in flight (``autoscale``)."""
+    if await autoscale.autoscale(ctx):
+        ctx.state.workloads_changed()
+
+
+@app.subscribe(subjects.GATEWAY_ENDPOINT_LOAD_ALL)
+async def on_endpoint_load(event: CloudEvent, ctx: Ctx) -> None:
+    """A gateway instance's requests in flight per service; the instance is the subject's last token."""
+    subject = event.received_on or ""
+    instance = subject.rsplit(".", 1)[-1]
+    if event.type != EventTypes.ENDPOINT_LOAD or not subject.startswith(subjects.GATEWAY_ENDPOINT_LOAD_ALL[:-1]):
+        raise InvalidRequest("not an endpoint load report")
+    ctx.state.load.record(instance, EndpointLoad.model_validate(event.data))
 
 
 # -- consumers -----------------------------------------------------------------------------------------

@@ -347,3 +347,41 @@ async def test_endpoints_keep_answering_through_a_replica_kill_and_a_rolling_upd
             assert info["workloads"] == [new]
     finally:
         await host.stop()
+
+
+async def test_endpoints_autoscale_a_service_on_requests_in_flight(settings, running_service, bus,
+                                                                   tmp_path: Path) -> None:
+    s = _settings(settings)
+    s = s.model_copy(update={
+        "scheduler": s.scheduler.model_copy(update={"autoscale_interval_s": 0.3, "autoscale_down_after_s": 1.0}),
+        "gateway": s.gateway.model_copy(update={"endpoint_load_interval_s": 0.3, "endpoint_load_sample_s": 0.05})})
+    await running_service(scheduler_app, s)
+    url = await start_gateway(running_service, s)
+    host = await TestHost(bus, s, "hz-cpu-1", [cpu_device()], tmp_path).start()
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            acme = bearer(await make_key(client, "acme", "user"))
+            spec = service_spec(replicas=1)
+            spec["service"].update({"min_replicas": 1, "max_replicas": 3, "target_in_flight": 1})
+            r = await client.post("/v1/workloads", json=spec, headers=acme)
+            assert r.status_code == 201, r.text
+            wid = r.json()["id"]
+            await _ready(client, acme, "echo", 1)
+            busy = asyncio.Event()
+
+            async def stream_forever() -> None:  # each stream holds a request in flight for ~1 s
+                while not busy.is_set():
+                    got = await client.get("/v1/endpoints/echo/stream", params={"n": 20}, headers=acme)
+                    assert got.status_code == 200
+
+            load = [asyncio.create_task(stream_forever()) for _ in range(5)]
+            try:
+                await _ready(client, acme, "echo", 3)  # 5 in flight, 1 per replica wanted: capped at 3
+            finally:
+                busy.set()
+                await asyncio.gather(*load)
+            view = (await client.get(f"/v1/workloads/{wid}", headers=acme)).json()
+            assert view["spec"]["replicas"] == 3
+            await _ready(client, acme, "echo", 1)  # idle for autoscale_down_after_s: back to min_replicas
+    finally:
+        await host.stop()
