@@ -199,6 +199,7 @@ class GatewaySettings(BaseModel):
     endpoint_idle_timeout_s: float = Field(default=30.0, gt=0, description="Longest silence between two chunks of a streamed request or response through /v1/endpoints/ (SSE and chunked streams may run longer than the request timeout while they keep moving).")
     endpoint_retries: int = Field(default=2, ge=0, le=16, description="Other ready replicas a request through /v1/endpoints/ is tried on when connecting to one fails (nothing was sent yet, so any method is retried).")
     endpoint_max_connections: int = Field(default=1000, ge=1, description="Connections to service replicas one gateway instance holds at once (beyond them requests wait for one, within the connect timeout).")
+    endpoint_client_shards: int = Field(default=16, ge=1, le=256, description="httpx clients the gateway spreads its connections to service replicas over, taken in turn (each pool's bookkeeping grows with the connections it holds).")
     endpoint_retry_after_s: int = Field(default=2, ge=1, description="Retry-After of the 503 answered when a service has no ready replica.")
     endpoint_load_sample_s: float = Field(default=0.25, gt=0, description="How often each gateway instance samples its requests in flight per service (for autoscaling).")
     endpoint_load_interval_s: float = Field(default=2.0, gt=0, description="How often each gateway instance reports its mean requests in flight per service to the scheduler's autoscaler.")

@@ -1,7 +1,9 @@
 """Forwarding one request through ``/v1/endpoints/<name>/<path>`` to a ready replica, streaming both ways.
 
-httpx's streaming client does the HTTP (one ``AsyncClient`` per gateway instance, bounded by
-``gateway.endpoint_max_connections``): the caller's body is handed over as it arrives (chunked
+httpx's streaming client does the HTTP: ``Clients``, ``gateway.endpoint_client_shards``
+``AsyncClient``s taken in turn, together bounded by ``gateway.endpoint_max_connections``
+(httpcore's pool walks all its connections for every request it assigns, so one pool holding
+hundreds of connections spends its time on that bookkeeping; small pools keep it cheap). The caller's body is handed over as it arrives (chunked
 uploads included) and the replica's answer goes back chunk by chunk as it comes, so Server-Sent
 Events and chunked token streams pass through unbuffered. Timeouts: connecting
 (``endpoint_connect_timeout_s``), the response headers (``endpoint_request_timeout_s``, then 504)
@@ -55,12 +57,26 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy
 BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
 
-def make_client(settings: GatewaySettings) -> httpx.AsyncClient:
-    timeout = httpx.Timeout(connect=settings.endpoint_connect_timeout_s, read=settings.endpoint_idle_timeout_s,
-                            write=settings.endpoint_idle_timeout_s, pool=settings.endpoint_connect_timeout_s)
-    limits = httpx.Limits(max_connections=settings.endpoint_max_connections,
-                          max_keepalive_connections=min(settings.endpoint_max_connections, 256))
-    return httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False, follow_redirects=False)
+class Clients:
+    """``gateway.endpoint_client_shards`` httpx clients to service replicas, taken in turn."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        timeout = httpx.Timeout(connect=settings.endpoint_connect_timeout_s, read=settings.endpoint_idle_timeout_s,
+                                write=settings.endpoint_idle_timeout_s, pool=settings.endpoint_connect_timeout_s)
+        shards = settings.endpoint_client_shards
+        per = max(1, settings.endpoint_max_connections // shards)
+        limits = httpx.Limits(max_connections=per, max_keepalive_connections=per)
+        self.clients = [httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False, follow_redirects=False)
+                        for _ in range(shards)]
+        self.turn = 0
+
+    def next(self) -> httpx.AsyncClient:
+        self.turn = (self.turn + 1) % len(self.clients)
+        return self.clients[self.turn]
+
+    async def aclose(self) -> None:
+        for client in self.clients:
+            await client.aclose()
 
 
 class _Body:
@@ -88,7 +104,7 @@ def _upstream_headers(request: Request) -> list[tuple[str, str]]:
     return out
 
 
-async def forward(request: Request, table: EndpointTable, client: httpx.AsyncClient, settings: GatewaySettings,
+async def forward(request: Request, table: EndpointTable, clients: Clients, settings: GatewaySettings,
                   ep: Endpoint, path: str) -> Response:
     labels = (ep.tenant or "", ep.name)
     has_body = request.method not in BODYLESS or "content-length" in request.headers \
@@ -111,6 +127,7 @@ async def forward(request: Request, table: EndpointTable, client: httpx.AsyncCli
             raise ProblemError(502, "Replica unreachable", f"no replica of endpoint {ep.name!r} could be reached")
         tried.append(replica.url)
         url = replica.url + "/" + path.lstrip("/") + (f"?{query}" if query else "")
+        client = clients.next()
         upstream = client.build_request(request.method, url, headers=_upstream_headers(request), content=body)
         table.begin(replica.url)
         try:

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import httpx
-
 from libs.service import Context
 from services.gateway.auth import AuthState
 from services.gateway.endpoints import EndpointFollower, EndpointTable, LoadMeter
 from services.gateway.enrollment import Enrollment
-from services.gateway.proxy import make_client
+from services.gateway.proxy import Clients
 from services.gateway.webhooks.engine import WebhookEngine
 
 
@@ -30,7 +28,7 @@ class GatewayState:
     enrollment: Enrollment
     endpoints: EndpointTable  # every service's ready replicas, kept by ``follower``
     follower: EndpointFollower
-    proxy: httpx.AsyncClient  # to service replicas behind /v1/endpoints/
+    proxy: Clients  # httpx clients to service replicas behind /v1/endpoints/
     load: LoadMeter  # requests in flight per service, reported to the scheduler's autoscaler
     sse_clients: int = 0  # event streams open on this instance (at most ``gateway.sse_max_clients``)
 
@@ -41,4 +39,4 @@ async def load_state(ctx: Context[GatewayState]) -> GatewayState:
                                 drain_timeout_s=ctx.settings.bus.drain_timeout_s)
     return GatewayState(auth=AuthState(ctx.settings.gateway), webhooks=WebhookEngine(ctx),
                         enrollment=Enrollment.from_settings(ctx.settings), endpoints=table, follower=follower,
-                        proxy=make_client(ctx.settings.gateway), load=LoadMeter(table))
+                        proxy=Clients(ctx.settings.gateway), load=LoadMeter(table))
