@@ -104,6 +104,9 @@ class HostExecution:
     def report_soon(self) -> None:
         self.executor.report_soon()
 
+    async def stop_all(self, reason: str) -> None:
+        await self.executor.stop_all(reason)
+
     async def close(self) -> None:
         for s in self._subs:
             with contextlib.suppress(Exception):
@@ -114,14 +117,15 @@ class HostExecution:
 
 async def start_execution(bus: Bus, host: ExecutionHost, *, drivers: dict[str, Driver], settings: AgentSettings,
                           state_dir: Path | None = None, default_driver: str | None = None,
-                          listen: bool = True, share_facts: Callable[[], Mapping[str, DeviceFacts]] | None = None
-                          ) -> HostExecution:
+                          listen: bool = True, share_facts: Callable[[], Mapping[str, DeviceFacts]] | None = None,
+                          responder: str | None = None) -> HostExecution:
     """Run work on ``host``: log requests answered, what a previous agent left running adopted (with a
     ``state_dir``), then, with ``listen``, commands taken from the host's subject. Without ``listen``
-    the caller feeds ``command`` itself (the simulator, from one subscription for every host)."""
+    the caller feeds ``command`` itself (the simulator, from one subscription for every host). ``responder``:
+    the base URL of the simulator's HTTP responder, which answers for simulated service replicas."""
     executor = Executor(host.host_id, host.site, drivers=drivers, settings=settings, state_dir=state_dir,
                         publish=host.report_state, default_driver=default_driver, known_devices=host.device_ids,
-                        share_facts=share_facts)
+                        share_facts=share_facts, responder=responder)
     execution = HostExecution(bus, executor)
     await execution._serve_logs()
     await bus.nc.flush()

@@ -27,10 +27,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 from pydantic import TypeAdapter, ValidationError
 
 from agent.cpusets import CpuAllocator, host_numa, usable_cpus
-from agent.drivers.base import Driver, LaunchError, LaunchPlan, RunHandle
+from agent.drivers.base import Driver, LaunchError, LaunchPlan, RunHandle, ServicePort
+from agent.services import PortBook, Readiness, base_url
 from agent.shares import DeviceFacts, ShareMechanisms
 from libs.bus.errors import NotFound
 from libs.config import AgentSettings
@@ -76,6 +78,13 @@ class Run:
     changed_at: datetime = field(default_factory=_now)
     stopping: bool = False
     task: asyncio.Task[None] | None = None
+    # a service replica: its host port, base URL, readiness (None for a job) and probe
+    port: int | None = None
+    endpoint: str | None = None
+    ready: bool | None = None
+    simulated: bool = False
+    readiness_path: str | None = None
+    probe: Readiness | None = None
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -86,18 +95,23 @@ class Run:
                              driver=self.driver, device_ids=self.device_ids, shares=self.shares,
                              share_enforcement=self.handle.share_enforcement if self.handle else None,
                              exit_code=self.exit_code, message=self.message[:500], started_at=self.started_at,
-                             finished_at=self.finished_at, changed_at=self.changed_at)
+                             finished_at=self.finished_at, changed_at=self.changed_at,
+                             ready=self.ready if self.state.live else None,
+                             endpoint=self.endpoint if self.state.live else None, simulated=self.simulated)
 
     def record(self) -> dict[str, Any]:
         return {"report": self.report().model_dump(mode="json"),
-                "handle": self.handle.model_dump(mode="json") if self.handle else None}
+                "handle": self.handle.model_dump(mode="json") if self.handle else None,
+                "service": {"port": self.port, "path": self.readiness_path, "endpoint": self.endpoint}
+                if self.endpoint else None}
 
 
 class Executor:
     def __init__(self, host_id: str, site: str, *, drivers: Mapping[str, Driver], settings: AgentSettings,
                  state_dir: Path | None = None, publish: Publish | None = None, default_driver: str | None = None,
                  known_devices: Callable[[], Collection[str]] | None = None, cpus: CpuAllocator | None = None,
-                 share_facts: Callable[[], Mapping[str, DeviceFacts]] | None = None) -> None:
+                 share_facts: Callable[[], Mapping[str, DeviceFacts]] | None = None,
+                 responder: str | None = None) -> None:
         self.host_id, self.site, self.drivers, self.settings = host_id, site, dict(drivers), settings
         self.state_dir = state_dir
         self._scratch = None if state_dir else Path(tempfile.mkdtemp(prefix=f"xpumesh-{host_id}-"))
@@ -116,6 +130,9 @@ class Executor:
         self.shares = ShareMechanisms(mps_pipe_directory=settings.mps_pipe_directory,
                                       hami_core_library=settings.hami_core_library,
                                       ascend_vnpu=settings.ascend_vnpu)
+        self.ports = PortBook(settings.service_address)
+        self.responder = responder  # base URL of the simulator's responder (simulated service replicas)
+        self._probe_client: httpx.AsyncClient | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     @property
@@ -138,6 +155,11 @@ class Executor:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for run in self.runs.values():
+            if run.probe is not None:
+                await run.probe.stop()
+        if self._probe_client is not None:
+            await self._probe_client.aclose()
         self._save()
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
@@ -164,7 +186,13 @@ class Executor:
             except (ValidationError, KeyError, TypeError):
                 continue
             run = Run(rep.workload_id, rep.replica, rep.attempt, rep.driver, rep.device_ids, rep.shares, rep.state,
-                      handle, rep.exit_code, rep.message, rep.started_at, rep.finished_at, rep.changed_at)
+                      handle, rep.exit_code, rep.message, rep.started_at, rep.finished_at, rep.changed_at,
+                      simulated=rep.simulated)
+            service = rec.get("service") or {}
+            if isinstance(service, dict) and rep.state.live:
+                run.port, run.readiness_path = service.get("port"), service.get("path")
+                run.endpoint = service.get("endpoint")
+                run.ready = rep.ready
             self.runs[run.key] = run
             driver = self.drivers.get(run.driver)
             if run.state.live and (handle is None or driver is None):
@@ -174,6 +202,9 @@ class Executor:
                 log.info("%s %s/%d attempt %d after restart", "adopted" if adopted else "collecting",
                          run.workload_id, run.replica, run.attempt)
                 run.state = ReplicaState.RUNNING
+                if run.port is not None:
+                    self.ports.claim(run.port)
+                self._start_probe(run)
                 run.task = asyncio.create_task(self._watch(run))
 
     def _save(self) -> None:
@@ -229,6 +260,7 @@ class Executor:
         try:
             plan, driver = self._plan(cmd)
             run.driver = driver.name
+            self._serve(run, plan, driver)
             self._save()
             handle = await driver.start(plan)
             run.handle = handle.model_copy(update={"cpus": format_cpu_list(plan.cpus) if plan.cpus else None,
@@ -242,6 +274,9 @@ class Executor:
             self._finish(run, ReplicaState.FAILED, None, f"could not start ({type(exc).__name__})")
             return "failed"
         run.state, run.started_at, run.changed_at = ReplicaState.RUNNING, _now(), _now()
+        if run.simulated:
+            run.ready = True  # the simulator's responder answers for it at once
+        self._start_probe(run)
         run.task = asyncio.create_task(self._watch(run))
         self._prune()
         self._save()
@@ -274,15 +309,25 @@ class Executor:
             log.info("%s/%d: its device share is %s", cmd.workload_id, cmd.replica,
                      "advisory only (this host has no mechanism that holds it to it)"
                      if share.enforcement == ShareEnforcement.ADVISORY else f"enforced by {share.enforcement}")
+        service = None
+        if cmd.spec.service is not None and driver.name != "sim":
+            try:
+                port = self.ports.allocate()
+            except OSError as exc:
+                raise LaunchError(f"no free port for the service: {exc}") from None
+            inside = cmd.spec.service.port if driver.name == "docker" else port
+            service = ServicePort(self.ports.address, port, inside)
         return LaunchPlan(cmd.workload_id, cmd.replica, cmd.attempt, cmd.replicas, self.host_id, self.site,
                           cmd.devices, variant, cmd.spec, workdir,
                           {"XPUMESH_PEERS": ",".join(cmd.peers)} if cmd.replicas > 1 else {},
-                          cpus=self._pin(cmd), memory_mib=cmd.resources.memory_mib or None, share=share), driver
+                          cpus=self._pin(cmd), memory_mib=cmd.resources.memory_mib or None, share=share,
+                          service=service), driver
 
     def _pin(self, cmd: LaunchCommand) -> tuple[int, ...]:
-        """The CPUs for a replica (``agent.cpusets``): none when it holds none, or when this host has fewer free."""
+        """The CPUs for a replica (``agent.cpusets``): none when it holds none, when this host overcommits its CPUs
+        (``agent.cpu_allocation_ratio``), or when it has fewer free."""
         want = cmd.resources.cpu
-        if want <= 0:
+        if want <= 0 or self.settings.cpu_allocation_ratio > 1:  # overcommitted CPUs are shared, never pinned
             return ()
         if self.cpus is None:
             self.cpus = CpuAllocator(usable_cpus(self.settings.reserved_cpus), host_numa())
@@ -295,6 +340,37 @@ class Executor:
             return ()
         return tuple(picked)
 
+    # -- service replicas ------------------------------------------------------------------------
+    def _serve(self, run: Run, plan: LaunchPlan, driver: Driver) -> None:
+        """Record where a service replica answers: its host port, or the simulator's responder."""
+        svc = plan.spec.service
+        if svc is None:
+            return
+        run.ready, run.readiness_path = False, svc.readiness_path
+        if plan.service is not None:
+            run.port = plan.service.host_port
+            run.endpoint = base_url(plan.service.address, plan.service.host_port)
+        elif driver.name == "sim":
+            run.simulated = True
+            if self.responder is not None:
+                run.endpoint = f"{self.responder}/{self.host_id}/{run.workload_id}/{run.replica}/{run.attempt}"
+
+    def _start_probe(self, run: Run) -> None:
+        if run.endpoint is None or run.readiness_path is None or run.simulated or run.probe is not None:
+            return
+        if self._probe_client is None:
+            self._probe_client = httpx.AsyncClient(trust_env=False, follow_redirects=False)
+
+        def changed(ready: bool) -> None:
+            if run.state.live:
+                run.ready, run.changed_at = ready, _now()
+                self._changed.set()
+
+        run.probe = Readiness(self._probe_client, run.endpoint + run.readiness_path,
+                              interval_s=self.settings.readiness_interval_s,
+                              timeout_s=self.settings.readiness_timeout_s, changed=changed)
+        run.probe.start()
+
     async def _stop(self, cmd: StopCommand) -> str:
         targets = [r for r in self.runs.values() if (r.workload_id, r.replica) == (cmd.workload_id, cmd.replica)
                    and (cmd.attempt is None or r.attempt == cmd.attempt) and r.state.live]
@@ -305,6 +381,11 @@ class Executor:
 
     async def _stop_run(self, run: Run, reason: str) -> None:
         run.stopping = True
+        if run.probe is not None:  # out of rotation before it gets SIGTERM
+            await run.probe.stop()
+            run.probe = None
+            if run.ready:
+                run.ready = False
         driver = self.drivers.get(run.driver)
         if driver is not None and run.handle is not None:
             try:
@@ -339,6 +420,12 @@ class Executor:
     def _finish(self, run: Run, state: ReplicaState, code: int | None, message: str) -> None:
         run.state, run.exit_code, run.message = state, code, message
         run.finished_at = run.changed_at = _now()
+        run.ready = False if run.ready is not None else None
+        if run.probe is not None:
+            if run.probe.task is not None:
+                run.probe.task.cancel()
+            run.probe = None
+        self.ports.release(run.port)
 
     def _prune(self) -> None:
         done = sorted((r for r in self.runs.values() if not r.state.live), key=lambda r: r.changed_at)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import signal
 import time
 from collections.abc import Collection
@@ -112,6 +113,11 @@ class Agent:
                                      ascend_vnpu=a.ascend_vnpu)
         d = d.model_copy(update={"host": d.host.model_copy(
             update={"share_enforcement": mechanisms.summary(d.devices)})})
+        if a.cpu_allocation_ratio > 1 and d.host.cpu_allocatable:
+            d = d.model_copy(update={"host": d.host.model_copy(
+                update={"cpu_allocatable": math.floor(d.host.cpu_allocatable * a.cpu_allocation_ratio)})})
+        if a.labels:
+            d = d.model_copy(update={"labels": {**d.labels, **a.labels}})
         if self.publisher is None:
             self.publisher = HostPublisher(self.bus, host_id_for(d.host.hostname), self.settings.site, d.host.hostname,
                                            interval_s=self.settings.heartbeat_interval_s)
@@ -197,6 +203,8 @@ class Agent:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if s.agent.stop_replicas_on_exit:
+            await execution.stop_all("the agent stopped")
         await execution.close()
 
     async def _telemetry(self) -> None:

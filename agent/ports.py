@@ -44,6 +44,10 @@ class Execution(Protocol):
         """Send a state report now rather than at the next interval."""
         ...
 
+    async def stop_all(self, reason: str) -> None:
+        """Stop every replica this host runs (the agent's ``stop_replicas_on_exit``)."""
+        ...
+
     async def close(self) -> None:
         """Stop listening; replicas keep running and a restarted agent adopts them."""
         ...

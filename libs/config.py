@@ -14,8 +14,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from libs.schemas.inventory import check_labels
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
@@ -145,6 +147,17 @@ class AgentSettings(BaseModel):
     mps_pipe_directory: Path | None = Field(default=None, description="The NVIDIA MPS control daemon's pipe directory (its CUDA_MPS_PIPE_DIRECTORY; NVIDIA's default is /tmp/nvidia-mps). Set, and the daemon's 'control' pipe there, a replica with a share of a GPU gets CUDA_MPS_ACTIVE_THREAD_PERCENTAGE and CUDA_MPS_PINNED_DEVICE_MEM_LIMIT from its share. Unset: MPS is not used.")
     hami_core_library: Path | None = Field(default=Path("/usr/local/vgpu/libvgpu.so"), description="HAMi-core's libvgpu.so (where HAMi's device plugin puts it). Present (and no MPS daemon), a replica with a share of a GPU runs with it in LD_PRELOAD and CUDA_DEVICE_MEMORY_LIMIT_<i>/CUDA_DEVICE_SM_LIMIT from its share. Unset or absent: not used.")
     ascend_vnpu: bool = Field(default=False, description="The Ascend Docker Runtime is docker's runtime here, with dynamic vNPUs (vNPU restore off): a containerised replica with a share of an Ascend310P or Ascend910 chip gets the smallest vNPU template with its share of the AI cores (ASCEND_VNPU_SPECS). Off: Ascend shares are advisory.")
+    service_address: str = Field(default="127.0.0.1", description="Address of this host that the gateway reaches its service replicas on; each replica gets a free port on it (passed as PORT and XPUMESH_PORT, with XPUMESH_HOST_ADDRESS).")
+    readiness_interval_s: float = Field(default=1.0, gt=0, description="How often the agent probes each service replica's readiness path.")
+    readiness_timeout_s: float = Field(default=1.0, gt=0, description="Timeout of one readiness probe; a probe that times out or answers 4xx/5xx makes the replica not ready.")
+    stop_replicas_on_exit: bool = Field(default=False, description="Stop every replica when the agent stops (the demo's local host, so nothing outlives 'xpumesh up'); by default replicas run on and a restarted agent adopts them.")
+    cpu_allocation_ratio: float = Field(default=1.0, ge=1.0, le=32.0, description="How many CPU-only replica CPUs each allocatable logical CPU may carry (OpenStack Nova's cpu_allocation_ratio): the host reports its allocatable CPUs times this. Above 1 replicas share CPUs and none is pinned; the demo's local host sets 16 so a small machine runs a service's several replicas.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Operator labels of this host, added to the ones discovery derives (arch, numa-nodes, <vendor>.driver…) and overriding a derived one of the same name; workloads select hosts by them with placement.host_labels. The demo's local host has pool=local.")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        return check_labels(v)
 
 
 class SimSettings(BaseModel):
@@ -156,6 +169,8 @@ class SimSettings(BaseModel):
     host_return_s: float = Field(default=120.0, gt=0, description="How long a randomly lost host stays silent.")
     day_s: float = Field(default=86400.0, gt=0, description="Length of one simulated day of diurnal load (shorter: faster cycles).")
     publish_timeout_s: float = Field(default=5.0, gt=0, description="How long one batch of capability publishes may wait for JetStream.")
+    responder_host: str = Field(default="127.0.0.1", description="Address of the simulator's HTTP responder, which answers requests to every simulated service replica (the gateway must reach it).")
+    responder_port: int = Field(default=0, ge=0, le=65535, description="Port of that responder (0: a free one).")
 
 
 class GatewaySettings(BaseModel):
@@ -192,6 +207,16 @@ class GatewaySettings(BaseModel):
     tls_cert_file: Path | None = Field(default=None, description="Certificate (PEM, with its chain) the gateway serves HTTPS with; unset: plain HTTP (put a TLS-terminating proxy in front beyond loopback).")
     tls_key_file: Path | None = Field(default=None, description="Private key of that certificate.")
     sse_max_clients: int = Field(default=1000, ge=1, description="Concurrent SSE clients per gateway instance.")
+    endpoint_connect_timeout_s: float = Field(default=2.0, gt=0, description="How long the gateway waits to connect to a service replica behind /v1/endpoints/ (a failed connect is retried on another ready replica).")
+    endpoint_request_timeout_s: float = Field(default=60.0, gt=0, description="How long a request through /v1/endpoints/ may wait for the replica's response headers (then 504).")
+    endpoint_idle_timeout_s: float = Field(default=30.0, gt=0, description="Longest silence between two chunks of a streamed request or response through /v1/endpoints/ (SSE and chunked streams may run longer than the request timeout while they keep moving).")
+    endpoint_retries: int = Field(default=2, ge=0, le=16, description="Other ready replicas a request through /v1/endpoints/ is tried on when connecting to one fails (nothing was sent yet, so any method is retried).")
+    endpoint_max_connections: int = Field(default=1000, ge=1, description="Connections to service replicas one gateway instance holds at once (beyond them requests wait for one, within the connect timeout).")
+    endpoint_client_shards: int = Field(default=16, ge=1, le=256, description="httpx clients the gateway spreads its connections to service replicas over, taken in turn (each pool's bookkeeping grows with the connections it holds).")
+    endpoint_retry_after_s: int = Field(default=2, ge=1, description="Retry-After of the 503 answered when a service has no ready replica.")
+    endpoint_load_sample_s: float = Field(default=0.25, gt=0, description="How often each gateway instance samples its requests in flight per service (for autoscaling).")
+    endpoint_load_interval_s: float = Field(default=2.0, gt=0, description="How often each gateway instance reports its mean requests in flight per service to the scheduler's autoscaler.")
+    endpoint_resync_s: float = Field(default=60.0, gt=0, description="How often each gateway instance reads every service's ready replicas from the scheduler again (it follows endpoint.changed events in between; this bounds what a missed event could leave stale).")
 
 
 class SchedulerSettings(BaseModel):
@@ -212,6 +237,11 @@ class SchedulerSettings(BaseModel):
     command_ttl_s: float = Field(default=600.0, gt=0, description="Agent: a command older than this on arrival is dropped (the scheduler re-sends what is still wanted).")
     state_replay_timeout_s: float = Field(default=10.0, gt=0, description="How long a starting scheduler reads hosts' latest state reports back from JetStream before it places anything (what agents run survives a restart).")
     lost_sweep_interval_s: float = Field(default=10.0, gt=0, description="How often work is looked for on hosts the registry or the scheduler holds down, and on unusable devices, and moved off (a safety net under host.down and device events).")
+    autoscale_interval_s: float = Field(default=5.0, gt=0, description="How often services with min_replicas/max_replicas are sized to their requests in flight (the gateways' load reports).")
+    autoscale_down_after_s: float = Field(default=60.0, ge=0, description="How long a service's load must call for fewer replicas before it is scaled down (more are added at once).")
+    autoscale_load_max_age_s: float = Field(default=10.0, gt=0, description="Load reports older than this (a gateway instance gone) no longer count.")
+    rollout_interval_s: float = Field(default=1.0, gt=0, description="How often rolling updates of services are looked at: a new service whose replicas are all ready takes over from the one it replaces.")
+    rollout_drain_s: float = Field(default=2.0, ge=0, description="How long a replaced service stays out of rotation but running before it is stopped, so requests the gateways already sent it can finish.")
 
 
 class Settings(BaseSettings):

@@ -116,6 +116,10 @@ class EventTypes:
     DEVICE_HEALTHY = event_type("device.healthy")
     ALERT_FIRING = event_type("alert.firing")
     ALERT_RESOLVED = event_type("alert.resolved")
+    # scheduler → gateways: a service's ready replicas changed (data: libs.schemas.endpoints.EndpointSet)
+    ENDPOINT_CHANGED = event_type("endpoint.changed")
+    # gateway → scheduler (core NATS): requests in flight per service, for autoscaling
+    ENDPOINT_LOAD = event_type("endpoint.load")
     # liveness (core NATS, to the registry)
     HOST_HEARTBEAT = event_type("host.heartbeat")
     SERVICE_HEARTBEAT = event_type("service.heartbeat")

@@ -42,8 +42,10 @@ def service_permissions(name: str) -> permissions.Permissions:
     return permissions.service(name, [s.subject for s in app.subscriptions])
 
 
-def ensure_embedded_secrets(data_dir: Path, services: tuple[str, ...], *,
-                            listen_host: str = "127.0.0.1") -> EmbeddedSecrets:
+def ensure_embedded_secrets(data_dir: Path, services: tuple[str, ...], *, listen_host: str = "127.0.0.1",
+                            local_agent: tuple[str, str] | None = None) -> EmbeddedSecrets:
+    """The embedded default's secrets; ``local_agent`` (site, host): also credentials for one agent on this
+    machine (``creds["agent"]``, the demo's local host), with an agent's permissions for that host only."""
     root = data_dir / "secrets"
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     root.chmod(0o700)
@@ -58,6 +60,10 @@ def ensure_embedded_secrets(data_dir: Path, services: tuple[str, ...], *,
     for name in services:
         creds[name] = trust.write_creds(root / "creds" / f"{name}.creds", f"service-{name}", service_permissions(name))
     creds["sim"] = trust.write_creds(root / "creds" / "sim.creds", "sim", permissions.simulator())
+    if local_agent is not None:
+        site, host = local_agent
+        creds["agent"] = trust.write_creds(root / "creds" / "agent.creds", f"agent-{host}",
+                                           permissions.agent(site, host))
     return EmbeddedSecrets(root, trust, tls, creds)
 
 

@@ -1,16 +1,19 @@
 """``xpumesh up``: the whole mesh on one machine, each service in its own process.
 
 Starts the embedded NATS and PostgreSQL when no URLs are configured, runs prestart,
-spawns every service (and, with ``--demo``, the fleet simulator), restarts a child that
-dies, and on SIGINT/SIGTERM stops everything within the shutdown budget.
+spawns every service (and, with ``--demo``, the fleet simulator and one real agent of this
+machine, its CPUs one device of type cpu, at site hangzhou), restarts a child that dies, and
+on SIGINT/SIGTERM stops everything within the shutdown budget.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +26,7 @@ from pydantic import SecretStr
 
 from libs.config import Settings
 from libs.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres, ensure_port_free
+from libs.schemas.hostevents import host_id_for
 from xpumesh.credentials import EmbeddedSecrets, ensure_embedded_secrets
 
 log = logging.getLogger(__name__)
@@ -39,6 +43,15 @@ class Child:
     started_at: float = 0.0
     log_path: Path | None = None
     log_file: IO[bytes] | None = field(default=None, repr=False)
+
+
+DEMO_SITE = "hangzhou"  # where the demo's real local host is placed on the map
+LOCAL_LABELS = {"pool": "local"}  # how a workload asks for the demo's real local host (placement.host_labels)
+
+
+def local_host_id() -> str:
+    """This machine's host id, as its agent derives it."""
+    return host_id_for(socket.gethostname())
 
 
 class Supervisor:
@@ -67,7 +80,8 @@ class Supervisor:
         emb = self.settings.embedded
         if not self.settings.nats_url:
             if emb.nats_secure:
-                self.secrets = ensure_embedded_secrets(data, self.services, listen_host=emb.nats_host)
+                self.secrets = ensure_embedded_secrets(data, self.services, listen_host=emb.nats_host,
+                                                       local_agent=(DEMO_SITE, local_host_id()) if self.demo else None)
             trust, tls = (self.secrets.trust, self.secrets.tls) if self.secrets else (None, None)
             self.nats = EmbeddedNats(data, emb.nats_port, monitor_port=emb.nats_monitor_port,
                                      start_timeout_s=emb.start_timeout_s, trust=trust, tls=tls,
@@ -128,6 +142,13 @@ class Supervisor:
             if self.demo_hosts:
                 argv += ["--hosts", str(self.demo_hosts)]
             self.children.append(Child("sim", argv, self.child_env("sim")))
+            # one real host beside the simulated fleet: this machine, labelled pool=local, its CPUs shared
+            # (overcommitted) so a service's several replicas fit on a small machine
+            self.children.append(Child("agent", [sys.executable, "-m", "xpumesh", "agent", "run"],
+                                       {**self.child_env("agent"), "XPUMESH_SITE": DEMO_SITE,
+                                        "XPUMESH_AGENT__LABELS": json.dumps(LOCAL_LABELS),
+                                        "XPUMESH_AGENT__CPU_ALLOCATION_RATIO": "16",
+                                        "XPUMESH_AGENT__STOP_REPLICAS_ON_EXIT": "true"}))
         for child in self.children:
             self.spawn(child)
 

@@ -50,7 +50,10 @@ WORKLOAD_ENV_NAMES = frozenset({
     "XPUMESH_HOST", "XPUMESH_SITE", "XPUMESH_DEVICES", "XPUMESH_DEVICE_INDICES", "XPUMESH_VENDOR",
     "XPUMESH_HARDWARE_TYPE", "XPUMESH_SHARE", "XPUMESH_MEMORY_MIB", "XPUMESH_PEERS", "XPUMESH_CPUS",
     "XPUMESH_HOST_MEMORY_MIB",
+    "XPUMESH_PORT", "XPUMESH_HOST_ADDRESS",
 })
+# Beyond XPUMESH_*: the port a service replica listens on, under the name most servers read.
+SERVICE_ENV_NAMES = frozenset({"PORT"})
 # PATH when the agent has none; LANG when the agent has none.
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SAFE_LANG = "C.UTF-8"
@@ -87,6 +90,16 @@ class Exit(NamedTuple):
 
 
 @dataclass(frozen=True)
+class ServicePort:
+    """Where a service replica is reached: the host address and the free host port the agent picked
+    for it, and the port it listens on (the host port for a process, the spec's port in a container)."""
+
+    address: str
+    host_port: int
+    listen_port: int
+
+
+@dataclass(frozen=True)
 class LaunchPlan:
     """What to run: resolved by the executor from a launch command."""
 
@@ -104,6 +117,7 @@ class LaunchPlan:
     cpus: tuple[int, ...] = ()  # the logical CPUs to pin it to (none: unpinned)
     memory_mib: int | None = None  # its host memory limit, where the driver can set one
     share: Handoff = field(default_factory=Handoff)  # how it is held to its device share (agent.shares)
+    service: ServicePort | None = None
 
 
 class Driver(Protocol):
@@ -144,7 +158,7 @@ def device_env(plan: LaunchPlan, visible: Mapping[str, str]) -> dict[str, str]:
 def workload_env(plan: LaunchPlan) -> dict[str, str]:
     """``XPUMESH_*`` variables every replica gets, whatever the driver."""
     devs = plan.devices
-    env = {
+    env: dict[str, str] = {
         "XPUMESH_WORKLOAD_ID": plan.workload_id,
         "XPUMESH_WORKLOAD_NAME": plan.spec.name,
         "XPUMESH_REPLICA": str(plan.replica),
@@ -166,6 +180,9 @@ def workload_env(plan: LaunchPlan) -> dict[str, str]:
             env["XPUMESH_SHARE"] = ",".join(f"{d.share:g}" for d in devs)
         if any(d.memory_mib is not None for d in devs):
             env["XPUMESH_MEMORY_MIB"] = ",".join(str(d.memory_mib or 0) for d in devs)
+    if plan.service is not None:
+        env["PORT"] = env["XPUMESH_PORT"] = str(plan.service.listen_port)
+        env["XPUMESH_HOST_ADDRESS"] = plan.service.address
     return env
 
 
@@ -188,7 +205,7 @@ def replica_env(plan: LaunchPlan, device_env: Mapping[str, str], base: Mapping[s
     if "LD_PRELOAD" in device_env and own.get("LD_PRELOAD"):  # the share's limiter first, then the workload's
         env["LD_PRELOAD"] = f"{device_env['LD_PRELOAD']}:{own['LD_PRELOAD']}"
     ours = {**workload_env(plan), **plan.env}
-    env.update({k: v for k, v in ours.items() if k in WORKLOAD_ENV_NAMES})
+    env.update({k: v for k, v in ours.items() if k in WORKLOAD_ENV_NAMES or k in SERVICE_ENV_NAMES})
     return env
 
 

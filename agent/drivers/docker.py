@@ -119,6 +119,9 @@ def docker_run_args(plan: LaunchPlan, *, docker: str = "docker", uid: int | None
         args += ["--cpuset-cpus", format_cpu_list(plan.cpus)]
     if plan.memory_mib:
         args += ["--memory", f"{plan.memory_mib}m"]
+    if plan.service is not None:  # the service's port, published on the free host port the agent picked
+        svc = plan.service
+        args += ["--publish", f"{svc.address}:{svc.host_port}:{svc.listen_port}"]
     dev_env: dict[str, str] = {}
     vendors: dict[str, list[int]] = {}
     for d in plan.devices:

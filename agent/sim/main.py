@@ -35,15 +35,19 @@ from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from agent.drivers.sim import SimDriver
-from agent.execution import start_execution
+from agent.execution import HostExecution, start_execution
 from agent.ports import Execution
 from agent.publisher import Reconnects
+from agent.services import base_url
 from agent.sim.fleet import build_fleet
 from agent.sim.host import SimHost, diurnal
+from agent.sim.responder import Responder
 from libs.aio import wait_event
 from libs.bus import subjects
 from libs.bus.connection import Bus
 from libs.config import Settings
+from libs.embedded import free_port
+from libs.httpserve import HttpServer
 from libs.schemas.commands import ActualStateReport
 from libs.schemas.sim import SimControl, SimControlReply, SimHostInfo
 
@@ -102,6 +106,8 @@ class Simulator:
         self._unreported = {h.host_id for h in hosts}  # hosts that have not yet said what they run since this start
         self._boot_id = uuid.uuid4().hex[:16]
         self.device_count = sum(len(h.spec.devices) for h in hosts)
+        self.responder_url: str | None = None  # base URL of the responder for simulated service replicas
+        self._responder: asyncio.Task[None] | None = None
 
     # -------------------------------------------------------------- capability pump
     def want_capability(self, host: SimHost) -> None:
@@ -297,13 +303,31 @@ class Simulator:
         if execution is None:
             execution = self.executions[host.host_id] = await start_execution(
                 self.bus, host, drivers={"sim": SimDriver()}, settings=self.settings.agent, default_driver="sim",
-                listen=False)
+                listen=False, responder=self.responder_url)
         await execution.command(msg.data)
 
     async def subscribe(self) -> None:
         await self.bus.nc.subscribe(subjects.SIM_CONTROL, cb=self._on_ctl)
         await self.bus.nc.subscribe(subjects.AGENT_COMMAND_ALL, cb=self._on_command)
         await self.bus.nc.flush()
+
+    def replica_live(self, host_id: str, workload_id: str, replica: int, attempt: int) -> bool:
+        """Whether a simulated replica runs now (on a host that is up): the responder answers only for those."""
+        host, execution = self.by_id.get(host_id), self.executions.get(host_id)
+        if host is None or not host.up or not isinstance(execution, HostExecution):
+            return False
+        run = execution.executor.runs.get((workload_id, replica, attempt))
+        return run is not None and run.state.live
+
+    async def serve_responder(self) -> HttpServer:
+        s = self.settings.sim
+        port = s.responder_port or free_port(s.responder_host)
+        server = HttpServer(Responder(self.replica_live), host=s.responder_host, port=port,
+                            drain_timeout_s=self.settings.bus.drain_timeout_s)
+        self._responder = asyncio.create_task(server.run(), name="sim-responder")
+        self.responder_url = base_url(s.responder_host, port)
+        log.info("simulated service replicas answer at %s", self.responder_url)
+        return server
 
     async def close(self) -> None:
         """Stop every host's execution (its replicas are simulated: they end with the simulator)."""
@@ -323,6 +347,7 @@ async def simulate(settings: Settings, hosts: int | None, seed: int, stop: async
     await bus.wait_for_streams()  # the services create them; the simulator may not
     sim = Simulator(settings, bus, [SimHost(s, bus, interval_s=settings.heartbeat_interval_s) for s in specs],
                     seed=seed)
+    responder = await sim.serve_responder()
     await sim.subscribe()
     log.info("simulating %d hosts with %d devices over %d sites", len(sim.hosts), sim.device_count,
              len({h.site for h in sim.hosts}))
@@ -332,6 +357,7 @@ async def simulate(settings: Settings, hosts: int | None, seed: int, stop: async
         await sim.run(stop)
     finally:
         await sim.close()
+        await responder.stop(settings.bus.drain_timeout_s)
         await bus.close()
     return sim
 

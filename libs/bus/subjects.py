@@ -99,6 +99,12 @@ CTL_METRICS = f"{ROOT}.ctl.metrics"
 # core NATS broadcasts between gateway instances (each drops its cached copy)
 GATEWAY_KEY_REVOKED = f"{ROOT}.gateway.ctl.key_revoked"
 GATEWAY_SUBSCRIPTIONS_CHANGED = f"{ROOT}.gateway.ctl.subscriptions_changed"
+# each gateway instance's requests in flight per service (to the scheduler's autoscaler)
+GATEWAY_ENDPOINT_LOAD_ALL = f"{ROOT}.gateway.ctl.endpoint_load.*"
+
+
+def gateway_endpoint_load_subject(instance: str) -> str:
+    return f"{ROOT}.gateway.ctl.endpoint_load.{check_token(instance, 'instance')}"
 
 
 # --- reply inboxes -------------------------------------------------------------------
@@ -136,6 +142,7 @@ def events_of(kind: str) -> str:
 HOST_EVENTS_ALL = events_of("host")
 DEVICE_EVENTS_ALL = events_of("device")
 WORKLOAD_EVENTS_ALL = events_of("workload")
+ENDPOINT_EVENTS_ALL = events_of("endpoint")
 
 
 def event_subject(event_type: str, site: str | None = None) -> str:

@@ -139,6 +139,11 @@ class ReplicaReport(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     changed_at: datetime
+    ready: bool | None = Field(default=None, description="A service replica: whether its readiness probe passes "
+                               "(None for a job).")
+    endpoint: str | None = Field(default=None, max_length=300, pattern=r"^https?://[^\s]+$",
+                                 description="A service replica: the base URL it answers on (host address and port).")
+    simulated: bool = Field(default=False, description="Answered by the simulator's built-in responder.")
 
 
 class ActualStateReport(BaseModel):

@@ -27,7 +27,7 @@ def hardware_type_or_error(value: str) -> HardwareType:
         raise ValueError(f"hardware_type {value[:40]!r} is not one of: {valid}") from None
 
 
-def _check_labels(labels: dict[str, str]) -> dict[str, str]:
+def check_labels(labels: dict[str, str]) -> dict[str, str]:
     if len(labels) > 64:
         raise ValueError("at most 64 labels")
     for key, value in labels.items():
@@ -241,7 +241,7 @@ class _Query(BaseModel):
     @field_validator("labels")
     @classmethod
     def _labels(cls, v: dict[str, str]) -> dict[str, str]:
-        return _check_labels(v)
+        return check_labels(v)
 
 
 class HostQuery(_Query):
@@ -272,7 +272,7 @@ class HostLabels(BaseModel):
     @field_validator("set")
     @classmethod
     def _labels(cls, v: dict[str, str]) -> dict[str, str]:
-        return _check_labels(v)
+        return check_labels(v)
 
 
 class DeviceCursor(BaseModel):

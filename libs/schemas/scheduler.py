@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from libs.bus.subjects import TOKEN_PATTERN
 from libs.schemas.commands import ReplicaResources, ReplicaState
@@ -108,6 +108,50 @@ class WorkloadRef(BaseModel):
     tenant: str | None = Field(default=None, max_length=64, description="Confine to this tenant; None: any.")
 
 
+class WorkloadPatch(BaseModel):
+    """The body of ``PATCH /v1/workloads/{id}``: what may change on a running service (one of the two)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"replicas": 3},
+        {"spec": {"name": "echo", "kind": "service", "replicas": 3, "hardware": {"type": "cpu", "share": 0.1},
+                  "service": {"port": 8000, "readiness_path": "/healthz"},
+                  "variants": {"cpu": {"command": ["python3", "echo.py"], "env": {"VERSION": "2"}}}}}]})
+
+    replicas: int | None = Field(default=None, ge=1, le=4096, description="The service's new number of replicas: "
+                                 "new ones are placed, the highest-numbered ones stopped.")
+    spec: WorkloadSpec | None = Field(default=None, description="A changed spec (same name and kind 'service'): a "
+                                      "rolling update. A new service with this spec starts beside the running one "
+                                      "under the same endpoint; once all its replicas are ready the old one leaves "
+                                      "rotation and stops after scheduler.rollout_drain_s. The answer is the new "
+                                      "workload.")
+
+    @model_validator(mode="after")
+    def _one(self) -> Self:
+        if (self.replicas is None) == (self.spec is None):
+            raise ValueError("give either replicas or spec")
+        return self
+
+
+class WorkloadUpdate(BaseModel):
+    """A rolling update as the gateway hands it to the scheduler (``workloads.update``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=TOKEN_PATTERN)
+    tenant: str | None = Field(default=None, max_length=64, description="Confine to this tenant; None: any.")
+    spec: WorkloadSpec
+
+
+class WorkloadScale(BaseModel):
+    """A patch as the gateway hands it to the scheduler (``workloads.scale``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=TOKEN_PATTERN)
+    tenant: str | None = Field(default=None, max_length=64, description="Confine to this tenant; None: any.")
+    replicas: int = Field(ge=1, le=4096)
+
+
 class WorkloadQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -151,6 +195,10 @@ class ReplicaView(BaseModel):
     message: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    ready: bool | None = Field(default=None, description="A service replica: in rotation (its readiness probe "
+                               "passes) or not; None for a job.")
+    endpoint: str | None = Field(default=None, description="A service replica: the base URL it answers on.")
+    simulated: bool = Field(default=False, description="A simulated replica (the simulator's built-in responder).")
 
 
 class HistoryEntry(BaseModel):
@@ -187,6 +235,10 @@ class WorkloadView(WorkloadSummary):
     message: str | None = Field(default=None, description="Why it failed or stopped.")
     finished_at: datetime | None = None
     created: bool = Field(default=True, description="False when an Idempotency-Key returned an earlier workload.")
+    replaces: str | None = Field(default=None, description="A rolling update: the service this one takes over from "
+                                 "(stopped once every replica of this one is ready and a drain has passed).")
+    draining: bool = Field(default=False, description="A service replaced by a rolling update: out of rotation, "
+                           "stopped after the drain.")
 
 
 class WorkloadBatchResult(BaseModel):

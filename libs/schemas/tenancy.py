@@ -30,12 +30,14 @@ def check_tenant(value: str) -> str:
 
 class Role(StrEnum):
     """What a key may do. admin: everything; operator: the fleet (inventory, catalog, rules) and every
-    tenant's workloads read-only; user: its own tenant's workloads and subscriptions; viewer: read-only."""
+    tenant's workloads read-only; user: its own tenant's workloads and subscriptions; viewer: read-only;
+    invoker: only calls services through /v1/endpoints/ (its tenant's, and those open to it)."""
 
     ADMIN = "admin"
     OPERATOR = "operator"
     USER = "user"
     VIEWER = "viewer"
+    INVOKER = "invoker"
 
 
 class KeyCreate(BaseModel):

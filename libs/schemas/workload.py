@@ -32,6 +32,7 @@ __all__ = [
     "PlacementSpec",
     "ResourceRequest",
     "RuntimeSpec",
+    "ServiceSpec",
     "Variant",
     "WorkloadSpec",
     "framework_specifier",
@@ -218,12 +219,73 @@ class PlacementSpec(BaseModel):
         return self
 
 
+class ServiceSpec(BaseModel):
+    """How a long-running service replica is reached and known to be ready.
+
+    Each replica gets a free port of its host: as a process it listens on ``$PORT`` (also
+    ``XPUMESH_PORT``); in a container it listens on ``port`` and the agent publishes that port on
+    the free host port. The agent probes ``readiness_path`` over HTTP; a replica takes requests
+    through ``/v1/endpoints/<name>/…`` only while its probe answers 2xx or 3xx.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"port": 8000, "readiness_path": "/healthz", "protocol": "http"},
+                                        {"port": 8000, "readiness_path": "/healthz", "callers": ["beta"]}]},
+    )
+
+    port: int = Field(default=8000, ge=1, le=65535, description="The port a containerised replica listens on "
+                      "(a process replica listens on $PORT, which the agent picks).", examples=[8000])
+    readiness_path: str = Field(default="/healthz", max_length=512, description="HTTP path probed for readiness "
+                                "(2xx or 3xx: ready).", examples=["/healthz", "/v1/models"])
+    protocol: Literal["http"] = Field(default="http", description="What the replica speaks: HTTP/1.1 (chunked "
+                                      "transfer and Server-Sent Events stream through).")
+    callers: list[str] = Field(default_factory=list, max_length=64, description="Other tenants whose keys may call "
+                               "this service's endpoint ('*': every tenant). The owning tenant's keys always may.",
+                               examples=[["beta"], ["*"]])
+    min_replicas: int | None = Field(default=None, ge=1, le=4096, description="Autoscaling: the fewest replicas "
+                                     "(with max_replicas). Unset: the service keeps 'replicas'.", examples=[1])
+    max_replicas: int | None = Field(default=None, ge=1, le=4096, description="Autoscaling: the most replicas.",
+                                     examples=[8])
+    target_in_flight: float = Field(default=4.0, gt=0, le=10_000, description="Autoscaling: requests in flight per "
+                                    "replica to aim for (measured by the gateways, averaged over their report "
+                                    "interval): more replicas above it, fewer once below it for a while.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Self:
+        if (self.min_replicas is None) != (self.max_replicas is None):
+            raise ValueError("min_replicas and max_replicas go together")
+        if self.min_replicas is not None and self.max_replicas is not None and self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas {self.min_replicas} is above max_replicas {self.max_replicas}")
+        return self
+
+    @property
+    def autoscaled(self) -> bool:
+        return self.min_replicas is not None and self.max_replicas is not None
+
+    @field_validator("readiness_path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/") or any(c in v for c in " \x00\r\n#"):
+            raise ValueError(f"readiness_path must be an absolute URL path like '/healthz', got {v[:80]!r}")
+        return v
+
+    @field_validator("callers")
+    @classmethod
+    def _callers(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name != "*" and not _KEY.match(name):
+                raise ValueError(f"callers must be tenant names or '*', got {name[:80]!r}")
+        return v
+
+
 MAX_ALTERNATIVES = 8
 _ALTERNATIVES = TypeAdapter(list[HardwareRequest])
 
 
 class WorkloadSpec(BaseModel):
-    """A request to run replicas of one program on accelerators or CPUs."""
+    """A request to run replicas of one program on accelerators or CPUs: a job (runs to its end) or a service
+    (long-running replicas answering HTTP through the gateway's ``/v1/endpoints/<name>/``)."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -258,7 +320,12 @@ class WorkloadSpec(BaseModel):
         },
     )
 
-    name: str = Field(description="Human-readable name (letters, digits, '.', '_', '-').", examples=["llama-finetune"])
+    name: str = Field(description="Human-readable name (letters, digits, '.', '_', '-'); a service's endpoint is "
+                      "/v1/endpoints/<name>/ of its tenant.", examples=["llama-finetune"])
+    kind: Literal["job", "service"] = Field(default="job", description="'job': replicas run to their end. "
+                                            "'service': long-running replicas behind a stable endpoint (needs "
+                                            "'service'); a replica that ends is restarted per restart_policy.")
+    service: ServiceSpec | None = Field(default=None, description="Port, readiness probe and callers of a service.")
     hardware: HardwareRequest | list[HardwareRequest] = Field(
         description="What each replica needs, or an ordered list of alternatives (at most "
         f"{MAX_ALTERNATIVES}): the first that can be placed is taken, and the placement names it.")
@@ -317,6 +384,17 @@ class WorkloadSpec(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
+        if self.kind == "service" and self.service is None:
+            raise ValueError("kind 'service' needs 'service' (port, readiness_path)")
+        if self.kind == "job" and self.service is not None:
+            raise ValueError("'service' is only allowed with kind 'service'")
+        if self.kind == "service" and self.gang:
+            raise ValueError("a service cannot be a gang: its replicas are independent")
+        svc = self.service
+        if svc is not None and svc.min_replicas is not None and svc.max_replicas is not None \
+                and not svc.min_replicas <= self.replicas <= svc.max_replicas:
+            raise ValueError(f"replicas {self.replicas} must lie between service.min_replicas {svc.min_replicas} "
+                             f"and service.max_replicas {svc.max_replicas}")
         alts = self.alternatives
         multi = len(alts) > 1
         for i, hw in enumerate(alts):

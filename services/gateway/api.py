@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from libs.bus import subjects
 from libs.db import session_scope
-from libs.events import CloudEvent
+from libs.events import CloudEvent, EventTypes
 from libs.service import Context, ServiceApp
 from services.gateway import store
 from services.gateway.http import create_app
@@ -28,6 +28,29 @@ app.http(create_app, host=lambda s: s.gateway_host, port=lambda s: s.gateway_por
 @app.on_shutdown
 async def stop_webhooks(ctx: Ctx) -> None:
     await ctx.state.webhooks.close()
+    await ctx.state.proxy.aclose()
+
+
+@app.every(lambda s: s.gateway.endpoint_load_sample_s)
+async def sample_endpoint_load(ctx: Ctx) -> None:
+    """Requests in flight per service, sampled for the next load report."""
+    ctx.state.load.sample()
+
+
+@app.every(lambda s: s.gateway.endpoint_load_interval_s, first_run="after")
+async def report_endpoint_load(ctx: Ctx) -> None:
+    """This instance's mean requests in flight per service, to the scheduler's autoscaler (core NATS: a lost
+    report is superseded by the next)."""
+    report = ctx.state.load.report()
+    event = CloudEvent.new(EventTypes.ENDPOINT_LOAD, f"/gateway/{ctx.instance}", report)
+    await ctx.bus.publish(subjects.gateway_endpoint_load_subject(ctx.instance), event.to_bytes())
+
+
+@app.task
+async def follow_endpoints(ctx: Ctx) -> None:
+    """Keep the routing table of /v1/endpoints/: every service's ready replicas, from the scheduler's
+    snapshot and its endpoint.changed events."""
+    await ctx.state.follower.run(ctx.settings.gateway.endpoint_resync_s)
 
 
 @app.every(lambda s: s.gateway.sync_interval_s, wake=lambda ctx: ctx.state.webhooks.resync)

@@ -280,11 +280,21 @@ def is_public(request: Request) -> bool:
     return path in PUBLIC_PATHS
 
 
+ENDPOINTS_PREFIX = "/v1/endpoints/"
+
+
 async def gate(request: Request) -> None:
-    """App-level dependency: every non-public route needs a key; viewers cannot write."""
+    """App-level dependency: every non-public route needs a key; viewers cannot write; invoke-only keys
+    call services through ``/v1/endpoints/`` and nothing else."""
     if is_public(request):
         return
     principal = await authenticate(request)
+    if principal.role == Role.INVOKER:
+        path = request.url.path
+        if not (path.startswith(ENDPOINTS_PREFIX) or path == ENDPOINTS_PREFIX.rstrip("/")):
+            BUS_REJECTED.labels("gateway", "auth", "invoke_only").inc()
+            raise ProblemError(403, "Forbidden", "invoke-only keys may only call services through /v1/endpoints/")
+        return
     if request.method not in SAFE_METHODS and not principal.can_write:
         raise ProblemError(403, "Forbidden", "viewer keys are read-only")
 

@@ -13,6 +13,7 @@ from services.gateway.middleware import GatewayMiddleware
 from services.gateway.routes import audit as audit_routes
 from services.gateway.routes import (
     dashboard,
+    endpoints,
     enrollment,
     events,
     hosts,
@@ -61,4 +62,5 @@ def create_app(ctx: Context[GatewayState]) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(dashboard.router)
     app.include_router(workload_routes.router)
+    app.include_router(endpoints.router)
     return app

@@ -13,6 +13,8 @@ straight through and hot reads stay cheap.
   ``Idempotent-Replayed: true``; the same key with a different body is a 422; a retry while
   the first is still running is a 409. Answers of 5xx and 429 are not stored.
 - Hot fleet reads are answered from a short-TTL cache (``cache.py``) after the key check.
+- Requests to ``/v1/endpoints/…`` pass through untouched (any content type, bodies streamed to the
+  service's replica by ``proxy.py``; an Idempotency-Key there is the service's business).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from libs.db import json_has_nul, session_scope
 from libs.metrics import BUS_REJECTED
 from libs.service import Context
 from services.gateway import store
-from services.gateway.auth import authenticate_scope
+from services.gateway.auth import ENDPOINTS_PREFIX, authenticate_scope
 from services.gateway.cache import CACHEABLE_PATHS, ReadCache
 from services.gateway.problems import ProblemError, problem_response
 from services.gateway.state import GatewayState
@@ -99,6 +101,9 @@ class GatewayMiddleware:
         if b"%00" in scope["query_string"] or "\x00" in scope["path"]:  # a raw NUL never gets past the server
             self._reject("nul_character")  # no text column can hold one: say so rather than fail later
             raise ProblemError(422, "Invalid request", "NUL characters are not allowed in paths or parameters")
+        if scope["path"].startswith(ENDPOINTS_PREFIX):  # proxied: any body, streamed through (proxy.py)
+            await self.app(scope, receive, send)
+            return
         if method not in BODY_METHODS:
             if method == "GET" and scope["path"] in CACHEABLE_PATHS and self.cache.enabled:
                 await self._cached_read(scope, receive, send)

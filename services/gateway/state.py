@@ -2,7 +2,8 @@
 
 Nothing here is the record of anything: API keys, idempotency records, subscriptions and
 deliveries are in PostgreSQL (``store.py``, ``webhooks/store.py``). What a gateway instance
-keeps for itself is its key cache and rate-limit buckets (``AuthState``), the enrollment signer
+keeps for itself is its key cache and rate-limit buckets (``AuthState``), the service endpoints
+it routes to (``EndpointTable``, followed from events) and its client to their replicas, the enrollment signer
 (``Enrollment``: the trust directory, when this gateway holds it), the webhook engine
 (one intake consumer per active subscription, the delivery worker's attempts in flight) and
 how many Server-Sent Event streams it serves now.
@@ -14,7 +15,9 @@ from dataclasses import dataclass
 
 from libs.service import Context
 from services.gateway.auth import AuthState
+from services.gateway.endpoints import EndpointFollower, EndpointTable, LoadMeter
 from services.gateway.enrollment import Enrollment
+from services.gateway.proxy import Clients
 from services.gateway.webhooks.engine import WebhookEngine
 
 
@@ -23,9 +26,17 @@ class GatewayState:
     auth: AuthState
     webhooks: WebhookEngine
     enrollment: Enrollment
+    endpoints: EndpointTable  # every service's ready replicas, kept by ``follower``
+    follower: EndpointFollower
+    proxy: Clients  # httpx clients to service replicas behind /v1/endpoints/
+    load: LoadMeter  # requests in flight per service, reported to the scheduler's autoscaler
     sse_clients: int = 0  # event streams open on this instance (at most ``gateway.sse_max_clients``)
 
 
 async def load_state(ctx: Context[GatewayState]) -> GatewayState:
+    table = EndpointTable()
+    follower = EndpointFollower(ctx.bus, table, request_timeout_s=ctx.settings.bus.request_timeout_s,
+                                drain_timeout_s=ctx.settings.bus.drain_timeout_s)
     return GatewayState(auth=AuthState(ctx.settings.gateway), webhooks=WebhookEngine(ctx),
-                        enrollment=Enrollment.from_settings(ctx.settings))
+                        enrollment=Enrollment.from_settings(ctx.settings), endpoints=table, follower=follower,
+                        proxy=Clients(ctx.settings.gateway), load=LoadMeter(table))

@@ -1,7 +1,8 @@
 """The scheduler service: workloads in, placements and agent commands out, agents' reports reconciled.
 
 Bus endpoints (``xpumesh.rpc.scheduler.<name>``): ``workloads.submit``, ``workloads.get``,
-``workloads.list``, ``workloads.stop``, ``workloads.logs``, ``workloads.usage``, and the tenant
+``workloads.list``, ``workloads.stop``, ``workloads.scale`` (a service's replicas), ``workloads.logs``,
+``workloads.usage``, ``endpoints.list`` (every service's ready replicas, ``endpoints``), and the tenant
 quotas ``quotas.list``, ``quotas.get``, ``quotas.set``, ``quotas.usage`` (limits checked at submit,
 guarantees honoured by the placer; see ``quotas``).
 Consumers: agents' capability and state reports (``XPUMESH_HOSTS``), the registry's
@@ -24,6 +25,7 @@ from libs.db import session_scope
 from libs.events import CloudEvent, EventTypes
 from libs.schemas.commands import ActualStateReport, LogsReply, LogsRequest
 from libs.schemas.devices import Health
+from libs.schemas.endpoints import EndpointList, EndpointLoad, EndpointsQuery
 from libs.schemas.hostevents import CapabilityReport, ReportBounds
 from libs.schemas.inventory import DeviceEvent
 from libs.schemas.scheduler import (
@@ -34,7 +36,9 @@ from libs.schemas.scheduler import (
     WorkloadPage,
     WorkloadQuery,
     WorkloadRef,
+    WorkloadScale,
     WorkloadSubmit,
+    WorkloadUpdate,
     WorkloadView,
 )
 from libs.schemas.tenancy import (
@@ -47,7 +51,17 @@ from libs.schemas.tenancy import (
     TenantUsages,
 )
 from libs.service import Context, ServiceApp
-from services.scheduler import hosts, lifecycle, quotas, reconcile, reference, store
+from services.scheduler import (
+    autoscale,
+    endpoints,
+    hosts,
+    lifecycle,
+    quotas,
+    reconcile,
+    reference,
+    rollouts,
+    store,
+)
 from services.scheduler.state import SchedulerState, load_state
 from services.scheduler.validate import check_spec
 
@@ -95,6 +109,32 @@ async def prune_decisions(ctx: Ctx) -> None:
 async def lost_work_sweep(ctx: Ctx) -> None:
     """Work left on hosts the registry or the fleet view holds down, or on unusable devices: moved off."""
     await hosts.sweep(ctx)
+
+
+@app.every(lambda s: s.scheduler.rollout_interval_s, first_run="after")
+async def rollout(ctx: Ctx) -> None:
+    """Rolling updates: a ready new version takes over, the old one drains and stops (``rollouts``)."""
+    async with session_scope(ctx.db) as session:
+        added = await rollouts.advance(session, ctx.settings.scheduler)
+    if added:
+        ctx.state.workloads_changed()
+
+
+@app.every(lambda s: s.scheduler.autoscale_interval_s, first_run="after")
+async def autoscale_services(ctx: Ctx) -> None:
+    """Services with min_replicas/max_replicas sized to the gateways' requests in flight (``autoscale``)."""
+    if await autoscale.autoscale(ctx):
+        ctx.state.workloads_changed()
+
+
+@app.subscribe(subjects.GATEWAY_ENDPOINT_LOAD_ALL)
+async def on_endpoint_load(event: CloudEvent, ctx: Ctx) -> None:
+    """A gateway instance's requests in flight per service; the instance is the subject's last token."""
+    subject = event.received_on or ""
+    instance = subject.rsplit(".", 1)[-1]
+    if event.type != EventTypes.ENDPOINT_LOAD or not subject.startswith(subjects.GATEWAY_ENDPOINT_LOAD_ALL[:-1]):
+        raise InvalidRequest("not an endpoint load report")
+    ctx.state.load.record(instance, EndpointLoad.model_validate(event.data))
 
 
 # -- consumers -----------------------------------------------------------------------------------------
@@ -213,6 +253,71 @@ async def stop_workload(req: WorkloadRef, ctx: Ctx) -> WorkloadView:
     if added:
         ctx.state.workloads_changed()
     return await get_workload(req, ctx)
+
+
+@app.endpoint("workloads.scale")
+async def scale_workload(req: WorkloadScale, ctx: Ctx) -> WorkloadView:
+    """Change a running service's replica count (new replicas checked against the tenant's quota)."""
+    s = ctx.settings.scheduler
+    now = lifecycle.utcnow()
+    async with session_scope(ctx.db) as session:
+        wl = (await store.read_workloads(session, [req.id])).get(req.id)
+        if wl is None or (req.tenant is not None and wl.tenant != req.tenant):
+            raise NotFound(f"no workload {req.id!r}", title="Workload not found")
+        if wl.spec.kind != "service":
+            raise InvalidRequest("only a service's replicas can be changed; submit a new job instead",
+                                 title="Not a service", errors=[{"loc": "body.replicas", "msg": "not a service"}])
+        if wl.state.terminal:
+            raise InvalidRequest(f"the service has ended ({wl.state.value})", title="Service ended",
+                                 errors=[{"loc": "body.replicas", "msg": f"the service is {wl.state.value}"}])
+        more = req.replicas - len(wl.replicas)
+        if more > 0 and wl.tenant is not None:
+            tenant = wl.tenant
+            await quotas.check([wl.spec.model_copy(update={"replicas": more})], tenant, ctx.state.quotas.get(tenant),
+                               lambda: _usage(ctx, tenant))
+        added, removed = lifecycle.scale(wl, req.replicas, now, s.command_ttl_s)
+        outbox = await store.update_workload_replicas(session, wl, added, removed, now) if added or removed else 0
+    if outbox:
+        ctx.state.workloads_changed()
+    return await get_workload(WorkloadRef(id=req.id, tenant=req.tenant), ctx)
+
+
+@app.endpoint("workloads.update")
+async def update_workload(req: WorkloadUpdate, ctx: Ctx) -> WorkloadView:
+    """A rolling update: a new service with the changed spec beside the running one (which it replaces once
+    every replica of it is ready; ``rollouts``). The tenant's quota must hold both during the update."""
+    async with session_scope(ctx.db) as session:
+        current = (await store.read_workloads(session, [req.id], lock=False)).get(req.id)
+    if current is None or (req.tenant is not None and current.tenant != req.tenant):
+        raise NotFound(f"no workload {req.id!r}", title="Workload not found")
+    problems = []
+    if current.spec.kind != "service" or current.state.terminal:
+        problems.append(("body.spec", "only a running service can be updated"))
+    if req.spec.kind != "service":
+        problems.append(("body.spec.kind", "a rolling update keeps kind 'service'"))
+    if req.spec.name != current.spec.name:
+        problems.append(("body.spec.name", f"a rolling update keeps the name {current.spec.name!r} (the endpoint)"))
+    if problems:
+        raise InvalidRequest(problems[0][1], title="Cannot update", errors=[{"loc": loc, "msg": msg}
+                                                                           for loc, msg in problems])
+    spec = req.spec.model_copy(update={"tenant": current.tenant})
+    check_spec(spec, ctx.state.fleet)
+    tenant = current.tenant
+    if tenant is not None:
+        await quotas.check([spec], tenant, ctx.state.quotas.get(tenant), lambda: _usage(ctx, tenant))
+    async with session_scope(ctx.db) as session:
+        wl, _ = await store.create_workload(session, spec, current.tenant, None, lifecycle.utcnow(),
+                                            replaces=current.id)
+    ctx.state.workloads_changed()
+    return wl.view()
+
+
+@app.endpoint("endpoints.list", concurrency=4)
+async def list_endpoints(req: EndpointsQuery, ctx: Ctx) -> EndpointList:
+    """Every running service's set of ready replicas (a gateway reads them once at start)."""
+    async with session_scope(ctx.db) as session:
+        services = await store.list_services(session, req.tenant)
+    return EndpointList(items=[endpoints.endpoint_set(wl) for wl in services])
 
 
 @app.endpoint("workloads.logs", concurrency=8)

@@ -55,11 +55,19 @@ class Replica:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     updated_at: datetime | None = None
+    ready: bool | None = None  # a service replica: readiness and base URL, as its agent last reported them
+    endpoint: str | None = None
+    simulated: bool = False
     dirty: bool = False
 
     @property
     def active(self) -> bool:
         return self.state in ACTIVE
+
+    @property
+    def in_rotation(self) -> bool:
+        """A service replica that takes requests: active, reported ready, with a URL."""
+        return self.active and bool(self.ready) and self.endpoint is not None
 
     def set(self, now: datetime, **changes: Any) -> None:
         for k, v in changes.items():
@@ -77,7 +85,8 @@ class Replica:
                            resources=ReplicaResources.model_validate(self.resources) if placed and self.resources
                            else None,
                            exit_code=self.exit_code, message=self.message, started_at=self.started_at,
-                           finished_at=self.finished_at)
+                           finished_at=self.finished_at, ready=self.ready if self.active else None,
+                           endpoint=self.endpoint if self.active else None, simulated=self.simulated)
 
 
 @dataclass
@@ -95,6 +104,11 @@ class Workload:
     explanation: Explanation | None = None
     message: str | None = None
     finished_at: datetime | None = None
+    endpoint_version: int = 0
+    replaces: str | None = None  # a rolling update: the service this one takes over from once ready
+    draining_since: datetime | None = None  # replaced: out of rotation since, stopped after the drain
+    # the endpoint set last published (None: none yet); store.update_workloads publishes a new one on change
+    endpoints_published: tuple[Any, ...] | None = None
     dirty: bool = False
     history: list[tuple[int | None, str | None, str, str]] = field(default_factory=list)  # replica, from, to, reason
     events: list[tuple[WorkloadState, str]] = field(default_factory=list)  # state, reason
@@ -115,7 +129,7 @@ class Workload:
             priority=self.spec.priority, replicas=self.spec.replicas, sites=self.sites, restarts=self.restarts,
             created_at=self.created_at, updated_at=self.updated_at, spec=self.spec,
             placement=[r.view() for r in self.replicas], explanation=self.explanation, message=self.message,
-            finished_at=self.finished_at)
+            finished_at=self.finished_at, replaces=self.replaces, draining=self.draining_since is not None)
 
     # -- recording -----------------------------------------------------------------------------
     def move(self, to: WorkloadState, reason: str, now: datetime) -> None:
@@ -191,7 +205,8 @@ def assign(wl: Workload, placed: list[tuple[Replica, str, str, list[dict[str, An
             if res.alternative else ""
         wl.replica_move(r, "placed", f"placed on {host_id}{alt}", now, attempt=r.attempt + 1, host_id=host_id,
                         site=site, devices=devices, resources=res.model_dump(mode="json"), decision_id=decision_id,
-                        exit_code=None, message=None, sends=1, sent_at=now, started_at=None, finished_at=None)
+                        exit_code=None, message=None, sends=1, sent_at=now, started_at=None, finished_at=None,
+                        ready=None, endpoint=None, simulated=False)
     for r, *_ in placed:
         wl.commands.append(launch_command(wl, r, now, ttl_s))
 
@@ -240,6 +255,8 @@ def restart(wl: Workload, r: Replica, reason: str, now: datetime, ttl_s: float) 
 def replica_ended(wl: Workload, r: Replica, ok: bool, exit_code: int | None, message: str, now: datetime,
                   ttl_s: float) -> None:
     spec = wl.spec
+    if ok and spec.kind == "service":  # a service never finishes: an exit is a failure, restarted per policy
+        ok, message = False, message or "the service exited"
     r.set(now, exit_code=exit_code, finished_at=now, message=message or None)
     may_restart = wl.restarts < spec.max_restarts
     if ok:
@@ -264,6 +281,9 @@ def observe(wl: Workload, r: Replica, rep: ReplicaReport, now: datetime, ttl_s: 
     if rep.attempt != r.attempt or not r.active or wl.state.terminal:
         return False
     noted = _note_enforcement(r, rep, now)
+    if (rep.ready, rep.endpoint, rep.simulated) != (r.ready, r.endpoint, r.simulated):
+        r.ready, r.endpoint, r.simulated, r.dirty = rep.ready, rep.endpoint, rep.simulated, True
+        wl.dirty = noted = True
     if rep.state == ReplicaState.STARTING:
         if r.state != "placed":
             return noted
@@ -321,6 +341,27 @@ def preempt(wl: Workload, reason: str, now: datetime, ttl_s: float) -> None:
 def stop(wl: Workload, reason: str, now: datetime, ttl_s: float) -> None:
     if not wl.state.terminal:
         end(wl, WorkloadState.STOPPED, reason, now, ttl_s)
+
+
+def scale(wl: Workload, replicas: int, now: datetime, ttl_s: float) -> tuple[list[Replica], list[Replica]]:
+    """Change a running service's replica count: new pending replicas (placed by the placer), or the
+    highest-numbered ones stopped and dropped. Returns (added, removed); the caller writes both."""
+    have = len(wl.replicas)
+    added: list[Replica] = []
+    removed: list[Replica] = []
+    if replicas > have:
+        added = [Replica(replica=i, updated_at=now) for i in range(have, replicas)]
+        wl.replicas.extend(added)
+    elif replicas < have:
+        removed = [r for r in wl.replicas if r.replica >= replicas]
+        _stop_active(wl, removed, f"scaled to {replicas} replicas", now, ttl_s)
+        wl.replicas = [r for r in wl.replicas if r.replica < replicas]
+    if added or removed:
+        wl.spec = wl.spec.model_copy(update={"replicas": replicas})
+        wl.history.append((None, wl.state.value, wl.state.value, f"scaled from {have} to {replicas} replicas"))
+        wl.updated_at, wl.dirty = now, True
+        settle(wl, f"scaled to {replicas} replicas", now)
+    return added, removed
 
 
 def new_event_id() -> str:

@@ -46,10 +46,18 @@ workloads = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("finished_at", DateTime(timezone=True)),
+    Column("kind", String(16), nullable=False, server_default="job"),
+    Column("endpoint_version", BigInteger, nullable=False, server_default="0"),
+    Column("replaces", String(64)),
+    Column("draining_since", DateTime(timezone=True)),
     Index("ix_workloads_state", "state"),
     Index("ix_workloads_tenant_id", "tenant", "id"),
     Index("ux_workloads_idempotency", "tenant", "idempotency_key", unique=True,
           postgresql_where=text("idempotency_key IS NOT NULL")),
+    Index("ix_workloads_rollouts", "id",
+          postgresql_where=text("replaces IS NOT NULL AND state NOT IN ('succeeded', 'failed', 'stopped')")),
+    Index("ix_workloads_services", "id",
+          postgresql_where=text("kind = 'service' AND state NOT IN ('succeeded', 'failed', 'stopped')")),
 )
 
 replicas = Table(
@@ -70,6 +78,9 @@ replicas = Table(
     Column("started_at", DateTime(timezone=True)),
     Column("finished_at", DateTime(timezone=True)),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("ready", Boolean),
+    Column("endpoint", Text),
+    Column("simulated", Boolean, nullable=False, server_default="false"),
     Index("ix_replicas_host_active", "host_id",
           postgresql_where=text("state IN ('placed', 'starting', 'running')")),
 )

@@ -106,6 +106,8 @@ def _report_index(report: ActualStateReport) -> dict[Key, ReplicaReport]:
 def _needs_look(row: Any, seen: ReplicaReport | None, report: ActualStateReport, now: datetime,
                 resend_after_s: float) -> bool:
     if seen is not None:
+        if (seen.ready, seen.endpoint, seen.simulated) != (row.ready, row.endpoint, row.simulated):
+            return True  # a service replica came into or left rotation
         return {"placed": "", "starting": "starting", "running": "running"}.get(row.state) != seen.state.value
     if row.updated_at is not None and report.ts <= row.updated_at:
         return False  # the report predates the last change: it cannot tell

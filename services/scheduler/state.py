@@ -23,6 +23,7 @@ from libs.db import session_scope
 from libs.db.outbox import OutboxRelay
 from libs.service import Context
 from services.scheduler import quotas, reconcile, reference, store
+from services.scheduler.autoscale import Load
 from services.scheduler.fleet import Fleet
 from services.scheduler.orm import outbox
 from services.scheduler.placer import Placer
@@ -37,6 +38,7 @@ class SchedulerState:
     quotas: QuotaBook
     relay: OutboxRelay
     placer: Placer
+    load: Load = field(default_factory=Load)  # the gateways' requests in flight per service (``autoscale``)
     # orders changes of the fleet view (each is worked out, written, then applied: ``hosts``)
     fleet_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

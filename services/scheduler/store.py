@@ -39,6 +39,7 @@ from libs.schemas.scheduler import (
     event_data,
 )
 from libs.schemas.workload import WorkloadSpec
+from services.scheduler import endpoints
 from services.scheduler.fleet import HostView
 from services.scheduler.lifecycle import ACTIVE, SOURCE, Replica, Workload, command_event, new_event_id
 from services.scheduler.orm import decisions, history, hosts, outbox, replicas, workloads
@@ -62,16 +63,21 @@ def _replica(row: Any) -> Replica:
                    devices=list(row.devices or []), resources=dict(row.resources or {}), decision_id=row.decision_id,
                    exit_code=row.exit_code,
                    message=row.message, sends=row.sends, sent_at=row.sent_at, started_at=row.started_at,
-                   finished_at=row.finished_at, updated_at=row.updated_at)
+                   finished_at=row.finished_at, updated_at=row.updated_at, ready=row.ready, endpoint=row.endpoint,
+                   simulated=row.simulated)
 
 
 def _workload(row: Any, reps: list[Replica]) -> Workload:
-    return Workload(id=row.id, tenant=row.tenant, name=row.name, spec=WorkloadSpec.model_validate(row.spec),
-                    state=WorkloadState(row.state), created_at=row.created_at, updated_at=row.updated_at,
-                    replicas=sorted(reps, key=lambda r: r.replica), restarts=row.restarts,
-                    reschedules=row.reschedules,
-                    explanation=Explanation.model_validate(row.explanation) if row.explanation else None,
-                    message=row.message, finished_at=row.finished_at)
+    wl = Workload(id=row.id, tenant=row.tenant, name=row.name, spec=WorkloadSpec.model_validate(row.spec),
+                  state=WorkloadState(row.state), created_at=row.created_at, updated_at=row.updated_at,
+                  replicas=sorted(reps, key=lambda r: r.replica), restarts=row.restarts,
+                  reschedules=row.reschedules,
+                  explanation=Explanation.model_validate(row.explanation) if row.explanation else None,
+                  message=row.message, finished_at=row.finished_at, endpoint_version=row.endpoint_version,
+                  replaces=row.replaces, draining_since=row.draining_since)
+    if row.endpoint_version:  # a set was published: the one these rows imply
+        wl.endpoints_published = endpoints.signature(wl)
+    return wl
 
 
 async def read_workloads(session: AsyncSession, ids: Iterable[str], *, lock: bool = True) -> dict[str, Workload]:
@@ -112,18 +118,21 @@ async def update_workloads(session: AsyncSession, wls: Iterable[Workload], now: 
     hist_rows: list[dict[str, Any]] = []
     out_rows: list[dict[str, Any]] = []
     for wl in wls:
-        if rows:
+        publish = endpoints.changed(wl)
+        if rows or publish:
             wl_rows.append({"b_id": wl.id, "state": wl.state.value, "restarts": wl.restarts,
                             "reschedules": wl.reschedules, "sites": wl.sites,
                             "explanation": wl.explanation.model_dump(mode="json") if wl.explanation else None,
-                            "message": wl.message, "updated_at": wl.updated_at, "finished_at": wl.finished_at})
+                            "message": wl.message, "updated_at": wl.updated_at, "finished_at": wl.finished_at,
+                            "endpoint_version": wl.endpoint_version, "draining_since": wl.draining_since})
         for r in wl.replicas:
             if r.dirty:
                 rep_rows.append({"b_wid": wl.id, "b_replica": r.replica, "attempt": r.attempt, "state": r.state,
                                  "host_id": r.host_id, "site": r.site, "devices": r.devices, "resources": r.resources,
                                  "decision_id": r.decision_id, "exit_code": r.exit_code, "message": r.message,
                                  "sends": r.sends, "sent_at": r.sent_at, "started_at": r.started_at,
-                                 "finished_at": r.finished_at, "updated_at": r.updated_at or now})
+                                 "finished_at": r.finished_at, "updated_at": r.updated_at or now, "ready": r.ready,
+                                 "endpoint": r.endpoint, "simulated": r.simulated})
                 r.dirty = False
         hist_rows += [{"workload_id": wl.id, "replica": rep, "from_state": frm, "to_state": to,
                        "reason": reason[:2000], "at": now} for rep, frm, to, reason in wl.history]
@@ -135,6 +144,10 @@ async def update_workloads(session: AsyncSession, wls: Iterable[Workload], now: 
                 event = CloudEvent.new(EventTypes.workload(state.value), SOURCE, data, subject=wl.id,
                                        id=new_event_id())
                 out_rows.append(outbox_row(event, event_subject(event.type, subject_site)))
+        if publish:
+            event = CloudEvent.new(EventTypes.ENDPOINT_CHANGED, SOURCE, endpoints.endpoint_set(wl), subject=wl.id,
+                                   id=new_event_id())
+            out_rows.append(outbox_row(event, event_subject(event.type, _event_site(wl))))
         out_rows += [_command_row(cmd) for cmd in wl.commands]
         wl.history, wl.events, wl.commands, wl.dirty = [], [], [], False
     for stmt, params in ((_WL_UPDATE, wl_rows), (_REPLICA_UPDATE, rep_rows), (insert(history), hist_rows),
@@ -145,13 +158,15 @@ async def update_workloads(session: AsyncSession, wls: Iterable[Workload], now: 
 
 
 def _new_workload(spec: WorkloadSpec, tenant: str | None, idempotency_key: str | None,
-                  now: datetime) -> tuple[Workload, dict[str, Any]]:
-    """A pending workload and its row, not yet written."""
+                  now: datetime, replaces: str | None = None) -> tuple[Workload, dict[str, Any]]:
+    """A pending workload and its row, not yet written (``replaces``: the service a rolling update takes over)."""
     spec_json = spec.model_dump(mode="json")
     wl = Workload(id=new_workload_id(), tenant=tenant, name=spec.name, spec=spec, state=WorkloadState.PENDING,
-                  created_at=now, updated_at=now, replicas=[Replica(replica=i) for i in range(spec.replicas)])
+                  created_at=now, updated_at=now, replicas=[Replica(replica=i) for i in range(spec.replicas)],
+                  replaces=replaces)
     values = {"id": wl.id, "tenant": tenant, "name": spec.name, "spec": spec_json, "state": wl.state.value,
               "hardware_type": wl.hardware_type, "priority": spec.priority, "replicas": spec.replicas,
+              "kind": spec.kind, "replaces": replaces,
               "idempotency_key": idempotency_key, "request_hash": _digest(spec_json, tenant),
               "created_at": now, "updated_at": now}
     return wl, values
@@ -174,12 +189,12 @@ def _insert_keyed(rows: list[dict[str, Any]]) -> Any:
 
 
 async def create_workload(session: AsyncSession, spec: WorkloadSpec, tenant: str | None, idempotency_key: str | None,
-                 now: datetime) -> tuple[Workload, bool]:
+                 now: datetime, *, replaces: str | None = None) -> tuple[Workload, bool]:
     """Insert a pending workload, or return the one an earlier submit with this key created.
 
     With a tenant and a key, one ``INSERT … ON CONFLICT DO NOTHING`` decides: a retry (or a
     concurrent twin, whose commit it waits for) inserts nothing and finds the first one."""
-    wl, values = _new_workload(spec, tenant, idempotency_key, now)
+    wl, values = _new_workload(spec, tenant, idempotency_key, now, replaces)
     if idempotency_key is not None and tenant is not None:
         inserted = (await session.execute(_insert_keyed([values]))).scalar_one_or_none()
         if inserted is None:
@@ -316,10 +331,45 @@ async def list_active_replicas(session: AsyncSession, host_ids: Sequence[str] | 
     return list((await session.execute(
         select(replicas.c.workload_id, replicas.c.replica, replicas.c.attempt, replicas.c.state, replicas.c.host_id,
                replicas.c.devices, replicas.c.resources, replicas.c.sent_at, replicas.c.updated_at,
-               workloads.c.priority,
+               replicas.c.ready, replicas.c.endpoint, replicas.c.simulated, workloads.c.priority,
                workloads.c.tenant, workloads.c.spec["preemptible"].astext.label("preemptible"))
         .join(workloads, workloads.c.id == replicas.c.workload_id).where(cond)
         .order_by(replicas.c.workload_id, replicas.c.replica))).all())
+
+
+# -- services --------------------------------------------------------------------------------------
+async def update_workload_replicas(session: AsyncSession, wl: Workload, added: Sequence[Replica],
+                                   removed: Sequence[Replica], now: datetime) -> int:
+    """A scaled service: its spec and replica count, new pending replica rows, dropped ones, and what
+    ``lifecycle.scale`` recorded (stops, history, events). Returns outbox rows added."""
+    await session.execute(update(workloads).where(workloads.c.id == wl.id).values(
+        spec=wl.spec.model_dump(mode="json"), replicas=wl.spec.replicas))
+    if removed:
+        await session.execute(delete(replicas).where((replicas.c.workload_id == wl.id)
+                                                     & replicas.c.replica.in_([r.replica for r in removed])))
+    if added:
+        await session.execute(insert(replicas), [{"workload_id": wl.id, "replica": r.replica, "state": "pending",
+                                                  "updated_at": now} for r in added])
+    return await update_workloads(session, [wl], now)
+
+
+async def list_rollouts(session: AsyncSession) -> list[tuple[str, str]]:
+    """(new, old) of rolling updates whose new service runs on while the old one has not ended."""
+    old = workloads.alias("old")
+    live = ("succeeded", "failed", "stopped")
+    rows = (await session.execute(
+        select(workloads.c.id, workloads.c.replaces).join(old, old.c.id == workloads.c.replaces)
+        .where(workloads.c.replaces.isnot(None) & workloads.c.state.notin_(live) & old.c.state.notin_(live)))).all()
+    return [(r.id, r.replaces) for r in rows]
+
+
+async def list_services(session: AsyncSession, tenant: str | None = None) -> list[Workload]:
+    """Service workloads that have not ended (one tenant's, or every tenant's)."""
+    cond = (workloads.c.kind == "service") & workloads.c.state.notin_(("succeeded", "failed", "stopped"))
+    if tenant is not None:
+        cond = cond & (workloads.c.tenant == tenant)
+    ids = [r.id for r in (await session.execute(select(workloads.c.id).where(cond))).all()]
+    return list((await read_workloads(session, ids, lock=False)).values())
 
 
 async def create_decision(session: AsyncSession, **values: Any) -> int:

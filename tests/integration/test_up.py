@@ -15,7 +15,9 @@ import nats
 import psutil
 import pytest
 
+import xpumesh.examples.echo as echo
 from libs.embedded import free_port
+from libs.schemas.hostevents import host_id_for
 from libs.tls import client_context
 from tests.conftest import REPO, TEST_ADMIN_KEY, assert_eventually
 
@@ -64,9 +66,10 @@ async def test_up_starts_all_five_services_and_stops_cleanly_on_sigint(tmp_path:
         with pytest.raises(nats.errors.Error, match="Authorization Violation"):
             await nats.connect(nats_url, tls=client_context(secrets / "tls" / "ca.pem"), connect_timeout=3,
                                allow_reconnect=False, max_reconnect_attempts=0)
-        assert sorted(p.name for p in (secrets / "creds").iterdir()) == sorted(f"{n}.creds" for n in {*FIVE, "sim"})
+        assert sorted(p.name for p in (secrets / "creds").iterdir()) == sorted(f"{n}.creds"
+                                                                             for n in {*FIVE, "sim", "agent"})
         tree = psutil.Process(proc.pid).children(recursive=True)
-        assert len(tree) >= 7  # five services, the simulator, nats-server, postgres
+        assert len(tree) >= 8  # five services, the simulator, the local agent, nats-server, postgres
         started = time.monotonic()
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=10)
@@ -105,3 +108,76 @@ def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
                          capture_output=True, timeout=60, cwd=REPO)
     assert res.returncode == 2
     assert "XPUMESH_GATEWAY_PORT" in res.stderr.decode() and "Traceback" not in res.stderr.decode()
+
+
+@pytest.mark.slow
+async def test_up_demo_runs_a_real_local_host_whose_service_answers_through_the_gateway(tmp_path: Path) -> None:
+    """``xpumesh up --demo``: beside the simulated fleet, this machine's own agent; a tiny HTTP service placed
+    there is a real process, becomes ready and answers through /v1/endpoints/, and stops when asked."""
+    env = _env(tmp_path, XPUMESH_AGENT__READINESS_INTERVAL_S="0.2", XPUMESH_AGENT__STATE_INTERVAL_S="1")
+    log = open(tmp_path / "up.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "xpumesh", "up", "--demo", "--hosts", "6"], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    local = host_id_for(socket.gethostname())
+    admin = {"Authorization": f"Bearer {TEST_ADMIN_KEY}"}
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{env['XPUMESH_GATEWAY_PORT']}", timeout=10) as c:
+            async def local_host() -> bool:
+                try:
+                    r = await c.get(f"/v1/hosts/{local}", headers=admin)
+                except httpx.HTTPError:
+                    return False
+                return r.status_code == 200 and r.json()["labels"].get("pool") == "local"
+
+            await assert_eventually(local_host, timeout=90, interval=0.5, message="the local host, labelled pool=local")
+            spec = {"name": "echo", "kind": "service", "replicas": 3, "hardware": {"type": "cpu"},
+                    "placement": {"host_labels": {"pool": "local"}},
+                    "service": {"port": 8000, "readiness_path": "/healthz"},
+                    "variants": {"cpu": {"command": [_replica_python(), echo.__file__]}}}
+            r = await c.post("/v1/workloads", json=spec, headers=admin)
+            assert r.status_code == 201, r.text
+            wid = r.json()["id"]
+
+            async def answers() -> set[str] | None:
+                got = [await c.get("/v1/endpoints/echo/hello", headers=admin) for _ in range(6)]
+                if {g.status_code for g in got} != {200}:
+                    return None
+                bodies = [g.json() for g in got]
+                assert {b["host"] for b in bodies} == {local} and {b["workload"] for b in bodies} == {wid}
+                return {b["replica"] for b in bodies} if len({b["replica"] for b in bodies}) == 3 else None
+
+            assert await assert_eventually(answers, timeout=60, interval=0.5, message="all three replicas answer") \
+                == {"0", "1", "2"}
+            view = (await c.get(f"/v1/workloads/{wid}", headers=admin)).json()
+            assert {p["host_id"] for p in view["placement"]} == {local}
+            assert not any(p["simulated"] for p in view["placement"])
+            assert (await c.patch(f"/v1/workloads/{wid}", json={"replicas": 1}, headers=admin)).status_code == 200
+
+            async def one() -> bool:
+                got = [await c.get("/v1/endpoints/echo/", headers=admin) for _ in range(4)]
+                return {g.status_code for g in got} == {200} and {g.json()["replica"] for g in got} == {"0"}
+            await assert_eventually(one, timeout=30, interval=0.5, message="only replica 0 answers after the patch")
+            assert len(_echo_processes()) == 1
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+        assert not _echo_processes()  # the demo's local host stops its replicas with it
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _replica_python() -> str:
+    """A Python the replica's own uid can run: as root the agent gives each replica a uid of its range, which may
+    not reach this interpreter (e.g. under /root), so the system's; otherwise this one."""
+    system = Path("/usr/bin/python3")
+    return str(system) if os.geteuid() == 0 and system.exists() else sys.executable
+
+
+def _echo_processes() -> list[psutil.Process]:
+    """The example service's interpreters now running (not their shell wrappers)."""
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info.get("cmdline") or []
+        if len(cmd) >= 2 and cmd[1] == echo.__file__:
+            out.append(p)
+    return out

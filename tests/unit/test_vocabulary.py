@@ -51,6 +51,7 @@ def test_vocabulary_event_families_cover_their_events():
     assert subjects.event_subject(EventTypes.DEVICE_UNHEALTHY, "hz").startswith(subjects.DEVICE_EVENTS_ALL[:-1])
     assert subjects.event_subject(EventTypes.workload("placed")).startswith(subjects.WORKLOAD_EVENTS_ALL[:-1])
     assert EventTypes.workload("placed").startswith(EventTypes.WORKLOAD_PREFIX)
+    assert subjects.event_subject(EventTypes.ENDPOINT_CHANGED).startswith(subjects.ENDPOINT_EVENTS_ALL[:-1])
 
 
 @pytest.mark.parametrize("types, site, expected", [

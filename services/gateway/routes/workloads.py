@@ -29,11 +29,14 @@ from libs.schemas.scheduler import (
     WorkloadBatchResult,
     WorkloadBatchSubmit,
     WorkloadPage,
+    WorkloadPatch,
     WorkloadQuery,
     WorkloadRef,
+    WorkloadScale,
     WorkloadState,
     WorkloadSubmit,
     WorkloadSummary,
+    WorkloadUpdate,
     WorkloadView,
 )
 from libs.schemas.tenancy import QUOTA_PROBLEM, Role
@@ -176,6 +179,37 @@ async def stop_workload(ctx: Ctx, principal: CurrentPrincipal, workload_id: Work
     ensure_can_modify(principal, current.tenant, _not_found(workload_id))
     try:
         return await call(ctx, "scheduler", "workloads.stop", _ref(workload_id, current.tenant), WorkloadView)
+    except NotFound:
+        raise _not_found(workload_id) from None
+
+
+@router.patch("/v1/workloads/{workload_id}", response_model=WorkloadView, responses={
+                  **_NOT_FOUND, 403: problem("The tenant's quota does not allow the new replicas (or, for a rolling "
+                                             "update, both versions at once), or the new spec's priority is above "
+                                             "the key's role's ceiling", "Quota exceeded",
+                                             "tenant 'acme' may hold 16 gpu devices; it holds 12 and this workload "
+                                             "asks for 8", **_QUOTA_EXAMPLE),
+                  422: problem("Not a running service, or a spec that changes its name or kind", "Cannot update",
+                               "only a running service can be updated")},
+              summary="Change a running service: its number of replicas, or its spec (a rolling update)",
+              description="`replicas`: new replicas are placed and come into rotation when ready; with fewer, the "
+                          "highest-numbered replicas leave rotation and are stopped. `spec`: a rolling update; a new "
+                          "service with the changed spec (same name) starts beside this one under the same endpoint, "
+                          "and once all its replicas are ready this one leaves rotation and is stopped after a drain; "
+                          "the answer is the new workload (its `replaces` names this one).")
+async def patch_workload(ctx: Ctx, principal: CurrentPrincipal, workload_id: WorkloadId,
+                         body: WorkloadPatch) -> WorkloadView:
+    current = await get_workload(ctx, principal, workload_id)
+    ensure_can_modify(principal, current.tenant, _not_found(workload_id))
+    try:
+        if body.spec is not None:
+            _check_priority(ctx.settings.gateway, principal, body.spec.priority)
+            spec = body.spec.model_copy(update={"tenant": current.tenant})
+            return await call(ctx, "scheduler", "workloads.update",
+                              WorkloadUpdate(id=workload_id, tenant=current.tenant, spec=spec), WorkloadView)
+        assert body.replicas is not None
+        return await call(ctx, "scheduler", "workloads.scale",
+                          WorkloadScale(id=workload_id, tenant=current.tenant, replicas=body.replicas), WorkloadView)
     except NotFound:
         raise _not_found(workload_id) from None
 
