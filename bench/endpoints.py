@@ -11,13 +11,23 @@ own URLs (each client bound to one replica, round robin): the baseline, in the s
 the same machine. Reported per run: requests/s, p50/p99 latency, errors; and the gateway's added
 p50/p99 (through minus direct).
 
+``--simulated N`` (default 16) adds a row of N simulated replicas: a fleet simulator (``xpumesh
+sim``) whose built-in responder answers for every simulated replica, through the gateway only
+(they have no socket of their own to call directly). Then two faults under ``--fault-clients``
+clients on a three-replica service of real processes: one replica's process killed with SIGKILL
+(errors counted, and the time until the service is back to three ready replicas), and a rolling
+update (``PATCH`` with a changed spec; errors counted, and the time until the old version has
+stopped). The goal is 0 failed requests that could be retried: a request a replica was already
+answering when it was killed cannot be retried by the gateway (it may have had effects), so such
+a loss is shown, not hidden.
+
 Everything shares the machine with the load generator, and the echo replicas are the standard
 library's threading HTTP server, so on a small machine the replicas themselves are the ceiling:
 compare the two rows of one run, not runs on different machines. Prints a table, then ONE JSON
 object on its last line.
 
     python bench/endpoints.py
-    python bench/endpoints.py --replicas 4 --concurrency 50 --duration 5
+    python bench/endpoints.py --replicas 4 --concurrency 50 --duration 5 --simulated 0 --no-faults
 """
 
 from __future__ import annotations
@@ -32,10 +42,12 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -57,12 +69,15 @@ def replica_python() -> str:
     return system if os.geteuid() == 0 and system else sys.executable
 
 
-async def load(port: int, paths: list[str], concurrency: int, duration: float) -> dict[str, Any]:
-    """``concurrency`` clients, client ``i`` sending ``paths[i % len(paths)]`` to 127.0.0.1:``port``s."""
+async def load(port: int, paths: list[str], concurrency: int, duration: float,
+               during: Callable[[], Coroutine[Any, Any, Any]] | None = None) -> dict[str, Any]:
+    """``concurrency`` clients, client ``i`` sending ``paths[i % len(paths)]`` to 127.0.0.1:``port``s;
+    ``during`` runs beside the measured phase (a fault), and what it returns is reported as ``fault``."""
     auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
     latencies: list[float] = []
     errors: dict[str, int] = {}
     stop_at = 0.0
+    fault: asyncio.Task[Any] | None = None
 
     async def worker(raw: RawClient, path: str) -> None:
         while time.monotonic() < stop_at:
@@ -89,8 +104,10 @@ async def load(port: int, paths: list[str], concurrency: int, duration: float) -
         errors.clear()
         started = time.monotonic()
         stop_at = started + duration
+        fault = asyncio.create_task(during()) if during is not None else None
         await asyncio.gather(*(worker(c, p) for c, p in clients))
         elapsed = time.monotonic() - started
+        happened = await fault if fault is not None else None
     finally:
         for c, _ in clients:
             await c.close()
@@ -99,12 +116,16 @@ async def load(port: int, paths: list[str], concurrency: int, duration: float) -
     def q(x: float) -> float | None:
         return round(ordered[min(len(ordered) - 1, int(x * len(ordered)))], 2) if ordered else None
 
-    return {"requests": len(ordered), "rps": round(len(ordered) / elapsed, 1) if elapsed else 0.0,
-            "p50_ms": q(0.5), "p99_ms": q(0.99), "errors": errors}
+    out = {"requests": len(ordered), "rps": round(len(ordered) / elapsed, 1) if elapsed else 0.0,
+           "p50_ms": q(0.5), "p99_ms": q(0.99), "errors": errors}
+    if fault is not None:
+        out["fault"] = happened
+    return out
 
 
 async def ready_urls(api: httpx.AsyncClient, wid: str, n: int, timeout: float) -> list[str]:
     deadline = time.monotonic() + timeout
+    view: dict[str, Any] = {}
     while time.monotonic() < deadline:
         view = (await api.get(f"/v1/workloads/{wid}")).json()
         urls = [p["endpoint"] for p in view["placement"] if p.get("ready") and p.get("endpoint")]
@@ -113,7 +134,70 @@ async def ready_urls(api: httpx.AsyncClient, wid: str, n: int, timeout: float) -
         if len(urls) == n and known == n:
             return urls
         await asyncio.sleep(0.5)
-    raise RuntimeError(f"{wid}: {n} replicas not ready within {timeout} s")
+    raise RuntimeError(f"{wid}: {n} replicas not ready within {timeout} s: state {view.get('state')}, "
+                       f"{view.get('explanation') or view.get('message')}, placement {view.get('placement')}")
+
+
+def listener_pid(port: int) -> int:
+    """The process listening on 127.0.0.1:``port`` (a replica of this machine's agent)."""
+    for c in psutil.net_connections(kind="tcp"):
+        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
+            return c.pid
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def echo_spec(name: str, replicas: int, **env: str) -> dict[str, Any]:
+    return {"name": name, "kind": "service", "replicas": replicas, "hardware": {"type": "cpu"},
+            "service": {"port": 8000, "readiness_path": "/healthz"},
+            "variants": {"cpu": {"command": [replica_python(), str(ECHO)], "env": env}}}
+
+
+def show(label: str, r: dict[str, Any]) -> None:
+    print(f"{label} | {r['rps']:>8} req/s p50 {r['p50_ms']} p99 {r['p99_ms']} ms errors {r['errors']}"
+          + (f" | {r['fault']}" if "fault" in r else ""), flush=True)
+
+
+async def faults(api: httpx.AsyncClient, port: int, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """A three-replica service under load: one replica killed -9, then a rolling update."""
+    spec = echo_spec("echo-faults", 3, VERSION="1")
+    r = await api.post("/v1/workloads", json=spec)
+    r.raise_for_status()
+    wid = r.json()["id"]
+    urls = await ready_urls(api, wid, 3, args.ready_timeout)
+    rows: list[dict[str, Any]] = []
+
+    async def kill() -> dict[str, Any]:
+        await asyncio.sleep(args.fault_duration / 4)
+        os.kill(listener_pid(int(urls[0].rsplit(":", 1)[1])), 9)
+        killed = time.monotonic()
+        await ready_urls(api, wid, 3, args.ready_timeout)
+        return {"killed": urls[0], "back_to_3_ready_s": round(time.monotonic() - killed, 2)}
+
+    through = ["0:/v1/endpoints/echo-faults/ping"]
+    rows.append({"fault": "replica killed", "clients": args.fault_clients,
+                 **await load(port, through, args.fault_clients, args.fault_duration, kill)})
+    show(f"replica kill -9 {args.fault_clients:>4} clients", rows[-1])
+
+    async def update() -> dict[str, Any]:
+        await asyncio.sleep(args.fault_duration / 6)
+        started = time.monotonic()
+        r = await api.patch(f"/v1/workloads/{wid}", json={"spec": echo_spec("echo-faults", 3, VERSION="2")})
+        r.raise_for_status()
+        new = r.json()["id"]
+        deadline = started + args.ready_timeout
+        while time.monotonic() < deadline:
+            old = (await api.get(f"/v1/workloads/{wid}")).json()
+            if old["state"] in ("stopped", "succeeded", "failed", "cancelled"):
+                break
+            await asyncio.sleep(0.2)
+        return {"new": new, "old_state": old["state"], "old_stopped_after_s": round(time.monotonic() - started, 2)}
+
+    rows.append({"fault": "rolling update", "clients": args.fault_clients,
+                 **await load(port, through, args.fault_clients, args.fault_duration, update)})
+    show(f"rolling update  {args.fault_clients:>4} clients", rows[-1])
+    new_id = rows[-1]["fault"]["new"]
+    (await api.delete(f"/v1/workloads/{new_id}")).raise_for_status()
+    return rows
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -136,10 +220,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         async with httpx.AsyncClient(base_url=mesh.base_url, timeout=30,
                                      headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as api:
             for n in args.replicas:
-                spec = {"name": f"echo-{n}", "kind": "service", "replicas": n,
-                        "hardware": {"type": "cpu"},
-                        "service": {"port": 8000, "readiness_path": "/healthz"},
-                        "variants": {"cpu": {"command": [replica_python(), str(ECHO)]}}}
+                spec = echo_spec(f"echo-{n}", n)
                 r = await api.post("/v1/workloads", json=spec)
                 r.raise_for_status()
                 wid = r.json()["id"]
@@ -159,9 +240,40 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                           f"{base['errors']} | added p50 {row.get('added_p50_ms')} p99 {row.get('added_p99_ms')} ms",
                           flush=True)
                 (await api.delete(f"/v1/workloads/{wid}")).raise_for_status()
+            if args.simulated:
+                out["simulated"] = await simulated(api, mesh.port, args, env, workdir, procs)
+            if args.faults:
+                out["faults"] = await faults(api, mesh.port, args)
     finally:
         stop_all(procs, mesh.nats, mesh.pg)
     return out
+
+
+async def simulated(api: httpx.AsyncClient, port: int, args: argparse.Namespace, env: dict[str, str],
+                    workdir: Path, procs: list[subprocess.Popen[bytes]]) -> list[dict[str, Any]]:
+    """N simulated replicas (a share of a simulated GPU each), answered by the simulator's responder."""
+    procs.append(spawn([sys.executable, "-m", "xpumesh", "sim", "--hosts", str(max(8, args.simulated // 4))],
+                       env, workdir / "sim.log"))
+    n = args.simulated
+    spec = echo_spec("echo-sim", n)
+    spec.update(hardware={"type": "gpu", "share": 0.25}, variants={"default": spec["variants"]["cpu"]})
+    deadline = time.monotonic() + args.ready_timeout
+    while True:  # the simulated hosts take a moment to report in
+        r = await api.post("/v1/workloads", json=spec)
+        if r.status_code == 201 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(1.0)
+    r.raise_for_status()
+    wid = r.json()["id"]
+    await ready_urls(api, wid, n, args.ready_timeout)
+    rows = []
+    for c in args.concurrency:
+        row = {"replicas": n, "simulated": True, "clients": c,
+               "gateway": await load(port, ["0:/v1/endpoints/echo-sim/ping"], c, args.duration)}
+        rows.append(row)
+        show(f"{n:>3} simulated {c:>4} clients | gateway", row["gateway"])
+    (await api.delete(f"/v1/workloads/{wid}")).raise_for_status()
+    return rows
 
 
 def main() -> None:
@@ -170,6 +282,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[50, 200])
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--ready-timeout", type=float, default=120.0)
+    parser.add_argument("--simulated", type=int, default=16, help="simulated replicas for one more row (0: none)")
+    parser.add_argument("--faults", action=argparse.BooleanOptionalAction, default=True,
+                        help="a replica kill and a rolling update under load")
+    parser.add_argument("--fault-clients", type=int, default=50)
+    parser.add_argument("--fault-duration", type=float, default=20.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="xpumesh-bench-endpoints-") as tmp:
         out = asyncio.run(run(args, Path(tmp)))

@@ -10,9 +10,12 @@ Events and chunked token streams pass through unbuffered. Timeouts: connecting
 and the silence between two chunks either way (``endpoint_idle_timeout_s``).
 
 A connect that fails happens before anything of the request was sent, so the request is tried
-again on another ready replica (at most ``endpoint_retries`` more), whatever its method; a
-failure after that is a 502 and is never retried, since the replica may have acted on it. No
-ready replica: 503 with ``Retry-After``.
+again on another ready replica (at most ``endpoint_retries`` more), whatever its method. A
+request of an idempotent method (RFC 9110 section 9.2.2: GET, HEAD, OPTIONS, PUT, DELETE) without
+a body whose connection breaks before the response headers (a replica killed mid-request, a
+kept-alive connection it had closed) is tried again too, as nginx's ``proxy_next_upstream error``
+does: sending it twice has the effect of sending it once. Any other failure is a 502 and is never
+retried, since the replica may have acted on it. No ready replica: 503 with ``Retry-After``.
 
 The caller's ``Authorization`` never reaches the replica (it is the caller's API key); hop-by-hop
 headers are dropped both ways; ``X-Forwarded-For``/``-Proto``/``-Host`` and ``X-Request-Id`` are set.
@@ -55,6 +58,10 @@ LATENCY = Histogram("xpumesh_endpoint_request_seconds", "Time from a request thr
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                         "trailers", "transfer-encoding", "upgrade", "host", "authorization"})
 BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+RETRIES = Counter("xpumesh_endpoint_retries_total", "Requests through /v1/endpoints/ tried again on another replica, "
+                  "by tenant, endpoint and why (connect_failed; connection_broken: an idempotent request without "
+                  "a body whose connection broke before the response headers).", ["tenant", "endpoint", "reason"])
 
 
 class Clients:
@@ -138,6 +145,7 @@ async def forward(request: Request, table: EndpointTable, clients: Clients, sett
             if (body is None or not body.started) and len(tried) <= settings.endpoint_retries:
                 log.info("endpoint %s/%s: replica %d unreachable (%s); trying another", ep.tenant, ep.name,
                          replica.replica, type(exc).__name__)
+                RETRIES.labels(*labels, "connect_failed").inc()
                 continue
             ERRORS.labels(*labels, "connect_failed").inc()
             REQUESTS.labels(*labels, "502").inc()
@@ -151,6 +159,12 @@ async def forward(request: Request, table: EndpointTable, clients: Clients, sett
                                f"{settings.endpoint_request_timeout_s:g} s") from None
         except httpx.HTTPError as exc:
             table.end(replica.url)
+            if (body is None and request.method in IDEMPOTENT and len(tried) <= settings.endpoint_retries
+                    and isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError))):
+                log.info("endpoint %s/%s: replica %d broke the connection before answering %s (%s); trying "
+                         "another", ep.tenant, ep.name, replica.replica, request.method, type(exc).__name__)
+                RETRIES.labels(*labels, "connection_broken").inc()
+                continue
             ERRORS.labels(*labels, "upstream_error").inc()
             REQUESTS.labels(*labels, "502").inc()
             raise ProblemError(502, "Replica failed", f"the replica of endpoint {ep.name!r} failed the request "

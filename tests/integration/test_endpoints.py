@@ -121,6 +121,36 @@ async def test_endpoints_spread_requests_over_ready_replicas_and_stream_both_way
         await host.stop()
 
 
+async def test_endpoints_retry_an_idempotent_request_whose_connection_broke_but_never_a_post(
+        settings, running_service, bus, tmp_path: Path) -> None:
+    """A replica that drops the connection before answering (as one killed mid-request): a GET is answered by
+    another replica; a POST with a body is a 502, since the replica may have acted on it. Failed before the
+    gateway retried idempotent requests (every request that met replica 0 was a 502)."""
+    s = _settings(settings)
+    await running_service(scheduler_app, s)
+    url = await start_gateway(running_service, s)
+    host = await TestHost(bus, s, "hz-cpu-1", [], tmp_path, cpus=8).start()
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=20) as client:
+            acme = bearer(await make_key(client, "acme", "user"))
+            r = await client.post("/v1/workloads", json=service_spec(replicas=2), headers=acme)
+            assert r.status_code == 201, r.text
+            await _ready(client, acme, "echo", 2)
+            before = proxy.RETRIES.labels("acme", "echo", "connection_broken")._value.get()
+            got = [await client.get("/v1/endpoints/echo/drop", params={"replica": "0"}, headers=acme)
+                   for _ in range(12)]
+            assert {g.status_code for g in got} == {200}, [g.text for g in got if g.status_code != 200]
+            assert {g.json()["replica"] for g in got} == {"1"}
+            assert proxy.RETRIES.labels("acme", "echo", "connection_broken")._value.get() - before >= 1
+            posts = [await client.post("/v1/endpoints/echo/drop", params={"replica": "0"}, content=b"x",
+                                       headers=acme) for _ in range(6)]
+            assert {p.status_code for p in posts} == {200, 502}  # replica 0's share failed, not retried
+            broken = next(p for p in posts if p.status_code == 502)
+            assert broken.headers["content-type"].startswith("application/problem+json")
+    finally:
+        await host.stop()
+
+
 async def test_endpoints_without_a_ready_replica_answer_503_with_retry_after(
         settings, running_service, bus, tmp_path: Path) -> None:
     s = _settings(settings)

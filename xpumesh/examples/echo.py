@@ -4,6 +4,8 @@ It listens on ``$XPUMESH_HOST_ADDRESS:$PORT`` (127.0.0.1:8000 without them) and 
 
 * ``GET /healthz`` → ``ok`` (its readiness path);
 * ``GET|POST /stream?n=N`` → N Server-Sent Events, one every 50 ms (token streaming);
+* ``/drop?replica=R`` → replica R closes the connection without answering (as a replica killed
+  mid-request would); the others answer as below;
 * anything else → JSON naming the replica, host, ``$VERSION``, method, path and the body's length and SHA-256.
 
 Standard library only, so any Python 3 runs it.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -42,6 +45,10 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         if url.path == "/healthz":
             self._send(200, b"ok", "text/plain")
+            return
+        if url.path == "/drop" and parse_qs(url.query).get("replica", [None])[0] == os.environ.get("XPUMESH_REPLICA"):
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
             return
         if url.path == "/stream":
             n = int(parse_qs(url.query).get("n", ["5"])[0])
