@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from libs.endpoints import EndpointFollower
 from libs.service import Context
 from services.gateway.auth import AuthState
-from services.gateway.endpoints import EndpointFollower, EndpointTable, LoadMeter
+from services.gateway.endpoints import EndpointTable, LoadMeter
 from services.gateway.enrollment import Enrollment
 from services.gateway.proxy import Clients
 from services.gateway.webhooks.engine import WebhookEngine
@@ -35,7 +36,8 @@ class GatewayState:
 
 async def load_state(ctx: Context[GatewayState]) -> GatewayState:
     table = EndpointTable()
-    follower = EndpointFollower(ctx.bus, table, request_timeout_s=ctx.settings.bus.request_timeout_s,
+    follower = EndpointFollower(ctx.bus, table, service="gateway",
+                                request_timeout_s=ctx.settings.bus.request_timeout_s,
                                 drain_timeout_s=ctx.settings.bus.drain_timeout_s)
     return GatewayState(auth=AuthState(ctx.settings.gateway), webhooks=WebhookEngine(ctx),
                         enrollment=Enrollment.from_settings(ctx.settings), endpoints=table, follower=follower,

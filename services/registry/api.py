@@ -59,6 +59,21 @@ async def relay(ctx: Ctx) -> None:
     await ctx.state.relay.run()
 
 
+@app.task
+async def follow_endpoints(ctx: Ctx) -> None:
+    """Keep every service's replicas in rotation (the scheduler's snapshot, then its endpoint.changed events),
+    for a bridge that mirrors them (Consul); none does without ``consul_url``."""
+    if ctx.state.bridge.mirrors:
+        await ctx.state.follower.run(ctx.settings.registry.endpoint_resync_s)
+
+
+@app.every(lambda s: s.registry.sweep_interval_s, wake=lambda ctx: ctx.state.endpoints.changed, first_run="after")
+async def mirror_endpoints(ctx: Ctx) -> None:
+    """Push the endpoint changes to the bridge: the first push after the first snapshot is a full sync."""
+    if ctx.state.bridge.mirrors and ctx.state.follower.synced.is_set():
+        await ctx.state.endpoints.push()
+
+
 @app.endpoint("members.list", concurrency=8)
 async def list_members(req: MemberQuery, ctx: Ctx) -> MemberPage:
     items, cursor = ctx.state.table.query(req)

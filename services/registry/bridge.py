@@ -3,7 +3,9 @@
 A bridge sees every batch the registry writes: transitions (a member came up, went down
 or changed) and members that merely heartbeated. The Consul bridge registers each member
 as a Consul service with a TTL check, passes the check on heartbeats and deregisters the
-member when it goes down.
+member when it goes down; it also registers each ready replica of every service endpoint as an
+instance of ``xpumesh-endpoint-<tenant>-<name>`` (no check: the registry deregisters it when the
+scheduler takes it out of rotation), so Consul's catalog and DNS find them.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from libs.config import Settings
+from libs.schemas.endpoints import EndpointSet
 from libs.schemas.registry import Member, MemberStatus
 from services.registry.liveness import Transition
 
@@ -21,11 +24,23 @@ log = logging.getLogger(__name__)
 
 
 class RegistryBridge(Protocol):
+    mirrors: bool  # whether it mirrors anything (the registry follows endpoints only for one that does)
+
     async def apply(self, transitions: list[Transition], touched: list[Member]) -> None: ...
+
+    async def endpoints(self, changes: dict[str, EndpointSet | None], *, full: bool) -> None:
+        """Each service's new set of replicas in rotation (None: it ended). ``full``: these are all of them,
+        so any endpoint registered before and not among them is gone."""
+        ...
 
 
 class NullBridge:
+    mirrors = False
+
     async def apply(self, transitions: list[Transition], touched: list[Member]) -> None:
+        return None
+
+    async def endpoints(self, changes: dict[str, EndpointSet | None], *, full: bool) -> None:
         return None
 
 
@@ -33,8 +48,30 @@ def consul_service_id(m: Member) -> str:
     return f"xpumesh-{m.kind}-{m.id}"
 
 
+ENDPOINT_TAG = "xpumesh-endpoint"
+
+
+def consul_endpoint_name(s: EndpointSet) -> str:
+    return f"xpumesh-endpoint-{s.tenant or 'system'}-{s.name}"
+
+
+def consul_endpoint_registrations(s: EndpointSet) -> list[dict[str, Any]]:
+    """One Consul service instance per ready replica (register's keyword arguments)."""
+    out = []
+    for r in s.replicas:
+        u = urlparse(r.url)
+        tags = [ENDPOINT_TAG, f"tenant={s.tenant or 'system'}", f"host={r.host_id}"] + (
+            ["simulated"] if r.simulated else [])
+        out.append({"name": consul_endpoint_name(s), "service_id": f"xpumesh-ep-{s.workload_id}-{r.replica}",
+                    "address": u.hostname or "", "port": u.port or (443 if u.scheme == "https" else 80), "tags": tags,
+                    "meta": {"xpumesh_workload": s.workload_id, "replica": str(r.replica), "url": r.url}})
+    return out
+
+
 class ConsulBridge:
-    """Mirrors members into a Consul agent with py-consul (its blocking client, run in a thread)."""
+    """Mirrors members and endpoints into a Consul agent with py-consul (its blocking client, run in a thread)."""
+
+    mirrors = True
 
     def __init__(self, url: str, token: str | None = None, *, ttl_factor: int = 3) -> None:
         import consul
@@ -72,6 +109,23 @@ class ConsulBridge:
             await asyncio.to_thread(self._sync, transitions, touched)
         except Exception as exc:
             log.warning("consul bridge: %s; will catch up on the next batch", type(exc).__name__)
+
+    def _sync_endpoints(self, changes: dict[str, EndpointSet | None], full: bool) -> None:
+        registered: dict[str, str] = {}  # Consul service id → workload, of the endpoint instances it holds
+        for sid, svc in (self.client.agent.services() or {}).items():
+            if ENDPOINT_TAG in (svc.get("Tags") or []):
+                registered[sid] = (svc.get("Meta") or {}).get("xpumesh_workload", "")
+        keep: set[str] = set()
+        for s in changes.values():
+            for reg in ([] if s is None else consul_endpoint_registrations(s)):
+                self.client.agent.service.register(**reg)
+                keep.add(reg["service_id"])
+        for sid, wid in registered.items():
+            if sid not in keep and (full or wid in changes):
+                self.client.agent.service.deregister(sid)
+
+    async def endpoints(self, changes: dict[str, EndpointSet | None], *, full: bool) -> None:
+        await asyncio.to_thread(self._sync_endpoints, changes, full)  # a failure is the mirror's to retry
 
 
 def bridge_from_settings(settings: Settings) -> RegistryBridge:

@@ -1,4 +1,4 @@
-"""The registry's state: the liveness table, its outbox relay and bridge, and the writer's step.
+"""The registry's state: the liveness table, its outbox relay and bridge, the endpoints it mirrors, and the writer's step.
 
 Heartbeats only touch memory; ``RegistryState.write`` (the service's periodic writer) stores
 status transitions at once (with their events, through the outbox, in one transaction) and
@@ -17,9 +17,11 @@ from libs.config import RegistrySettings
 from libs.db import session_scope
 from libs.db.batches import apply_batch
 from libs.db.outbox import OutboxRelay
+from libs.endpoints import EndpointFollower
 from libs.service import Context
 from services.registry import store
 from services.registry.bridge import RegistryBridge, bridge_from_settings
+from services.registry.endpoints import EndpointMirror
 from services.registry.liveness import Table
 from services.registry.orm import outbox
 
@@ -29,6 +31,8 @@ class RegistryState:
     table: Table
     relay: OutboxRelay
     bridge: RegistryBridge
+    endpoints: EndpointMirror  # every service's replicas in rotation, mirrored into the bridge
+    follower: EndpointFollower  # keeps ``endpoints`` current (run only for a bridge that mirrors)
     # set by a heartbeat that queued a transition: the writer runs at once instead of at its interval
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     last_flush: float = field(default_factory=time.monotonic)
@@ -64,5 +68,9 @@ class RegistryState:
 async def load_state(ctx: Context[RegistryState]) -> RegistryState:
     async with session_scope(ctx.db) as session:
         table = Table.of(await store.list_members(session))
-    return RegistryState(table=table, relay=OutboxRelay("registry", ctx.db, outbox, ctx.bus),
-                         bridge=bridge_from_settings(ctx.settings))
+    bridge = bridge_from_settings(ctx.settings)
+    mirror = EndpointMirror(bridge)
+    follower = EndpointFollower(ctx.bus, mirror, service="registry", request_timeout_s=ctx.settings.bus.request_timeout_s,
+                                drain_timeout_s=ctx.settings.bus.drain_timeout_s)
+    return RegistryState(table=table, relay=OutboxRelay("registry", ctx.db, outbox, ctx.bus), bridge=bridge,
+                         endpoints=mirror, follower=follower)
