@@ -83,6 +83,7 @@ class RegistrySettings(BaseModel):
     flush_interval_s: float = Field(default=2.0, gt=0, description="How often last-seen times are written to PostgreSQL.")
     max_interval_s: float = Field(default=60.0, gt=0, description="Heartbeats announcing a longer interval are refused (and counted): a member is down after missing its own intervals.")
     max_members: int = Field(default=100_000, ge=1, description="Most members (hosts and service instances, up or down) the registry keeps; heartbeats of new members beyond it are refused (and counted).")
+    endpoint_push_interval_s: float = Field(default=0.5, gt=0, description="How often endpoint changes the registry heard of are pushed to Consul (in one batch).")
     endpoint_resync_s: float = Field(default=30.0, gt=0, description="How often the registry re-reads every service endpoint from the scheduler (it follows their changes between), to mirror them into Consul when consul_url is set.")
 
 

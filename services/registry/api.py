@@ -63,15 +63,16 @@ async def relay(ctx: Ctx) -> None:
 async def follow_endpoints(ctx: Ctx) -> None:
     """Keep every service's replicas in rotation (the scheduler's snapshot, then its endpoint.changed events),
     for a bridge that mirrors them (Consul); none does without ``consul_url``."""
-    if ctx.state.bridge.mirrors:
+    if ctx.state.bridge.mirrors and ctx.state.follower is not None:
         await ctx.state.follower.run(ctx.settings.registry.endpoint_resync_s)
 
 
-@app.every(lambda s: s.registry.sweep_interval_s, wake=lambda ctx: ctx.state.endpoints.changed, first_run="after")
+@app.every(lambda s: s.registry.endpoint_push_interval_s, first_run="after")
 async def mirror_endpoints(ctx: Ctx) -> None:
     """Push the endpoint changes to the bridge: the first push after the first snapshot is a full sync."""
-    if ctx.state.bridge.mirrors and ctx.state.follower.synced.is_set():
-        await ctx.state.endpoints.push()
+    st = ctx.state
+    if st.bridge.mirrors and st.endpoints is not None and st.follower is not None and st.follower.synced.is_set():
+        await st.endpoints.push()
 
 
 @app.endpoint("members.list", concurrency=8)

@@ -5,7 +5,8 @@ registry follows them (``libs.endpoints.EndpointFollower``: the snapshot, then t
 ``io.xpumesh.endpoint.changed`` events) so that consumers outside xpumesh find them where they
 find everything else: with ``consul_url`` set, each ready replica is a Consul service instance
 named ``xpumesh-endpoint-<tenant>-<name>`` at the replica's address and port (see
-``bridge.ConsulBridge.endpoints``). Changes are pushed in batches (``EndpointMirror.push``),
+``bridge.ConsulBridge.endpoints``). Changes are pushed in batches every
+``registry.endpoint_push_interval_s`` (``EndpointMirror.push``),
 the first after the first snapshot as a full sync, so what ended while the registry was away is
 deregistered too. Without Consul the registry does not follow endpoints (``GET /v1/endpoints`` of
 the gateway answers inside xpumesh).
@@ -13,7 +14,6 @@ the gateway answers inside xpumesh).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from libs.endpoints import VersionedSets
@@ -30,20 +30,16 @@ class EndpointMirror(VersionedSets):
         super().__init__()
         self.bridge = bridge
         self.pending: dict[str, EndpointSet | None] = {}  # workload → its new set, or None: gone
-        self.changed = asyncio.Event()
         self.full = True  # the next push is a full sync (the first after a start)
 
     def added(self, s: EndpointSet) -> None:
         self.pending[s.workload_id] = s
-        self.changed.set()
 
     def removed(self, workload_id: str, s: EndpointSet) -> None:
         self.pending[workload_id] = None
-        self.changed.set()
 
     async def push(self) -> int:
         """Hand the changes to the bridge (all sets when ``full``); on failure they stay for the next push."""
-        self.changed.clear()
         if self.full:
             changes: dict[str, EndpointSet | None] = dict(self.sets)
             self.pending = {}

@@ -31,8 +31,9 @@ class RegistryState:
     table: Table
     relay: OutboxRelay
     bridge: RegistryBridge
-    endpoints: EndpointMirror  # every service's replicas in rotation, mirrored into the bridge
-    follower: EndpointFollower  # keeps ``endpoints`` current (run only for a bridge that mirrors)
+    # every service's replicas in rotation, mirrored into a bridge that mirrors (Consul), kept by ``follower``
+    endpoints: EndpointMirror | None = None
+    follower: EndpointFollower | None = None
     # set by a heartbeat that queued a transition: the writer runs at once instead of at its interval
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     last_flush: float = field(default_factory=time.monotonic)
