@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 import httpx
 import nats
@@ -43,8 +45,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 async def test_up_starts_all_five_services_and_stops_cleanly_on_sigint(tmp_path: Path) -> None:
     env = _env(tmp_path)
     log = open(tmp_path / "up.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "xpumesh", "up", "--demo", "--hosts", "6"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    proc = _up(env, log)
     try:
         url = f"http://127.0.0.1:{env['XPUMESH_GATEWAY_PORT']}/v1/services"
 
@@ -80,8 +81,7 @@ async def test_up_starts_all_five_services_and_stops_cleanly_on_sigint(tmp_path:
         assert "API" in output and "dashboard" in output
         assert str(secrets) in output and "xpumesh agent enroll" in output
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _kill(proc)
 
 
 def test_up_names_the_port_that_is_taken(tmp_path: Path) -> None:
@@ -116,8 +116,7 @@ async def test_up_demo_runs_a_real_local_host_whose_service_answers_through_the_
     there is a real process, becomes ready and answers through /v1/endpoints/, and stops when asked."""
     env = _env(tmp_path, XPUMESH_AGENT__READINESS_INTERVAL_S="0.2", XPUMESH_AGENT__STATE_INTERVAL_S="1")
     log = open(tmp_path / "up.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "xpumesh", "up", "--demo", "--hosts", "6"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    proc = _up(env, log)
     local = host_id_for(socket.gethostname())
     admin = {"Authorization": f"Bearer {TEST_ADMIN_KEY}"}
     try:
@@ -157,13 +156,31 @@ async def test_up_demo_runs_a_real_local_host_whose_service_answers_through_the_
                 got = [await c.get("/v1/endpoints/echo/", headers=admin) for _ in range(4)]
                 return {g.status_code for g in got} == {200} and {g.json()["replica"] for g in got} == {"0"}
             await assert_eventually(one, timeout=30, interval=0.5, message="only replica 0 answers after the patch")
-            assert len(_echo_processes()) == 1
+            await assert_eventually(lambda: len(_echo_processes()) == 1, timeout=15,
+                                    message="the scaled-away replicas' processes exit")
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=20)
         assert not _echo_processes()  # the demo's local host stops its replicas with it
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _kill(proc)
+
+
+def _up(env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+    """``xpumesh up --demo`` in a session of its own, so ``_kill`` can end all it started."""
+    return subprocess.Popen([sys.executable, "-m", "xpumesh", "up", "--demo", "--hosts", "6"], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """After a failure: the supervisor's whole process group, and any example replica it left, so nothing of this
+    test outlives it (left running, they would hold the replica uids the next tests want)."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    for p in _echo_processes():
+        with contextlib.suppress(psutil.Error):
+            p.kill()
 
 
 def _replica_python() -> str:
