@@ -289,10 +289,8 @@ class Executor:
                 if d.id not in known:
                     raise LaunchError(f"device {d.id} is not on this host")
         first = cmd.devices[0] if cmd.devices else None
-        alts = cmd.spec.alternatives
-        alt = cmd.resources.alternative if cmd.resources.alternative < len(alts) else 0
-        variant = (cmd.spec.variant_for(first.vendor, first.hardware_type, alt) if first
-                   else cmd.spec.variant_for("", "cpu" if alts[alt].is_cpu else "", alt))
+        variant = cmd.spec.variant_for(*cmd.spec.placed_on((first.vendor, str(first.hardware_type)) if first else None,
+                                                           cmd.resources.alternative))
         if variant is None:
             raise LaunchError(f"no variant for {first.vendor if first else 'this host'}; "
                               f"the spec has {sorted(cmd.spec.variants)}")

@@ -218,6 +218,7 @@ class GatewaySettings(BaseModel):
     endpoint_retry_after_s: int = Field(default=2, ge=1, description="Retry-After of the 503 answered when a service has no ready replica.")
     endpoint_load_sample_s: float = Field(default=0.25, gt=0, description="How often each gateway instance samples its requests in flight per service (for autoscaling).")
     endpoint_load_interval_s: float = Field(default=2.0, gt=0, description="How often each gateway instance reports its mean requests in flight per service to the scheduler's autoscaler.")
+    endpoint_stats_window_s: float = Field(default=60.0, ge=1, le=3600, description="The window GET /v1/endpoint-stats reports each endpoint's request rate, errors and latency quantiles over (each gateway instance keeps its own, one slot per second).")
     endpoint_resync_s: float = Field(default=60.0, gt=0, description="How often each gateway instance reads every service's ready replicas from the scheduler again (it follows endpoint.changed events in between; this bounds what a missed event could leave stale).")
 
 

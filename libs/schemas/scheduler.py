@@ -199,6 +199,9 @@ class ReplicaView(BaseModel):
                                "passes) or not; None for a job.")
     endpoint: str | None = Field(default=None, description="A service replica: the base URL it answers on.")
     simulated: bool = Field(default=False, description="A simulated replica (the simulator's built-in responder).")
+    variant: str | None = Field(default=None, description="The key of spec.variants this replica runs, chosen by its "
+                                "devices' vendor and type and its alternative; None before placement or when the "
+                                "spec has no variants.")
 
 
 class HistoryEntry(BaseModel):

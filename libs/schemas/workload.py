@@ -436,21 +436,36 @@ class WorkloadSpec(BaseModel):
         """What one replica asks for under an alternative (its resources, else the workload's, else defaults)."""
         return self.alternatives[alternative].demand_with(self.resources)
 
-    def variant_for(self, vendor: str, hardware_type: HardwareType | str, alternative: int | None = None
-                    ) -> Variant | None:
-        """The variant that runs on this vendor/type: the alternative's own ``variant`` when it names one, else
-        vendor, then hardware type, then default (CPU-only work: 'cpu', then default; the CPU's vendor is not
-        looked up, so an 'amd' variant meant for ROCm never runs on an EPYC host's CPUs).
-
-        With no variants at all, an empty Variant (run as is) is returned.
-        """
+    def variant_key(self, vendor: str, hardware_type: HardwareType | str, alternative: int | None = None
+                    ) -> str | None:
+        """The key of ``variants`` that runs on this vendor/type: the alternative's own ``variant`` when it names
+        one, else vendor, then hardware type, then default (CPU-only work: 'cpu', then default; the CPU's vendor
+        is not looked up, so an 'amd' variant meant for ROCm never runs on an EPYC host's CPUs). None when the spec
+        has no variants or none fits."""
         if not self.variants:
-            return Variant()
+            return None
         alts = self.alternatives
         if alternative is not None and 0 <= alternative < len(alts) and alts[alternative].variant is not None:
-            return self.variants.get(alts[alternative].variant or "")
+            named = alts[alternative].variant
+            return named if named in self.variants else None
         keys = ("cpu", "default") if str(hardware_type) == "cpu" else (vendor, str(hardware_type), "default")
-        for key in keys:
-            if key in self.variants:
-                return self.variants[key]
-        return None
+        return next((k for k in keys if k in self.variants), None)
+
+    def variant_for(self, vendor: str, hardware_type: HardwareType | str, alternative: int | None = None
+                    ) -> Variant | None:
+        """The variant that runs on this vendor/type (``variant_key``); with no variants at all, an empty Variant
+        (run as is)."""
+        if not self.variants:
+            return Variant()
+        key = self.variant_key(vendor, hardware_type, alternative)
+        return self.variants[key] if key is not None else None
+
+    def placed_on(self, device: tuple[str, str] | None, alternative: int) -> tuple[str, str, int]:
+        """What a placed replica's variant is looked up by: (vendor, hardware type, alternative) of its first
+        device (``device``: its vendor and type), or for one without devices 'cpu' when its alternative is
+        CPU-only. An alternative out of range counts as the first."""
+        alts = self.alternatives
+        alt = alternative if 0 <= alternative < len(alts) else 0
+        if device is not None:
+            return device[0], device[1], alt
+        return "", "cpu" if alts[alt].is_cpu else "", alt

@@ -23,7 +23,9 @@ The answer names the replica that gave it in ``X-Xpumesh-Replica``.
 
 Per endpoint (tenant and name): ``xpumesh_endpoint_requests_total{code}``,
 ``xpumesh_endpoint_errors_total{reason}`` and ``xpumesh_endpoint_request_seconds`` (time to the
-replica's response headers).
+replica's response headers). ``_answered`` counts each request in Prometheus and in the instance's
+``traffic.Traffic`` window at once (what ``GET /v1/endpoint-stats`` reports), so the two never disagree
+on what was counted.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from starlette.responses import Response, StreamingResponse
 from libs.config import GatewaySettings
 from services.gateway.endpoints import Endpoint, EndpointTable
 from services.gateway.problems import ProblemError
+from services.gateway.traffic import Traffic
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +114,17 @@ def _upstream_headers(request: Request) -> list[tuple[str, str]]:
     return out
 
 
+def _answered(traffic: Traffic, labels: tuple[str, str], ep: Endpoint, status: int,
+              seconds: float | None = None) -> None:
+    """One request got its status (``seconds``: to the replica's headers, when a replica answered)."""
+    REQUESTS.labels(*labels, str(status)).inc()
+    if seconds is not None:
+        LATENCY.labels(*labels).observe(seconds)
+    traffic.answered((ep.tenant, ep.name), status, seconds)
+
+
 async def forward(request: Request, table: EndpointTable, clients: Clients, settings: GatewaySettings,
-                  ep: Endpoint, path: str) -> Response:
+                  traffic: Traffic, ep: Endpoint, path: str) -> Response:
     labels = (ep.tenant or "", ep.name)
     has_body = request.method not in BODYLESS or "content-length" in request.headers \
         or "transfer-encoding" in request.headers
@@ -126,11 +138,11 @@ async def forward(request: Request, table: EndpointTable, clients: Clients, sett
             reason = "no_ready_replica" if not tried else "connect_failed"
             ERRORS.labels(*labels, reason).inc()
             if not tried:
-                REQUESTS.labels(*labels, "503").inc()
+                _answered(traffic, labels, ep, 503)
                 raise ProblemError(503, "No ready replica", f"endpoint {ep.name!r} has no replica ready to take "
                                    "requests; retry shortly",
                                    headers={"Retry-After": str(settings.endpoint_retry_after_s)})
-            REQUESTS.labels(*labels, "502").inc()
+            _answered(traffic, labels, ep, 502)
             raise ProblemError(502, "Replica unreachable", f"no replica of endpoint {ep.name!r} could be reached")
         tried.append(replica.url)
         url = replica.url + "/" + path.lstrip("/") + (f"?{query}" if query else "")
@@ -148,13 +160,13 @@ async def forward(request: Request, table: EndpointTable, clients: Clients, sett
                 RETRIES.labels(*labels, "connect_failed").inc()
                 continue
             ERRORS.labels(*labels, "connect_failed").inc()
-            REQUESTS.labels(*labels, "502").inc()
+            _answered(traffic, labels, ep, 502)
             raise ProblemError(502, "Replica unreachable", f"no replica of endpoint {ep.name!r} could be "
                                "reached") from None
         except TimeoutError:
             table.end(replica.url)
             ERRORS.labels(*labels, "timeout").inc()
-            REQUESTS.labels(*labels, "504").inc()
+            _answered(traffic, labels, ep, 504)
             raise ProblemError(504, "Replica timed out", f"endpoint {ep.name!r} did not answer within "
                                f"{settings.endpoint_request_timeout_s:g} s") from None
         except httpx.HTTPError as exc:
@@ -166,24 +178,25 @@ async def forward(request: Request, table: EndpointTable, clients: Clients, sett
                 RETRIES.labels(*labels, "connection_broken").inc()
                 continue
             ERRORS.labels(*labels, "upstream_error").inc()
-            REQUESTS.labels(*labels, "502").inc()
+            _answered(traffic, labels, ep, 502)
             raise ProblemError(502, "Replica failed", f"the replica of endpoint {ep.name!r} failed the request "
                                f"({type(exc).__name__})") from None
         break
-    LATENCY.labels(*labels).observe(time.perf_counter() - started)
-    REQUESTS.labels(*labels, str(resp.status_code)).inc()
+    _answered(traffic, labels, ep, resp.status_code, time.perf_counter() - started)
     headers = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP}
     headers["x-xpumesh-replica"] = str(replica.replica)
-    return StreamingResponse(_relay(resp, labels), status_code=resp.status_code, headers=headers,
-                             background=BackgroundTask(_close, resp, table, replica.url))
+    return StreamingResponse(_relay(resp, labels, traffic, (ep.tenant, ep.name)), status_code=resp.status_code,
+                             headers=headers, background=BackgroundTask(_close, resp, table, replica.url))
 
 
-async def _relay(resp: httpx.Response, labels: tuple[str, str]) -> AsyncIterator[bytes]:
+async def _relay(resp: httpx.Response, labels: tuple[str, str], traffic: Traffic,
+                 key: tuple[str | None, str]) -> AsyncIterator[bytes]:
     try:
         async for chunk in resp.aiter_raw():
             yield chunk
     except httpx.HTTPError as exc:  # the status line is sent: the stream can only end early
         ERRORS.labels(*labels, "stream_broken").inc()
+        traffic.broken(key, resp.status_code)
         log.info("endpoint %s/%s: stream from the replica broke (%s)", *labels, type(exc).__name__)
 
 

@@ -75,10 +75,13 @@ class Replica:
         self.updated_at = now
         self.dirty = True
 
-    def view(self) -> ReplicaView:
+    def view(self, spec: WorkloadSpec) -> ReplicaView:
         # A replica waiting for placement (preempted, lost, restarting) holds nothing: the host and devices
         # of its last attempt stay on the record (its logs come from there) but are not its placement.
         placed = self.state != "pending"
+        first = self.devices[0] if self.devices else None
+        variant = spec.variant_key(*spec.placed_on((str(first["vendor"]), str(first["hardware_type"])) if first
+                                                   else None, int(self.resources.get("alternative", 0))))
         return ReplicaView(replica=self.replica, attempt=self.attempt, state=self.state,
                            host_id=self.host_id if placed else None, site=self.site if placed else None,
                            devices=[ReplicaDevice.model_validate(d) for d in self.devices] if placed else [],
@@ -86,7 +89,8 @@ class Replica:
                            else None,
                            exit_code=self.exit_code, message=self.message, started_at=self.started_at,
                            finished_at=self.finished_at, ready=self.ready if self.active else None,
-                           endpoint=self.endpoint if self.active else None, simulated=self.simulated)
+                           endpoint=self.endpoint if self.active else None, simulated=self.simulated,
+                           variant=variant if placed else None)
 
 
 @dataclass
@@ -128,7 +132,7 @@ class Workload:
             id=self.id, name=self.name, tenant=self.tenant, state=self.state, hardware_type=self.hardware_type,
             priority=self.spec.priority, replicas=self.spec.replicas, sites=self.sites, restarts=self.restarts,
             created_at=self.created_at, updated_at=self.updated_at, spec=self.spec,
-            placement=[r.view() for r in self.replicas], explanation=self.explanation, message=self.message,
+            placement=[r.view(self.spec) for r in self.replicas], explanation=self.explanation, message=self.message,
             finished_at=self.finished_at, replaces=self.replaces, draining=self.draining_since is not None)
 
     # -- recording -----------------------------------------------------------------------------

@@ -257,3 +257,71 @@ async def test_dashboard_quotas_show_min_max_used_and_borrowed_per_tenant(mesh: 
     await expect(own.locator(".quotas h2")).to_contain_text("Quota of tenant lab")
     await expect(own.locator('.quota-table tr[data-tenant="lab"]').first).to_be_visible()
     await expect(own.locator('.quota-table tr[data-tenant="studio"]')).to_have_count(0)
+
+
+async def test_dashboard_services_show_each_endpoint_its_replicas_readiness_simulated_marks_and_traffic(
+        mesh: str, browser: Browser) -> None:
+    admin = {"Authorization": f"Bearer {TEST_ADMIN_KEY}"}
+    async with httpx.AsyncClient(base_url=mesh, headers=admin, timeout=10) as api:
+        key = (await api.post("/v1/keys", json={"tenant": "svc", "role": "user", "name": "svc"})).json()["key"]
+        svc = {"Authorization": f"Bearer {key}"}
+        spec = {"name": "infer", "kind": "service", "replicas": 3, "hardware": {"type": "gpu", "share": 0.25},
+                "service": {"port": 8000}, "variants": {"nvidia": {"image": "example/serve-cuda:1"},
+                                                        "default": {"image": "example/serve:1"}}}
+        r = await api.post("/v1/workloads", headers=svc, json=spec)
+        assert r.status_code == 201, r.text
+        wid = r.json()["id"]
+
+        async def ready() -> bool:
+            items = (await api.get("/v1/endpoints", headers=svc)).json()["items"]
+            return [(i["name"], i["replicas_ready"], i["simulated"]) for i in items] == [("infer", 3, 3)]
+
+        await eventually(ready, timeout=30, interval=0.3, message="three simulated replicas ready")
+        for i in range(40):
+            got = await api.post(f"/v1/endpoints/infer/v1/infer?i={i}", json={"i": i}, headers=svc)
+            assert got.status_code == 200, got.text
+        view = (await api.get(f"/v1/workloads/{wid}", headers=svc)).json()
+        models = {}
+        for host in {p["host_id"] for p in view["placement"]}:
+            for d in (await api.get(f"/v1/hosts/{host}")).json()["devices"]:
+                models[d["id"]] = d["model"]
+    assert all(p["simulated"] and p["ready"] and p["variant"] for p in view["placement"])
+    page = await _open(browser, mesh)
+    await page.locator(".tabs a", has_text="Services").click()
+    await expect(page).to_have_url(f"{mesh}/#/services")
+    await expect(page.locator(".services h2").first).to_contain_text("every tenant")
+    card = page.locator('.service[data-endpoint="svc:infer"]')
+    await expect(card.locator(".svc-ready")).to_have_text("3 ready of 3", timeout=15_000)
+    await expect(card.locator(".svc-sim")).to_have_text("3 simulated")
+    await expect(card.locator(".svc-url")).to_have_text("/v1/endpoints/svc:infer/")
+    await expect(card.locator("tr[data-replica]")).to_have_count(3)
+    for p in view["placement"]:
+        row = card.locator(f'tr[data-replica="{wid}/{p["replica"]}"]')
+        await expect(row.locator(".r-ready")).to_have_text("ready")
+        await expect(row.locator(".r-sim")).to_have_text("simulated")
+        await expect(row).to_have_class("sim")
+        await expect(row.locator(".r-host")).to_contain_text(p["host_id"])
+        device = p["devices"][0]
+        chip = row.locator(f'.r-chips [data-device="{device["id"]}"]')
+        await expect(chip).to_contain_text(device["hardware_type"])
+        await expect(chip).to_contain_text(models[device["id"]])
+        await expect(row.locator(".r-runs b")).to_have_text(p["variant"])
+    await expect(card.locator(".s-requests b")).to_have_text("40")
+    await expect(card.locator(".s-failed b")).to_have_text("0")
+    await expect(card.locator(".s-rate b")).not_to_have_text("0.00/s")
+    await expect(card.locator(".s-p50 b")).to_contain_text("ms")
+    await expect(card.locator(".s-errors b")).to_have_text("0.0%")
+    await _shot(page, "services")
+    assert not page.errors, page.errors  # type: ignore[attr-defined]
+    await card.locator(".r-chips a.dev").first.click()  # a chip leads to its device
+    await expect(page.locator(".device .facts")).to_contain_text(models[view["placement"][0]["devices"][0]["id"]])
+    # another tenant's key sees none of it
+    other = await browser.new_page(viewport={"width": 1400, "height": 900})
+    async with httpx.AsyncClient(base_url=mesh, headers=admin, timeout=10) as api:
+        zeta = (await api.post("/v1/keys", json={"tenant": "zeta", "role": "viewer", "name": "z"})).json()["key"]
+    await other.goto(mesh + "/#/services")
+    await other.fill("#key", zeta)
+    await other.click("#signin-submit")
+    await expect(other.locator(".services h2").first).to_contain_text("Services of tenant zeta")
+    await expect(other.locator(".services .state-empty")).to_be_visible()
+    await expect(other.locator(".service")).to_have_count(0)

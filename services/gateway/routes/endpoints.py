@@ -6,6 +6,15 @@ keys of tenants every service behind the endpoint names in ``service.callers`` (
 tenant), addressing it as ``/v1/endpoints/<owner>:<name>/…``. Anything else is a 404, as if
 the endpoint did not exist. The routing table is this instance's (``endpoints.EndpointTable``,
 kept from events): no request asks another service anything.
+
+``GET /v1/endpoint-stats`` is what the dashboard's services view reads: each endpoint's ready
+replicas and its traffic as this instance forwarded it (``traffic.Traffic``), as JSON so the browser
+never parses Prometheus text. It lives outside ``/v1/endpoints/`` on purpose: every path below
+that prefix is a service's own (``/v1/endpoints/<name>/<path>`` is proxied), so a stats path there
+would shadow a service's route — and invoke-only keys, which may use that prefix and nothing else,
+do not read it. Its scope is the workloads' (``tenant_filter``): a user or viewer sees its own
+tenant's endpoints, admins and operators every tenant's; an endpoint another tenant merely opened
+to the caller is not listed (its traffic is its owner's).
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from libs.schemas.tenancy import Role
-from services.gateway.auth import CurrentPrincipal, Principal
+from services.gateway.auth import CurrentPrincipal, Principal, tenant_filter
 from services.gateway.deps import Ctx
 from services.gateway.endpoints import Endpoint
 from services.gateway.openapi import problem
@@ -67,6 +76,38 @@ class EndpointPage(BaseModel):
     items: list[EndpointInfo]
 
 
+class EndpointStats(BaseModel):
+    tenant: str | None
+    name: str
+    url: str = Field(description="Its address relative to the gateway (another tenant's: '<owner>:<name>').")
+    workloads: list[str] = Field(description="The services behind it (two during a rolling update).")
+    replicas_ready: int
+    simulated: int = Field(description="Ready replicas answered by the simulator's responder.")
+    requests_total: int = Field(description="Requests this gateway instance forwarded since it started.")
+    errors_total: int = Field(description="Of those, the ones that failed: answered with a 5xx (by the gateway "
+                              "or the replica) or whose stream broke.")
+    window_s: float = Field(description="The span the figures below cover: gateway.endpoint_stats_window_s, "
+                            "or less while the instance is younger.")
+    requests: int = Field(description="Requests in the window.")
+    errors: int = Field(description="Failed requests in the window.")
+    rate_per_s: float = Field(description="Requests per second over the window.")
+    error_ratio: float | None = Field(description="errors / requests in the window (None without requests).")
+    latency_p50_ms: float | None = Field(description="Median time to the replica's response headers in the window "
+                                         "(to within about 9 %; None when no replica answered).")
+    latency_p99_ms: float | None = Field(description="99th percentile of the same.")
+
+
+class EndpointStatsPage(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"instance": "gw-7f3a", "items": [
+        {"tenant": "acme", "name": "echo", "url": "/v1/endpoints/echo/", "workloads": ["wl_18ea52ab2dac349aa6915d69"],
+         "replicas_ready": 3, "simulated": 0, "requests_total": 5120, "errors_total": 2, "window_s": 60.0,
+         "requests": 1830, "errors": 0, "rate_per_s": 30.5, "error_ratio": 0.0, "latency_p50_ms": 1.3,
+         "latency_p99_ms": 6.4}]}]})
+
+    instance: str = Field(description="The gateway instance that counted (each counts only what it forwarded).")
+    items: list[EndpointStats]
+
+
 def _not_found(name: str) -> ProblemError:
     return ProblemError(404, "Endpoint not found", f"no endpoint {name!r}")
 
@@ -98,10 +139,40 @@ async def list_endpoints(ctx: Ctx, principal: CurrentPrincipal) -> EndpointPage:
     return EndpointPage(items=sorted(items, key=lambda i: (i.tenant or "", i.name)))
 
 
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+@router.get("/v1/endpoint-stats", response_model=EndpointStatsPage, summary="Traffic of each service endpoint",
+            description="Per endpoint the key may see (its tenant's; every tenant's for admins and operators): "
+                        "ready replicas, requests and errors since this gateway instance started, and over the "
+                        "last `gateway.endpoint_stats_window_s` the request rate, error ratio and latency p50/p99. "
+                        "Each gateway instance reports only what it forwarded itself (behind a load balancer, "
+                        "sum the instances or read Prometheus' `xpumesh_endpoint_*`). Outside `/v1/endpoints/`, "
+                        "whose every path belongs to the services; invoke-only keys cannot read it.")
+async def endpoint_stats(ctx: Ctx, principal: CurrentPrincipal) -> EndpointStatsPage:
+    tenant = tenant_filter(principal)
+    traffic = ctx.state.traffic
+    items = []
+    for ep in ctx.state.endpoints.by_name.values():
+        if tenant is not None and ep.tenant != tenant:
+            continue
+        info = _info(ep, ep.tenant == principal.tenant)
+        f = traffic.figures((ep.tenant, ep.name))
+        items.append(EndpointStats(
+            tenant=ep.tenant, name=ep.name, url=info.url, workloads=info.workloads,
+            replicas_ready=info.replicas_ready, simulated=info.simulated, requests_total=f.requests_total,
+            errors_total=f.errors_total, window_s=round(f.window_s, 3), requests=f.requests, errors=f.errors,
+            rate_per_s=round(f.rate_per_s, 3), error_ratio=f.error_ratio, latency_p50_ms=_ms(f.latency_p50_s),
+            latency_p99_ms=_ms(f.latency_p99_s)))
+    return EndpointStatsPage(instance=ctx.instance, items=sorted(items, key=lambda i: (i.tenant or "", i.name)))
+
+
 async def call_endpoint(ctx: Ctx, principal: CurrentPrincipal, request: Request, name: Name, path: Rest) -> Response:
     owner, _, local = name.rpartition(":")
     ep = _resolve(ctx, principal, owner or principal.tenant, local)
-    return await forward(request, ctx.state.endpoints, ctx.state.proxy, ctx.settings.gateway, ep, path)
+    return await forward(request, ctx.state.endpoints, ctx.state.proxy, ctx.settings.gateway, ctx.state.traffic,
+                         ep, path)
 
 
 for _method in METHODS:  # one operation per method, each with its own id

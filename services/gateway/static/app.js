@@ -1,4 +1,4 @@
-// The dashboard: sign-in, routing (#/, #/site/<id>, #/device/<host>/<slot>, #/workloads, #/quotas),
+// The dashboard: sign-in, routing (#/, #/site/<id>, #/device/<host>/<slot>, #/workloads, #/services, #/quotas),
 // data refresh and live updates.
 //
 // Live: events come from GET /v1/events (Server-Sent Events, read with fetch so the key travels
@@ -8,15 +8,18 @@
 
 import { ApiError, get, session, stream } from "./api.js";
 import { quotasView } from "./quotas.js";
+import { loadServices, servicesView } from "./services.js";
 import { RANGES, deviceView, overview, siteView, state as stateEl, totalsBar, workloadsView } from "./views.js";
 
 const POLL_MS = 5000;
 const CHART_MS = 30000;
 const EVENT_TYPES = ["io.xpumesh.alert.*", "io.xpumesh.device.*", "io.xpumesh.host.*", "io.xpumesh.workload.*"];
 const $ = (id) => document.getElementById(id);
-const data = { me: null, sites: null, summary: null, alerts: null, typeSeries: null, typeSeriesAt: 0 };
+const TABS = ["workloads", "services", "quotas"];
+const data = { me: null, sites: null, summary: null, alerts: null, typeSeries: null, typeSeriesAt: 0,
+  hostDevices: new Map() }; // host id → its devices by id (models for the services view), kept: they do not change
 const page = { route: null, hosts: null, cursor: null, siteSeries: null, device: null, series: null, range: "1h",
-  workloads: null, wlCursor: null, wlFilter: "", quotas: null };
+  workloads: null, wlCursor: null, wlFilter: "", quotas: null, services: null };
 let streamAbort = null;
 let refreshTimer = null;
 let pollTimer = null;
@@ -143,6 +146,8 @@ async function refreshPage(full) {
     page.wlCursor = body.next_cursor;
   } else if (r.name === "quotas") {
     page.quotas = (await get("/v1/quotas")).items;
+  } else if (r.name === "services") {
+    page.services = await loadServices(get, ApiError, data.hostDevices);
   }
 }
 
@@ -155,6 +160,7 @@ function parseRoute() {
   if (parts[0] === "device" && parts[1] && /^\d+$/.test(parts[2] || "")) return { name: "device", host: parts[1], slot: Number(parts[2]) };
   if (parts[0] === "workloads") return { name: "workloads" };
   if (parts[0] === "quotas") return { name: "quotas" };
+  if (parts[0] === "services") return { name: "services" };
   return { name: "overview" };
 }
 
@@ -170,6 +176,8 @@ function render() {
     node = workloadsView({ items: page.workloads, more: !!page.wlCursor, me: data.me, filter: page.wlFilter }, setFilter, loadMoreWorkloads);
   } else if (r.name === "quotas") {
     node = quotasView({ items: page.quotas, me: data.me });
+  } else if (r.name === "services") {
+    node = servicesView({ data: page.services, me: data.me, hostDevices: data.hostDevices });
   } else {
     node = overview(data, go);
   }
@@ -177,7 +185,7 @@ function render() {
   $("view").replaceChildren(node);
   window.scrollTo(0, y);
   for (const a of document.querySelectorAll(".tabs a")) {
-    a.classList.toggle("on", a.dataset.tab === (["workloads", "quotas"].includes(r.name) ? r.name : "overview"));
+    a.classList.toggle("on", a.dataset.tab === (TABS.includes(r.name) ? r.name : "overview"));
   }
 }
 
@@ -185,7 +193,7 @@ async function route() {
   const r = parseRoute();
   const same = page.route && JSON.stringify(page.route) === JSON.stringify(r);
   page.route = r;
-  if (!same) Object.assign(page, { hosts: null, cursor: null, siteSeries: null, device: null, series: null, workloads: null, wlCursor: null, quotas: null });
+  if (!same) Object.assign(page, { hosts: null, cursor: null, siteSeries: null, device: null, series: null, workloads: null, wlCursor: null, quotas: null, services: null });
   render();
   try {
     await refreshPage(true);

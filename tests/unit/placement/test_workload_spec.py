@@ -136,3 +136,32 @@ def test_workload_spec_alternatives_are_ordered_and_each_may_carry_resources_and
         spec(hardware=[])
     with pytest.raises(ValidationError, match="not a key of variants"):
         spec(hardware=[{"type": "gpu", "variant": "rocm"}])
+
+
+def test_workload_spec_variant_key_names_what_a_placed_replica_runs() -> None:
+    s = spec(hardware=[{"type": "gpu"}, {"type": "npu", "variant": "ascend"}, {"type": "cpu"}],
+             variants={"ascend": {"image": "ascend:1"}, "nvidia": {"image": "cuda:1"}, "default": {"image": "any:1"}})
+    assert s.variant_key(*s.placed_on(("nvidia", "gpu"), 0)) == "nvidia"
+    assert s.variant_key(*s.placed_on(("amd", "gpu"), 0)) == "default"
+    assert s.variant_key(*s.placed_on(("huawei", "npu"), 1)) == "ascend"  # the alternative names it
+    assert s.placed_on(None, 2) == ("", "cpu", 2) and s.variant_key(*s.placed_on(None, 2)) == "default"
+    assert s.placed_on(("nvidia", "gpu"), 9) == ("nvidia", "gpu", 0)  # out of range: the first
+    for args in ((("nvidia", "gpu"), 0), (("huawei", "npu"), 1), (None, 2)):
+        key = s.variant_key(*s.placed_on(*args))
+        assert key is not None and s.variant_for(*s.placed_on(*args)) == s.variants[key]
+    assert spec().variant_key("nvidia", "gpu") is None  # no variants: run as is
+    assert spec(variants={"huawei": {}}).variant_key("nvidia", "gpu") is None
+
+
+def test_workload_spec_replica_view_carries_its_variant_once_placed() -> None:
+    from services.scheduler.lifecycle import Replica
+
+    s = spec(variants={"nvidia": {"image": "cuda:1"}, "default": {"image": "any:1"}})
+    device = {"id": "h1:nvidia:0", "index": 0, "vendor": "nvidia", "hardware_type": "gpu"}
+    placed = Replica(replica=0, attempt=1, state="running", host_id="h1", devices=[device],
+                     resources={"alternative": 0})
+    assert placed.view(s).variant == "nvidia"
+    other = Replica(replica=1, attempt=1, state="placed", host_id="h2",
+                    devices=[{**device, "id": "h2:hygon:0", "vendor": "hygon"}], resources={"alternative": 0})
+    assert other.view(s).variant == "default"
+    assert Replica(replica=2).view(s).variant is None  # pending: nothing chosen yet
