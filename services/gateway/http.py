@@ -19,6 +19,7 @@ from services.gateway.routes import (
     hosts,
     keys,
     metrics,
+    models,
     subscriptions,
     system,
     tenants,
@@ -63,4 +64,5 @@ def create_app(ctx: Context[GatewayState]) -> FastAPI:
     app.include_router(dashboard.router)
     app.include_router(workload_routes.router)
     app.include_router(endpoints.router)
+    app.include_router(models.router)
     return app
