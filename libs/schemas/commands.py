@@ -55,6 +55,8 @@ class ReplicaResources(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     alternative: int = Field(default=0, ge=0, le=16, description="Index of the workload's hardware alternative taken.")
+    variant: str | None = Field(default=None, max_length=64, description="The variant that alternative names, when "
+                                "it names one: for a catalog model, the build taken (e.g. 'vllm-ascend').")
     cpu: int = Field(default=0, ge=0, description="Logical CPUs it holds (the agent pins that many where it can).")
     memory_mib: int = Field(default=0, ge=0, description="Host memory it holds (also its limit where the driver sets one).")
     numa_node: int | None = Field(default=None, ge=0, description="With placement.numa 'single': the node of its "

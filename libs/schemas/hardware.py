@@ -24,6 +24,7 @@ from typing import Literal, NamedTuple, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from libs.schemas.devices import HardwareType
+from libs.versions import Requirement
 
 __all__ = [
     "ARCH_ALIASES",
@@ -164,6 +165,10 @@ class HardwareRequest(BaseModel):
                                               "instead of the workload's resources.")
     variant: str | None = Field(default=None, description="The key in variants to run with when this alternative "
                                 "is taken (else: vendor, hardware type, default).", examples=["cuda"])
+    requires: list[str] = Field(default_factory=list, max_length=8,
+                                description="Runtime requirements of this alternative only, beside the workload's "
+                                "runtime.requires (e.g. 'cuda>=12.4' for a CUDA build, 'cann>=8.1.RC1' for an Ascend "
+                                "one); checked by the same driver/runtime rules.", examples=[["cuda>=12.4"]])
 
     @field_validator("type", mode="before")
     @classmethod
@@ -191,6 +196,23 @@ class HardwareRequest(BaseModel):
         if any(not g.strip() for g in globs):
             raise ValueError("model must not be empty; leave it unset to accept any model")
         return v
+
+    @field_validator("requires")
+    @classmethod
+    def _requires(cls, v: list[str]) -> list[str]:
+        names: set[str] = set()
+        for i, text in enumerate(v):
+            try:
+                req = Requirement.parse(text)
+            except ValueError as exc:
+                raise ValueError(f"requires[{i}]: {exc}") from None
+            if req.name in names:
+                raise ValueError(f"requires[{i}]: runtime {req.name!r} listed twice; join the clauses with ','")
+            names.add(req.name)
+        return v
+
+    def requirements(self) -> list[Requirement]:
+        return [Requirement.parse(r) for r in self.requires]
 
     @field_validator("arch")
     @classmethod
@@ -285,5 +307,6 @@ class HardwareRequest(BaseModel):
             what = f"{self.share:g} of a {self.type}"
         else:
             what = f"{self.count} x {self.type}"
-        extra = [x for x in (self.vendor, "|".join(self.models) or None, self.arch) if x]
+        extra = [x for x in (self.vendor, "|".join(self.models) or None, self.arch,
+                             f"variant {self.variant}" if self.variant else None) if x]
         return " ".join([what, *extra])

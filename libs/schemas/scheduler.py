@@ -190,7 +190,8 @@ class ReplicaView(BaseModel):
     site: str | None = None
     devices: list[ReplicaDevice] = Field(default_factory=list)
     resources: ReplicaResources | None = Field(default=None, description="What it holds of its host (CPUs, "
-                                               "memory), the hardware alternative it took and its NUMA node.")
+                                               "memory), the hardware alternative it took (and the variant it names: a "
+                                               "catalog model's build) and its NUMA node.")
     exit_code: int | None = None
     message: str | None = None
     started_at: datetime | None = None
@@ -294,8 +295,9 @@ def event_data(view: WorkloadView, **extra: Any) -> dict[str, Any]:
         "placements": [{"replica": r.replica, "attempt": r.attempt, "host_id": r.host_id, "site": r.site,
                         "devices": [d.id for d in r.devices], "shares": [d.share for d in r.devices],
                         "state": r.state, "exit_code": r.exit_code,
-                        **({"alternative": r.resources.alternative, "cpu": r.resources.cpu,
-                            "memory_mib": r.resources.memory_mib} if r.resources is not None else {})}
+                        **({"alternative": r.resources.alternative, "variant": r.resources.variant,
+                            "cpu": r.resources.cpu, "memory_mib": r.resources.memory_mib}
+                           if r.resources is not None else {})}
                        for r in view.placement if r.host_id is not None],
     }
     if view.explanation is not None:

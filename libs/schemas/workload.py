@@ -350,9 +350,50 @@ class WorkloadSpec(BaseModel):
         description="Owning tenant. Set by the gateway from the API key; a value in the request body is not trusted.",
     )
     labels: dict[str, str] = Field(default_factory=dict, description="Free-form labels on the workload.")
+    model: str | None = Field(
+        default=None, max_length=64,
+        description="A model of the adapted-model catalog (GET /v1/models). Without variants the spec is made from "
+        "the catalog: one hardware alternative per build published for the hardware asked ('any': every build), "
+        "sized for precision and 'count' devices, and the placement names the build taken (its variant).",
+        examples=["qwen2.5-7b-instruct"])
+    precision: Literal["fp32", "bf16", "fp16", "int8", "int4"] | None = Field(
+        default=None, description="With model: the precision to serve it in (unset: the model's default).")
+    recipe: str | None = Field(default=None, max_length=64, description="A conversion recipe of the catalog "
+                               "(GET /v1/models): without variants, a job on a device of the recipe's vendor running "
+                               "its converter with recipe_args.", examples=["onnx-to-om-atc"])
+    recipe_args: dict[str, str] = Field(default_factory=dict, description="The recipe's parameters.",
+                                        examples=[{"model": "/data/resnet50.onnx", "output": "/data/resnet50",
+                                                   "soc_version": "Ascend910B3"}])
     duration_s: float | None = Field(
         default=None, gt=0, description="Expected run time; simulated hosts finish the workload after it."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_catalog(cls, data: Any) -> Any:
+        from libs.catalog.models import expand_request  # the catalog's loader imports this package's schemas
+
+        return expand_request(data)
+
+    @field_validator("model")
+    @classmethod
+    def _catalog_model(cls, v: str | None) -> str | None:
+        from libs.catalog.models import load_models
+
+        if v is not None and load_models().model(v) is None:
+            known = ", ".join(m.id for m in load_models().models)
+            raise ValueError(f"no model {v!r} in the catalog (GET /v1/models); it has {known}")
+        return v
+
+    @field_validator("recipe")
+    @classmethod
+    def _catalog_recipe(cls, v: str | None) -> str | None:
+        from libs.catalog.models import load_models
+
+        if v is not None and load_models().recipe(v) is None:
+            known = ", ".join(r.id for r in load_models().recipes)
+            raise ValueError(f"no recipe {v!r} in the catalog (GET /v1/models); it has {known}")
+        return v
 
     @field_validator("name")
     @classmethod

@@ -207,6 +207,8 @@ def assign(wl: Workload, placed: list[tuple[Replica, str, str, list[dict[str, An
     for r, host_id, site, devices, res in placed:
         alt = f" with alternative {res.alternative} ({wl.spec.alternatives[res.alternative].describe()})" \
             if res.alternative else ""
+        if wl.spec.model is not None and res.variant is not None:
+            alt += f"; {wl.spec.model} build {res.variant}"
         wl.replica_move(r, "placed", f"placed on {host_id}{alt}", now, attempt=r.attempt + 1, host_id=host_id,
                         site=site, devices=devices, resources=res.model_dump(mode="json"), decision_id=decision_id,
                         exit_code=None, message=None, sends=1, sent_at=now, started_at=None, finished_at=None,

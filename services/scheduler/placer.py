@@ -26,6 +26,7 @@ from libs.config import SchedulerSettings
 from libs.db import session_scope
 from libs.schemas.commands import ReplicaResources
 from libs.schemas.scheduler import Explanation
+from libs.schemas.workload import WorkloadSpec
 from services.scheduler import lifecycle, store
 from services.scheduler.fleet import Fleet
 from services.scheduler.lifecycle import Workload
@@ -120,8 +121,11 @@ def _decide(base: FleetSnapshot, allocations: list[Allocation], batch: list[Pend
     return decision, classify(after, guarantees, named).borrowed_workloads(after) & placed
 
 
-def _resources(a: Assignment) -> ReplicaResources:
-    return ReplicaResources(alternative=a.alternative, cpu=a.cpu, memory_mib=a.host_memory_mib, numa_node=a.numa_node)
+def _resources(a: Assignment, spec: WorkloadSpec) -> ReplicaResources:
+    alts = spec.alternatives
+    variant = alts[a.alternative].variant if a.alternative < len(alts) else None
+    return ReplicaResources(alternative=a.alternative, variant=variant, cpu=a.cpu, memory_mib=a.host_memory_mib,
+                            numa_node=a.numa_node)
 
 
 class Placer:
@@ -231,7 +235,7 @@ class Placer:
                 if any(reps[todo[a.replica]].state != "pending" for a in assigned):
                     continue
                 lifecycle.assign(wl, [(reps[todo[a.replica]], a.host_id, self.fleet.hosts[a.host_id].site,
-                                       self._devices(a), _resources(a)) for a in assigned], decision_id, now, ttl)
+                                       self._devices(a), _resources(a, wl.spec)) for a in assigned], decision_id, now, ttl)
                 result.placed += len(assigned)
                 lent = "; borrowing idle capacity above the tenant's guaranteed min" if wid in borrowed else ""
                 lifecycle.settle(wl, f"placed by decision {decision_id} ({decision.solver_status}){lent}", now)

@@ -82,17 +82,18 @@ def _resource_errors(spec: WorkloadSpec, i: int, loc: str, fleet: Fleet) -> list
     return errors
 
 
-def _runtime_errors(spec: WorkloadSpec, hw: HardwareRequest, fleet: Fleet, models: list[DeviceModel]
+def _runtime_errors(spec: WorkloadSpec, hw: HardwareRequest, loc: str, fleet: Fleet, models: list[DeviceModel]
                     ) -> list[dict[str, Any]]:
     errors: list[dict[str, Any]] = []
     rt = spec.runtime
-    for i, req in enumerate(rt.requirements()):
+    asked = [(f"body.runtime.requires.{i}", r) for i, r in enumerate(rt.requirements())] + [
+        (f"{loc}.requires.{i}", r) for i, r in enumerate(hw.requirements())]
+    for where, req in asked:
         # The driver table lists concrete runtime releases; without one, the framework rules' ranges.
         known = [SpecifierSet.parse(r.runtime_versions) for r in fleet.driver_rules if r.runtime == req.name] or [
             SpecifierSet.parse(c.runtime_versions) for c in fleet.compat if c.runtime == req.name]
         if known and not any(k.overlaps(req.specifier) for k in known):
-            errors.append({"loc": f"body.runtime.requires.{i}",
-                           "msg": f"no known {req.name} version satisfies {req.name}{req.specifier}"})
+            errors.append({"loc": where, "msg": f"no known {req.name} version satisfies {req.name}{req.specifier}"})
     if rt.framework is None or hw.is_cpu:  # CPU-only work brings its framework in its image
         return errors
     rows = [c for c in fleet.compat if c.framework == rt.framework]
@@ -127,7 +128,7 @@ def check_spec(spec: WorkloadSpec, fleet: Fleet) -> None:
     for i, hw in enumerate(alts):
         loc = f"body.hardware.{i}" if isinstance(spec.hardware, list) else "body.hardware"
         hw_errors, models = _hardware_errors(hw, loc, fleet.catalog)
-        errors += hw_errors + _runtime_errors(spec, hw, fleet, models) + _resource_errors(spec, i, loc, fleet)
+        errors += hw_errors + _runtime_errors(spec, hw, loc, fleet, models) + _resource_errors(spec, i, loc, fleet)
     if errors:
         first = errors[0]
         raise InvalidRequest(f"{first['loc']}: {first['msg']}", title="Workload cannot run anywhere", errors=errors)

@@ -100,7 +100,7 @@ def signature_of(spec: WorkloadSpec, alternative: int = 0) -> Signature:
         vendor=hw.vendor,
         models=hw.models,
         min_mem_mib=math.ceil(demand.memory_gib * 1024) if demand.memory_gib and not demand.shared else 0,
-        requires=tuple(rt.requirements()),
+        requires=tuple(rt.requirements()) + tuple(hw.requirements()),
         framework=rt.framework,
         framework_spec=framework_specifier(rt.framework_version) if rt.framework_version else (
             SpecifierSet() if rt.framework else None),
