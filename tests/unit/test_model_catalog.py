@@ -91,7 +91,7 @@ def test_model_request_unknown_model_is_refused_naming_the_field() -> None:
 def test_model_request_without_a_build_for_the_hardware_or_precision_says_which() -> None:
     with pytest.raises(ValidationError, match=r"hardware: qwen2\.5-7b-instruct has no published build for cpu"):
         WorkloadSpec.model_validate({"model": "qwen2.5-7b-instruct", "hardware": {"type": "cpu"}})
-    with pytest.raises(ValidationError, match="precision: no build of qwen2.5-7b-instruct .* serves int4"):
+    with pytest.raises(ValidationError, match=r"precision: no build of qwen2\.5-7b-instruct .* serves int4"):
         WorkloadSpec.model_validate({"model": "qwen2.5-7b-instruct", "hardware": {"type": "any"}, "precision": "int4"})
     with pytest.raises(ValidationError, match="count"):
         WorkloadSpec.model_validate({"model": "qwen2.5-7b-instruct", "hardware": {"type": "any"}, "count": 0})

@@ -5,7 +5,13 @@ hardware busy it pends naming each build."""
 from __future__ import annotations
 
 from libs.catalog import load_rules
-from services.scheduler.placement import AllocatedDevice, Allocation, PlacementRules, build_snapshot, place_alternatives
+from services.scheduler.placement import (
+    AllocatedDevice,
+    Allocation,
+    PlacementRules,
+    build_snapshot,
+    place_alternatives,
+)
 from tests.unit.placement.fleet import check_valid, devices, host, wl
 
 COMPAT, DRIVERS = load_rules()
