@@ -175,8 +175,16 @@ def _variant(b: Build) -> dict[str, Any]:
     if b.image is not None:
         out["image"] = b.image
     if b.command:
-        out["command"] = [sys.executable if a == "{python}" else a for a in b.command]
+        out["command"] = [_local(a) for a in b.command]
     return out
+
+
+def _local(arg: str) -> str:
+    """'{python}' and '{examples}': this process's interpreter and the xpumesh examples folder, as they are where
+    the request is expanded (right for a host beside the mesh, as the demo's local host is)."""
+    if "{examples}" in arg:
+        arg = arg.replace("{examples}", str(resources.files("xpumesh.examples")))
+    return arg.replace("{python}", sys.executable)
 
 
 def _expand_recipe(data: dict[str, Any], recipe: Recipe) -> dict[str, Any]:

@@ -64,8 +64,9 @@ class Build(BaseModel):
     image: str | None = Field(default=None, max_length=300, description="Container image, as published.")
     device_models: list[str] = Field(default_factory=list, description="Device model globs the build supports "
                                      "(empty: any of the vendor's); they become the alternative's model.")
-    command: list[str] | None = Field(default=None, description="Command and arguments; '{python}' is the Python "
-                                      "interpreter of the mesh. Unset keeps the image's.")
+    command: list[str] | None = Field(default=None, description="Command and arguments; '{python}' and '{examples}' "
+                                      "are the mesh's Python interpreter and its examples folder. Unset keeps the "
+                                      "image's.")
     requires: list[str] = Field(default_factory=list, description="Runtime requirements as the placement rules "
                                 "read them ('cuda>=12.4', 'cann>=8.1.RC1,<8.2.RC1', 'rocm>=6.3'), from the "
                                 "build's published software stack.")
