@@ -141,7 +141,9 @@ def _expand_model(data: dict[str, Any], entry: ModelEntry) -> dict[str, Any]:
     if purpose == "serving":
         out["kind"] = "service"
         port, path = served[0].port, served[0].readiness_path
-        out["service"] = {"port": port, "readiness_path": path, **(data.get("service") or {})}
+        asked = data.get("service")
+        out["service"] = {"port": port, "readiness_path": path, **asked} if isinstance(asked, dict) else (
+            asked if asked is not None else {"port": port, "readiness_path": path})
     else:
         out.setdefault("kind", "job")
     return out

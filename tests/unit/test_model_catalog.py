@@ -132,3 +132,11 @@ def test_recipe_request_refuses_missing_unknown_and_unsafe_arguments() -> None:
     with pytest.raises(ValidationError) as err:
         WorkloadSpec.model_validate({"recipe": "onnx-to-magic", "recipe_args": {}})
     assert [e["loc"] for e in err.value.errors()] == [("recipe",)]
+
+
+def test_model_request_with_a_malformed_service_is_a_validation_error_not_a_crash() -> None:
+    with pytest.raises(ValidationError) as err:
+        WorkloadSpec.model_validate({"model": "qwen2.5-7b-instruct", "service": 5})
+    assert [e["loc"] for e in err.value.errors()] == [("service",)]
+    spec = WorkloadSpec.model_validate({"model": "qwen2.5-7b-instruct", "service": {"callers": ["beta"]}})
+    assert spec.service is not None and (spec.service.readiness_path, spec.service.callers) == ("/health", ["beta"])
