@@ -21,9 +21,14 @@ validators to refuse by name.
 from __future__ import annotations
 
 import math
+import os
+import stat
+import subprocess
 import sys
+import sysconfig
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -178,15 +183,59 @@ def _variant(b: Build) -> dict[str, Any]:
         out["image"] = b.image
     if b.command:
         out["command"] = [_local(a) for a in b.command]
+        if any("{python}" in a for a in b.command):
+            python, env = replica_python()
+            out["command"] = [a.replace("{python}", python) for a in out["command"]]
+            if env:
+                out["env"] = env
     return out
 
 
 def _local(arg: str) -> str:
-    """'{python}' and '{examples}': this process's interpreter and the xpumesh examples folder, as they are where
-    the request is expanded (right for a host beside the mesh, as the demo's local host is)."""
+    """'{examples}': the xpumesh examples folder, as it is where the request is expanded (right for a host beside
+    the mesh, as the demo's local host is); '{python}' is ``replica_python``'s."""
     if "{examples}" in arg:
         arg = arg.replace("{examples}", str(resources.files("xpumesh.examples")))
-    return arg.replace("{python}", sys.executable)
+    return arg
+
+
+def reachable_by_others(path: str) -> bool:
+    """Whether a user other than the owner can reach ``path``: every folder above it searchable by others."""
+    p = Path(path).resolve()
+    try:
+        return all(d.stat().st_mode & stat.S_IXOTH for d in p.parents) and bool(p.stat().st_mode & (stat.S_IROTH
+                                                                                  | stat.S_IXOTH))
+    except OSError:
+        return False
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+@cache
+def replica_python() -> tuple[str, dict[str, str]]:
+    """The interpreter '{python}' is, and the environment it needs, for a replica on a host beside the mesh.
+
+    This process's own, with its packages. But an agent run as root gives each replica a uid of its own
+    (``agent.replica_uid_start``), and an interpreter under a folder only its owner may enter (a Python installed
+    under /root) is out of that uid's reach: then the system's ``python3`` if it is the same version, with this
+    environment's package folders on ``PYTHONPATH`` (they are readable by all, so the replica imports the same
+    packages); if there is none such, this process's own all the same (the replica then fails to start and says
+    why in its log)."""
+    own = sys.executable
+    if os.geteuid() != 0 or (reachable_by_others(own) and reachable_by_others(sys.base_prefix)):
+        return own, {}
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    try:
+        found = subprocess.run([SYSTEM_PYTHON, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return own, {}
+    paths = [p for p in dict.fromkeys((sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]))
+             if reachable_by_others(p)]
+    if found != version or not paths:
+        return own, {}
+    return SYSTEM_PYTHON, {"PYTHONPATH": os.pathsep.join(paths), "PYTHONNOUSERSITE": "1"}
 
 
 def _expand_recipe(data: dict[str, Any], recipe: Recipe) -> dict[str, Any]:

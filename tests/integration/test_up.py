@@ -158,6 +158,28 @@ async def test_up_demo_runs_a_real_local_host_whose_service_answers_through_the_
             await assert_eventually(one, timeout=30, interval=0.5, message="only replica 0 answers after the patch")
             await assert_eventually(lambda: len(_echo_processes()) == 1, timeout=15,
                                     message="the scaled-away replicas' processes exit")
+
+            # the packaged embedding model of the catalog, by name, on the local host, through the gateway
+            model = {"model": "wordllama-l2-supercat-256", "hardware": {"type": "cpu"},
+                     "placement": {"host_labels": {"pool": "local"}}}
+            r = await c.post("/v1/workloads", json=model, headers=admin)
+            assert r.status_code == 201, r.text
+            mid = r.json()["id"]
+            texts = ["a cat sat on the mat", "a kitten rested on the rug", "quarterly tax filing deadline"]
+
+            async def embedded() -> list[list[float]] | None:
+                got = await c.post("/v1/endpoints/wordllama-l2-supercat-256/v1/embeddings", headers=admin,
+                                   json={"model": "wordllama-l2-supercat-256", "input": texts})
+                return [d["embedding"] for d in got.json()["data"]] if got.status_code == 200 else None
+
+            vectors = await assert_eventually(embedded, timeout=60, interval=0.5,
+                                              message="the packaged model answers through the gateway")
+            near = sum(x * y for x, y in zip(vectors[0], vectors[1], strict=True))
+            far = sum(x * y for x, y in zip(vectors[0], vectors[2], strict=True))
+            assert len(vectors[0]) == 256 and near > far  # real model output: related texts are closer
+            placed = (await c.get(f"/v1/workloads/{mid}", headers=admin)).json()["placement"]
+            assert [(p["host_id"], p["simulated"]) for p in placed] == [(local, False)]
+            assert (await c.delete(f"/v1/workloads/{mid}", headers=admin)).status_code == 200
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=20)
         assert not _echo_processes()  # the demo's local host stops its replicas with it

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -140,3 +141,56 @@ def test_model_request_with_a_malformed_service_is_a_validation_error_not_a_cras
     assert [e["loc"] for e in err.value.errors()] == [("service",)]
     spec = WorkloadSpec.model_validate({"model": "qwen2.5-7b-instruct", "service": {"callers": ["beta"]}})
     assert spec.service is not None and (spec.service.readiness_path, spec.service.callers) == ("/health", ["beta"])
+
+
+def test_model_catalog_python_of_a_replica_is_one_its_own_uid_can_run(monkeypatch) -> None:
+    """As root the agent runs each replica under a uid of its own: an interpreter under a folder only its owner
+    may enter (a Python under /root) is replaced by the system's python3 of the same version, with this
+    environment's packages on PYTHONPATH; not as root, or when it is reachable, it is this one."""
+
+    import tempfile
+    from pathlib import Path
+
+    import libs.catalog.models as m
+
+    with tempfile.TemporaryDirectory() as base:  # in /tmp, which others may enter (pytest's tmp_path is 0700)
+        _check_replica_python(Path(base), monkeypatch, m)
+
+
+def _check_replica_python(tmp_path: Any, monkeypatch: Any, m: Any) -> None:
+    import os
+    import sys
+
+    tmp_path.chmod(0o755)
+    private = tmp_path / "private"
+    (private / "bin").mkdir(parents=True)
+    exe = private / "bin" / "python"
+    exe.write_text("")
+    exe.chmod(0o755)
+    private.chmod(0o700)
+    open_dir = tmp_path / "open"
+    (open_dir / "bin").mkdir(parents=True)
+    shared = open_dir / "bin" / "python"
+    shared.write_text("")
+    shared.chmod(0o755)
+    for d in (tmp_path, open_dir, open_dir / "bin"):
+        d.chmod(0o755)
+    assert not m.reachable_by_others(str(exe)) and m.reachable_by_others(str(shared))
+
+    monkeypatch.setattr(sys, "executable", str(exe))
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    m.replica_python.cache_clear()
+    assert m.replica_python() == (str(exe), {})  # not root: replicas run as this user
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    m.replica_python.cache_clear()
+    python, env = m.replica_python()
+    if python == m.SYSTEM_PYTHON:  # this machine's python3 is of the same version
+        assert env["PYTHONNOUSERSITE"] == "1"
+        assert all(m.reachable_by_others(p) for p in env["PYTHONPATH"].split(os.pathsep))
+    else:
+        assert (python, env) == (str(exe), {})
+    monkeypatch.setattr(sys, "executable", str(shared))
+    monkeypatch.setattr(sys, "base_prefix", str(open_dir))
+    m.replica_python.cache_clear()
+    assert m.replica_python() == (str(shared), {})  # reachable: used as it is
+    m.replica_python.cache_clear()
