@@ -11,6 +11,7 @@ older stacks. The same seed and size always give the same fleet.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -162,9 +163,14 @@ def _facts(profile: Profile, host_id: str) -> HostFacts:
                      memory_allocatable_mib=max(0, profile.host_memory_mib - SIM_RESERVED_MEMORY_MIB))
 
 
-def site_counts(total: int) -> dict[str, int]:
-    """Spread ``total`` hosts over the demo sites by weight; every site gets at least one."""
-    sites = [s.id for s in DEMO_SITES]
+def site_counts(total: int, only: Sequence[str] = ()) -> dict[str, int]:
+    """Spread ``total`` hosts over the demo sites (``only`` these, when given) by weight; every site gets at
+    least one."""
+    known = [s.id for s in DEMO_SITES]
+    unknown = sorted(set(only) - set(known))
+    if unknown:
+        raise ValueError(f"unknown sites {unknown}; the demo sites are {known}")
+    sites = [s for s in known if s in only] if only else known
     if total < len(sites):
         return {s: 1 for s in sites[:total]}
     weights = [_WEIGHT.get(s, 1.0) for s in sites]
@@ -177,15 +183,16 @@ def site_counts(total: int) -> dict[str, int]:
 
 
 def build_fleet(hosts: int | None = None, seed: int = 7, devices_per_host: int | None = None,
-                prefix: str = "") -> list[HostSpec]:
+                prefix: str = "", sites: Sequence[str] = ()) -> list[HostSpec]:
     """The demo fleet (``DEFAULT_HOSTS`` hosts over 11 cities) or one of the size asked for.
 
     ``devices_per_host`` (benchmarks): only accelerator hosts, each with that many devices.
-    ``prefix`` starts every host id, so that several simulators can share one mesh.
+    ``prefix`` starts every host id, so that several simulators can share one mesh; ``sites`` (names of
+    demo sites) keeps the hosts on those sites only, e.g. to give one simulator's hosts sites of their own.
     """
     rng = random.Random(seed)
     out: list[HostSpec] = []
-    for s, (site, n) in enumerate(site_counts(hosts or DEFAULT_HOSTS).items()):
+    for s, (site, n) in enumerate(site_counts(hosts or DEFAULT_HOSTS, sites).items()):
         mix = _HUB_MIX if site == "hangzhou" else _CITY_MIX
         if devices_per_host is not None:
             mix = {k: w for k, w in mix.items() if PROFILES[k].hardware_type is not None}

@@ -28,6 +28,7 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -338,10 +339,10 @@ class Simulator:
 
 async def simulate(settings: Settings, hosts: int | None, seed: int, stop: asyncio.Event, *,
                    devices_per_host: int | None = None, ready: asyncio.Event | None = None,
-                   prefix: str = "") -> Simulator:
+                   prefix: str = "", sites: Sequence[str] = ()) -> Simulator:
     if not settings.nats_url:
         raise RuntimeError("XPUMESH_NATS_URL is not set")
-    specs = await asyncio.to_thread(build_fleet, hosts, seed, devices_per_host, prefix)
+    specs = await asyncio.to_thread(build_fleet, hosts, seed, devices_per_host, prefix, sites)
     bus = Bus(settings.bus, name="sim", inbox_prefix=subjects.inbox_prefix("sim"))
     await bus.connect(settings.nats_url)
     await bus.wait_for_streams()  # the services create them; the simulator may not
@@ -363,14 +364,15 @@ async def simulate(settings: Settings, hosts: int | None, seed: int, stop: async
 
 
 def run_sim(settings: Settings, *, hosts: int | None, seed: int, devices_per_host: int | None = None,
-            prefix: str = "") -> int:
+            prefix: str = "", sites: Sequence[str] = ()) -> int:
     async def main() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
-            await simulate(settings, hosts, seed, stop, devices_per_host=devices_per_host, prefix=prefix)
+            await simulate(settings, hosts, seed, stop, devices_per_host=devices_per_host, prefix=prefix,
+                           sites=sites)
         except Exception as exc:  # one clear line for the supervisor's log
             print(f"xpumesh sim: {type(exc).__name__}: {str(exc)[:200]}", file=sys.stderr)
             return 1
@@ -388,11 +390,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--devices-per-host", type=int, default=None, help="give every host this many accelerators")
     p.add_argument("--host-prefix", default="", help="start every host id with this (several simulators, one mesh)")
+    p.add_argument("--sites", default="", help="comma-separated demo sites to put the hosts on (default: all)")
     args = p.parse_args(argv)
     settings = Settings()
     setup_logging(settings.log_level, json_lines=settings.log_json)
     return run_sim(settings, hosts=args.hosts, seed=args.seed, devices_per_host=args.devices_per_host,
-                   prefix=args.host_prefix)
+                   prefix=args.host_prefix, sites=[x for x in args.sites.split(",") if x])
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import pytest_asyncio
 
 from libs.aio import cancel_all
 from tests.faults.checks import Row, host_loss, settle, unfenced, verify
-from tests.faults.mesh import ACTIVE, B_PREFIX, SERVICES, SIM_B, EventLog, FaultMesh, Load, utc_now
+from tests.faults.mesh import ACTIVE, B_PREFIX, B_SITE, SERVICES, SIM_B, EventLog, FaultMesh, Load, utc_now
 from tests.faults.poison import every_subject, payloads
 from tests.integration.test_api_kit import webhook_receiver
 
@@ -61,7 +61,10 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
             while await mesh.hosts_up() < mesh.hosts:
                 assert time.monotonic() < deadline, f"{mesh.hosts} hosts not up; see {workdir / 'logs'}"
                 await asyncio.sleep(0.3)
-            load = Load(mesh.base_url)
+            shared = await mesh.sql("SELECT name FROM registry.members WHERE kind = 'host' AND site = $1 "
+                                    "AND name NOT LIKE $2", B_SITE, B_PREFIX + "%")
+            assert not shared, f"{B_SITE} is to hold only the {B_PREFIX}* hosts, not {[r['name'] for r in shared]}"
+            load = Load(mesh.base_url, data_site=B_SITE)
             tasks = [asyncio.create_task(load.run()), asyncio.create_task(events.read_sse(mesh.base_url))]
             await asyncio.sleep(WARMUP_S)
             yield World(mesh, load, events)

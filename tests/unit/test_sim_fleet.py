@@ -68,6 +68,16 @@ def test_sim_fleet_is_deterministic_and_sized_as_asked() -> None:
     assert Counter(len(h.devices) for h in uniform) == Counter({8: 200})
 
 
+def test_sim_fleet_keeps_to_the_sites_asked_for() -> None:
+    own = build_fleet(4, seed=3, devices_per_host=4, prefix="b-", sites=["lishui"])
+    assert {h.site for h in own} == {"lishui"} and len({h.host_id for h in own}) == 4
+    assert len({h.profile.name for h in own}) == 4  # a site's first hosts still cycle through its mix
+    assert site_counts(30, ["ningbo", "hangzhou"]) == {"hangzhou": 20, "ningbo": 10}  # by weight, demo order
+    assert "lishui" not in {h.site for h in build_fleet(10, seed=7, devices_per_host=4)}
+    with pytest.raises(ValueError, match="unknown sites"):
+        build_fleet(4, sites=["atlantis"])
+
+
 @pytest.mark.parametrize("hour", range(0, 24, 3))
 def test_sim_diurnal_load_stays_in_bounds_and_peaks_in_the_afternoon(hour: int) -> None:
     utc = (hour - 8) % 24 * 3600.0
