@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 
 from libs.bus import subjects
@@ -31,19 +30,11 @@ from libs.schemas.registry import MemberKind, MemberPage, MemberQuery, MemberSta
 from libs.service import Context
 from services.scheduler import reconcile, store
 from services.scheduler.fleet import HostView
+from services.scheduler.reconcile import Loss
 from services.scheduler.state import SchedulerState
 
 log = logging.getLogger(__name__)
 Ctx = Context[SchedulerState]
-
-
-@dataclass(frozen=True)
-class Loss:
-    """Work to move off a host (``device`` None: the whole host), and why."""
-
-    host_id: str
-    reason: str
-    device: str | None = None
 
 
 async def commit(ctx: Ctx, views: Sequence[HostView], losses: Sequence[Loss]) -> None:
@@ -51,14 +42,10 @@ async def commit(ctx: Ctx, views: Sequence[HostView], losses: Sequence[Loss]) ->
     if not views and not losses:
         return
     state = ctx.state
-    added = hit = 0
     async with session_scope(ctx.db) as session:
         if views:
             await store.update_hosts(session, views)
-        for loss in losses:
-            a, h = await reconcile.lose_replicas(session, loss.host_id, loss.reason, device=loss.device,
-                                                 ttl_s=ctx.settings.scheduler.command_ttl_s)
-            added, hit = added + a, hit + h
+        added, hit = await reconcile.lose_replicas(session, losses, ttl_s=ctx.settings.scheduler.command_ttl_s)
     state.fleet.apply(views)
     if added:
         state.workloads_changed()

@@ -15,7 +15,9 @@ simply adopted. A report only testifies about changes that happened before it wa
 so stale reports (after a restart, or delayed) never undo newer knowledge.
 
 ``lose_replicas`` is the other way work leaves a host: the host went down, or one of its
-devices turned unhealthy or left.
+devices turned unhealthy or left. It locks every workload one transaction's losses touch in a
+single read, in id order (as every other writer of workloads does), so a transaction that
+loses work on several hosts cannot deadlock with the placer or another loss.
 
 ``replay_state`` reads every host's latest state report back from ``XPUMESH_HOSTS`` when the
 scheduler starts (reports live only in memory), so a restarted scheduler knows at once what
@@ -29,7 +31,8 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -192,19 +195,32 @@ async def stop_unwanted(bus: Bus, actual: Actual, unwanted: list[tuple[str, Repl
             log.warning("stop for unwanted work on %s not sent: %s", host_id, type(exc).__name__)
 
 
-async def lose_replicas(session: AsyncSession, host_id: str, reason: str, *, device: str | None,
-                        ttl_s: float) -> tuple[int, int]:
-    """Replicas on a lost host (or, with ``device``, on that one device of it): lost, then rescheduled or
-    failed per restart policy. Returns (outbox rows added, workloads that lost replicas)."""
+@dataclass(frozen=True)
+class Loss:
+    """Work to move off a host (``device`` None: the whole host), and why."""
+
+    host_id: str
+    reason: str
+    device: str | None = None
+
+    def hits(self, host_id: str | None, devices: Iterable[Mapping[str, Any]]) -> bool:
+        return host_id == self.host_id and (self.device is None or any(d["id"] == self.device for d in devices))
+
+
+async def lose_replicas(session: AsyncSession, losses: Sequence[Loss], *, ttl_s: float) -> tuple[int, int]:
+    """Replicas on lost hosts or devices: lost, then rescheduled or failed per restart policy, one loss after
+    the other. The workloads hit are locked in one read (id order) rather than a read per loss, whose locks
+    together would come in no order. Returns (outbox rows added, workloads that lost replicas)."""
+    if not losses:
+        return 0, 0
     now = lifecycle.utcnow()
-    rows = await store.list_active_replicas(session, [host_id])
-    if device is not None:
-        rows = [r for r in rows if any(d["id"] == device for d in r.devices)]
-    wls = await store.read_workloads(session, {r.workload_id for r in rows})
-    for wl in wls.values():
-        lost = [r for r in wl.replicas if r.active and r.host_id == host_id
-                and (device is None or any(d["id"] == device for d in r.devices))]
-        lifecycle.lose(wl, lost, reason, now, ttl_s)
+    rows = await store.list_active_replicas(session, sorted({x.host_id for x in losses}))
+    wls = await store.read_workloads(session, {r.workload_id for r in rows
+                                               if any(x.hits(r.host_id, r.devices) for x in losses)})
+    for loss in losses:
+        for wl in wls.values():
+            lifecycle.lose(wl, [r for r in wl.replicas if r.active and loss.hits(r.host_id, r.devices)], loss.reason,
+                           now, ttl_s)
     return await store.update_workloads(session, wls.values(), now), len(wls)
 
 

@@ -110,9 +110,9 @@ _REPLICA_UPDATE = update(replicas).where((replicas.c.workload_id == bindparam("b
 async def update_workloads(session: AsyncSession, wls: Iterable[Workload], now: datetime, *,
                            rows: bool = True) -> int:
     """Write what changed on these workloads: their rows, replicas, history, events and commands, in a few
-    statements (one per table, each an executemany). Outbox rows keep each workload's order (its events,
-    then its commands). ``rows=False``: the workload rows themselves are new and need no update. Returns
-    outbox rows added."""
+    statements (one per table, each an executemany). Rows are updated in id order; outbox rows keep each
+    workload's order (its events, then its commands). ``rows=False``: the workload rows themselves are new
+    and need no update. Returns outbox rows added."""
     wl_rows: list[dict[str, Any]] = []
     rep_rows: list[dict[str, Any]] = []
     hist_rows: list[dict[str, Any]] = []
@@ -150,6 +150,10 @@ async def update_workloads(session: AsyncSession, wls: Iterable[Workload], now: 
             out_rows.append(outbox_row(event, event_subject(event.type, _event_site(wl))))
         out_rows += [_command_row(cmd) for cmd in wl.commands]
         wl.history, wl.events, wl.commands, wl.dirty = [], [], [], False
+    # rows are locked as they are updated: in id order (workloads, then replicas), like read_workloads takes
+    # them, so two transactions updating overlapping workloads wait for each other instead of deadlocking
+    wl_rows.sort(key=lambda r: r["b_id"])
+    rep_rows.sort(key=lambda r: (r["b_wid"], r["b_replica"]))
     for stmt, params in ((_WL_UPDATE, wl_rows), (_REPLICA_UPDATE, rep_rows), (insert(history), hist_rows),
                          (insert(outbox), out_rows)):
         if params:
@@ -383,8 +387,8 @@ async def delete_decisions(session: AsyncSession, older_than: datetime) -> None:
 
 # -- fleet view ------------------------------------------------------------------------------------
 async def update_hosts(session: AsyncSession, views: Iterable[HostView]) -> None:
-    """Upsert the fleet view of these hosts."""
-    rows = [v.to_row() for v in {v.id: v for v in views}.values()]
+    """Upsert the fleet view of these hosts (in id order, the order the upsert locks their rows in)."""
+    rows = [v.to_row() for _, v in sorted({v.id: v for v in views}.items())]
     if not rows:
         return
     stmt = pg_insert(hosts).values(rows)
