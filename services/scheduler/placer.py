@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +57,28 @@ class BatchResult:
     preempted: int = 0
     status: str = "EMPTY"
     batch: list[str] = field(default_factory=list)
+    timings_s: dict[str, float] = field(default_factory=dict)  # this round's phases (``PHASES``)
+
+
+# A round's phases: read the queue and what holds devices, lay the allocations over the fleet's snapshot,
+# solve (fair order, placement, borrowing), apply the decision and commit it.
+PHASES = ("read", "snapshot", "solve", "apply")
+
+
+@dataclass
+class PlacerStats:
+    """What the placer did since it started: rounds that placed something, replicas placed (committed), and
+    the seconds spent in each phase over every round (``PHASES``)."""
+
+    rounds: int = 0
+    placed: int = 0
+    phases_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+
+    def add(self, result: BatchResult) -> None:
+        self.rounds += 1
+        self.placed += result.placed
+        for k, v in result.timings_s.items():
+            self.phases_s[k] = self.phases_s.get(k, 0.0) + v
 
 
 def allocations_of(rows: list[Any]) -> list[Allocation]:
@@ -138,6 +161,7 @@ class Placer:
         self.wake = asyncio.Event()
         self.batches = 0
         self.last: BatchResult | None = None
+        self.stats = PlacerStats()
 
     def poke(self) -> None:
         self.wake.set()
@@ -164,6 +188,7 @@ class Placer:
 
     async def place_once(self) -> BatchResult:
         s = self.settings
+        t0 = time.perf_counter()
         async with session_scope(self.sessions) as session:
             order = await store.list_queued_ids(session, s.batch_max)
             if not order:
@@ -173,16 +198,23 @@ class Placer:
         batch, missing = _batch(wls, order)
         if not batch:
             return BatchResult()
+        t1 = time.perf_counter()
         allocations = _allocations(rows, self.actual)
         base = await self.fleet.base()
+        t2 = time.perf_counter()
         decision, borrowed = await asyncio.to_thread(_decide, base, allocations, batch, self.fleet.rules,
                                                      self.quotas(), self.guarantees(), self.named(), s)
+        t3 = time.perf_counter()
         result = await self.apply(decision, batch, missing, borrowed)
+        result.timings_s = {"read": t1 - t0, "snapshot": t2 - t1, "solve": t3 - t2,
+                            "apply": time.perf_counter() - t3}
         self.batches += 1
         self.last = result
-        log.info("placed batch of %d: %d replicas placed, %d workloads pending, %d preempted (%s, %.3fs)",
+        self.stats.add(result)
+        log.info("placed batch of %d: %d replicas placed, %d workloads pending, %d preempted (%s, %.3fs; %s)",
                  len(batch), result.placed, result.pending, result.preempted, decision.solver_status,
-                 decision.timings_s.get("total", 0.0))
+                 decision.timings_s.get("total", 0.0),
+                 ", ".join(f"{k} {v:.3f}s" for k, v in result.timings_s.items()))
         return result
 
     def _valid(self, assignments: list[Assignment]) -> bool:
