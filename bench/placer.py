@@ -72,7 +72,8 @@ from xpumesh.prestart import prestart
 
 def fleet_views(n_hosts: int, devices: int, now: datetime) -> tuple[list[HostView], list[str]]:
     """The simulator's fleet as the scheduler's view of it (every host up), and the accelerator types in it."""
-    views, types = [], set()
+    views: list[HostView] = []
+    types: set[str] = set()
     for h in build_fleet(n_hosts, devices_per_host=devices):
         report = CapabilityReport(host_id=h.host_id, site=h.site, generation=1, facts=h.facts, devices=h.devices,
                                   labels=h.labels)
