@@ -123,6 +123,7 @@ class Fleet:
         # snapshot inputs per host (made again when the host changes) and the allocation-free snapshot
         self._inputs: dict[str, tuple[HostInfo, tuple[DeviceInfo, ...]]] = {}
         self._base: tuple[int, FleetSnapshot] | None = None
+        self._largest: tuple[int, int | None, int | None] | None = None  # (version, CPUs, memory MiB)
 
     # -- reference data --------------------------------------------------------------------
     def set_reference(self, catalog: Sequence[DeviceModel], compat: Sequence[CompatRule],
@@ -227,6 +228,16 @@ class Fleet:
         host_id = device_host(dev_id)
         cur = self.hosts.get(host_id)
         return cur is not None and cur.up and cur.device_health(dev_id) != Health.UNHEALTHY
+
+    def largest_allocatable(self) -> tuple[int | None, int | None]:
+        """The most CPUs and host memory (MiB) any host reporting them has allocatable (None: no host reports
+        it), worked out once per fleet version: every submit's check asks."""
+        if self._largest is None or self._largest[0] != self.version:
+            cpus = [f.cpu_allocatable for h in self.hosts.values() if (f := h.report.facts).cpu_allocatable is not None]
+            mems = [f.memory_allocatable_mib for h in self.hosts.values()
+                    if (f := h.report.facts).memory_allocatable_mib is not None]
+            self._largest = (self.version, max(cpus, default=None), max(mems, default=None))
+        return self._largest[1], self._largest[2]
 
     def device(self, dev_id: str) -> Device | None:
         cur = self.hosts.get(device_host(dev_id))

@@ -66,19 +66,17 @@ def _hardware_errors(hw: HardwareRequest, loc: str, catalog: list[DeviceModel]
 def _resource_errors(spec: WorkloadSpec, i: int, loc: str, fleet: Fleet) -> list[dict[str, Any]]:
     """A replica asking more CPUs or host memory than any host that reports them has allocatable can never run
     (hosts that report nothing are not counted; with none reporting, nothing is checked)."""
-    cpus = [f.cpu_allocatable for h in fleet.hosts.values() if (f := h.report.facts).cpu_allocatable is not None]
-    mems = [f.memory_allocatable_mib for h in fleet.hosts.values()
-            if (f := h.report.facts).memory_allocatable_mib is not None]
+    cpus, mems = fleet.largest_allocatable()
     demand, own = spec.demand(i), spec.alternatives[i].resources
     where = f"{loc}.resources" if own is not None else "body.resources"
     errors: list[dict[str, Any]] = []
-    if cpus and demand.cpu > max(cpus):
+    if cpus is not None and demand.cpu > cpus:
         errors.append({"loc": f"{where}.cpu", "msg": f"{demand.cpu} CPUs per replica is more than any host has "
-                                                     f"allocatable (largest: {max(cpus)})"})
-    if mems and demand.host_memory_mib > max(mems):
+                                                     f"allocatable (largest: {cpus})"})
+    if mems is not None and demand.host_memory_mib > mems:
         errors.append({"loc": f"{where}.memory_gib",
                        "msg": f"{demand.host_memory_mib / 1024:g} GiB of host memory per replica is more than any "
-                              f"host has allocatable (largest: {max(mems) / 1024:g} GiB)"})
+                              f"host has allocatable (largest: {mems / 1024:g} GiB)"})
     return errors
 
 
