@@ -1,7 +1,14 @@
-"""Placement benchmark: CP-SAT placer vs first-fit and best-fit on the same synthetic trace.
+"""Placement benchmark, solve-only: CP-SAT placer vs first-fit and best-fit on the same synthetic trace.
 
     python bench/placement.py [--hosts 1000,10000] [--workloads 1000] [--seed N | --seeds 7..11]
-                              [--batch 100] [--time-limit 1.0] [--candidates 4]
+                              [--batch B] [--time-limit S] [--candidates K]
+
+Solve-only: every figure is one ``place`` call on an in-memory snapshot, without the
+database reads, the snapshot of the live fleet or the commit a scheduler round adds (those
+are measured end to end by ``bench/placer.py``). The placer runs with the scheduler
+service's own settings unless told otherwise: ``--candidates`` defaults to
+``SchedulerSettings().max_candidates``, ``--time-limit`` to ``solver_time_limit_s`` and
+``--batch`` to ``batch_max``.
 
 Fleets: N hosts x 8 devices, mixed vendors and types over six sites, some hosts down,
 some devices unhealthy, some partially used by running (non-preemptible) work. Two
@@ -18,7 +25,7 @@ Workloads arrive in batches of ``--batch``; each batch is placed once (pending w
 not retried) and its decision is applied before the next batch.
 
 Metrics per placer:
-* placements/s: workloads fully placed / total ``place`` wall time (decisions/s counts all);
+* placements/s (solve-only): workloads fully placed / total ``place`` wall time (decisions/s counts all);
 * solve p50/p99: wall time of one ``place`` call per batch (fastest of ``--repeat`` identical
   calls, to keep other processes on the machine out of the numbers); the same per CPU
   second of this process (``placements_per_cpu_s``, ``cpu_p50_ms``), which other load on a
@@ -59,6 +66,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.placement_world import DRIVER_RULES, SITES, busy_allocations, make_fleet, make_trace
+from libs.config import SchedulerSettings
 from libs.schemas.workload import WorkloadSpec
 from services.scheduler.placement import (
     FleetSnapshot,
@@ -207,7 +215,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> tuple[dict[str, Any], list[
         ("best_fit", lambda b, s: place_greedy(b, s, rules=DRIVER_RULES, strategy="best_fit")),
         ("first_fit", lambda b, s: place_greedy(b, s, rules=DRIVER_RULES, strategy="first_fit")),
     ]
-    results: dict[str, Any] = {"seed": seed, "workloads": args.workloads, "batch": args.batch,
+    results: dict[str, Any] = {"measure": "solve-only", "seed": seed, "workloads": args.workloads, "batch": args.batch,
                                "repeat": args.repeat,
                                "time_limit_s": args.time_limit, "max_candidates": args.candidates, "runs": {}}
     rows: list[str] = []
@@ -301,15 +309,19 @@ def worst_vs_best_fit(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    service = SchedulerSettings()  # the service's own placement settings are the defaults
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--hosts", default="1000,10000")
     ap.add_argument("--workloads", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--seeds", default=None,
                     help="several seeds, e.g. 7..11 or 7,9: per-seed figures plus the worst case vs best-fit")
-    ap.add_argument("--batch", type=int, default=100)
-    ap.add_argument("--time-limit", type=float, default=1.0, help="CP-SAT placer budget per batch (s)")
-    ap.add_argument("--candidates", type=int, default=4, help="max_candidates per replica")
+    ap.add_argument("--batch", type=int, default=service.batch_max,
+                    help="workloads per place call (default: scheduler.batch_max)")
+    ap.add_argument("--time-limit", type=float, default=service.solver_time_limit_s,
+                    help="CP-SAT placer budget per batch in s (default: scheduler.solver_time_limit_s)")
+    ap.add_argument("--candidates", type=int, default=service.max_candidates,
+                    help="max_candidates per replica (default: scheduler.max_candidates)")
     ap.add_argument("--scenarios", default="contended,open")
     ap.add_argument("--repeat", type=int, default=3,
                     help="time each batch this many times and keep the fastest (the machine is shared)")
@@ -322,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     for seed in seeds:
         per_seed[seed], seed_rows = run_seed(args, seed)
         rows.extend(f"{seed:>4}  {row}" for row in seed_rows)
+    print(f"solve-only (one place call per batch of {args.batch}, {args.candidates} candidates, "
+          f"{args.time_limit} s budget; no database, snapshot or commit: see bench/placer.py for end to end)")
     print(f"{'seed':>4}  {'fleet/scenario':<16} {'placer':<10} {'placed/s':>9} {'/cpu-s':>9} {'p50 ms':>8} "
           f"{'p99 ms':>8} {'placed':>6} {'dev-hours':>9} {'CU-hours':>8} {'stranded':>8} {'preempt':>5}  statuses")
     for row in rows:

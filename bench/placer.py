@@ -23,6 +23,8 @@ Figures, per fleet size:
   (``place_alternatives``: feasibility, candidates, CP-SAT or greedy), apply (the decision's
   writes and the commit); their sum is the placer's busy time, the rest of the wall time it
   waited for work (debounce, submits);
+* the solver's own timings summed over its decisions (``scheduler.decisions.timings``: feasibility,
+  greedy, solve (CP-SAT), select, preempt, explain);
 * a check: the replicas the database holds as placed equal the placer's count, and no device
   share is over-committed.
 
@@ -64,27 +66,29 @@ from libs.service import serve
 from services.scheduler import store
 from services.scheduler.api import app
 from services.scheduler.fleet import HostView
-from services.scheduler.orm import replicas
+from services.scheduler.orm import decisions, replicas
 from services.scheduler.placer import PHASES
 from services.scheduler.state import SchedulerState
 from xpumesh.prestart import prestart
 
 
 def fleet_views(n_hosts: int, devices: int, now: datetime) -> tuple[list[HostView], list[str]]:
-    """The simulator's fleet as the scheduler's view of it (every host up), and the accelerator types in it."""
+    """The simulator's fleet as the scheduler's view of it (every host up), and the accelerator type of each of
+    its devices."""
     views: list[HostView] = []
-    types: set[str] = set()
+    types: list[str] = []
     for h in build_fleet(n_hosts, devices_per_host=devices):
         report = CapabilityReport(host_id=h.host_id, site=h.site, generation=1, facts=h.facts, devices=h.devices,
                                   labels=h.labels)
         views.append(HostView(h.host_id, h.site, 1, report, now, up=True, liveness_at=now))
-        types.update(str(d.hardware_type) for d in h.devices)
-    return views, sorted(types)
+        types.extend(str(d.hardware_type) for d in h.devices)
+    return views, types
 
 
 def workload(i: int, types: list[str]) -> WorkloadSpec:
-    """One device of a type the fleet has; every fourth a half share of one."""
-    hw: dict[str, Any] = {"type": types[i % len(types)]}
+    """One device (every fourth a half share of one) of a type picked as the fleet's devices are spread over
+    types, so that a trace of half the fleet's devices fits every type."""
+    hw: dict[str, Any] = {"type": types[(i * 7919) % len(types)]}
     if i % 4 == 3:
         hw["share"] = 0.5
     return WorkloadSpec.model_validate({"name": f"bench-{i}", "hardware": hw, "duration_s": 3600.0})
@@ -122,7 +126,10 @@ async def one_fleet(args: argparse.Namespace, n_hosts: int, workdir: Path) -> di
         await prestart(settings)
         sessions = make_sessionmaker(engine)
         views, types = fleet_views(n_hosts, args.devices, datetime.now(UTC))
-        out["types"] = types
+        out["types"] = {t: types.count(t) for t in sorted(set(types))}
+        if args.workloads > len(types) // 2:
+            raise SystemExit(f"{args.workloads} workloads on {len(types)} devices: at most half the fleet's devices, "
+                             "so that all of them fit")
         for i in range(0, len(views), 500):
             async with session_scope(sessions) as session:
                 await store.update_hosts(session, views[i:i + 500])
@@ -186,6 +193,10 @@ async def one_fleet(args: argparse.Namespace, n_hosts: int, workdir: Path) -> di
             in_db = (await session.execute(select(func.count()).select_from(replicas)
                                            .where(replicas.c.state == "placed"))).scalar_one()
             rows = await store.list_active_replicas(session)
+            solver: dict[str, float] = {}
+            for (timings,) in (await session.execute(select(decisions.c.timings))).all():
+                for k, v in (timings or {}).items():
+                    solver[k] = solver.get(k, 0.0) + float(v)
         load: dict[str, float] = {}
         for r in rows:
             for d in r.devices:
@@ -196,7 +207,7 @@ async def one_fleet(args: argparse.Namespace, n_hosts: int, workdir: Path) -> di
             "wall_s": round(wall, 3), "placements_per_s": round(target / wall, 1),
             "accepted_per_s": round(args.workloads / (max(accepted_at) - t0), 1),
             "process_cpu_s": round(cpu, 2),
-            "rounds": rounds, "phases_s": phases, "placer_busy_s": round(sum(phases.values()), 3),
+            "rounds": rounds, "phases_s": phases, "solver_s": {k: round(v, 3) for k, v in solver.items()}, "placer_busy_s": round(sum(phases.values()), 3),
             "placements_per_busy_s": round(target / sum(phases.values()), 1) if sum(phases.values()) else None,
         })
     finally:
