@@ -18,8 +18,8 @@ Figures, per fleet size:
 * placements/s end to end: replicas placed (committed by the placer) / seconds from the first
   submit to the commit that placed the last one; accepted/s: workloads / seconds to the last
   accepted batch;
-* the placer's own per-phase seconds summed over its rounds (``placer.PlacerStats``): read (the
-  queue and what holds devices), snapshot (allocations over the fleet's snapshot), solve
+* the placer's own per-phase seconds summed over its rounds (``placer.PlacerStats``): queue (the
+  queued workloads read), held (the active replicas read: what holds devices), snapshot (allocations over the fleet's snapshot), solve
   (``place_alternatives``: feasibility, candidates, CP-SAT or greedy), apply (the decision's
   writes and the commit); their sum is the placer's busy time, the rest of the wall time it
   waited for work (debounce, submits);

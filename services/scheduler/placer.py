@@ -60,9 +60,10 @@ class BatchResult:
     timings_s: dict[str, float] = field(default_factory=dict)  # this round's phases (``PHASES``)
 
 
-# A round's phases: read the queue and what holds devices, lay the allocations over the fleet's snapshot,
-# solve (fair order, placement, borrowing), apply the decision and commit it.
-PHASES = ("read", "snapshot", "solve", "apply")
+# A round's phases: read the queue (the queued workloads), read what holds devices (the active replicas), lay
+# the allocations over the fleet's snapshot, solve (fair order, placement, borrowing), apply the decision and
+# commit it.
+PHASES = ("queue", "held", "snapshot", "solve", "apply")
 
 
 @dataclass
@@ -194,6 +195,7 @@ class Placer:
             if not order:
                 return BatchResult()
             wls = await store.read_workloads(session, order, lock=False)
+            tq = time.perf_counter()
             rows = await store.list_active_replicas(session)
         batch, missing = _batch(wls, order)
         if not batch:
@@ -206,7 +208,7 @@ class Placer:
                                                      self.quotas(), self.guarantees(), self.named(), s)
         t3 = time.perf_counter()
         result = await self.apply(decision, batch, missing, borrowed)
-        result.timings_s = {"read": t1 - t0, "snapshot": t2 - t1, "solve": t3 - t2,
+        result.timings_s = {"queue": tq - t0, "held": t1 - tq, "snapshot": t2 - t1, "solve": t3 - t2,
                             "apply": time.perf_counter() - t3}
         self.batches += 1
         self.last = result
