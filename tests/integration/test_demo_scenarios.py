@@ -384,12 +384,13 @@ async def test_demo_cuda_124_work_never_lands_on_an_old_driver(mesh: Mesh, user:
 
 
 async def test_demo_compute_units_land_on_whichever_chips_provide_them(mesh: Mesh, user: dict[str, str]) -> None:
-    # In Jiaxing only Kunlunxin R200s (128 CU each) can add up to 400 CU on one host: Hygon DCUs carry no
-    # FP16 figure and a host of MLU370 dies (48 CU each) reaches 384.
-    local = await _submit(mesh, user, {"name": "cu-jiaxing", "hardware": {"type": "any", "compute_units": 400},
+    # In Jiaxing only the Hygon K100_AI host (8 x 196 CU, an estimate the catalog marks as such) adds up to
+    # 1200 CU of one model: its Kunlunxin R200 host reaches 8 x 128 = 1024, its MLU370 host 384 and its Z100
+    # host 8 x 26.5 = 212.
+    local = await _submit(mesh, user, {"name": "cu-jiaxing", "hardware": {"type": "any", "compute_units": 1200},
                                        "placement": {"sites": ["jiaxing"]}})
     anywhere = await _submit(mesh, user, {"name": "cu-anywhere", "hardware": {"type": "any", "compute_units": 1500}})
-    for wid, need in ((local, 400), (anywhere, 1500)):
+    for wid, need in ((local, 1200), (anywhere, 1500)):
         view = await _until(mesh, user, wid, "running")
         [replica] = view["placement"]
         devices = await _devices_of(mesh, replica)
@@ -398,7 +399,7 @@ async def test_demo_compute_units_land_on_whichever_chips_provide_them(mesh: Mes
         assert view["hardware_type"] in ("any", devices[0]["hardware_type"])
         if wid == local:
             assert replica["site"] == "jiaxing"
-            assert {(d["vendor"], d["model"]) for d in devices} == {("kunlunxin", "R200")}, devices
+            assert {(d["vendor"], d["model"]) for d in devices} == {("hygon", "K100_AI")}, devices
 
 
 async def test_demo_losing_a_simulated_host_reschedules_its_work(mesh: Mesh, user: dict[str, str]) -> None:
