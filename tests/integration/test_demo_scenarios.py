@@ -242,6 +242,20 @@ async def test_demo_two_npus_land_on_two_ascend_devices_of_one_host(mesh: Mesh, 
     assert all(d["vendor"] == "huawei" and d["model"].startswith("Ascend") for d in devices), devices
 
 
+async def test_demo_cpu_work_for_aarch64_runs_on_an_arm_server(mesh: Mesh, user: dict[str, str]) -> None:
+    wid = await _submit(mesh, user, {"name": "arm-etl", "hardware": {"type": "cpu", "arch": "aarch64"},
+                                     "resources": {"cpu": 16, "memory_gib": 32}})
+    view = await _until(mesh, user, wid, "running")
+    [replica] = view["placement"]
+    assert replica["devices"] == [], replica
+    r = await mesh.client.get(f"/v1/hosts/{replica['host_id']}")
+    assert r.status_code == 200, r.text
+    host = r.json()
+    assert host["arch"] == "aarch64" and host["facts"]["cpu_model"], host["facts"]
+    # CPU-only servers first, so accelerators are not stranded: the demo has CPU-only ARM servers.
+    assert host["devices"] == [], host["devices"]
+
+
 async def test_demo_two_half_a100_shares_run_on_one_device(mesh: Mesh, user: dict[str, str]) -> None:
     spec = {"name": "half-a100", "hardware": {"type": "gpu", "vendor": "nvidia", "model": "A100*", "share": 0.5}}
     first, second = await _submit(mesh, user, spec), await _submit(mesh, user, spec)
