@@ -256,6 +256,19 @@ async def test_demo_cpu_work_for_aarch64_runs_on_an_arm_server(mesh: Mesh, user:
     assert host["devices"] == [], host["devices"]
 
 
+async def test_demo_ordered_alternatives_fall_back_to_the_second_and_the_placement_names_it(
+        mesh: Mesh, user: dict[str, str]) -> None:
+    # The demo fleet has no AMD hosts, so 8 x MI300X cannot be placed and the second choice, 8 x Ascend 910B, is.
+    wid = await _submit(mesh, user, {"name": "alt", "hardware": [
+        {"type": "gpu", "model": "MI300X", "count": 8}, {"type": "npu", "model": "Ascend910B*", "count": 8}]})
+    view = await _until(mesh, user, wid, "running")
+    [replica] = view["placement"]
+    assert replica["resources"]["alternative"] == 1, replica
+    devices = await _devices_of(mesh, replica)
+    assert len(devices) == 8 and all(d["model"].startswith("Ascend910B") for d in devices), devices
+    assert any("alternative 1" in h["reason"] for h in view["history"]), view["history"]
+
+
 async def test_demo_two_half_a100_shares_run_on_one_device(mesh: Mesh, user: dict[str, str]) -> None:
     spec = {"name": "half-a100", "hardware": {"type": "gpu", "vendor": "nvidia", "model": "A100*", "share": 0.5}}
     first, second = await _submit(mesh, user, spec), await _submit(mesh, user, spec)
