@@ -101,7 +101,15 @@ def _validate(model: type[_M], data: Mapping[str, Any], label: str) -> _M:
 
 
 def _check_compute_units(device: DeviceModel, notes: str | None, label: str) -> None:
-    """1 CU = 1 TFLOPS dense FP16; INT8/2 where only INT8 is published; 0 where neither is."""
+    """1 CU = 1 TFLOPS dense FP16; INT8/2 where only INT8 is published; else 0, or an estimate marked as such."""
+    if device.compute_units_estimated:
+        if device.fp16_tflops is not None or device.int8_tops is not None:
+            raise SeedDataError(f"{label}: compute_units_estimated with a published fp16_tflops/int8_tops; "
+                                "the published figure sets compute_units")
+        if device.compute_units <= 0 or not (notes or "").startswith("Estimate"):
+            raise SeedDataError(f"{label}: an estimated compute_units must be above 0 and its 'notes' must start "
+                                "with 'Estimate' and give the reasoning")
+        return
     if device.fp16_tflops is not None:
         expected, basis = device.fp16_tflops, "fp16_tflops"
     elif device.int8_tops is not None:

@@ -45,6 +45,9 @@ class DeviceModel(BaseModel):
     int8_tops: float | None = Field(default=None, ge=0)
     interconnect: str | None = Field(default=None, description="e.g. 'NVLink 600 GB/s', 'HCCS', 'PCIe 4.0'.")
     compute_units: float = Field(ge=0, description=COMPUTE_UNIT_DEFINITION + ", per package as published.")
+    compute_units_estimated: bool = Field(default=False, description=(
+        "True when compute_units is an estimate, not a published FP16/INT8 figure (fp16_tflops and int8_tops "
+        "then stay null); source says what the estimate rests on. An operator replaces it with PUT /v1/catalog."))
     devices_per_package: int = Field(default=1, ge=1, le=16, description=(
         "How many devices the vendor tool lists for one package (MI250X: 2 GCDs; MLU370-X8: 2 chips). The figures "
         "above are per package; each listed device holds 1/N of them."))

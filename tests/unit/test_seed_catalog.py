@@ -77,7 +77,10 @@ def test_catalog_vendors_are_known_keys(catalog: list[DeviceModel]) -> None:
 def test_catalog_compute_units_follow_the_fp16_rule() -> None:
     for entry in load_catalog_entries():
         m = entry.device
-        if m.fp16_tflops is not None:
+        if m.compute_units_estimated:
+            assert m.fp16_tflops is None and m.int8_tops is None and m.compute_units > 0, m.model
+            assert entry.notes and entry.notes.startswith("Estimate"), m.model
+        elif m.fp16_tflops is not None:
             assert math.isclose(m.compute_units, m.fp16_tflops), m.model
         elif m.int8_tops is not None:
             assert math.isclose(m.compute_units, m.int8_tops / 2), m.model
@@ -161,7 +164,8 @@ def test_catalog_pins_published_figures(
 def test_catalog_unpublished_figures_stay_null(catalog: list[DeviceModel]) -> None:
     by_model = _by_model(catalog)
     assert by_model["T4"].bf16_tflops is None  # Turing has no BF16
-    assert by_model["K100_AI"].fp16_tflops is None and by_model["K100_AI"].compute_units == 0
+    assert by_model["K100_AI"].fp16_tflops is None and by_model["K100_AI"].compute_units_estimated
+    assert by_model["K100"].fp16_tflops is None and by_model["K100"].compute_units == 0
     assert by_model["MI308X"].fp16_tflops is None
 
 
@@ -292,6 +296,35 @@ def test_parse_catalog_rejects_compute_units_off_the_fp16_rule() -> None:
     )
     with pytest.raises(SeedDataError, match=r"entry 0 \(nvidia/X1\): compute_units is 12"):
         parse_catalog(text, "test.yaml")
+
+
+def test_catalog_every_demo_fleet_model_has_compute_units() -> None:
+    from agent.sim.fleet import PROFILES
+    entries = {(e.device.vendor, e.device.model): e.device for e in load_catalog_entries()}
+    for p in PROFILES.values():
+        if p.hardware_type is None or p.hardware_type.value == "fpga":
+            continue
+        m = entries[(p.vendor, p.model)]
+        assert m.compute_units > 0, f"{p.vendor}/{p.model} counts 0 CU, so vendor-neutral requests never use it"
+
+
+@pytest.mark.parametrize(("row", "error"), [
+    ("fp16_tflops: 10, compute_units: 12, compute_units_estimated: true, notes: Estimate from x",
+     "with a published fp16_tflops"),
+    ("compute_units: 12, compute_units_estimated: true, notes: from somewhere", "must start with 'Estimate'"),
+    ("compute_units: 0, compute_units_estimated: true, notes: Estimate from x", "must be above 0"),
+])
+def test_parse_catalog_rejects_estimates_not_marked_as_such(row: str, error: str) -> None:
+    text = f"models:\n  - {{vendor: hygon, model: X1, hardware_type: dcu, memory_gib: 8, source: s, {row}}}\n"
+    with pytest.raises(SeedDataError, match=error):
+        parse_catalog(text, "test.yaml")
+
+
+def test_parse_catalog_accepts_a_marked_estimate() -> None:
+    text = ("models:\n  - {vendor: hygon, model: X1, hardware_type: dcu, memory_gib: 8, source: s, compute_units: 12,"
+            " compute_units_estimated: true, notes: Estimate from the X0's figure}\n")
+    (entry,) = parse_catalog(text, "test.yaml")
+    assert entry.device.compute_units == 12 and entry.device.compute_units_estimated
 
 
 def test_parse_catalog_rejects_duplicate_models() -> None:
