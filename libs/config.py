@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from libs.schemas.inventory import check_labels
@@ -64,6 +64,19 @@ class EnrollmentSettings(BaseModel):
     credential_ttl_days: float = Field(default=365.0, gt=0, description="Lifetime of an enrolled host's NATS credentials; re-enroll to rotate them before they expire.")
     push_timeout_s: float = Field(default=5.0, gt=0, description="Timeout of pushing a revocation to the NATS server.")
     revocation_resync_s: float = Field(default=60.0, gt=0, description="How often the gateway pushes the whole revocation list to the NATS server again (a restarted server learns it back).")
+
+
+class ElectionSettings(BaseModel):
+    """Leases of the singleton services (registry, scheduler, metrics): one instance acts, the others stand by."""
+
+    ttl_s: float = Field(default=3.0, gt=0, description="How long a lease lives after its last renewal: a dead leader's standby takes over within this plus renew_s (the KV bucket's max age; fixed when the bucket is first created).")
+    renew_s: float = Field(default=1.0, gt=0, description="How often the leader renews its lease, and how often a standby tries to take it.")
+
+    @model_validator(mode="after")
+    def _renew_within_ttl(self) -> ElectionSettings:
+        if self.renew_s * 2 > self.ttl_s:
+            raise ValueError("election.renew_s must be at most half of election.ttl_s")
+        return self
 
 
 class DatabaseSettings(BaseModel):
@@ -275,6 +288,7 @@ class Settings(BaseSettings):
     embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings, description="The embedded runtime.")
     bus: BusSettings = Field(default_factory=BusSettings, description="NATS and JetStream.")
     db: DatabaseSettings = Field(default_factory=DatabaseSettings, description="PostgreSQL pools.")
+    election: ElectionSettings = Field(default_factory=ElectionSettings, description="Leases of the singleton services.")
     registry: RegistrySettings = Field(default_factory=RegistrySettings, description="Membership and liveness.")
     metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Telemetry, rollups, alerts.")
     inventory: InventorySettings = Field(default_factory=InventorySettings, description="Inventory: sites, catalog, telemetry intake.")

@@ -52,6 +52,8 @@ from libs.bus.consumer import Batch, Decoder, PullConsumer, SeenIds, envelope
 from libs.bus.errors import BusError, InvalidRequest
 from libs.bus.outcomes import Redelivery, reject, run_handler
 from libs.config import Settings
+from libs.db.fencing import claim_fence, fenced_sessionmaker
+from libs.election import KvLease
 from libs.events import CloudEvent, EventTypes, InvalidEnvelope
 from libs.exposure import check_exposure
 from libs.httpserve import HttpServer
@@ -88,6 +90,7 @@ class Context(Generic[S]):
     inflight: set[asyncio.Task[None]] = field(default_factory=set)
     consumers: list[PullConsumer[Any]] = field(default_factory=list)
     servers: list[HttpServer] = field(default_factory=list)
+    leader_token: int | None = None  # a singleton's fencing token while this instance leads
     _state: S | None = None
 
     @property
@@ -155,9 +158,11 @@ def _hints(fn: Callable[..., Any]) -> tuple[Any, Any]:
 
 
 class ServiceApp(Generic[S]):
-    def __init__(self, name: str, *, state: StateLoader | None = None, uses_db: bool = True) -> None:
+    def __init__(self, name: str, *, state: StateLoader | None = None, uses_db: bool = True,
+                 singleton: bool = False) -> None:
         self.name = subjects.check_token(name, "service name")
         self.uses_db = uses_db
+        self.singleton = singleton  # one instance acts (libs/election.py); the others stand by
         self.state_loader = state
         self.endpoints: dict[str, _Endpoint] = {}
         self.consumers: list[_Consumer] = []
@@ -314,9 +319,10 @@ class ServiceApp(Generic[S]):
                 checks[name] = await asyncio.wait_for(check(ctx), timeout=2.0)
             except Exception:
                 checks[name] = False
+        role = None if not self.singleton else "leader" if ctx.leader_token is not None else "standby"
         return ServiceHealth(service=self.name, instance=ctx.instance, version=__version__,
                              status="ok" if all(checks.values()) else "degraded", checks=checks,
-                             uptime_s=round(time.time() - ctx.started_at, 1))
+                             uptime_s=round(time.time() - ctx.started_at, 1), role=role)
 
     def _request_callback(self, ep: _Endpoint, ctx: Context[S]) -> Callable[[Msg], Awaitable[None]]:
         if ep.concurrency == 1:
@@ -340,8 +346,26 @@ class ServiceApp(Generic[S]):
             task.add_done_callback(inflight.discard)
         return concurrent
 
+    def _health_cb(self, ctx: Context[S]) -> Callable[[Msg], Awaitable[None]]:
+        async def health_cb(msg: Msg) -> None:
+            if msg.reply:
+                await ctx.bus.nc.publish(msg.reply, (await self.health(ctx)).model_dump_json().encode())
+        return health_cb
+
+    async def start_control(self, ctx: Context[S]) -> list[asyncio.Task[Any]]:
+        """What every instance runs, a standby too: the control broadcasts and the heartbeat."""
+        async def metrics_cb(msg: Msg) -> None:
+            if msg.reply:
+                await ctx.bus.nc.publish(msg.reply, exposition())
+
+        await ctx.bus.nc.subscribe(subjects.CTL_HEALTH, cb=self._health_cb(ctx))
+        await ctx.bus.nc.subscribe(subjects.CTL_METRICS, cb=metrics_cb)
+        heartbeat = Every("heartbeat", self._heartbeat, lambda s: s.heartbeat_interval_s)
+        return [asyncio.create_task(heartbeat.run(self.name, ctx), name="every:heartbeat")]
+
     async def start(self, ctx: Context[S]) -> list[asyncio.Task[Any]]:
-        """Load the state, start every handler; return the running tasks (the caller cancels them at shutdown)."""
+        """Load the state, start every handler; return the running tasks (the caller cancels them at shutdown).
+        A singleton's instance calls this once it leads; ``xpumesh.rpc.<name>.health`` answers from then on."""
         if self.state_loader is not None:
             ctx._state = await self.state_loader(ctx)
         nc = ctx.bus.nc
@@ -349,18 +373,7 @@ class ServiceApp(Generic[S]):
             cb = self._request_callback(ep, ctx)
             await nc.subscribe(subjects.rpc_subject(self.name, ep.name), queue=self.name, cb=cb,
                                pending_msgs_limit=ctx.settings.bus.max_pending_messages)
-
-        async def health_cb(msg: Msg) -> None:
-            if msg.reply:
-                await nc.publish(msg.reply, (await self.health(ctx)).model_dump_json().encode())
-
-        async def metrics_cb(msg: Msg) -> None:
-            if msg.reply:
-                await nc.publish(msg.reply, exposition())
-
-        await nc.subscribe(subjects.rpc_subject(self.name, "health"), queue=self.name, cb=health_cb)
-        await nc.subscribe(subjects.CTL_HEALTH, cb=health_cb)
-        await nc.subscribe(subjects.CTL_METRICS, cb=metrics_cb)
+        await nc.subscribe(subjects.rpc_subject(self.name, "health"), queue=self.name, cb=self._health_cb(ctx))
         for hook in self.startup:
             await hook(ctx)
         tasks = []
@@ -380,8 +393,6 @@ class ServiceApp(Generic[S]):
             tasks.append(asyncio.create_task(server.run(), name=f"http:{self.name}"))
         tasks += [asyncio.create_task(loop.run(self.name, ctx), name=f"every:{loop.name}") for loop in self.loops]
         tasks += [asyncio.create_task(t(ctx), name=f"task:{t.__name__}") for t in self.tasks]
-        heartbeat = Every("heartbeat", self._heartbeat, lambda s: s.heartbeat_interval_s)
-        tasks.append(asyncio.create_task(heartbeat.run(self.name, ctx), name="every:heartbeat"))
         SERVICE_UP.labels(self.name, ctx.instance).set(1)
         return tasks
 
@@ -447,7 +458,13 @@ async def serve(app: ServiceApp[Any], settings: Settings, *, ready: asyncio.Even
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
             pass
-    tasks = await app.start(ctx)
+    lost = bus.lost or asyncio.Event()
+    deposed = asyncio.Event()
+    tasks = await app.start_control(ctx)
+    election = KvLease(bus, app.name, instance, settings.election) if app.singleton else None
+    if election is not None and not await _lead(app, ctx, election, stop, lost, deposed, tasks):
+        return await _close(app, ctx, tasks, election, lost, stop)
+    tasks += await app.start(ctx)
     # The server has every subscription before we call ourselves ready. nats-py's flush() can put its PING
     # ahead of SUBs still sitting in the pending buffer, so push that buffer out first.
     await bus.nc._flush_pending(force_flush=True)
@@ -455,13 +472,51 @@ async def serve(app: ServiceApp[Any], settings: Settings, *, ready: asyncio.Even
     log.info("%s %s ready", app.name, instance)
     if ready is not None:
         ready.set()
-    lost = bus.lost or asyncio.Event()
-    await first_of(stop, lost)
+    await first_of(stop, lost, deposed)
     log.info("%s %s stopping", app.name, instance)
+    await _close(app, ctx, tasks, election, lost, stop)
+    if deposed.is_set() and not stop.is_set():
+        raise RuntimeError(f"{app.name} {instance} lost its lease: it stops and starts again as a standby")
+
+
+async def _lead(app: ServiceApp[Any], ctx: Context[Any], election: KvLease, stop: asyncio.Event,
+                lost: asyncio.Event, deposed: asyncio.Event, tasks: list[asyncio.Task[Any]]) -> bool:
+    """Stand by until this instance leads (False if stopped, or its connection lost, first); then fence
+    its database sessions with its token and keep the lease in a task that sets ``deposed`` when lost."""
+    either = asyncio.Event()
+
+    async def relay() -> None:
+        await first_of(stop, lost)
+        either.set()
+    relaying = asyncio.create_task(relay())
+    try:
+        token = await election.campaign(either)
+    finally:
+        relaying.cancel()
+    if token is None:
+        return False
+    if ctx.engine is not None:
+        before = await claim_fence(ctx.engine, app.name, token)
+        log.info("%s %s claimed the fence: token %d (before: %d)", app.name, ctx.instance, token, before)
+        ctx.sessions = fenced_sessionmaker(ctx.engine, app.name, app.name, token)
+    ctx.leader_token = token
+
+    async def hold() -> None:
+        await election.hold(stop)
+        if not stop.is_set():
+            deposed.set()
+    tasks.append(asyncio.create_task(hold(), name="lease"))
+    return True
+
+
+async def _close(app: ServiceApp[Any], ctx: Context[Any], tasks: list[asyncio.Task[Any]], election: KvLease | None,
+                 lost: asyncio.Event, stop: asyncio.Event) -> None:
     await app.stop(ctx, tasks)
-    await bus.close()
+    if election is not None and ctx.leader_token is not None:
+        await election.resign()  # after the drain: a standby starts once nothing of ours still writes
+    await ctx.bus.close()
     if ctx.engine is not None:
         await ctx.engine.dispose()
     shutdown_tracing()
     if lost.is_set() and not stop.is_set():
-        raise RuntimeError(bus.lost_reason())
+        raise RuntimeError(ctx.bus.lost_reason())
