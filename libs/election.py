@@ -51,8 +51,9 @@ class Election(Protocol):
 
     token: int | None  # the fencing token while leading
 
-    async def campaign(self, stop: asyncio.Event) -> int | None:
-        """Wait until this instance leads (its fencing token) or ``stop`` is set (None)."""
+    async def campaign(self, stop: asyncio.Event, standing_by: asyncio.Event | None = None) -> int | None:
+        """Wait until this instance leads (its fencing token) or ``stop`` is set (None); ``standing_by`` is
+        set once the lease was found held by another instance."""
 
     async def hold(self, stop: asyncio.Event) -> None:
         """Keep the lease until ``stop`` is set or it is lost; return then."""
@@ -90,7 +91,7 @@ class KvLease:
             return None
         return entry.value.decode() if entry.value else None
 
-    async def campaign(self, stop: asyncio.Event) -> int | None:
+    async def campaign(self, stop: asyncio.Event, standing_by: asyncio.Event | None = None) -> int | None:
         value = self.instance.encode()
         waited = False
         while not stop.is_set():
@@ -101,6 +102,8 @@ class KvLease:
                     log.info("%s %s stands by: the lease is held by %s", self.service, self.instance,
                              await self.holder())
                     waited = True
+                    if standing_by is not None:
+                        standing_by.set()
             except (TimeoutError, NatsError) as exc:
                 log.warning("%s %s cannot campaign now: %s", self.service, self.instance, type(exc).__name__)
             else:

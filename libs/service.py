@@ -49,10 +49,10 @@ from libs.aio import first_of
 from libs.bus import subjects
 from libs.bus.connection import ERROR_HEADER, Bus
 from libs.bus.consumer import Batch, Decoder, PullConsumer, SeenIds, envelope
-from libs.bus.errors import BusError, InvalidRequest
+from libs.bus.errors import BusError, InvalidRequest, Unavailable
 from libs.bus.outcomes import Redelivery, reject, run_handler
 from libs.config import Settings
-from libs.db.fencing import claim_fence, fenced_sessionmaker
+from libs.db.fencing import Fenced, claim_fence, fenced_sessionmaker
 from libs.election import KvLease
 from libs.events import CloudEvent, EventTypes, InvalidEnvelope
 from libs.exposure import check_exposure
@@ -264,6 +264,11 @@ class ServiceApp(Generic[S]):
                 body, failed, outcome = exc.body().model_dump_json().encode(), True, exc.code
                 if isinstance(exc, InvalidRequest):
                     reject(self.name, ep.name, "invalid_request")
+            except Fenced:  # a deposed leader: the caller retries, and its retry reaches the new one
+                log.warning("%s.%s refused: this instance no longer leads", self.name, ep.name)
+                body, failed, outcome = Unavailable(f"{self.name} {ctx.instance} no longer leads; retry",
+                                                    title="Leader changed").body().model_dump_json().encode(), \
+                    True, "fenced"
             except Exception:
                 log.exception("%s.%s failed", self.name, ep.name)
                 span.set_status(trace.StatusCode.ERROR)
@@ -462,7 +467,7 @@ async def serve(app: ServiceApp[Any], settings: Settings, *, ready: asyncio.Even
     deposed = asyncio.Event()
     tasks = await app.start_control(ctx)
     election = KvLease(bus, app.name, instance, settings.election) if app.singleton else None
-    if election is not None and not await _lead(app, ctx, election, stop, lost, deposed, tasks):
+    if election is not None and not await _lead(app, ctx, election, stop, lost, deposed, tasks, ready):
         return await _close(app, ctx, tasks, election, lost, stop)
     tasks += await app.start(ctx)
     # The server has every subscription before we call ourselves ready. nats-py's flush() can put its PING
@@ -480,9 +485,11 @@ async def serve(app: ServiceApp[Any], settings: Settings, *, ready: asyncio.Even
 
 
 async def _lead(app: ServiceApp[Any], ctx: Context[Any], election: KvLease, stop: asyncio.Event,
-                lost: asyncio.Event, deposed: asyncio.Event, tasks: list[asyncio.Task[Any]]) -> bool:
+                lost: asyncio.Event, deposed: asyncio.Event, tasks: list[asyncio.Task[Any]],
+                ready: asyncio.Event | None) -> bool:
     """Stand by until this instance leads (False if stopped, or its connection lost, first); then fence
-    its database sessions with its token and keep the lease in a task that sets ``deposed`` when lost."""
+    its database sessions with its token and keep the lease in a task that sets ``deposed`` when lost.
+    A standby is ready (``ready`` set) once it has found the lease held by another instance."""
     either = asyncio.Event()
 
     async def relay() -> None:
@@ -490,7 +497,7 @@ async def _lead(app: ServiceApp[Any], ctx: Context[Any], election: KvLease, stop
         either.set()
     relaying = asyncio.create_task(relay())
     try:
-        token = await election.campaign(either)
+        token = await election.campaign(either, standing_by=ready)
     finally:
         relaying.cancel()
     if token is None:
@@ -498,7 +505,7 @@ async def _lead(app: ServiceApp[Any], ctx: Context[Any], election: KvLease, stop
     if ctx.engine is not None:
         before = await claim_fence(ctx.engine, app.name, token)
         log.info("%s %s claimed the fence: token %d (before: %d)", app.name, ctx.instance, token, before)
-        ctx.sessions = fenced_sessionmaker(ctx.engine, app.name, app.name, token)
+        ctx.sessions = fenced_sessionmaker(ctx.engine, app.name, app.name, token, on_fenced=deposed.set)
     ctx.leader_token = token
 
     async def hold() -> None:

@@ -13,6 +13,7 @@ claim sees the higher token. So no write of the old leader commits after the new
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import event, text
@@ -51,8 +52,10 @@ async def read_fence(engine: AsyncEngine, schema: str) -> int:
         return int((await conn.execute(text(f"SELECT token FROM {s}.{TABLE} WHERE id = 1"))).scalar() or 0)
 
 
-def fenced_sessionmaker(engine: AsyncEngine, schema: str, service: str, token: int) -> async_sessionmaker[AsyncSession]:
-    """Sessions whose every transaction first checks that ``token`` is still the highest claimed."""
+def fenced_sessionmaker(engine: AsyncEngine, schema: str, service: str, token: int,
+                        on_fenced: Callable[[], None] | None = None) -> async_sessionmaker[AsyncSession]:
+    """Sessions whose every transaction first checks that ``token`` is still the highest claimed;
+    ``on_fenced`` is called when one finds it is not (the instance then stops acting at once)."""
     s = _check_token(schema)
     check = text(f"SELECT token FROM {s}.{TABLE} WHERE id = 1 FOR SHARE")
 
@@ -64,6 +67,8 @@ def fenced_sessionmaker(engine: AsyncEngine, schema: str, service: str, token: i
         current = connection.execute(check).scalar()
         if current is not None and int(current) > token:
             FENCED.labels(service).inc()
+            if on_fenced is not None:
+                on_fenced()
             raise Fenced(f"{service}: fencing token {token} is stale (a newer leader holds {current})")
 
     return async_sessionmaker(engine, expire_on_commit=False, sync_session_class=FencedSession)

@@ -1,0 +1,104 @@
+"""Leader election of the singleton services on real NATS (JetStream KV) and PostgreSQL (the fence row).
+
+In-process instances here; killed and paused processes in ``test_failover``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlalchemy import text
+
+from libs.bus import subjects
+from libs.bus.connection import Bus
+from libs.config import Settings
+from libs.db import make_engine, session_scope
+from libs.db.fencing import Fenced, claim_fence, fenced_sessionmaker, read_fence
+from libs.schemas.registry import ServiceHealth
+from services.registry.api import app as registry_app
+from services.scheduler.api import app as scheduler_app
+from tests.conftest import assert_eventually
+from tests.integration.test_scheduler_kit import fast, submit
+
+
+def _instance(settings: Settings, name: str) -> Settings:
+    return settings.model_copy(update={"instance_id": name})
+
+
+async def roles(bus: Bus, service: str) -> dict[str, str | None]:
+    """Every instance of ``service`` that answers the health broadcast, with its role."""
+    out: dict[str, str | None] = {}
+    for msg in await bus.scatter(subjects.CTL_HEALTH, window_s=0.5):
+        h = ServiceHealth.model_validate_json(msg.data)
+        if h.service == service:
+            out[h.instance] = h.role
+    return out
+
+
+async def test_election_two_schedulers_one_leads_the_other_takes_over_when_it_stops(
+        settings, running_service, bus: Bus) -> None:
+    s = fast(settings)
+    a = await running_service(scheduler_app, _instance(s, "sched-a"))
+    b = await running_service(scheduler_app, _instance(s, "sched-b"))
+    assert await roles(bus, "scheduler") == {"sched-a": "leader", "sched-b": "standby"}
+    view = await submit(bus, {"name": "w", "hardware": {"type": "gpu"}})
+    assert view.created
+    await a.stop()  # a graceful stop gives the lease up: the standby need not wait for it to expire
+    started = asyncio.get_running_loop().time()
+    await assert_eventually(lambda: _leads(bus, "sched-b"), timeout=5, interval=0.1, message="sched-b leads")
+    assert asyncio.get_running_loop().time() - started < s.election.renew_s + 1.5
+    assert (await submit(bus, {"name": "w2", "hardware": {"type": "gpu"}})).created
+    assert not b.task.done()
+
+
+async def _leads(bus: Bus, instance: str) -> bool:
+    return (await roles(bus, "scheduler")).get(instance) == "leader"
+
+
+async def test_election_registry_standby_does_not_answer_until_it_leads(settings, running_service, bus: Bus) -> None:
+    await running_service(registry_app, _instance(settings, "reg-a"))
+    await running_service(registry_app, _instance(settings, "reg-b"))
+    got = await roles(bus, "registry")
+    assert sorted(got.values()) == ["leader", "standby"], got
+    leader = next(i for i, r in got.items() if r == "leader")
+    for _ in range(5):  # the queue group holds the leader alone
+        h = await bus.request(subjects.rpc_subject("registry", "health"), None, ServiceHealth)
+        assert h.instance == leader
+
+
+async def test_election_fence_orders_the_old_leaders_last_commit_before_the_new_leaders_claim(
+        settings, running_service, database_url: str) -> None:
+    """A transaction of the old leader that passed its check holds the fence row FOR SHARE: the successor's
+    claim waits for it to end, and every later transaction of the old leader fails with Fenced."""
+    await running_service(scheduler_app, settings)  # migrates nothing, but proves the schema is at head
+    engine = make_engine(settings.database_dsn(), settings.db)
+    try:
+        old = await read_fence(engine, "scheduler")
+        assert old > 0  # the running leader claimed it
+        fenced: list[bool] = []
+        sessions = fenced_sessionmaker(engine, "scheduler", "scheduler", old, on_fenced=lambda: fenced.append(True))
+        inside, claimed = asyncio.Event(), asyncio.Event()
+
+        async def old_leader_writes() -> None:
+            async with session_scope(sessions) as session:
+                await session.execute(text("UPDATE scheduler.leader_fence SET claimed_at = claimed_at"))
+                inside.set()
+                await asyncio.sleep(0.5)
+                assert not claimed.is_set()  # the successor waits for this transaction
+
+        async def successor_claims() -> None:
+            await inside.wait()
+            await claim_fence(engine, "scheduler", old + 10)
+            claimed.set()
+
+        await asyncio.gather(old_leader_writes(), successor_claims())
+        assert await read_fence(engine, "scheduler") == old + 10
+        with pytest.raises(Fenced, match="stale"):
+            async with session_scope(sessions) as session:
+                await session.execute(text("SELECT 1"))
+        assert fenced == [True]
+        assert await claim_fence(engine, "scheduler", old) == old + 10  # GREATEST: a lower token never wins back
+        assert await read_fence(engine, "scheduler") == old + 10
+    finally:
+        await engine.dispose()
