@@ -14,15 +14,21 @@ others stand by, connected, and take over when the lease is free.
   on its own ``ttl_s`` after the last renewal (the bucket's max age), so a dead or cut-off
   leader loses it within a bounded time whatever the failure.
 - The KV revision of the key the winner created is the stream sequence of that write: strictly
-  greater for every later holder. That is the fencing token (``libs/db/fencing.py``): each
+  greater for every later holder. With the bucket's creation time before it (a bucket made anew
+  after NATS lost its data counts from 1 again, in a higher epoch) it is the fencing token
+  (``libs/db/fencing.py``): each
   transaction of the leader checks it against the highest one written to its schema, so a
   deposed leader that has not yet noticed cannot commit after its successor took over.
 
 A lease is held by renewing it every ``renew_s`` with a compare-and-set on the revision; a
 renewal that fails because the key changed means someone else holds it (lost at once); a
 leader that could not renew for ``ttl_s - renew_s`` gives up on its own, before the key can
-have expired at the server. A graceful stop deletes the key, so a standby takes over within
-``renew_s``.
+have expired at the server. A standby tries to create the key every ``campaign_s``. A graceful
+stop deletes the key, so a standby takes over within ``campaign_s``; a killed leader's key
+expires ``ttl_s`` after its last renewal.
+
+Timing alone never makes it safe (a paused process wakes up believing it leads): the fence row
+does. A deposed leader's transactions fail (``Fenced``) from the moment its successor claimed.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from nats.js.kv import KeyValue
 from libs.bus import subjects
 from libs.bus.connection import Bus
 from libs.config import ElectionSettings
+from libs.db.fencing import FenceToken
 from libs.metrics import LEADER
 
 log = logging.getLogger(__name__)
@@ -49,9 +56,9 @@ BUCKET = subjects.LEASE_BUCKET
 class Election(Protocol):
     """How a singleton instance becomes, stays and stops being its service's leader."""
 
-    token: int | None  # the fencing token while leading
+    token: FenceToken | None  # the fencing token while leading
 
-    async def campaign(self, stop: asyncio.Event, standing_by: asyncio.Event | None = None) -> int | None:
+    async def campaign(self, stop: asyncio.Event, standing_by: asyncio.Event | None = None) -> FenceToken | None:
         """Wait until this instance leads (its fencing token) or ``stop`` is set (None); ``standing_by`` is
         set once the lease was found held by another instance."""
 
@@ -65,12 +72,13 @@ class Election(Protocol):
 class KvLease:
     """An :class:`Election` on a JetStream KV bucket (key = service name, value = instance id)."""
 
-    def __init__(self, bus: Bus, service: str, instance: str, settings: ElectionSettings) -> None:
+    def __init__(self, bus: Bus, service: str, instance: str, settings: ElectionSettings, replicas: int = 1) -> None:
+        self.replicas = replicas  # of the bucket's stream, when this instance creates it
         self.bus = bus
         self.service = subjects.check_token(service, "service")
         self.instance = instance
         self.settings = settings
-        self.token: int | None = None
+        self.token: FenceToken | None = None
         self._revision: int | None = None
         self._kv: KeyValue | None = None
 
@@ -80,6 +88,7 @@ class KvLease:
                 self._kv = await self.bus.js.key_value(BUCKET)
             except (BucketNotFoundError, NotFoundError):
                 self._kv = await self.bus.js.create_key_value(bucket=BUCKET, ttl=self.settings.ttl_s, history=1,
+                                                              replicas=self.replicas,
                                                               description="xpumesh singleton leases")
         return self._kv
 
@@ -91,12 +100,13 @@ class KvLease:
             return None
         return entry.value.decode() if entry.value else None
 
-    async def campaign(self, stop: asyncio.Event, standing_by: asyncio.Event | None = None) -> int | None:
+    async def campaign(self, stop: asyncio.Event, standing_by: asyncio.Event | None = None) -> FenceToken | None:
         value = self.instance.encode()
         waited = False
         while not stop.is_set():
             try:
                 revision = await (await self._bucket()).create(self.service, value)
+                info = await self.bus.js.stream_info(subjects.LEASE_STREAM)
             except KeyWrongLastSequenceError:  # held by another instance
                 if not waited:
                     log.info("%s %s stands by: the lease is held by %s", self.service, self.instance,
@@ -107,12 +117,13 @@ class KvLease:
             except (TimeoutError, NatsError) as exc:
                 log.warning("%s %s cannot campaign now: %s", self.service, self.instance, type(exc).__name__)
             else:
-                self.token = self._revision = revision
+                self._revision = revision
+                self.token = FenceToken(int(info.created.timestamp() * 1000) if info.created else 0, revision)
                 LEADER.labels(self.service, self.instance).set(1)
-                log.info("%s %s leads (fencing token %d)", self.service, self.instance, revision)
-                return revision
+                log.info("%s %s leads (fencing token %s)", self.service, self.instance, tuple(self.token))
+                return self.token
             try:
-                await asyncio.wait_for(stop.wait(), timeout=self.settings.renew_s)
+                await asyncio.wait_for(stop.wait(), timeout=self.settings.campaign_s)
             except TimeoutError:
                 pass
         return None

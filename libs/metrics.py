@@ -34,6 +34,8 @@ LEADER = Gauge("xpumesh_leader", "1 while this instance of a singleton service h
                ["service", "instance"])
 FENCED = Counter("xpumesh_fenced_transactions_total",
                  "Transactions refused because a newer leader of the service has claimed the fence.", ["service"])
+BUS_RETRIES = Counter("xpumesh_bus_retries_total", "Requests asked again because no instance answered (no responders, "
+                      "a timeout, a leader change), by service, endpoint and reason.", ["service", "endpoint", "reason"])
 OUTBOX_PENDING = Gauge("xpumesh_outbox_pending", "Outbox rows not yet relayed to JetStream.", ["service"])
 
 

@@ -52,7 +52,7 @@ from libs.bus.consumer import Batch, Decoder, PullConsumer, SeenIds, envelope
 from libs.bus.errors import BusError, InvalidRequest, Unavailable
 from libs.bus.outcomes import Redelivery, reject, run_handler
 from libs.config import Settings
-from libs.db.fencing import Fenced, claim_fence, fenced_sessionmaker
+from libs.db.fencing import Fenced, FenceToken, claim_fence, fenced_sessionmaker
 from libs.election import KvLease
 from libs.events import CloudEvent, EventTypes, InvalidEnvelope
 from libs.exposure import check_exposure
@@ -90,7 +90,7 @@ class Context(Generic[S]):
     inflight: set[asyncio.Task[None]] = field(default_factory=set)
     consumers: list[PullConsumer[Any]] = field(default_factory=list)
     servers: list[HttpServer] = field(default_factory=list)
-    leader_token: int | None = None  # a singleton's fencing token while this instance leads
+    leader_token: FenceToken | None = None  # a singleton's fencing token while this instance leads
     _state: S | None = None
 
     @property
@@ -466,7 +466,7 @@ async def serve(app: ServiceApp[Any], settings: Settings, *, ready: asyncio.Even
     lost = bus.lost or asyncio.Event()
     deposed = asyncio.Event()
     tasks = await app.start_control(ctx)
-    election = KvLease(bus, app.name, instance, settings.election) if app.singleton else None
+    election = KvLease(bus, app.name, instance, settings.election, settings.bus.replicas) if app.singleton else None
     if election is not None and not await _lead(app, ctx, election, stop, lost, deposed, tasks, ready):
         return await _close(app, ctx, tasks, election, lost, stop)
     tasks += await app.start(ctx)
@@ -504,7 +504,11 @@ async def _lead(app: ServiceApp[Any], ctx: Context[Any], election: KvLease, stop
         return False
     if ctx.engine is not None:
         before = await claim_fence(ctx.engine, app.name, token)
-        log.info("%s %s claimed the fence: token %d (before: %d)", app.name, ctx.instance, token, before)
+        if before > token:  # won a lease that had already expired again, or a stale bucket: stand by anew
+            await election.resign()
+            raise RuntimeError(f"{app.name} {ctx.instance}: the fence holds {tuple(before)}, above this lease's "
+                               f"{tuple(token)}; it starts again as a standby")
+        log.info("%s %s claimed the fence: token %s (before: %s)", app.name, ctx.instance, tuple(token), tuple(before))
         ctx.sessions = fenced_sessionmaker(ctx.engine, app.name, app.name, token, on_fenced=deposed.set)
     ctx.leader_token = token
 

@@ -1,8 +1,10 @@
 """Fencing tokens in PostgreSQL: a deposed leader cannot commit after its successor took over.
 
 A singleton service's schema holds one row, ``<schema>.leader_fence``, with the highest
-fencing token (``libs/election.py``) any of its leaders has claimed. On taking the lead an
-instance raises it to its own token (``claim_fence``: ``GREATEST``, so it never goes down).
+fencing token (``libs/election.py``) any of its leaders has claimed: the lease bucket's epoch
+(when it was created; a bucket made anew after NATS lost its data starts a higher epoch, whose
+revisions start again from 1) and the lease's KV revision, compared in that order. On taking
+the lead an instance raises it to its own token (``claim_fence``: never lowered).
 Every transaction of a leader's sessions (``fenced_sessionmaker``) first reads that row
 ``FOR SHARE`` and aborts with :class:`Fenced` if a higher token is there.
 
@@ -14,7 +16,7 @@ claim sees the higher token. So no write of the old leader commits after the new
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -23,6 +25,13 @@ from sqlalchemy.orm import Session
 from libs.metrics import FENCED
 
 TABLE = "leader_fence"
+
+
+class FenceToken(NamedTuple):
+    """A leader's fencing token; tuples compare as the fence does: epoch, then revision."""
+
+    epoch: int
+    revision: int
 
 
 class Fenced(RuntimeError):
@@ -35,40 +44,44 @@ def _check_token(schema: str) -> str:
     return schema
 
 
-async def claim_fence(engine: AsyncEngine, schema: str, token: int) -> int:
-    """Raise the fence to ``token``; return the token that was there before (0 if none)."""
+async def claim_fence(engine: AsyncEngine, schema: str, token: FenceToken) -> FenceToken:
+    """Raise the fence to ``token`` unless a higher one is there; return the one that was there before
+    ((0, 0) if none). Waits for every transaction that holds the row ``FOR SHARE`` (a predecessor's) to end."""
     s = _check_token(schema)
     async with engine.begin() as conn:
-        before = (await conn.execute(text(f"SELECT token FROM {s}.{TABLE} WHERE id = 1 FOR UPDATE"))).scalar()
-        await conn.execute(text(f"INSERT INTO {s}.{TABLE} (id, token) VALUES (1, :t) ON CONFLICT (id) DO UPDATE "
-                                f"SET token = GREATEST({s}.{TABLE}.token, EXCLUDED.token), claimed_at = now()"),
-                           {"t": token})
-    return int(before or 0)
+        row = (await conn.execute(text(f"SELECT epoch, token FROM {s}.{TABLE} WHERE id = 1 FOR UPDATE"))).one_or_none()
+        before = FenceToken(int(row[0]), int(row[1])) if row is not None else FenceToken(0, 0)
+        if token > before:
+            await conn.execute(text(f"INSERT INTO {s}.{TABLE} (id, epoch, token) VALUES (1, :e, :t) ON CONFLICT (id) "
+                                    f"DO UPDATE SET epoch = EXCLUDED.epoch, token = EXCLUDED.token, claimed_at = now()"),
+                               {"e": token.epoch, "t": token.revision})
+    return before
 
 
-async def read_fence(engine: AsyncEngine, schema: str) -> int:
+async def read_fence(engine: AsyncEngine, schema: str) -> FenceToken:
     s = _check_token(schema)
     async with engine.connect() as conn:
-        return int((await conn.execute(text(f"SELECT token FROM {s}.{TABLE} WHERE id = 1"))).scalar() or 0)
+        row = (await conn.execute(text(f"SELECT epoch, token FROM {s}.{TABLE} WHERE id = 1"))).one_or_none()
+    return FenceToken(int(row[0]), int(row[1])) if row is not None else FenceToken(0, 0)
 
 
-def fenced_sessionmaker(engine: AsyncEngine, schema: str, service: str, token: int,
+def fenced_sessionmaker(engine: AsyncEngine, schema: str, service: str, token: FenceToken,
                         on_fenced: Callable[[], None] | None = None) -> async_sessionmaker[AsyncSession]:
     """Sessions whose every transaction first checks that ``token`` is still the highest claimed;
     ``on_fenced`` is called when one finds it is not (the instance then stops acting at once)."""
     s = _check_token(schema)
-    check = text(f"SELECT token FROM {s}.{TABLE} WHERE id = 1 FOR SHARE")
+    check = text(f"SELECT epoch, token FROM {s}.{TABLE} WHERE id = 1 FOR SHARE")
 
     class FencedSession(Session):
         """A session bound to one leader's token (a class of its own, so the check is this maker's only)."""
 
     @event.listens_for(FencedSession, "after_begin")
     def _fence(session: Session, transaction: Any, connection: Any) -> None:
-        current = connection.execute(check).scalar()
-        if current is not None and int(current) > token:
+        row = connection.execute(check).one_or_none()
+        if row is not None and FenceToken(int(row[0]), int(row[1])) > token:
             FENCED.labels(service).inc()
             if on_fenced is not None:
                 on_fenced()
-            raise Fenced(f"{service}: fencing token {token} is stale (a newer leader holds {current})")
+            raise Fenced(f"{service}: fencing token {tuple(token)} is stale (a newer leader holds {tuple(row)})")
 
     return async_sessionmaker(engine, expire_on_commit=False, sync_session_class=FencedSession)

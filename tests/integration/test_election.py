@@ -14,7 +14,7 @@ from libs.bus import subjects
 from libs.bus.connection import Bus
 from libs.config import Settings
 from libs.db import make_engine, session_scope
-from libs.db.fencing import Fenced, claim_fence, fenced_sessionmaker, read_fence
+from libs.db.fencing import Fenced, FenceToken, claim_fence, fenced_sessionmaker, read_fence
 from libs.schemas.registry import ServiceHealth
 from services.registry.api import app as registry_app
 from services.scheduler.api import app as scheduler_app
@@ -47,7 +47,7 @@ async def test_election_two_schedulers_one_leads_the_other_takes_over_when_it_st
     await a.stop()  # a graceful stop gives the lease up: the standby need not wait for it to expire
     started = asyncio.get_running_loop().time()
     await assert_eventually(lambda: _leads(bus, "sched-b"), timeout=5, interval=0.1, message="sched-b leads")
-    assert asyncio.get_running_loop().time() - started < s.election.renew_s + 1.5
+    assert asyncio.get_running_loop().time() - started < s.election.campaign_s + 1.5
     assert (await submit(bus, {"name": "w2", "hardware": {"type": "gpu"}})).created
     assert not b.task.done()
 
@@ -75,7 +75,8 @@ async def test_election_fence_orders_the_old_leaders_last_commit_before_the_new_
     engine = make_engine(settings.database_dsn(), settings.db)
     try:
         old = await read_fence(engine, "scheduler")
-        assert old > 0  # the running leader claimed it
+        assert old.epoch > 0 and old.revision > 0  # the running leader claimed it
+        new = FenceToken(old.epoch, old.revision + 10)
         fenced: list[bool] = []
         sessions = fenced_sessionmaker(engine, "scheduler", "scheduler", old, on_fenced=lambda: fenced.append(True))
         inside, claimed = asyncio.Event(), asyncio.Event()
@@ -89,16 +90,20 @@ async def test_election_fence_orders_the_old_leaders_last_commit_before_the_new_
 
         async def successor_claims() -> None:
             await inside.wait()
-            await claim_fence(engine, "scheduler", old + 10)
+            await claim_fence(engine, "scheduler", new)
             claimed.set()
 
         await asyncio.gather(old_leader_writes(), successor_claims())
-        assert await read_fence(engine, "scheduler") == old + 10
+        assert await read_fence(engine, "scheduler") == new
         with pytest.raises(Fenced, match="stale"):
             async with session_scope(sessions) as session:
                 await session.execute(text("SELECT 1"))
         assert fenced == [True]
-        assert await claim_fence(engine, "scheduler", old) == old + 10  # GREATEST: a lower token never wins back
-        assert await read_fence(engine, "scheduler") == old + 10
+        assert await claim_fence(engine, "scheduler", old) == new  # a lower token never wins the fence back
+        assert await read_fence(engine, "scheduler") == new
+        # a lease bucket made anew (NATS lost its data) counts revisions from 1 again, in a later epoch
+        reborn = FenceToken(old.epoch + 1, 1)
+        assert await claim_fence(engine, "scheduler", reborn) == new
+        assert await read_fence(engine, "scheduler") == reborn
     finally:
         await engine.dispose()

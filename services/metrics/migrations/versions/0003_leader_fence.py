@@ -25,7 +25,8 @@ def upgrade() -> None:
     op.create_table(
         "leader_fence",
         sa.Column("id", sa.SmallInteger, primary_key=True),
-        sa.Column("token", sa.BigInteger, nullable=False),
+        sa.Column("epoch", sa.BigInteger, nullable=False),  # the lease bucket's creation (epoch ms)
+        sa.Column("token", sa.BigInteger, nullable=False),  # the lease's KV revision within that bucket
         sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
         sa.CheckConstraint("id = 1", name="leader_fence_one_row"),
         schema=S,
