@@ -72,6 +72,7 @@ class ElectionSettings(BaseModel):
 
     ttl_s: float = Field(default=3.0, gt=0, description="How long a lease lives after its last renewal: a dead leader's standby takes over within this plus campaign_s and its state load (the KV bucket's max age; fixed when the bucket is first created).")
     renew_s: float = Field(default=1.0, gt=0, description="How often the leader renews its lease.")
+    claim_wait_s: float = Field(default=1.0, gt=0, description="How long a new leader waits for its predecessor's open transactions to end when it claims the fence; then it terminates their database sessions (a paused or cut-off predecessor), which rolls them back.")
     campaign_s: float = Field(default=0.2, gt=0, description="How often a standby tries to take the lease (one KV create that fails while it is held), so it takes over this soon after the lease expired.")
 
     @model_validator(mode="after")

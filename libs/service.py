@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Generic, Literal, get_type_hints
 
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
 from pydantic import TypeAdapter, ValidationError
@@ -276,7 +277,10 @@ class ServiceApp(Generic[S]):
             BUS_MESSAGES.labels(self.name, ep.name, outcome).inc()
             HANDLER_SECONDS.labels(self.name, ep.name).observe(time.perf_counter() - started)
             if msg.reply:
-                await ctx.bus.nc.publish(msg.reply, body, headers={ERROR_HEADER: "1"} if failed else None)
+                try:
+                    await ctx.bus.nc.publish(msg.reply, body, headers={ERROR_HEADER: "1"} if failed else None)
+                except NatsError as exc:  # the connection closes (a stop): the caller's request times out
+                    log.debug("%s.%s: reply not sent: %s", self.name, ep.name, type(exc).__name__)
 
     async def _subscription_loop(self, sub: _Subscription, psub: Any, ctx: Context[S]) -> None:
         handler = sub.fn.__name__
@@ -503,7 +507,7 @@ async def _lead(app: ServiceApp[Any], ctx: Context[Any], election: KvLease, stop
     if token is None:
         return False
     if ctx.engine is not None:
-        before = await claim_fence(ctx.engine, app.name, token)
+        before = await claim_fence(ctx.engine, app.name, token, wait_s=ctx.settings.election.claim_wait_s)
         if before > token:  # won a lease that had already expired again, or a stale bucket: stand by anew
             await election.resign()
             raise RuntimeError(f"{app.name} {ctx.instance}: the fence holds {tuple(before)}, above this lease's "

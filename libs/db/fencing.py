@@ -15,16 +15,20 @@ claim sees the higher token. So no write of the old leader commits after the new
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
 from libs.metrics import FENCED
 
+log = logging.getLogger(__name__)
 TABLE = "leader_fence"
+LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL: lock_timeout ran out
 
 
 class FenceToken(NamedTuple):
@@ -44,18 +48,39 @@ def _check_token(schema: str) -> str:
     return schema
 
 
-async def claim_fence(engine: AsyncEngine, schema: str, token: FenceToken) -> FenceToken:
+async def claim_fence(engine: AsyncEngine, schema: str, token: FenceToken, *, wait_s: float = 1.0) -> FenceToken:
     """Raise the fence to ``token`` unless a higher one is there; return the one that was there before
-    ((0, 0) if none). Waits for every transaction that holds the row ``FOR SHARE`` (a predecessor's) to end."""
+    ((0, 0) if none).
+
+    It waits for every transaction that holds the row ``FOR SHARE`` (a predecessor's) to end, for up to
+    ``wait_s``; a transaction still open then belongs to a predecessor that is paused or cut off (a leader's
+    transactions are short), and its database session is terminated: PostgreSQL rolls it back, so nothing
+    of it commits, and the claim goes through."""
     s = _check_token(schema)
-    async with engine.begin() as conn:
-        row = (await conn.execute(text(f"SELECT epoch, token FROM {s}.{TABLE} WHERE id = 1 FOR UPDATE"))).one_or_none()
-        before = FenceToken(int(row[0]), int(row[1])) if row is not None else FenceToken(0, 0)
-        if token > before:
-            await conn.execute(text(f"INSERT INTO {s}.{TABLE} (id, epoch, token) VALUES (1, :e, :t) ON CONFLICT (id) "
-                                    f"DO UPDATE SET epoch = EXCLUDED.epoch, token = EXCLUDED.token, claimed_at = now()"),
-                               {"e": token.epoch, "t": token.revision})
-    return before
+    for attempt in (1, 2):
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(text(f"SET LOCAL lock_timeout = '{max(1, int(wait_s * 1000))}ms'"))
+                row = (await conn.execute(text(f"SELECT epoch, token FROM {s}.{TABLE} WHERE id = 1 FOR UPDATE"))
+                       ).one_or_none()
+                before = FenceToken(int(row[0]), int(row[1])) if row is not None else FenceToken(0, 0)
+                if token > before:
+                    await conn.execute(text(f"INSERT INTO {s}.{TABLE} (id, epoch, token) VALUES (1, :e, :t) "
+                                            f"ON CONFLICT (id) DO UPDATE SET epoch = EXCLUDED.epoch, "
+                                            f"token = EXCLUDED.token, claimed_at = now()"),
+                                       {"e": token.epoch, "t": token.revision})
+                return before
+        except DBAPIError as exc:
+            if attempt == 2 or getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+                raise
+        async with engine.begin() as conn:
+            ended = (await conn.execute(text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'relation' AND granted "
+                "AND relation = CAST(:table AS regclass) AND mode = 'RowShareLock' AND pid <> pg_backend_pid()"),
+                {"table": f"{s}.{TABLE}"})).scalar()
+        log.warning("%s: the fence was held past %.1f s by %s session(s) of a former leader: terminated",
+                    schema, wait_s, ended)
+    raise AssertionError("unreachable")
 
 
 async def read_fence(engine: AsyncEngine, schema: str) -> FenceToken:
