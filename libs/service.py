@@ -376,7 +376,9 @@ class ServiceApp(Generic[S]):
         """Load the state, start every handler; return the running tasks (the caller cancels them at shutdown).
         A singleton's instance calls this once it leads; ``xpumesh.rpc.<name>.health`` answers from then on."""
         if self.state_loader is not None:
+            loading = time.perf_counter()
             ctx._state = await self.state_loader(ctx)
+            log.info("%s %s loaded its state in %.3f s", self.name, ctx.instance, time.perf_counter() - loading)
         nc = ctx.bus.nc
         for ep in self.endpoints.values():
             cb = self._request_callback(ep, ctx)
