@@ -4,8 +4,8 @@ Why: several scheduler instances may run; one leads (libs/election.py). Every tr
 the leader checks this row first (libs/db/fencing.py), so a deposed leader that has not yet
 noticed cannot commit after its successor claimed a higher token.
 
-Revision ID: scheduler_0003
-Revises: scheduler_0002
+Revision ID: scheduler_0006
+Revises: scheduler_0004 (scheduler_0005, the service endpoints, once merged)
 Create Date: 2026-12-07
 """
 from collections.abc import Sequence
@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "scheduler_0003"
-down_revision: str | None = "scheduler_0002"
+revision: str = "scheduler_0006"
+down_revision: str | None = "scheduler_0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
