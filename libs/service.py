@@ -53,7 +53,7 @@ from libs.bus.consumer import Batch, Decoder, PullConsumer, SeenIds, envelope
 from libs.bus.errors import BusError, InvalidRequest, Unavailable
 from libs.bus.outcomes import Redelivery, reject, run_handler
 from libs.config import Settings
-from libs.db.fencing import Fenced, FenceToken, claim_fence, fenced_sessionmaker
+from libs.db.fencing import Fenced, FenceToken, claim_fence, connection_lost, fenced_sessionmaker, read_fence
 from libs.election import KvLease
 from libs.events import CloudEvent, EventTypes, InvalidEnvelope
 from libs.exposure import check_exposure
@@ -92,6 +92,7 @@ class Context(Generic[S]):
     consumers: list[PullConsumer[Any]] = field(default_factory=list)
     servers: list[HttpServer] = field(default_factory=list)
     leader_token: FenceToken | None = None  # a singleton's fencing token while this instance leads
+    deposed: asyncio.Event = field(default_factory=asyncio.Event)  # set when a leader learns it leads no more
     _state: S | None = None
 
     @property
@@ -265,15 +266,16 @@ class ServiceApp(Generic[S]):
                 body, failed, outcome = exc.body().model_dump_json().encode(), True, exc.code
                 if isinstance(exc, InvalidRequest):
                     reject(self.name, ep.name, "invalid_request")
-            except Fenced:  # a deposed leader: the caller retries, and its retry reaches the new one
-                log.warning("%s.%s refused: this instance no longer leads", self.name, ep.name)
-                body, failed, outcome = Unavailable(f"{self.name} {ctx.instance} no longer leads; retry",
-                                                    title="Leader changed").body().model_dump_json().encode(), \
-                    True, "fenced"
-            except Exception:
-                log.exception("%s.%s failed", self.name, ep.name)
-                span.set_status(trace.StatusCode.ERROR)
-                body, failed, outcome = BusError().body().model_dump_json().encode(), True, "internal"
+            except Exception as exc:
+                unavailable = await _unavailable(exc, ctx)
+                if unavailable is not None:  # the caller retries, and its retry reaches the new leader
+                    log.warning("%s.%s refused: %s", self.name, ep.name, unavailable.detail)
+                    body, failed, outcome = unavailable.body().model_dump_json().encode(), True, \
+                        "fenced" if unavailable.title == LEADER_CHANGED else unavailable.code
+                else:
+                    log.exception("%s.%s failed", self.name, ep.name)
+                    span.set_status(trace.StatusCode.ERROR)
+                    body, failed, outcome = BusError().body().model_dump_json().encode(), True, "internal"
             BUS_MESSAGES.labels(self.name, ep.name, outcome).inc()
             HANDLER_SECONDS.labels(self.name, ep.name).observe(time.perf_counter() - started)
             if msg.reply:
@@ -470,7 +472,7 @@ async def serve(app: ServiceApp[Any], settings: Settings, *, ready: asyncio.Even
         except (NotImplementedError, RuntimeError):
             pass
     lost = bus.lost or asyncio.Event()
-    deposed = asyncio.Event()
+    deposed = ctx.deposed
     tasks = await app.start_control(ctx)
     election = KvLease(bus, app.name, instance, settings.election, settings.bus.replicas) if app.singleton else None
     if election is not None and not await _lead(app, ctx, election, stop, lost, deposed, tasks, ready):
@@ -488,6 +490,31 @@ async def serve(app: ServiceApp[Any], settings: Settings, *, ready: asyncio.Even
     await _close(app, ctx, tasks, election, lost, stop)
     if deposed.is_set() and not stop.is_set():
         raise RuntimeError(f"{app.name} {instance} lost its lease: it stops and starts again as a standby")
+
+
+LEADER_CHANGED = "Leader changed"
+FENCE_READ_TIMEOUT_S = 2.0
+
+
+async def _unavailable(exc: Exception, ctx: Context[Any]) -> Unavailable | None:
+    """The 503 that a failed request answers when it failed because this instance no longer leads (its
+    transaction was fenced, or its database session terminated by the successor's claim) or because its
+    database connection was lost: the caller may ask again. None for any other failure (a 500)."""
+    deposed = ctx.deposed.is_set() or isinstance(exc, Fenced)
+    lost = connection_lost(exc)
+    if not deposed and lost and ctx.leader_token is not None and ctx.engine is not None:
+        try:  # terminated by a successor, or by a database restart? The fence says.
+            fence = await asyncio.wait_for(read_fence(ctx.engine, ctx.service), timeout=FENCE_READ_TIMEOUT_S)
+            deposed = fence > ctx.leader_token
+        except Exception as read_exc:  # the database is away: a retry may find it back
+            log.debug("fence not read: %s", type(read_exc).__name__)
+    if deposed:
+        ctx.deposed.set()
+        return Unavailable(f"{ctx.service} {ctx.instance} no longer leads; retry", title=LEADER_CHANGED)
+    if lost:
+        return Unavailable(f"{ctx.service} {ctx.instance} lost its database connection; retry",
+                           title="Database connection lost")
+    return None
 
 
 async def _lead(app: ServiceApp[Any], ctx: Context[Any], election: KvLease, stop: asyncio.Event,

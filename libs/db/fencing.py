@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import asyncpg
 from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -40,6 +41,29 @@ class FenceToken(NamedTuple):
 
 class Fenced(RuntimeError):
     """This instance is no longer the leader: a newer one has claimed the fence."""
+
+
+# What a transaction ends in when its database session is terminated under it (a successor's claim_fence,
+# a server restart) or its connection is unusable after that: asyncpg's own errors, which SQLAlchemy wraps.
+_LOST = (asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
+         asyncpg.exceptions.InterfaceError, asyncpg.exceptions.InternalClientError, ConnectionError)
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` is (or was caused by) the loss of a database session mid-transaction: terminated
+    ("terminating connection due to administrator command"), gone ("connection was closed in the middle of
+    operation") or left unusable ("cannot switch to state 12; another operation is in progress")."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, _LOST) or (isinstance(e, DBAPIError) and e.connection_invalidated):
+            return True
+        todo += [e.__cause__, e.__context__, getattr(e, "orig", None)]
+    return False
 
 
 def _check_token(schema: str) -> str:

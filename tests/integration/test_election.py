@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
+import httpx
 import pytest
 from sqlalchemy import text
 
 from libs.bus import subjects
 from libs.bus.connection import Bus
+from libs.bus.errors import BusTimeout, Unavailable
 from libs.config import Settings
 from libs.db import make_engine, session_scope
 from libs.db.fencing import Fenced, FenceToken, claim_fence, fenced_sessionmaker, read_fence
@@ -19,6 +22,7 @@ from libs.schemas.registry import ServiceHealth
 from services.registry.api import app as registry_app
 from services.scheduler.api import app as scheduler_app
 from tests.conftest import assert_eventually
+from tests.integration.test_api_kit import ADMIN, gateway_settings, start_gateway
 from tests.integration.test_scheduler_kit import fast, submit
 
 
@@ -109,3 +113,51 @@ async def test_election_fence_orders_the_old_leaders_last_commit_before_the_new_
         assert await read_fence(engine, "scheduler") == reborn
     finally:
         await engine.dispose()
+
+
+async def test_election_leader_whose_session_the_successor_terminated_answers_503_not_500(
+        settings, running_service, bus: Bus, database_url: str) -> None:
+    """A leader's submit is mid-transaction (past its fence check, waiting on a lock) when a successor claims the
+    fence: the claim terminates the leader's database session. The request must answer 503 'Leader changed' (the
+    gateway asks again and reaches the new leader), not a 500: asyncpg ends such a transaction in
+    ConnectionDoesNotExistError, an admin-shutdown error or "cannot switch to state 12"."""
+    s = fast(settings)
+    leader = await running_service(scheduler_app, _instance(s, "sched-a"))
+    engine = make_engine(settings.database_dsn(), settings.db)
+    blocker = await asyncpg.connect(database_url)
+    try:
+        held = await read_fence(engine, "scheduler")
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("LOCK TABLE scheduler.workloads IN ACCESS EXCLUSIVE MODE")
+        pending = asyncio.create_task(submit(bus, {"name": "w", "hardware": {"type": "gpu"}}))
+
+        async def waits_on_the_lock() -> bool:  # the leader's transaction passed its check and waits
+            return bool(await blocker.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'scheduler.workloads'::regclass"))
+        await assert_eventually(waits_on_the_lock, timeout=10, message="the submit waits inside its transaction")
+        await claim_fence(engine, "scheduler", FenceToken(held.epoch, held.revision + 1), wait_s=0.2)
+        await tx.rollback()
+        with pytest.raises(Unavailable) as refused:
+            await pending
+        assert not isinstance(refused.value, BusTimeout)
+        assert refused.value.title == "Leader changed", refused.value.title
+        await assert_eventually(lambda: leader.task.done(), timeout=10, message="the deposed leader stops")
+        with pytest.raises(RuntimeError, match="lost its lease"):
+            leader.task.result()
+    finally:
+        await blocker.close()
+        await engine.dispose()
+
+
+async def test_election_gateway_submit_while_no_scheduler_answers_is_503_problem_with_retry_after(
+        settings, running_service) -> None:
+    """No scheduler leads for longer than gateway.submit_timeout_s: the gateway's retries run out and the client
+    gets a 503 problem with Retry-After, so it knows to ask again."""
+    url = await start_gateway(running_service, gateway_settings(settings, submit_timeout_s=0.6))
+    async with httpx.AsyncClient(base_url=url, headers=ADMIN, timeout=10) as c:
+        r = await c.post("/v1/workloads", json={"name": "w", "hardware": {"type": "gpu"}})
+    assert r.status_code == 503, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert r.headers["retry-after"] == "1"
+    assert r.json()["status"] == 503
