@@ -315,13 +315,21 @@ class ServiceApp(Generic[S]):
     # --- lifecycle --------------------------------------------------------------------
     async def _heartbeat(self, ctx: Context[S]) -> None:
         """One heartbeat to the registry (a lost one is harmless: the next follows within the interval)."""
+        meta = {"pid": str(os.getpid())}
+        if self.singleton:  # GET /v1/services shows which instance leads
+            meta["role"] = self.role(ctx)
         hb = Heartbeat(kind=MemberKind.SERVICE, id=f"{self.name}.{ctx.instance}", name=self.name, version=__version__,
-                       interval_s=ctx.settings.heartbeat_interval_s, site=None, meta={"pid": str(os.getpid())})
+                       interval_s=ctx.settings.heartbeat_interval_s, site=None, meta=meta)
         event = CloudEvent.new(EventTypes.SERVICE_HEARTBEAT, f"/service/{self.name}/{ctx.instance}", hb, subject=hb.id)
         try:
             await ctx.bus.publish(subjects.service_heartbeat_subject(self.name, ctx.instance), event.to_bytes())
         except Exception as exc:
             log.debug("heartbeat not sent: %s", type(exc).__name__)
+
+    @staticmethod
+    def role(ctx: Context[S]) -> Literal["leader", "standby"]:
+        """A singleton instance's role: it leads from its fence claim until it learns it was deposed."""
+        return "leader" if ctx.leader_token is not None and not ctx.deposed.is_set() else "standby"
 
     async def health(self, ctx: Context[S]) -> ServiceHealth:
         checks = {"nats": ctx.bus.connected}
@@ -330,7 +338,7 @@ class ServiceApp(Generic[S]):
                 checks[name] = await asyncio.wait_for(check(ctx), timeout=2.0)
             except Exception:
                 checks[name] = False
-        role = None if not self.singleton else "leader" if ctx.leader_token is not None else "standby"
+        role = self.role(ctx) if self.singleton else None
         return ServiceHealth(service=self.name, instance=ctx.instance, version=__version__,
                              status="ok" if all(checks.values()) else "degraded", checks=checks,
                              uptime_s=round(time.time() - ctx.started_at, 1), role=role)
@@ -478,6 +486,8 @@ async def serve(app: ServiceApp[Any], settings: Settings, *, ready: asyncio.Even
     if election is not None and not await _lead(app, ctx, election, stop, lost, deposed, tasks, ready):
         return await _close(app, ctx, tasks, election, lost, stop)
     tasks += await app.start(ctx)
+    if election is not None:
+        await app._heartbeat(ctx)  # the registry learns the new leader now, not one interval later
     # The server has every subscription before we call ourselves ready. nats-py's flush() can put its PING
     # ahead of SUBs still sitting in the pending buffer, so push that buffer out first.
     await bus.nc._flush_pending(force_flush=True)
