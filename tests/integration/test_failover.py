@@ -1,4 +1,5 @@
-"""Failover of the scheduler: two real processes on real NATS and PostgreSQL, the leader killed or paused.
+"""Failover of the singleton services: two real processes on real NATS and PostgreSQL, the leader killed or
+paused (the scheduler; kill -9 of the registry's and the metrics' leaders too).
 
 Figures each test measures are printed (``-s`` shows them): the takeover time after a kill -9, the
 submits the gateway answered during a leader change.
@@ -21,7 +22,8 @@ import httpx
 from libs.bus import subjects
 from libs.bus.connection import Bus
 from libs.bus.errors import BusError
-from libs.schemas.registry import ServiceHealth
+from libs.embedded import free_port
+from libs.schemas.registry import MemberKind, MemberPage, MemberQuery, ServiceHealth
 from libs.schemas.scheduler import WorkloadSubmit, WorkloadView
 from tests.conftest import assert_eventually
 from tests.integration.test_api_kit import ADMIN, base_url
@@ -51,9 +53,10 @@ def spawn_schedulers(spawn_service: Spawn, *names: str, **env: str) -> dict[str,
     return {n: spawn_service("scheduler", XPUMESH_INSTANCE_ID=n, **FAST_SCHEDULER, **env) for n in names}
 
 
-async def leader_and_standby(bus: Bus, names: set[str], timeout: float = 30) -> tuple[str, str]:
+async def leader_and_standby(bus: Bus, names: set[str], timeout: float = 30,
+                             service: str = "scheduler") -> tuple[str, str]:
     async def settled() -> tuple[str, str] | None:
-        got = await roles(bus, "scheduler")
+        got = await roles(bus, service)
         if set(got) != names or sorted(str(r) for r in got.values()) != ["leader", "standby"]:
             return None
         return (next(i for i, r in got.items() if r == "leader"), next(i for i, r in got.items() if r == "standby"))
@@ -225,3 +228,50 @@ async def _gateway_up(c: httpx.AsyncClient) -> bool:
     except httpx.TransportError:
         return False
 
+
+
+async def _health_from(bus: Bus, service: str, instance: str) -> bool:
+    """Whether ``service``'s queue group (its leader alone subscribes) is answered by ``instance``."""
+    try:
+        h = await bus.request(subjects.rpc_subject(service, "health"), None, ServiceHealth, timeout=0.5)
+    except BusError:
+        return False
+    return h.instance == instance and h.role == "leader"
+
+
+async def _kill9_takeover(bus: Bus, procs: dict[str, subprocess.Popen[bytes]], service: str) -> tuple[float, str]:
+    """Kill -9 the leader of ``service`` mid-way between two renewals; seconds until the standby answers, and
+    the standby."""
+    leader, standby = await leader_and_standby(bus, set(procs), service=service)
+    assert await _health_from(bus, service, leader)
+    await asyncio.sleep(1.5)
+    procs[leader].send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    await assert_eventually(lambda: _health_from(bus, service, standby), timeout=15, interval=0.05,
+                            message=f"{standby} leads {service}")
+    took = time.monotonic() - killed
+    assert procs[standby].poll() is None
+    return took, standby
+
+
+async def test_failover_registry_kill9_standby_takes_over_within_5s_and_keeps_the_members(
+        settings, spawn_service, bus: Bus) -> None:
+    procs = {n: spawn_service("registry", XPUMESH_INSTANCE_ID=n) for n in ("reg-a", "reg-b")}
+    took, standby = await _kill9_takeover(bus, procs, "registry")
+    print(f"\nregistry takeover after kill -9 of the leader: {took:.2f} s (ttl {settings.election.ttl_s} s)")
+    assert took < TAKEOVER_BUDGET_S
+
+    async def lists_itself() -> bool:  # the new leader takes heartbeats: it lists itself up, as the leader
+        page = await bus.request(subjects.rpc_subject("registry", "members.list"),
+                                 MemberQuery(kind=MemberKind.SERVICE), MemberPage, timeout=1)
+        return any(m.id == f"registry.{standby}" and m.status == "up" and m.meta.get("role") == "leader"
+                   for m in page.items)
+    await assert_eventually(lists_itself, timeout=10, interval=0.2, message="the new registry leader answers lists")
+
+
+async def test_failover_metrics_kill9_standby_takes_over_within_5s(settings, spawn_service, bus: Bus) -> None:
+    procs = {n: spawn_service("metrics", XPUMESH_INSTANCE_ID=n, XPUMESH_METRICS_PORT=str(free_port()))
+             for n in ("met-a", "met-b")}
+    took, _ = await _kill9_takeover(bus, procs, "metrics")
+    print(f"\nmetrics takeover after kill -9 of the leader: {took:.2f} s (ttl {settings.election.ttl_s} s)")
+    assert took < TAKEOVER_BUDGET_S
