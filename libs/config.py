@@ -74,6 +74,7 @@ class ElectionSettings(BaseModel):
     renew_s: float = Field(default=1.0, gt=0, description="How often the leader renews its lease.")
     claim_wait_s: float = Field(default=1.0, gt=0, description="How long a new leader waits for its predecessor's open transactions to end when it claims the fence; then it terminates their database sessions (a paused or cut-off predecessor), which rolls them back.")
     campaign_s: float = Field(default=0.2, gt=0, description="How often a standby tries to take the lease (one KV create that fails while it is held), so it takes over this soon after the lease expired.")
+    unreachable_s: float = Field(default=30.0, gt=0, description="How long a leader goes on acting while its lease renewals get no answer (the lease bucket's stream elects a new leader after a NATS node died; no standby can take the lease then either) before it stands down; a renewal refused because the lease changed deposes it at once, and the fence keeps a cut-off leader from committing after a successor.")
 
     @model_validator(mode="after")
     def _renew_within_ttl(self) -> ElectionSettings:
@@ -206,7 +207,8 @@ class GatewaySettings(BaseModel):
     max_priority_admin: int = Field(default=1000, ge=100, le=1000, description="Highest workload priority an admin key may submit.")
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, description="Largest request body accepted, chunked or not.")
     batch_submit_timeout_s: float = Field(default=30.0, gt=0, description="How long POST /v1/workloads/batch waits for the scheduler to check and store a batch (up to 1,000 workloads in one transaction).")
-    submit_timeout_s: float = Field(default=20.0, gt=0, description="How long POST /v1/workloads keeps asking the scheduler while no instance answers (a leader change: no responders, a timed-out attempt, a deposed leader's 503), retrying with back-off before it answers 503; each attempt waits bus.request_timeout_s, and every attempt carries the same idempotency key, so a retry never creates a second workload.")
+    submit_timeout_s: float = Field(default=20.0, gt=0, description="How long POST /v1/workloads keeps asking the scheduler while no instance answers (a leader change: no responders, a timed-out attempt, a deposed leader's 503), retrying with back-off before it answers 503; every attempt carries the same idempotency key, so a retry never creates a second workload.")
+    submit_attempt_s: float = Field(default=2.0, gt=0, description="How long one attempt of POST /v1/workloads waits for the scheduler's answer before it asks again: a request lost with a NATS node (or a leader that died holding it) costs this much, not bus.request_timeout_s.")
     idempotency_ttl_s: float = Field(default=24 * 3600.0, gt=0, description="How long a stored Idempotency-Key response is replayed.")
     read_cache_s: float = Field(default=1.0, ge=0, description="How long hot list reads (devices, hosts) are served from the gateway's cache (0 disables).")
     read_cache_entries: int = Field(default=1024, ge=1, description="Most distinct reads kept in that cache.")

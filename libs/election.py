@@ -21,9 +21,13 @@ others stand by, connected, and take over when the lease is free.
   deposed leader that has not yet noticed cannot commit after its successor took over.
 
 A lease is held by renewing it every ``renew_s`` with a compare-and-set on the revision; a
-renewal that fails because the key changed means someone else holds it (lost at once); a
-leader that could not renew for ``ttl_s - renew_s`` gives up on its own, before the key can
-have expired at the server. A standby tries to create the key every ``campaign_s``. A graceful
+renewal that fails because the key changed means someone else holds it, or that it expired
+(lost at once). A renewal that gets no answer at all (the lease bucket's stream has no leader:
+the NATS node that led it died, and the others elect a new one, which takes nats-server
+seconds) does not depose the leader before ``unreachable_s``: no standby can take the lease
+while the bucket does not answer either, and the fence, not the clock, keeps a leader that was
+cut off from committing after a successor (so the service goes on serving through the loss of a
+NATS node). A standby tries to create the key every ``campaign_s``. A graceful
 stop deletes the key, so a standby takes over within ``campaign_s``; a killed leader's key
 expires ``ttl_s`` after its last renewal.
 
@@ -132,7 +136,7 @@ class KvLease:
         kv = await self._bucket()
         value = self.instance.encode()
         last_ok = time.monotonic()
-        give_up = self.settings.ttl_s - self.settings.renew_s
+        give_up = self.settings.unreachable_s
         try:
             while not stop.is_set():
                 try:
@@ -148,6 +152,8 @@ class KvLease:
                     log.error("%s %s lost its lease: another instance holds it now", self.service, self.instance)
                     return
                 except (NatsError, TimeoutError) as exc:
+                    log.warning("%s %s cannot renew its lease now (%s, %.1f s since the last renewal)", self.service,
+                                self.instance, type(exc).__name__, time.monotonic() - last_ok)
                     if time.monotonic() - last_ok >= give_up:
                         log.error("%s %s could not renew its lease for %.1f s (%s): it steps down", self.service,
                                   self.instance, time.monotonic() - last_ok, type(exc).__name__)

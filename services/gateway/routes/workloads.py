@@ -117,7 +117,8 @@ async def submit_workload(ctx: Ctx, principal: CurrentPrincipal, spec: WorkloadS
     key = idempotency_key or f"{RETRY_KEY_PREFIX}{uuid.uuid4().hex}"
     view = await call_retrying(ctx, "scheduler", "workloads.submit",
                                WorkloadSubmit(spec=spec, tenant=principal.tenant, idempotency_key=key), WorkloadView,
-                               budget_s=ctx.settings.gateway.submit_timeout_s)
+                               budget_s=ctx.settings.gateway.submit_timeout_s,
+                               timeout=ctx.settings.gateway.submit_attempt_s)
     response.headers["Location"] = f"/v1/workloads/{view.id}"
     return view
 
