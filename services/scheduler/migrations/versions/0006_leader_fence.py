@@ -5,7 +5,7 @@ the leader checks this row first (libs/db/fencing.py), so a deposed leader that 
 noticed cannot commit after its successor claimed a higher token.
 
 Revision ID: scheduler_0006
-Revises: scheduler_0004 (scheduler_0005, the service endpoints, once merged)
+Revises: scheduler_0005
 Create Date: 2026-12-07
 """
 from collections.abc import Sequence
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "scheduler_0006"
-down_revision: str | None = "scheduler_0004"
+down_revision: str | None = "scheduler_0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
