@@ -92,7 +92,7 @@ async def test_failover_nats_node_killed_under_a_submit_burst_loses_nothing_refu
                 for name, p in list(procs.items()):
                     if p.poll() is not None:
                         del procs[name]
-                        procs[f"{name}+"] = scheduler(f"{name}+")
+                        procs[f"{name}-again"] = scheduler(f"{name}-again")
                         restarts.append(f"{name} (exit {p.returncode})")
                 await asyncio.sleep(0.5)
 
