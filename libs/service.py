@@ -504,6 +504,7 @@ async def serve(app: ServiceApp[Any], settings: Settings, *, ready: asyncio.Even
 
 LEADER_CHANGED = "Leader changed"
 FENCE_READ_TIMEOUT_S = 2.0
+FENCE_READS, FENCE_READ_PAUSE_S = 5, 0.1  # how long a request whose session was terminated looks for a successor
 
 
 async def _unavailable(exc: Exception, ctx: Context[Any]) -> Unavailable | None:
@@ -513,11 +514,17 @@ async def _unavailable(exc: Exception, ctx: Context[Any]) -> Unavailable | None:
     deposed = ctx.deposed.is_set() or isinstance(exc, Fenced)
     lost = connection_lost(exc)
     if not deposed and lost and ctx.leader_token is not None and ctx.engine is not None:
-        try:  # terminated by a successor, or by a database restart? The fence says.
-            fence = await asyncio.wait_for(read_fence(ctx.engine, ctx.service), timeout=FENCE_READ_TIMEOUT_S)
-            deposed = fence > ctx.leader_token
-        except Exception as read_exc:  # the database is away: a retry may find it back
-            log.debug("fence not read: %s", type(read_exc).__name__)
+        # terminated by a successor, or by a database restart? The fence says, once the successor's claim (which
+        # terminates first, then raises the fence) has committed: read it a few times
+        for _ in range(FENCE_READS):
+            try:
+                fence = await asyncio.wait_for(read_fence(ctx.engine, ctx.service), timeout=FENCE_READ_TIMEOUT_S)
+            except Exception as read_exc:  # the database is away: a retry may find it back
+                log.debug("fence not read: %s", type(read_exc).__name__)
+                break
+            if deposed := fence > ctx.leader_token:
+                break
+            await asyncio.sleep(FENCE_READ_PAUSE_S)
     if deposed:
         ctx.deposed.set()
         return Unavailable(f"{ctx.service} {ctx.instance} no longer leads; retry", title=LEADER_CHANGED)

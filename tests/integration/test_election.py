@@ -118,7 +118,7 @@ async def test_election_fence_orders_the_old_leaders_last_commit_before_the_new_
 async def test_election_leader_whose_session_the_successor_terminated_answers_503_not_500(
         settings, running_service, bus: Bus, database_url: str) -> None:
     """A leader's submit is mid-transaction (past its fence check, waiting on a lock) when a successor claims the
-    fence: the claim terminates the leader's database session. The request must answer 503 'Leader changed' (the
+    fence: the claim terminates the leader's database session. The request must answer a 503 (the
     gateway asks again and reaches the new leader), not a 500: asyncpg ends such a transaction in
     ConnectionDoesNotExistError, an admin-shutdown error or "cannot switch to state 12"."""
     s = fast(settings)
@@ -141,7 +141,9 @@ async def test_election_leader_whose_session_the_successor_terminated_answers_50
         with pytest.raises(Unavailable) as refused:
             await pending
         assert not isinstance(refused.value, BusTimeout)
-        assert refused.value.title == "Leader changed", refused.value.title
+        # 'Leader changed' once the claim has committed; were it slower than the leader's look at the fence, the
+        # leader's next transaction finds it raised: a 503 either way, and the leader stops
+        assert refused.value.title in {"Leader changed", "Database connection lost"}, refused.value.title
         await assert_eventually(lambda: leader.task.done(), timeout=10, message="the deposed leader stops")
         with pytest.raises(RuntimeError, match="lost its lease"):
             leader.task.result()
