@@ -59,7 +59,8 @@ async def _stream_leader(bus: Bus, stream: str) -> str:
 
 async def test_failover_nats_node_killed_under_a_submit_burst_loses_nothing_refuses_nothing_past_5s(
         settings, spawn_service, bus: Bus, nats_cluster: EmbeddedNatsCluster, database_url: str) -> None:
-    spawn_service("gateway", **REPLICATED)
+    # one admin key drives all 8 clients: above the default 50/s per key a 429 would be the rate limit, not a refusal
+    spawn_service("gateway", XPUMESH_GATEWAY__RATE_PER_S="10000", XPUMESH_GATEWAY__RATE_BURST="10000", **REPLICATED)
 
     def scheduler(name: str) -> subprocess.Popen[bytes]:
         return spawn_service("scheduler", XPUMESH_INSTANCE_ID=name, **FAST_SCHEDULER, **REPLICATED)
