@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from libs.schemas.inventory import check_labels
@@ -50,6 +50,7 @@ class BusSettings(BaseModel):
     max_report_skew_s: float = Field(default=300.0, gt=0, description="Agents' reports whose time (or capability generation, epoch ms) is further than this ahead of the receiver's clock are refused (and counted).")
     redelivery_base_s: float = Field(default=1.0, gt=0, description="A message whose handler failed is redelivered after this long, doubling with every further failure…")
     redelivery_max_s: float = Field(default=30.0, gt=0, description="…up to this long between two deliveries; consumers of events that must not be lost retry without a cap on deliveries.")
+    replicas: int = Field(default=1, ge=1, le=5, description="JetStream replicas of every stream and of the lease bucket (3 on a 3-node NATS cluster: any one node may be lost); applied when a stream is created or updated, the lease bucket's only when it is first created.")
     stuck_deliveries: int = Field(default=10, ge=2, description="A message delivered this many times without success is counted stuck (xpumesh_bus_stuck_messages) and logged as an error, while it is still retried.")
 
 
@@ -64,6 +65,22 @@ class EnrollmentSettings(BaseModel):
     credential_ttl_days: float = Field(default=365.0, gt=0, description="Lifetime of an enrolled host's NATS credentials; re-enroll to rotate them before they expire.")
     push_timeout_s: float = Field(default=5.0, gt=0, description="Timeout of pushing a revocation to the NATS server.")
     revocation_resync_s: float = Field(default=60.0, gt=0, description="How often the gateway pushes the whole revocation list to the NATS server again (a restarted server learns it back).")
+
+
+class ElectionSettings(BaseModel):
+    """Leases of the singleton services (registry, scheduler, metrics): one instance acts, the others stand by."""
+
+    ttl_s: float = Field(default=3.0, gt=0, description="How long a lease lives after its last renewal: a dead leader's standby takes over within this plus campaign_s and its state load (the KV bucket's max age; fixed when the bucket is first created).")
+    renew_s: float = Field(default=1.0, gt=0, description="How often the leader renews its lease.")
+    claim_wait_s: float = Field(default=1.0, gt=0, description="How long a new leader waits for its predecessor's open transactions to end when it claims the fence; then it terminates their database sessions (a paused or cut-off predecessor), which rolls them back.")
+    campaign_s: float = Field(default=0.2, gt=0, description="How often a standby tries to take the lease (one KV create that fails while it is held), so it takes over this soon after the lease expired.")
+    unreachable_s: float = Field(default=30.0, gt=0, description="How long a leader goes on acting while its lease renewals get no answer (the lease bucket's stream elects a new leader after a NATS node died; no standby can take the lease then either) before it stands down; a renewal refused because the lease changed deposes it at once, and the fence keeps a cut-off leader from committing after a successor.")
+
+    @model_validator(mode="after")
+    def _renew_within_ttl(self) -> ElectionSettings:
+        if self.renew_s * 2 > self.ttl_s:
+            raise ValueError("election.renew_s must be at most half of election.ttl_s")
+        return self
 
 
 class DatabaseSettings(BaseModel):
@@ -190,6 +207,8 @@ class GatewaySettings(BaseModel):
     max_priority_admin: int = Field(default=1000, ge=100, le=1000, description="Highest workload priority an admin key may submit.")
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, description="Largest request body accepted, chunked or not.")
     batch_submit_timeout_s: float = Field(default=30.0, gt=0, description="How long POST /v1/workloads/batch waits for the scheduler to check and store a batch (up to 1,000 workloads in one transaction).")
+    submit_timeout_s: float = Field(default=20.0, gt=0, description="How long POST /v1/workloads keeps asking the scheduler while no instance answers (a leader change: no responders, a timed-out attempt, a deposed leader's 503), retrying with back-off before it answers 503; every attempt carries the same idempotency key, so a retry never creates a second workload.")
+    submit_attempt_s: float = Field(default=2.0, gt=0, description="How long one attempt of POST /v1/workloads waits for the scheduler's answer before it asks again: a request lost with a NATS node (or a leader that died holding it) costs this much, not bus.request_timeout_s.")
     idempotency_ttl_s: float = Field(default=24 * 3600.0, gt=0, description="How long a stored Idempotency-Key response is replayed.")
     read_cache_s: float = Field(default=1.0, ge=0, description="How long hot list reads (devices, hosts) are served from the gateway's cache (0 disables).")
     read_cache_entries: int = Field(default=1024, ge=1, description="Most distinct reads kept in that cache.")
@@ -275,6 +294,7 @@ class Settings(BaseSettings):
     embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings, description="The embedded runtime.")
     bus: BusSettings = Field(default_factory=BusSettings, description="NATS and JetStream.")
     db: DatabaseSettings = Field(default_factory=DatabaseSettings, description="PostgreSQL pools.")
+    election: ElectionSettings = Field(default_factory=ElectionSettings, description="Leases of the singleton services.")
     registry: RegistrySettings = Field(default_factory=RegistrySettings, description="Membership and liveness.")
     metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Telemetry, rollups, alerts.")
     inventory: InventorySettings = Field(default_factory=InventorySettings, description="Inventory: sites, catalog, telemetry intake.")

@@ -17,8 +17,9 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from libs.bus.trust import TrustStore
@@ -91,8 +92,10 @@ class EmbeddedNats:
     """
 
     def __init__(self, data_dir: Path, port: int = 0, *, monitor_port: int = 0, start_timeout_s: float = 30.0,
-                 trust: TrustStore | None = None, tls: TlsFiles | None = None, host: str = "127.0.0.1") -> None:
-        self.data_dir = data_dir / "nats"
+                 trust: TrustStore | None = None, tls: TlsFiles | None = None, host: str = "127.0.0.1",
+                 cluster: ClusterNode | None = None) -> None:
+        self.cluster = cluster
+        self.data_dir = data_dir / ("nats" if cluster is None else f"nats-{cluster.index}")
         self.host = host
         self.port = port or free_port()
         self.monitor_port = monitor_port
@@ -120,6 +123,8 @@ class EmbeddedNats:
                  f'jetstream {{ store_dir: "{self.data_dir}" }}']
         if self.tls:
             lines.append(f'tls {{ cert_file: "{self.tls.cert}", key_file: "{self.tls.key}", timeout: 5 }}')
+        if self.cluster:
+            lines += self.cluster.config()
         if self.trust:
             resolver = self.data_dir / "accounts"
             resolver.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -155,6 +160,86 @@ class EmbeddedNats:
 
     def stop(self, timeout_s: float = 3.0) -> None:
         stop_process(self.proc, signal.SIGTERM, timeout_s)
+
+    def wait_healthy(self, deadline: float) -> None:
+        """Wait until the server's /healthz answers 200 (JetStream current), by ``deadline`` (monotonic)."""
+        import urllib.error
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.monitor_port}/healthz"
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise EmbeddedError(f"embedded NATS server exited with code {self.proc.returncode} (log in "
+                                    f"{self.data_dir})")
+            with contextlib.suppress(OSError, urllib.error.URLError), urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+            time.sleep(0.2)
+        raise EmbeddedError(f"embedded NATS server {self.url}: JetStream not ready in time (see {self.data_dir})")
+
+
+@dataclass(frozen=True)
+class ClusterNode:
+    """One node's part of an embedded NATS cluster: its name, its route port and its peers' route ports.
+    Routes listen on loopback only and need the cluster's own password (no client credential opens them)."""
+
+    index: int
+    port: int
+    peers: tuple[int, ...]
+    password: str
+    name: str = "xpumesh"
+
+    def config(self) -> list[str]:
+        auth = f"route:{self.password}@"
+        routes = ", ".join(f'"nats-route://{auth}127.0.0.1:{p}"' for p in self.peers)
+        return [f'server_name: "{self.name}-{self.index}"',
+                f'cluster {{ name: "{self.name}", listen: "127.0.0.1:{self.port}", routes: [{routes}], '
+                f'authorization {{ user: "route", password: "{self.password}" }}, no_advertise: true }}']
+
+
+class EmbeddedNatsCluster:
+    """``size`` nats-servers on this machine, clustered over loopback routes, JetStream on each (its data under
+    ``<data_dir>/nats-<i>``): JetStream's streams with 3 replicas lose nothing when any one node is lost.
+    The first node listens on ``port``; the others on free ports."""
+
+    def __init__(self, data_dir: Path, port: int = 0, *, size: int = 3, password: str, **kwargs: Any) -> None:
+        if size < 3:
+            raise ValueError("a NATS cluster with JetStream needs at least 3 nodes")
+        route_ports = [free_port() for _ in range(size)]
+        client_ports = [port or free_port()] + [free_port() for _ in range(size - 1)]
+        # each node's monitoring port (loopback): its /healthz says when JetStream is current there
+        monitor_ports = [kwargs.pop("monitor_port", 0) or free_port()] + [free_port() for _ in range(size - 1)]
+        self.start_timeout_s = float(kwargs.get("start_timeout_s", 30.0))
+        self.nodes = [EmbeddedNats(data_dir, client_ports[i], monitor_port=monitor_ports[i],
+                                   cluster=ClusterNode(i, route_ports[i],
+                                                       tuple(p for j, p in enumerate(route_ports) if j != i), password),
+                                   **kwargs)
+                      for i in range(size)]
+
+    @property
+    def url(self) -> str:
+        """Every node, comma-separated: a client reconnects to another when its node goes."""
+        return ",".join(n.url for n in self.nodes)
+
+    def public_url(self) -> str:
+        return ",".join(n.public_url() for n in self.nodes)
+
+    def start(self) -> EmbeddedNatsCluster:
+        """Start every node; return once JetStream is current on each (its meta leader elected)."""
+        try:
+            for n in self.nodes:
+                n.start()
+            deadline = time.monotonic() + self.start_timeout_s
+            for n in self.nodes:
+                n.wait_healthy(deadline)
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, timeout_s: float = 3.0) -> None:
+        for n in self.nodes:
+            n.stop(timeout_s)
 
 
 class EmbeddedPostgres:

@@ -30,6 +30,12 @@ HANDLER_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 SERVICE_UP = Gauge("xpumesh_service_up", "1 while this service instance runs.", ["service", "instance"])
+LEADER = Gauge("xpumesh_leader", "1 while this instance of a singleton service holds its lease and acts.",
+               ["service", "instance"])
+FENCED = Counter("xpumesh_fenced_transactions_total",
+                 "Transactions refused because a newer leader of the service has claimed the fence.", ["service"])
+BUS_RETRIES = Counter("xpumesh_bus_retries_total", "Requests asked again because no instance answered (no responders, "
+                      "a timeout, a leader change), by service, endpoint and reason.", ["service", "endpoint", "reason"])
 OUTBOX_PENDING = Gauge("xpumesh_outbox_pending", "Outbox rows not yet relayed to JetStream.", ["service"])
 
 

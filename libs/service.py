@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Generic, Literal, get_type_hints
 
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
 from pydantic import TypeAdapter, ValidationError
@@ -49,9 +50,11 @@ from libs.aio import first_of
 from libs.bus import subjects
 from libs.bus.connection import ERROR_HEADER, Bus
 from libs.bus.consumer import Batch, Decoder, PullConsumer, SeenIds, envelope
-from libs.bus.errors import BusError, InvalidRequest
+from libs.bus.errors import BusError, InvalidRequest, Unavailable
 from libs.bus.outcomes import Redelivery, reject, run_handler
 from libs.config import Settings
+from libs.db.fencing import Fenced, FenceToken, claim_fence, connection_lost, fenced_sessionmaker, read_fence
+from libs.election import KvLease
 from libs.events import CloudEvent, EventTypes, InvalidEnvelope
 from libs.exposure import check_exposure
 from libs.httpserve import HttpServer
@@ -88,6 +91,8 @@ class Context(Generic[S]):
     inflight: set[asyncio.Task[None]] = field(default_factory=set)
     consumers: list[PullConsumer[Any]] = field(default_factory=list)
     servers: list[HttpServer] = field(default_factory=list)
+    leader_token: FenceToken | None = None  # a singleton's fencing token while this instance leads
+    deposed: asyncio.Event = field(default_factory=asyncio.Event)  # set when a leader learns it leads no more
     _state: S | None = None
 
     @property
@@ -155,9 +160,11 @@ def _hints(fn: Callable[..., Any]) -> tuple[Any, Any]:
 
 
 class ServiceApp(Generic[S]):
-    def __init__(self, name: str, *, state: StateLoader | None = None, uses_db: bool = True) -> None:
+    def __init__(self, name: str, *, state: StateLoader | None = None, uses_db: bool = True,
+                 singleton: bool = False) -> None:
         self.name = subjects.check_token(name, "service name")
         self.uses_db = uses_db
+        self.singleton = singleton  # one instance acts (libs/election.py); the others stand by
         self.state_loader = state
         self.endpoints: dict[str, _Endpoint] = {}
         self.consumers: list[_Consumer] = []
@@ -259,14 +266,23 @@ class ServiceApp(Generic[S]):
                 body, failed, outcome = exc.body().model_dump_json().encode(), True, exc.code
                 if isinstance(exc, InvalidRequest):
                     reject(self.name, ep.name, "invalid_request")
-            except Exception:
-                log.exception("%s.%s failed", self.name, ep.name)
-                span.set_status(trace.StatusCode.ERROR)
-                body, failed, outcome = BusError().body().model_dump_json().encode(), True, "internal"
+            except Exception as exc:
+                unavailable = await _unavailable(exc, ctx)
+                if unavailable is not None:  # the caller retries, and its retry reaches the new leader
+                    log.warning("%s.%s refused: %s", self.name, ep.name, unavailable.detail)
+                    body, failed, outcome = unavailable.body().model_dump_json().encode(), True, \
+                        "fenced" if unavailable.title == LEADER_CHANGED else unavailable.code
+                else:
+                    log.exception("%s.%s failed", self.name, ep.name)
+                    span.set_status(trace.StatusCode.ERROR)
+                    body, failed, outcome = BusError().body().model_dump_json().encode(), True, "internal"
             BUS_MESSAGES.labels(self.name, ep.name, outcome).inc()
             HANDLER_SECONDS.labels(self.name, ep.name).observe(time.perf_counter() - started)
             if msg.reply:
-                await ctx.bus.nc.publish(msg.reply, body, headers={ERROR_HEADER: "1"} if failed else None)
+                try:
+                    await ctx.bus.nc.publish(msg.reply, body, headers={ERROR_HEADER: "1"} if failed else None)
+                except NatsError as exc:  # the connection closes (a stop): the caller's request times out
+                    log.debug("%s.%s: reply not sent: %s", self.name, ep.name, type(exc).__name__)
 
     async def _subscription_loop(self, sub: _Subscription, psub: Any, ctx: Context[S]) -> None:
         handler = sub.fn.__name__
@@ -299,13 +315,21 @@ class ServiceApp(Generic[S]):
     # --- lifecycle --------------------------------------------------------------------
     async def _heartbeat(self, ctx: Context[S]) -> None:
         """One heartbeat to the registry (a lost one is harmless: the next follows within the interval)."""
+        meta = {"pid": str(os.getpid())}
+        if self.singleton:  # GET /v1/services shows which instance leads
+            meta["role"] = self.role(ctx)
         hb = Heartbeat(kind=MemberKind.SERVICE, id=f"{self.name}.{ctx.instance}", name=self.name, version=__version__,
-                       interval_s=ctx.settings.heartbeat_interval_s, site=None, meta={"pid": str(os.getpid())})
+                       interval_s=ctx.settings.heartbeat_interval_s, site=None, meta=meta)
         event = CloudEvent.new(EventTypes.SERVICE_HEARTBEAT, f"/service/{self.name}/{ctx.instance}", hb, subject=hb.id)
         try:
             await ctx.bus.publish(subjects.service_heartbeat_subject(self.name, ctx.instance), event.to_bytes())
         except Exception as exc:
             log.debug("heartbeat not sent: %s", type(exc).__name__)
+
+    @staticmethod
+    def role(ctx: Context[S]) -> Literal["leader", "standby"]:
+        """A singleton instance's role: it leads from its fence claim until it learns it was deposed."""
+        return "leader" if ctx.leader_token is not None and not ctx.deposed.is_set() else "standby"
 
     async def health(self, ctx: Context[S]) -> ServiceHealth:
         checks = {"nats": ctx.bus.connected}
@@ -314,9 +338,10 @@ class ServiceApp(Generic[S]):
                 checks[name] = await asyncio.wait_for(check(ctx), timeout=2.0)
             except Exception:
                 checks[name] = False
+        role = self.role(ctx) if self.singleton else None
         return ServiceHealth(service=self.name, instance=ctx.instance, version=__version__,
                              status="ok" if all(checks.values()) else "degraded", checks=checks,
-                             uptime_s=round(time.time() - ctx.started_at, 1))
+                             uptime_s=round(time.time() - ctx.started_at, 1), role=role)
 
     def _request_callback(self, ep: _Endpoint, ctx: Context[S]) -> Callable[[Msg], Awaitable[None]]:
         if ep.concurrency == 1:
@@ -340,27 +365,36 @@ class ServiceApp(Generic[S]):
             task.add_done_callback(inflight.discard)
         return concurrent
 
+    def _health_cb(self, ctx: Context[S]) -> Callable[[Msg], Awaitable[None]]:
+        async def health_cb(msg: Msg) -> None:
+            if msg.reply:
+                await ctx.bus.nc.publish(msg.reply, (await self.health(ctx)).model_dump_json().encode())
+        return health_cb
+
+    async def start_control(self, ctx: Context[S]) -> list[asyncio.Task[Any]]:
+        """What every instance runs, a standby too: the control broadcasts and the heartbeat."""
+        async def metrics_cb(msg: Msg) -> None:
+            if msg.reply:
+                await ctx.bus.nc.publish(msg.reply, exposition())
+
+        await ctx.bus.nc.subscribe(subjects.CTL_HEALTH, cb=self._health_cb(ctx))
+        await ctx.bus.nc.subscribe(subjects.CTL_METRICS, cb=metrics_cb)
+        heartbeat = Every("heartbeat", self._heartbeat, lambda s: s.heartbeat_interval_s)
+        return [asyncio.create_task(heartbeat.run(self.name, ctx), name="every:heartbeat")]
+
     async def start(self, ctx: Context[S]) -> list[asyncio.Task[Any]]:
-        """Load the state, start every handler; return the running tasks (the caller cancels them at shutdown)."""
+        """Load the state, start every handler; return the running tasks (the caller cancels them at shutdown).
+        A singleton's instance calls this once it leads; ``xpumesh.rpc.<name>.health`` answers from then on."""
         if self.state_loader is not None:
+            loading = time.perf_counter()
             ctx._state = await self.state_loader(ctx)
+            log.info("%s %s loaded its state in %.3f s", self.name, ctx.instance, time.perf_counter() - loading)
         nc = ctx.bus.nc
         for ep in self.endpoints.values():
             cb = self._request_callback(ep, ctx)
             await nc.subscribe(subjects.rpc_subject(self.name, ep.name), queue=self.name, cb=cb,
                                pending_msgs_limit=ctx.settings.bus.max_pending_messages)
-
-        async def health_cb(msg: Msg) -> None:
-            if msg.reply:
-                await nc.publish(msg.reply, (await self.health(ctx)).model_dump_json().encode())
-
-        async def metrics_cb(msg: Msg) -> None:
-            if msg.reply:
-                await nc.publish(msg.reply, exposition())
-
-        await nc.subscribe(subjects.rpc_subject(self.name, "health"), queue=self.name, cb=health_cb)
-        await nc.subscribe(subjects.CTL_HEALTH, cb=health_cb)
-        await nc.subscribe(subjects.CTL_METRICS, cb=metrics_cb)
+        await nc.subscribe(subjects.rpc_subject(self.name, "health"), queue=self.name, cb=self._health_cb(ctx))
         for hook in self.startup:
             await hook(ctx)
         tasks = []
@@ -380,8 +414,6 @@ class ServiceApp(Generic[S]):
             tasks.append(asyncio.create_task(server.run(), name=f"http:{self.name}"))
         tasks += [asyncio.create_task(loop.run(self.name, ctx), name=f"every:{loop.name}") for loop in self.loops]
         tasks += [asyncio.create_task(t(ctx), name=f"task:{t.__name__}") for t in self.tasks]
-        heartbeat = Every("heartbeat", self._heartbeat, lambda s: s.heartbeat_interval_s)
-        tasks.append(asyncio.create_task(heartbeat.run(self.name, ctx), name="every:heartbeat"))
         SERVICE_UP.labels(self.name, ctx.instance).set(1)
         return tasks
 
@@ -447,7 +479,15 @@ async def serve(app: ServiceApp[Any], settings: Settings, *, ready: asyncio.Even
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
             pass
-    tasks = await app.start(ctx)
+    lost = bus.lost or asyncio.Event()
+    deposed = ctx.deposed
+    tasks = await app.start_control(ctx)
+    election = KvLease(bus, app.name, instance, settings.election, settings.bus.replicas) if app.singleton else None
+    if election is not None and not await _lead(app, ctx, election, stop, lost, deposed, tasks, ready):
+        return await _close(app, ctx, tasks, election, lost, stop)
+    tasks += await app.start(ctx)
+    if election is not None:
+        await app._heartbeat(ctx)  # the registry learns the new leader now, not one interval later
     # The server has every subscription before we call ourselves ready. nats-py's flush() can put its PING
     # ahead of SUBs still sitting in the pending buffer, so push that buffer out first.
     await bus.nc._flush_pending(force_flush=True)
@@ -455,13 +495,89 @@ async def serve(app: ServiceApp[Any], settings: Settings, *, ready: asyncio.Even
     log.info("%s %s ready", app.name, instance)
     if ready is not None:
         ready.set()
-    lost = bus.lost or asyncio.Event()
-    await first_of(stop, lost)
+    await first_of(stop, lost, deposed)
     log.info("%s %s stopping", app.name, instance)
+    await _close(app, ctx, tasks, election, lost, stop)
+    if deposed.is_set() and not stop.is_set():
+        raise RuntimeError(f"{app.name} {instance} lost its lease: it stops and starts again as a standby")
+
+
+LEADER_CHANGED = "Leader changed"
+FENCE_READ_TIMEOUT_S = 2.0
+FENCE_READS, FENCE_READ_PAUSE_S = 5, 0.1  # how long a request whose session was terminated looks for a successor
+
+
+async def _unavailable(exc: Exception, ctx: Context[Any]) -> Unavailable | None:
+    """The 503 that a failed request answers when it failed because this instance no longer leads (its
+    transaction was fenced, or its database session terminated by the successor's claim) or because its
+    database connection was lost: the caller may ask again. None for any other failure (a 500)."""
+    deposed = ctx.deposed.is_set() or isinstance(exc, Fenced)
+    lost = connection_lost(exc)
+    if not deposed and lost and ctx.leader_token is not None and ctx.engine is not None:
+        # terminated by a successor, or by a database restart? The fence says, once the successor's claim (which
+        # terminates first, then raises the fence) has committed: read it a few times
+        for _ in range(FENCE_READS):
+            try:
+                fence = await asyncio.wait_for(read_fence(ctx.engine, ctx.service), timeout=FENCE_READ_TIMEOUT_S)
+            except Exception as read_exc:  # the database is away: a retry may find it back
+                log.debug("fence not read: %s", type(read_exc).__name__)
+                break
+            if deposed := fence > ctx.leader_token:
+                break
+            await asyncio.sleep(FENCE_READ_PAUSE_S)
+    if deposed:
+        ctx.deposed.set()
+        return Unavailable(f"{ctx.service} {ctx.instance} no longer leads; retry", title=LEADER_CHANGED)
+    if lost:
+        return Unavailable(f"{ctx.service} {ctx.instance} lost its database connection; retry",
+                           title="Database connection lost")
+    return None
+
+
+async def _lead(app: ServiceApp[Any], ctx: Context[Any], election: KvLease, stop: asyncio.Event,
+                lost: asyncio.Event, deposed: asyncio.Event, tasks: list[asyncio.Task[Any]],
+                ready: asyncio.Event | None) -> bool:
+    """Stand by until this instance leads (False if stopped, or its connection lost, first); then fence
+    its database sessions with its token and keep the lease in a task that sets ``deposed`` when lost.
+    A standby is ready (``ready`` set) once it has found the lease held by another instance."""
+    either = asyncio.Event()
+
+    async def relay() -> None:
+        await first_of(stop, lost)
+        either.set()
+    relaying = asyncio.create_task(relay())
+    try:
+        token = await election.campaign(either, standing_by=ready)
+    finally:
+        relaying.cancel()
+    if token is None:
+        return False
+    if ctx.engine is not None:
+        before = await claim_fence(ctx.engine, app.name, token, wait_s=ctx.settings.election.claim_wait_s)
+        if before > token:  # won a lease that had already expired again, or a stale bucket: stand by anew
+            await election.resign()
+            raise RuntimeError(f"{app.name} {ctx.instance}: the fence holds {tuple(before)}, above this lease's "
+                               f"{tuple(token)}; it starts again as a standby")
+        log.info("%s %s claimed the fence: token %s (before: %s)", app.name, ctx.instance, tuple(token), tuple(before))
+        ctx.sessions = fenced_sessionmaker(ctx.engine, app.name, app.name, token, on_fenced=deposed.set)
+    ctx.leader_token = token
+
+    async def hold() -> None:
+        await election.hold(stop)
+        if not stop.is_set():
+            deposed.set()
+    tasks.append(asyncio.create_task(hold(), name="lease"))
+    return True
+
+
+async def _close(app: ServiceApp[Any], ctx: Context[Any], tasks: list[asyncio.Task[Any]], election: KvLease | None,
+                 lost: asyncio.Event, stop: asyncio.Event) -> None:
     await app.stop(ctx, tasks)
-    await bus.close()
+    if election is not None and ctx.leader_token is not None:
+        await election.resign()  # after the drain: a standby starts once nothing of ours still writes
+    await ctx.bus.close()
     if ctx.engine is not None:
         await ctx.engine.dispose()
     shutdown_tracing()
     if lost.is_set() and not stop.is_set():
-        raise RuntimeError(bus.lost_reason())
+        raise RuntimeError(ctx.bus.lost_reason())

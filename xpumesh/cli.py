@@ -39,7 +39,7 @@ def load_settings() -> Settings:
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     from xpumesh.supervisor import run_up
 
-    return run_up(settings, demo=args.demo, demo_hosts=args.hosts)
+    return run_up(settings, demo=args.demo, demo_hosts=args.hosts, replicas=args.replicas)
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run the whole mesh on this machine (embedded NATS and PostgreSQL by default)")
     up.add_argument("--demo", action="store_true", help="also run a simulated multi-city fleet")
     up.add_argument("--hosts", type=int, default=None, help="number of simulated hosts with --demo")
+    up.add_argument("--replicas", type=int, default=1, choices=range(1, 6), metavar="N",
+                    help="instances of every service (2 or more: also a 3-node NATS cluster, JetStream replicas 3; "
+                         "registry, scheduler and metrics elect a leader)")
     up.set_defaults(fn=cmd_up)
 
     run = sub.add_parser("run", help="run one service against the configured NATS and PostgreSQL")

@@ -39,7 +39,7 @@ class EmbeddedSecrets:
 def service_permissions(name: str) -> permissions.Permissions:
     """A service's permissions, with the core subjects its ServiceApp declares it subscribes to."""
     app = importlib.import_module(SERVICE_APPS[name]).app
-    return permissions.service(name, [s.subject for s in app.subscriptions])
+    return permissions.service(name, [s.subject for s in app.subscriptions], singleton=app.singleton)
 
 
 def ensure_embedded_secrets(data_dir: Path, services: tuple[str, ...], *, listen_host: str = "127.0.0.1",

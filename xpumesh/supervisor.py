@@ -4,6 +4,14 @@ Starts the embedded NATS and PostgreSQL when no URLs are configured, runs presta
 spawns every service (and, with ``--demo``, the fleet simulator and one real agent of this
 machine, its CPUs one device of type cpu, at site hangzhou), restarts a child that dies, and
 on SIGINT/SIGTERM stops everything within the shutdown budget.
+
+With ``--replicas N`` (N ≥ 2) it runs N instances of every service and, unless a NATS URL is
+configured, a 3-node embedded NATS cluster with JetStream replicas 3 (``bus.replicas``): the
+registry, scheduler and metrics elect a leader among their instances (``libs/election.py``),
+the gateway and inventory all act. Gateway instance ``i`` (from 0) listens on
+``gateway_port + i``, and metrics instance ``i`` serves ``/metrics`` on ``metrics_port + i``
+(only the leader serves it): one machine cannot give two processes one port, and a load
+balancer or DNS in front of the gateways is the operator's choice, not the mesh's.
 """
 
 from __future__ import annotations
@@ -25,12 +33,13 @@ from typing import IO
 from pydantic import SecretStr
 
 from libs.config import Settings
-from libs.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres, ensure_port_free
+from libs.embedded import EmbeddedError, EmbeddedNats, EmbeddedNatsCluster, EmbeddedPostgres, ensure_port_free
 from libs.schemas.hostevents import host_id_for
 from xpumesh.credentials import EmbeddedSecrets, ensure_embedded_secrets
 
 log = logging.getLogger(__name__)
 SERVICES = ("registry", "inventory", "scheduler", "metrics", "gateway")
+CLUSTER_SIZE = 3  # embedded NATS nodes with --replicas 2 or more: JetStream keeps 3 replicas, any one may go
 
 
 @dataclass
@@ -56,13 +65,16 @@ def local_host_id() -> str:
 
 class Supervisor:
     def __init__(self, settings: Settings, *, demo: bool = False, demo_hosts: int | None = None,
-                 services: tuple[str, ...] = SERVICES, quiet: bool = False) -> None:
+                 services: tuple[str, ...] = SERVICES, quiet: bool = False, replicas: int = 1) -> None:
+        if replicas < 1:
+            raise ValueError("replicas must be at least 1")
         self.settings = settings
+        self.replicas = replicas
         self.demo = demo
         self.demo_hosts = demo_hosts
         self.services = services
         self.quiet = quiet
-        self.nats: EmbeddedNats | None = None
+        self.nats: EmbeddedNats | EmbeddedNatsCluster | None = None
         self.postgres: EmbeddedPostgres | None = None
         self.children: list[Child] = []
         self.env: dict[str, str] = dict(os.environ)
@@ -83,9 +95,18 @@ class Supervisor:
                 self.secrets = ensure_embedded_secrets(data, self.services, listen_host=emb.nats_host,
                                                        local_agent=(DEMO_SITE, local_host_id()) if self.demo else None)
             trust, tls = (self.secrets.trust, self.secrets.tls) if self.secrets else (None, None)
-            self.nats = EmbeddedNats(data, emb.nats_port, monitor_port=emb.nats_monitor_port,
-                                     start_timeout_s=emb.start_timeout_s, trust=trust, tls=tls,
-                                     host=emb.nats_host).start()
+            if self.replicas > 1:
+                self.nats = EmbeddedNatsCluster(data, emb.nats_port, size=CLUSTER_SIZE,
+                                                password=secrets.token_urlsafe(24), monitor_port=emb.nats_monitor_port,
+                                                start_timeout_s=emb.start_timeout_s, trust=trust, tls=tls,
+                                                host=emb.nats_host).start()
+                self.settings.bus.replicas = CLUSTER_SIZE
+                self.env["XPUMESH_BUS__REPLICAS"] = str(CLUSTER_SIZE)
+                self.say(f"  nats        {CLUSTER_SIZE}-node cluster, JetStream replicas {CLUSTER_SIZE}")
+            else:
+                self.nats = EmbeddedNats(data, emb.nats_port, monitor_port=emb.nats_monitor_port,
+                                         start_timeout_s=emb.start_timeout_s, trust=trust, tls=tls,
+                                         host=emb.nats_host).start()
             self.settings.nats_url = self.nats.url
             if self.secrets:
                 self.settings.bus.tls_ca_file = self.secrets.tls.ca
@@ -132,11 +153,30 @@ class Supervisor:
                                       stdout=child.log_file, stderr=subprocess.STDOUT)
         child.started_at = time.monotonic()
 
+    def gateway_ports(self) -> list[int]:
+        """The port of each gateway instance (one per replica, counting up from ``gateway_port``)."""
+        port = self.settings.gateway_port
+        return [port + i if port else 0 for i in range(self.replicas)]
+
+    def instance_env(self, name: str, i: int) -> dict[str, str]:
+        """What instance ``i`` of a service gets beyond its service's environment: its own ports."""
+        if i == 0:
+            return {}
+        if name == "gateway":
+            return {"XPUMESH_GATEWAY_PORT": str(self.gateway_ports()[i])}
+        if name == "metrics" and self.settings.metrics_port:
+            return {"XPUMESH_METRICS_PORT": str(self.settings.metrics_port + i)}
+        return {}
+
     def start_children(self) -> None:
         if "gateway" in self.services:
-            ensure_port_free(self.settings.gateway_port, "gateway HTTP server", self.settings.gateway_host)
+            for port in self.gateway_ports():
+                ensure_port_free(port, "gateway HTTP server", self.settings.gateway_host)
         for name in self.services:
-            self.children.append(Child(name, [sys.executable, "-m", "xpumesh", "run", name], self.child_env(name)))
+            for i in range(self.replicas):
+                self.children.append(Child(name if i == 0 else f"{name}-{i + 1}",
+                                           [sys.executable, "-m", "xpumesh", "run", name],
+                                           {**self.child_env(name), **self.instance_env(name, i)}))
         if self.demo:
             argv = [sys.executable, "-m", "xpumesh", "sim"]
             if self.demo_hosts:
@@ -204,12 +244,12 @@ class Supervisor:
             self.nats.stop(timeout_s=budget * 0.1)
 
 
-def run_up(settings: Settings, *, demo: bool, demo_hosts: int | None = None) -> int:
+def run_up(settings: Settings, *, demo: bool, demo_hosts: int | None = None, replicas: int = 1) -> int:
     import asyncio
 
     from xpumesh.prestart import prestart
 
-    sup = Supervisor(settings, demo=demo, demo_hosts=demo_hosts)
+    sup = Supervisor(settings, demo=demo, demo_hosts=demo_hosts, replicas=replicas)
     stop_requested = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -234,7 +274,9 @@ def run_up(settings: Settings, *, demo: bool, demo_hosts: int | None = None) -> 
         return 1
     base = f"http://{'localhost' if settings.gateway_host in ('127.0.0.1', '0.0.0.0') else settings.gateway_host}:{settings.gateway_port}"
     if sup.wait_ready():
-        print(f"\n  API         {base}/v1   (OpenAPI: {base}/docs)\n  dashboard   {base}/\n"
+        others = "".join(f"\n              also {base.rsplit(':', 1)[0]}:{p}/v1 (gateway instance {i + 1})"
+                         for i, p in enumerate(sup.gateway_ports()) if i > 0)
+        print(f"\n  API         {base}/v1   (OpenAPI: {base}/docs){others}\n  dashboard   {base}/\n"
               f"  metrics     http://127.0.0.1:{settings.metrics_port}/metrics\n"
               f"  logs        {settings.data_dir.resolve() / 'logs'}", flush=True)
         if sup.secrets:

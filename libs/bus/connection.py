@@ -39,7 +39,7 @@ STREAM_COMMANDS = "XPUMESH_COMMANDS"
 def stream_configs(settings: BusSettings) -> list[StreamConfig]:
     """The JetStream streams the mesh needs; created idempotently at start."""
     dup = float(settings.duplicate_window_s)
-    return [
+    return [cfg.evolve(num_replicas=settings.replicas) for cfg in [
         StreamConfig(name=STREAM_EVENTS, subjects=[subjects.EVENTS_ALL], storage=StorageType.FILE,
                      max_age=float(settings.events_max_age_s), duplicate_window=dup,
                      description="Durable mesh events (CloudEvents): workloads, hosts, devices, alerts."),
@@ -52,7 +52,7 @@ def stream_configs(settings: BusSettings) -> list[StreamConfig]:
         StreamConfig(name=STREAM_COMMANDS, subjects=[subjects.AGENT_COMMAND_ALL], storage=StorageType.FILE,
                      max_age=float(settings.hosts_max_age_s), duplicate_window=dup,
                      description="Launch/stop commands to agents (the scheduler reconciles; commands may be lost)."),
-    ]
+    ]]
 
 
 def connect_security(settings: BusSettings, servers: list[str]) -> dict[str, Any]:

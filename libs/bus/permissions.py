@@ -6,7 +6,8 @@ and answers requests through ``allow_responses`` rather than a publish grant on 
 
 - a **service** calls any service, publishes durable events and its own heartbeat, drives
   JetStream consumers (never deletes a stream), and subscribes to its own endpoints, the control
-  broadcasts and the core subjects it declared;
+  broadcasts and the core subjects it declared; a singleton (registry, scheduler, metrics) also
+  writes its own key of the lease bucket, and no other;
 - an **agent** publishes only under ``xpumesh.host.<site>.<host>.>`` and hears only
   ``xpumesh.agent.<site>.<host>.>``;
 - the **simulator** speaks for every simulated host and nothing else.
@@ -56,12 +57,19 @@ class Permissions(BaseModel):
         return out
 
 
-def service(name: str, subscribes: Iterable[str] = ()) -> Permissions:
-    """A mesh service: ``subscribes`` are the core subjects it declared (``ServiceApp.subscriptions``)."""
+def lease(name: str) -> list[str]:
+    """What a singleton service publishes to hold its lease (libs/election.py): its own key only, and reads."""
+    return [f"$KV.{subjects.LEASE_BUCKET}.{name}", f"$JS.API.STREAM.MSG.GET.{subjects.LEASE_STREAM}",
+            f"$JS.API.DIRECT.GET.{subjects.LEASE_STREAM}.>"]
+
+
+def service(name: str, subscribes: Iterable[str] = (), *, singleton: bool = False) -> Permissions:
+    """A mesh service: ``subscribes`` are the core subjects it declared (``ServiceApp.subscriptions``);
+    a ``singleton`` also holds a lease, on its own key of the lease bucket."""
     subjects.check_token(name, "service")
     return Permissions(
         publish=[f"{subjects.ROOT}.rpc.>", subjects.EVENTS_ALL, subjects.service_heartbeat_subject(name, "*"),
-                 *JS_API_SERVICE, JS_ACK, *SERVICE_PUBLISHES.get(name, [])],
+                 *JS_API_SERVICE, JS_ACK, *SERVICE_PUBLISHES.get(name, []), *(lease(name) if singleton else [])],
         subscribe=[f"{subjects.ROOT}.rpc.{name}.>", subjects.CTL_HEALTH, subjects.CTL_METRICS,
                    subjects.inbox_prefix("service", name) + ".>", *subscribes],
         responses=True)

@@ -96,6 +96,10 @@ def rpc_subject(service: str, endpoint: str) -> str:
 CTL_HEALTH = f"{ROOT}.ctl.health"
 CTL_METRICS = f"{ROOT}.ctl.metrics"
 
+# the JetStream KV bucket of the singleton services' leases (libs/election.py): key = service name
+LEASE_BUCKET = "xpumesh_leases"
+LEASE_STREAM = f"KV_{LEASE_BUCKET}"
+
 # core NATS broadcasts between gateway instances (each drops its cached copy)
 GATEWAY_KEY_REVOKED = f"{ROOT}.gateway.ctl.key_revoked"
 GATEWAY_SUBSCRIPTIONS_CHANGED = f"{ROOT}.gateway.ctl.subscriptions_changed"

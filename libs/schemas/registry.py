@@ -82,6 +82,7 @@ class ServiceHealth(BaseModel):
     status: str
     checks: dict[str, bool]
     uptime_s: float
+    role: str | None = Field(default=None, description="For a singleton service: 'leader' or 'standby'.")
 
 
 class MemberRef(BaseModel):

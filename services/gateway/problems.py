@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from libs.bus.errors import BusError
+from libs.bus.errors import BusError, Unavailable
 from libs.metrics import BUS_REJECTED
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(BusError)
     async def _bus(request: Request, exc: BusError) -> JSONResponse:
-        return problem_response(exc.http_status, exc.title, exc.detail, request=request, errors=exc.errors, **exc.extra)
+        # no instance could answer (a leader change, a lost database connection, a timeout): ask again soon
+        headers = {"Retry-After": "1"} if isinstance(exc, Unavailable) else None
+        return problem_response(exc.http_status, exc.title, exc.detail, request=request, errors=exc.errors,
+                                headers=headers, **exc.extra)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

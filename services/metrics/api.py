@@ -43,7 +43,7 @@ from services.metrics.views import device_now, host_now
 from services.metrics.workloads import parse_event
 
 log = logging.getLogger(__name__)
-app: ServiceApp[MetricsState] = ServiceApp("metrics", state=state.load_state)
+app: ServiceApp[MetricsState] = ServiceApp("metrics", state=state.load_state, singleton=True)
 Ctx = Context[MetricsState]
 
 

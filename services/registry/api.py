@@ -17,7 +17,7 @@ from libs.schemas.registry import Heartbeat, Member, MemberKind, MemberPage, Mem
 from libs.service import Context, ServiceApp
 from services.registry.state import RegistryState, load_state
 
-app: ServiceApp[RegistryState] = ServiceApp("registry", state=load_state)
+app: ServiceApp[RegistryState] = ServiceApp("registry", state=load_state, singleton=True)
 Ctx = Context[RegistryState]
 
 

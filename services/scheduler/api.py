@@ -66,7 +66,7 @@ from services.scheduler.state import SchedulerState, load_state
 from services.scheduler.validate import check_spec
 
 log = logging.getLogger(__name__)
-app: ServiceApp[SchedulerState] = ServiceApp("scheduler", state=load_state)
+app: ServiceApp[SchedulerState] = ServiceApp("scheduler", state=load_state, singleton=True)
 Ctx = Context[SchedulerState]
 
 

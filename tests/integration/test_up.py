@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 import xpumesh.examples.echo as echo
+from libs.bus import subjects
 from libs.embedded import free_port
 from libs.schemas.hostevents import host_id_for
 from libs.tls import client_context
@@ -220,3 +221,69 @@ def _echo_processes() -> list[psutil.Process]:
         if len(cmd) >= 2 and cmd[1] == echo.__file__:
             out.append(p)
     return out
+SINGLETONS = {"registry", "scheduler", "metrics"}
+
+
+@pytest.mark.slow
+async def test_up_replicas_2_runs_two_of_every_service_one_leader_each_on_a_3_node_nats_cluster(
+        tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    log = open(tmp_path / "up.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "xpumesh", "up", "--replicas", "2", "--demo", "--hosts", "4"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        port = int(env["XPUMESH_GATEWAY_PORT"])
+        seen: dict[str, object] = {}
+
+        async def settled() -> bool:
+            try:
+                async with httpx.AsyncClient() as c:
+                    r = await c.get(f"http://127.0.0.1:{port}/v1/services",
+                                    headers={"Authorization": f"Bearer {TEST_ADMIN_KEY}"}, timeout=2)
+            except httpx.HTTPError:
+                return False
+            if r.status_code != 200:
+                return False
+            by_name = {s["name"]: s for s in r.json()["items"]}
+            seen.update(by_name)
+            for name in FIVE:
+                up = [i for i in by_name.get(name, {"instances": []})["instances"] if i["status"] == "up"]
+                if len(up) != 2:
+                    return False
+                roles = sorted(str(i["role"]) for i in up)
+                if roles != (["leader", "standby"] if name in SINGLETONS else ["None", "None"]):
+                    return False
+                leader = by_name[name]["leader"]
+                if leader != (next(i["id"] for i in up if i["role"] == "leader") if name in SINGLETONS else None):
+                    return False
+            return True
+
+        await assert_eventually(settled, timeout=120, interval=0.5,
+                                message="two instances of each service, one leader of each singleton")
+        print(f"\n/v1/services: { {n: seen[n] for n in sorted(seen)} }")
+        async with httpx.AsyncClient() as c:  # the second gateway instance answers on the next port
+            r = await c.get(f"http://127.0.0.1:{port + 1}/v1/services",
+                            headers={"Authorization": f"Bearer {TEST_ADMIN_KEY}"}, timeout=5)
+        assert r.status_code == 200 and {s["name"] for s in r.json()["items"]} >= FIVE
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        assert sum(1 for p in tree if p.name() == "nats-server") == 3
+        # JetStream keeps every stream on all three nodes
+        secrets = tmp_path / "data" / "secrets"
+        nc = await nats.connect(f"tls://127.0.0.1:{env['XPUMESH_EMBEDDED__NATS_PORT']}",
+                                tls=client_context(secrets / "tls" / "ca.pem"),
+                                user_credentials=str(secrets / "creds" / "gateway.creds"), connect_timeout=5,
+                                inbox_prefix=subjects.inbox_prefix("service", "gateway"))
+        try:
+            info = await nc.jetstream().stream_info("XPUMESH_EVENTS")
+            assert info.config.num_replicas == 3
+            assert info.cluster is not None and len(info.cluster.replicas or []) == 2  # the leader and two more
+        finally:
+            await nc.close()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=15)
+        _gone, alive = psutil.wait_procs(tree, timeout=2)
+        assert not alive, f"left running: {[p.pid for p in alive]}"
+        assert f":{port + 1}/v1" in (tmp_path / "up.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()

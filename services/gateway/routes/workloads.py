@@ -14,6 +14,7 @@ version satisfies…) are refused by the scheduler with a 422 naming the field.
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Response
@@ -42,7 +43,7 @@ from libs.schemas.scheduler import (
 from libs.schemas.tenancy import QUOTA_PROBLEM, Role
 from libs.schemas.workload import WorkloadSpec
 from services.gateway.auth import CurrentPrincipal, Principal, ensure_can_modify, tenant_filter
-from services.gateway.deps import Ctx, call
+from services.gateway.deps import Ctx, call, call_retrying
 from services.gateway.openapi import problem
 from services.gateway.pagination import MAX_PAGE, Page, encode_cursor
 from services.gateway.problems import PRIORITY_PROBLEM, ProblemError
@@ -53,6 +54,7 @@ router = APIRouter(tags=["workloads"])
 WorkloadId = Annotated[str, Path(max_length=64, description="Workload id, e.g. 'wl_18ea52ab2dac349aa6915d69'.",
                                  examples=["wl_18ea52ab2dac349aa6915d69"])]
 _ID = re.compile(TOKEN_PATTERN)
+RETRY_KEY_PREFIX = "gw-retry-"  # the idempotency key the gateway gives a submit that came without one
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: problem(
     "No such workload (or another tenant's)", "Workload not found", "no workload 'wl_18ea52ab2dac349aa6915d69'")}
 _QUOTA_EXAMPLE = {
@@ -111,9 +113,12 @@ async def submit_workload(ctx: Ctx, principal: CurrentPrincipal, spec: WorkloadS
                           ) -> WorkloadView:
     _check_priority(ctx.settings.gateway, principal, spec.priority)
     spec = spec.model_copy(update={"tenant": principal.tenant})
-    view = await call(ctx, "scheduler", "workloads.submit",
-                      WorkloadSubmit(spec=spec, tenant=principal.tenant, idempotency_key=idempotency_key or None),
-                      WorkloadView)
+    # without a key of the client's, one of our own: a retry after a timed-out attempt finds what it stored
+    key = idempotency_key or f"{RETRY_KEY_PREFIX}{uuid.uuid4().hex}"
+    view = await call_retrying(ctx, "scheduler", "workloads.submit",
+                               WorkloadSubmit(spec=spec, tenant=principal.tenant, idempotency_key=key), WorkloadView,
+                               budget_s=ctx.settings.gateway.submit_timeout_s,
+                               timeout=ctx.settings.gateway.submit_attempt_s)
     response.headers["Location"] = f"/v1/workloads/{view.id}"
     return view
 
@@ -139,10 +144,14 @@ async def submit_workload_batch(ctx: Ctx, principal: CurrentPrincipal, body: Wor
     for spec in body.workloads:
         _check_priority(ctx.settings.gateway, principal, spec.priority)
     specs = [spec.model_copy(update={"tenant": principal.tenant}) for spec in body.workloads]
-    return await call(ctx, "scheduler", "workloads.submit_batch",
-                      WorkloadBatchSubmit(specs=specs, tenant=principal.tenant,
-                                          idempotency_key=idempotency_key or None),
-                      WorkloadBatchResult, timeout=ctx.settings.gateway.batch_submit_timeout_s)
+    # asked again while no scheduler answers; after a timed-out attempt only with the client's key (a key of
+    # our own would cost a lookup per item)
+    return await call_retrying(ctx, "scheduler", "workloads.submit_batch",
+                               WorkloadBatchSubmit(specs=specs, tenant=principal.tenant,
+                                                   idempotency_key=idempotency_key or None),
+                               WorkloadBatchResult, budget_s=ctx.settings.gateway.batch_submit_timeout_s,
+                               timeout=ctx.settings.gateway.batch_submit_timeout_s,
+                               after_timeout=idempotency_key is not None)
 
 
 @router.get("/v1/workloads", response_model=Page[WorkloadSummary], summary="Workloads, newest first",
