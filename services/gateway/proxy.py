@@ -126,8 +126,9 @@ def _answered(traffic: Traffic, labels: tuple[str, str], ep: Endpoint, status: i
 async def forward(request: Request, table: EndpointTable, clients: Clients, settings: GatewaySettings,
                   traffic: Traffic, ep: Endpoint, path: str) -> Response:
     labels = (ep.tenant or "", ep.name)
-    has_body = request.method not in BODYLESS or "content-length" in request.headers \
-        or "transfer-encoding" in request.headers
+    length = request.headers.get("content-length")
+    has_body = "transfer-encoding" in request.headers or (length != "0" if length is not None
+                                                          else request.method not in BODYLESS)
     body = _Body(request) if has_body else None
     query = request.url.query
     tried: list[str] = []

@@ -142,6 +142,10 @@ async def test_endpoints_retry_an_idempotent_request_whose_connection_broke_but_
             assert {g.status_code for g in got} == {200}, [g.text for g in got if g.status_code != 200]
             assert {g.json()["replica"] for g in got} == {"1"}
             assert proxy.RETRIES.labels("acme", "echo", "connection_broken")._value.get() - before >= 1
+            # a GET saying Content-Length: 0 (as many clients do) has no body either: retried the same
+            empty = [await client.request("GET", "/v1/endpoints/echo/drop", params={"replica": "0"},
+                                          headers={**acme, "Content-Length": "0"}) for _ in range(8)]
+            assert {g.status_code for g in empty} == {200}, [g.text for g in empty if g.status_code != 200]
             posts = [await client.post("/v1/endpoints/echo/drop", params={"replica": "0"}, content=b"x",
                                        headers=acme) for _ in range(6)]
             assert {p.status_code for p in posts} == {200, 502}  # replica 0's share failed, not retried
