@@ -134,3 +134,25 @@ def fenced_sessionmaker(engine: AsyncEngine, schema: str, service: str, token: F
             raise Fenced(f"{service}: fencing token {tuple(token)} is stale (a newer leader holds {tuple(row)})")
 
     return async_sessionmaker(engine, expire_on_commit=False, sync_session_class=FencedSession)
+
+
+def create_fence_table(schema: str) -> None:
+    """The leader fence of a schema, for its service's migration: one row, the highest token claimed."""
+    import sqlalchemy as sa
+    from alembic import op
+
+    op.create_table(
+        "leader_fence",
+        sa.Column("id", sa.SmallInteger, primary_key=True),
+        sa.Column("epoch", sa.BigInteger, nullable=False),  # the lease bucket's creation (epoch ms)
+        sa.Column("token", sa.BigInteger, nullable=False),  # the lease's KV revision within that bucket
+        sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+        sa.CheckConstraint("id = 1", name="leader_fence_one_row"),
+        schema=schema,
+    )
+
+
+def drop_fence_table(schema: str) -> None:
+    from alembic import op
+
+    op.drop_table("leader_fence", schema=schema)

@@ -10,8 +10,7 @@ Create Date: 2026-12-07
 """
 from collections.abc import Sequence
 
-import sqlalchemy as sa
-from alembic import op
+from libs.db.fencing import create_fence_table, drop_fence_table
 
 revision: str = "metrics_0003"
 down_revision: str | None = "metrics_0002"
@@ -22,16 +21,8 @@ S = "metrics"
 
 
 def upgrade() -> None:
-    op.create_table(
-        "leader_fence",
-        sa.Column("id", sa.SmallInteger, primary_key=True),
-        sa.Column("epoch", sa.BigInteger, nullable=False),  # the lease bucket's creation (epoch ms)
-        sa.Column("token", sa.BigInteger, nullable=False),  # the lease's KV revision within that bucket
-        sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
-        sa.CheckConstraint("id = 1", name="leader_fence_one_row"),
-        schema=S,
-    )
+    create_fence_table(S)
 
 
 def downgrade() -> None:
-    op.drop_table("leader_fence", schema=S)
+    drop_fence_table(S)
