@@ -54,6 +54,20 @@ def normal_arch(arch: str) -> str:
     return ARCH_ALIASES.get(a, a)
 
 
+def check_requires(v: list[str]) -> list[str]:
+    """Runtime requirements ('cuda>=12.4', 'cann>=8.1.RC1,<8.2.RC1'): each parses, and no runtime twice."""
+    names: set[str] = set()
+    for i, text in enumerate(v):
+        try:
+            req = Requirement.parse(text)
+        except ValueError as exc:
+            raise ValueError(f"requires[{i}]: {exc}") from None
+        if req.name in names:
+            raise ValueError(f"requires[{i}]: runtime {req.name!r} listed twice; join the clauses with ','")
+        names.add(req.name)
+    return v
+
+
 class Demand(NamedTuple):
     """What one replica asks for, read from the spec in this one place (``HardwareRequest.demand``).
 
@@ -200,16 +214,7 @@ class HardwareRequest(BaseModel):
     @field_validator("requires")
     @classmethod
     def _requires(cls, v: list[str]) -> list[str]:
-        names: set[str] = set()
-        for i, text in enumerate(v):
-            try:
-                req = Requirement.parse(text)
-            except ValueError as exc:
-                raise ValueError(f"requires[{i}]: {exc}") from None
-            if req.name in names:
-                raise ValueError(f"requires[{i}]: runtime {req.name!r} listed twice; join the clauses with ','")
-            names.add(req.name)
-        return v
+        return check_requires(v)
 
     def requirements(self) -> list[Requirement]:
         return [Requirement.parse(r) for r in self.requires]

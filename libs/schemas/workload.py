@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from libs.schemas.devices import HardwareType
-from libs.schemas.hardware import Demand, HardwareRequest, ResourceRequest
+from libs.schemas.hardware import Demand, HardwareRequest, ResourceRequest, check_requires
 from libs.versions import Requirement, SpecifierSet, Version
 
 __all__ = [
@@ -105,16 +105,7 @@ class RuntimeSpec(BaseModel):
     @field_validator("requires")
     @classmethod
     def _requires(cls, v: list[str]) -> list[str]:
-        names: set[str] = set()
-        for i, text in enumerate(v):
-            try:
-                req = Requirement.parse(text)
-            except ValueError as exc:
-                raise ValueError(f"requires[{i}]: {exc}") from None
-            if req.name in names:
-                raise ValueError(f"requires[{i}]: runtime {req.name!r} listed twice; join the clauses with ','")
-            names.add(req.name)
-        return v
+        return check_requires(v)
 
     @model_validator(mode="after")
     def _version_needs_framework(self) -> Self:
