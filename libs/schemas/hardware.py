@@ -34,6 +34,7 @@ __all__ = [
     "Demand",
     "HardwareRequest",
     "ResourceRequest",
+    "check_requires",
     "normal_arch",
 ]
 
