@@ -499,12 +499,7 @@ async def serve(app: ServiceApp[Any], settings: Settings, *, ready: asyncio.Even
     log.info("%s %s stopping", app.name, instance)
     await _close(app, ctx, tasks, election, lost, stop)
     if deposed.is_set() and not stop.is_set():
-        raise Deposed(f"{app.name} {instance} lost its lease: it stops and starts again as a standby")
-
-
-class Deposed(RuntimeError):
-    """A leader learnt it leads no more: ``serve`` has stopped it, and its caller starts it again as a standby
-    (``xpumesh run`` does so in the same process)."""
+        raise RuntimeError(f"{app.name} {instance} lost its lease: it stops and starts again as a standby")
 
 
 LEADER_CHANGED = "Leader changed"

@@ -43,16 +43,11 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from libs.service import Deposed, serve
+    from libs.service import serve
 
     module = importlib.import_module(SERVICE_APPS[args.service])
     try:
-        while True:
-            try:
-                asyncio.run(serve(module.app, settings))
-                break
-            except Deposed as exc:  # a deposed leader comes back as a standby, without waiting for a supervisor
-                print(f"xpumesh run {args.service}: {exc}", file=sys.stderr)
+        asyncio.run(serve(module.app, settings))
     except RuntimeError as exc:  # configuration or schema problems worth one clear line
         print(f"xpumesh run {args.service}: {exc}", file=sys.stderr)
         return 1
